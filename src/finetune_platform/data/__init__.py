@@ -1,0 +1,1 @@
+"""Dataset loading, validation, analysis and versioning."""

@@ -1,0 +1,50 @@
+"""The one place the platform reads its environment: a single pydantic-settings object."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, computed_field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Platform settings; every field is read from the environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    ENVIRONMENT: Literal["local", "staging", "production"] = Field(
+        default="local", description="Deployment environment; 'local' enables embedded defaults."
+    )
+    FINETUNE_HOME: Path = Field(
+        default=Path(".finetune"),
+        description="Directory for embedded state: the MLflow SQLite store, artifacts, queue, database.",
+    )
+    RESULTS_DIR: Path = Field(
+        default=Path("results"), description="Default root of run folders (results/<experiment>/<run-id>/)."
+    )
+    MLFLOW_TRACKING_URI: str | None = Field(
+        default=None,
+        description="MLflow tracking server or store URI; unset means a SQLite file under FINETUNE_HOME.",
+    )
+    MLFLOW_ENABLED: bool = Field(default=True, description="Log every training run to MLflow.")
+    LOG_LEVEL: str = Field(default="INFO", description="Log level of the platform's loggers.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        if self.MLFLOW_TRACKING_URI:
+            return self.MLFLOW_TRACKING_URI
+        return f"sqlite:///{(self.FINETUNE_HOME / 'mlflow.db').resolve()}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mlflow_artifact_root(self) -> str:
+        return (self.FINETUNE_HOME / "mlartifacts").resolve().as_uri()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

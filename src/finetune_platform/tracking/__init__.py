@@ -1,0 +1,1 @@
+"""Experiment tracking (MLflow runs) and, later, the model registry."""

@@ -1,0 +1,323 @@
+"""TrainConfig: the one typed, documented and validated description of a training run.
+
+Read from YAML, overridden from the command line with ``--set section.field=value``, and validated
+before any model or dataset is loaded. Every field carries help text; errors name the field.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from finetune_platform.errors import ConfigError
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    MPS = "mps"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Scheduler(StrEnum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    POLYNOMIAL = "polynomial"
+
+
+class EvalStrategy(StrEnum):
+    EPOCH = "epoch"
+    STEPS = "steps"
+
+
+class BestMetric(StrEnum):
+    ACCURACY = "accuracy"
+    MACRO_F1 = "macro_f1"
+    LOSS = "loss"
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self is not BestMetric.LOSS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class ModelSection(_Section):
+    base_model: str = Field(
+        default="minilm",
+        description="'minilm' (bundled all-MiniLM-L6-v2, offline), a Hugging Face model id, or a local path.",
+        min_length=1,
+    )
+    language: str = Field(
+        default="auto",
+        description="Language of the model and data, recorded with the run; 'auto' infers it from the model.",
+    )
+    max_length: int = Field(
+        default=128,
+        ge=8,
+        le=8192,
+        description="Tokens per text; longer texts are truncated. Cost grows with the longest text in a batch.",
+    )
+
+
+class DataSection(_Section):
+    train_file: Path = Field(description="Training data: CSV, TSV, JSONL, JSON or Parquet with text and label.")
+    validation_file: Path | None = Field(
+        default=None, description="Validation data in the same format; if unset, validation_split is used."
+    )
+    validation_split: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the training rows held out (stratified) when no validation_file is given.",
+    )
+    text_column: str = Field(default="text", min_length=1, description="Column holding the input text.")
+    label_column: str = Field(default="label", min_length=1, description="Column holding the label.")
+    label_names: list[str] | None = Field(
+        default=None,
+        description="Names for integer labels 0..K-1 (e.g. [negative, positive]); string labels name themselves.",
+    )
+    max_train_rows: int | None = Field(
+        default=None, ge=1, description="Use only the first N training rows (benchmarks, quick experiments)."
+    )
+    max_validation_rows: int | None = Field(
+        default=None, ge=1, description="Use only the first N validation rows."
+    )
+
+    @field_validator("label_names")
+    @classmethod
+    def _unique_label_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(value) < 2:
+                raise ValueError("needs at least two names")
+            if len(set(value)) != len(value):
+                raise ValueError("names must be unique")
+        return value
+
+
+class LoraSection(_Section):
+    r: int = Field(default=8, ge=1, le=1024, description="LoRA rank. Higher adds capacity and a little compute.")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+        default="auto",
+        description="Module names to adapt; 'auto' picks per model family (BERT, RoBERTa, DistilBERT, ALBERT).",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty_modules(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one module, or be 'auto'")
+        return value
+
+
+class TrainingSection(_Section):
+    epochs: float = Field(default=3.0, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps; overrides epochs when set."
+    )
+    batch_size: int = Field(default=32, ge=1, description="Training rows per step on the device (memory).")
+    eval_batch_size: int = Field(default=128, ge=1, description="Rows per evaluation batch (memory).")
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1, description="Peak learning rate of AdamW.")
+    scheduler: Scheduler = Field(default=Scheduler.LINEAR, description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Steps whose gradients add up before an update (bigger effective batch)."
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(default=42, ge=0, description="Seed for data order, LoRA init and dropout.")
+    group_by_length: bool = Field(
+        default=True,
+        description="Batch texts of similar length together: far less padding, same data each epoch.",
+    )
+    logging_steps: int = Field(default=10, ge=1, description="Steps between loss/learning-rate log lines.")
+    eval_strategy: EvalStrategy = Field(
+        default=EvalStrategy.EPOCH, description="Evaluate (and checkpoint) every epoch or every eval_steps."
+    )
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Steps between evaluations when eval_strategy is 'steps'."
+    )
+    metric_for_best_model: BestMetric = Field(
+        default=BestMetric.ACCURACY, description="Validation metric that ranks checkpoints."
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many evaluations without improvement; unset = never."
+    )
+    early_stopping_threshold: float = Field(
+        default=0.0, ge=0, description="Minimum improvement of the metric that counts as better."
+    )
+
+    @model_validator(mode="after")
+    def _eval_steps_needed(self) -> TrainingSection:
+        if self.eval_strategy is EvalStrategy.STEPS and self.eval_steps is None:
+            raise ValueError("eval_steps must be set when eval_strategy is 'steps'")
+        return self
+
+
+class CheckpointSection(_Section):
+    fastest_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        description=(
+            "Keep the earliest checkpoint whose metric is within this of the best (0.01 = 1 point of accuracy)."
+        ),
+    )
+    final_model: Literal["best", "last"] = Field(
+        default="best", description="Which checkpoint becomes the run's final adapter."
+    )
+
+
+class TrainConfig(_Section):
+    """Everything a training run needs. `finetune config schema` prints it as JSON Schema."""
+
+    experiment: str = Field(
+        default="default",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Experiment name: groups runs under results/<experiment>/ and in MLflow.",
+    )
+    output_dir: Path = Field(default=Path("results"), description="Root folder of run folders.")
+    device: Device = Field(default=Device.AUTO, description="auto picks CUDA, then Apple MPS, then CPU.")
+    precision: Precision = Field(
+        default=Precision.AUTO, description="auto: bf16 on CUDA with bf16 support, fp16 on other CUDA, else fp32."
+    )
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view of the config (for MLflow params)."""
+        return _flatten(self.to_yaml_dict())
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the dotted field and the offending value."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(config)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; `finetune config schema` lists every field)"
+        elif problem["type"] == "missing":
+            message = "field required"
+        line = f"{field}: {message}"
+        if problem["type"] not in {"missing"} and "input" in problem and not isinstance(problem["input"], dict):
+            line += f" (got {problem['input']!r})"
+        lines.append(line)
+    return "invalid training config:\n  " + "\n  ".join(lines)
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """Split ``training.learning_rate=1e-3`` into a key path and a YAML-typed value."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. training.epochs=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+    # YAML 1.1 reads "1e-3" as a string; a float is what anyone writing it means.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for assignment in overrides:
+        path, value = parse_override(assignment)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _fix_yaml_floats(tree: Any) -> Any:
+    """YAML 1.1 leaves '1e-3' as a string; turn such strings into floats before validation."""
+    if isinstance(tree, dict):
+        return {key: _fix_yaml_floats(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_fix_yaml_floats(value) for value in tree]
+    if isinstance(tree, str):
+        try:
+            if "e" in tree.lower() and tree.lower().lstrip("+-")[:1].isdigit():
+                return float(tree)
+        except ValueError:
+            return tree
+    return tree
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(_fix_yaml_floats(raw))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from exc
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply ``--set`` overrides and validate; relative data paths stay as written."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def dump_config(config: TrainConfig, path: Path, extra: dict[str, Any] | None = None) -> None:
+    document = config.to_yaml_dict()
+    if extra:
+        document["resolved"] = extra
+    path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def read_run_config(path: Path) -> TrainConfig:
+    """Load a run folder's config.yaml (which also holds a `resolved` section written by the recipe)."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw.pop("resolved", None)
+    return config_from_dict(raw)

@@ -1,0 +1,53 @@
+"""Device and precision selection: auto picks CUDA, then Apple MPS, then CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune_platform.errors import DeviceError
+from finetune_platform.training.config import Device, Precision
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    """What this machine offers; a value object so selection is testable without the hardware."""
+
+    cuda: bool
+    mps: bool
+    cuda_bf16: bool = False
+
+    @classmethod
+    def detect(cls) -> Accelerators:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+        return cls(cuda=cuda, mps=mps, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
+
+
+def select_device(requested: Device, available: Accelerators | None = None) -> Device:
+    available = available or Accelerators.detect()
+    if requested is Device.AUTO:
+        if available.cuda:
+            return Device.CUDA
+        if available.mps:
+            return Device.MPS
+        return Device.CPU
+    if requested is Device.CUDA and not available.cuda:
+        raise DeviceError("device: 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
+    if requested is Device.MPS and not available.mps:
+        raise DeviceError("device: 'mps' was requested but Apple MPS is not available; use 'auto' or 'cpu'")
+    return requested
+
+
+def select_precision(requested: Precision, device: Device, available: Accelerators | None = None) -> Precision:
+    available = available or Accelerators.detect()
+    if requested is Precision.AUTO:
+        if device is Device.CUDA:
+            return Precision.BF16 if available.cuda_bf16 else Precision.FP16
+        return Precision.FP32
+    if requested is Precision.FP16 and device is Device.CPU:
+        raise DeviceError("precision: 'fp16' is not supported on the CPU; use 'bf16' or 'fp32'")
+    if requested is Precision.BF16 and device is Device.CUDA and not available.cuda_bf16:
+        raise DeviceError("precision: this CUDA device has no bf16 support; use 'fp16' or 'fp32'")
+    return requested

@@ -1,0 +1,88 @@
+"""Live progress: a terminal bar (loss, learning rate, samples/s, ETA) and the same lines in logs.txt."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+logger = logging.getLogger("finetune_platform.training")
+# Per-step lines go to logs.txt; on the terminal the bar shows them, so the console handler skips this logger.
+step_logger = logging.getLogger("finetune_platform.training.progress")
+
+
+def _eta(seconds: float) -> str:
+    return str(timedelta(seconds=max(0, round(seconds))))
+
+
+class ProgressCallback(TrainerCallback):
+    """Owns the progress bar; writes a log line per logging step and per evaluation."""
+
+    def __init__(self, samples_per_step: int, show_bar: bool = True) -> None:
+        self.samples_per_step = samples_per_step
+        self.show_bar = show_bar
+        self.bar: tqdm | None = None
+        self._start_time = 0.0
+        self._start_step = 0
+        self._last_time = 0.0
+        self._last_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start_time = self._last_time = time.perf_counter()
+        self._start_step = self._last_step = state.global_step
+        if self.show_bar:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                            dynamic_ncols=True)
+        logger.info("training: %d steps, %d samples per step, starting at step %d",
+                    state.max_steps, self.samples_per_step, state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def rates(self, state) -> tuple[float, float]:
+        """(samples/s over the last interval, seconds left at the average rate of this process)."""
+        now = time.perf_counter()
+        interval_steps = state.global_step - self._last_step
+        samples_per_second = interval_steps * self.samples_per_step / max(now - self._last_time, 1e-9)
+        done = state.global_step - self._start_step
+        steps_per_second = done / max(now - self._start_time, 1e-9)
+        remaining = (state.max_steps - state.global_step) / steps_per_second if steps_per_second else 0.0
+        self._last_time, self._last_step = now, state.global_step
+        return samples_per_second, remaining
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:
+            return
+        samples_per_second, remaining = self.rates(state)
+        lr = logs.get("learning_rate", 0.0)
+        line = (
+            f"step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.2f} loss {logs['loss']:.4f} "
+            f"lr {lr:.2e} samples/s {samples_per_second:.1f} eta {_eta(remaining)}"
+        )
+        step_logger.info(line)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.1e}",
+                                 samples_s=f"{samples_per_second:.0f}", refresh=False)
+
+    def on_evaluate(self, args, state, control, metrics: dict[str, float] | None = None, **kwargs):
+        metrics = metrics or {}
+        shown = " ".join(
+            f"{key.removeprefix('eval_')} {value:.4f}"
+            for key, value in metrics.items()
+            if key in {"eval_loss", "eval_accuracy", "eval_macro_f1"}
+        )
+        message = f"eval at step {state.global_step} (epoch {state.epoch or 0:.2f}): {shown}"
+        logger.info(message)
+        if self.bar is not None:
+            self.bar.write(message)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,104 @@
+"""Run folders: results/<experiment>/<run-id>/ with config.yaml, metrics.json, logs.txt and artifacts/."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finetune_platform.errors import NotFoundError
+from finetune_platform.training.checkpoints import STAGING_DIR, newest_checkpoint, write_atomic
+
+STATE_FILE = "run.json"
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    @property
+    def experiment(self) -> str:
+        return self.root.parent.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def logs_path(self) -> Path:
+        return self.root / "logs.txt"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.artifacts_dir / "checkpoints"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.checkpoints_dir / STAGING_DIR
+
+    @classmethod
+    def create(cls, output_dir: Path, experiment: str, run_id: str | None = None) -> RunFolder:
+        folder = cls(Path(output_dir) / experiment / (run_id or new_run_id()))
+        folder.checkpoints_dir.mkdir(parents=True, exist_ok=False)
+        return folder
+
+    def read_state(self) -> dict[str, Any]:
+        if not self.state_path.is_file():
+            return {}
+        return json.loads(self.state_path.read_text(encoding="utf-8"))
+
+    def update_state(self, **changes: Any) -> dict[str, Any]:
+        state = {**self.read_state(), **changes, "updated_at": datetime.now(UTC).isoformat()}
+        write_atomic(self.state_path, json.dumps(state, indent=2))
+        return state
+
+    @classmethod
+    def find_resumable(cls, output_dir: Path, experiment: str, run_id: str | None = None) -> RunFolder:
+        """The named run, or the newest unfinished run of the experiment."""
+        experiment_dir = Path(output_dir) / experiment
+        if run_id is not None:
+            folder = cls(experiment_dir / run_id)
+            if not folder.config_path.is_file():
+                raise NotFoundError(f"no run {run_id!r} in {experiment_dir}")
+            return folder
+        candidates = sorted(
+            (cls(path) for path in experiment_dir.glob("*/") if (path / "config.yaml").is_file()),
+            key=lambda folder: folder.run_id,
+        )
+        unfinished = [folder for folder in candidates if folder.read_state().get("status") != "succeeded"]
+        if not unfinished:
+            raise NotFoundError(f"nothing to resume: no unfinished run of experiment {experiment!r} in {experiment_dir}")
+        return unfinished[-1]
+
+    def newest_checkpoint(self) -> Path | None:
+        info = newest_checkpoint(self.checkpoints_dir)
+        return info.path if info else None
+
+
+def latest_run(output_dir: Path, experiment: str | None = None) -> RunFolder | None:
+    pattern = f"{experiment}/*/config.yaml" if experiment else "*/*/config.yaml"
+    folders = [RunFolder(path.parent) for path in Path(output_dir).glob(pattern)]
+    return max(folders, key=lambda f: f.config_path.stat().st_mtime, default=None)

@@ -1,0 +1,155 @@
+"""Run a training config end to end: run folder, logging, MLflow run, and the recipe lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finetune_platform.settings import Settings, get_settings
+from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
+from finetune_platform.training.run_folder import RunFolder
+
+logger = logging.getLogger("finetune_platform.training")
+
+# MLflow gets the run folder's small files; checkpoints (optimizer state) stay on disk only.
+_ARTIFACT_FILES = ("config.yaml", "metrics.json", "logs.txt")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run: RunFolder
+    metrics: dict[str, Any]
+    mlflow_run_id: str | None
+    wall_seconds: float
+
+
+class _RunLog:
+    """Attach logs.txt (appending, so a resumed run keeps its history) to the platform's loggers."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.logger = logging.getLogger("finetune_platform")
+
+    def __enter__(self) -> _RunLog:
+        self.logger.addHandler(self.handler)
+        if self.logger.level == logging.NOTSET or self.logger.level > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+
+
+def prepare_run(
+    config: TrainConfig, *, resume: bool = False, run_id: str | None = None
+) -> tuple[TrainConfig, RunFolder, Path | None]:
+    """Pick the run folder (new, or the one to resume) and the checkpoint to resume from."""
+    if not resume:
+        run = RunFolder.create(config.output_dir, config.experiment, run_id)
+        dump_config(config, run.config_path)
+        return config, run, None
+    run = RunFolder.find_resumable(config.output_dir, config.experiment, run_id)
+    # The run's own config wins: resuming with different settings would not continue the same run.
+    saved = read_run_config(run.config_path)
+    return saved, run, run.newest_checkpoint()
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    run_id: str | None = None,
+    settings: Settings | None = None,
+    show_progress: bool = True,
+) -> RunResult:
+    from finetune_platform.training.recipe import LoraClassificationRecipe
+
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    config, run, checkpoint = prepare_run(config, resume=resume, run_id=run_id)
+    previous = run.read_state()
+    run.update_state(status="running", started_at=previous.get("started_at") or datetime.now(UTC).isoformat(),
+                     attempts=int(previous.get("attempts", 0)) + 1)
+    tracker = None
+    with _RunLog(run.logs_path):
+        logger.info("run %s of experiment %s%s", run.run_id, run.experiment,
+                    f", resuming from {checkpoint.name}" if checkpoint else (" (resume: no complete checkpoint,"
+                                                                             " starting over)" if resume else ""))
+        recipe = LoraClassificationRecipe(config, run, show_progress=show_progress)
+        try:
+            recipe.setup()
+            if settings.MLFLOW_ENABLED:
+                tracker = _start_tracker(settings, config, run, recipe, previous.get("mlflow_run_id"))
+                recipe.tracker = tracker
+                from finetune_platform.training.trainer import TrackingCallback
+
+                recipe.trainer.add_callback(TrackingCallback(tracker))
+            recipe.train(resume_from=checkpoint)
+            recipe.evaluate()
+            metrics = recipe.save(tracker.run_id if tracker else None)
+            if tracker is not None:
+                _finish_tracker(tracker, run, metrics)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            logger.error("run %s %s: %s", run.run_id, status, exc)
+            run.update_state(status=status, error=str(exc))
+            if tracker is not None:
+                tracker.end("KILLED" if status == "interrupted" else "FAILED")
+            raise
+        finally:
+            recipe.cleanup()
+        wall = time.perf_counter() - started
+        run.update_state(status="succeeded", finished_at=datetime.now(UTC).isoformat(), error=None)
+        logger.info("run %s succeeded in %.1fs: accuracy %.4f, macro_f1 %.4f -> %s", run.run_id, wall,
+                    metrics["eval"]["accuracy"], metrics["eval"]["macro_f1"], run.root)
+    return RunResult(run=run, metrics=metrics, mlflow_run_id=tracker.run_id if tracker else None, wall_seconds=wall)
+
+
+def _start_tracker(settings: Settings, config: TrainConfig, run: RunFolder, recipe: Any,
+                   existing_run_id: str | None) -> Any:
+    from finetune_platform.tracking.mlflow_runs import MlflowRunTracker
+
+    tracker = MlflowRunTracker(settings, config.experiment)
+    resolved = recipe.state.resolved(run, config, None)
+    tags = {
+        "finetune.run_folder": str(run.root.resolve()),
+        "finetune.base_model": config.model.base_model,
+        "finetune.language": resolved["language"],
+        "finetune.dataset_sha256": resolved["dataset"]["train_sha256"],
+    }
+    tracker.start(run.run_id, tags, existing_run_id=existing_run_id)
+    run.update_state(mlflow_run_id=tracker.run_id)
+    if existing_run_id is None:
+        params = config.flat()
+        params.update({f"resolved.{key}": value for key, value in resolved.items()
+                       if key not in {"dataset", "mlflow_run_id", "run_id"}})
+        params.update({f"resolved.dataset.{key}": value for key, value in resolved["dataset"].items()})
+        tracker.log_params(params)
+    return tracker
+
+
+def _finish_tracker(tracker: Any, run: RunFolder, metrics: dict[str, Any]) -> None:
+    evaluation = metrics["eval"]
+    final = {f"final_{key}": float(evaluation[key]) for key in ("accuracy", "macro_f1", "loss")}
+    for name, scores in evaluation["per_class"].items():
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        final[f"final_precision.{safe}"] = scores["precision"]
+        final[f"final_recall.{safe}"] = scores["recall"]
+    if metrics["train"]["samples_per_second"] is not None:
+        final["train_samples_per_second"] = float(metrics["train"]["samples_per_second"])
+    tracker.log_metrics(final, metrics["train"]["global_step"])
+    tracker.flush()
+    for name in _ARTIFACT_FILES:
+        path = run.root / name
+        if path.is_file():
+            tracker.log_artifact(path)
+    for path in sorted(run.artifacts_dir.iterdir()):
+        if path.is_file():
+            tracker.log_artifact(path, "artifacts")
+    tracker.end("FINISHED")
