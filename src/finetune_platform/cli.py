@@ -28,7 +28,9 @@ app.add_typer(runs_app, name="runs")
 ConfigPath = Annotated[Path, typer.Argument(help="Training config YAML, e.g. configs/quickstart.yaml.")]
 Overrides = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a config field: --set training.learning_rate=1e-3 (repeatable)."),
+    typer.Option(
+        "--set", "-s", help="Override a config field: --set training.learning_rate=1e-3 (repeatable)."
+    ),
 ]
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Root of the run folders.")]
 
@@ -38,13 +40,25 @@ class _ConsoleFilter(logging.Filter):
         return not record.name.startswith("finetune_platform.training.progress")
 
 
+class _TqdmSafeHandler(logging.Handler):
+    """Writes log lines above a live progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
 def _configure_console_logging() -> None:
     from finetune_platform.settings import get_settings
 
     root = logging.getLogger("finetune_platform")
     if any(getattr(h, "_finetune_console", False) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _TqdmSafeHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_ConsoleFilter())
     handler._finetune_console = True  # type: ignore[attr-defined]
@@ -68,13 +82,19 @@ def train(
     config_path: ConfigPath,
     overrides: Overrides = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the newest unfinished run of this experiment from its "
-                                            "newest complete checkpoint.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the newest unfinished run of this experiment from its newest complete checkpoint.",
+        ),
     ] = False,
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="With --resume: the run to continue. Without: the new run's id.")
+        str | None,
+        typer.Option("--run-id", help="With --resume: the run to continue. Without: the new run's id."),
     ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")] = True,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")
+    ] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON.")] = False,
 ) -> None:
     """Train a LoRA adapter from a config: validate, train, evaluate, save the run folder, log to MLflow."""
@@ -88,8 +108,12 @@ def train(
         raise _fail(error) from None
     evaluation = result.metrics["eval"]
     if json_output:
-        typer.echo(json.dumps({"run_folder": str(result.run.root), "mlflow_run_id": result.mlflow_run_id,
-                               **result.metrics}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"run_folder": str(result.run.root), "mlflow_run_id": result.mlflow_run_id, **result.metrics},
+                indent=2,
+            )
+        )
         return
     train_metrics = result.metrics["train"]
     typer.echo("")

@@ -32,7 +32,13 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _read_tsv(path: Path) -> pd.DataFrame:
     # TSV has no quoting convention: quotes are part of the text (SST-2 phrases contain them).
     return pd.read_csv(
-        path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8", keep_default_na=False, na_values=[""], dtype=object
+        path,
+        sep="\t",
+        quoting=csv.QUOTE_NONE,
+        encoding="utf-8",
+        keep_default_na=False,
+        na_values=[""],
+        dtype=object,
     )
 
 
@@ -57,7 +63,7 @@ def _read_json(path: Path) -> pd.DataFrame:
     if isinstance(document, dict) and isinstance(document.get("data"), list):
         document = document["data"]
     if not isinstance(document, list):
-        raise DatasetError(f"{path}: expected a JSON array of objects (or {{\"data\": [...]}})")
+        raise DatasetError(f'{path}: expected a JSON array of objects (or {{"data": [...]}})')
     return pd.DataFrame.from_records(document)
 
 
@@ -73,9 +79,16 @@ READERS: dict[DatasetFormat, Callable[[Path], pd.DataFrame]] = {
     DatasetFormat.PARQUET: _read_parquet,
 }
 
-_SUFFIXES = {".csv": DatasetFormat.CSV, ".tsv": DatasetFormat.TSV, ".txt": DatasetFormat.TSV,
-             ".jsonl": DatasetFormat.JSONL, ".ndjson": DatasetFormat.JSONL, ".json": DatasetFormat.JSON,
-             ".parquet": DatasetFormat.PARQUET, ".pq": DatasetFormat.PARQUET}
+_SUFFIXES = {
+    ".csv": DatasetFormat.CSV,
+    ".tsv": DatasetFormat.TSV,
+    ".txt": DatasetFormat.TSV,
+    ".jsonl": DatasetFormat.JSONL,
+    ".ndjson": DatasetFormat.JSONL,
+    ".json": DatasetFormat.JSON,
+    ".parquet": DatasetFormat.PARQUET,
+    ".pq": DatasetFormat.PARQUET,
+}
 
 
 def detect_format(path: Path) -> DatasetFormat:
@@ -83,7 +96,9 @@ def detect_format(path: Path) -> DatasetFormat:
         return _SUFFIXES[path.suffix.lower()]
     except KeyError:
         supported = ", ".join(sorted(_SUFFIXES))
-        raise DatasetError(f"{path}: unknown dataset format {path.suffix!r}; supported: {supported}") from None
+        raise DatasetError(
+            f"{path}: unknown dataset format {path.suffix!r}; supported: {supported}"
+        ) from None
 
 
 def _rows(indices: Any) -> str:
@@ -194,15 +209,14 @@ class LabelMap:
                 ordered = sorted(str(v) for v in values)
             names = tuple(str(v) for v in ordered)
         if len(names) < 2:
-            raise DatasetError(f"only one label ({names[0]!r}) in the training data: a classifier needs at least two")
+            raise DatasetError(
+                f"only one label ({names[0]!r}) in the training data: a classifier needs at least two"
+            )
         return cls(names=names, raw_values=tuple(ordered))
 
     def encode(self, table: pd.DataFrame, source: Path) -> list[int]:
         index = {value: i for i, value in enumerate(self.raw_values)}
-        if isinstance(self.raw_values[0], str):
-            keys = table["label"].map(str)
-        else:
-            keys = table["label"]
+        keys = table["label"].map(str) if isinstance(self.raw_values[0], str) else table["label"]
         ids = keys.map(index)
         unknown = table.index[ids.isna()]
         if len(unknown):

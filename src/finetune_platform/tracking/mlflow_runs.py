@@ -20,13 +20,13 @@ class MlflowRunTracker:
     """One MLflow run per training run; buffered so logging costs one call per flush, not per value."""
 
     def __init__(self, settings: Settings, experiment: str, flush_every: int = 200) -> None:
-        import mlflow
         from mlflow import MlflowClient
 
         self.tracking_uri = settings.mlflow_tracking_uri
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.tracking_uri)
+        # No mlflow.set_tracking_uri(): it writes MLFLOW_TRACKING_URI into the process environment,
+        # which would leak into every Settings object created afterwards.
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.artifact_root = settings.mlflow_artifact_root
         self.experiment = experiment
@@ -39,8 +39,10 @@ class MlflowRunTracker:
         if found is not None:
             return found.experiment_id
         # Artifacts go under FINETUNE_HOME (or the server's root), never into the working directory.
-        location = None if self.tracking_uri.startswith(("http://", "https://")) else (
-            f"{self.artifact_root}/{self.experiment}"
+        location = (
+            None
+            if self.tracking_uri.startswith(("http://", "https://"))
+            else (f"{self.artifact_root}/{self.experiment}")
         )
         return self.client.create_experiment(self.experiment, artifact_location=location)
 
@@ -58,7 +60,7 @@ class MlflowRunTracker:
 
         items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
         for start in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[start:start + PARAMS_PER_BATCH])
+            self.client.log_batch(self.run_id, params=items[start : start + PARAMS_PER_BATCH])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -78,7 +80,7 @@ class MlflowRunTracker:
             return
         pending, self._buffer = self._buffer, []
         for start in range(0, len(pending), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=pending[start:start + METRICS_PER_BATCH])
+            self.client.log_batch(self.run_id, metrics=pending[start : start + METRICS_PER_BATCH])
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)

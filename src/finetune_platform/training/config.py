@@ -76,7 +76,9 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    train_file: Path = Field(description="Training data: CSV, TSV, JSONL, JSON or Parquet with text and label.")
+    train_file: Path = Field(
+        description="Training data: CSV, TSV, JSONL, JSON or Parquet with text and label."
+    )
     validation_file: Path | None = Field(
         default=None, description="Validation data in the same format; if unset, validation_split is used."
     )
@@ -111,7 +113,9 @@ class DataSection(_Section):
 
 
 class LoraSection(_Section):
-    r: int = Field(default=8, ge=1, le=1024, description="LoRA rank. Higher adds capacity and a little compute.")
+    r: int = Field(
+        default=8, ge=1, le=1024, description="LoRA rank. Higher adds capacity and a little compute."
+    )
     alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["auto", "all-linear"] = Field(
@@ -197,7 +201,11 @@ class TrainConfig(_Section):
     output_dir: Path = Field(default=Path("results"), description="Root folder of run folders.")
     device: Device = Field(default=Device.AUTO, description="auto picks CUDA, then Apple MPS, then CPU.")
     precision: Precision = Field(
-        default=Precision.AUTO, description="auto: bf16 on CUDA with bf16 support, fp16 on other CUDA, else fp32."
+        default=Precision.AUTO,
+        description=(
+            "auto: bf16 on CUDA with bf16 support, fp16 on other CUDA, bf16 on CPUs with native bf16 "
+            "(AVX512-BF16/AMX), else fp32. Mixed precision keeps fp32 master weights."
+        ),
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -235,7 +243,11 @@ def format_validation_error(error: ValidationError) -> str:
         elif problem["type"] == "missing":
             message = "field required"
         line = f"{field}: {message}"
-        if problem["type"] not in {"missing"} and "input" in problem and not isinstance(problem["input"], dict):
+        if (
+            problem["type"] not in {"missing"}
+            and "input" in problem
+            and not isinstance(problem["input"], dict)
+        ):
             line += f" (got {problem['input']!r})"
         lines.append(line)
     return "invalid training config:\n  " + "\n  ".join(lines)
@@ -246,17 +258,15 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     key, sep, raw = assignment.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. training.epochs=2")
+        raise ConfigError(
+            f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. training.epochs=2"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
-    # YAML 1.1 reads "1e-3" as a string; a float is what anyone writing it means.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") else value
-        except ValueError:
-            pass
+        raise ConfigError(
+            f"--set {assignment!r}: value is not valid YAML ({exc.__class__.__name__})"
+        ) from exc
     return key.split("."), value
 
 
@@ -273,24 +283,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _fix_yaml_floats(tree: Any) -> Any:
-    """YAML 1.1 leaves '1e-3' as a string; turn such strings into floats before validation."""
-    if isinstance(tree, dict):
-        return {key: _fix_yaml_floats(value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_fix_yaml_floats(value) for value in tree]
-    if isinstance(tree, str):
-        try:
-            if "e" in tree.lower() and tree.lower().lstrip("+-")[:1].isdigit():
-                return float(tree)
-        except ValueError:
-            return tree
-    return tree
-
-
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     try:
-        return TrainConfig.model_validate(_fix_yaml_floats(raw))
+        return TrainConfig.model_validate(raw)  # pydantic reads YAML 1.1's "1e-3" strings as floats
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from exc
 
@@ -305,7 +300,9 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainCo
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}"
+        )
     return config_from_dict(apply_overrides(raw, overrides or []))
 
 

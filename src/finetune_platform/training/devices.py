@@ -15,6 +15,7 @@ class Accelerators:
     cuda: bool
     mps: bool
     cuda_bf16: bool = False
+    cpu_bf16: bool = False  # native bf16 matrix units (AVX512-BF16 or AMX)
 
     @classmethod
     def detect(cls) -> Accelerators:
@@ -22,7 +23,12 @@ class Accelerators:
 
         cuda = torch.cuda.is_available()
         mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-        return cls(cuda=cuda, mps=mps, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
+        cpu = torch.cpu
+        cpu_bf16 = any(
+            getattr(cpu, probe, lambda: False)()
+            for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
+        return cls(cuda=cuda, mps=mps, cuda_bf16=cuda and torch.cuda.is_bf16_supported(), cpu_bf16=cpu_bf16)
 
 
 def select_device(requested: Device, available: Accelerators | None = None) -> Device:
@@ -40,11 +46,17 @@ def select_device(requested: Device, available: Accelerators | None = None) -> D
     return requested
 
 
-def select_precision(requested: Precision, device: Device, available: Accelerators | None = None) -> Precision:
+def select_precision(
+    requested: Precision, device: Device, available: Accelerators | None = None
+) -> Precision:
     available = available or Accelerators.detect()
     if requested is Precision.AUTO:
         if device is Device.CUDA:
             return Precision.BF16 if available.cuda_bf16 else Precision.FP16
+        if device is Device.CPU and available.cpu_bf16:
+            # bf16 autocast with fp32 master weights: measured ~2x faster on AVX512-BF16 CPUs at equal
+            # accuracy (bench/train_throughput.py); CPUs without native bf16 would only emulate it.
+            return Precision.BF16
         return Precision.FP32
     if requested is Precision.FP16 and device is Device.CPU:
         raise DeviceError("precision: 'fp16' is not supported on the CPU; use 'bf16' or 'fp32'")

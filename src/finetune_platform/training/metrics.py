@@ -22,7 +22,9 @@ def trainer_compute_metrics(eval_prediction: Any) -> dict[str, float]:
     return summary_metrics(eval_prediction.predictions, eval_prediction.label_ids)
 
 
-def classification_report(logits: np.ndarray, label_ids: np.ndarray, names: tuple[str, ...]) -> dict[str, Any]:
+def classification_report(
+    logits: np.ndarray, label_ids: np.ndarray, names: tuple[str, ...]
+) -> dict[str, Any]:
     """Full report for metrics.json: summary, per-class scores and the confusion matrix (rows = truth)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 

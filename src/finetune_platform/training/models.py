@@ -41,7 +41,20 @@ FAMILIES: dict[ModelFamily, FamilySpec] = {
 }
 
 # Names that usually are attention query/value projections in architectures we have no entry for.
-_GENERIC_ATTENTION_NAMES = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "q", "v", "qkv", "Wqkv")
+_GENERIC_ATTENTION_NAMES = (
+    "query",
+    "value",
+    "query_proj",
+    "value_proj",
+    "q_proj",
+    "v_proj",
+    "q_lin",
+    "v_lin",
+    "q",
+    "v",
+    "qkv",
+    "Wqkv",
+)
 _HEAD_NAMES = ("classifier", "score", "pooler", "pre_classifier", "lm_head")
 
 

@@ -35,10 +35,19 @@ class ProgressCallback(TrainerCallback):
         self._start_time = self._last_time = time.perf_counter()
         self._start_step = self._last_step = state.global_step
         if self.show_bar:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
-                            dynamic_ncols=True)
-        logger.info("training: %d steps, %d samples per step, starting at step %d",
-                    state.max_steps, self.samples_per_step, state.global_step)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="training",
+                unit="step",
+                dynamic_ncols=True,
+            )
+        logger.info(
+            "training: %d steps, %d samples per step, starting at step %d",
+            state.max_steps,
+            self.samples_per_step,
+            state.global_step,
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -67,8 +76,12 @@ class ProgressCallback(TrainerCallback):
         )
         step_logger.info(line)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.1e}",
-                                 samples_s=f"{samples_per_second:.0f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{logs['loss']:.4f}",
+                lr=f"{lr:.1e}",
+                samples_s=f"{samples_per_second:.0f}",
+                refresh=False,
+            )
 
     def on_evaluate(self, args, state, control, metrics: dict[str, float] | None = None, **kwargs):
         metrics = metrics or {}
@@ -77,10 +90,10 @@ class ProgressCallback(TrainerCallback):
             for key, value in metrics.items()
             if key in {"eval_loss", "eval_accuracy", "eval_macro_f1"}
         )
+        # Evaluation time is not training time: restart the samples/s interval after it.
+        self._last_time, self._last_step = time.perf_counter(), state.global_step
         message = f"eval at step {state.global_step} (epoch {state.epoch or 0:.2f}): {shown}"
         logger.info(message)
-        if self.bar is not None:
-            self.bar.write(message)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

@@ -191,13 +191,23 @@ class LoraClassificationRecipe:
         model_ref = resolve_base_model(config.model.base_model, config.model.language)
         data = config.data
         splits = load_splits(
-            data.train_file, data.text_column, data.label_column,
-            validation_file=data.validation_file, validation_split=data.validation_split,
-            label_names=data.label_names, max_train_rows=data.max_train_rows,
-            max_validation_rows=data.max_validation_rows, seed=config.training.seed,
+            data.train_file,
+            data.text_column,
+            data.label_column,
+            validation_file=data.validation_file,
+            validation_split=data.validation_split,
+            label_names=data.label_names,
+            max_train_rows=data.max_train_rows,
+            max_validation_rows=data.max_validation_rows,
+            seed=config.training.seed,
         )
-        logger.info("data: %d training rows, %d validation rows (%s), labels %s", len(splits.train),
-                    len(splits.validation), splits.validation_source, list(splits.label_map.names))
+        logger.info(
+            "data: %d training rows, %d validation rows (%s), labels %s",
+            len(splits.train),
+            len(splits.validation),
+            splits.validation_source,
+            list(splits.label_map.names),
+        )
 
         _quiet_libraries()
         from transformers import AutoTokenizer, set_seed
@@ -211,10 +221,17 @@ class LoraClassificationRecipe:
         model = build_model(config, state)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        logger.info("model: %s (%s, %s) on %s/%s, LoRA on %s: %d of %d parameters trainable",
-                    config.model.base_model, state.model_type, model_ref.language, device.value,
-                    precision.value, ",".join(state.target_modules), state.trainable_parameters,
-                    state.total_parameters)
+        logger.info(
+            "model: %s (%s, %s) on %s/%s, LoRA on %s: %d of %d parameters trainable",
+            config.model.base_model,
+            state.model_type,
+            model_ref.language,
+            device.value,
+            precision.value,
+            ",".join(state.target_modules),
+            state.trainable_parameters,
+            state.total_parameters,
+        )
         self.trainer = self._build_trainer(model, train_dataset, eval_dataset)
         return state
 
@@ -230,8 +247,14 @@ class LoraClassificationRecipe:
             ProgressCallback(t.batch_size * t.gradient_accumulation_steps, show_bar=self.show_progress)
         ]
         if t.early_stopping_patience is not None:
-            callbacks.append(EarlyStopping(metric_key, t.metric_for_best_model.greater_is_better,
-                                           t.early_stopping_patience, t.early_stopping_threshold))
+            callbacks.append(
+                EarlyStopping(
+                    metric_key,
+                    t.metric_for_best_model.greater_is_better,
+                    t.early_stopping_patience,
+                    t.early_stopping_threshold,
+                )
+            )
         if self.tracker is not None:
             callbacks.append(TrackingCallback(self.tracker))
         trainer = PlatformTrainer(
@@ -248,7 +271,8 @@ class LoraClassificationRecipe:
             fastest_tolerance=self.config.checkpoints.fastest_tolerance,
         )
         # Our ProgressCallback replaces the Trainer's console printer and bar.
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+        from transformers.trainer_callback import PrinterCallback
+        from transformers.trainer_callback import ProgressCallback as HFProgress
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(HFProgress)
@@ -261,7 +285,9 @@ class LoraClassificationRecipe:
             logger.info("removed incomplete checkpoints left by an interrupted save: %s", ", ".join(removed))
         if resume_from is not None:
             logger.info("resuming from %s", resume_from)
-        self.train_output = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        self.train_output = self.trainer.train(
+            resume_from_checkpoint=str(resume_from) if resume_from else None
+        )
         return self.train_output
 
     # -- evaluate --------------------------------------------------------------------------------
@@ -273,15 +299,20 @@ class LoraClassificationRecipe:
             prediction.predictions, np.asarray(prediction.label_ids), self.state.splits.label_map.names
         )
         self.report["loss"] = float(prediction.metrics.get("final_loss", float("nan")))
-        logger.info("final evaluation (%s): accuracy %.4f macro_f1 %.4f", self.final_checkpoint or "last step",
-                    self.report["accuracy"], self.report["macro_f1"])
+        logger.info(
+            "final evaluation (%s): accuracy %.4f macro_f1 %.4f",
+            self.final_checkpoint or "last step",
+            self.report["accuracy"],
+            self.report["macro_f1"],
+        )
         return self.report
 
     def _load_final_weights(self) -> str | None:
         checkpoints = list_checkpoints(self.run.checkpoints_dir)
         t = self.config.training
-        retained = select_retained(checkpoints, t.metric_for_best_model.greater_is_better,
-                                   self.config.checkpoints.fastest_tolerance)
+        retained = select_retained(
+            checkpoints, t.metric_for_best_model.greater_is_better, self.config.checkpoints.fastest_tolerance
+        )
         best = retained.get("best")
         if self.config.checkpoints.final_model != "best" or best is None:
             return None
@@ -326,7 +357,9 @@ class LoraClassificationRecipe:
             "history": [entry for entry in self.trainer.state.log_history if "eval_loss" in entry],
         }
         self.run.metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        dump_config(self.config, self.run.config_path, self.state.resolved(self.run, self.config, mlflow_run_id))
+        dump_config(
+            self.config, self.run.config_path, self.state.resolved(self.run, self.config, mlflow_run_id)
+        )
         return metrics
 
     # -- cleanup ---------------------------------------------------------------------------------
@@ -339,10 +372,13 @@ class LoraClassificationRecipe:
 
 def _quiet_libraries() -> None:
     """Keep library chatter (load reports, map bars) out of the progress display and logs."""
+    import warnings
+
     import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|pyarrow)\.")
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-

@@ -90,7 +90,9 @@ class RunFolder:
         )
         unfinished = [folder for folder in candidates if folder.read_state().get("status") != "succeeded"]
         if not unfinished:
-            raise NotFoundError(f"nothing to resume: no unfinished run of experiment {experiment!r} in {experiment_dir}")
+            raise NotFoundError(
+                f"nothing to resume: no unfinished run of experiment {experiment!r} in {experiment_dir}"
+            )
         return unfinished[-1]
 
     def newest_checkpoint(self) -> Path | None:

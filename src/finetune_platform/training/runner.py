@@ -74,13 +74,21 @@ def run_training(
     started = time.perf_counter()
     config, run, checkpoint = prepare_run(config, resume=resume, run_id=run_id)
     previous = run.read_state()
-    run.update_state(status="running", started_at=previous.get("started_at") or datetime.now(UTC).isoformat(),
-                     attempts=int(previous.get("attempts", 0)) + 1)
+    run.update_state(
+        status="running",
+        started_at=previous.get("started_at") or datetime.now(UTC).isoformat(),
+        attempts=int(previous.get("attempts", 0)) + 1,
+    )
     tracker = None
     with _RunLog(run.logs_path):
-        logger.info("run %s of experiment %s%s", run.run_id, run.experiment,
-                    f", resuming from {checkpoint.name}" if checkpoint else (" (resume: no complete checkpoint,"
-                                                                             " starting over)" if resume else ""))
+        logger.info(
+            "run %s of experiment %s%s",
+            run.run_id,
+            run.experiment,
+            f", resuming from {checkpoint.name}"
+            if checkpoint
+            else (" (resume: no complete checkpoint, starting over)" if resume else ""),
+        )
         recipe = LoraClassificationRecipe(config, run, show_progress=show_progress)
         try:
             recipe.setup()
@@ -106,13 +114,22 @@ def run_training(
             recipe.cleanup()
         wall = time.perf_counter() - started
         run.update_state(status="succeeded", finished_at=datetime.now(UTC).isoformat(), error=None)
-        logger.info("run %s succeeded in %.1fs: accuracy %.4f, macro_f1 %.4f -> %s", run.run_id, wall,
-                    metrics["eval"]["accuracy"], metrics["eval"]["macro_f1"], run.root)
-    return RunResult(run=run, metrics=metrics, mlflow_run_id=tracker.run_id if tracker else None, wall_seconds=wall)
+        logger.info(
+            "run %s succeeded in %.1fs: accuracy %.4f, macro_f1 %.4f -> %s",
+            run.run_id,
+            wall,
+            metrics["eval"]["accuracy"],
+            metrics["eval"]["macro_f1"],
+            run.root,
+        )
+    return RunResult(
+        run=run, metrics=metrics, mlflow_run_id=tracker.run_id if tracker else None, wall_seconds=wall
+    )
 
 
-def _start_tracker(settings: Settings, config: TrainConfig, run: RunFolder, recipe: Any,
-                   existing_run_id: str | None) -> Any:
+def _start_tracker(
+    settings: Settings, config: TrainConfig, run: RunFolder, recipe: Any, existing_run_id: str | None
+) -> Any:
     from finetune_platform.tracking.mlflow_runs import MlflowRunTracker
 
     tracker = MlflowRunTracker(settings, config.experiment)
@@ -127,8 +144,13 @@ def _start_tracker(settings: Settings, config: TrainConfig, run: RunFolder, reci
     run.update_state(mlflow_run_id=tracker.run_id)
     if existing_run_id is None:
         params = config.flat()
-        params.update({f"resolved.{key}": value for key, value in resolved.items()
-                       if key not in {"dataset", "mlflow_run_id", "run_id"}})
+        params.update(
+            {
+                f"resolved.{key}": value
+                for key, value in resolved.items()
+                if key not in {"dataset", "mlflow_run_id", "run_id"}
+            }
+        )
         params.update({f"resolved.dataset.{key}": value for key, value in resolved["dataset"].items()})
         tracker.log_params(params)
     return tracker
@@ -141,8 +163,6 @@ def _finish_tracker(tracker: Any, run: RunFolder, metrics: dict[str, Any]) -> No
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         final[f"final_precision.{safe}"] = scores["precision"]
         final[f"final_recall.{safe}"] = scores["recall"]
-    if metrics["train"]["samples_per_second"] is not None:
-        final["train_samples_per_second"] = float(metrics["train"]["samples_per_second"])
     tracker.log_metrics(final, metrics["train"]["global_step"])
     tracker.flush()
     for name in _ARTIFACT_FILES:

@@ -24,8 +24,15 @@ class PlatformTrainer(Trainer):
     then this class moves it into place, marks it complete and applies retention.
     """
 
-    def __init__(self, *args: Any, checkpoint_root: Path, metric_key: str, greater_is_better: bool,
-                 fastest_tolerance: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        checkpoint_root: Path,
+        metric_key: str,
+        greater_is_better: bool,
+        fastest_tolerance: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.checkpoint_root = checkpoint_root
         self.metric_key = metric_key
@@ -50,8 +57,12 @@ class PlatformTrainer(Trainer):
                 self.state.best_model_checkpoint = str(best)
         # The base class recorded the staging path; store the final one before committing.
         self.state.save_to_json(str(staged / "trainer_state.json"))
-        meta = {"step": self.state.global_step, "epoch": self.state.epoch, "metric": self._latest_metric(),
-                "metric_name": self.metric_key}
+        meta = {
+            "step": self.state.global_step,
+            "epoch": self.state.epoch,
+            "metric": self._latest_metric(),
+            "metric_name": self.metric_key,
+        }
         commit_staged(staged, self.checkpoint_root, meta)
         apply_retention(self.checkpoint_root, self.greater_is_better, self.fastest_tolerance)
 
@@ -93,11 +104,19 @@ class TrackingCallback(TrainerCallback):
     def __init__(self, sink: MetricSink) -> None:
         self.sink = sink
 
+    @staticmethod
+    def metric_name(key: str) -> str:
+        if key.startswith("eval_"):
+            return key
+        if key.startswith("train_"):  # the end-of-training summary (train_runtime, train_loss, ...)
+            return f"final_{key}"
+        return f"train_{key}"
+
     def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
         numeric = {
-            key if key.startswith("eval_") else f"train_{key}": float(value)
+            self.metric_name(key): float(value)
             for key, value in (logs or {}).items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(value, int | float) and not isinstance(value, bool) and key != "total_flos"
         }
         if numeric:
             self.sink.log_metrics(numeric, state.global_step)

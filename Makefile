@@ -1,0 +1,52 @@
+# finetune-platform: `make demo` and `make test` are the two set-up commands (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+exp ?=
+
+.PHONY: help install demo test test-fast lint format run-local logs-local bench-train clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of torch first, so nothing below pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the platform with its dev tools
+
+demo: $(STAMP) ## Train the quickstart LoRA adapter (bundled MiniLM + sample data), print metrics and run folder
+	$(BIN)/finetune train configs/quickstart.yaml
+
+test: $(STAMP) ## Lint, then run the whole test suite
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## Run the tests that train no model
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff check
+	$(BIN)/ruff check src tests bench
+
+format: $(STAMP) ## ruff format and autofix
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+run-local: $(STAMP) ## Train locally (exp=NAME picks configs/NAME.yaml; default quickstart)
+	$(BIN)/finetune train configs/$(or $(exp),quickstart).yaml
+
+logs-local: $(STAMP) ## Show the newest run's logs.txt (exp=NAME for one experiment)
+	$(BIN)/finetune runs logs $(if $(exp),--experiment $(exp),)
+
+bench-train: $(STAMP) ## Training throughput: platform recipe vs plain HF Trainer + PEFT on SST-2
+	$(BIN)/python bench/train_throughput.py --bf16
+
+clean: ## Remove run folders and embedded state (keeps .venv)
+	rm -rf results .finetune .pytest_cache .ruff_cache

@@ -1,0 +1,197 @@
+"""Training throughput: the platform's recipe against plain HF Trainer + PEFT, side by side.
+
+    python bench/train_throughput.py [--repeats 3] [--rows 4000] [--eval-rows 872] [--device cpu]
+
+Same machine, same process, same data (first N rows of SST-2 train.tsv, accuracy on the first
+872 rows of dev.tsv), same model (bundled MiniLM), max length 128, one epoch. Runs alternate
+baseline/platform so drift hits both. Prints a table and writes bench/results/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import SST2_DIR, median, print_table, write_result
+
+
+def run_baseline(train_rows: int, eval_rows: int, seed: int, device: str) -> dict[str, float]:
+    """Plain HF Trainer + PEFT with default arguments, as a user would write it from the docs."""
+    import numpy as np
+    import pandas as pd
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from finetune_platform.training.models import resolve_base_model
+
+    set_seed(seed)
+    source = resolve_base_model("minilm").source
+    read = dict(sep="\t", quoting=csv.QUOTE_NONE)
+    train = pd.read_csv(SST2_DIR / "train.tsv", **read).head(train_rows)
+    dev = pd.read_csv(SST2_DIR / "dev.tsv", **read).head(eval_rows)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+
+    def encode(frame: pd.DataFrame) -> Dataset:
+        encoded = tokenizer(frame["sentence"].tolist(), truncation=True, max_length=128)
+        return Dataset.from_dict({**encoded, "labels": frame["label"].tolist()})
+
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+    model = get_peft_model(
+        model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"])
+    )
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            out,
+            per_device_train_batch_size=32,
+            learning_rate=5e-4,
+            num_train_epochs=1,
+            seed=seed,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            use_cpu=device == "cpu",
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=encode(train),
+            data_collator=DataCollatorWithPadding(tokenizer),
+        )
+        start = time.perf_counter()
+        output = trainer.train()
+        train_wall = time.perf_counter() - start
+        prediction = trainer.predict(encode(dev))
+    accuracy = float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())
+    return {
+        "samples_per_second": output.metrics["train_samples_per_second"],
+        "train_seconds": train_wall,
+        "accuracy": accuracy,
+    }
+
+
+def run_platform(train_rows: int, eval_rows: int, seed: int, device: str, precision: str) -> dict[str, float]:
+    """The platform's recipe through its public entry point, MLflow tracking and checkpointing included."""
+    from finetune_platform.settings import Settings
+    from finetune_platform.training.config import config_from_dict
+    from finetune_platform.training.runner import run_training
+
+    with tempfile.TemporaryDirectory() as home:
+        config = config_from_dict(
+            {
+                "experiment": "bench",
+                "output_dir": f"{home}/results",
+                "device": device,
+                "precision": precision,
+                "model": {"base_model": "minilm", "max_length": 128},
+                "data": {
+                    "train_file": str(SST2_DIR / "train.tsv"),
+                    "validation_file": str(SST2_DIR / "dev.tsv"),
+                    "text_column": "sentence",
+                    "label_column": "label",
+                    "max_train_rows": train_rows,
+                    "max_validation_rows": eval_rows,
+                },
+                "training": {"epochs": 1, "batch_size": 32, "seed": seed},
+            }
+        )
+        settings = Settings(FINETUNE_HOME=Path(home) / ".finetune")
+        start = time.perf_counter()
+        result = run_training(config, settings=settings, show_progress=False)
+        wall = time.perf_counter() - start
+    train = result.metrics["train"]
+    return {
+        "samples_per_second": train["samples_per_second"],
+        "train_seconds": train["runtime_seconds"],
+        "accuracy": result.metrics["eval"]["accuracy"],
+        "end_to_end_seconds": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="Runs of each variant; medians are reported.")
+    parser.add_argument("--rows", type=int, default=4000, help="Training rows (first N of train.tsv).")
+    parser.add_argument("--eval-rows", type=int, default=872, help="Evaluation rows (first N of dev.tsv).")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="Device for both.")
+    parser.add_argument("--bf16", action="store_true", help="Also run the platform with bf16 autocast.")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    if not (SST2_DIR / "train.tsv").is_file():
+        sys.exit(f"SST-2 not found at {SST2_DIR} (set SST2_DIR)")
+
+    variants = {
+        "baseline (HF Trainer + PEFT)": lambda: run_baseline(
+            args.rows, args.eval_rows, args.seed, args.device
+        ),
+        "platform recipe (fp32)": lambda: run_platform(
+            args.rows, args.eval_rows, args.seed, args.device, "fp32"
+        ),
+    }
+    if args.bf16:
+        variants["platform recipe (bf16)"] = lambda: run_platform(
+            args.rows, args.eval_rows, args.seed, args.device, "bf16"
+        )
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for repeat in range(args.repeats):
+        for name, run in variants.items():
+            outcome = run()
+            runs[name].append(outcome)
+            print(
+                f"[{repeat + 1}/{args.repeats}] {name}: {outcome['samples_per_second']:.1f} samples/s, "
+                f"accuracy {outcome['accuracy']:.4f}",
+                flush=True,
+            )
+
+    base = median([r["samples_per_second"] for r in runs["baseline (HF Trainer + PEFT)"]])
+    summary = {}
+    rows = []
+    for name, outcomes in runs.items():
+        sps = median([r["samples_per_second"] for r in outcomes])
+        accuracy = median([r["accuracy"] for r in outcomes])
+        seconds = median([r["train_seconds"] for r in outcomes])
+        summary[name] = {
+            "samples_per_second": sps,
+            "accuracy": accuracy,
+            "train_seconds": seconds,
+            "speedup": sps / base,
+            "runs": outcomes,
+        }
+        rows.append([name, f"{sps:.1f}", f"{sps / base:.2f}x", f"{seconds:.1f}", f"{accuracy * 100:.2f}"])
+    print()
+    print_table(["variant", "samples/s (median)", "vs baseline", "train s", "dev accuracy %"], rows)
+    path = write_result(
+        "train_throughput",
+        {
+            "setup": {
+                "train_rows": args.rows,
+                "eval_rows": args.eval_rows,
+                "max_length": 128,
+                "epochs": 1,
+                "device": args.device,
+                "repeats": args.repeats,
+                "seed": args.seed,
+            },
+            "results": summary,
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

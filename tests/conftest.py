@@ -1,0 +1,197 @@
+"""Shared fixtures: tiny random models of each family, small datasets, an isolated platform home."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = ROOT / "data" / "sample"
+SST2_DIR = ROOT.parent / "shared" / "data" / "sst2"
+
+POSITIVE = ["great", "wonderful", "excellent"]
+NEGATIVE = ["awful", "boring", "terrible"]
+NOUNS = ["film", "book", "meal", "hotel", "phone", "course", "concert", "game", "service", "app"]
+CHINESE_POSITIVE = ["很好", "精彩", "喜欢", "出色", "满意"]
+CHINESE_NEGATIVE = ["很差", "无聊", "讨厌", "糟糕", "失望"]
+
+
+def write_csv(
+    path: Path, rows: list[tuple[str, object]], header: tuple[str, str] = ("text", "label")
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def sentiment_rows(count: int, seed: int, labels: tuple[object, object] = (1, 0)) -> list[tuple[str, object]]:
+    """Short sentences whose label is decided by one sentiment word: learnable in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        positive = i % 2 == 0
+        word = rng.choice(POSITIVE if positive else NEGATIVE)
+        filler = " ".join(rng.choice(NOUNS) for _ in range(rng.randint(0, 3)))
+        rows.append((f"{word} {filler}".strip(), labels[0] if positive else labels[1]))
+    return rows
+
+
+def three_class_rows(count: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        kind = ("positive", "negative", "neutral")[i % 3]
+        word = {"positive": rng.choice(POSITIVE), "negative": rng.choice(NEGATIVE), "neutral": "okay"}[kind]
+        rows.append((f"{word} {rng.choice(NOUNS)}", kind))
+    return rows
+
+
+def chinese_rows(count: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    return [
+        (
+            f"这部电影{rng.choice(CHINESE_POSITIVE if i % 2 == 0 else CHINESE_NEGATIVE)}。",
+            1 if i % 2 == 0 else 0,
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    from finetune_platform.training.models import resolve_base_model
+
+    return Path(resolve_base_model("minilm").source)
+
+
+def _tiny_config(family: str, vocab_size: int):
+    from transformers import AlbertConfig, BertConfig, DebertaV2Config, DistilBertConfig, RobertaConfig
+
+    common = dict(vocab_size=vocab_size, max_position_embeddings=128)
+    if family in {"bert", "bert-chinese"}:
+        return BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, **common
+        )
+    if family == "roberta":
+        return RobertaConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            pad_token_id=0,
+            bos_token_id=101,
+            eos_token_id=102,
+            **common,
+        )
+    if family == "distilbert":
+        return DistilBertConfig(dim=64, n_layers=2, n_heads=2, hidden_dim=128, **common)
+    if family == "albert":
+        return AlbertConfig(
+            embedding_size=16,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            **common,
+        )
+    if family == "deberta-v2":
+        return DebertaV2Config(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, **common
+        )
+    raise ValueError(family)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, minilm_path):
+    """Build (once per session) a tiny randomly initialised model folder of a given family.
+
+    The tokenizer is MiniLM's (a BERT WordPiece vocabulary that also covers CJK characters), so each
+    folder loads offline exactly like a downloaded model would.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+
+    def build(family: str) -> Path:
+        if family in built:
+            return built[family]
+        folder = root / f"tiny-{family}"
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+        torch.manual_seed(0)
+        model = AutoModel.from_config(_tiny_config(family, tokenizer.vocab_size))
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        built[family] = folder
+        return folder
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_model_factory) -> Path:
+    return tiny_model_factory("bert")
+
+
+@pytest.fixture(scope="session")
+def platform_home(tmp_path_factory) -> Path:
+    """One FINETUNE_HOME (MLflow SQLite store) per session: creating the store costs seconds."""
+    return tmp_path_factory.mktemp("finetune-home")
+
+
+@pytest.fixture
+def settings(platform_home):
+    from finetune_platform.settings import Settings
+
+    return Settings(FINETUNE_HOME=platform_home)
+
+
+@pytest.fixture
+def cli_env(platform_home) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FINETUNE_HOME=str(platform_home), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture
+def sentiment_data(tmp_path) -> tuple[Path, Path]:
+    train = write_csv(tmp_path / "data" / "train.csv", sentiment_rows(96, seed=1))
+    validation = write_csv(tmp_path / "data" / "validation.csv", sentiment_rows(32, seed=2))
+    return train, validation
+
+
+def tiny_config_dict(model: Path, train: Path, validation: Path | None, output_dir: Path, **training) -> dict:
+    """A fast config: tiny model, short texts, a few steps, evaluation every few steps."""
+    return {
+        "experiment": "tiny",
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "model": {"base_model": str(model), "max_length": 32},
+        "data": {"train_file": str(train), "validation_file": str(validation) if validation else None},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {
+            "epochs": 8,
+            "batch_size": 8,
+            "learning_rate": 1e-2,
+            "logging_steps": 2,
+            "eval_strategy": "steps",
+            "eval_steps": 12,
+            "seed": 7,
+            **training,
+        },
+    }
+
+
+def finetune_bin() -> str:
+    found = shutil.which("finetune", path=str(Path(os.sys.executable).parent)) or shutil.which("finetune")
+    assert found, "the `finetune` entry point is not installed (pip install -e .)"
+    return found
