@@ -46,7 +46,7 @@ logs-local: $(STAMP) ## Show the newest run's logs.txt (exp=NAME for one experim
 	$(BIN)/finetune runs logs $(if $(exp),--experiment $(exp),)
 
 bench-train: $(STAMP) ## Training throughput: platform recipe vs plain HF Trainer + PEFT on SST-2
-	$(BIN)/python bench/train_throughput.py --bf16
+	$(BIN)/python bench/train_throughput.py
 
 clean: ## Remove run folders and embedded state (keeps .venv)
 	rm -rf results .finetune .pytest_cache .ruff_cache

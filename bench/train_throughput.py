@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import sys
 import tempfile
 import time
@@ -18,10 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import yaml
+
 from common import SST2_DIR, median, print_table, write_result
 
+BASELINE = "baseline: HF Trainer + PEFT (fp32)"
 
-def run_baseline(train_rows: int, eval_rows: int, seed: int, device: str) -> dict[str, float]:
+
+def run_baseline(
+    train_rows: int, eval_rows: int, seed: int, device: str, base_model: str
+) -> dict[str, float]:
     """Plain HF Trainer + PEFT with default arguments, as a user would write it from the docs."""
     import numpy as np
     import pandas as pd
@@ -39,7 +46,7 @@ def run_baseline(train_rows: int, eval_rows: int, seed: int, device: str) -> dic
     from finetune_platform.training.models import resolve_base_model
 
     set_seed(seed)
-    source = resolve_base_model("minilm").source
+    source = resolve_base_model(base_model).source
     read = dict(sep="\t", quoting=csv.QUOTE_NONE)
     train = pd.read_csv(SST2_DIR / "train.tsv", **read).head(train_rows)
     dev = pd.read_csv(SST2_DIR / "dev.tsv", **read).head(eval_rows)
@@ -83,7 +90,9 @@ def run_baseline(train_rows: int, eval_rows: int, seed: int, device: str) -> dic
     }
 
 
-def run_platform(train_rows: int, eval_rows: int, seed: int, device: str, precision: str) -> dict[str, float]:
+def run_platform(
+    train_rows: int, eval_rows: int, seed: int, device: str, precision: str, base_model: str
+) -> dict[str, float]:
     """The platform's recipe through its public entry point, MLflow tracking and checkpointing included."""
     from finetune_platform.settings import Settings
     from finetune_platform.training.config import config_from_dict
@@ -96,7 +105,7 @@ def run_platform(train_rows: int, eval_rows: int, seed: int, device: str, precis
                 "output_dir": f"{home}/results",
                 "device": device,
                 "precision": precision,
-                "model": {"base_model": "minilm", "max_length": 128},
+                "model": {"base_model": base_model, "max_length": 128},
                 "data": {
                     "train_file": str(SST2_DIR / "train.tsv"),
                     "validation_file": str(SST2_DIR / "dev.tsv"),
@@ -112,12 +121,14 @@ def run_platform(train_rows: int, eval_rows: int, seed: int, device: str, precis
         start = time.perf_counter()
         result = run_training(config, settings=settings, show_progress=False)
         wall = time.perf_counter() - start
+        resolved = yaml.safe_load(result.run.config_path.read_text())["resolved"]
     train = result.metrics["train"]
     return {
         "samples_per_second": train["samples_per_second"],
         "train_seconds": train["runtime_seconds"],
         "accuracy": result.metrics["eval"]["accuracy"],
         "end_to_end_seconds": wall,
+        "resolved_precision": resolved["precision"],
     }
 
 
@@ -129,23 +140,27 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000, help="Training rows (first N of train.tsv).")
     parser.add_argument("--eval-rows", type=int, default=872, help="Evaluation rows (first N of dev.tsv).")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="Device for both.")
-    parser.add_argument("--bf16", action="store_true", help="Also run the platform with bf16 autocast.")
+    parser.add_argument(
+        "--precisions",
+        default="auto,fp32",
+        help="Comma-separated platform precisions to run (auto = the platform default on this machine).",
+    )
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--base-model", default="minilm", help="Base model for both sides (default: bundled)."
+    )
     args = parser.parse_args()
     if not (SST2_DIR / "train.tsv").is_file():
         sys.exit(f"SST-2 not found at {SST2_DIR} (set SST2_DIR)")
 
     variants = {
-        "baseline (HF Trainer + PEFT)": lambda: run_baseline(
-            args.rows, args.eval_rows, args.seed, args.device
-        ),
-        "platform recipe (fp32)": lambda: run_platform(
-            args.rows, args.eval_rows, args.seed, args.device, "fp32"
+        BASELINE: functools.partial(
+            run_baseline, args.rows, args.eval_rows, args.seed, args.device, args.base_model
         ),
     }
-    if args.bf16:
-        variants["platform recipe (bf16)"] = lambda: run_platform(
-            args.rows, args.eval_rows, args.seed, args.device, "bf16"
+    for precision in args.precisions.split(","):
+        variants[f"platform recipe ({precision})"] = functools.partial(
+            run_platform, args.rows, args.eval_rows, args.seed, args.device, precision, args.base_model
         )
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for repeat in range(args.repeats):
@@ -158,7 +173,7 @@ def main() -> None:
                 flush=True,
             )
 
-    base = median([r["samples_per_second"] for r in runs["baseline (HF Trainer + PEFT)"]])
+    base = median([r["samples_per_second"] for r in runs[BASELINE]])
     summary = {}
     rows = []
     for name, outcomes in runs.items():
@@ -172,11 +187,13 @@ def main() -> None:
             "speedup": sps / base,
             "runs": outcomes,
         }
-        rows.append([name, f"{sps:.1f}", f"{sps / base:.2f}x", f"{seconds:.1f}", f"{accuracy * 100:.2f}"])
+        precision = outcomes[0].get("resolved_precision")
+        label = f"{name[:-1]} -> {precision})" if precision and f"({precision})" not in name else name
+        rows.append([label, f"{sps:.1f}", f"{sps / base:.2f}x", f"{seconds:.1f}", f"{accuracy * 100:.2f}"])
     print()
     print_table(["variant", "samples/s (median)", "vs baseline", "train s", "dev accuracy %"], rows)
     path = write_result(
-        "train_throughput",
+        "train_throughput" if args.device == "cpu" else f"train_throughput_{args.device}",
         {
             "setup": {
                 "train_rows": args.rows,

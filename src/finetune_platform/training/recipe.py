@@ -6,6 +6,7 @@ run the same lifecycle. Heavy libraries (torch, transformers, peft) are imported
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -133,7 +134,15 @@ def build_training_arguments(config: TrainConfig, run: RunFolder, state: RecipeS
     from transformers import TrainingArguments
 
     t = config.training
-    schedule = {"eval_strategy": t.eval_strategy.value, "save_strategy": t.eval_strategy.value}
+    schedule: dict[str, Any] = {
+        "eval_strategy": t.eval_strategy.value,
+        "save_strategy": t.eval_strategy.value,
+    }
+    # transformers 5.x replaced the boolean `group_by_length` with `train_sampling_strategy`.
+    if "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        schedule["train_sampling_strategy"] = "group_by_length" if t.group_by_length else "random"
+    else:
+        schedule["group_by_length"] = t.group_by_length
     if t.eval_steps is not None:
         schedule.update(eval_steps=t.eval_steps, save_steps=t.eval_steps)
     return TrainingArguments(
@@ -149,7 +158,6 @@ def build_training_arguments(config: TrainConfig, run: RunFolder, state: RecipeS
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         length_column_name="length",
         logging_strategy="steps",
         logging_steps=t.logging_steps,
