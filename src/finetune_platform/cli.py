@@ -99,6 +99,13 @@ def train(
 ) -> None:
     """Train a LoRA adapter from a config: validate, train, evaluate, save the run folder, log to MLflow."""
     _configure_console_logging()
+    if resume and overrides:
+        typer.secho(
+            "warning: --set is ignored with --resume: a run continues with its own config.yaml",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        overrides = []
     try:
         config = _load(config_path, overrides)
         from finetune_platform.training.runner import run_training

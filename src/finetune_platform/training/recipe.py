@@ -6,10 +6,12 @@ run the same lifecycle. Heavy libraries (torch, transformers, peft) are imported
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 
 from finetune_platform import __version__
 from finetune_platform.data.splits import DatasetSplits, load_splits
+from finetune_platform.errors import ConfigError
 from finetune_platform.training.checkpoints import list_checkpoints, remove_incomplete, select_retained
 from finetune_platform.training.config import Device, Precision, TrainConfig, dump_config
 from finetune_platform.training.devices import select_device, select_precision
@@ -76,6 +79,18 @@ class RecipeState:
         }
 
 
+@contextlib.contextmanager
+def _model_loading(name: str) -> Iterator[None]:
+    """Turn a hub or disk failure while loading the base model into an error that names the field."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(
+            f"model.base_model: cannot load {name!r} ({exc}). Offline, use 'minilm' or a local folder "
+            "saved with save_pretrained"
+        ) from exc
+
+
 def build_datasets(splits: DatasetSplits, tokenizer: Any, max_length: int) -> tuple[Any, Any]:
     """Tokenise once; keep a `length` column so the sampler groups similar lengths without re-reading."""
     from datasets import Dataset
@@ -98,13 +113,14 @@ def build_model(config: TrainConfig, state: RecipeState) -> Any:
     from transformers import AutoModelForSequenceClassification
 
     label_map = state.splits.label_map
-    model = AutoModelForSequenceClassification.from_pretrained(
-        state.model.source,
-        num_labels=label_map.num_labels,
-        id2label=dict(enumerate(label_map.names)),
-        label2id={name: i for i, name in enumerate(label_map.names)},
-        torch_dtype=torch.float32,
-    )
+    with _model_loading(state.model.name):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            state.model.source,
+            num_labels=label_map.num_labels,
+            id2label=dict(enumerate(label_map.names)),
+            label2id={name: i for i, name in enumerate(label_map.names)},
+            torch_dtype=torch.float32,
+        )
     state.model_type = model.config.model_type
     if config.lora.target_modules == "auto":
         state.target_modules = default_target_modules(model, state.model_type)
@@ -122,8 +138,6 @@ def build_model(config: TrainConfig, state: RecipeState) -> Any:
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
-        from finetune_platform.errors import ConfigError
-
         raise ConfigError(f"lora.target_modules: {exc}") from exc
     trainable, total = model.get_nb_trainable_parameters()
     state.trainable_parameters, state.total_parameters = int(trainable), int(total)
@@ -222,7 +236,8 @@ class LoraClassificationRecipe:
 
         set_seed(config.training.seed)
         self.state = state = RecipeState(device=device, precision=precision, model=model_ref, splits=splits)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_ref.source)
+        with _model_loading(model_ref.name):
+            self.tokenizer = AutoTokenizer.from_pretrained(model_ref.source)
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         train_dataset, eval_dataset = build_datasets(splits, self.tokenizer, config.model.max_length)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finetune_platform.errors import NotFoundError
+from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
 from finetune_platform.training.checkpoints import STAGING_DIR, newest_checkpoint, write_atomic
 
 STATE_FILE = "run.json"
@@ -62,7 +62,12 @@ class RunFolder:
     @classmethod
     def create(cls, output_dir: Path, experiment: str, run_id: str | None = None) -> RunFolder:
         folder = cls(Path(output_dir) / experiment / (run_id or new_run_id()))
-        folder.checkpoints_dir.mkdir(parents=True, exist_ok=False)
+        if folder.root.exists():
+            raise PlatformError(
+                f"run folder {folder.root} already exists; choose another --run-id or add --resume",
+                ErrorCode.CONFLICT,
+            )
+        folder.checkpoints_dir.mkdir(parents=True)
         return folder
 
     def read_state(self) -> dict[str, Any]:

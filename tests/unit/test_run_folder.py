@@ -1,0 +1,53 @@
+import pytest
+
+from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
+from finetune_platform.training.run_folder import RunFolder, latest_run
+
+
+def make_run(root, experiment, run_id, status):
+    folder = RunFolder.create(root, experiment, run_id)
+    folder.config_path.write_text("experiment: x\n")
+    folder.update_state(status=status)
+    return folder
+
+
+def test_layout_and_state(tmp_path):
+    folder = RunFolder.create(tmp_path, "exp", "run-1")
+    assert folder.root == tmp_path / "exp" / "run-1"
+    assert folder.checkpoints_dir == tmp_path / "exp" / "run-1" / "artifacts" / "checkpoints"
+    assert folder.checkpoints_dir.is_dir()
+    assert folder.update_state(status="running", attempts=1)["attempts"] == 1
+    state = folder.update_state(status="failed")
+    assert state["status"] == "failed" and state["attempts"] == 1 and "updated_at" in state
+
+
+def test_an_existing_run_id_is_a_conflict(tmp_path):
+    RunFolder.create(tmp_path, "exp", "run-1")
+    with pytest.raises(PlatformError) as caught:
+        RunFolder.create(tmp_path, "exp", "run-1")
+    assert caught.value.code is ErrorCode.CONFLICT
+    assert str(caught.value) == (
+        f"run folder {tmp_path / 'exp' / 'run-1'} already exists; choose another --run-id or add --resume"
+    )
+
+
+def test_resume_picks_the_newest_unfinished_run(tmp_path):
+    make_run(tmp_path, "exp", "20260101-000000-aaaaaa", "failed")
+    make_run(tmp_path, "exp", "20260102-000000-bbbbbb", "running")
+    make_run(tmp_path, "exp", "20260103-000000-cccccc", "succeeded")
+    assert RunFolder.find_resumable(tmp_path, "exp").run_id == "20260102-000000-bbbbbb"
+    assert (
+        RunFolder.find_resumable(tmp_path, "exp", "20260101-000000-aaaaaa").run_id == "20260101-000000-aaaaaa"
+    )
+    with pytest.raises(NotFoundError, match="no run 'nope' in"):
+        RunFolder.find_resumable(tmp_path, "exp", "nope")
+    with pytest.raises(NotFoundError, match="nothing to resume: no unfinished run of experiment 'other'"):
+        RunFolder.find_resumable(tmp_path, "other")
+
+
+def test_latest_run(tmp_path):
+    assert latest_run(tmp_path) is None
+    make_run(tmp_path, "a", "r1", "succeeded")
+    newest = make_run(tmp_path, "b", "r2", "succeeded")
+    assert latest_run(tmp_path) == newest
+    assert latest_run(tmp_path, "a").run_id == "r1"
