@@ -90,6 +90,14 @@ def run_baseline(
     }
 
 
+def _head_lines(source: Path, target: Path, rows: int) -> None:
+    """The header and the first ``rows`` data lines, byte for byte (SST-2 has one record per line)."""
+    with source.open(encoding="utf-8") as handle:
+        target.write_text(
+            "".join(line for _, line in zip(range(rows + 1), handle, strict=False)), encoding="utf-8"
+        )
+
+
 def run_platform(
     train_rows: int, eval_rows: int, seed: int, device: str, precision: str, base_model: str
 ) -> dict[str, float]:
@@ -99,6 +107,10 @@ def run_platform(
     from finetune_platform.training.runner import run_training
 
     with tempfile.TemporaryDirectory() as home:
+        # The same rows the baseline reads: the first N of each file, validated as the platform always does.
+        train_file, dev_file = Path(home) / "train.tsv", Path(home) / "dev.tsv"
+        _head_lines(SST2_DIR / "train.tsv", train_file, train_rows)
+        _head_lines(SST2_DIR / "dev.tsv", dev_file, eval_rows)
         config = config_from_dict(
             {
                 "experiment": "bench",
@@ -107,12 +119,10 @@ def run_platform(
                 "precision": precision,
                 "model": {"base_model": base_model, "max_length": 128},
                 "data": {
-                    "train_file": str(SST2_DIR / "train.tsv"),
-                    "validation_file": str(SST2_DIR / "dev.tsv"),
+                    "train_file": str(train_file),
+                    "validation_file": str(dev_file),
                     "text_column": "sentence",
                     "label_column": "label",
-                    "max_train_rows": train_rows,
-                    "max_validation_rows": eval_rows,
                 },
                 "training": {"epochs": 1, "batch_size": 32, "seed": seed},
             }

@@ -8,7 +8,6 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from finetune_platform.errors import DatasetError
 from finetune_platform.training.checkpoints import CheckpointInfo, list_checkpoints, select_retained
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
@@ -154,14 +153,59 @@ def test_early_stopping_stops_after_patience(settings, tiny_bert, sentiment_data
     assert len(result.metrics["history"]) == 3
 
 
-def test_bad_data_fails_with_a_named_row_and_records_the_failure(settings, tiny_bert, tmp_path):
-    train_file = write_csv(tmp_path / "train.csv", [("good text", 1), ("", 0), ("more", 0)])
+def test_bad_data_is_refused_before_the_model_loads(settings, tiny_bert, tmp_path, monkeypatch):
+    import transformers
+
+    from finetune_platform.data.validation import DatasetValidationError
+
+    def no_model_loading(*args, **kwargs):
+        raise AssertionError("the model must not load for invalid data")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", no_model_loading)
+    train_file = write_csv(tmp_path / "train.csv", [("good text", 1), ("", 0), ("more", 0), ("x", 1)])
     raw = tiny_config_dict(tiny_bert, train_file, None, tmp_path / "r")
-    with pytest.raises(DatasetError, match=r"column 'text' is empty in rows 2$"):
+    with pytest.raises(DatasetValidationError) as caught:
         train(settings, raw)
+    assert str(caught.value).startswith(
+        "invalid dataset: column 'text' is empty or whitespace in 1 row(s): rows 2"
+    )
     (folder,) = (tmp_path / "r" / "tiny").iterdir()
     state = json.loads((folder / "run.json").read_text())
     assert state["status"] == "failed" and "rows 2" in state["error"]
+    report = json.loads((folder / "validation.json").read_text())
+    assert report["ok"] is False and report["files"][0]["issues"][0]["rows"] == [2]
+
+
+def test_invalid_rows_can_be_dropped_and_lineage_is_recorded(settings, tiny_bert, sentiment_data, tmp_path):
+    from mlflow import MlflowClient
+
+    from finetune_platform.data.versioning import VersionIndex
+    from tests.conftest import sentiment_rows
+
+    rows = sentiment_rows(96, seed=1)
+    train_file = write_csv(tmp_path / "train.csv", [*rows, ("", 1), (rows[0][0], 1 - rows[0][1])])
+    _, validation_file = sentiment_data
+    raw = tiny_config_dict(tiny_bert, train_file, validation_file, tmp_path / "r", max_steps=4)
+    raw["data"]["invalid_rows"] = "drop"
+    result = train(settings, raw)
+    dataset = result.metrics["dataset"]
+    # The empty text, and every row of the text that now appears with two labels, are dropped.
+    conflicting = sum(text == rows[0][0] for text, _ in rows) + 1
+    assert dataset["train_rows_dropped"] == 1 + conflicting
+    assert dataset["train_rows"] == 98 - 1 - conflicting
+    resolved = yaml.safe_load(result.run.config_path.read_text())["resolved"]["dataset"]
+    assert resolved["train_version"] == dataset["train_version"] and len(dataset["train_version"]) == 12
+    assert resolved["validation_version"] == dataset["validation_version"]
+    tags = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(result.mlflow_run_id).data.tags
+    assert tags["finetune.dataset_version"] == dataset["train_version"]
+    recorded = {v.version: v for v in VersionIndex(settings.FINETUNE_HOME).all()}
+    assert recorded[dataset["train_version"]].source == "train"
+    assert recorded[dataset["train_version"]].file == str(train_file.resolve())
+    assert dataset["validation_version"] in recorded
+    assert (
+        json.loads((result.run.root / "validation.json").read_text())["files"][0]["rows_dropped"]
+        == 1 + conflicting
+    )
 
 
 def test_mlflow_has_params_metric_history_and_artifacts(settings, tiny_bert, sentiment_data, tmp_path):

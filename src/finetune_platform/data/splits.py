@@ -1,21 +1,29 @@
-"""Train/validation splits of a loaded dataset, with the label map built from the training rows."""
+"""Validated train/validation splits, with the label map built from the training rows."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from finetune_platform.data.loading import LabelMap, load_table
+from finetune_platform.data.loading import LabelMap
+from finetune_platform.data.validation import (
+    DatasetValidationError,
+    ValidationOptions,
+    ValidationReport,
+    validate_dataset,
+)
 
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    train: pd.DataFrame  # columns text, label (raw), label_id
+    train: pd.DataFrame  # columns: row, text, label (normalised), label_id
     validation: pd.DataFrame
     label_map: LabelMap
     validation_source: str  # "file:<path>" or "split:<ratio>"
+    report: ValidationReport
 
 
 def load_splits(
@@ -29,24 +37,49 @@ def load_splits(
     max_train_rows: int | None = None,
     max_validation_rows: int | None = None,
     seed: int = 42,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    drop_invalid: bool = False,
 ) -> DatasetSplits:
-    train = load_table(train_file, text_column, label_column)
+    """Validate first (refusing invalid data, or dropping invalid rows), then build the splits."""
+    options = ValidationOptions(
+        text_column=text_column,
+        label_column=label_column,
+        label_names=label_names,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        drop_invalid=drop_invalid,
+        collect_rows=True,
+    )
+    report = validate_dataset(Path(train_file), options, Path(validation_file) if validation_file else None)
+    if not report.ok:
+        raise DatasetValidationError(report)
+    train = report.file("train").rows
     if max_train_rows is not None:
         train = train.head(max_train_rows)
-    label_map = LabelMap.build(train["label"], label_names)
-    train = train.assign(label_id=label_map.encode(train, train_file))
+    label_map = LabelMap.build(train["label"].tolist(), label_names)
+    train = _with_ids(train, label_map)
     if validation_file is not None:
-        validation = load_table(validation_file, text_column, label_column)
+        validation = report.file("validation").rows
         if max_validation_rows is not None:
             validation = validation.head(max_validation_rows)
-        validation = validation.assign(label_id=label_map.encode(validation, validation_file))
+        validation = _with_ids(validation, label_map)
         source = f"file:{validation_file}"
     else:
         train, validation = _stratified_split(train, validation_split, seed)
         if max_validation_rows is not None:
             validation = validation.head(max_validation_rows)
         source = f"split:{validation_split}"
-    return DatasetSplits(train.reset_index(drop=True), validation.reset_index(drop=True), label_map, source)
+    return DatasetSplits(
+        train.reset_index(drop=True), validation.reset_index(drop=True), label_map, source, report
+    )
+
+
+def _with_ids(frame: pd.DataFrame, label_map: LabelMap) -> pd.DataFrame:
+    lookup = label_map.id_lookup()
+    as_text = isinstance(label_map.raw_values[0], str)
+    ids = frame["label"].map(lambda value: lookup.get(str(value) if as_text else value))
+    return frame.assign(label_id=ids.astype(int))
 
 
 def _stratified_split(table: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_platform.atomic import fsync_dir, write_atomic
+
 COMPLETE_MARKER = "COMPLETE"
 META_FILE = "checkpoint_meta.json"
 STAGING_DIR = ".staging"
@@ -26,26 +28,6 @@ class CheckpointInfo:
     step: int
     epoch: float | None
     metric: float | None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_complete(path: Path) -> bool:
@@ -77,9 +59,9 @@ def commit_staged(staged: Path, root: Path, meta: dict[str, Any]) -> Path:
     if final.exists():  # an incomplete leftover from a killed run, or a re-save after resume
         shutil.rmtree(final)
     os.replace(staged, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     write_atomic(final / COMPLETE_MARKER, json.dumps({"step": meta["step"]}))
-    _fsync_dir(final)
+    fsync_dir(final)
     return final
 
 

@@ -100,6 +100,13 @@ class DataSection(_Section):
     max_validation_rows: int | None = Field(
         default=None, ge=1, description="Use only the first N validation rows."
     )
+    invalid_rows: Literal["error", "drop"] = Field(
+        default="error",
+        description=(
+            "What row-level data errors do (empty text or label, unknown label, malformed line, conflicting "
+            "duplicate): 'error' stops before training, 'drop' removes those rows and reports the counts."
+        ),
+    )
 
     @field_validator("label_names")
     @classmethod

@@ -20,6 +20,7 @@ import numpy as np
 
 from finetune_platform import __version__
 from finetune_platform.data.splits import DatasetSplits, load_splits
+from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.errors import ConfigError
 from finetune_platform.training.checkpoints import list_checkpoints, remove_incomplete, select_retained
 from finetune_platform.training.config import Device, Precision, TrainConfig, dump_config
@@ -52,6 +53,26 @@ class RecipeState:
     trainable_parameters: int = 0
     total_parameters: int = 0
 
+    def dataset_lineage(self, config: TrainConfig) -> dict[str, Any]:
+        """Which data this run saw: dataset versions (content hashes), files, rows used and dropped."""
+        report = self.splits.report
+        train = report.file("train")
+        validation = report.file("validation") if config.data.validation_file else None
+        return {
+            "train_file": str(config.data.train_file),
+            "train_version": train.version,
+            "train_content_hash": train.content_hash,
+            "train_sha256": file_sha256(config.data.train_file),
+            "train_rows": len(self.splits.train),
+            "train_rows_dropped": train.rows_dropped,
+            "validation": self.splits.validation_source,
+            "validation_version": validation.version if validation else None,
+            "validation_content_hash": validation.content_hash if validation else None,
+            "validation_sha256": file_sha256(config.data.validation_file) if validation else None,
+            "validation_rows": len(self.splits.validation),
+            "validation_rows_dropped": validation.rows_dropped if validation else 0,
+        }
+
     def resolved(self, run: RunFolder, config: TrainConfig, mlflow_run_id: str | None) -> dict[str, Any]:
         return {
             "run_id": run.run_id,
@@ -66,16 +87,7 @@ class RecipeState:
             "trainable_parameters": self.trainable_parameters,
             "total_parameters": self.total_parameters,
             "labels": list(self.splits.label_map.names),
-            "dataset": {
-                "train_file": str(config.data.train_file),
-                "train_sha256": file_sha256(config.data.train_file),
-                "train_rows": len(self.splits.train),
-                "validation": self.splits.validation_source,
-                "validation_sha256": (
-                    file_sha256(config.data.validation_file) if config.data.validation_file else None
-                ),
-                "validation_rows": len(self.splits.validation),
-            },
+            "dataset": self.dataset_lineage(config),
         }
 
 
@@ -211,18 +223,38 @@ class LoraClassificationRecipe:
         device = select_device(config.device)
         precision = select_precision(config.precision, device)
         model_ref = resolve_base_model(config.model.base_model, config.model.language)
+        _quiet_libraries()
+        from transformers import AutoTokenizer, set_seed
+
+        with _model_loading(model_ref.name):
+            self.tokenizer = AutoTokenizer.from_pretrained(model_ref.source)
+        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         data = config.data
-        splits = load_splits(
-            data.train_file,
-            data.text_column,
-            data.label_column,
-            validation_file=data.validation_file,
-            validation_split=data.validation_split,
-            label_names=data.label_names,
-            max_train_rows=data.max_train_rows,
-            max_validation_rows=data.max_validation_rows,
-            seed=config.training.seed,
-        )
+        # Validation runs before any model weights load: bad data is refused in seconds.
+        try:
+            splits = load_splits(
+                data.train_file,
+                data.text_column,
+                data.label_column,
+                validation_file=data.validation_file,
+                validation_split=data.validation_split,
+                label_names=data.label_names,
+                max_train_rows=data.max_train_rows,
+                max_validation_rows=data.max_validation_rows,
+                seed=config.training.seed,
+                tokenizer=self.tokenizer,
+                max_length=config.model.max_length,
+                drop_invalid=data.invalid_rows == "drop",
+            )
+        except DatasetValidationError as exc:
+            exc.report.write_json(self.run.root / "validation.json")
+            raise
+        splits.report.write_json(self.run.root / "validation.json")
+        for file_report in splits.report.files:
+            for issue in file_report.issues:
+                state = "dropped" if issue.dropped else issue.severity.value
+                logger.info("data %s %s: %s", file_report.role, state, issue.message)
         logger.info(
             "data: %d training rows, %d validation rows (%s), labels %s",
             len(splits.train),
@@ -230,16 +262,8 @@ class LoraClassificationRecipe:
             splits.validation_source,
             list(splits.label_map.names),
         )
-
-        _quiet_libraries()
-        from transformers import AutoTokenizer, set_seed
-
         set_seed(config.training.seed)
         self.state = state = RecipeState(device=device, precision=precision, model=model_ref, splits=splits)
-        with _model_loading(model_ref.name):
-            self.tokenizer = AutoTokenizer.from_pretrained(model_ref.source)
-        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         train_dataset, eval_dataset = build_datasets(splits, self.tokenizer, config.model.max_length)
         model = build_model(config, state)
         if model.config.pad_token_id is None:
@@ -364,6 +388,7 @@ class LoraClassificationRecipe:
             "run_id": self.run.run_id,
             "experiment": self.run.experiment,
             "final_checkpoint": self.final_checkpoint,
+            "dataset": self.state.dataset_lineage(self.config),
             "train": {
                 "global_step": self.trainer.state.global_step,
                 "epoch": self.trainer.state.epoch,

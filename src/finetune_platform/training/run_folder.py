@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finetune_platform.atomic import write_atomic
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
-from finetune_platform.training.checkpoints import STAGING_DIR, newest_checkpoint, write_atomic
+from finetune_platform.training.checkpoints import STAGING_DIR, newest_checkpoint
 
 STATE_FILE = "run.json"
 

@@ -92,6 +92,7 @@ def run_training(
         recipe = LoraClassificationRecipe(config, run, show_progress=show_progress)
         try:
             recipe.setup()
+            _record_dataset_versions(settings, config, recipe)
             if settings.MLFLOW_ENABLED:
                 tracker = _start_tracker(settings, config, run, recipe, previous.get("mlflow_run_id"))
                 recipe.tracker = tracker
@@ -127,6 +128,18 @@ def run_training(
     )
 
 
+def _record_dataset_versions(settings: Settings, config: TrainConfig, recipe: Any) -> None:
+    """Lineage: the versions this run trains on go into the dataset version index."""
+    from finetune_platform.data.validation import ValidationOptions
+    from finetune_platform.data.versioning import DatasetVersion, VersionIndex
+
+    index = VersionIndex(settings.FINETUNE_HOME)
+    options = ValidationOptions(text_column=config.data.text_column, label_column=config.data.label_column)
+    for report in recipe.state.splits.report.files:
+        version, added = index.record(DatasetVersion.from_report(report, options, source="train"))
+        logger.info("dataset %s: version %s%s", report.role, version.version, " (new)" if added else "")
+
+
 def _start_tracker(
     settings: Settings, config: TrainConfig, run: RunFolder, recipe: Any, existing_run_id: str | None
 ) -> Any:
@@ -139,6 +152,8 @@ def _start_tracker(
         "finetune.base_model": config.model.base_model,
         "finetune.language": resolved["language"],
         "finetune.dataset_sha256": resolved["dataset"]["train_sha256"],
+        "finetune.dataset_version": resolved["dataset"]["train_version"],
+        "finetune.validation_dataset_version": str(resolved["dataset"]["validation_version"]),
     }
     tracker.start(run.run_id, tags, existing_run_id=existing_run_id)
     run.update_state(mlflow_run_id=tracker.run_id)

@@ -1,0 +1,175 @@
+"""Dataset analysis: label distribution, length histograms, vocabulary and top tokens per class.
+
+Written as ``analysis.json`` plus PNG plots (matplotlib, headless) a person would rather look at.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune_platform.data.loading import iter_chunks, normalise_label
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Function words say little about a class; they are left out of the "top tokens" lists only.
+_STOPWORD_TEXT = (
+    "a an and are as at be but by for from has have he her his i in is it its of on or she that the their "
+    "them they this to was were will with you your we our not no so if than then there these those s t n"
+)
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def analyze_file(
+    path: Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    *,
+    out_dir: Path | None = None,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    top_k: int = 15,
+) -> dict[str, Any]:
+    """Stream the file once; return the analysis and, with ``out_dir``, write JSON and PNG plots."""
+    label_counts: Counter[str] = Counter()
+    words_by_label: dict[str, Counter[str]] = {}
+    vocabulary: set[str] = set()
+    char_lengths: dict[str, list[np.ndarray]] = {}
+    token_lengths: dict[str, list[np.ndarray]] = {}
+    for chunk in iter_chunks(Path(path), text_column, label_column):
+        frame = chunk.frame.dropna(subset=["text", "label"])
+        labels = frame["label"].astype(str).str.strip().map(lambda v: str(normalise_label(v)))
+        texts = frame["text"].astype(str)
+        for label, group in texts.groupby(labels):
+            label_counts[label] += len(group)
+            counter = words_by_label.setdefault(label, Counter())
+            for text in group:
+                words = _WORD.findall(text.lower())
+                counter.update(words)
+                vocabulary.update(words)
+            char_lengths.setdefault(label, []).append(group.str.len().to_numpy())
+            if tokenizer is not None:
+                ids = tokenizer(group.tolist(), add_special_tokens=True, truncation=False, verbose=False)[
+                    "input_ids"
+                ]
+                token_lengths.setdefault(label, []).append(np.array([len(x) for x in ids]))
+    order = sorted(label_counts, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
+    chars = {label: np.concatenate(char_lengths[label]) for label in order}
+    tokens = {label: np.concatenate(token_lengths[label]) for label in order if label in token_lengths}
+    total = sum(label_counts.values())
+    analysis: dict[str, Any] = {
+        "file": str(path),
+        "rows": total,
+        "labels": {
+            label: {"rows": label_counts[label], "share": round(label_counts[label] / total, 4)}
+            for label in order
+        }
+        if total
+        else {},
+        "vocabulary_size": len(vocabulary),
+        "char_length": _histogram(np.concatenate(list(chars.values())) if chars else np.array([])),
+        "token_length": _histogram(np.concatenate(list(tokens.values()))) if tokens else None,
+        "max_length": max_length,
+        "truncated_share": (
+            round(float(np.mean(np.concatenate(list(tokens.values())) > max_length)), 4)
+            if tokens and max_length
+            else None
+        ),
+        "top_tokens": {
+            label: [[word, count] for word, count in _top(words_by_label[label], top_k)] for label in order
+        },
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        analysis["plots"] = _plot(analysis, chars, tokens, out_dir)
+        (out_dir / "analysis.json").write_text(json.dumps(analysis, indent=2), encoding="utf-8")
+    return analysis
+
+
+def _top(counter: Counter[str], k: int) -> list[tuple[str, int]]:
+    return [(w, c) for w, c in counter.most_common(k + len(STOPWORDS)) if w not in STOPWORDS][:k]
+
+
+def _histogram(values: np.ndarray, bins: int = 20) -> dict[str, Any]:
+    if values.size == 0:
+        return {}
+    counts, edges = np.histogram(values, bins=bins)
+    return {
+        "min": int(values.min()),
+        "mean": round(float(values.mean()), 2),
+        "p50": float(np.percentile(values, 50)),
+        "p95": float(np.percentile(values, 95)),
+        "max": int(values.max()),
+        "bins": [round(float(e), 2) for e in edges],
+        "counts": counts.tolist(),
+    }
+
+
+def _plot(
+    analysis: dict[str, Any], chars: dict[str, np.ndarray], tokens: dict[str, np.ndarray], out_dir: Path
+) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    labels = list(analysis["labels"])
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rows = [analysis["labels"][label]["rows"] for label in labels]
+    bars = ax.bar(labels, rows, color="#4C72B0")
+    ax.bar_label(
+        bars,
+        labels=[f"{r} ({analysis['labels'][lab]['share']:.0%})" for r, lab in zip(rows, labels, strict=True)],
+    )
+    ax.set_title(f"Label distribution ({analysis['rows']} rows)")
+    ax.set_ylabel("rows")
+    written.append(_save(fig, out_dir / "labels.png"))
+
+    for name, series, unit in (
+        ("char_lengths.png", chars, "characters"),
+        ("token_lengths.png", tokens, "tokens"),
+    ):
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        upper = max(float(np.percentile(np.concatenate(list(series.values())), 99)), 1.0)
+        for label, values in series.items():
+            ax.hist(np.clip(values, 0, upper), bins=40, alpha=0.55, label=str(label))
+        if unit == "tokens" and analysis["max_length"]:
+            ax.axvline(
+                analysis["max_length"],
+                color="red",
+                linestyle="--",
+                label=f"max_length {analysis['max_length']}",
+            )
+        ax.set_title(f"Text length in {unit} by label (clipped at p99)")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("rows")
+        ax.legend()
+        written.append(_save(fig, out_dir / name))
+
+    columns = max(len(labels), 1)
+    fig, axes = plt.subplots(1, columns, figsize=(4 * columns, 5), squeeze=False)
+    for ax, label in zip(axes[0], labels, strict=False):
+        top = analysis["top_tokens"][label][::-1]
+        ax.barh([w for w, _ in top], [c for _, c in top], color="#55A868")
+        ax.set_title(f"top tokens: {label}")
+    fig.suptitle("Most frequent tokens per class (function words left out)")
+    written.append(_save(fig, out_dir / "top_tokens.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

@@ -1,0 +1,641 @@
+"""Dataset validation: one streaming pass per file, row-level problems, a report for people and machines.
+
+Each problem is an ``Issue`` (error or warning) that names its rows (the first few row numbers), counts
+them and says how to fix it. Row-level errors can be dropped instead of stopping the run; file-level
+errors (unreadable file, a single class, mixed label types, no valid rows) always stop it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finetune_platform.data.loading import (
+    DEFAULT_CHUNK_ROWS,
+    MAX_ROWS_NAMED,
+    DatasetFileError,
+    LabelMap,
+    detect_format,
+    iter_chunks,
+    normalise_label,
+    rows_text,
+)
+from finetune_platform.errors import DatasetError
+
+HASH_SCHEME = "finetune-dataset-v1"
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Check(StrEnum):
+    FILE = "file"
+    MALFORMED_LINE = "malformed_line"
+    EMPTY_TEXT = "empty_text"
+    NULL_LABEL = "null_label"
+    UNKNOWN_LABEL = "unknown_label"
+    MIXED_LABEL_TYPES = "mixed_label_types"
+    SINGLE_CLASS = "single_class"
+    RARE_CLASS = "rare_class"
+    UNUSED_LABEL = "unused_label"
+    DUPLICATE = "duplicate"
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    OVERLAP = "train_validation_overlap"
+    TRUNCATED = "truncated"
+    LONG_TEXT = "long_text"
+    NO_VALID_ROWS = "no_valid_rows"
+
+
+# Row-level errors: with drop_invalid the rows go and the run continues.
+DROPPABLE = {
+    Check.MALFORMED_LINE,
+    Check.EMPTY_TEXT,
+    Check.NULL_LABEL,
+    Check.UNKNOWN_LABEL,
+    Check.CONFLICTING_DUPLICATE,
+}
+
+
+@dataclass
+class Issue:
+    code: Check
+    severity: Severity
+    message: str
+    fix: str
+    count: int = 0
+    rows: list[int] = field(default_factory=list)
+    dropped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["code"] = self.code.value
+        document["severity"] = self.severity.value
+        return document
+
+
+@dataclass
+class ValidationOptions:
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    tokenizer: Any = None  # a Hugging Face tokenizer: enables the token-length checks
+    max_length: int | None = None
+    min_rows_per_class: int = 5
+    long_text_chars: int = 10_000
+    drop_invalid: bool = False
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    collect_rows: bool = False  # keep the valid rows in memory (training needs them)
+
+
+@dataclass
+class FileReport:
+    path: str
+    role: str
+    format: str | None = None
+    rows_read: int = 0
+    rows_valid: int = 0
+    rows_dropped: int = 0
+    issues: list[Issue] = field(default_factory=list)
+    label_counts: dict[str, int] = field(default_factory=dict)
+    content_hash: str | None = None
+    text_length: dict[str, float] = field(default_factory=dict)
+    token_length: dict[str, float] = field(default_factory=dict)
+    rows: pd.DataFrame | None = None  # valid rows (row, text, label) when collected
+    # Per valid row, for cross-file checks: text hash, label (normalised, as text) and row number.
+    _text_hashes: np.ndarray | None = None
+    _labels: np.ndarray | None = None
+    _row_numbers: np.ndarray | None = None
+
+    @property
+    def version(self) -> str | None:
+        return self.content_hash[:12] if self.content_hash else None
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity is Severity.ERROR and not i.dropped]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity is Severity.WARNING]
+
+    def add(
+        self,
+        code: Check,
+        severity: Severity,
+        message: str,
+        fix: str,
+        rows: list[int] | None = None,
+        count: int | None = None,
+    ) -> Issue:
+        rows = list(rows or [])
+        issue = Issue(
+            code,
+            severity,
+            message,
+            fix,
+            count if count is not None else len(rows),
+            [int(r) for r in rows[:MAX_ROWS_NAMED]],
+        )
+        self.issues.append(issue)
+        return issue
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "role": self.role,
+            "format": self.format,
+            "rows_read": self.rows_read,
+            "rows_valid": self.rows_valid,
+            "rows_dropped": self.rows_dropped,
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "label_counts": self.label_counts,
+            "text_length": self.text_length,
+            "token_length": self.token_length,
+            "issues": [issue.to_json() for issue in self.issues],
+        }
+
+
+@dataclass
+class ValidationReport:
+    files: list[FileReport]
+    drop_invalid: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(not f.errors for f in self.files)
+
+    def file(self, role: str) -> FileReport:
+        return next(f for f in self.files if f.role == role)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "drop_invalid": self.drop_invalid,
+            "errors": sum(len(f.errors) for f in self.files),
+            "warnings": sum(len(f.warnings) for f in self.files),
+            "files": [f.to_json() for f in self.files],
+        }
+
+    def summary(self) -> str:
+        lines = []
+        for report in self.files:
+            labels = ", ".join(f"{name} {count}" for name, count in report.label_counts.items())
+            head = f"{report.role}: {report.path}: {report.rows_read} rows read, {report.rows_valid} valid"
+            if report.rows_dropped:
+                head += f", {report.rows_dropped} dropped"
+            if labels:
+                head += f"; labels: {labels}"
+            if report.version:
+                head += f"; version {report.version}"
+            lines.append(head)
+            for issue in report.issues:
+                state = "dropped" if issue.dropped else issue.severity.value
+                lines.append(f"  {state:<8} {issue.code.value}: {issue.message}")
+                lines.append(f"           fix: {issue.fix}")
+        errors = sum(len(f.errors) for f in self.files)
+        warnings = sum(len(f.warnings) for f in self.files)
+        verdict = "VALID" if self.ok else "INVALID"
+        lines.append(
+            f"result: {verdict} ({errors} error{'s' * (errors != 1)}, "
+            f"{warnings} warning{'s' * (warnings != 1)})"
+        )
+        return "\n".join(lines)
+
+    def write_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
+
+
+class DatasetValidationError(DatasetError):
+    """Raised by training when validation found errors; carries the whole report."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        first = next(issue for f in report.files for issue in f.errors)
+        super().__init__(f"invalid dataset: {first.message}\n{report.summary()}")
+        self.report = report
+
+
+# ------------------------------------------------------------------------------------------------
+def _normalised_text(text: pd.Series) -> pd.Series:
+    """What makes two texts 'the same': surrounding and repeated whitespace do not count."""
+    return text.str.strip().str.replace(r"\s+", " ", regex=True)
+
+
+def _hash_series(values: pd.Series) -> np.ndarray:
+    return pd.util.hash_pandas_object(values, index=False).to_numpy()
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {}
+    return {
+        "min": int(values.min()),
+        "mean": round(float(values.mean()), 2),
+        "p50": float(np.percentile(values, 50)),
+        "p95": float(np.percentile(values, 95)),
+        "max": int(values.max()),
+    }
+
+
+class _FileScan:
+    """Accumulates one file's checks chunk by chunk (memory: the chunk plus ~30 bytes per row)."""
+
+    def __init__(self, report: FileReport, options: ValidationOptions) -> None:
+        self.report = report
+        self.options = options
+        self.problem_rows: dict[Check, list[int]] = {}
+        self.problem_counts: dict[Check, int] = {}
+        self.malformed: list[tuple[int, str]] = []
+        self.malformed_count = 0
+        self.unknown_values: dict[str, int] = {}
+        self.label_types: set[type] = set()
+        self.long_rows: list[int] = []
+        self.long_count = 0
+        self.truncated_rows: list[int] = []
+        self.truncated_count = 0
+        self.text_hashes: list[np.ndarray] = []
+        self.row_hashes: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.row_numbers: list[np.ndarray] = []
+        self.char_lengths: list[np.ndarray] = []
+        self.token_lengths: list[np.ndarray] = []
+        self.kept: list[pd.DataFrame] = []
+        self.declared = self._declared_values(options.label_names)
+
+    @staticmethod
+    def _declared_values(names: list[str] | None) -> set[Any] | None:
+        if names is None:
+            return None
+        return set(range(len(names))) | set(names)
+
+    def _note(self, check: Check, rows: np.ndarray) -> None:
+        if rows.size == 0:
+            return
+        listed = self.problem_rows.setdefault(check, [])
+        if len(listed) < MAX_ROWS_NAMED:
+            listed.extend(rows[: MAX_ROWS_NAMED - len(listed)].tolist())
+        self.problem_counts[check] = self.problem_counts.get(check, 0) + int(rows.size)
+
+    def feed(self, frame: pd.DataFrame, malformed: list[Any]) -> None:
+        self.report.rows_read += len(frame)
+        for bad in malformed:
+            if len(self.malformed) < MAX_ROWS_NAMED:
+                self.malformed.append((bad.line, bad.reason))
+            self.malformed_count += 1
+        if frame.empty:
+            return
+        rows = frame["row"].to_numpy()
+        text = frame["text"]
+        label_raw = frame["label"]
+        text_missing = text.isna().to_numpy()
+        text_str = text.fillna("").astype(str)
+        empty_text = text_missing | text_str.str.strip().eq("").to_numpy()
+        label_str = label_raw.fillna("").astype(str).str.strip()
+        null_label = label_raw.isna().to_numpy() | label_str.eq("").to_numpy()
+        self._note(Check.EMPTY_TEXT, rows[empty_text])
+        self._note(Check.NULL_LABEL, rows[null_label & ~empty_text])
+
+        # Normalise each distinct label once: '1', '1.0' and 1 are the same label.
+        uniques = {value: normalise_label(value) for value in pd.unique(label_str[~null_label])}
+        normalised = label_str.map(lambda v: uniques.get(v, ""))
+        self.label_types.update(type(v) for v in uniques.values())
+        bad_label = np.zeros(len(frame), dtype=bool)
+        if self.declared is not None:
+            bad_label = (~null_label) & ~normalised.map(lambda v: v in self.declared).to_numpy()
+            for value in normalised[bad_label]:
+                self.unknown_values[str(value)] = self.unknown_values.get(str(value), 0) + 1
+            self._note(Check.UNKNOWN_LABEL, rows[bad_label & ~empty_text])
+
+        lengths = text_str.str.len().to_numpy()
+        long = lengths > self.options.long_text_chars
+        if long.any():
+            self.long_count += int(long.sum())
+            self.long_rows.extend(rows[long][: MAX_ROWS_NAMED - len(self.long_rows)].tolist())
+
+        valid = ~(empty_text | null_label | bad_label)
+        if not valid.any():
+            return
+        valid_text = text_str[valid]
+        valid_labels = normalised[valid].map(str)
+        key = _normalised_text(valid_text)
+        self.text_hashes.append(_hash_series(key))
+        self.row_hashes.append(_hash_series(key + "\x1f" + valid_labels))
+        self.labels.append(valid_labels.to_numpy(dtype=object))
+        self.row_numbers.append(rows[valid])
+        self.char_lengths.append(lengths[valid])
+        if self.options.tokenizer is not None:
+            encoded = self.options.tokenizer(
+                valid_text.tolist(), add_special_tokens=True, truncation=False, verbose=False
+            )["input_ids"]
+            token_lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+            self.token_lengths.append(token_lengths)
+            if self.options.max_length is not None:
+                over = token_lengths > self.options.max_length
+                self.truncated_count += int(over.sum())
+                self.truncated_rows.extend(
+                    rows[valid][over][: MAX_ROWS_NAMED - len(self.truncated_rows)].tolist()
+                )
+        if self.options.collect_rows:
+            self.kept.append(
+                pd.DataFrame(
+                    {"row": rows[valid], "text": valid_text.to_numpy(), "label": normalised[valid].to_numpy()}
+                )
+            )
+
+    def finish(self) -> FileReport:
+        report, options = self.report, self.options
+        fix_drop = " (or drop these rows with --drop-invalid / data.invalid_rows: drop)"
+        if self.malformed_count:
+            first = "; ".join(f"line {line}: {reason}" for line, reason in self.malformed[:3])
+            report.add(
+                Check.MALFORMED_LINE,
+                Severity.ERROR,
+                f"{self.malformed_count} malformed line(s) could not be read ({first})",
+                "fix the quoting or the number of fields on those lines" + fix_drop,
+                [line for line, _ in self.malformed],
+                self.malformed_count,
+            )
+        for check, what in (
+            (Check.EMPTY_TEXT, f"column {options.text_column!r} is empty or whitespace"),
+            (Check.NULL_LABEL, f"column {options.label_column!r} is empty"),
+        ):
+            if check in self.problem_counts:
+                count = self.problem_counts[check]
+                report.add(
+                    check,
+                    Severity.ERROR,
+                    f"{what} in {count} row(s): {rows_text(self.problem_rows[check], count)}",
+                    "fill in the missing values or remove the rows" + fix_drop,
+                    self.problem_rows[check],
+                    count,
+                )
+        if Check.UNKNOWN_LABEL in self.problem_counts:
+            count = self.problem_counts[Check.UNKNOWN_LABEL]
+            values = ", ".join(repr(v) for v in sorted(self.unknown_values)[:5])
+            report.add(
+                Check.UNKNOWN_LABEL,
+                Severity.ERROR,
+                f"{count} row(s) have labels outside the declared set {options.label_names} ({values}): "
+                f"{rows_text(self.problem_rows[Check.UNKNOWN_LABEL], count)}",
+                "correct the labels, or add them to data.label_names / --label-names" + fix_drop,
+                self.problem_rows[Check.UNKNOWN_LABEL],
+                count,
+            )
+        if len(self.label_types) > 1:
+            report.add(
+                Check.MIXED_LABEL_TYPES,
+                Severity.ERROR,
+                f"column {options.label_column!r} mixes numbers and words (e.g. 1 and 'positive')",
+                "use one kind of label: all integers 0..K-1 (named with label_names) or all words",
+            )
+        if self.long_count:
+            report.add(
+                Check.LONG_TEXT,
+                Severity.WARNING,
+                f"{self.long_count} text(s) are longer than {options.long_text_chars:,} characters: "
+                f"{rows_text(self.long_rows, self.long_count)}",
+                "check these records (a missing delimiter can glue many rows into one); "
+                "long texts are truncated to max_length tokens",
+                self.long_rows,
+                self.long_count,
+            )
+
+        text_hashes = _concat(self.text_hashes, np.uint64)
+        row_hashes = _concat(self.row_hashes, np.uint64)
+        labels = _concat(self.labels, object)
+        row_numbers = _concat(self.row_numbers, np.int64)
+        report.content_hash = _content_hash(row_hashes)
+        conflict_rows = self._duplicates(text_hashes, labels, row_numbers)
+        keep = ~np.isin(row_numbers, conflict_rows)
+        if options.drop_invalid:
+            text_hashes, labels, row_numbers = text_hashes[keep], labels[keep], row_numbers[keep]
+            keep = np.ones(len(row_numbers), dtype=bool)
+        report._text_hashes, report._labels, report._row_numbers = text_hashes, labels, row_numbers
+
+        counts = pd.Series(labels[keep]).value_counts() if keep.any() else pd.Series(dtype=int)
+        order = _label_order(list(counts.index))
+        report.label_counts = {_label_name(name, options.label_names): int(counts[name]) for name in order}
+        self._class_checks(counts)
+        if self.truncated_count:
+            share = self.truncated_count / max(len(row_numbers), 1)
+            report.add(
+                Check.TRUNCATED,
+                Severity.WARNING,
+                f"{self.truncated_count} text(s) ({share:.1%}) are longer than max_length={options.max_length} "
+                f"tokens and will be truncated: {rows_text(self.truncated_rows, self.truncated_count)}",
+                "raise model.max_length (costs time and memory) or shorten these texts",
+                self.truncated_rows,
+                self.truncated_count,
+            )
+        report.text_length = _stats(_concat(self.char_lengths, np.int64))
+        report.token_length = _stats(_concat(self.token_lengths, np.int64))
+
+        report.rows_valid = int(keep.sum())
+        if options.drop_invalid:
+            for issue in report.issues:
+                if issue.code in DROPPABLE:
+                    issue.dropped = True
+            report.rows_dropped = sum(issue.count for issue in report.issues if issue.code in DROPPABLE)
+        if report.rows_valid == 0:
+            report.add(
+                Check.NO_VALID_ROWS,
+                Severity.ERROR,
+                "no valid rows are left to train on",
+                "fix the errors above; dropping invalid rows cannot help when none are valid",
+            )
+        if options.collect_rows and self.kept:
+            kept = pd.concat(self.kept, ignore_index=True)
+            report.rows = kept[kept["row"].isin(report._row_numbers)].reset_index(drop=True)
+        return report
+
+    def _duplicates(self, text_hashes: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Warn on exact duplicates; error on same text with different labels (whose rows it returns)."""
+        if text_hashes.size < 2:
+            return np.array([], dtype=np.int64)
+        frame = pd.DataFrame({"h": text_hashes, "label": labels, "row": rows})
+        repeated = frame[frame.duplicated("h", keep=False)]
+        if repeated.empty:
+            return np.array([], dtype=np.int64)
+        label_sets = repeated.groupby("h")["label"].nunique()
+        conflicting_hashes = label_sets.index[label_sets > 1]
+        conflicts = repeated[repeated["h"].isin(conflicting_hashes)].sort_values("row")
+        exact = frame[frame.duplicated(["h", "label"], keep="first") & ~frame["h"].isin(conflicting_hashes)]
+        if len(exact):
+            exact_rows = exact["row"].sort_values().tolist()
+            self.report.add(
+                Check.DUPLICATE,
+                Severity.WARNING,
+                f"{len(exact_rows)} row(s) repeat an earlier row exactly: {rows_text(exact_rows)}",
+                "remove the repeats: they weigh those examples more and can leak into validation",
+                exact_rows,
+                len(exact_rows),
+            )
+        if len(conflicts):
+            conflict_rows = conflicts["row"].tolist()
+            groups = len(conflicting_hashes)
+            self.report.add(
+                Check.CONFLICTING_DUPLICATE,
+                Severity.ERROR,
+                f"{groups} text(s) appear with different labels, in {len(conflict_rows)} rows: "
+                f"{rows_text(conflict_rows)}",
+                "decide the right label for each such text and keep one row"
+                + (" (or drop them all with --drop-invalid / data.invalid_rows: drop)"),
+                conflict_rows,
+                len(conflict_rows),
+            )
+            return conflicts["row"].to_numpy()
+        return np.array([], dtype=np.int64)
+
+    def _class_checks(self, counts: pd.Series) -> None:
+        report, options = self.report, self.options
+        present = [str(name) for name in counts.index if counts[name] > 0]
+        if report.rows_read and len(present) == 1:
+            report.add(
+                Check.SINGLE_CLASS,
+                Severity.ERROR,
+                f"only one label ({present[0]!r}) in the data: a classifier needs at least two",
+                "add rows of the other classes, or check the label column",
+            )
+        rare = [
+            f"{_label_name(name, options.label_names)} ({int(counts[name])})"
+            for name in counts.index
+            if 0 < counts[name] < options.min_rows_per_class
+        ]
+        if rare and len(present) > 1:
+            report.add(
+                Check.RARE_CLASS,
+                Severity.WARNING,
+                f"classes with fewer than {options.min_rows_per_class} rows: {', '.join(rare)}",
+                "add examples of these classes or merge them; the model will rarely predict them",
+            )
+        if options.label_names is not None and present:
+            names_used = {str(n) for n in present}
+            unused = [
+                name
+                for i, name in enumerate(options.label_names)
+                if name not in names_used and str(i) not in names_used
+            ]
+            if unused:
+                report.add(
+                    Check.UNUSED_LABEL,
+                    Severity.WARNING,
+                    f"declared label(s) with no rows: {', '.join(map(repr, unused))}",
+                    "add rows for them or remove them from label_names",
+                )
+
+
+def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.array([], dtype=dtype)
+
+
+def _label_name(value: Any, declared: list[str] | None) -> str:
+    text = str(value)
+    if declared is not None and text.isdigit() and int(text) < len(declared):
+        return declared[int(text)]
+    return text
+
+
+def _label_order(values: list[Any]) -> list[Any]:
+    def key(value: Any) -> tuple[int, Any]:
+        text = str(value)
+        return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
+
+    return sorted(values, key=key)
+
+
+def _content_hash(row_hashes: np.ndarray) -> str:
+    """Order-independent: the same rows in another order are the same dataset version."""
+    digest = hashlib.sha256(HASH_SCHEME.encode())
+    digest.update(np.sort(row_hashes).astype("<u8").tobytes())
+    return digest.hexdigest()
+
+
+def validate_file(path: Path, options: ValidationOptions, role: str = "train") -> FileReport:
+    """Validate one file; unreadable files give a report with one file-level error, never a traceback."""
+    report = FileReport(path=str(path), role=role)
+    scan = _FileScan(report, options)
+    try:
+        report.format = detect_format(Path(path)).value
+        for chunk in iter_chunks(Path(path), options.text_column, options.label_column, options.chunk_rows):
+            scan.feed(chunk.frame, chunk.malformed)
+    except DatasetFileError as exc:
+        report.issues = [Issue(Check.FILE, Severity.ERROR, exc.message, exc.fix or "fix the file", 0, [])]
+        report.rows_valid = 0
+        return report
+    return scan.finish()
+
+
+def validate_dataset(
+    train: Path, options: ValidationOptions, validation: Path | None = None
+) -> ValidationReport:
+    """Validate a training file and, optionally, its validation file, with the checks across both."""
+    train_report = validate_file(train, options, "train")
+    files = [train_report]
+    if validation is not None:
+        validation_report = validate_file(validation, options, "validation")
+        files.append(validation_report)
+        if not _has_file_error(train_report) and not _has_file_error(validation_report):
+            _cross_checks(train_report, validation_report, options)
+    return ValidationReport(files, drop_invalid=options.drop_invalid)
+
+
+def _has_file_error(report: FileReport) -> bool:
+    return any(issue.code is Check.FILE for issue in report.issues)
+
+
+def _cross_checks(train: FileReport, validation: FileReport, options: ValidationOptions) -> None:
+    overlap = np.isin(validation._text_hashes, train._text_hashes)
+    if overlap.any():
+        rows = sorted(validation._row_numbers[overlap].tolist())
+        validation.add(
+            Check.OVERLAP,
+            Severity.WARNING,
+            f"{len(rows)} validation row(s) also appear in the training data: {rows_text(rows)}",
+            "remove them from one of the files: overlapping rows inflate validation scores",
+            rows,
+        )
+    train_labels = set(train._labels.tolist())
+    unseen = ~np.isin(validation._labels, list(train_labels)) if train_labels else np.zeros(0, bool)
+    if unseen.any():
+        rows = validation._row_numbers[unseen].tolist()
+        values = sorted(set(validation._labels[unseen].tolist()))
+        issue = validation.add(
+            Check.UNKNOWN_LABEL,
+            Severity.ERROR,
+            f"{len(rows)} validation row(s) have labels never seen in training "
+            f"({', '.join(map(repr, values[:5]))}): {rows_text(rows)}",
+            "fix the labels, or add training rows for them (or drop these rows with "
+            "--drop-invalid / data.invalid_rows: drop)",
+            rows,
+        )
+        if options.drop_invalid:
+            issue.dropped = True
+            keep = ~unseen
+            validation.rows_dropped += len(rows)
+            validation.rows_valid -= len(rows)
+            validation._text_hashes = validation._text_hashes[keep]
+            validation._labels = validation._labels[keep]
+            validation._row_numbers = validation._row_numbers[keep]
+            if validation.rows is not None:
+                validation.rows = validation.rows[validation.rows["row"].isin(validation._row_numbers)]
+            if validation.rows_valid <= 0:
+                validation.add(
+                    Check.NO_VALID_ROWS,
+                    Severity.ERROR,
+                    "no valid validation rows are left",
+                    "fix the validation labels",
+                )
+
+
+def label_map_for(report: FileReport, declared: list[str] | None) -> LabelMap:
+    values = list(dict.fromkeys(report.rows["label"].tolist())) if report.rows is not None else []
+    return LabelMap.build(values, declared)
