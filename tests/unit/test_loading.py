@@ -32,7 +32,7 @@ def test_every_format_yields_the_same_rows(tmp_path):
         frame, malformed = read_all(tmp_path / f"d.{suffix}")
         assert frame["row"].tolist() == [1, 2], suffix
         assert frame["text"].tolist() == ["good movie, really", 'he said "meh"'], suffix
-        assert frame["label"].tolist() == ["1", "0"], suffix
+        assert [normalise_label(v) for v in frame["label"]] == [1, 0], suffix
         assert malformed == [], suffix
 
 

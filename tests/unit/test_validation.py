@@ -39,7 +39,7 @@ def test_clean_file_has_no_issues_and_counts_labels(tmp_path):
 
 def test_duplicates_conflicts_and_overlap(tmp_path):
     train = write_csv(
-        tmp_path / "t.csv", [*ROWS, (ROWS[0][0], "neg"), ("  review number 1   was great ", "neg")]
+        tmp_path / "t.csv", [*ROWS, (ROWS[0][0], "neg"), ("  review number 1 was great ", "neg")]
     )
     validation = write_csv(tmp_path / "v.csv", [(ROWS[3][0], "pos"), ("brand new", "neg")])
     report = validate_dataset(train, ValidationOptions(), validation)
@@ -75,8 +75,10 @@ def test_token_lengths_against_max_length(tmp_path, minilm_path):
     assert report.token_length["max"] == 52
 
 
-def test_content_hash_ignores_order_whitespace_and_label_spelling(tmp_path):
-    first = validate_file(write_csv(tmp_path / "a.csv", [("good  film", 1), ("bad", 0)]), ValidationOptions())
+def test_content_hash_ignores_order_surrounding_whitespace_and_label_spelling(tmp_path):
+    first = validate_file(
+        write_csv(tmp_path / "a.csv", [("good film  ", 1), ("bad", 0)]), ValidationOptions()
+    )
     second = validate_file(
         write_csv(tmp_path / "b.csv", [("bad", "0"), (" good film", "1.0")]), ValidationOptions()
     )

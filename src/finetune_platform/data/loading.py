@@ -182,8 +182,7 @@ def _read_delimited(
         sep=sep,
         quoting=quoting,
         encoding=encoding,
-        dtype=str,
-        keep_default_na=False,
+        keep_default_na=False,  # types are inferred (fast); "NA" or "null" stay texts, only "" is missing
         na_values=[""],
         on_bad_lines="warn",  # every column is read: with usecols pandas would not notice ragged rows
         chunksize=chunk_rows,

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import xxhash
 
 from finetune_platform.data.loading import (
     DEFAULT_CHUNK_ROWS,
     MAX_ROWS_NAMED,
     DatasetFileError,
-    LabelMap,
     detect_format,
     iter_chunks,
     normalise_label,
@@ -112,7 +112,8 @@ class FileReport:
     rows: pd.DataFrame | None = None  # valid rows (row, text, label) when collected
     # Per valid row, for cross-file checks: text hash, label (normalised, as text) and row number.
     _text_hashes: np.ndarray | None = None
-    _labels: np.ndarray | None = None
+    _labels: np.ndarray | None = None  # label codes into _vocabulary
+    _vocabulary: list[str] = field(default_factory=list)
     _row_numbers: np.ndarray | None = None
 
     @property
@@ -225,13 +226,39 @@ class DatasetValidationError(DatasetError):
 
 
 # ------------------------------------------------------------------------------------------------
-def _normalised_text(text: pd.Series) -> pd.Series:
-    """What makes two texts 'the same': surrounding and repeated whitespace do not count."""
-    return text.str.strip().str.replace(r"\s+", " ", regex=True)
+def _as_text(values: pd.Series) -> pd.Series:
+    """Text as strings (a column of numbers is read as numbers); missing values stay missing."""
+    if pd.api.types.is_string_dtype(values.dtype) and not pd.api.types.is_object_dtype(values.dtype):
+        return values
+    return values.map(_scalar_text, na_action="ignore").astype("str")
 
 
-def _hash_series(values: pd.Series) -> np.ndarray:
-    return pd.util.hash_pandas_object(values, index=False).to_numpy()
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _strip(text: pd.Series) -> pd.Series:
+    """What makes two texts 'the same': surrounding whitespace does not count."""
+    return text.str.strip()
+
+
+def _hash_texts(texts: list[str]) -> np.ndarray:
+    """64-bit xxh3 of each text's UTF-8 bytes: a fixed, documented algorithm, stable across versions."""
+    digest = xxhash.xxh3_64_intdigest
+    return np.fromiter(
+        (digest(text.encode("utf-8", "surrogatepass")) for text in texts), dtype=np.uint64, count=len(texts)
+    )
+
+
+def _mix(text_hashes: np.ndarray, label_hashes: np.ndarray) -> np.ndarray:
+    """One hash per (text, label) row from the two parts (splitmix64 finaliser over their combination)."""
+    with np.errstate(over="ignore"):
+        z = text_hashes ^ (label_hashes * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -264,7 +291,10 @@ class _FileScan:
         self.truncated_count = 0
         self.text_hashes: list[np.ndarray] = []
         self.row_hashes: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
+        self.codes: list[np.ndarray] = []  # label code per valid row; codes index `vocabulary`
+        self.vocabulary: list[str] = []  # normalised labels as text, in order of appearance
+        self.normalised: list[int | str] = []  # the same labels with their type (int or str)
+        self.codes_by_name: dict[str, int] = {}
         self.row_numbers: list[np.ndarray] = []
         self.char_lengths: list[np.ndarray] = []
         self.token_lengths: list[np.ndarray] = []
@@ -294,28 +324,35 @@ class _FileScan:
         if frame.empty:
             return
         rows = frame["row"].to_numpy()
-        text = frame["text"]
-        label_raw = frame["label"]
+        text = _as_text(frame["text"])
         text_missing = text.isna().to_numpy()
-        text_str = text.fillna("").astype(str)
-        empty_text = text_missing | text_str.str.strip().eq("").to_numpy()
-        label_str = label_raw.fillna("").astype(str).str.strip()
-        null_label = label_raw.isna().to_numpy() | label_str.eq("").to_numpy()
-        self._note(Check.EMPTY_TEXT, rows[empty_text])
-        self._note(Check.NULL_LABEL, rows[null_label & ~empty_text])
+        key = _strip(text)  # the normalised text: surrounding whitespace does not count
+        empty_text = text_missing | key.eq("").fillna(True).to_numpy(dtype=bool)
 
         # Normalise each distinct label once: '1', '1.0' and 1 are the same label.
-        uniques = {value: normalise_label(value) for value in pd.unique(label_str[~null_label])}
-        normalised = label_str.map(lambda v: uniques.get(v, ""))
-        self.label_types.update(type(v) for v in uniques.values())
+        label_raw = frame["label"]
+        null_label = label_raw.isna().to_numpy()
+        distinct = pd.unique(label_raw[~null_label])
+        normalised_of = {value: normalise_label(value) for value in distinct}
+        blank = {value for value, norm in normalised_of.items() if norm == ""}
+        if blank:
+            null_label |= label_raw.isin(blank).to_numpy()
+        self._note(Check.EMPTY_TEXT, rows[empty_text])
+        self._note(Check.NULL_LABEL, rows[null_label & ~empty_text])
+        self.label_types.update(type(v) for v in normalised_of.values() if v != "")
+        codes_of = {value: self._code(norm) for value, norm in normalised_of.items() if norm != ""}
+        codes = label_raw.map(codes_of).fillna(-1).to_numpy(dtype=np.int64)
+
         bad_label = np.zeros(len(frame), dtype=bool)
         if self.declared is not None:
-            bad_label = (~null_label) & ~normalised.map(lambda v: v in self.declared).to_numpy()
-            for value in normalised[bad_label]:
-                self.unknown_values[str(value)] = self.unknown_values.get(str(value), 0) + 1
+            allowed = [code for value, code in codes_of.items() if normalised_of[value] in self.declared]
+            bad_label = (~null_label) & ~np.isin(codes, allowed)
+            for code in codes[bad_label & ~empty_text]:
+                value = self.vocabulary[code]
+                self.unknown_values[value] = self.unknown_values.get(value, 0) + 1
             self._note(Check.UNKNOWN_LABEL, rows[bad_label & ~empty_text])
 
-        lengths = text_str.str.len().to_numpy()
+        lengths = text.str.len().fillna(0).to_numpy(dtype=np.int64)
         long = lengths > self.options.long_text_chars
         if long.any():
             self.long_count += int(long.sum())
@@ -324,32 +361,43 @@ class _FileScan:
         valid = ~(empty_text | null_label | bad_label)
         if not valid.any():
             return
-        valid_text = text_str[valid]
-        valid_labels = normalised[valid].map(str)
-        key = _normalised_text(valid_text)
-        self.text_hashes.append(_hash_series(key))
-        self.row_hashes.append(_hash_series(key + "\x1f" + valid_labels))
-        self.labels.append(valid_labels.to_numpy(dtype=object))
-        self.row_numbers.append(rows[valid])
-        self.char_lengths.append(lengths[valid])
+        valid_rows = rows[valid]
+        valid_codes = codes[valid]
+        text_hashes = _hash_texts(key[valid].tolist())
+        self.text_hashes.append(text_hashes)
+        self.row_hashes.append(_mix(text_hashes, self._label_hashes()[valid_codes]))
+        self.codes.append(valid_codes.astype(np.int32))
+        self.row_numbers.append(valid_rows)
+        self.char_lengths.append(lengths[valid].astype(np.int32))
         if self.options.tokenizer is not None:
-            encoded = self.options.tokenizer(
-                valid_text.tolist(), add_special_tokens=True, truncation=False, verbose=False
-            )["input_ids"]
-            token_lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
-            self.token_lengths.append(token_lengths)
-            if self.options.max_length is not None:
-                over = token_lengths > self.options.max_length
-                self.truncated_count += int(over.sum())
-                self.truncated_rows.extend(
-                    rows[valid][over][: MAX_ROWS_NAMED - len(self.truncated_rows)].tolist()
-                )
+            self._token_lengths(text[valid].tolist(), valid_rows)
         if self.options.collect_rows:
+            labels = [self.normalised[code] for code in valid_codes]
             self.kept.append(
-                pd.DataFrame(
-                    {"row": rows[valid], "text": valid_text.to_numpy(), "label": normalised[valid].to_numpy()}
-                )
+                pd.DataFrame({"row": valid_rows, "text": text[valid].to_numpy(), "label": labels})
             )
+
+    def _code(self, normalised: int | str) -> int:
+        name = str(normalised)
+        if name not in self.codes_by_name:
+            self.codes_by_name[name] = len(self.vocabulary)
+            self.vocabulary.append(name)
+            self.normalised.append(normalised)
+        return self.codes_by_name[name]
+
+    def _label_hashes(self) -> np.ndarray:
+        return _hash_texts(self.vocabulary)
+
+    def _token_lengths(self, texts: list[str], rows: np.ndarray) -> None:
+        encoded = self.options.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)[
+            "input_ids"
+        ]
+        token_lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        self.token_lengths.append(token_lengths)
+        if self.options.max_length is not None:
+            over = token_lengths > self.options.max_length
+            self.truncated_count += int(over.sum())
+            self.truncated_rows.extend(rows[over][: MAX_ROWS_NAMED - len(self.truncated_rows)].tolist())
 
     def finish(self) -> FileReport:
         report, options = self.report, self.options
@@ -411,7 +459,7 @@ class _FileScan:
 
         text_hashes = _concat(self.text_hashes, np.uint64)
         row_hashes = _concat(self.row_hashes, np.uint64)
-        labels = _concat(self.labels, object)
+        labels = _concat(self.codes, np.int32)  # codes into self.vocabulary
         row_numbers = _concat(self.row_numbers, np.int64)
         report.content_hash = _content_hash(row_hashes)
         conflict_rows = self._duplicates(text_hashes, labels, row_numbers)
@@ -419,9 +467,11 @@ class _FileScan:
         if options.drop_invalid:
             text_hashes, labels, row_numbers = text_hashes[keep], labels[keep], row_numbers[keep]
             keep = np.ones(len(row_numbers), dtype=bool)
-        report._text_hashes, report._labels, report._row_numbers = text_hashes, labels, row_numbers
+        report._text_hashes, report._row_numbers = text_hashes, row_numbers
+        report._labels, report._vocabulary = labels, list(self.vocabulary)
 
-        counts = pd.Series(labels[keep]).value_counts() if keep.any() else pd.Series(dtype=int)
+        tally = np.bincount(labels[keep], minlength=len(self.vocabulary)) if keep.any() else np.zeros(0, int)
+        counts = pd.Series({self.vocabulary[code]: int(n) for code, n in enumerate(tally) if n}, dtype=int)
         order = _label_order(list(counts.index))
         report.label_counts = {_label_name(name, options.label_names): int(counts[name]) for name in order}
         self._class_checks(counts)
@@ -458,13 +508,24 @@ class _FileScan:
         return report
 
     def _duplicates(self, text_hashes: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Warn on exact duplicates; error on same text with different labels (whose rows it returns)."""
+        """Warn on exact duplicates; error on same text with different labels (whose rows it returns).
+
+        Sorting the 8-byte hashes finds repeats without a hash table of the rows; only rows whose text
+        repeats (usually few) go into a frame for the per-group checks.
+        """
         if text_hashes.size < 2:
             return np.array([], dtype=np.int64)
-        frame = pd.DataFrame({"h": text_hashes, "label": labels, "row": rows})
-        repeated = frame[frame.duplicated("h", keep=False)]
-        if repeated.empty:
+        order = np.argsort(text_hashes, kind="stable")
+        ordered = text_hashes[order]
+        same_as_previous = ordered[1:] == ordered[:-1]
+        if not same_as_previous.any():
             return np.array([], dtype=np.int64)
+        in_group = np.zeros(len(ordered), dtype=bool)
+        in_group[1:] |= same_as_previous
+        in_group[:-1] |= same_as_previous
+        chosen = order[in_group]
+        repeated = pd.DataFrame({"h": text_hashes[chosen], "label": labels[chosen], "row": rows[chosen]})
+        frame = repeated.sort_values("row")
         label_sets = repeated.groupby("h")["label"].nunique()
         conflicting_hashes = label_sets.index[label_sets > 1]
         conflicts = repeated[repeated["h"].isin(conflicting_hashes)].sort_values("row")
@@ -603,11 +664,12 @@ def _cross_checks(train: FileReport, validation: FileReport, options: Validation
             "remove them from one of the files: overlapping rows inflate validation scores",
             rows,
         )
-    train_labels = set(train._labels.tolist())
-    unseen = ~np.isin(validation._labels, list(train_labels)) if train_labels else np.zeros(0, bool)
+    train_labels = {train._vocabulary[code] for code in np.unique(train._labels)}
+    names = np.array(validation._vocabulary, dtype=object)[validation._labels]
+    unseen = ~np.isin(names, list(train_labels)) if train_labels else np.zeros(0, bool)
     if unseen.any():
         rows = validation._row_numbers[unseen].tolist()
-        values = sorted(set(validation._labels[unseen].tolist()))
+        values = sorted(set(names[unseen].tolist()))
         issue = validation.add(
             Check.UNKNOWN_LABEL,
             Severity.ERROR,
@@ -634,8 +696,3 @@ def _cross_checks(train: FileReport, validation: FileReport, options: Validation
                     "no valid validation rows are left",
                     "fix the validation labels",
                 )
-
-
-def label_map_for(report: FileReport, declared: list[str] | None) -> LabelMap:
-    values = list(dict.fromkeys(report.rows["label"].tolist())) if report.rows is not None else []
-    return LabelMap.build(values, declared)
