@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from finetune_platform.data.loading import iter_chunks, normalise_label
+from finetune_platform.data.validation import summary_stats
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Function words say little about a class; they are left out of the "top tokens" lists only.
@@ -99,15 +100,7 @@ def _histogram(values: np.ndarray, bins: int = 20) -> dict[str, Any]:
     if values.size == 0:
         return {}
     counts, edges = np.histogram(values, bins=bins)
-    return {
-        "min": int(values.min()),
-        "mean": round(float(values.mean()), 2),
-        "p50": float(np.percentile(values, 50)),
-        "p95": float(np.percentile(values, 95)),
-        "max": int(values.max()),
-        "bins": [round(float(e), 2) for e in edges],
-        "counts": counts.tolist(),
-    }
+    return {**summary_stats(values), "bins": [round(float(e), 2) for e in edges], "counts": counts.tolist()}
 
 
 def _plot(

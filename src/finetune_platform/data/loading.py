@@ -453,7 +453,3 @@ class LabelMap:
 
     def id_lookup(self) -> dict[Any, int]:
         return {value: i for i, value in enumerate(self.raw_values)}
-
-    def encode(self, label: int | str) -> int | None:
-        key: Any = str(label) if isinstance(self.raw_values[0], str) else label
-        return self.id_lookup().get(key)

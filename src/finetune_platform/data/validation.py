@@ -226,7 +226,7 @@ class DatasetValidationError(DatasetError):
 
 
 # ------------------------------------------------------------------------------------------------
-def _as_text(values: pd.Series) -> pd.Series:
+def as_text(values: pd.Series) -> pd.Series:
     """Text as strings (a column of numbers is read as numbers); missing values stay missing."""
     if pd.api.types.is_string_dtype(values.dtype) and not pd.api.types.is_object_dtype(values.dtype):
         return values
@@ -239,7 +239,7 @@ def _scalar_text(value: Any) -> str:
     return str(value)
 
 
-def _strip(text: pd.Series) -> pd.Series:
+def normalised_text(text: pd.Series) -> pd.Series:
     """What makes two texts 'the same': surrounding whitespace does not count."""
     return text.str.strip()
 
@@ -261,7 +261,8 @@ def _mix(text_hashes: np.ndarray, label_hashes: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _stats(values: np.ndarray) -> dict[str, float]:
+def summary_stats(values: np.ndarray) -> dict[str, float]:
+    """min, mean, median, 95th percentile and max of a length distribution."""
     if values.size == 0:
         return {}
     return {
@@ -324,9 +325,9 @@ class _FileScan:
         if frame.empty:
             return
         rows = frame["row"].to_numpy()
-        text = _as_text(frame["text"])
+        text = as_text(frame["text"])
         text_missing = text.isna().to_numpy()
-        key = _strip(text)  # the normalised text: surrounding whitespace does not count
+        key = normalised_text(text)  # the normalised text: surrounding whitespace does not count
         empty_text = text_missing | key.eq("").fillna(True).to_numpy(dtype=bool)
 
         # Normalise each distinct label once: '1', '1.0' and 1 are the same label.
@@ -486,8 +487,8 @@ class _FileScan:
                 self.truncated_rows,
                 self.truncated_count,
             )
-        report.text_length = _stats(_concat(self.char_lengths, np.int64))
-        report.token_length = _stats(_concat(self.token_lengths, np.int64))
+        report.text_length = summary_stats(_concat(self.char_lengths, np.int64))
+        report.token_length = summary_stats(_concat(self.token_lengths, np.int64))
 
         report.rows_valid = int(keep.sum())
         if options.drop_invalid:

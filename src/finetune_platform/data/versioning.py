@@ -17,7 +17,13 @@ import pandas as pd
 
 from finetune_platform.atomic import write_atomic
 from finetune_platform.data.loading import iter_chunks, normalise_label, rows_text
-from finetune_platform.data.validation import FileReport, ValidationOptions, _as_text, _strip, validate_file
+from finetune_platform.data.validation import (
+    FileReport,
+    ValidationOptions,
+    as_text,
+    normalised_text,
+    validate_file,
+)
 from finetune_platform.errors import DatasetError, NotFoundError
 
 INDEX_NAME = "versions.jsonl"
@@ -149,7 +155,7 @@ def _keyed_rows(path: Path, text_column: str, label_column: str) -> pd.DataFrame
     for chunk in iter_chunks(path, text_column, label_column):
         frame = chunk.frame.dropna(subset=["text", "label"])
         frame = frame.assign(
-            key=_strip(_as_text(frame["text"])),
+            key=normalised_text(as_text(frame["text"])),
             label=frame["label"].astype(str).str.strip().map(lambda v: str(normalise_label(v))),
         )
         parts.append(frame[["row", "key", "text", "label"]])
