@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 exp ?=
 
-.PHONY: help install demo test test-fast lint format run-local logs-local bench-train clean
+.PHONY: help install demo test test-fast lint format run-local logs-local db-list bench-train clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the platform with its dev tools
 
-demo: $(STAMP) ## Train the quickstart LoRA adapter (bundled MiniLM + sample data), print metrics and run folder
+demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), register it, list the registry
 	$(BIN)/finetune train configs/quickstart.yaml
+	$(BIN)/finetune models list --name quickstart
 
 test: $(STAMP) ## Lint, then run the whole test suite
 	$(BIN)/ruff check src tests bench
@@ -44,6 +45,9 @@ run-local: $(STAMP) ## Train locally (exp=NAME picks configs/NAME.yaml; default 
 
 logs-local: $(STAMP) ## Show the newest run's logs.txt (exp=NAME for one experiment)
 	$(BIN)/finetune runs logs $(if $(exp),--experiment $(exp),)
+
+db-list: $(STAMP) ## List experiments and runs in the tracking store (exp=NAME shows one experiment's runs)
+	$(if $(exp),$(BIN)/finetune experiments show $(exp),$(BIN)/finetune experiments list)
 
 bench-train: $(STAMP) ## Training throughput: platform recipe vs plain HF Trainer + PEFT on SST-2
 	$(BIN)/python bench/train_throughput.py

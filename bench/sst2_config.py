@@ -47,7 +47,11 @@ def main() -> None:
         start = time.perf_counter()
         config = load_config(ROOT / "configs" / "sst2_minilm.yaml", overrides)
         result = run_training(
-            config, settings=Settings(FINETUNE_HOME=Path(home) / ".finetune"), show_progress=False
+            config,
+            settings=Settings(
+                FINETUNE_HOME=Path(home) / ".finetune", MODEL_REGISTRY_DIR=Path(home) / "cards"
+            ),
+            show_progress=False,
         )
         wall = time.perf_counter() - start
         resolved = yaml.safe_load(result.run.config_path.read_text())["resolved"]

@@ -127,7 +127,7 @@ def run_platform(
                 "training": {"epochs": 1, "batch_size": 32, "seed": seed},
             }
         )
-        settings = Settings(FINETUNE_HOME=Path(home) / ".finetune")
+        settings = Settings(FINETUNE_HOME=Path(home) / ".finetune", MODEL_REGISTRY_DIR=Path(home) / "cards")
         start = time.perf_counter()
         result = run_training(config, settings=settings, show_progress=False)
         wall = time.perf_counter() - start

@@ -6,6 +6,11 @@ import csv
 import os
 import random
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -152,13 +157,17 @@ def platform_home(tmp_path_factory) -> Path:
 def settings(platform_home):
     from finetune_platform.settings import Settings
 
-    return Settings(FINETUNE_HOME=platform_home)
+    return Settings(FINETUNE_HOME=platform_home, MODEL_REGISTRY_DIR=platform_home / "cards")
 
 
 @pytest.fixture
 def cli_env(platform_home) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(FINETUNE_HOME=str(platform_home), PYTHONUNBUFFERED="1")
+    env.update(
+        FINETUNE_HOME=str(platform_home),
+        MODEL_REGISTRY_DIR=str(platform_home / "cards"),
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -195,3 +204,51 @@ def finetune_bin() -> str:
     found = shutil.which("finetune", path=str(Path(os.sys.executable).parent)) or shutil.which("finetune")
     assert found, "the `finetune` entry point is not installed (pip install -e .)"
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    process = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "art"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "server.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("mlflow server did not answer /health within 90 s")
+    yield url, root
+    process.terminate()
+    process.wait(timeout=30)

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         default=None,
         description="MLflow tracking server or store URI; unset means a SQLite file under FINETUNE_HOME.",
     )
+    MODEL_REGISTRY_DIR: Path = Field(
+        default=Path("data/model_registry"),
+        description="Folder of model cards (one JSON file per model version).",
+    )
     MLFLOW_ENABLED: bool = Field(default=True, description="Log every training run to MLflow.")
     LOG_LEVEL: str = Field(default="INFO", description="Log level of the platform's loggers.")
 

@@ -195,6 +195,20 @@ class CheckpointSection(_Section):
     )
 
 
+class RegistrySection(_Section):
+    enabled: bool = Field(default=True, description="Register the run's adapter as a new model version.")
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Registered model name; default: the experiment name.",
+    )
+    task: str = Field(default="text-classification", description="Task recorded on the model card.")
+    description: str = Field(default="", description="What the model is for; embedded for recommendation.")
+    tags: list[str] = Field(
+        default_factory=list, description="Free-form tags for search, e.g. [sentiment, small]."
+    )
+
+
 class TrainConfig(_Section):
     """Everything a training run needs. `finetune config schema` prints it as JSON Schema."""
 
@@ -219,6 +233,11 @@ class TrainConfig(_Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or self.experiment
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

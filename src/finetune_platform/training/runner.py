@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from finetune_platform.training.run_folder import RunFolder
 logger = logging.getLogger("finetune_platform.training")
 
 # MLflow gets the run folder's small files; checkpoints (optimizer state) stay on disk only.
-_ARTIFACT_FILES = ("config.yaml", "metrics.json", "logs.txt")
+_ARTIFACT_FILES = ("config.yaml", "metrics.json", "logs.txt", "validation.json", "confusion_matrix.png")
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,15 @@ def run_training(
             recipe.evaluate()
             metrics = recipe.save(tracker.run_id if tracker else None)
             if tracker is not None:
+                from finetune_platform.tracking.plots import confusion_matrix_png
+
+                confusion_matrix_png(metrics["eval"]["confusion_matrix"], run.root / "confusion_matrix.png")
                 _finish_tracker(tracker, run, metrics)
+                if config.registry.enabled:
+                    model = _register(settings, config, run, recipe, metrics, tracker.run_id)
+                    metrics["model"] = model
+                    run.metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+                    run.update_state(model=model)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             logger.error("run %s %s: %s", run.run_id, status, exc)
@@ -126,6 +135,40 @@ def run_training(
     return RunResult(
         run=run, metrics=metrics, mlflow_run_id=tracker.run_id if tracker else None, wall_seconds=wall
     )
+
+
+def _register(
+    settings: Settings, config: TrainConfig, run: RunFolder, recipe: Any, metrics: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """The run's adapter becomes a new version (in Staging) of the registered model, with its card."""
+    from finetune_platform.tracking.embeddings import default_embedder
+    from finetune_platform.tracking.model_cards import ModelCard, file_checksum
+    from finetune_platform.tracking.registry import ADAPTER_FILE, ModelRegistry
+
+    evaluation = metrics["eval"]
+    card = ModelCard(
+        name=config.model_name,
+        version=0,
+        base_model=config.model.base_model,
+        language=recipe.state.model.language,
+        task=config.registry.task,
+        description=config.registry.description,
+        metrics={key: float(evaluation[key]) for key in ("accuracy", "macro_f1", "loss")},
+        tags=list(config.registry.tags),
+        dataset_version=metrics["dataset"]["train_version"],
+        run_id=run_id,
+        run_folder=str(run.root.resolve()),
+        stage="None",
+        created_at="",
+        adapter_checksum=file_checksum(run.artifacts_dir / ADAPTER_FILE),
+        labels=list(recipe.state.splits.label_map.names),
+    )
+    card.embedding = default_embedder().embed([card.text()])[0].round(6).tolist()
+    info = ModelRegistry(settings).register(
+        name=card.name, run_id=run_id, artifact_uri=f"runs:/{run_id}/artifacts", card=card
+    )
+    logger.info("registered %s version %d (%s)", info.name, info.version, info.stage.value)
+    return {"name": info.name, "version": info.version, "stage": info.stage.value}
 
 
 def _record_dataset_versions(settings: Settings, config: TrainConfig, recipe: Any) -> None:

@@ -1,0 +1,245 @@
+"""The model registry: MLflow registered models with Staging → Production → Archived stages.
+
+MLflow 3 deprecates model-version stages in favour of aliases, so stages are implemented with what it
+supports: each version carries a ``stage`` tag (None, Staging, Production, Archived), and the aliases
+``production`` and ``staging`` point at the current Production and the newest Staging version. An alias
+names one version at a time, so there is always at most one Production; promoting a version moves the alias
+and archives the version that held it. Model cards mirror the stage tag.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
+from finetune_platform.settings import Settings
+from finetune_platform.tracking.model_cards import CardStore, ModelCard, file_checksum
+
+logger = logging.getLogger("finetune_platform.registry")
+
+STAGE_TAG = "stage"
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+class Stage(StrEnum):
+    NONE = "None"
+    STAGING = "Staging"
+    PRODUCTION = "Production"
+    ARCHIVED = "Archived"
+
+    @classmethod
+    def parse(cls, value: str) -> Stage:
+        for stage in cls:
+            if stage.value.lower() == value.strip().lower():
+                return stage
+        raise ConfigError(f"stage: {value!r} is not one of {', '.join(s.value for s in cls)}")
+
+
+ALIASES = {Stage.PRODUCTION: "production", Stage.STAGING: "staging"}
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: int
+    stage: Stage
+    run_id: str | None
+    source: str
+    aliases: tuple[str, ...]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    version: int
+    stage: Stage
+    archived: tuple[int, ...]  # versions moved out of Production by this transition
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings) -> None:
+        from mlflow import MlflowClient
+
+        self.settings = settings
+        self.client = MlflowClient(
+            tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+        )
+        self.cards = CardStore(settings.MODEL_REGISTRY_DIR)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _info(self, mv: Any, aliases: tuple[str, ...] | None = None) -> VersionInfo:
+        stage = Stage.parse(mv.tags.get(STAGE_TAG, Stage.NONE.value))
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
+        found = tuple(mv.aliases or ()) if aliases is None else aliases
+        return VersionInfo(mv.name, int(mv.version), stage, mv.run_id, mv.source, found, created)
+
+    def versions(self, name: str | None = None) -> list[VersionInfo]:
+        query = f"name='{name}'" if name else None
+        found = list(self.client.search_model_versions(query))
+        # Version searches leave aliases out; the registered model knows which version each alias names.
+        aliases: dict[tuple[str, str], list[str]] = {}
+        for model_name in {mv.name for mv in found}:
+            for alias, version in self.client.get_registered_model(model_name).aliases.items():
+                aliases.setdefault((model_name, str(version)), []).append(alias)
+        infos = [self._info(mv, tuple(sorted(aliases.get((mv.name, str(mv.version)), [])))) for mv in found]
+        return sorted(infos, key=lambda v: (v.name, v.version))
+
+    def version(self, name: str, version: int) -> VersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self.client.get_model_version(name, str(version)))
+        except MlflowException:
+            raise NotFoundError(f"model {name!r} has no version {version}") from None
+
+    def resolve(self, reference: str) -> VersionInfo:
+        """'name' (newest), 'name@3', 'name@production' or 'name@staging'."""
+        from mlflow.exceptions import MlflowException
+
+        name, _, selector = reference.partition("@")
+        if not selector:
+            versions = self.versions(name)
+            if not versions:
+                raise NotFoundError(f"no registered model {name!r}")
+            return versions[-1]
+        if selector.isdigit():
+            return self.version(name, int(selector))
+        try:
+            return self._info(self.client.get_model_version_by_alias(name, selector.lower()))
+        except MlflowException:
+            raise NotFoundError(f"model {name!r} has no version with alias {selector!r}") from None
+
+    # -- writing ---------------------------------------------------------------------------------
+    def register(self, *, name: str, run_id: str, artifact_uri: str, card: ModelCard) -> VersionInfo:
+        """A new version from a finished run, in Staging, with its model card."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description=card.description or None)
+        mv = self.client.create_model_version(
+            name,
+            source=artifact_uri,
+            run_id=run_id,
+            tags={STAGE_TAG: Stage.NONE.value},
+            description=card.description or None,
+        )
+        card.version = int(mv.version)
+        card.created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.cards.save(card)
+        self.transition(name, int(mv.version), Stage.STAGING)
+        return self.version(name, int(mv.version))
+
+    def transition(self, name: str, version: int, stage: Stage) -> Transition:
+        """Move a version to a stage; Production archives the previous Production (exactly one)."""
+        target = self.version(name, version)
+        archived: list[int] = []
+        if stage is Stage.PRODUCTION:
+            for other in self.versions(name):
+                if other.version != version and other.stage is Stage.PRODUCTION:
+                    self._set_stage(name, other.version, Stage.ARCHIVED)
+                    archived.append(other.version)
+        for alias_stage, alias in ALIASES.items():
+            if alias in target.aliases and alias_stage is not stage:
+                self.client.delete_registered_model_alias(name, alias)
+        self._set_stage(name, version, stage)
+        if stage in ALIASES:
+            self.client.set_registered_model_alias(name, ALIASES[stage], str(version))
+        logger.info(
+            "model %s version %d -> %s%s",
+            name,
+            version,
+            stage.value,
+            f" (archived {', '.join(map(str, archived))})" if archived else "",
+        )
+        return Transition(name, version, stage, tuple(archived))
+
+    def _set_stage(self, name: str, version: int, stage: Stage) -> None:
+        self.client.set_model_version_tag(name, str(version), STAGE_TAG, stage.value)
+        try:
+            card = self.cards.get(name, version)
+        except NotFoundError:
+            return
+        if card.stage != stage.value:
+            card.stage = stage.value
+            self.cards.save(card)
+
+    def reconcile(self, name: str | None = None) -> list[str]:
+        """Make the cards (of one model, or all) match the registry; return one line per change."""
+        changes = []
+        registered = {(v.name, v.version): v for v in self.versions(name)}
+        for card in self.cards.all():
+            if name is not None and card.name != name:
+                continue
+            info = registered.get((card.name, card.version))
+            if info is None:
+                self.cards.delete(card.name, card.version)
+                changes.append(f"{card.key}: removed card (no such version in the registry)")
+            elif card.stage != info.stage.value:
+                changes.append(f"{card.key}: stage {card.stage} -> {info.stage.value}")
+                card.stage = info.stage.value
+                self.cards.save(card)
+        carded = {(c.name, c.version) for c in self.cards.all()}
+        for key, info in registered.items():
+            if key not in carded:
+                changes.append(
+                    f"{info.name}@{info.version}: no card (register again from its run to create one)"
+                )
+        return changes
+
+    # -- loading ---------------------------------------------------------------------------------
+    def verified_adapter(self, reference: str, cache_dir: Path | None = None) -> tuple[Path, ModelCard]:
+        """The adapter folder of a version, refusing anything but platform-written, checksum-matching safetensors.
+
+        The source must be an artifact of an MLflow run (``runs:``, ``mlflow-artifacts:`` or a file under the
+        artifact root); pickle files are refused; the safetensors checksum must equal the card's.
+        """
+        import mlflow
+
+        info = self.resolve(reference)
+        card = self.cards.get(info.name, info.version)
+        self._check_source(info.source)
+        target = Path(cache_dir or (self.settings.FINETUNE_HOME / "models" / f"{info.name}-v{info.version}"))
+        target.mkdir(parents=True, exist_ok=True)
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=info.source, dst_path=str(target), tracking_uri=self.settings.mlflow_tracking_uri
+            )
+        )
+        pickles = sorted(
+            p.name for p in local.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+        )
+        if pickles:
+            raise PlatformError(
+                f"{reference}: refusing pickle files in the model artifact: {', '.join(pickles)}",
+                ErrorCode.PERMISSION_DENIED,
+            )
+        adapter = local / ADAPTER_FILE
+        if not adapter.is_file():
+            raise PlatformError(f"{reference}: the artifact has no {ADAPTER_FILE}", ErrorCode.NOT_FOUND)
+        checksum = file_checksum(adapter)
+        if checksum != card.adapter_checksum:
+            raise PlatformError(
+                f"{reference}: adapter checksum {checksum} does not match its model card ({card.adapter_checksum})",
+                ErrorCode.PERMISSION_DENIED,
+            )
+        return local, card
+
+    def _check_source(self, source: str) -> None:
+        if source.startswith(("runs:/", "mlflow-artifacts:/")):
+            return
+        root = self.settings.mlflow_artifact_root
+        if source.startswith("file://") and root.startswith("file://"):
+            path = Path(source.removeprefix("file://")).resolve()
+            if path.is_relative_to(Path(root.removeprefix("file://")).resolve()):
+                return
+        raise PlatformError(
+            f"model source {source!r} is outside the artifact root {root}", ErrorCode.PERMISSION_DENIED
+        )
