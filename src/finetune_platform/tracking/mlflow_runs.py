@@ -16,6 +16,28 @@ PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 
 
+class _TimedClient:
+    """Forwards to an MlflowClient and adds up the seconds its calls take."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
 class MlflowRunTracker:
     """One MLflow run per training run; buffered so logging costs one call per flush, not per value."""
 
@@ -27,7 +49,7 @@ class MlflowRunTracker:
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # No mlflow.set_tracking_uri(): it writes MLFLOW_TRACKING_URI into the process environment,
         # which would leak into every Settings object created afterwards.
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = _TimedClient(MlflowClient(tracking_uri=self.tracking_uri))
         self.artifact_root = settings.mlflow_artifact_root
         self.experiment = experiment
         self.flush_every = flush_every
@@ -87,6 +109,11 @@ class MlflowRunTracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    @property
+    def seconds(self) -> float:
+        """Time spent in MLflow calls so far: the run's tracking overhead."""
+        return self.client.seconds
 
     def end(self, status: str) -> None:
         if self.run_id is None:

@@ -108,6 +108,9 @@ def run_training(
 
                 confusion_matrix_png(metrics["eval"]["confusion_matrix"], run.root / "confusion_matrix.png")
                 _finish_tracker(tracker, run, metrics)
+                metrics["tracking_seconds"] = round(tracker.seconds, 3)
+                run.metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+                logger.info("MLflow calls took %.2fs in this run", tracker.seconds)
                 if config.registry.enabled:
                     model = _register(settings, config, run, recipe, metrics, tracker.run_id)
                     metrics["model"] = model
