@@ -24,7 +24,7 @@ install: $(STAMP) ## Create .venv and install the platform with its dev tools
 
 demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), register it, list the registry
 	$(BIN)/finetune train configs/quickstart.yaml
-	$(BIN)/finetune models list --name quickstart
+	$(BIN)/finetune models list --name quickstart-sentiment
 
 test: $(STAMP) ## Lint, then run the whole test suite
 	$(BIN)/ruff check src tests bench
