@@ -227,7 +227,10 @@ def test_mlflow_has_params_metric_history_and_artifacts(settings, tiny_bert, sen
     assert len(client.get_metric_history(result.mlflow_run_id, "eval_accuracy")) == 8
     assert run.data.metrics["final_accuracy"] == pytest.approx(result.metrics["eval"]["accuracy"])
     assert 0 < result.metrics["tracking_seconds"] < result.wall_seconds
-    assert json.loads(result.run.metrics_path.read_text())["tracking_seconds"] == result.metrics["tracking_seconds"]
+    assert (
+        json.loads(result.run.metrics_path.read_text())["tracking_seconds"]
+        == result.metrics["tracking_seconds"]
+    )
     top = {item.path for item in client.list_artifacts(result.mlflow_run_id)}
     assert {"config.yaml", "metrics.json", "logs.txt", "artifacts"} <= top
     nested = {item.path for item in client.list_artifacts(result.mlflow_run_id, "artifacts")}

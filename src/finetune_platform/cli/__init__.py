@@ -1,0 +1,34 @@
+"""The `finetune` command line. Heavy libraries load only inside the commands that need them."""
+
+from __future__ import annotations
+
+import typer
+
+from finetune_platform import __version__
+from finetune_platform.cli.data import data_app
+from finetune_platform.cli.registry import experiments_app, models_app
+from finetune_platform.cli.training import config_app, runs_app, train
+
+app = typer.Typer(
+    name="finetune",
+    help="LoRA fine-tuning platform: validate data, train, track, register, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(train)
+app.add_typer(config_app, name="config")
+app.add_typer(runs_app, name="runs")
+app.add_typer(data_app, name="data")
+app.add_typer(experiments_app, name="experiments")
+app.add_typer(models_app, name="models")
+
+
+@app.command()
+def version() -> None:
+    """Print the platform version."""
+    typer.echo(f"finetune-platform {__version__}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

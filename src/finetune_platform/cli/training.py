@@ -1,0 +1,152 @@
+"""`finetune train`, `finetune config …` and `finetune runs …`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from finetune_platform.cli.common import (
+    ConfigPath,
+    OutputDir,
+    Overrides,
+    configure_console_logging,
+    fail,
+    load,
+)
+from finetune_platform.errors import PlatformError
+
+config_app = typer.Typer(help="Inspect and validate training configs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List run folders and read their logs.", no_args_is_help=True)
+
+
+def train(
+    config_path: ConfigPath,
+    overrides: Overrides = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the newest unfinished run of this experiment from its newest complete checkpoint.",
+        ),
+    ] = False,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="With --resume: the run to continue. Without: the new run's id."),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")
+    ] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON.")] = False,
+) -> None:
+    """Train a LoRA adapter from a config: validate, train, evaluate, save the run folder, log to MLflow."""
+    configure_console_logging()
+    if resume and overrides:
+        typer.secho(
+            "warning: --set is ignored with --resume: a run continues with its own config.yaml",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        overrides = []
+    try:
+        config = load(config_path, overrides)
+        from finetune_platform.training.runner import run_training
+
+        result = run_training(config, resume=resume, run_id=run_id, show_progress=progress)
+    except PlatformError as error:
+        raise fail(error) from None
+    evaluation = result.metrics["eval"]
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {"run_folder": str(result.run.root), "mlflow_run_id": result.mlflow_run_id, **result.metrics},
+                indent=2,
+            )
+        )
+        return
+    train_metrics = result.metrics["train"]
+    typer.echo("")
+    typer.secho(f"run {result.run.run_id} succeeded in {result.wall_seconds:.1f}s", fg=typer.colors.GREEN)
+    typer.echo(f"  accuracy         {evaluation['accuracy']:.4f}")
+    typer.echo(f"  macro F1         {evaluation['macro_f1']:.4f}")
+    typer.echo(f"  samples/s        {train_metrics['samples_per_second'] or 0:.1f}")
+    typer.echo(f"  final adapter    {result.metrics['final_checkpoint'] or 'last step'}")
+    typer.echo(f"  run folder       {result.run.root}")
+    if result.mlflow_run_id:
+        typer.echo(f"  mlflow run       {result.mlflow_run_id}")
+
+
+@config_app.command("validate")
+def config_validate(config_path: ConfigPath, overrides: Overrides = None) -> None:
+    """Check a config (fields, types, ranges, cross-field rules) without loading data or models."""
+    try:
+        load(config_path, overrides)
+    except PlatformError as error:
+        raise fail(error) from None
+    typer.secho(f"{config_path}: valid", fg=typer.colors.GREEN)
+
+
+@config_app.command("show")
+def config_show(config_path: ConfigPath, overrides: Overrides = None) -> None:
+    """Print the fully resolved config (defaults filled in, overrides applied) as YAML."""
+    import yaml
+
+    try:
+        config = load(config_path, overrides)
+    except PlatformError as error:
+        raise fail(error) from None
+    typer.echo(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, allow_unicode=True), nl=False)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of training configs: every field, its default, constraints and help."""
+    from finetune_platform.training.config import TrainConfig
+
+    typer.echo(json.dumps(TrainConfig.model_json_schema(), indent=2))
+
+
+@runs_app.command("list")
+def runs_list(
+    experiment: Annotated[str | None, typer.Option(help="Only this experiment.")] = None,
+    output_dir: OutputDir = Path("results"),
+) -> None:
+    """List run folders, newest last, with status and final accuracy."""
+    pattern = f"{experiment}/*/config.yaml" if experiment else "*/*/config.yaml"
+    rows = []
+    for config_file in sorted(output_dir.glob(pattern), key=lambda p: p.stat().st_mtime):
+        folder = config_file.parent
+        state = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        accuracy = ""
+        if (folder / "metrics.json").is_file():
+            accuracy = f"{json.loads((folder / 'metrics.json').read_text())['eval']['accuracy']:.4f}"
+        rows.append((folder.parent.name, folder.name, state.get("status", "?"), accuracy, str(folder)))
+    if not rows:
+        typer.echo(f"no runs under {output_dir}")
+        return
+    typer.echo(f"{'experiment':<20} {'run':<24} {'status':<12} {'accuracy':<9} folder")
+    for row in rows:
+        typer.echo(f"{row[0]:<20} {row[1]:<24} {row[2]:<12} {row[3]:<9} {row[4]}")
+
+
+@runs_app.command("logs")
+def runs_logs(
+    run_id: Annotated[str | None, typer.Argument(help="Run id; default: the newest run.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Experiment of the run.")] = None,
+    output_dir: OutputDir = Path("results"),
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Show the last N lines (0 = all).")] = 0,
+) -> None:
+    """Print a run's logs.txt (the newest run's by default)."""
+    from finetune_platform.training.run_folder import RunFolder, latest_run
+
+    if run_id:
+        matches = list(output_dir.glob(f"{experiment or '*'}/{run_id}/logs.txt"))
+        folder = RunFolder(matches[0].parent) if matches else None
+    else:
+        folder = latest_run(output_dir, experiment)
+    if folder is None or not folder.logs_path.is_file():
+        raise fail(PlatformError(f"no run logs found under {output_dir}"))
+    text = folder.logs_path.read_text(encoding="utf-8").splitlines()
+    typer.echo("\n".join(text[-lines:] if lines else text))
