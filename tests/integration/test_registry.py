@@ -199,6 +199,18 @@ def test_loading_accepts_only_matching_platform_safetensors(registry_env, tmp_pa
             registry.verified_adapter("spam-filter@1", cache_dir=tmp_path / "pickle")
     finally:
         pickle.unlink()
+    extra = stored.with_name("notes.txt")
+    extra.write_text("not written by the platform")
+    try:
+        with pytest.raises(
+            PlatformError, match=r"notes\.txt is not a file the platform wrote for this version"
+        ):
+            registry.verified_adapter("spam-filter@1", cache_dir=tmp_path / "extra")
+    finally:
+        extra.unlink()
+    sneaky = f"{settings.mlflow_artifact_root}/%2e%2e/%2e%2e/evil"
+    with pytest.raises(PlatformError, match=r"contains escapes or '\.\.'"):
+        registry._check_source(sneaky)
     version = registry.client.create_model_version("spam-filter", source="file:///etc", run_id=None)
     registry.cards.save(
         registry.cards.get("spam-filter", 1).__class__(

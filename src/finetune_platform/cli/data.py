@@ -15,10 +15,16 @@ data_app = typer.Typer(help="Validate, analyse, version and diff datasets.", no_
 
 DataFile = Annotated[Path | None, typer.Argument(help="Dataset file (CSV, TSV, JSONL, JSON or Parquet).")]
 TextColumn = Annotated[
-    str | None, typer.Option("--text-column", help="Column with the text [default: text].")
+    str | None,
+    typer.Option(
+        "--text-column", help="Column with the text (default: the config's, a version's, or 'text')."
+    ),
 ]
 LabelColumn = Annotated[
-    str | None, typer.Option("--label-column", help="Column with the label [default: label].")
+    str | None,
+    typer.Option(
+        "--label-column", help="Column with the label (default: the config's, a version's, or 'label')."
+    ),
 ]
 
 
@@ -59,7 +65,10 @@ def data_validate(
         typer.Option("--model", help="Tokenizer for token-length checks ('minilm', an id or a folder)."),
     ] = None,
     max_length: Annotated[
-        int | None, typer.Option("--max-length", help="Token limit for the truncation check.")
+        int | None,
+        typer.Option(
+            "--max-length", help="Token limit for the truncation check (needs --model or --config)."
+        ),
     ] = None,
     drop_invalid: Annotated[
         bool,
@@ -121,7 +130,9 @@ def data_analyze(
     ),
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
-    model: Annotated[str | None, typer.Option("--model", help="Tokenizer for token lengths.")] = "minilm",
+    model: Annotated[
+        str | None, typer.Option("--model", help="Tokenizer for token lengths ('none' to skip them).")
+    ] = "minilm",
     max_length: Annotated[
         int | None, typer.Option("--max-length", help="Marks this limit on the plot.")
     ] = 128,
@@ -136,7 +147,7 @@ def data_analyze(
             text_column or "text",
             label_column or "label",
             out_dir=out,
-            tokenizer=_tokenizer(model),
+            tokenizer=_tokenizer(None if model == "none" else model),
             max_length=max_length,
         )
     except PlatformError as error:

@@ -253,7 +253,7 @@ def models_recommend(
     vector_file: Annotated[
         Path | None, typer.Option("--vector", help="JSON file with a 384-number vector.")
     ] = None,
-    top: Annotated[int, typer.Option("--top", help="How many to return.")] = 5,
+    top: Annotated[int, typer.Option("--top", min=1, help="How many to return.")] = 5,
     base_model: BaseModelOpt = None,
     language: LanguageOpt = None,
     task: TaskOpt = None,
@@ -263,7 +263,6 @@ def models_recommend(
     json_output: JsonFlag = False,
 ) -> None:
     """Models ranked by embedding similarity to a query, another model's card, or a vector."""
-    import numpy as np
 
     from finetune_platform.tracking.search import recommend, recommend_for_query, recommend_like
 
@@ -280,7 +279,13 @@ def models_recommend(
                 raise ConfigError(f"--like {like!r}: expected NAME@VERSION")
             ranked = recommend_like(store, name, int(number), top, card_filter)
         else:
-            ranked = recommend(store, np.asarray(json.loads(vector_file.read_text())), top, card_filter)
+            try:
+                vector = json.loads(vector_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"--vector {vector_file}: cannot read a JSON list of numbers ({exc})"
+                ) from None
+            ranked = recommend(store, vector, top, card_filter)
     except PlatformError as error:
         raise fail(error) from None
     if json_output:

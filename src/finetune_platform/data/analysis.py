@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_platform.data.loading import iter_chunks, normalise_label
+from finetune_platform.data.loading import is_integer_text, iter_chunks, normalise_label
 from finetune_platform.data.validation import summary_stats
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -58,7 +58,7 @@ def analyze_file(
                     "input_ids"
                 ]
                 token_lengths.setdefault(label, []).append(np.array([len(x) for x in ids]))
-    order = sorted(label_counts, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
+    order = sorted(label_counts, key=lambda v: (0, int(v)) if is_integer_text(v) else (1, v))
     chars = {label: np.concatenate(char_lengths[label]) for label in order}
     tokens = {label: np.concatenate(token_lengths[label]) for label in order if label in token_lengths}
     total = sum(label_counts.values())

@@ -161,8 +161,8 @@ def _read_delimited(
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     with Path(path).open(encoding=encoding, newline="") as handle:
         header_line = handle.readline()
-    header = next(csv.reader([header_line], delimiter=sep, quoting=quoting), [])
-    header = [name.strip() for name in header]
+    raw_header = next(csv.reader([header_line], delimiter=sep, quoting=quoting), [])
+    header = [name.strip() for name in raw_header]
     if not any(header):
         raise DatasetFileError(
             f"{path}: no header row (the first line is blank)",
@@ -185,6 +185,8 @@ def _read_delimited(
         keep_default_na=False,  # types are inferred (fast); "NA" or "null" stay texts, only "" is missing
         na_values=[""],
         on_bad_lines="warn",  # every column is read: with usecols pandas would not notice ragged rows
+        # Texts stay exactly as written ("007", "1.50"); other columns are inferred, which is much faster.
+        dtype={column: "str" for column in raw_header if column.strip() == text_column},
         chunksize=chunk_rows,
         skipinitialspace=False,
     )
@@ -201,6 +203,7 @@ def _read_delimited(
                 skipped = [bad.line - 1 for bad in malformed]
                 numbers = np.arange(next_row, next_row + len(frame) + len(skipped))
                 numbers = numbers[~np.isin(numbers, skipped)][: len(frame)]
+                frame.columns = [str(name).strip() for name in frame.columns]  # "text, label" headers
                 frame = pd.DataFrame(
                     {
                         "row": numbers,
@@ -386,6 +389,14 @@ def rows_text(numbers: list[int], total: int | None = None, noun: str = "rows") 
     return f"{noun} " + ", ".join(map(str, shown)) + (f" and {more} more" if more > 0 else "")
 
 
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+
+
+def is_integer_text(text: str) -> bool:
+    """'12', '-3' (ASCII digits only: '²' or '①' are words here, not numbers)."""
+    return _INTEGER.fullmatch(text) is not None
+
+
 def normalise_label(value: Any) -> int | str:
     """Integers (also '1' or '1.0' as read from text formats) stay integers; anything else is a string."""
     if isinstance(value, bool):
@@ -395,7 +406,7 @@ def normalise_label(value: Any) -> int | str:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     text = str(value).strip()
-    if text.lstrip("-").isdigit():
+    if is_integer_text(text):
         return int(text)
     try:
         number = float(text)

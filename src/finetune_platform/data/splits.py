@@ -8,13 +8,14 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_platform.data.loading import LabelMap
+from finetune_platform.data.loading import LabelMap, rows_text
 from finetune_platform.data.validation import (
     DatasetValidationError,
     ValidationOptions,
     ValidationReport,
     validate_dataset,
 )
+from finetune_platform.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,17 @@ def load_splits(
     if max_train_rows is not None:
         train = train.head(max_train_rows)
     label_map = LabelMap.build(train["label"].tolist(), label_names)
-    train = _with_ids(train, label_map)
+    if len(set(train["label"].tolist())) < 2:
+        raise DatasetError(
+            f"the first {len(train)} training rows hold only one label ({train['label'].iloc[0]!r}); "
+            "a classifier needs two: raise data.max_train_rows or shuffle the file"
+        )
+    train = _with_ids(train, label_map, "training")
     if validation_file is not None:
         validation = report.file("validation").rows
         if max_validation_rows is not None:
             validation = validation.head(max_validation_rows)
-        validation = _with_ids(validation, label_map)
+        validation = _with_ids(validation, label_map, "validation")
         source = f"file:{validation_file}"
     else:
         train, validation = _stratified_split(train, validation_split, seed)
@@ -75,10 +81,17 @@ def load_splits(
     )
 
 
-def _with_ids(frame: pd.DataFrame, label_map: LabelMap) -> pd.DataFrame:
+def _with_ids(frame: pd.DataFrame, label_map: LabelMap, role: str) -> pd.DataFrame:
     lookup = label_map.id_lookup()
     as_text = isinstance(label_map.raw_values[0], str)
     ids = frame["label"].map(lambda value: lookup.get(str(value) if as_text else value))
+    unknown = frame.loc[ids.isna(), "row"].tolist()
+    if unknown:
+        raise DatasetError(
+            f"{role}: labels {sorted({str(v) for v in frame.loc[ids.isna(), 'label']})} in {rows_text(unknown)} "
+            f"do not occur in the training rows used ({list(label_map.names)}); with data.max_train_rows, "
+            "take more rows or shuffle the file"
+        )
     return frame.assign(label_id=ids.astype(int))
 
 

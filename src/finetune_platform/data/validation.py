@@ -23,6 +23,7 @@ from finetune_platform.data.loading import (
     MAX_ROWS_NAMED,
     DatasetFileError,
     detect_format,
+    is_integer_text,
     iter_chunks,
     normalise_label,
     rows_text,
@@ -334,7 +335,7 @@ class _FileScan:
         label_raw = frame["label"]
         null_label = label_raw.isna().to_numpy()
         distinct = pd.unique(label_raw[~null_label])
-        normalised_of = {value: normalise_label(value) for value in distinct}
+        normalised_of = {value: self._declared_id(normalise_label(value)) for value in distinct}
         blank = {value for value, norm in normalised_of.items() if norm == ""}
         if blank:
             null_label |= label_raw.isin(blank).to_numpy()
@@ -377,6 +378,13 @@ class _FileScan:
             self.kept.append(
                 pd.DataFrame({"row": valid_rows, "text": text[valid].to_numpy(), "label": labels})
             )
+
+    def _declared_id(self, label: int | str) -> int | str:
+        """With label_names declared, a name and its index are the same label ('positive' == 1)."""
+        names = self.options.label_names
+        if names is not None and isinstance(label, str) and label in names:
+            return names.index(label)
+        return label
 
     def _code(self, normalised: int | str) -> int:
         name = str(normalised)
@@ -601,7 +609,7 @@ def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
 
 def _label_name(value: Any, declared: list[str] | None) -> str:
     text = str(value)
-    if declared is not None and text.isdigit() and int(text) < len(declared):
+    if declared is not None and is_integer_text(text) and 0 <= int(text) < len(declared):
         return declared[int(text)]
     return text
 
@@ -609,7 +617,7 @@ def _label_name(value: Any, declared: list[str] | None) -> str:
 def _label_order(values: list[Any]) -> list[Any]:
     def key(value: Any) -> tuple[int, Any]:
         text = str(value)
-        return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
+        return (0, int(text)) if is_integer_text(text) else (1, text)
 
     return sorted(values, key=key)
 
@@ -688,6 +696,11 @@ def _cross_checks(train: FileReport, validation: FileReport, options: Validation
             validation._text_hashes = validation._text_hashes[keep]
             validation._labels = validation._labels[keep]
             validation._row_numbers = validation._row_numbers[keep]
+            kept_names = names[keep]
+            validation.label_counts = {
+                _label_name(name, options.label_names): int((kept_names == name).sum())
+                for name in _label_order(sorted(set(kept_names.tolist())))
+            }
             if validation.rows is not None:
                 validation.rows = validation.rows[validation.rows["row"].isin(validation._row_numbers)]
             if validation.rows_valid <= 0:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_platform.atomic import write_atomic
+from finetune_platform.atomic import locked, write_atomic
 from finetune_platform.data.loading import iter_chunks, normalise_label, rows_text
 from finetune_platform.data.validation import (
     FileReport,
@@ -75,13 +75,13 @@ class VersionIndex:
 
     def record(self, version: DatasetVersion) -> tuple[DatasetVersion, bool]:
         """Add a version unless the same content from the same file is already there; (entry, added)."""
-        existing = self.all()
-        for entry in existing:
-            if entry.content_hash == version.content_hash and entry.file == version.file:
-                return entry, False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps(asdict(entry)) for entry in [*existing, version]]
-        write_atomic(self.path, "\n".join(lines) + "\n")
+        with locked(self.path.with_name(self.path.name + ".lock")):
+            existing = self.all()
+            for entry in existing:
+                if entry.content_hash == version.content_hash and entry.file == version.file:
+                    return entry, False
+            lines = [json.dumps(asdict(entry)) for entry in [*existing, version]]
+            write_atomic(self.path, "\n".join(lines) + "\n")
         return version, True
 
     def get(self, reference: str) -> DatasetVersion:

@@ -54,7 +54,12 @@ class ExperimentStore:
                     "runs": len(runs),
                     "last_run": _time(last) if last else None,
                     "best_accuracy": max(
-                        (r.data.metrics.get("final_accuracy", float("nan")) for r in runs), default=None
+                        (
+                            r.data.metrics["final_accuracy"]
+                            for r in runs
+                            if "final_accuracy" in r.data.metrics
+                        ),
+                        default=None,
                     ),
                 }
             )

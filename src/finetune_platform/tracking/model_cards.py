@@ -36,6 +36,7 @@ class ModelCard:
     created_at: str
     adapter_checksum: str
     labels: list[str] = field(default_factory=list)
+    artifact_checksums: dict[str, str] = field(default_factory=dict)  # every file of the registered artifact
     embedding: list[float] = field(default_factory=list)
 
     @property
@@ -97,7 +98,12 @@ class CardStore:
         path = self.path(name, version)
         if not path.is_file():
             raise NotFoundError(f"no model card for {name} version {version} in {self.root}")
-        return ModelCard(**json.loads(path.read_text(encoding="utf-8")))
+        card = ModelCard(**json.loads(path.read_text(encoding="utf-8")))
+        if (card.name, card.version) != (name, int(version)):  # two names can share a file name
+            raise NotFoundError(
+                f"no model card for {name} version {version} in {self.root} ({path.name} is {card.key})"
+            )
+        return card
 
     def all(self) -> list[ModelCard]:
         return self._load()[0]

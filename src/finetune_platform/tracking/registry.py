@@ -24,6 +24,7 @@ logger = logging.getLogger("finetune_platform.registry")
 
 STAGE_TAG = "stage"
 ADAPTER_FILE = "adapter_model.safetensors"
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
 
 
 class Stage(StrEnum):
@@ -213,9 +214,8 @@ class ModelRegistry:
                 artifact_uri=info.source, dst_path=str(target), tracking_uri=self.settings.mlflow_tracking_uri
             )
         )
-        pickles = sorted(
-            p.name for p in local.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
-        )
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        pickles = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
         if pickles:
             raise PlatformError(
                 f"{reference}: refusing pickle files in the model artifact: {', '.join(pickles)}",
@@ -230,15 +230,30 @@ class ModelRegistry:
                 f"{reference}: adapter checksum {checksum} does not match its model card ({card.adapter_checksum})",
                 ErrorCode.PERMISSION_DENIED,
             )
+        if card.artifact_checksums:
+            for path in files:
+                name = path.relative_to(local).as_posix()
+                if card.artifact_checksums.get(name) != file_checksum(path):
+                    raise PlatformError(
+                        f"{reference}: {name} is not a file the platform wrote for this version (checksum differs "
+                        "or it is not on the model card)",
+                        ErrorCode.PERMISSION_DENIED,
+                    )
         return local, card
 
     def _check_source(self, source: str) -> None:
+        from urllib.parse import unquote, urlparse
+
+        if "%" in source or ".." in source.split("/"):
+            raise PlatformError(
+                f"model source {source!r} contains escapes or '..'", ErrorCode.PERMISSION_DENIED
+            )
         if source.startswith(("runs:/", "mlflow-artifacts:/")):
             return
         root = self.settings.mlflow_artifact_root
         if source.startswith("file://") and root.startswith("file://"):
-            path = Path(source.removeprefix("file://")).resolve()
-            if path.is_relative_to(Path(root.removeprefix("file://")).resolve()):
+            path = Path(unquote(urlparse(source).path)).resolve()
+            if path.is_relative_to(Path(unquote(urlparse(root).path)).resolve()):
                 return
         raise PlatformError(
             f"model source {source!r} is outside the artifact root {root}", ErrorCode.PERMISSION_DENIED

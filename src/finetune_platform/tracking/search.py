@@ -83,7 +83,12 @@ def recommend(
     cards, matrix = store.matrix()
     if not cards:
         return []
-    query = np.asarray(vector, dtype=np.float32)
+    try:
+        query = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError("vector: expected a list of numbers") from None
+    if not np.isfinite(query).all():
+        raise ConfigError("vector: every number must be finite")
     if query.shape != (matrix.shape[1],):
         raise ConfigError(f"vector: expected {matrix.shape[1]} numbers, got {query.size}")
     norm = float(np.linalg.norm(query))

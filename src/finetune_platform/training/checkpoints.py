@@ -8,6 +8,7 @@ leaves either no checkpoint-N, or one without the marker, which resume ignores a
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -73,14 +74,14 @@ def select_retained(
         return {}
     ordered = sorted(checkpoints, key=lambda info: info.step)
     retained = {"last": ordered[-1]}
-    scored = [info for info in ordered if info.metric is not None]
+    scored = [info for info in ordered if info.metric is not None and math.isfinite(info.metric)]
     if scored:
         sign = 1.0 if greater_is_better else -1.0
         # Ties go to the earlier step: the same quality, reached sooner.
         best = max(scored, key=lambda info: (sign * info.metric, -info.step))
         retained["best"] = best
         retained["fastest"] = next(
-            info for info in scored if sign * (best.metric - info.metric) <= tolerance + 1e-12
+            (info for info in scored if sign * (best.metric - info.metric) <= tolerance + 1e-12), best
         )
     return retained
 

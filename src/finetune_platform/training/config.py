@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from finetune_platform.atomic import write_atomic
 from finetune_platform.errors import ConfigError
 
 
@@ -336,7 +337,7 @@ def dump_config(config: TrainConfig, path: Path, extra: dict[str, Any] | None = 
     document = config.to_yaml_dict()
     if extra:
         document["resolved"] = extra
-    path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_atomic(path, yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
 
 
 def read_run_config(path: Path) -> TrainConfig:

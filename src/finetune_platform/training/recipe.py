@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from finetune_platform import __version__
+from finetune_platform.atomic import write_atomic
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.errors import ConfigError
@@ -404,7 +405,7 @@ class LoraClassificationRecipe:
             },
             "history": [entry for entry in self.trainer.state.log_history if "eval_loss" in entry],
         }
-        self.run.metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        write_atomic(self.run.metrics_path, json.dumps(metrics, indent=2))
         dump_config(
             self.config, self.run.config_path, self.state.resolved(self.run, self.config, mlflow_run_id)
         )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finetune_platform.atomic import write_atomic
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
 from finetune_platform.training.run_folder import RunFolder
@@ -109,12 +110,12 @@ def run_training(
                 confusion_matrix_png(metrics["eval"]["confusion_matrix"], run.root / "confusion_matrix.png")
                 _finish_tracker(tracker, run, metrics)
                 metrics["tracking_seconds"] = round(tracker.seconds, 3)
-                run.metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+                write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
                 logger.info("MLflow calls took %.2fs in this run", tracker.seconds)
                 if config.registry.enabled:
                     model = _register(settings, config, run, recipe, metrics, tracker.run_id)
                     metrics["model"] = model
-                    run.metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+                    write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
                     run.update_state(model=model)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -164,6 +165,9 @@ def _register(
         stage="None",
         created_at="",
         adapter_checksum=file_checksum(run.artifacts_dir / ADAPTER_FILE),
+        artifact_checksums={
+            path.name: file_checksum(path) for path in sorted(run.artifacts_dir.iterdir()) if path.is_file()
+        },
         labels=list(recipe.state.splits.label_map.names),
     )
     card.embedding = default_embedder().embed([card.text()])[0].round(6).tolist()
