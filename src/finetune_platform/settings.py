@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         default=Path("data/model_registry"),
         description="Folder of model cards (one JSON file per model version).",
     )
+    DATABASE_URL: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the app database (postgresql+psycopg://…); unset: SQLite under FINETUNE_HOME.",
+    )
     MLFLOW_ENABLED: bool = Field(default=True, description="Log every training run to MLflow.")
     LOG_LEVEL: str = Field(default="INFO", description="Log level of the platform's loggers.")
 
@@ -42,6 +46,13 @@ class Settings(BaseSettings):
         if self.MLFLOW_TRACKING_URI:
             return self.MLFLOW_TRACKING_URI
         return f"sqlite:///{(self.FINETUNE_HOME / 'mlflow.db').resolve()}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def database_url(self) -> str:
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        return f"sqlite:///{(self.FINETUNE_HOME / 'finetune.db').resolve()}"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -1,0 +1,92 @@
+"""`finetune db …` and `finetune users …`: the app database and its accounts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from finetune_platform.cli.common import fail, settings
+from finetune_platform.errors import ConfigError, PlatformError
+
+db_app = typer.Typer(
+    help="The app database (SQLite by default, PostgreSQL with DATABASE_URL).", no_args_is_help=True
+)
+users_app = typer.Typer(help="Accounts of the platform (roles admin and user).", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option("--revision", help="Target migration revision.")] = "head",
+) -> None:
+    """Create or migrate the app database to the latest schema (safe to run again)."""
+    from finetune_platform.db.session import upgrade
+
+    current = upgrade(settings(), revision)
+    typer.echo(f"database {_safe_url(settings().database_url)} at revision {current}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the migration revision the database is at ('base' when empty)."""
+    from finetune_platform.db.session import current_revision
+
+    typer.echo(current_revision(settings()))
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    role: Annotated[str, typer.Option("--role", help="admin or user.")] = "user",
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password", help="Password (prefer the prompt or --password-stdin: arguments show in ps)."
+        ),
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+) -> None:
+    """Create an account (the database must be upgraded first)."""
+    import sys
+
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.users import create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        with session_scope(settings()) as session:
+            user = create_user(session, username, password, role)
+    except PlatformError as error:
+        raise fail(error) from None
+    except Exception as error:  # no tables yet, database unreachable
+        raise fail(
+            ConfigError(
+                f"cannot create the user: {error.__class__.__name__}: {error}. "
+                "Run `finetune db upgrade` first"
+            )
+        ) from None
+    typer.echo(f"created {user.role} {user.username} (id {user.id})")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List accounts with their roles."""
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.users import list_users
+
+    with session_scope(settings()) as session:
+        for user in list_users(session):
+            state = "" if user.is_active else " (disabled)"
+            typer.echo(f"{user.id:>4} {user.username:<24} {user.role}{state}")

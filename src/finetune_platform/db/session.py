@@ -1,0 +1,81 @@
+"""Engines, sessions and migrations. Transaction scope is written once: ``session_scope``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from finetune_platform.settings import Settings
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:  # foreign keys and concurrent readers
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """Commit on success, roll back on any error, always close."""
+    session = sessionmaker(engine_for(settings.database_url), expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _alembic_config(url: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _migrate(settings: Settings, direction: str, revision: str) -> str:
+    from alembic import command
+
+    with engine_for(settings.database_url).begin() as connection:
+        config = _alembic_config(settings.database_url)
+        config.attributes["connection"] = connection  # one engine (and its SQLite settings) for everything
+        getattr(command, direction)(config, revision)
+    return current_revision(settings)
+
+
+def upgrade(settings: Settings, revision: str = "head") -> str:
+    """Apply migrations up to ``revision``; return the revision the database is at."""
+    return _migrate(settings, "upgrade", revision)
+
+
+def downgrade(settings: Settings, revision: str) -> str:
+    return _migrate(settings, "downgrade", revision)
+
+
+def current_revision(settings: Settings) -> str:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine_for(settings.database_url).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision() or "base"

@@ -1,0 +1,1 @@
+"""Business rules shared by the CLI, the API and the worker."""
