@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -252,3 +253,43 @@ def mlflow_server(tmp_path_factory):
     yield url, root
     process.terminate()
     process.wait(timeout=30)
+
+
+def _postgres_database():
+    """A fresh database on the local server, or a skip (a failure under CI=true) when it does not answer."""
+    import psycopg
+
+    name = f"finetune_test_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=3
+        ) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 does not answer under CI=true: {exc}")
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 does not answer: {exc}")
+    return name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(request, tmp_path):
+    """The app database on SQLite, then on a fresh database of the local PostgreSQL server."""
+    from finetune_platform.settings import Settings
+
+    if request.param == "sqlite":
+        yield Settings(FINETUNE_HOME=tmp_path / "home", MODEL_REGISTRY_DIR=tmp_path / "cards")
+        return
+    import psycopg
+
+    from finetune_platform.db.session import engine_for
+
+    name = _postgres_database()
+    yield Settings(
+        FINETUNE_HOME=tmp_path / "home", DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    )
+    engine_for(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}").dispose()
+    with psycopg.connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
+    ) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import pytest
 from sqlalchemy import inspect, select
 
@@ -13,53 +10,15 @@ from finetune_platform.db.models import Base, User
 from finetune_platform.errors import ConfigError, ErrorCode, PlatformError
 from finetune_platform.security import verify_password
 from finetune_platform.services.users import create_user, list_users
-from finetune_platform.settings import Settings
-
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def _postgres_database():
-    """A fresh database on the local server, or a skip (a failure under CI=true) when it does not answer."""
-    import psycopg
-
-    name = f"finetune_test_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=3
-        ) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 does not answer under CI=true: {exc}")
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 does not answer: {exc}")
-    return name
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request, tmp_path):
-    if request.param == "sqlite":
-        yield Settings(FINETUNE_HOME=tmp_path / "home")
-        return
-    import psycopg
-
-    name = _postgres_database()
-    yield Settings(
-        FINETUNE_HOME=tmp_path / "home", DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    )
-    db.engine_for(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}").dispose()
-    with psycopg.connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
-    ) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def test_migrations_create_exactly_the_models_and_go_back(settings):
+def test_migrations_create_exactly_the_models_and_go_back(db_settings):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert db.current_revision(settings) == "base"
-    assert db.upgrade(settings) == "0001"
-    engine = db.engine_for(settings.database_url)
+    assert db.current_revision(db_settings) == "base"
+    assert db.upgrade(db_settings) == "0001"
+    engine = db.engine_for(db_settings.database_url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     assert set(inspect(engine).get_table_names()) >= {
@@ -69,25 +28,25 @@ def test_migrations_create_exactly_the_models_and_go_back(settings):
         "dataset_versions",
         "audit_events",
     }
-    assert db.upgrade(settings) == "0001"  # running it again changes nothing
-    assert db.downgrade(settings, "base") == "base"
+    assert db.upgrade(db_settings) == "0001"  # running it again changes nothing
+    assert db.downgrade(db_settings, "base") == "base"
     assert not set(inspect(engine).get_table_names()) & {"users", "jobs"}
-    assert db.upgrade(settings) == "0001"
+    assert db.upgrade(db_settings) == "0001"
 
 
-def test_users_are_created_with_argon2id_hashes_and_checked(settings):
-    db.upgrade(settings)
-    with db.session_scope(settings) as session:
+def test_users_are_created_with_argon2id_hashes_and_checked(db_settings):
+    db.upgrade(db_settings)
+    with db.session_scope(db_settings) as session:
         admin = create_user(session, "alice", "correct horse", "admin")
         create_user(session, "bob", "battery staple")
     assert (admin.username, admin.role) == ("alice", "admin")
-    with db.session_scope(settings) as session:
+    with db.session_scope(db_settings) as session:
         stored = session.scalar(select(User).where(User.username == "alice"))
         assert stored.password_hash.startswith("$argon2id$")
         assert verify_password(stored.password_hash, "correct horse")
         assert not verify_password(stored.password_hash, "wrong")
         assert [(u.username, u.role) for u in list_users(session)] == [("alice", "admin"), ("bob", "user")]
-    with pytest.raises(PlatformError) as caught, db.session_scope(settings) as session:
+    with pytest.raises(PlatformError) as caught, db.session_scope(db_settings) as session:
         create_user(session, "alice", "another password")
     assert caught.value.code is ErrorCode.CONFLICT and str(caught.value) == "user 'alice' already exists"
     for args, message in (
@@ -95,28 +54,28 @@ def test_users_are_created_with_argon2id_hashes_and_checked(settings):
         (("carol", "short"), "password: at least 8 characters"),
         (("carol", "long enough", "root"), "role 'root': expected one of admin, user"),
     ):
-        with pytest.raises(ConfigError, match=message), db.session_scope(settings) as session:
+        with pytest.raises(ConfigError, match=message), db.session_scope(db_settings) as session:
             create_user(session, *args)
 
 
-def test_session_scope_rolls_back_on_error(settings):
-    db.upgrade(settings)
-    with pytest.raises(RuntimeError), db.session_scope(settings) as session:
+def test_session_scope_rolls_back_on_error(db_settings):
+    db.upgrade(db_settings)
+    with pytest.raises(RuntimeError), db.session_scope(db_settings) as session:
         create_user(session, "dave", "long enough")
         raise RuntimeError("boom")
-    with db.session_scope(settings) as session:
+    with db.session_scope(db_settings) as session:
         assert list_users(session) == []
 
 
-def test_cli_upgrade_and_users(settings, monkeypatch):
+def test_cli_upgrade_and_users(db_settings, monkeypatch):
     from typer.testing import CliRunner
 
     from finetune_platform.cli import app
     from finetune_platform.settings import get_settings
 
-    monkeypatch.setenv("FINETUNE_HOME", str(settings.FINETUNE_HOME))
-    if settings.DATABASE_URL:
-        monkeypatch.setenv("DATABASE_URL", settings.DATABASE_URL)
+    monkeypatch.setenv("FINETUNE_HOME", str(db_settings.FINETUNE_HOME))
+    if db_settings.DATABASE_URL:
+        monkeypatch.setenv("DATABASE_URL", db_settings.DATABASE_URL)
     get_settings.cache_clear()
     try:
         runner = CliRunner()
