@@ -17,21 +17,45 @@ def finetune(*args: str, env: dict | None = None, timeout: int = 300) -> subproc
     )
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["train"],
-        ["config"],
-        ["config", "validate"],
-        ["config", "show"],
-        ["config", "schema"],
-        ["runs"],
-        ["runs", "list"],
-        ["runs", "logs"],
-        ["version"],
-    ],
-)
+COMMANDS = [
+    [],
+    ["train"],
+    ["config"],
+    ["config", "validate"],
+    ["config", "show"],
+    ["config", "schema"],
+    ["runs"],
+    ["runs", "list"],
+    ["runs", "logs"],
+    ["version"],
+    ["data"],
+    ["data", "validate"],
+    ["data", "analyze"],
+    ["data", "version"],
+    ["data", "versions"],
+    ["data", "diff"],
+    ["experiments"],
+    ["experiments", "list"],
+    ["experiments", "show"],
+    ["experiments", "compare"],
+    ["models"],
+    ["models", "list"],
+    ["models", "show"],
+    ["models", "search"],
+    ["models", "recommend"],
+    ["models", "transition"],
+    ["models", "card"],
+    ["models", "reconcile"],
+    ["db"],
+    ["db", "upgrade"],
+    ["db", "current"],
+    ["users"],
+    ["users", "create"],
+    ["users", "list"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "finetune")
 def test_every_command_has_help(command):
     outcome = finetune(*command, "--help")
     assert outcome.returncode == 0
