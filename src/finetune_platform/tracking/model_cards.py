@@ -6,7 +6,6 @@ mirrors it, and ``reconcile`` repairs any drift.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_platform.atomic import write_atomic
+from finetune_platform.atomic import file_sha256, write_atomic
 from finetune_platform.errors import NotFoundError
 
 
@@ -63,11 +62,7 @@ class ModelCard:
 
 
 def file_checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{file_sha256(path)}"
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")

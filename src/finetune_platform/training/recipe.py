@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from finetune_platform import __version__
-from finetune_platform.atomic import write_atomic
+from finetune_platform.atomic import file_sha256, write_atomic
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.errors import ConfigError
@@ -31,14 +30,6 @@ from finetune_platform.training.models import ResolvedModel, default_target_modu
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -53,9 +44,15 @@ class RecipeState:
     model_type: str = ""
     trainable_parameters: int = 0
     total_parameters: int = 0
+    _lineage: dict[str, Any] | None = None  # hashing the data files once per run is enough
 
     def dataset_lineage(self, config: TrainConfig) -> dict[str, Any]:
         """Which data this run saw: dataset versions (content hashes), files, rows used and dropped."""
+        if self._lineage is None:
+            self._lineage = self._compute_lineage(config)
+        return self._lineage
+
+    def _compute_lineage(self, config: TrainConfig) -> dict[str, Any]:
         report = self.splits.report
         train = report.file("train")
         validation = report.file("validation") if config.data.validation_file else None

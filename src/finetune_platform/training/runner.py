@@ -110,13 +110,12 @@ def run_training(
                 confusion_matrix_png(metrics["eval"]["confusion_matrix"], run.root / "confusion_matrix.png")
                 _finish_tracker(tracker, run, metrics)
                 metrics["tracking_seconds"] = round(tracker.seconds, 3)
-                write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
                 logger.info("MLflow calls took %.2fs in this run", tracker.seconds)
                 if config.registry.enabled:
-                    model = _register(settings, config, run, recipe, metrics, tracker.run_id)
-                    metrics["model"] = model
-                    write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
-                    run.update_state(model=model)
+                    metrics["model"] = _register(settings, config, run, recipe, metrics, tracker.run_id)
+                    run.update_state(model=metrics["model"])
+                # metrics.json as logged to MLflow, plus what only exists after tracking and registration.
+                write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             logger.error("run %s %s: %s", run.run_id, status, exc)
