@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, computed_field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +39,33 @@ class Settings(BaseSettings):
     )
     MLFLOW_ENABLED: bool = Field(default=True, description="Log every training run to MLflow.")
     LOG_LEVEL: str = Field(default="INFO", description="Log level of the platform's loggers.")
+    REDIS_URL: str | None = Field(
+        default=None,
+        description="Celery broker (redis://host:6379/0); unset: the filesystem transport under FINETUNE_HOME/queue.",
+    )
+    QUEUE_NAME: str = Field(
+        default="finetune-training", description="Celery queue the training jobs go through."
+    )
+    JOB_LEASE_SECONDS: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running job's lease: a worker silent for this long is presumed dead and its job requeued.",
+    )
+    JOB_HEARTBEAT_SECONDS: float | None = Field(
+        default=None, gt=0, description="Seconds between lease renewals; default: a quarter of the lease."
+    )
+    RECONCILE_SECONDS: float = Field(
+        default=30.0, gt=0, description="Seconds between reconciler sweeps in each worker."
+    )
+    REQUEUE_AFTER_SECONDS: float = Field(
+        default=120.0,
+        ge=0,
+        description="A queued job whose message the broker lost is sent again once it has waited this long.",
+    )
+    BROKER_TRANSPORT_OPTIONS: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Extra kombu transport options as JSON, e.g. {"visibility_timeout": 3600}.',
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -53,6 +80,14 @@ class Settings(BaseSettings):
         if self.DATABASE_URL:
             return self.DATABASE_URL
         return f"sqlite:///{(self.FINETUNE_HOME / 'finetune.db').resolve()}"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.JOB_HEARTBEAT_SECONDS or self.JOB_LEASE_SECONDS / 4
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.FINETUNE_HOME / "queue"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

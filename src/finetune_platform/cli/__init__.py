@@ -6,6 +6,7 @@ import typer
 
 from finetune_platform import __version__
 from finetune_platform.cli.data import data_app
+from finetune_platform.cli.jobs import jobs_app, worker
 from finetune_platform.cli.registry import experiments_app, models_app
 from finetune_platform.cli.system import db_app, users_app
 from finetune_platform.cli.training import config_app, runs_app, train
@@ -23,6 +24,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
+app.add_typer(jobs_app, name="jobs")
+app.command()(worker)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 

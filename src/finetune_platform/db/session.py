@@ -79,3 +79,24 @@ def current_revision(settings: Settings) -> str:
 
     with engine_for(settings.database_url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision() or "base"
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+
+
+def ensure_database(settings: Settings) -> None:
+    """Local mode migrates the embedded database on first use; elsewhere a stale schema is an error."""
+    from finetune_platform.errors import ConfigError
+
+    current, head = current_revision(settings), head_revision()
+    if current == head:
+        return
+    if settings.ENVIRONMENT == "local":
+        upgrade(settings)
+        return
+    raise ConfigError(
+        f"the database is at revision {current}, this version needs {head}: run `finetune db upgrade`"
+    )

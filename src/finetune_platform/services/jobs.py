@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from finetune_platform.db.models import Job, JobEvent, JobStatus, Role, utcnow
+from finetune_platform.db.models import Job, JobEvent, JobStage, JobStatus, Role, utcnow
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
 from finetune_platform.services.users import UserPublic
 
@@ -190,7 +190,239 @@ def retry_job(session: Session, user: UserPublic, job_id: str) -> JobPublic:
             f"job {job_id} is {job.status}: only failed or cancelled jobs can be retried", ErrorCode.CONFLICT
         )
     job.status, job.error, job.attempts, job.cancel_requested = JobStatus.QUEUED.value, None, 0, False
-    job.finished_at = None
+    job.finished_at = job.enqueued_at = None
     _event(session, job, "retried", f"queued again by {user.username}")
     session.flush()
     return JobPublic.of(job)
+
+
+# -- the worker's side: claim, heartbeat, progress, outcome ----------------------------------------
+# Every write below is a compare-and-set on (id, status, lease_owner): a worker that lost its lease
+# cannot overwrite the state written by the worker that holds it now.
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: JobPublic
+    lease_owner: str
+
+
+def _claimable(job_id: str):
+    return (Job.id == job_id) & (Job.status == JobStatus.QUEUED.value) & (Job.cancel_requested.is_(False))
+
+
+def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> Claim | None:
+    """Take the lease of a queued job and count an attempt; None when it is not queued (or someone won)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(_claimable(job_id))
+        .values(
+            status=JobStatus.RUNNING.value,
+            stage=JobStage.VALIDATING.value,
+            lease_owner=lease_owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    _event(
+        session,
+        job,
+        "started",
+        f"attempt {job.attempts} of {job.max_attempts} on {lease_owner}",
+        attempt=job.attempts,
+        worker=lease_owner,
+    )
+    return Claim(JobPublic.of(job), lease_owner)
+
+
+def _held(session: Session, job_id: str, lease_owner: str) -> Job | None:
+    job = session.get(Job, job_id, populate_existing=True, with_for_update=True)
+    if job is None or job.status != JobStatus.RUNNING.value or job.lease_owner != lease_owner:
+        return None
+    return job
+
+
+def renew_lease(session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> bool | None:
+    """Extend the lease. Returns whether a cancel was requested, or None when the lease is no longer ours."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.lease_owner == lease_owner)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def record_progress(
+    session: Session,
+    job_id: str,
+    lease_owner: str,
+    *,
+    stage: str | None = None,
+    progress: dict[str, Any] | None = None,
+    event: tuple[str, str] | None = None,
+    **fields: Any,
+) -> bool:
+    """Write stage, progress (merged into the stored dict) and run fields; False when the lease is lost."""
+    job = _held(session, job_id, lease_owner)
+    if job is None:
+        return False
+    if stage is not None and stage != job.stage:
+        job.stage = stage
+        _event(session, job, "stage", stage)
+    if progress:
+        job.progress = {**job.progress, **progress}
+    for name, value in fields.items():
+        setattr(job, name, value)
+    if event is not None:
+        _event(session, job, *event)
+    return True
+
+
+def finish_job(
+    session: Session, job_id: str, lease_owner: str, status: JobStatus, message: str, **fields: Any
+) -> JobPublic | None:
+    """End the attempt for good: succeeded, failed or cancelled. None when the lease is no longer ours."""
+    job = _held(session, job_id, lease_owner)
+    if job is None:
+        return None
+    job.status, job.finished_at = status.value, utcnow()
+    job.lease_owner = job.lease_expires_at = None
+    if status is JobStatus.FAILED:
+        job.error = message
+    for name, value in fields.items():
+        setattr(job, name, value)
+    _event(session, job, status.value, message)
+    session.flush()
+    return JobPublic.of(job)
+
+
+def release_job(
+    session: Session, job_id: str, lease_owner: str, reason: str, *, count_attempt: bool
+) -> JobPublic | None:
+    """Hand a running job back to the queue (a retryable failure, or a worker shutting down).
+
+    A failed attempt with no attempts left fails the job instead. A preemption (``count_attempt``
+    False) gives the attempt back. Returns the job (queued or failed), or None when the lease is not ours.
+    """
+    job = _held(session, job_id, lease_owner)
+    if job is None:
+        return None
+    job.lease_owner = job.lease_expires_at = None
+    if not count_attempt:
+        job.attempts -= 1
+        job.preemptions += 1
+        job.status, job.enqueued_at = JobStatus.QUEUED.value, None
+        _event(session, job, "preempted", reason)
+    elif job.attempts >= job.max_attempts:
+        _give_up(session, job, reason)
+    else:
+        job.status, job.error, job.enqueued_at = JobStatus.QUEUED.value, reason, None
+        _event(session, job, "retrying", f"attempt {job.attempts} of {job.max_attempts} failed: {reason}")
+    session.flush()
+    return JobPublic.of(job)
+
+
+def _give_up(session: Session, job: Job, reason: str) -> None:
+    job.status, job.finished_at = JobStatus.FAILED.value, utcnow()
+    job.error = f"gave up after {job.attempts} attempts; last: {reason}"
+    _event(session, job, "failed", job.error)
+
+
+def mark_enqueued(session: Session, job_ids: list[str]) -> None:
+    from sqlalchemy import update
+
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED.value)
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one reconciler pass found and changed."""
+
+    expired: list[str]  # running jobs whose worker went silent, now queued again
+    abandoned: list[str]  # of those, the ones out of attempts (now failed) or cancelled
+    to_enqueue: list[str]  # queued jobs that need a (new) broker message
+    queued_total: int
+
+
+def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: bool) -> Sweep:
+    """Recover from dead workers and lost broker messages, using the database as the truth.
+
+    - A running job whose lease expired lost its worker (SIGKILL, OOM killer, host gone): it is queued
+      again with its attempt counted, failed when it is out of attempts, cancelled if a cancel was asked.
+    - A queued job never sent (``enqueued_at`` unset) is sent; one sent more than ``requeue_after``
+      seconds ago is sent again when the broker holds fewer messages than there are queued jobs
+      (``broker_lost_messages``), e.g. after Redis restarted with no persistence. A duplicate message is
+      harmless: only one worker can claim a queued job.
+    """
+    from datetime import timedelta
+
+    now = utcnow()
+    expired, abandoned = [], []
+    stale = session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
+    )
+    for job in stale:
+        silent = f"worker {job.lease_owner} stopped renewing its lease (last heartbeat {job.heartbeat_at:%H:%M:%S})"
+        reason = f"{silent}: the process was killed (for example by the out-of-memory killer) or its host went away"
+        job.lease_owner = job.lease_expires_at = None
+        if job.cancel_requested:
+            job.status, job.finished_at = JobStatus.CANCELLED.value, utcnow()
+            _event(session, job, "cancelled", f"cancelled; {silent}")
+            abandoned.append(job.id)
+        elif job.attempts >= job.max_attempts:
+            _give_up(session, job, reason)
+            abandoned.append(job.id)
+        else:
+            job.status, job.error, job.enqueued_at = JobStatus.QUEUED.value, reason, None
+            _event(
+                session, job, "worker_lost", f"attempt {job.attempts} of {job.max_attempts} lost: {reason}"
+            )
+            expired.append(job.id)
+    session.flush()
+    queued = session.scalars(select(Job).where(Job.status == JobStatus.QUEUED.value)).all()
+    cutoff = now - timedelta(seconds=requeue_after)
+    to_enqueue = [
+        job.id
+        for job in queued
+        if job.enqueued_at is None or (broker_lost_messages and _aware(job.enqueued_at) <= cutoff)
+    ]
+    return Sweep(expired, abandoned, to_enqueue, len(queued))
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def count_queued(session: Session) -> int:
+    return session.scalar(select(func.count()).where(Job.status == JobStatus.QUEUED.value)) or 0

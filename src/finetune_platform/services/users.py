@@ -63,3 +63,24 @@ def get_user(session: Session, username: str) -> UserPublic:
 
 def list_users(session: Session) -> list[UserPublic]:
     return [UserPublic.of(user) for user in session.scalars(select(User).order_by(User.id))]
+
+
+LOCAL_USER = "local"
+
+
+def local_user(session: Session) -> UserPublic:
+    """The account the command line acts as: an admin that cannot log in (it has no usable password)."""
+    import secrets
+
+    user = session.scalar(select(User).where(User.username == LOCAL_USER))
+    if user is None:
+        user = User(
+            username=LOCAL_USER,
+            password_hash=hash_password(secrets.token_urlsafe(32)),
+            role=Role.ADMIN.value,
+            is_active=True,
+            token_version=0,
+        )
+        session.add(user)
+        session.flush()
+    return UserPublic.of(user)

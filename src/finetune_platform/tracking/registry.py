@@ -138,6 +138,13 @@ class ModelRegistry:
         self.transition(name, int(mv.version), Stage.STAGING)
         return self.version(name, int(mv.version))
 
+    def version_for_run(self, name: str, run_id: str) -> VersionInfo | None:
+        """The version of ``name`` registered from MLflow run ``run_id``, if there is one."""
+        found = self.client.search_model_versions(
+            f"name = '{_quoted(name)}' and run_id = '{_quoted(run_id)}'"
+        )
+        return self.version(name, int(found[0].version)) if found else None
+
     def transition(self, name: str, version: int, stage: Stage) -> Transition:
         """Move a version to a stage; Production archives the previous Production (exactly one)."""
         target = self.version(name, version)
@@ -258,3 +265,7 @@ class ModelRegistry:
         raise PlatformError(
             f"model source {source!r} is outside the artifact root {root}", ErrorCode.PERMISSION_DENIED
         )
+
+
+def _quoted(value: str) -> str:
+    return value.replace("'", "''")

@@ -240,6 +240,28 @@ class TrainConfig(_Section):
     def model_name(self) -> str:
         return self.registry.model_name or self.experiment
 
+    def with_absolute_paths(self, base: Path | None = None) -> TrainConfig:
+        """The same config with data files, output folder and a local base model made absolute.
+
+        A queued job runs in a worker whose working directory is not the submitter's.
+        """
+        base = (base or Path.cwd()).resolve()
+
+        def absolute(path: Path | None) -> Path | None:
+            return None if path is None else (path if path.is_absolute() else base / path)
+
+        data = self.data.model_copy(
+            update={
+                "train_file": absolute(self.data.train_file),
+                "validation_file": absolute(self.data.validation_file),
+            }
+        )
+        model = self.model
+        local = base / model.base_model
+        if not Path(model.base_model).is_absolute() and local.exists():
+            model = model.model_copy(update={"base_model": str(local)})
+        return self.model_copy(update={"data": data, "model": model, "output_dir": absolute(self.output_dir)})
+
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

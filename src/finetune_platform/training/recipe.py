@@ -185,6 +185,7 @@ def build_training_arguments(config: TrainConfig, run: RunFolder, state: RecipeS
         length_column_name="length",
         logging_strategy="steps",
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN/Inf step loss must reach the NonFiniteLossGuard
         metric_for_best_model=t.metric_for_best_model.value,
         greater_is_better=t.metric_for_best_model.greater_is_better,
         save_total_limit=None,
@@ -283,6 +284,7 @@ class LoraClassificationRecipe:
     def _build_trainer(self, model: Any, train_dataset: Any, eval_dataset: Any) -> Any:
         from transformers import DataCollatorWithPadding
 
+        from finetune_platform.training.guards import NonFiniteLossGuard
         from finetune_platform.training.progress import ProgressCallback
         from finetune_platform.training.trainer import EarlyStopping, PlatformTrainer, TrackingCallback
 
@@ -302,6 +304,7 @@ class LoraClassificationRecipe:
             )
         if self.tracker is not None:
             callbacks.append(TrackingCallback(self.tracker))
+        callbacks.append(NonFiniteLossGuard(self.run.checkpoints_dir))
         trainer = PlatformTrainer(
             model=model,
             args=build_training_arguments(self.config, self.run, self.state),
@@ -333,6 +336,10 @@ class LoraClassificationRecipe:
         self.train_output = self.trainer.train(
             resume_from_checkpoint=str(resume_from) if resume_from else None
         )
+        for callback in self.trainer.callback_handler.callbacks:  # a callback that ended training early
+            error = getattr(callback, "stop_error", None)
+            if error is not None:
+                raise error
         return self.train_output
 
     # -- evaluate --------------------------------------------------------------------------------

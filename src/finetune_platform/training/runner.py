@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,10 +70,18 @@ def run_training(
     run_id: str | None = None,
     settings: Settings | None = None,
     show_progress: bool = True,
+    callbacks: Sequence[Any] = (),
+    on_stage: Callable[[str], None] | None = None,
 ) -> RunResult:
+    """Train, evaluate, save, track and register one run.
+
+    ``callbacks`` are extra Trainer callbacks (the job worker's progress and stop control); ``on_stage``
+    hears "validating", "training", "evaluating" and "registering" as the run reaches them.
+    """
     from finetune_platform.training.recipe import LoraClassificationRecipe
 
     settings = settings or get_settings()
+    stage = on_stage or (lambda name: None)
     started = time.perf_counter()
     config, run, checkpoint = prepare_run(config, resume=resume, run_id=run_id)
     previous = run.read_state()
@@ -93,7 +102,10 @@ def run_training(
         )
         recipe = LoraClassificationRecipe(config, run, show_progress=show_progress)
         try:
+            stage("validating")
             recipe.setup()
+            for callback in callbacks:
+                recipe.trainer.add_callback(callback)
             _record_dataset_versions(settings, config, recipe)
             if settings.MLFLOW_ENABLED:
                 tracker = _start_tracker(settings, config, run, recipe, previous.get("mlflow_run_id"))
@@ -101,7 +113,9 @@ def run_training(
                 from finetune_platform.training.trainer import TrackingCallback
 
                 recipe.trainer.add_callback(TrackingCallback(tracker))
+            stage("training")
             recipe.train(resume_from=checkpoint)
+            stage("evaluating")
             recipe.evaluate()
             metrics = recipe.save(tracker.run_id if tracker else None)
             if tracker is not None:
@@ -112,6 +126,7 @@ def run_training(
                 metrics["tracking_seconds"] = round(tracker.seconds, 3)
                 logger.info("MLflow calls took %.2fs in this run", tracker.seconds)
                 if config.registry.enabled:
+                    stage("registering")
                     metrics["model"] = _register(settings, config, run, recipe, metrics, tracker.run_id)
                     run.update_state(model=metrics["model"])
                 # metrics.json as logged to MLflow, plus what only exists after tracking and registration.
@@ -119,7 +134,10 @@ def run_training(
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             logger.error("run %s %s: %s", run.run_id, status, exc)
-            run.update_state(status=status, error=str(exc))
+            try:  # the disk may be the reason we are here: recording the failure must not hide it
+                run.update_state(status=status, error=str(exc))
+            except OSError as state_error:
+                logger.error("could not record the failure in %s: %s", run.state_path, state_error)
             if tracker is not None:
                 tracker.end("KILLED" if status == "interrupted" else "FAILED")
             raise
@@ -169,8 +187,13 @@ def _register(
         },
         labels=list(recipe.state.splits.label_map.names),
     )
+    registry = ModelRegistry(settings)
+    existing = registry.version_for_run(card.name, run_id)
+    if existing is not None:  # a retried job that registered before it was interrupted: register once
+        logger.info("run already registered as %s version %d", existing.name, existing.version)
+        return {"name": existing.name, "version": existing.version, "stage": existing.stage.value}
     card.embedding = default_embedder().embed([card.text()])[0].round(6).tolist()
-    info = ModelRegistry(settings).register(
+    info = registry.register(
         name=card.name, run_id=run_id, artifact_uri=f"runs:/{run_id}/artifacts", card=card
     )
     logger.info("registered %s version %d (%s)", info.name, info.version, info.stage.value)

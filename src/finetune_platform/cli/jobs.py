@@ -1,0 +1,288 @@
+"""`finetune jobs …` and `finetune worker`: the training queue from the command line, as the local user."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Annotated, Any
+
+import typer
+
+from finetune_platform.cli.common import ConfigPath, JsonFlag, Overrides, fail, load, settings
+from finetune_platform.errors import PlatformError
+
+jobs_app = typer.Typer(
+    help="Queue training jobs and follow them (workers run them: `finetune worker`).", no_args_is_help=True
+)
+JobId = Annotated[str, typer.Argument(help="Job id (from `finetune jobs submit` or `finetune jobs list`).")]
+
+
+def _session():
+    from finetune_platform.db.session import ensure_database, session_scope
+
+    ensure_database(settings())
+    return session_scope(settings())
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)
+
+
+def _summary(job) -> str:
+    progress = job.progress or {}
+    parts = [f"{job.id}  {job.status}"]
+    if job.stage and job.status == "running":
+        parts.append(f"({job.stage})")
+    if "step" in progress:
+        parts.append(
+            f"step {progress['step']}/{progress.get('max_steps', '?')} ({progress.get('percent', 0)}%)"
+        )
+    if progress.get("loss") is not None and job.status == "running":
+        parts.append(f"loss {progress['loss']:.4f}")
+    parts.append(f"attempt {job.attempts}/{job.max_attempts}")
+    if job.model_name:
+        parts.append(f"model {job.model_name} v{job.model_version}")
+    if job.error and job.status != "succeeded":
+        parts.append(f"- {job.error}")
+    return "  ".join(parts)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    config_path: ConfigPath,
+    overrides: Overrides = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Submitting again with the same key returns the first job."),
+    ] = None,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", min=1, max=20, help="Attempts before the job is failed.")
+    ] = 3,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it finishes.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate a config and its data, then queue it as a training job."""
+    from finetune_platform.services.jobs import submit_job
+    from finetune_platform.services.users import local_user
+    from finetune_platform.worker.app import enqueue
+
+    try:
+        config = load(config_path, overrides).with_absolute_paths()
+        with _session() as session:
+            submission = submit_job(
+                session,
+                local_user(session),
+                config.to_yaml_dict(),
+                idempotency_key=idempotency_key,
+                max_attempts=max_attempts,
+            )
+    except PlatformError as error:
+        raise fail(error) from None
+    job = submission.job
+    if submission.created:
+        sent = enqueue(settings(), [job.id])
+        note = "" if sent else " (broker unreachable: a worker's reconciler will send it)"
+        message = f"queued job {job.id} (dataset version {job.dataset_version}){note}"
+    else:
+        message = f"job {job.id} was already submitted with this idempotency key ({job.status})"
+    if as_json:
+        typer.echo(_as_json({"created": submission.created, **asdict(job)}))
+    else:
+        typer.echo(message)
+    if wait:
+        _follow(job.id)
+
+
+def _follow(job_id: str, interval: float = 2.0) -> None:
+    from finetune_platform.services.jobs import FINISHED, get_job
+    from finetune_platform.services.users import local_user
+
+    last = ""
+    while True:
+        with _session() as session:
+            job = get_job(session, local_user(session), job_id)
+        line = _summary(job)
+        if line != last:
+            typer.echo(line)
+            last = line
+        if job.status in FINISHED:
+            raise typer.Exit(code=0 if job.status == "succeeded" else 1)
+        time.sleep(interval)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only jobs in this state (queued, running, succeeded, …).")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=500, help="At most this many, newest first.")
+    ] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """List jobs, newest first."""
+    from finetune_platform.services.jobs import list_jobs
+    from finetune_platform.services.users import local_user
+
+    with _session() as session:
+        page = list_jobs(session, local_user(session), status=status, limit=limit)
+    if as_json:
+        typer.echo(_as_json({"count": page.count, "data": [asdict(job) for job in page.data]}))
+        return
+    if not page.data:
+        typer.echo("no jobs" + (f" with status {status}" if status else ""))
+    for job in page.data:
+        typer.echo(_summary(job))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: JobId, as_json: JsonFlag = False) -> None:
+    """Status, stage, progress, attempts, error, run and model of one job."""
+    from finetune_platform.services.jobs import get_job
+    from finetune_platform.services.users import local_user
+
+    try:
+        with _session() as session:
+            job = get_job(session, local_user(session), job_id)
+    except PlatformError as error:
+        raise fail(error) from None
+    if as_json:
+        typer.echo(_as_json(asdict(job)))
+        return
+    typer.echo(_summary(job))
+    for key in ("created_at", "started_at", "finished_at", "dataset_version", "run_id"):
+        value = getattr(job, key)
+        if value is not None:
+            typer.echo(f"  {key}: {value}")
+    for key, value in (job.progress or {}).items():
+        typer.echo(f"  progress.{key}: {value}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: JobId) -> None:
+    """Cancel a queued job at once, or ask a running one to stop at its next step."""
+    from finetune_platform.services.jobs import cancel_job
+    from finetune_platform.services.users import local_user
+
+    try:
+        with _session() as session:
+            job = cancel_job(session, local_user(session), job_id)
+    except PlatformError as error:
+        raise fail(error) from None
+    typer.echo(f"job {job.id}: " + ("cancelled" if job.status == "cancelled" else "cancel requested"))
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: JobId) -> None:
+    """Queue a failed or cancelled job again with a fresh attempt budget (it resumes its checkpoints)."""
+    from finetune_platform.services.jobs import retry_job
+    from finetune_platform.services.users import local_user
+    from finetune_platform.worker.app import enqueue
+
+    try:
+        with _session() as session:
+            job = retry_job(session, local_user(session), job_id)
+    except PlatformError as error:
+        raise fail(error) from None
+    enqueue(settings(), [job.id])
+    typer.echo(f"job {job.id} queued again")
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: JobId,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job finishes.")
+    ] = False,
+) -> None:
+    """The job's events (attempts, stages, outcome), then its run's logs.txt."""
+    from pathlib import Path
+
+    from finetune_platform.services.jobs import FINISHED, get_job, job_events
+    from finetune_platform.services.users import local_user
+
+    seen_events, seen_bytes = 0, 0
+    while True:
+        try:
+            with _session() as session:
+                user = local_user(session)
+                job = get_job(session, user, job_id)
+                events = job_events(session, user, job_id)
+        except PlatformError as error:
+            raise fail(error) from None
+        for event in events[seen_events:]:
+            typer.echo(f"{event['at']} [{event['kind']}] {event['message']}")
+        seen_events = len(events)
+        logs = Path(job.config["output_dir"]) / job.config["experiment"] / job.id / "logs.txt"
+        if logs.is_file():
+            with logs.open("rb") as handle:
+                handle.seek(seen_bytes)
+                chunk = handle.read()
+            seen_bytes += len(chunk)
+            if chunk:
+                typer.echo(chunk.decode("utf-8", errors="replace"), nl=False)
+        if not follow or job.status in FINISHED:
+            return
+        time.sleep(1.0)
+
+
+@jobs_app.command("reconcile")
+def jobs_reconcile() -> None:
+    """One reconciler pass now: requeue jobs of dead workers, re-send messages the broker lost."""
+    from finetune_platform.worker.reconciler import reconcile_once
+
+    with _session():
+        pass
+    sweep = reconcile_once(settings())
+    typer.echo(
+        f"{len(sweep.expired)} requeued from silent workers, {len(sweep.abandoned)} given up or cancelled, "
+        f"{len(sweep.to_enqueue)} sent to the broker, {sweep.queued_total} queued"
+    )
+
+
+def worker(
+    name: Annotated[
+        str | None, typer.Option("--name", help="Worker name (default worker-<pid>); shown in job events.")
+    ] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
+    reconciler: Annotated[
+        bool, typer.Option("--reconciler/--no-reconciler", help="Sweep for lost jobs in this worker.")
+    ] = True,
+) -> None:
+    """Run queued training jobs, one at a time (start one worker per GPU or per core group).
+
+    SIGTERM checkpoints the running job and hands it back to the queue before exiting.
+    """
+    import os
+
+    from finetune_platform.cli.common import configure_console_logging
+    from finetune_platform.db.session import ensure_database
+    from finetune_platform.worker.app import broker_url, create_app
+    from finetune_platform.worker.reconciler import ReconcilerThread
+
+    current = settings()
+    try:
+        ensure_database(current)
+    except PlatformError as error:
+        raise fail(error) from None
+    configure_console_logging()
+    app = create_app(current)
+    sweeper = ReconcilerThread(current)
+    if reconciler:
+        sweeper.start()
+    typer.echo(f"worker on {broker_url(current)} queue {current.QUEUE_NAME}", err=True)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",  # one training per process, in the main thread: signals reach it
+                f"--queues={current.QUEUE_NAME}",
+                f"--hostname={name or f'worker-{os.getpid()}'}@%h",
+                f"--loglevel={loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        sweeper.stop()

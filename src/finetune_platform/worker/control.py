@@ -1,0 +1,158 @@
+"""What a running job listens to: a cancel, a worker shutdown, a lost lease; and what it reports back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from enum import StrEnum
+from typing import Any
+
+from transformers import TrainerCallback
+
+from finetune_platform.settings import Settings
+from finetune_platform.training.guards import TrainingStopped, kept_checkpoint
+
+logger = logging.getLogger("finetune_platform.worker")
+
+
+class StopKind(StrEnum):
+    CANCEL = "cancel"
+    PREEMPT = "preempt"  # the worker is shutting down (SIGTERM): checkpoint, hand the job back
+    LEASE_LOST = "lease_lost"  # another worker may own the job now: stop without writing anything
+
+
+class JobCancelled(TrainingStopped):
+    pass
+
+
+class JobPreempted(TrainingStopped):
+    retryable = True
+
+
+class LeaseLost(TrainingStopped):
+    pass
+
+
+class JobControl:
+    """Stop requests from other threads (heartbeat, signal handler), read by the training loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.kind: StopKind | None = None
+        self.reason = ""
+
+    def request_stop(self, kind: StopKind, reason: str) -> None:
+        with self._lock:
+            # A lost lease outranks everything: nothing may be written once another worker may own the job.
+            if self.kind is None or kind is StopKind.LEASE_LOST:
+                self.kind, self.reason = kind, reason
+
+    def raise_if_stopped(self, checkpoints_dir: Any = None) -> None:
+        error = self.error(checkpoints_dir)
+        if error is not None:
+            raise error
+
+    def error(self, checkpoints_dir: Any = None) -> TrainingStopped | None:
+        kept = f"; {kept_checkpoint(checkpoints_dir)}" if checkpoints_dir is not None else ""
+        if self.kind is StopKind.CANCEL:
+            return JobCancelled(f"{self.reason}{kept}")
+        if self.kind is StopKind.PREEMPT:
+            return JobPreempted(f"{self.reason}{kept}")
+        if self.kind is StopKind.LEASE_LOST:
+            return LeaseLost(self.reason)
+        return None
+
+
+class Heartbeat(threading.Thread):
+    """Renews the job's lease every few seconds and relays a cancel request to the training loop."""
+
+    def __init__(self, settings: Settings, job_id: str, lease_owner: str, control: JobControl) -> None:
+        super().__init__(name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self.settings, self.job_id, self.lease_owner, self.control = settings, job_id, lease_owner, control
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        from finetune_platform.db.session import session_scope
+        from finetune_platform.services.jobs import renew_lease
+
+        while not self._stopped.wait(self.settings.heartbeat_seconds):
+            try:
+                with session_scope(self.settings) as session:
+                    cancel = renew_lease(
+                        session, self.job_id, self.lease_owner, self.settings.JOB_LEASE_SECONDS
+                    )
+            except Exception as exc:  # database unreachable: keep trying; the lease decides
+                logger.warning("heartbeat of job %s failed: %s", self.job_id, exc)
+                continue
+            if cancel is None:
+                self.control.request_stop(
+                    StopKind.LEASE_LOST, f"job {self.job_id}: lease lost (expired or taken over); stopping"
+                )
+                return
+            if cancel:
+                self.control.request_stop(StopKind.CANCEL, "cancelled by request")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive():
+            self.join(timeout=10)
+
+
+class JobCallback(TrainerCallback):
+    """Streams progress into the job row and turns stop requests into a clean end of training.
+
+    A preemption saves a checkpoint at the current step first; a cancel or a lost lease does not.
+    """
+
+    def __init__(self, reporter: Any, control: JobControl, checkpoints_dir: Any, every_seconds: float = 1.0):
+        self.reporter = reporter
+        self.control = control
+        self.checkpoints_dir = checkpoints_dir
+        self.every_seconds = every_seconds
+        self.stop_error: TrainingStopped | None = None
+        self._last_write = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.control.kind is None or self.stop_error is not None:
+            return
+        control.should_training_stop = True
+        if self.control.kind is StopKind.PREEMPT:
+            control.should_save = True
+            self.stop_error = JobPreempted(
+                f"{self.control.reason}; saved checkpoint-{state.global_step} for the next worker"
+            )
+        else:
+            control.should_save = control.should_evaluate = False
+            self.stop_error = self.control.error(self.checkpoints_dir)
+
+    @staticmethod
+    def _progress(state) -> dict[str, Any]:
+        total = state.max_steps or 0
+        return {
+            "step": state.global_step,
+            "max_steps": total,
+            "epoch": round(float(state.epoch or 0.0), 4),
+            "percent": round(100.0 * state.global_step / total, 1) if total else 0.0,
+        }
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or time.monotonic() - self._last_write < self.every_seconds:
+            return
+        self._last_write = time.monotonic()
+        progress = self._progress(state)
+        progress.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"))
+        self.reporter(progress=progress)
+
+    def on_evaluate(self, args, state, control, metrics: dict[str, float] | None = None, **kwargs):
+        shown = {
+            key.removeprefix("eval_"): round(float(value), 6)
+            for key, value in (metrics or {}).items()
+            if key in {"eval_loss", "eval_accuracy", "eval_macro_f1"}
+        }
+        self._last_write = time.monotonic()
+        self.reporter(progress={**self._progress(state), "metrics": shown})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.reporter(progress=self._progress(state))

@@ -1,0 +1,209 @@
+"""Run one job in a worker: claim its lease, keep it alive, train (resuming where the last attempt
+stopped), and write the outcome — each step a compare-and-set on the job row."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from finetune_platform.db.models import JobStatus
+from finetune_platform.db.session import session_scope
+from finetune_platform.errors import PlatformError
+from finetune_platform.services import jobs
+from finetune_platform.settings import Settings
+from finetune_platform.training.guards import TrainingStopped
+from finetune_platform.worker.control import Heartbeat, JobCallback, JobControl, LeaseLost, StopKind
+
+logger = logging.getLogger("finetune_platform.worker")
+
+# The job running in this process, so a shutdown signal can ask it to checkpoint and hand itself back.
+_current: JobControl | None = None
+
+Body = Callable[["JobContext"], dict[str, Any]]
+
+
+def current_job() -> JobControl | None:
+    return _current
+
+
+def worker_identity(name: str | None = None) -> str:
+    return f"{name or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class JobContext:
+    """What the job body gets: the claimed job, its stop control, and a way to report progress."""
+
+    def __init__(self, settings: Settings, claim: jobs.Claim, control: JobControl) -> None:
+        self.settings, self.claim, self.control = settings, claim, control
+        self.job = claim.job
+
+    def report(
+        self, *, stage: str | None = None, event: tuple[str, str] | None = None, **fields: Any
+    ) -> None:
+        try:
+            with session_scope(self.settings) as session:
+                held = jobs.record_progress(
+                    session, self.job.id, self.claim.lease_owner, stage=stage, event=event, **fields
+                )
+        except Exception as exc:  # a progress write is never worth a training
+            logger.warning("progress of job %s not recorded: %s", self.job.id, exc)
+            return
+        if not held:
+            self.control.request_stop(StopKind.LEASE_LOST, f"job {self.job.id}: lease lost; stopping")
+
+
+def execute_job(
+    settings: Settings,
+    job_id: str,
+    *,
+    worker_name: str | None = None,
+    body: Body | None = None,
+    callbacks: Sequence[Any] = (),
+) -> str:
+    """Claim and run one job; returns what happened: succeeded, failed, cancelled, requeued, skipped, lost."""
+    global _current
+    lease_owner = worker_identity(worker_name)
+    with session_scope(settings) as session:
+        claim = jobs.claim_job(session, job_id, lease_owner, settings.JOB_LEASE_SECONDS)
+    if claim is None:
+        logger.info("job %s is not queued (finished, cancelled or running elsewhere): skipped", job_id)
+        return "skipped"
+    control = JobControl()
+    heartbeat = Heartbeat(settings, job_id, lease_owner, control)
+    heartbeat.start()
+    _current = control
+    context = JobContext(settings, claim, control)
+    logger.info("job %s: attempt %d of %d", job_id, claim.job.attempts, claim.job.max_attempts)
+    try:
+        result = (body or (lambda ctx: train_job(ctx, callbacks)))(context)
+    except LeaseLost as exc:
+        logger.error("%s", exc)
+        return "lost"
+    except TrainingStopped as exc:
+        return _stopped(settings, claim, exc)
+    except PlatformError as exc:  # bad config or data, missing model: another attempt would fail the same way
+        return _finish(settings, claim, JobStatus.FAILED, str(exc))
+    except (
+        Exception
+    ) as exc:  # anything else may be passing (I/O, CUDA out of memory): retry within the budget
+        logger.exception("job %s attempt %d failed", job_id, claim.job.attempts)
+        return _release(settings, claim, f"{exc.__class__.__name__}: {exc}", count_attempt=True)
+    finally:
+        _current = None
+        heartbeat.stop()
+    return _finish(settings, claim, JobStatus.SUCCEEDED, result.pop("message", "finished"), **result)
+
+
+def _stopped(settings: Settings, claim: jobs.Claim, exc: TrainingStopped) -> str:
+    from finetune_platform.worker.control import JobCancelled, JobPreempted
+
+    if isinstance(exc, JobCancelled):
+        return _finish(settings, claim, JobStatus.CANCELLED, str(exc))
+    if isinstance(exc, JobPreempted):
+        return _release(settings, claim, str(exc), count_attempt=False)
+    if exc.retryable:
+        return _release(settings, claim, str(exc), count_attempt=True)
+    return _finish(settings, claim, JobStatus.FAILED, str(exc))
+
+
+def _finish(settings: Settings, claim: jobs.Claim, status: JobStatus, message: str, **fields: Any) -> str:
+    with session_scope(settings) as session:
+        done = jobs.finish_job(session, claim.job.id, claim.lease_owner, status, message, **fields)
+    if done is None:
+        logger.error(
+            "job %s: lease lost before the outcome (%s) could be written", claim.job.id, status.value
+        )
+        return "lost"
+    logger.info("job %s %s: %s", claim.job.id, status.value, message)
+    return status.value
+
+
+def _release(settings: Settings, claim: jobs.Claim, reason: str, *, count_attempt: bool) -> str:
+    from finetune_platform.worker.app import enqueue
+
+    with session_scope(settings) as session:
+        job = jobs.release_job(session, claim.job.id, claim.lease_owner, reason, count_attempt=count_attempt)
+    if job is None:
+        return "lost"
+    if job.status == JobStatus.QUEUED.value:
+        enqueue(settings, [job.id])
+        logger.info("job %s handed back to the queue: %s", job.id, reason)
+        return "requeued"
+    logger.info("job %s failed: %s", job.id, job.error)
+    return job.status
+
+
+def run_folder_of(config: Any, job_id: str) -> Path:
+    """A job's run folder is named after the job, so every attempt finds the one before it."""
+    return Path(config.output_dir) / config.experiment / job_id
+
+
+def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """The training body: resume the job's own run folder when an earlier attempt left one."""
+    from finetune_platform.training.config import config_from_dict
+    from finetune_platform.training.run_folder import RunFolder
+    from finetune_platform.training.runner import run_training
+
+    job, settings, control = context.job, context.settings, context.control
+    config = config_from_dict(job.config)
+    run = RunFolder(run_folder_of(config, job.id))
+    resume = run.config_path.is_file()
+    state = run.read_state() if resume else {}
+    if state.get("status") == "succeeded" and state.get("model"):
+        # The last attempt finished and registered, then died before telling the database.
+        model = state["model"]
+        return {
+            "message": f"already finished by an earlier attempt: {model['name']} version {model['version']}",
+            "model_name": model["name"],
+            "model_version": model["version"],
+            "run_id": state.get("mlflow_run_id"),
+        }
+    if resume:
+        checkpoint = run.newest_checkpoint()
+        message = (
+            f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over"
+        )
+        context.report(
+            event=("resumed", message),
+            progress={"resumed_from": checkpoint.name if checkpoint else None},
+        )
+    context.report(run_folder=str(run.root.resolve()))
+
+    def on_stage(stage: str) -> None:
+        # A shutdown after training has ended lets the job finish: evaluating and registering take seconds.
+        if control.kind is not StopKind.PREEMPT or stage in {"validating", "training"}:
+            control.raise_if_stopped(run.checkpoints_dir)
+        context.report(stage=stage, run_id=run.read_state().get("mlflow_run_id"))
+
+    reporter = JobCallback(lambda **fields: context.report(**fields), control, run.checkpoints_dir)
+    result = run_training(
+        config,
+        resume=resume,
+        run_id=job.id,
+        settings=settings,
+        show_progress=False,
+        callbacks=[reporter, *callbacks],
+        on_stage=on_stage,
+    )
+    evaluation = result.metrics["eval"]
+    model = result.metrics.get("model") or {}
+    context.report(
+        progress={
+            "metrics": {key: evaluation[key] for key in ("accuracy", "macro_f1", "loss")},
+            "percent": 100.0,
+        }
+    )
+    return {
+        "message": (
+            f"accuracy {evaluation['accuracy']:.4f}, macro_f1 {evaluation['macro_f1']:.4f}"
+            + (f"; registered {model['name']} version {model['version']}" if model else "")
+        ),
+        "run_id": result.mlflow_run_id,
+        "model_name": model.get("name"),
+        "model_version": model.get("version"),
+    }

@@ -1,0 +1,65 @@
+"""The reconciler: the database is the truth, the broker a hint. Runs in every worker, and on demand."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from finetune_platform.db.session import session_scope
+from finetune_platform.services import jobs
+from finetune_platform.settings import Settings
+
+logger = logging.getLogger("finetune_platform.worker")
+
+
+def reconcile_once(settings: Settings) -> jobs.Sweep:
+    """One pass: requeue jobs of dead workers, give up on those out of attempts, re-send lost messages."""
+    from finetune_platform.worker.app import enqueue, queue_size
+
+    waiting = queue_size(settings)
+    with session_scope(settings) as session:
+        queued = jobs.count_queued(session)
+        # Each queued job has a message in the broker unless the broker lost it (Redis restarted
+        # without persistence, flushed, or a send failed). Fewer messages than queued jobs: re-send.
+        lost = waiting is not None and waiting < queued
+        sweep = jobs.reconcile(
+            session, requeue_after=settings.REQUEUE_AFTER_SECONDS, broker_lost_messages=lost
+        )
+    if sweep.expired or sweep.abandoned:
+        logger.warning(
+            "reconciler: %d job(s) of silent workers requeued %s, %d given up or cancelled %s",
+            len(sweep.expired),
+            sweep.expired,
+            len(sweep.abandoned),
+            sweep.abandoned,
+        )
+    if sweep.to_enqueue:
+        sent = enqueue(settings, sweep.to_enqueue)
+        logger.info(
+            "reconciler: sent %d job(s) to the broker (%d queued in the database, %s in the broker)",
+            len(sent),
+            queued,
+            "?" if waiting is None else waiting,
+        )
+    return sweep
+
+
+class ReconcilerThread(threading.Thread):
+    """Sweeps every RECONCILE_SECONDS. Several workers may sweep at once: every change is conditional."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self.settings = settings
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:  # a pass at start-up, then one per interval
+            try:
+                reconcile_once(self.settings)
+            except Exception as exc:  # database or broker away: try again next round
+                logger.warning("reconciler pass failed: %s", exc)
+            if self._stopped.wait(self.settings.RECONCILE_SECONDS):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
