@@ -122,3 +122,91 @@ def test_cancel_queued_and_running_jobs_and_retry(db_settings, people):
             jobs.retry_job(session, alice, running.id)
         kinds = [e["kind"] for e in jobs.job_events(session, alice, queued.id)]
     assert kinds == ["submitted", "cancelled", "retried"]
+
+
+def _submitted(db_settings, user, **kwargs) -> str:
+    with db.session_scope(db_settings) as session:
+        return jobs.submit_job(session, user, quickstart_config(), **kwargs).job.id
+
+
+def _expire_lease(db_settings, job_id: str) -> None:
+    from datetime import timedelta
+
+    from finetune_platform.db.models import utcnow
+
+    with db.session_scope(db_settings) as session:
+        session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+
+
+def test_only_one_worker_claims_a_job_and_only_the_holder_writes(db_settings, people):
+    alice, *_ = people
+    job_id = _submitted(db_settings, alice)
+    with db.session_scope(db_settings) as session:
+        first = jobs.claim_job(session, job_id, "w1:1:a", 30)
+    with db.session_scope(db_settings) as session:
+        assert jobs.claim_job(session, job_id, "w2:2:b", 30) is None  # a duplicate message
+    assert (first.job.status, first.job.stage, first.job.attempts) == ("running", "validating", 1)
+    with db.session_scope(db_settings) as session:
+        assert jobs.renew_lease(session, job_id, "w1:1:a", 30) is False  # no cancel asked
+        assert jobs.renew_lease(session, job_id, "w2:2:b", 30) is None  # not the holder
+        assert not jobs.record_progress(session, job_id, "w2:2:b", progress={"step": 99})
+        assert jobs.record_progress(session, job_id, "w1:1:a", stage="training", progress={"step": 3})
+        assert jobs.finish_job(session, job_id, "w2:2:b", JobStatus.SUCCEEDED, "done") is None
+    with db.session_scope(db_settings) as session:
+        jobs.cancel_job(session, alice, job_id)
+        assert jobs.renew_lease(session, job_id, "w1:1:a", 30) is True  # the worker hears the cancel
+        done = jobs.finish_job(session, job_id, "w1:1:a", JobStatus.CANCELLED, "cancelled by request")
+    assert (done.status, done.stage, done.progress) == ("cancelled", "training", {"step": 3})
+    with db.session_scope(db_settings) as session:
+        kinds = [event["kind"] for event in jobs.job_events(session, alice, job_id)]
+    assert kinds == ["submitted", "started", "stage", "cancel_requested", "cancelled"]
+
+
+def test_release_counts_failed_attempts_but_not_preemptions(db_settings, people):
+    alice, *_ = people
+    job_id = _submitted(db_settings, alice, max_attempts=2)
+    for attempt, (owner, count, expected) in enumerate(
+        [("w1", False, "queued"), ("w2", True, "queued"), ("w3", True, "failed")], start=1
+    ):
+        with db.session_scope(db_settings) as session:
+            assert jobs.claim_job(session, job_id, owner, 30) is not None, attempt
+            job = jobs.release_job(session, job_id, owner, f"reason {attempt}", count_attempt=count)
+        assert job.status == expected
+    assert (job.attempts, job.error) == (2, "gave up after 2 attempts; last: reason 3")
+    with db.session_scope(db_settings) as session:
+        assert session.get(Job, job_id).preemptions == 1
+
+
+def test_reconciler_requeues_silent_workers_and_gives_up_after_the_budget(db_settings, people):
+    alice, *_ = people
+    job_id = _submitted(db_settings, alice, max_attempts=2)
+    other = _submitted(db_settings, alice)
+    with db.session_scope(db_settings) as session:
+        jobs.mark_enqueued(session, [job_id, other])
+        jobs.claim_job(session, job_id, "w1:10:a", 30)
+    with db.session_scope(db_settings) as session:  # lease still valid, broker fine: nothing to do
+        sweep = jobs.reconcile(session, requeue_after=0, broker_lost_messages=False)
+    assert (sweep.expired, sweep.abandoned, sweep.to_enqueue, sweep.queued_total) == ([], [], [], 1)
+    _expire_lease(db_settings, job_id)
+    with db.session_scope(db_settings) as session:
+        sweep = jobs.reconcile(session, requeue_after=0, broker_lost_messages=False)
+    assert (sweep.expired, sweep.to_enqueue) == ([job_id], [job_id])  # never-sent again: enqueued_at reset
+    with db.session_scope(db_settings) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts, job.lease_owner) == ("queued", 1, None)
+        assert job.error.startswith("worker w1:10:a stopped renewing its lease")
+        jobs.mark_enqueued(session, [job_id])
+    with db.session_scope(db_settings) as session:  # the broker lost its messages: both are sent again
+        sweep = jobs.reconcile(session, requeue_after=0, broker_lost_messages=True)
+    assert sorted(sweep.to_enqueue) == sorted([job_id, other])
+    with db.session_scope(db_settings) as session:
+        jobs.claim_job(session, job_id, "w2:11:b", 30)
+    _expire_lease(db_settings, job_id)
+    with db.session_scope(db_settings) as session:
+        sweep = jobs.reconcile(session, requeue_after=3600, broker_lost_messages=True)
+    assert (sweep.expired, sweep.abandoned, sweep.to_enqueue) == ([], [job_id], [])
+    with db.session_scope(db_settings) as session:
+        job = jobs.get_job(session, alice, job_id)
+    assert job.status == "failed"
+    assert job.error.startswith("gave up after 2 attempts; last: worker w2:11:b stopped renewing its lease")
+    assert job.error.endswith("killed (for example by the out-of-memory killer) or its host went away")

@@ -256,7 +256,6 @@ def worker(
     """
     import os
 
-    from finetune_platform.cli.common import configure_console_logging
     from finetune_platform.db.session import ensure_database
     from finetune_platform.worker.app import broker_url, create_app
     from finetune_platform.worker.reconciler import ReconcilerThread
@@ -266,8 +265,7 @@ def worker(
         ensure_database(current)
     except PlatformError as error:
         raise fail(error) from None
-    configure_console_logging()
-    app = create_app(current)
+    app = create_app(current)  # Celery's logging (--loglevel) prints the platform's log lines
     sweeper = ReconcilerThread(current)
     if reconciler:
         sweeper.start()
