@@ -52,6 +52,15 @@ COMMANDS = [
     ["users"],
     ["users", "create"],
     ["users", "list"],
+    ["jobs"],
+    ["jobs", "submit"],
+    ["jobs", "list"],
+    ["jobs", "show"],
+    ["jobs", "cancel"],
+    ["jobs", "retry"],
+    ["jobs", "logs"],
+    ["jobs", "reconcile"],
+    ["worker"],
 ]
 
 

@@ -102,7 +102,10 @@ class QueueEnv:
     def settings(self):
         from finetune_platform.settings import Settings
 
-        return Settings(**{key: value for key, value in self.values.items() if key in Settings.model_fields})
+        values = {key: value for key, value in self.values.items() if key in Settings.model_fields}
+        if "BROKER_TRANSPORT_OPTIONS" in values:  # JSON in the environment, a dict for the constructor
+            values["BROKER_TRANSPORT_OPTIONS"] = json.loads(values["BROKER_TRANSPORT_OPTIONS"])
+        return Settings(**values)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.values, "PYTHONUNBUFFERED": "1"}
@@ -185,7 +188,9 @@ def queue_env(root: Path, **values: Any) -> QueueEnv:
         "REQUEUE_AFTER_SECONDS": "0",
         "HF_HUB_OFFLINE": "1",
     }
-    base.update({key: json.dumps(value) if isinstance(value, dict) else str(value) for key, value in values.items()})
+    base.update(
+        {key: json.dumps(value) if isinstance(value, dict) else str(value) for key, value in values.items()}
+    )
     return QueueEnv(root, base)
 
 

@@ -36,7 +36,14 @@ def job_config(tiny_bert, job_data, tmp_path, name: str, **training) -> dict:
 def long_job(tiny_bert, job_data, tmp_path, name: str, steps: int = 400) -> dict:
     """Long enough to be interrupted mid-training: logs every step, checkpoints every 20."""
     return job_config(
-        tiny_bert, job_data, tmp_path, name, max_steps=steps, logging_steps=1, eval_steps=20, learning_rate=1e-3
+        tiny_bert,
+        job_data,
+        tmp_path,
+        name,
+        max_steps=steps,
+        logging_steps=1,
+        eval_steps=20,
+        learning_rate=1e-3,
     )
 
 
@@ -62,8 +69,12 @@ def registered_versions(env, name: str) -> list[int]:
 
 def test_filesystem_transport_runs_a_job_with_nothing_installed(envs, tmp_path, tiny_bert, job_data):
     env = envs(tmp_path / "q")  # no REDIS_URL: kombu's filesystem transport under FINETUNE_HOME/queue
-    job_id = submit(env, job_config(tiny_bert, job_data, tmp_path, "fs-model", max_steps=24), "--idempotency-key", "k1")
-    again = json.loads(env.cli("jobs", "submit", *_same_config(env), "--json", "--idempotency-key", "k1").stdout)
+    job_id = submit(
+        env, job_config(tiny_bert, job_data, tmp_path, "fs-model", max_steps=24), "--idempotency-key", "k1"
+    )
+    again = json.loads(
+        env.cli("jobs", "submit", *_same_config(env), "--json", "--idempotency-key", "k1").stdout
+    )
     assert (again["id"], again["created"]) == (job_id, False)
     assert list((tmp_path / "q" / "home" / "queue" / "messages").iterdir())  # the message waits on disk
     env.start_worker("fs1")
@@ -122,7 +133,9 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint_and_registers_onc
     assert registered_versions(env, "killed-model") == [1]
 
 
-def test_sigterm_checkpoints_the_running_job_and_hands_it_to_another_worker(envs, tmp_path, tiny_bert, job_data):
+def test_sigterm_checkpoints_the_running_job_and_hands_it_to_another_worker(
+    envs, tmp_path, tiny_bert, job_data
+):
     env = envs(tmp_path / "q", REDIS_URL=require_redis(), MLFLOW_ENABLED="false")
     job_id = submit(env, long_job(tiny_bert, job_data, tmp_path, "preempted", steps=600))
     first = env.start_worker("leaving")
@@ -135,7 +148,9 @@ def test_sigterm_checkpoints_the_running_job_and_hands_it_to_another_worker(envs
     assert len(preempted) == 1 and "worker shut down (SIGTERM)" in preempted[0]
     saved_step = int(preempted[0].split("saved checkpoint-")[1].split()[0])
     assert saved_step >= 25
-    checkpoint = tmp_path / "results" / "preempted" / job_id / "artifacts" / "checkpoints" / f"checkpoint-{saved_step}"
+    checkpoint = (
+        tmp_path / "results" / "preempted" / job_id / "artifacts" / "checkpoints" / f"checkpoint-{saved_step}"
+    )
     assert (checkpoint / "COMPLETE").is_file()
     env.start_worker("arriving")
     job = env.wait_status(job_id, {"succeeded", "failed"})
@@ -149,7 +164,11 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(envs, tmp_path, tiny
         REDIS_URL=require_redis(),
         MLFLOW_ENABLED="false",
         # Redis hands the unacknowledged message to the idle worker after one second, again and again.
-        BROKER_TRANSPORT_OPTIONS={"visibility_timeout": 1, "unacked_restore_interval": 1, "unacked_restore_throttle": 1},
+        BROKER_TRANSPORT_OPTIONS={
+            "visibility_timeout": 1,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        },
     )
     job_id = submit(env, long_job(tiny_bert, job_data, tmp_path, "long", steps=500))
     busy = env.start_worker("busy")
@@ -168,7 +187,10 @@ def test_redis_restarted_empty_loses_no_job(envs, tmp_path, tiny_bert, job_data)
     try:
         env = envs(tmp_path / "q", REDIS_URL=redis.url, MLFLOW_ENABLED="false")
         running = submit(env, long_job(tiny_bert, job_data, tmp_path, "during", steps=300))
-        queued = [submit(env, job_config(tiny_bert, job_data, tmp_path, f"after{i}", max_steps=12)) for i in range(2)]
+        queued = [
+            submit(env, job_config(tiny_bert, job_data, tmp_path, f"after{i}", max_steps=12))
+            for i in range(2)
+        ]
         env.start_worker("survivor")
         wait_for(lambda: env.job(running).progress.get("step", 0) >= 10, 120, "the first job to train")
         redis.kill()  # everything in Redis is gone: the queued messages and the unacked one
@@ -178,7 +200,10 @@ def test_redis_restarted_empty_loses_no_job(envs, tmp_path, tiny_bert, job_data)
             assert (job.status, job.attempts) == ("succeeded", 1), job_id
         for job_id in queued:  # the reconciler sent them again after the restart
             assert [kind for kind, _ in env.events(job_id)].count("started") == 1
-        assert "sent 2 job(s) to the broker (2 queued in the database, 0 in the broker)" in env.workers[0].output()
+        assert (
+            "sent 2 job(s) to the broker (2 queued in the database, 0 in the broker)"
+            in env.workers[0].output()
+        )
     finally:
         redis.kill()
 
@@ -221,3 +246,21 @@ def test_cancel_a_queued_and_a_running_job(envs, tmp_path, tiny_bert, job_data):
     wait_for(lambda: "skipped" in worker.output(), 60, "the cancelled job's message to be dropped")
     assert env.job(waiting).started_at is None
     assert worker.process.poll() is None
+
+
+def test_two_workers_on_one_machine_share_a_fresh_tracking_store(envs, tmp_path, tiny_bert, job_data):
+    """Local defaults (filesystem queue, SQLite database and MLflow store), two workers starting together.
+
+    Both create MLflow's SQLite store on their first job; unguarded, MLflow's own migrations race
+    ("table ... already exists") and jobs fail.
+    """
+    env = envs(tmp_path / "q")
+    ids = [submit(env, job_config(tiny_bert, job_data, tmp_path, "shared", max_steps=12)) for _ in range(4)]
+    env.start_worker("left")
+    env.start_worker("right")
+    jobs = [env.wait_status(job_id, {"succeeded", "failed"}) for job_id in ids]
+    assert [(job.status, job.attempts) for job in jobs] == [("succeeded", 1)] * 4, [job.error for job in jobs]
+    assert sorted(job.model_version for job in jobs) == [1, 2, 3, 4]
+    assert registered_versions(env, "shared") == [1, 2, 3, 4]
+    workers = {env.events(job_id)[1][1].split(" on ")[1].split("@")[0] for job_id in ids}
+    assert workers == {"left", "right"}

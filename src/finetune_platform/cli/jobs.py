@@ -81,7 +81,7 @@ def jobs_submit(
         raise fail(error) from None
     job = submission.job
     if submission.created:
-        sent = enqueue(settings(), [job.id])
+        sent = enqueue(settings(), [job.id], mark=False)
         note = "" if sent else " (broker unreachable: a worker's reconciler will send it)"
         message = f"queued job {job.id} (dataset version {job.dataset_version}){note}"
     else:
@@ -265,6 +265,12 @@ def worker(
         ensure_database(current)
     except PlatformError as error:
         raise fail(error) from None
+    # Load the training stack now, not inside the first task: a message received is then claimed at once.
+    import peft  # noqa: F401
+
+    import finetune_platform.training.recipe
+    import finetune_platform.worker.executor  # noqa: F401
+
     app = create_app(current)  # Celery's logging (--loglevel) prints the platform's log lines
     sweeper = ReconcilerThread(current)
     if reconciler:
@@ -275,6 +281,7 @@ def worker(
             [
                 "worker",
                 "--pool=solo",  # one training per process, in the main thread: signals reach it
+                "--concurrency=1",  # with prefetch multiplier 1: this worker reserves exactly one message
                 f"--queues={current.QUEUE_NAME}",
                 f"--hostname={name or f'worker-{os.getpid()}'}@%h",
                 f"--loglevel={loglevel}",

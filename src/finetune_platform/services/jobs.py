@@ -121,6 +121,8 @@ def submit_job(
         max_attempts=max_attempts,
         progress={},
         cancel_requested=False,
+        # The caller sends the message right after commit; if that fails it clears this again.
+        enqueued_at=utcnow(),
     )
     session.add(job)
     try:
@@ -218,7 +220,7 @@ def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: fl
     from sqlalchemy import update
 
     now = utcnow()
-    result = session.execute(
+    job = session.scalars(
         update(Job)
         .where(_claimable(job_id))
         .values(
@@ -231,11 +233,11 @@ def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: fl
             started_at=func.coalesce(Job.started_at, now),
             error=None,
         )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+        .returning(Job),  # one round trip: the claim and the claimed row
+        execution_options={"synchronize_session": False},
+    ).one_or_none()
+    if job is None:
         return None
-    job = session.get(Job, job_id, populate_existing=True)
     _event(
         session,
         job,
@@ -261,15 +263,14 @@ def renew_lease(session: Session, job_id: str, lease_owner: str, lease_seconds: 
     from sqlalchemy import update
 
     now = utcnow()
-    result = session.execute(
+    cancel = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.lease_owner == lease_owner)
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        return None
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        .returning(Job.cancel_requested),
+        execution_options={"synchronize_session": False},
+    ).one_or_none()
+    return None if cancel is None else bool(cancel)
 
 
 def record_progress(
@@ -348,14 +349,15 @@ def _give_up(session: Session, job: Job, reason: str) -> None:
     _event(session, job, "failed", job.error)
 
 
-def mark_enqueued(session: Session, job_ids: list[str]) -> None:
+def mark_enqueued(session: Session, job_ids: list[str], sent: bool = True) -> None:
+    """Record that messages for these queued jobs went to the broker (``sent`` False: they did not)."""
     from sqlalchemy import update
 
     if job_ids:
         session.execute(
             update(Job)
             .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED.value)
-            .values(enqueued_at=utcnow())
+            .values(enqueued_at=utcnow() if sent else None)
             .execution_options(synchronize_session=False)
         )
 

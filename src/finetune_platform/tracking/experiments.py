@@ -36,9 +36,9 @@ class Comparison:
 
 class ExperimentStore:
     def __init__(self, settings: Settings) -> None:
-        from mlflow import MlflowClient
+        from finetune_platform.tracking.client import mlflow_client
 
-        self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        self.client = mlflow_client(settings)
 
     def experiments(self) -> list[dict[str, Any]]:
         listed = []

@@ -42,14 +42,12 @@ class MlflowRunTracker:
     """One MLflow run per training run; buffered so logging costs one call per flush, not per value."""
 
     def __init__(self, settings: Settings, experiment: str, flush_every: int = 200) -> None:
-        from mlflow import MlflowClient
+        from finetune_platform.tracking.client import mlflow_client
 
         self.tracking_uri = settings.mlflow_tracking_uri
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # No mlflow.set_tracking_uri(): it writes MLFLOW_TRACKING_URI into the process environment,
         # which would leak into every Settings object created afterwards.
-        self.client = _TimedClient(MlflowClient(tracking_uri=self.tracking_uri))
+        self.client = _TimedClient(mlflow_client(settings))
         self.artifact_root = settings.mlflow_artifact_root
         self.experiment = experiment
         self.flush_every = flush_every

@@ -65,12 +65,10 @@ class Transition:
 
 class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
-        from mlflow import MlflowClient
+        from finetune_platform.tracking.client import mlflow_client
 
         self.settings = settings
-        self.client = MlflowClient(
-            tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
-        )
+        self.client = mlflow_client(settings)
         self.cards = CardStore(settings.MODEL_REGISTRY_DIR)
 
     # -- reading ---------------------------------------------------------------------------------
