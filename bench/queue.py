@@ -135,8 +135,8 @@ def measure(pair: Pair, kind: str, latency_jobs: int, throughput_jobs: int) -> d
         def make_tokens(count: int) -> list[str]:
             return create_noop_jobs(settings, count)
 
-        def send_one(token: str) -> None:
-            enqueue(settings, [token], task="bench.platform_noop")
+        def send_one(token: str) -> None:  # as after `submit_job`, which marks the job sent as it creates it
+            enqueue(settings, [token], task="bench.platform_noop", mark=False)
 
         def finished(tokens: list[str]) -> float | None:
             with session_scope(settings) as session:
@@ -192,7 +192,7 @@ def create_noop_jobs(settings, count: int) -> list[str]:
     """Queued job rows for the no-op task (no config validation: nothing is trained)."""
     import uuid
 
-    from finetune_platform.db.models import Job, JobStatus
+    from finetune_platform.db.models import Job, JobStatus, utcnow
     from finetune_platform.db.session import session_scope
     from finetune_platform.services.users import local_user
 
@@ -201,7 +201,7 @@ def create_noop_jobs(settings, count: int) -> list[str]:
         owner = local_user(session)
         session.add_all(
             Job(id=job_id, owner_id=owner.id, status=JobStatus.QUEUED.value, config={}, progress={}, attempts=0,
-                max_attempts=3, cancel_requested=False, preemptions=0)
+                max_attempts=3, cancel_requested=False, preemptions=0, enqueued_at=utcnow())
             for job_id in ids
         )  # fmt: skip
     return ids
@@ -259,7 +259,7 @@ def training_jobs(pair: Pair, count: int) -> dict[str, Any]:
         user = local_user(session)
         ids = [submit_job(session, user, config).job.id for _ in range(count)]
     started = time.time()
-    enqueue(settings, ids)
+    enqueue(settings, ids, mark=False)
     workers = [
         subprocess.Popen(
             [str(BIN / "finetune"), "worker", "--name", f"trainer{i}", "--loglevel", "WARNING"],
@@ -350,6 +350,8 @@ def main() -> None:
             ])  # fmt: skip
         if rows:
             print_table(["broker+db", "app", "start p50 ms", "start p95 ms", "no-op jobs/s (1 worker)"], rows)
+        if not args.training_jobs:
+            return
         redis_pg = Pair("training", work / "training", "redis://127.0.0.1:6379/0", make_pg_database())
         databases.append(redis_pg.values["DATABASE_URL"])
         redis_pg.root.mkdir(parents=True)

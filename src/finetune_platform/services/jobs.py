@@ -43,7 +43,8 @@ class JobPublic:
     config: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
+    def of(cls, job: Any) -> JobPublic:
+        """From a Job row (or anything with its attributes)."""
         return cls(
             job.id,
             job.owner_id,
@@ -209,42 +210,53 @@ class Claim:
     lease_owner: str
 
 
-def _claimable(job_id: str):
-    return (Job.id == job_id) & (Job.status == JobStatus.QUEUED.value) & (Job.cancel_requested.is_(False))
-
-
 def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> Claim | None:
-    """Take the lease of a queued job and count an attempt; None when it is not queued (or someone won)."""
+    """Take the lease of a queued job and count an attempt; None when it is not queued (or someone won).
+
+    Core statements, not the ORM: this is the path from message to training start, run for every job.
+    """
     from datetime import timedelta
+    from types import SimpleNamespace
 
-    from sqlalchemy import update
+    from sqlalchemy import insert, update
 
+    jobs_table, events = Job.__table__, JobEvent.__table__
     now = utcnow()
-    job = session.scalars(
-        update(Job)
-        .where(_claimable(job_id))
-        .values(
-            status=JobStatus.RUNNING.value,
-            stage=JobStage.VALIDATING.value,
-            lease_owner=lease_owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, now),
-            error=None,
+    row = (
+        session.execute(
+            update(jobs_table)
+            .where(
+                jobs_table.c.id == job_id,
+                jobs_table.c.status == JobStatus.QUEUED.value,
+                jobs_table.c.cancel_requested.is_(False),
+            )
+            .values(
+                status=JobStatus.RUNNING.value,
+                stage=JobStage.VALIDATING.value,
+                lease_owner=lease_owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                heartbeat_at=now,
+                attempts=jobs_table.c.attempts + 1,
+                started_at=func.coalesce(jobs_table.c.started_at, now),
+                error=None,
+                updated_at=now,
+            )
+            .returning(*jobs_table.c)  # one round trip: the claim and the claimed row
         )
-        .returning(Job),  # one round trip: the claim and the claimed row
-        execution_options={"synchronize_session": False},
-    ).one_or_none()
-    if job is None:
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
         return None
-    _event(
-        session,
-        job,
-        "started",
-        f"attempt {job.attempts} of {job.max_attempts} on {lease_owner}",
-        attempt=job.attempts,
-        worker=lease_owner,
+    job = SimpleNamespace(**row)
+    session.execute(
+        insert(events).values(
+            job_id=job_id,
+            at=now,
+            kind="started",
+            message=f"attempt {job.attempts} of {job.max_attempts} on {lease_owner}",
+            data={"attempt": job.attempts, "worker": lease_owner},
+        )
     )
     return Claim(JobPublic.of(job), lease_owner)
 
