@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, computed_field
+from pydantic import Field, SecretStr, computed_field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,23 @@ class Settings(BaseSettings):
         ge=0,
         description="A queued job whose message the broker lost is sent again once it has waited this long.",
     )
+    JWT_SECRET: SecretStr | None = Field(
+        default=None,
+        description="HS256 signing key, at least 32 bytes; unset in local mode: a random key kept in FINETUNE_HOME.",
+    )
+    JWT_EXPIRE_MINUTES: int = Field(default=60, ge=1, le=24 * 60, description="Lifetime of an access token.")
+    MAX_UPLOAD_BYTES: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="Largest dataset upload accepted."
+    )
+    LOGIN_MAX_FAILURES: int = Field(
+        default=5, ge=1, description="Failed logins per account and address before 429 (per window)."
+    )
+    LOGIN_WINDOW_SECONDS: int = Field(
+        default=300, ge=1, description="Window (and longest wait) of login throttling."
+    )
+    MLFLOW_UI_URL: str | None = Field(
+        default=None, description="Address of the MLflow UI shown by GET /mlflow."
+    )
     BROKER_TRANSPORT_OPTIONS: dict[str, Any] = Field(
         default_factory=dict,
         description='Extra kombu transport options as JSON, e.g. {"visibility_timeout": 3600}.',
@@ -84,6 +101,10 @@ class Settings(BaseSettings):
     @property
     def heartbeat_seconds(self) -> float:
         return self.JOB_HEARTBEAT_SECONDS or self.JOB_LEASE_SECONDS / 4
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.FINETUNE_HOME / "uploads"
 
     @property
     def queue_dir(self) -> Path:

@@ -61,6 +61,9 @@ COMMANDS = [
     ["jobs", "logs"],
     ["jobs", "reconcile"],
     ["worker"],
+    ["api"],
+    ["audit"],
+    ["audit", "verify"],
 ]
 
 

@@ -17,7 +17,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
     from alembic.runtime.migration import MigrationContext
 
     assert db.current_revision(db_settings) == "base"
-    assert db.upgrade(db_settings) == "0002"
+    assert db.upgrade(db_settings) == "0003"
     engine = db.engine_for(db_settings.database_url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -28,12 +28,12 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
         "dataset_versions",
         "audit_events",
     }
-    assert db.upgrade(db_settings) == "0002"  # running it again changes nothing
+    assert db.upgrade(db_settings) == "0003"  # running it again changes nothing
     assert db.downgrade(db_settings, "0001") == "0001"
     assert "enqueued_at" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
     assert db.downgrade(db_settings, "base") == "base"
     assert not set(inspect(engine).get_table_names()) & {"users", "jobs"}
-    assert db.upgrade(db_settings) == "0002"
+    assert db.upgrade(db_settings) == "0003"
 
 
 def test_users_are_created_with_argon2id_hashes_and_checked(db_settings):

@@ -8,7 +8,7 @@ from finetune_platform import __version__
 from finetune_platform.cli.data import data_app
 from finetune_platform.cli.jobs import jobs_app, worker
 from finetune_platform.cli.registry import experiments_app, models_app
-from finetune_platform.cli.system import db_app, users_app
+from finetune_platform.cli.system import api, audit_app, db_app, users_app
 from finetune_platform.cli.training import config_app, runs_app, train
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ app.add_typer(jobs_app, name="jobs")
 app.command()(worker)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
+app.command()(api)
 
 
 @app.command()

@@ -90,3 +90,46 @@ def users_list() -> None:
         for user in list_users(session):
             state = "" if user.is_active else " (disabled)"
             typer.echo(f"{user.id:>4} {user.username:<24} {user.role}{state}")
+
+
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit chain; name the first altered entry, or the one after a deleted entry (exit 1)."""
+    from finetune_platform.db.session import ensure_database, session_scope
+    from finetune_platform.services.audit import verify_chain
+
+    ensure_database(settings())
+    with session_scope(settings()) as session:
+        report = verify_chain(session)
+    if report.ok:
+        typer.echo(f"audit log intact: {report.entries} entries")
+        return
+    typer.secho(f"audit log broken at {report.problem}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def api(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+) -> None:
+    """Serve the REST API (OpenAPI docs at /docs). Outside local mode JWT_SECRET must be set."""
+    import uvicorn
+
+    from finetune_platform.api.app import create_app
+
+    try:
+        create_app(settings())  # fail here, with the reason, when the secret or database is not usable
+    except PlatformError as error:
+        raise fail(error) from None
+    uvicorn.run(
+        "finetune_platform.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )

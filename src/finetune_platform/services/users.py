@@ -84,3 +84,89 @@ def local_user(session: Session) -> UserPublic:
         session.add(user)
         session.flush()
     return UserPublic.of(user)
+
+
+# A real Argon2id hash of a random password: checking against it when the user does not exist takes
+# as long as a wrong password, so timing does not tell which usernames exist.
+_DUMMY_HASH: str | None = None
+
+
+def authenticate(session: Session, username: str, password: str) -> UserPublic | None:
+    """The active user with this password, or None (same work for an unknown name as for a wrong password)."""
+    import secrets
+
+    from finetune_platform.security import verify_password
+
+    global _DUMMY_HASH
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        _DUMMY_HASH = _DUMMY_HASH or hash_password(secrets.token_urlsafe(16))
+        verify_password(_DUMMY_HASH, password)
+        return None
+    if not verify_password(user.password_hash, password) or not user.is_active:
+        return None
+    return UserPublic.of(user)
+
+
+def user_by_id(session: Session, user_id: int) -> tuple[UserPublic, int] | None:
+    """The user and their current token version, or None."""
+    user = session.get(User, user_id)
+    return None if user is None else (UserPublic.of(user), user.token_version)
+
+
+def get_user_public(session: Session, user_id: int) -> UserPublic:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"no user {user_id}")
+    return UserPublic.of(user)
+
+
+def revoke_tokens(session: Session, user_id: int) -> None:
+    """Every token issued to the user so far stops working (logout, password change, disable)."""
+    user = session.get(User, user_id)
+    if user is not None:
+        user.token_version += 1
+
+
+def update_user(
+    session: Session,
+    user_id: int,
+    *,
+    role: str | None = None,
+    is_active: bool | None = None,
+    password: str | None = None,
+) -> UserPublic:
+    """Admin changes: role, enabled, password. Disabling or a new password revokes the user's tokens."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"no user {user_id}")
+    if role is not None:
+        if role not in {r.value for r in Role}:
+            raise ConfigError(f"role {role!r}: expected one of {', '.join(r.value for r in Role)}")
+        user.role = role
+    if is_active is not None:
+        user.is_active = is_active
+        if not is_active:
+            user.token_version += 1
+    if password is not None:
+        _check_password(password)
+        user.password_hash = hash_password(password)
+        user.token_version += 1
+    session.flush()
+    return UserPublic.of(user)
+
+
+def change_password(session: Session, user_id: int, current: str, new: str) -> None:
+    from finetune_platform.security import verify_password
+
+    user = session.get(User, user_id)
+    if user is None or not verify_password(user.password_hash, current):
+        raise PlatformError("current password is wrong", ErrorCode.PERMISSION_DENIED)
+    _check_password(new)
+    user.password_hash = hash_password(new)
+    user.token_version += 1
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ConfigError(f"password: at least {MIN_PASSWORD_LENGTH} characters")

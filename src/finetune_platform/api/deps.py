@@ -1,0 +1,88 @@
+"""Request dependencies: the database session, the caller, their role, and the audit helper."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.orm import Session
+
+from finetune_platform.db.models import Role
+from finetune_platform.db.session import session_scope
+from finetune_platform.services.users import UserPublic
+from finetune_platform.settings import Settings
+
+bearer = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def db(request: Request) -> Iterator[Session]:
+    with session_scope(request.app.state.settings) as session:
+        yield session
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def unauthorized(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_user(
+    request: Request, session: Annotated[Session, Depends(db)], token: Annotated[str | None, Depends(bearer)]
+) -> UserPublic:
+    """The caller of a valid, unrevoked token of an active user; 401 otherwise."""
+    from finetune_platform.api.auth import InvalidToken
+    from finetune_platform.services.users import user_by_id
+
+    if not token:
+        raise unauthorized("not authenticated: send Authorization: Bearer <token> (POST /login gives one)")
+    try:
+        claims = request.app.state.tokens.decode(token)
+    except InvalidToken as exc:
+        raise unauthorized(f"invalid token: {exc}") from None
+    found = user_by_id(session, claims.user_id)
+    if found is None or not found[0].is_active or found[1] != claims.token_version:
+        raise unauthorized("invalid token: revoked, or the account is disabled")
+    request.state.actor_id = found[0].id
+    return found[0]
+
+
+def admin_user(request: Request, user: Annotated[UserPublic, Depends(current_user)]) -> UserPublic:
+    if user.role != Role.ADMIN.value:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin role required")
+    return user
+
+
+CurrentUser = Annotated[UserPublic, Depends(current_user)]
+AdminUser = Annotated[UserPublic, Depends(admin_user)]
+DbSession = Annotated[Session, Depends(db)]
+
+
+def audit(
+    session: Session,
+    request: Request,
+    action: str,
+    *,
+    actor: UserPublic | None,
+    target: str | None = None,
+    outcome: str = "ok",
+    **detail: Any,
+) -> None:
+    from finetune_platform.services.audit import record
+
+    record(
+        session,
+        action,
+        actor_id=actor.id if actor else getattr(request.state, "actor_id", None),
+        target=target,
+        outcome=outcome,
+        address=client_address(request),
+        detail=detail,
+    )

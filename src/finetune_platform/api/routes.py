@@ -1,0 +1,497 @@
+"""Every endpoint. Handlers are thin: access checks here, the work in ``services`` and ``tracking``."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import OAuth2PasswordRequestForm
+
+from finetune_platform.api import schemas
+from finetune_platform.api.deps import AdminUser, CurrentUser, DbSession, audit, client_address, unauthorized
+from finetune_platform.errors import ConfigError, NotFoundError
+
+router = APIRouter()
+PageLimit = Annotated[int, Query(ge=1, le=schemas.MAX_PAGE, description="Page size (at most 100).")]
+PageOffset = Annotated[int, Query(ge=0, le=1_000_000, description="Entries to skip.")]
+BAD_LOGIN = "incorrect username or password"
+
+
+# -- accounts --------------------------------------------------------------------------------------
+@router.post("/login", response_model=schemas.Token, tags=["auth"], summary="Log in (OAuth2 password form)")
+def login(request: Request, session: DbSession, form: Annotated[OAuth2PasswordRequestForm, Depends()]):
+    from finetune_platform.services.users import authenticate, user_by_id
+
+    address = client_address(request)
+    throttle = request.app.state.throttle
+    wait = throttle.retry_after(form.username, address)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many failed logins; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    user = authenticate(session, form.username, form.password)
+    if user is None:
+        throttle.failed(form.username, address)
+        audit(
+            session, request, "login", actor=None, target=f"username:{form.username[:64]}", outcome="failed"
+        )
+        request.state.audited = True
+        raise unauthorized(BAD_LOGIN)
+    throttle.succeeded(form.username, address)
+    token, lifetime = request.app.state.tokens.issue(user.id, user_by_id(session, user.id)[1])
+    audit(session, request, "login", actor=user, target=f"user:{user.id}")
+    return schemas.Token(access_token=token, expires_in=lifetime)
+
+
+@router.post("/logout", status_code=204, tags=["auth"], summary="Revoke every token of the caller")
+def logout(request: Request, session: DbSession, user: CurrentUser) -> Response:
+    from finetune_platform.services.users import revoke_tokens
+
+    revoke_tokens(session, user.id)
+    audit(session, request, "logout", actor=user, target=f"user:{user.id}")
+    return Response(status_code=204)
+
+
+@router.get("/users/me", response_model=schemas.UserOut, tags=["users"], summary="The caller's account")
+def me(user: CurrentUser):
+    return asdict(user)
+
+
+@router.post("/users/me/password", status_code=204, tags=["users"], summary="Change the caller's password")
+def change_my_password(request: Request, session: DbSession, user: CurrentUser, body: schemas.PasswordChange):
+    from finetune_platform.services.users import change_password
+
+    change_password(session, user.id, body.current_password, body.new_password)
+    audit(session, request, "user.password", actor=user, target=f"user:{user.id}")
+    return Response(status_code=204)
+
+
+@router.get("/users", response_model=list[schemas.UserOut], tags=["users"], summary="List accounts (admin)")
+def users(session: DbSession, admin: AdminUser, limit: PageLimit = 50, offset: PageOffset = 0):
+    from finetune_platform.services.users import list_users
+
+    return [asdict(user) for user in list_users(session)[offset : offset + limit]]
+
+
+@router.post(
+    "/users", response_model=schemas.UserOut, status_code=201, tags=["users"], summary="Create (admin)"
+)
+def create(request: Request, session: DbSession, admin: AdminUser, body: schemas.UserCreate):
+    from finetune_platform.services.users import create_user
+
+    user = create_user(session, body.username, body.password, body.role)
+    audit(session, request, "user.create", actor=admin, target=f"user:{user.id}", role=user.role)
+    return asdict(user)
+
+
+@router.get("/users/{user_id}", response_model=schemas.UserOut, tags=["users"], summary="One account (admin)")
+def user_detail(user_id: int, session: DbSession, admin: AdminUser):
+    from finetune_platform.services.users import get_user_public
+
+    return asdict(get_user_public(session, user_id))
+
+
+@router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"], summary="Change (admin)")
+def update(user_id: int, request: Request, session: DbSession, admin: AdminUser, body: schemas.UserPatch):
+    from finetune_platform.services.users import update_user
+
+    user = update_user(session, user_id, role=body.role, is_active=body.is_active, password=body.password)
+    changed = sorted(body.model_dump(exclude_none=True))
+    audit(session, request, "user.update", actor=admin, target=f"user:{user_id}", fields=changed)
+    return asdict(user)
+
+
+# -- datasets --------------------------------------------------------------------------------------
+@router.post(
+    "/datasets",
+    response_model=schemas.DatasetUploaded,
+    status_code=201,
+    tags=["datasets"],
+    summary="Upload a dataset (the request body is the file)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload_dataset(
+    request: Request,
+    user: CurrentUser,
+    name: Annotated[
+        str, Query(min_length=1, max_length=255, description="File name, e.g. train.csv (a label).")
+    ],
+    text_column: Annotated[str, Query(max_length=128, description="Column with the text.")] = "text",
+    label_column: Annotated[str, Query(max_length=128, description="Column with the label.")] = "label",
+):
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.datasets import check_name, register_upload
+
+    settings = request.app.state.settings
+    limit = settings.MAX_UPLOAD_BYTES
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than the limit of {limit} bytes"
+        )
+    check_name(name)  # before reading the body
+    incoming = settings.uploads_dir / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    received, size = incoming / uuid.uuid4().hex, 0
+    try:
+        with received.open("wb") as handle:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(
+                        status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than the limit of {limit} bytes"
+                    )
+                handle.write(chunk)
+
+        def register():
+            with session_scope(settings) as session:
+                dataset, report = register_upload(
+                    session,
+                    settings,
+                    user,
+                    name,
+                    received,
+                    size,
+                    text_column=text_column,
+                    label_column=label_column,
+                )
+                audit(
+                    session,
+                    request,
+                    "dataset.upload",
+                    actor=user,
+                    target=f"dataset:{dataset.id}",
+                    valid=dataset.valid,
+                )
+                return dataset, report
+
+        dataset, report = await run_in_threadpool(register)
+    finally:
+        received.unlink(missing_ok=True)
+    return {**asdict(dataset), "report": report}
+
+
+@router.get(
+    "/datasets", response_model=schemas.DatasetPage, tags=["datasets"], summary="The caller's datasets"
+)
+def datasets(session: DbSession, user: CurrentUser, limit: PageLimit = 50, offset: PageOffset = 0):
+    from finetune_platform.services.datasets import list_datasets
+
+    rows, total = list_datasets(session, user, offset=offset, limit=limit)
+    return {"data": [asdict(row) for row in rows], "count": total}
+
+
+@router.get("/datasets/{dataset_id}/report", tags=["datasets"], summary="A dataset's validation report")
+def dataset_report(dataset_id: str, session: DbSession, user: CurrentUser) -> dict[str, Any]:
+    from finetune_platform.services.datasets import dataset_report as report
+
+    return report(session, user, dataset_id)
+
+
+# -- training tasks --------------------------------------------------------------------------------
+_SERVER_FIELDS = (("data", "train_file"), ("data", "validation_file"), ("output_dir",))
+
+
+def _server_config(
+    raw: dict[str, Any], train: Path, validation: Path | None, results: Path
+) -> dict[str, Any]:
+    """The client's config with the server's paths; a client cannot point the server at its files."""
+    config = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
+    for path in _SERVER_FIELDS:
+        node = config
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node.get(part), dict) else {}
+        if path[-1] in node:
+            raise ConfigError(
+                f"config.{'.'.join(path)}: set by the server (use dataset_id / validation_dataset_id)"
+            )
+    base_model = str((config.get("model") or {}).get("base_model", ""))
+    if base_model.startswith(("/", ".", "~")) or ".." in base_model or "\\" in base_model:
+        raise ConfigError(f"config.model.base_model {base_model!r}: a model name, not a path on the server")
+    data = dict(config.get("data") or {})
+    data["train_file"] = str(train)
+    if validation is not None:
+        data["validation_file"] = str(validation)
+    config["data"] = data
+    config["output_dir"] = str(results.resolve())
+    return config
+
+
+@router.post(
+    "/train",
+    response_model=schemas.TaskOut,
+    status_code=201,
+    tags=["tasks"],
+    summary="Queue a training task",
+    responses={200: {"description": "The task submitted earlier with the same Idempotency-Key."}},
+)
+def train(
+    request: Request,
+    response: Response,
+    session: DbSession,
+    user: CurrentUser,
+    body: schemas.TrainRequest,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=128, description="Repeat a submission safely: the same key returns the same task."),
+    ] = None,
+):
+    from finetune_platform.services.datasets import dataset_path
+    from finetune_platform.services.jobs import submit_job
+
+    settings = request.app.state.settings
+    train_file = dataset_path(session, user, body.dataset_id)
+    validation = (
+        dataset_path(session, user, body.validation_dataset_id) if body.validation_dataset_id else None
+    )
+    config = _server_config(body.config, train_file, validation, settings.RESULTS_DIR)
+    submission = submit_job(
+        session, user, config, idempotency_key=idempotency_key, max_attempts=body.max_attempts
+    )
+    job = submission.job
+    if not submission.created:
+        response.status_code = status.HTTP_200_OK
+        return asdict(job)
+    audit(session, request, "train.submit", actor=user, target=f"task:{job.id}", dataset=body.dataset_id)
+    session.commit()  # the worker must find the row before the message arrives
+    from finetune_platform.worker.app import enqueue
+
+    enqueue(settings, [job.id], mark=False)
+    return asdict(job)
+
+
+@router.get("/task/{task_id}", response_model=schemas.TaskOut, tags=["tasks"], summary="Status and progress")
+def task(task_id: str, session: DbSession, user: CurrentUser):
+    from finetune_platform.services.jobs import get_job
+
+    return asdict(get_job(session, user, task_id))
+
+
+@router.get(
+    "/tasks", response_model=schemas.TaskPage, tags=["tasks"], summary="The caller's tasks (admin: all)"
+)
+def tasks(
+    session: DbSession,
+    user: CurrentUser,
+    status_filter: Annotated[
+        str | None, Query(alias="status", max_length=16, description="Only tasks in this state.")
+    ] = None,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
+):
+    from finetune_platform.services.jobs import list_jobs
+
+    page = list_jobs(session, user, status=status_filter, offset=offset, limit=limit)
+    return {"data": [asdict(job) for job in page.data], "count": page.count}
+
+
+@router.post(
+    "/task/{task_id}/cancel", response_model=schemas.TaskOut, tags=["tasks"], summary="Cancel a task"
+)
+def cancel(task_id: str, request: Request, session: DbSession, user: CurrentUser):
+    from finetune_platform.services.jobs import cancel_job
+
+    job = cancel_job(session, user, task_id)
+    audit(session, request, "task.cancel", actor=user, target=f"task:{task_id}", status=job.status)
+    return asdict(job)
+
+
+@router.get(
+    "/task/{task_id}/logs", response_model=schemas.TaskLogs, tags=["tasks"], summary="Events and log tail"
+)
+def logs(
+    task_id: str,
+    session: DbSession,
+    user: CurrentUser,
+    lines: Annotated[int, Query(ge=0, le=1000, description="Last lines of logs.txt to return.")] = 200,
+):
+    from finetune_platform.services.jobs import get_job, job_events
+
+    job = get_job(session, user, task_id)
+    events = [
+        {"at": e["at"], "kind": e["kind"], "message": e["message"]}
+        for e in job_events(session, user, task_id)
+    ]
+    log_path = Path(job.config["output_dir"]) / job.config["experiment"] / job.id / "logs.txt"
+    tail: list[str] = []
+    if lines and log_path.is_file():
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return {"events": events, "log_lines": tail}
+
+
+# -- experiments and models ------------------------------------------------------------------------
+@router.get("/experiments", tags=["experiments"], summary="Experiments in the tracking store (admin)")
+def experiments(request: Request, admin: AdminUser) -> list[dict[str, Any]]:
+    from finetune_platform.tracking.experiments import ExperimentStore
+
+    return ExperimentStore(request.app.state.settings).experiments()
+
+
+@router.get("/experiments/mlflow/{run_id}", tags=["experiments"], summary="One MLflow run (admin)")
+def mlflow_run(run_id: str, request: Request, admin: AdminUser) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    from finetune_platform.tracking.experiments import ExperimentStore
+
+    if not run_id.isalnum() or len(run_id) > 64:
+        raise NotFoundError(f"no run {run_id!r}")
+    try:
+        return asdict(ExperimentStore(request.app.state.settings).run(run_id))
+    except MlflowException:
+        raise NotFoundError(f"no run {run_id!r}") from None
+
+
+@router.get(
+    "/mlflow", response_model=schemas.MlflowStatus, tags=["experiments"], summary="Tracking server status"
+)
+def mlflow_status(request: Request):
+    from finetune_platform.tracking.client import mlflow_client
+
+    settings = request.app.state.settings
+    uri = settings.mlflow_tracking_uri
+    server = uri.startswith(("http://", "https://"))
+    try:
+        mlflow_client(settings).search_experiments(max_results=1)
+        reachable = True
+    except Exception:
+        reachable = False
+    return {
+        "backend": "server" if server else "embedded",
+        "reachable": reachable,
+        "ui_url": settings.MLFLOW_UI_URL or (uri if server else None),
+    }
+
+
+def _card_out(card) -> dict[str, Any]:
+    fields = schemas.ModelCardOut.model_fields
+    return {key: value for key, value in asdict(card).items() if key in fields}
+
+
+@router.get(
+    "/models/search", response_model=list[schemas.ModelCardOut], tags=["models"], summary="Search models"
+)
+def models_search(
+    request: Request,
+    user: CurrentUser,
+    base_model: Annotated[str | None, Query(max_length=200, description="Exact base model.")] = None,
+    language: Annotated[str | None, Query(max_length=32, description="Language, e.g. English.")] = None,
+    task_name: Annotated[str | None, Query(alias="task", max_length=64, description="Task.")] = None,
+    stage: Annotated[str | None, Query(max_length=16, description="Stage.")] = None,
+    tag: Annotated[list[str] | None, Query(max_length=20, description="Required tags (repeatable).")] = None,
+    metric: Annotated[
+        list[str] | None, Query(max_length=10, description="Thresholds such as accuracy>=0.9 (repeatable).")
+    ] = None,
+    limit: PageLimit = 50,
+):
+    from finetune_platform.tracking.model_cards import CardStore
+    from finetune_platform.tracking.search import CardFilter, Threshold, search
+
+    card_filter = CardFilter(
+        base_model=base_model,
+        language=language,
+        task=task_name,
+        stage=stage,
+        tags=list(tag or []),
+        thresholds=[Threshold.parse(text) for text in metric or []],
+    )
+    cards = search(CardStore(request.app.state.settings.MODEL_REGISTRY_DIR), card_filter)
+    return [_card_out(card) for card in cards[:limit]]
+
+
+@router.post(
+    "/models/recommend", response_model=list[schemas.Recommended], tags=["models"], summary="Recommend"
+)
+def models_recommend(request: Request, user: CurrentUser, body: schemas.RecommendRequest):
+    from finetune_platform.tracking.model_cards import CardStore
+    from finetune_platform.tracking.search import CardFilter, recommend_for_query
+
+    card_filter = CardFilter(language=body.language, task=body.task, stage=body.stage)
+    store = CardStore(request.app.state.settings.MODEL_REGISTRY_DIR)
+    found = recommend_for_query(store, body.query, body.top_k, card_filter)
+    return [{"card": _card_out(item.card), "score": item.score} for item in found]
+
+
+@router.post(
+    "/models/transition", response_model=schemas.TransitionOut, tags=["models"], summary="Move (admin)"
+)
+def models_transition(
+    request: Request, session: DbSession, admin: AdminUser, body: schemas.TransitionRequest
+):
+    from finetune_platform.tracking.registry import ModelRegistry, Stage
+
+    stage = Stage.parse(body.stage)
+    moved = ModelRegistry(request.app.state.settings).transition(body.name, body.version, stage)
+    audit(
+        session,
+        request,
+        "model.transition",
+        actor=admin,
+        target=f"model:{body.name}@{body.version}",
+        stage=stage.value,
+    )
+    return {
+        "name": moved.name,
+        "version": moved.version,
+        "stage": moved.stage.value,
+        "archived": list(moved.archived),
+    }
+
+
+# -- audit and operations --------------------------------------------------------------------------
+@router.get("/audit/logs", response_model=schemas.AuditPage, tags=["audit"], summary="Audit log (admin)")
+def audit_logs(
+    session: DbSession,
+    admin: AdminUser,
+    actor_id: Annotated[int | None, Query(description="Only this user's entries.")] = None,
+    action: Annotated[str | None, Query(max_length=64, description="Only this action.")] = None,
+    outcome: Annotated[str | None, Query(max_length=16, description="ok, failed or denied.")] = None,
+    target: Annotated[str | None, Query(max_length=255, description="Only this target.")] = None,
+    since: Annotated[datetime | None, Query(description="From this time (ISO).")] = None,
+    until: Annotated[datetime | None, Query(description="Before this time (ISO).")] = None,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
+):
+    from finetune_platform.services.audit import list_entries
+
+    entries, total = list_entries(
+        session,
+        actor_id=actor_id,
+        action=action,
+        outcome=outcome,
+        target=target,
+        since=since,
+        until=until,
+        offset=offset,
+        limit=limit,
+    )
+    return {"data": [asdict(entry) for entry in entries], "count": total}
+
+
+@router.get(
+    "/health", response_model=schemas.Health, tags=["operations"], summary="Liveness and database check"
+)
+def health(request: Request):
+    from sqlalchemy import text
+
+    from finetune_platform import __version__
+    from finetune_platform.db.session import engine_for
+
+    try:
+        with engine_for(request.app.state.settings.database_url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as exc:
+        database = f"{exc.__class__.__name__}"
+    return {"status": "ok" if database == "ok" else "degraded", "database": database, "version": __version__}

@@ -1,0 +1,189 @@
+"""Request and response bodies. Requests forbid unknown fields: server-owned ones cannot be smuggled in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PAGE = 100
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Token(BaseModel):
+    access_token: str = Field(description="JWT (HS256) to send as `Authorization: Bearer <token>`.")
+    token_type: str = Field(default="bearer", description="Always `bearer`.")
+    expires_in: int = Field(description="Seconds until the token expires.")
+
+
+class UserOut(BaseModel):
+    id: int = Field(description="User id.")
+    username: str = Field(description="Login name.")
+    role: str = Field(description="`admin` or `user`.")
+    is_active: bool = Field(description="Disabled users cannot log in; their tokens are refused.")
+    created_at: datetime = Field(description="When the account was created.")
+
+
+class UserCreate(Strict):
+    username: str = Field(min_length=2, max_length=64, description="Login name: letters, digits, . _ @ -.")
+    password: str = Field(min_length=8, max_length=256, description="At least 8 characters.")
+    role: str = Field(default="user", description="`admin` or `user`.")
+
+
+class UserPatch(Strict):
+    role: str | None = Field(default=None, description="New role: `admin` or `user`.")
+    is_active: bool | None = Field(
+        default=None, description="false disables the account and revokes its tokens."
+    )
+    password: str | None = Field(
+        default=None, min_length=8, max_length=256, description="New password (revokes the user's tokens)."
+    )
+
+
+class PasswordChange(Strict):
+    current_password: str = Field(max_length=256, description="The password in use now.")
+    new_password: str = Field(min_length=8, max_length=256, description="At least 8 characters.")
+
+
+class TrainRequest(Strict):
+    config: dict[str, Any] = Field(
+        description=(
+            "A training config (`finetune config schema`) without data file paths or output_dir: the "
+            "server fills them from the datasets named below."
+        )
+    )
+    dataset_id: str = Field(max_length=36, description="Id of an uploaded training dataset (POST /datasets).")
+    validation_dataset_id: str | None = Field(
+        default=None, max_length=36, description="Id of an uploaded validation dataset (optional)."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the job is failed.")
+
+
+class TaskOut(BaseModel):
+    id: str = Field(description="Task (job) id.")
+    owner_id: int = Field(description="Id of the user who submitted it.")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    stage: str | None = Field(description="While running: validating, training, evaluating or registering.")
+    progress: dict[str, Any] = Field(
+        description="step, max_steps, epoch, percent, loss, learning_rate, metrics (latest evaluation)."
+    )
+    attempts: int = Field(description="Attempts started so far.")
+    max_attempts: int = Field(description="Attempts allowed before the task fails.")
+    error: str | None = Field(description="Why the last attempt failed, or why the task failed.")
+    dataset_version: str | None = Field(description="Content version of the training data.")
+    run_id: str | None = Field(description="MLflow run id.")
+    model_name: str | None = Field(description="Registered model name, once registered.")
+    model_version: int | None = Field(description="Registered model version, once registered.")
+    cancel_requested: bool = Field(description="A cancel was asked while running.")
+    created_at: datetime = Field(description="Submission time.")
+    started_at: datetime | None = Field(description="First start.")
+    finished_at: datetime | None = Field(description="End time, when finished.")
+
+
+class TaskPage(BaseModel):
+    data: list[TaskOut] = Field(description="Tasks, newest first.")
+    count: int = Field(description="Tasks matching the filter, in all pages.")
+
+
+class TaskEvent(BaseModel):
+    at: str = Field(description="ISO time.")
+    kind: str = Field(description="submitted, started, stage, resumed, retrying, preempted, succeeded, …")
+    message: str = Field(description="What happened.")
+
+
+class TaskLogs(BaseModel):
+    events: list[TaskEvent] = Field(description="The task's events, oldest first.")
+    log_lines: list[str] = Field(description="The last lines of the run's logs.txt.")
+
+
+class DatasetOut(BaseModel):
+    id: str = Field(description="Dataset id, for POST /train.")
+    name: str = Field(description="The file name given at upload (a label only).")
+    format: str = Field(description="csv, tsv, jsonl, json or parquet.")
+    size_bytes: int = Field(description="Size of the stored file.")
+    rows: int = Field(description="Rows read.")
+    version: str | None = Field(description="Content version (first 12 hex digits of its hash).")
+    valid: bool = Field(description="False when validation found errors; the report says which rows.")
+    created_at: datetime = Field(description="Upload time.")
+
+
+class DatasetUploaded(DatasetOut):
+    report: dict[str, Any] = Field(description="The validation report (checks, issues with rows and fixes).")
+
+
+class DatasetPage(BaseModel):
+    data: list[DatasetOut] = Field(description="Datasets, newest first.")
+    count: int = Field(description="Datasets in all pages.")
+
+
+class ModelCardOut(BaseModel):
+    name: str = Field(description="Registered model name.")
+    version: int = Field(description="Version number.")
+    stage: str = Field(description="None, Staging, Production or Archived.")
+    base_model: str = Field(description="Base model the adapter was trained from.")
+    language: str = Field(description="Language of the training data.")
+    task: str = Field(description="Task, e.g. text-classification.")
+    description: str = Field(description="What the model is for.")
+    metrics: dict[str, float] = Field(description="Final evaluation metrics.")
+    tags: list[str] = Field(description="Free-form tags.")
+    labels: list[str] = Field(description="Class labels.")
+    dataset_version: str | None = Field(description="Version of the training data.")
+    created_at: str = Field(description="Registration time.")
+
+
+class Recommended(BaseModel):
+    card: ModelCardOut = Field(description="The model version.")
+    score: float = Field(description="Cosine similarity to the query, -1 to 1.")
+
+
+class RecommendRequest(Strict):
+    query: str = Field(min_length=1, max_length=2000, description="What the model should do, in words.")
+    top_k: int = Field(default=5, ge=1, le=50, description="How many to return.")
+    language: str | None = Field(default=None, max_length=32, description="Only models for this language.")
+    task: str | None = Field(default=None, max_length=64, description="Only models for this task.")
+    stage: str | None = Field(default=None, max_length=16, description="Only models in this stage.")
+
+
+class TransitionRequest(Strict):
+    name: str = Field(max_length=128, description="Registered model name.")
+    version: int = Field(ge=1, description="Version to move.")
+    stage: str = Field(max_length=16, description="None, Staging, Production or Archived.")
+
+
+class TransitionOut(BaseModel):
+    name: str = Field(description="Registered model name.")
+    version: int = Field(description="Version moved.")
+    stage: str = Field(description="Its new stage.")
+    archived: list[int] = Field(description="Versions moved out of Production by this transition.")
+
+
+class AuditOut(BaseModel):
+    id: int = Field(description="Entry id (chain order).")
+    at: datetime = Field(description="When.")
+    actor_id: int | None = Field(description="Who (user id), if known.")
+    action: str = Field(description="What, e.g. train.submit, login, denied.")
+    target: str | None = Field(description="On what, e.g. task:<id>.")
+    outcome: str = Field(description="ok, failed or denied.")
+    address: str | None = Field(description="Client address.")
+    detail: dict[str, Any] = Field(description="More about it.")
+
+
+class AuditPage(BaseModel):
+    data: list[AuditOut] = Field(description="Entries, newest first.")
+    count: int = Field(description="Entries matching the filters, in all pages.")
+
+
+class MlflowStatus(BaseModel):
+    backend: str = Field(description="`server` or `embedded` (a SQLite store beside the API).")
+    reachable: bool = Field(description="Whether the tracking store answered.")
+    ui_url: str | None = Field(description="Where to open the MLflow UI, if known.")
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok` when the database answers, else `degraded`.")
+    database: str = Field(description="`ok` or the error.")
+    version: str = Field(description="Platform version.")

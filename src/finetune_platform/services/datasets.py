@@ -1,0 +1,146 @@
+"""Uploaded datasets: stored under a server-chosen path, validated once, visible to their owner only."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePath
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from finetune_platform.db.models import Dataset, utcnow
+from finetune_platform.errors import ConfigError, NotFoundError
+from finetune_platform.services.users import UserPublic
+from finetune_platform.settings import Settings
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class DatasetPublic:
+    id: str
+    name: str
+    format: str
+    size_bytes: int
+    rows: int
+    version: str | None
+    valid: bool
+    created_at: datetime
+    owner_id: int
+
+    @classmethod
+    def of(cls, row: Dataset) -> DatasetPublic:
+        return cls(
+            row.id,
+            row.name,
+            row.format,
+            row.size_bytes,
+            row.rows,
+            row.version,
+            row.valid,
+            row.created_at,
+            row.owner_id,
+        )
+
+
+def display_name(name: str) -> str:
+    """The client's file name as a label only: its last component, printable, at most 255 characters."""
+    base = PurePath(name.replace("\\", "/")).name
+    cleaned = "".join(ch for ch in base if ch.isprintable()).strip()
+    if not cleaned or cleaned in {".", ".."}:
+        raise ConfigError(f"name {name!r}: give a file name such as train.csv")
+    return cleaned[:255]
+
+
+def check_name(name: str) -> tuple[str, str]:
+    """(display name, suffix) of an upload, or ConfigError naming the problem."""
+    label = display_name(name)
+    suffix = PurePath(label).suffix.lower()
+    if suffix not in FORMATS:
+        supported = ", ".join(FORMATS)
+        raise ConfigError(
+            f"name {label!r}: unknown format {suffix or '(no extension)'!r}; supported: {supported}"
+        )
+    return label, suffix
+
+
+def register_upload(
+    session: Session,
+    settings: Settings,
+    user: UserPublic,
+    name: str,
+    received: Path,
+    size: int,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> tuple[DatasetPublic, dict[str, Any]]:
+    """Move a fully received upload to its server-named place, validate it and record it.
+
+    The file is kept and recorded even when validation finds errors: the report says what to fix.
+    """
+    from finetune_platform.data.validation import ValidationOptions, validate_dataset
+
+    label, suffix = check_name(name)
+    dataset_id = str(uuid.uuid4())
+    folder = settings.uploads_dir / str(user.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dataset_id}{suffix}"
+    os.replace(received, path)
+    try:
+        report = validate_dataset(path, ValidationOptions(text_column=text_column, label_column=label_column))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    file_report = report.file("train")
+    document = report.to_json()
+    document["files"][0]["path"] = label  # the server path stays private
+    row = Dataset(
+        id=dataset_id,
+        owner_id=user.id,
+        name=label,
+        path=str(path.resolve()),
+        format=FORMATS[suffix],
+        size_bytes=size,
+        rows=file_report.rows_read,
+        version=file_report.version,
+        valid=report.ok,
+        report=document,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return DatasetPublic.of(row), document
+
+
+def _visible(session: Session, user: UserPublic, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.owner_id != user.id:  # datasets are private, admins' included
+        raise NotFoundError(f"no dataset {dataset_id!r}")
+    return row
+
+
+def get_dataset(session: Session, user: UserPublic, dataset_id: str) -> DatasetPublic:
+    return DatasetPublic.of(_visible(session, user, dataset_id))
+
+
+def dataset_report(session: Session, user: UserPublic, dataset_id: str) -> dict[str, Any]:
+    return dict(_visible(session, user, dataset_id).report)
+
+
+def dataset_path(session: Session, user: UserPublic, dataset_id: str) -> Path:
+    """Where a visible dataset lives (for the training config); only the server ever sees it."""
+    return Path(_visible(session, user, dataset_id).path)
+
+
+def list_datasets(
+    session: Session, user: UserPublic, *, offset: int = 0, limit: int = 50
+) -> tuple[list[DatasetPublic], int]:
+    query = select(Dataset).where(Dataset.owner_id == user.id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id).offset(offset).limit(limit))
+    return [DatasetPublic.of(row) for row in rows], total

@@ -1,0 +1,151 @@
+"""Who may call what: a table of every route against anonymous, owner, another user and an admin."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import SAMPLE
+
+ROLES = ("anonymous", "alice", "bob", "root")  # alice owns the dataset and the task
+
+
+def request_for(route: str, api):
+    """(method, url, keyword arguments) of a valid request to ``route`` with alice's objects."""
+    import secrets
+
+    dataset, task = api.ids["dataset"], api.ids["task"]
+    train_body = {"config": {"experiment": "matrix"}, "dataset_id": dataset}
+    return {
+        "POST /logout": ("POST", "/logout", {}),
+        "GET /users/me": ("GET", "/users/me", {}),
+        "GET /users": ("GET", "/users", {}),
+        "POST /users": (
+            "POST",
+            "/users",
+            {"json": {"username": f"new{secrets.token_hex(4)}", "password": "long enough"}},
+        ),
+        "GET /users/{id}": ("GET", f"/users/{api.ids['alice']}", {}),
+        "PATCH /users/{id}": ("PATCH", f"/users/{api.ids['bob']}", {"json": {"role": "user"}}),
+        "POST /train": ("POST", "/train", {"json": train_body}),
+        "POST /datasets": ("POST", "/datasets?name=more.csv", {"content": SAMPLE}),
+        "GET /datasets": ("GET", "/datasets", {}),
+        "GET /datasets/{id}/report": ("GET", f"/datasets/{dataset}/report", {}),
+        "GET /task/{id}": ("GET", f"/task/{task}", {}),
+        "GET /tasks": ("GET", "/tasks", {}),
+        "GET /task/{id}/logs": ("GET", f"/task/{task}/logs", {}),
+        "POST /task/{id}/cancel": ("POST", f"/task/{task}/cancel", {}),
+        "GET /experiments": ("GET", "/experiments", {}),
+        "GET /experiments/mlflow/{run_id}": ("GET", "/experiments/mlflow/0123456789abcdef", {}),
+        "GET /mlflow": ("GET", "/mlflow", {}),
+        "GET /models/search": ("GET", "/models/search", {}),
+        "POST /models/recommend": ("POST", "/models/recommend", {"json": {"query": "sentiment of reviews"}}),
+        "POST /models/transition": (
+            "POST",
+            "/models/transition",
+            {"json": {"name": "nothing", "version": 1, "stage": "Production"}},
+        ),
+        "GET /audit/logs": ("GET", "/audit/logs", {}),
+        "GET /health": ("GET", "/health", {}),
+        "GET /metrics": ("GET", "/metrics", {}),
+    }[route]
+
+
+# route: expected status for (anonymous, alice = owner, bob = another user, root = admin)
+MATRIX = {
+    "POST /logout": (401, 204, 204, 204),
+    "GET /users/me": (401, 200, 200, 200),
+    "GET /users": (401, 403, 403, 200),
+    "POST /users": (401, 403, 403, 201),
+    "GET /users/{id}": (401, 403, 403, 200),
+    "PATCH /users/{id}": (401, 403, 403, 200),
+    "POST /train": (401, 201, 404, 404),  # the dataset is alice's: nobody else can train on it
+    "POST /datasets": (401, 201, 201, 201),
+    "GET /datasets": (401, 200, 200, 200),
+    "GET /datasets/{id}/report": (401, 200, 404, 404),  # datasets are private, admins' included
+    "GET /task/{id}": (401, 200, 404, 200),
+    "GET /tasks": (401, 200, 200, 200),
+    "GET /task/{id}/logs": (401, 200, 404, 200),
+    "POST /task/{id}/cancel": (401, 200, 404, 200),
+    "GET /experiments": (401, 403, 403, 200),
+    "GET /experiments/mlflow/{run_id}": (401, 403, 403, 404),
+    "GET /mlflow": (200, 200, 200, 200),
+    "GET /models/search": (401, 200, 200, 200),
+    "POST /models/recommend": (401, 200, 200, 200),
+    "POST /models/transition": (401, 403, 403, 404),
+    "GET /audit/logs": (401, 403, 403, 200),
+    "GET /health": (200, 200, 200, 200),
+    "GET /metrics": (200, 200, 200, 200),
+}
+
+
+def test_the_matrix_covers_every_route(api):
+    documented = {
+        f"{method.upper()} {path}".replace("{user_id}", "{id}")
+        .replace("{task_id}", "{id}")
+        .replace("{dataset_id}", "{id}")
+        for path, item in api.app.openapi()["paths"].items()
+        for method in item
+    }
+    assert documented - {"POST /login", "POST /users/me/password"} == set(MATRIX)
+
+
+@pytest.mark.parametrize("route", sorted(MATRIX))
+@pytest.mark.parametrize("role", ROLES)
+def test_access(api, route, role):
+    expected = MATRIX[route][ROLES.index(role)]
+    method, url, kwargs = request_for(route, api)
+    response = api.as_(None if role == "anonymous" else role).request(method, url, **kwargs)
+    assert response.status_code == expected, response.text
+    if expected == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    if expected == 404 and "{id}" in route:
+        assert "no " in response.json()["detail"]  # the same answer as for an id that does not exist
+
+
+def test_lists_never_show_other_users_objects(api):
+    def ids(client, url):
+        page = client.get(url).json()
+        assert page["count"] == len(page["data"]) or len(page["data"]) == 50
+        return {row["id"] for row in page["data"]}
+
+    bob, root = api.as_("bob"), api.as_("root")
+    assert api.ids["task"] not in ids(bob, "/tasks?limit=100")
+    assert all(row["owner_id"] == api.ids["bob"] for row in bob.get("/tasks").json()["data"])
+    assert api.ids["dataset"] not in ids(bob, "/datasets?limit=100")
+    assert api.ids["task"] in ids(root, "/tasks?limit=100")  # admins see every task
+    assert api.ids["dataset"] not in ids(root, "/datasets?limit=100")  # but only their own datasets
+
+
+def test_server_owned_fields_are_refused(api):
+    alice = api.as_("alice")
+    dataset = api.ids["dataset"]
+    for body, field in (
+        ({"config": {}, "dataset_id": dataset, "owner_id": api.ids["bob"]}, "body.owner_id"),
+        ({"config": {}, "dataset_id": dataset, "status": "succeeded"}, "body.status"),
+    ):
+        response = alice.post("/train", json=body)
+        assert response.status_code == 422
+        assert response.json()["problems"][0]["field"] == field
+    for config, message in (
+        ({"output_dir": "/etc"}, "config.output_dir: set by the server"),
+        ({"data": {"train_file": "/etc/passwd"}}, "config.data.train_file: set by the server"),
+        ({"model": {"base_model": "../../secrets"}}, "a model name, not a path on the server"),
+    ):
+        response = alice.post("/train", json={"config": config, "dataset_id": dataset})
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+    root = api.as_("root")
+    response = root.post("/users", json={"username": "x1", "password": "long enough", "id": 1})
+    assert response.status_code == 422
+    response = alice.post(
+        "/users/me/password",
+        json={"current_password": "long enough", "new_password": "x" * 9, "role": "admin"},
+    )
+    assert response.status_code == 422
+
+
+def test_page_sizes_are_capped(api):
+    alice = api.as_("alice")
+    assert alice.get("/tasks?limit=100").status_code == 200
+    response = alice.get("/tasks?limit=101")
+    assert response.status_code == 422 and response.json()["problems"][0]["field"] == "query.limit"
+    assert api.as_("root").get("/audit/logs?limit=1000").status_code == 422
