@@ -45,16 +45,22 @@ def test_changes_and_denials_are_recorded_with_who_what_where(api):
 
 
 def test_concurrent_writers_keep_one_valid_chain(api):
+    errors: list[str] = []
+
     def write(worker: int) -> None:
         for number in range(10):
-            with session_scope(api.settings) as session:
-                record(session, "test.concurrent", actor_id=None, target=f"w{worker}-{number}")
+            try:
+                with session_scope(api.settings) as session:
+                    record(session, "test.concurrent", actor_id=None, target=f"w{worker}-{number}")
+            except Exception as exc:
+                errors.append(repr(exc))
 
     threads = [threading.Thread(target=write, args=(worker,)) for worker in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert errors == []
     with session_scope(api.settings) as session:
         report = verify_chain(session)
     assert report.ok, report.problem

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import re
 import json
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta
 

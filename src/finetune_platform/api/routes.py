@@ -8,7 +8,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from fastapi import (
+    Path as PathParam,
+)
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 
@@ -16,10 +28,11 @@ from finetune_platform.api import schemas
 from finetune_platform.api.deps import AdminUser, CurrentUser, DbSession, audit, client_address, unauthorized
 from finetune_platform.errors import ConfigError, NotFoundError
 
-router = APIRouter()
+router = APIRouter(responses=schemas.ERRORS)
 PageLimit = Annotated[int, Query(ge=1, le=schemas.MAX_PAGE, description="Page size (at most 100).")]
 PageOffset = Annotated[int, Query(ge=0, le=1_000_000, description="Entries to skip.")]
 BAD_LOGIN = "incorrect username or password"
+UserId = Annotated[int, PathParam(ge=1, le=2_147_483_647, description="User id.")]
 
 
 # -- accounts --------------------------------------------------------------------------------------
@@ -92,14 +105,14 @@ def create(request: Request, session: DbSession, admin: AdminUser, body: schemas
 
 
 @router.get("/users/{user_id}", response_model=schemas.UserOut, tags=["users"], summary="One account (admin)")
-def user_detail(user_id: int, session: DbSession, admin: AdminUser):
+def user_detail(user_id: UserId, session: DbSession, admin: AdminUser):
     from finetune_platform.services.users import get_user_public
 
     return asdict(get_user_public(session, user_id))
 
 
 @router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"], summary="Change (admin)")
-def update(user_id: int, request: Request, session: DbSession, admin: AdminUser, body: schemas.UserPatch):
+def update(user_id: UserId, request: Request, session: DbSession, admin: AdminUser, body: schemas.UserPatch):
     from finetune_platform.services.users import update_user
 
     user = update_user(session, user_id, role=body.role, is_active=body.is_active, password=body.password)
@@ -126,7 +139,13 @@ async def upload_dataset(
     request: Request,
     user: CurrentUser,
     name: Annotated[
-        str, Query(min_length=1, max_length=255, description="File name, e.g. train.csv (a label).")
+        str,
+        Query(
+            min_length=5,
+            max_length=255,
+            pattern=schemas.DATASET_NAME_PATTERN,
+            description="File name ending in .csv, .tsv, .jsonl, .json or .parquet (a label only).",
+        ),
     ],
     text_column: Annotated[str, Query(max_length=128, description="Column with the text.")] = "text",
     label_column: Annotated[str, Query(max_length=128, description="Column with the label.")] = "label",
@@ -388,10 +407,11 @@ def models_search(
     base_model: Annotated[str | None, Query(max_length=200, description="Exact base model.")] = None,
     language: Annotated[str | None, Query(max_length=32, description="Language, e.g. English.")] = None,
     task_name: Annotated[str | None, Query(alias="task", max_length=64, description="Task.")] = None,
-    stage: Annotated[str | None, Query(max_length=16, description="Stage.")] = None,
+    stage: Annotated[schemas.StageName | None, Query(description="Stage.")] = None,
     tag: Annotated[list[str] | None, Query(max_length=20, description="Required tags (repeatable).")] = None,
     metric: Annotated[
-        list[str] | None, Query(max_length=10, description="Thresholds such as accuracy>=0.9 (repeatable).")
+        list[Annotated[str, Query(pattern=schemas.THRESHOLD_PATTERN)]] | None,
+        Query(max_length=10, description="Thresholds such as accuracy>=0.9 (repeatable)."),
     ] = None,
     limit: PageLimit = 50,
 ):

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# SQLite hands back naive datetimes (stored as UTC): responses always carry the zone (RFC 3339).
+Timestamp = Annotated[
+    datetime, AfterValidator(lambda moment: moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+]
 
 MAX_PAGE = 100
+USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$"
+DATASET_NAME_PATTERN = (
+    r"^.*[.]([cC][sS][vV]|[tT][sS][vV]|[jJ][sS][oO][nN][lL]?|[pP][aA][rR][qQ][uU][eE][tT])$"
+)
+THRESHOLD_PATTERN = (
+    r"^\s*[A-Za-z_][A-Za-z0-9_.]*\s*(>=|<=|==|=|>|<)\s*[-+]?[0-9]*[.]?[0-9]+([eE][-+]?[0-9]+)?\s*$"
+)
+RoleName = Literal["admin", "user"]
+StageName = Literal["None", "Staging", "Production", "Archived"]
 
 
 class Strict(BaseModel):
@@ -25,17 +39,22 @@ class UserOut(BaseModel):
     username: str = Field(description="Login name.")
     role: str = Field(description="`admin` or `user`.")
     is_active: bool = Field(description="Disabled users cannot log in; their tokens are refused.")
-    created_at: datetime = Field(description="When the account was created.")
+    created_at: Timestamp = Field(description="When the account was created.")
 
 
 class UserCreate(Strict):
-    username: str = Field(min_length=2, max_length=64, description="Login name: letters, digits, . _ @ -.")
+    username: str = Field(
+        min_length=2,
+        max_length=64,
+        pattern=USERNAME_PATTERN,
+        description="Login name: letters, digits, . _ @ -.",
+    )
     password: str = Field(min_length=8, max_length=256, description="At least 8 characters.")
-    role: str = Field(default="user", description="`admin` or `user`.")
+    role: RoleName = Field(default="user", description="`admin` or `user`.")
 
 
 class UserPatch(Strict):
-    role: str | None = Field(default=None, description="New role: `admin` or `user`.")
+    role: RoleName | None = Field(default=None, description="New role: `admin` or `user`.")
     is_active: bool | None = Field(
         default=None, description="false disables the account and revokes its tokens."
     )
@@ -79,9 +98,9 @@ class TaskOut(BaseModel):
     model_name: str | None = Field(description="Registered model name, once registered.")
     model_version: int | None = Field(description="Registered model version, once registered.")
     cancel_requested: bool = Field(description="A cancel was asked while running.")
-    created_at: datetime = Field(description="Submission time.")
-    started_at: datetime | None = Field(description="First start.")
-    finished_at: datetime | None = Field(description="End time, when finished.")
+    created_at: Timestamp = Field(description="Submission time.")
+    started_at: Timestamp | None = Field(description="First start.")
+    finished_at: Timestamp | None = Field(description="End time, when finished.")
 
 
 class TaskPage(BaseModel):
@@ -108,7 +127,7 @@ class DatasetOut(BaseModel):
     rows: int = Field(description="Rows read.")
     version: str | None = Field(description="Content version (first 12 hex digits of its hash).")
     valid: bool = Field(description="False when validation found errors; the report says which rows.")
-    created_at: datetime = Field(description="Upload time.")
+    created_at: Timestamp = Field(description="Upload time.")
 
 
 class DatasetUploaded(DatasetOut):
@@ -145,13 +164,13 @@ class RecommendRequest(Strict):
     top_k: int = Field(default=5, ge=1, le=50, description="How many to return.")
     language: str | None = Field(default=None, max_length=32, description="Only models for this language.")
     task: str | None = Field(default=None, max_length=64, description="Only models for this task.")
-    stage: str | None = Field(default=None, max_length=16, description="Only models in this stage.")
+    stage: StageName | None = Field(default=None, description="Only models in this stage.")
 
 
 class TransitionRequest(Strict):
     name: str = Field(max_length=128, description="Registered model name.")
     version: int = Field(ge=1, description="Version to move.")
-    stage: str = Field(max_length=16, description="None, Staging, Production or Archived.")
+    stage: StageName = Field(description="None, Staging, Production or Archived.")
 
 
 class TransitionOut(BaseModel):
@@ -163,7 +182,7 @@ class TransitionOut(BaseModel):
 
 class AuditOut(BaseModel):
     id: int = Field(description="Entry id (chain order).")
-    at: datetime = Field(description="When.")
+    at: Timestamp = Field(description="When.")
     actor_id: int | None = Field(description="Who (user id), if known.")
     action: str = Field(description="What, e.g. train.submit, login, denied.")
     target: str | None = Field(description="On what, e.g. task:<id>.")
@@ -187,3 +206,31 @@ class Health(BaseModel):
     status: str = Field(description="`ok` when the database answers, else `degraded`.")
     database: str = Field(description="`ok` or the error.")
     version: str = Field(description="Platform version.")
+
+
+class Problem(BaseModel):
+    field: str = Field(description="Where: body.<field>, query.<name>, path.<name> or header.<name>.")
+    message: str = Field(description="What is wrong with it.")
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What went wrong, safe to show.")
+    code: str | None = Field(
+        default=None, description="Machine-readable error code, when the platform raised it."
+    )
+    problems: list[Problem] | None = Field(default=None, description="Each invalid field (422).")
+    report: dict[str, Any] | None = Field(default=None, description="The dataset validation report (422).")
+
+
+ERRORS = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in (
+        (401, "Not authenticated, or the token is invalid, expired or revoked."),
+        (403, "Authenticated, but the role does not allow it."),
+        (404, "No such object, or it belongs to someone else."),
+        (409, "Conflicts with the current state (e.g. the task already finished)."),
+        (413, "The upload is larger than the limit."),
+        (422, "Invalid request: the fields named in `problems`, or an invalid config or dataset."),
+        (429, "Too many failed logins from this address; retry after `Retry-After` seconds."),
+    )
+}

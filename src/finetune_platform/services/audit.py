@@ -2,8 +2,9 @@
 
 Each entry stores the previous entry's hash and its own hash over its fields and that link, so editing
 or deleting a past entry breaks the chain at that point (``verify_chain`` says where). On PostgreSQL
-the table also refuses UPDATE, DELETE and TRUNCATE. Concurrent writers stay on one chain: ``prev_hash``
-is unique, so of two writers extending the same tail one fails and retries on the new tail.
+the table also refuses UPDATE, DELETE and TRUNCATE. Concurrent writers stay on one chain: appends take
+a lock (an advisory lock on PostgreSQL, the write lock on SQLite) before reading the tail, and
+``prev_hash`` is unique, so a writer that still extends a stale tail fails and retries on the new one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from finetune_platform.db.models import AuditEvent, utcnow
 
 GENESIS = "0" * 64
+AUDIT_LOCK = 0x617564697400  # the PostgreSQL advisory lock key of audit appends
 MAX_PAGE = 100
 
 
@@ -57,11 +59,14 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> None:
     """Append one entry in the caller's transaction (a savepoint, retried when another writer won the tail)."""
-    sqlite = session.get_bind().dialect.name == "sqlite"
+    dialect = session.get_bind().dialect.name
     for _ in range(20):
         savepoint = session.begin_nested()
         try:
-            if sqlite:  # take the write lock before reading the tail (SQLite cannot upgrade a read later)
+            # Appends take turns (until the transaction ends), so a writer reads the tail it extends.
+            if dialect == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK})
+            elif dialect == "sqlite":  # the write lock now: SQLite cannot upgrade a read to a write later
                 session.execute(text("UPDATE audit_events SET id = id WHERE 0"))
             tail = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
             event = AuditEvent(

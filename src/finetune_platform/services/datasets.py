@@ -47,24 +47,20 @@ class DatasetPublic:
         )
 
 
-def display_name(name: str) -> str:
-    """The client's file name as a label only: its last component, printable, at most 255 characters."""
-    base = PurePath(name.replace("\\", "/")).name
-    cleaned = "".join(ch for ch in base if ch.isprintable()).strip()
-    if not cleaned or cleaned in {".", ".."}:
-        raise ConfigError(f"name {name!r}: give a file name such as train.csv")
-    return cleaned[:255]
-
-
 def check_name(name: str) -> tuple[str, str]:
-    """(display name, suffix) of an upload, or ConfigError naming the problem."""
-    label = display_name(name)
-    suffix = PurePath(label).suffix.lower()
-    if suffix not in FORMATS:
+    """(display label, suffix) of an upload name. The name is a label only: its last path component,
+    printable characters only, at most 255; the suffix picks the format."""
+    import re
+
+    found = re.search(r"[.](csv|tsv|jsonl|json|parquet)$", name, re.IGNORECASE)
+    if found is None:
         supported = ", ".join(FORMATS)
-        raise ConfigError(
-            f"name {label!r}: unknown format {suffix or '(no extension)'!r}; supported: {supported}"
-        )
+        raise ConfigError(f"name {name[:100]!r}: unknown format; the name must end in one of {supported}")
+    suffix = found.group(0).lower()
+    base = PurePath(name.replace("\\", "/")).name
+    label = "".join(ch for ch in base if ch.isprintable()).strip()[-255:]
+    if label.lower() in {"", ".", "..", suffix}:
+        label = f"dataset{suffix}"
     return label, suffix
 
 
