@@ -48,11 +48,15 @@ def test_a_task_submitted_over_http_is_trained_by_a_worker(tmp_path):
         wait_for(answers, 60, "the API to answer /health")
         assert httpx.get(f"{base}/docs").status_code == 200
         with httpx.Client(base_url=base, timeout=30) as client:
-            token = client.post("/login", data={"username": "alice", "password": PASSWORD}).json()["access_token"]
+            token = client.post("/login", data={"username": "alice", "password": PASSWORD}).json()[
+                "access_token"
+            ]
             client.headers["Authorization"] = f"Bearer {token}"
             dataset = client.post("/datasets", params={"name": "reviews.csv"}, content=SAMPLE).json()
             validation = client.post(
-                "/datasets", params={"name": "validation.csv"}, content=(ROOT / "data/sample/validation.csv").read_bytes()
+                "/datasets",
+                params={"name": "validation.csv"},
+                content=(ROOT / "data/sample/validation.csv").read_bytes(),
             ).json()
             config = {
                 "experiment": "http",
@@ -61,19 +65,33 @@ def test_a_task_submitted_over_http_is_trained_by_a_worker(tmp_path):
             }
             response = client.post(
                 "/train",
-                json={"config": config, "dataset_id": dataset["id"], "validation_dataset_id": validation["id"]},
+                json={
+                    "config": config,
+                    "dataset_id": dataset["id"],
+                    "validation_dataset_id": validation["id"],
+                },
             )
             assert response.status_code == 201, response.text
             task_id = response.json()["id"]
             env.start_worker("http-worker")
             task = wait_for(
-                lambda: (t := client.get(f"/task/{task_id}").json())["status"] in {"succeeded", "failed"} and t,
+                lambda: (
+                    (t := client.get(f"/task/{task_id}").json())["status"] in {"succeeded", "failed"} and t
+                ),
                 300,
                 "the task to finish",
                 interval=1,
             )
-            assert (task["status"], task["model_name"], task["model_version"]) == ("succeeded", "http-sentiment", 1)
-            assert task["progress"]["step"] == 6 and set(task["progress"]["metrics"]) == {"accuracy", "macro_f1", "loss"}
+            assert (task["status"], task["model_name"], task["model_version"]) == (
+                "succeeded",
+                "http-sentiment",
+                1,
+            )
+            assert task["progress"]["step"] == 6 and set(task["progress"]["metrics"]) == {
+                "accuracy",
+                "macro_f1",
+                "loss",
+            }
             logs = client.get(f"/task/{task_id}/logs").json()
             assert [event["kind"] for event in logs["events"]][-1] == "succeeded"
             assert any("training: 6 steps" in line for line in logs["log_lines"])

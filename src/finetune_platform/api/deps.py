@@ -22,6 +22,7 @@ def settings_of(request: Request) -> Settings:
 
 
 def db(request: Request) -> Iterator[Session]:
+    """One session per request, committed when the handler returns (in the thread pool, like the handler)."""
     with session_scope(request.app.state.settings) as session:
         yield session
 
@@ -34,12 +35,14 @@ def unauthorized(message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def current_user(
-    request: Request, session: Annotated[Session, Depends(db)], token: Annotated[str | None, Depends(bearer)]
-) -> UserPublic:
-    """The caller of a valid, unrevoked token of an active user; 401 otherwise."""
+async def current_user(request: Request, token: Annotated[str | None, Depends(bearer)]) -> UserPublic:
+    """The caller of a valid, unrevoked token of an active user; 401 otherwise.
+
+    Runs on the event loop with one primary-key lookup on a connection it returns at once: no thread
+    hop and no connection held across an await.
+    """
     from finetune_platform.api.auth import InvalidToken
-    from finetune_platform.services.users import user_by_id
+    from finetune_platform.services.users import user_for_token
 
     if not token:
         raise unauthorized("not authenticated: send Authorization: Bearer <token> (POST /login gives one)")
@@ -47,14 +50,14 @@ def current_user(
         claims = request.app.state.tokens.decode(token)
     except InvalidToken as exc:
         raise unauthorized(f"invalid token: {exc}") from None
-    found = user_by_id(session, claims.user_id)
-    if found is None or not found[0].is_active or found[1] != claims.token_version:
+    user = user_for_token(request.app.state.settings, claims.user_id, claims.token_version)
+    if user is None:
         raise unauthorized("invalid token: revoked, or the account is disabled")
-    request.state.actor_id = found[0].id
-    return found[0]
+    request.state.actor_id = user.id
+    return user
 
 
-def admin_user(request: Request, user: Annotated[UserPublic, Depends(current_user)]) -> UserPublic:
+async def admin_user(request: Request, user: Annotated[UserPublic, Depends(current_user)]) -> UserPublic:
     if user.role != Role.ADMIN.value:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "admin role required")
     return user

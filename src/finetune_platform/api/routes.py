@@ -220,6 +220,14 @@ def dataset_report(dataset_id: str, session: DbSession, user: CurrentUser) -> di
 
 
 # -- training tasks --------------------------------------------------------------------------------
+_TASK_FIELDS = tuple(schemas.TaskOut.model_fields)
+
+
+def task_out(job) -> dict[str, Any]:
+    """The response fields of a job, shallow (``asdict`` would deep-copy its whole config)."""
+    return {name: getattr(job, name) for name in _TASK_FIELDS}
+
+
 _SERVER_FIELDS = (("data", "train_file"), ("data", "validation_file"), ("output_dir",))
 
 
@@ -282,20 +290,23 @@ def train(
     job = submission.job
     if not submission.created:
         response.status_code = status.HTTP_200_OK
-        return asdict(job)
+        return task_out(job)
     audit(session, request, "train.submit", actor=user, target=f"task:{job.id}", dataset=body.dataset_id)
     session.commit()  # the worker must find the row before the message arrives
     from finetune_platform.worker.app import enqueue
 
     enqueue(settings, [job.id], mark=False)
-    return asdict(job)
+    return task_out(job)
 
 
 @router.get("/task/{task_id}", response_model=schemas.TaskOut, tags=["tasks"], summary="Status and progress")
-def task(task_id: str, session: DbSession, user: CurrentUser):
+async def task(task_id: str, request: Request, user: CurrentUser):
+    """Async with one short read inline: the most frequent call (clients poll it) makes no thread hop."""
+    from finetune_platform.db.session import read_scope
     from finetune_platform.services.jobs import get_job
 
-    return asdict(get_job(session, user, task_id))
+    with read_scope(request.app.state.settings) as session:
+        return task_out(get_job(session, user, task_id))
 
 
 @router.get(
@@ -313,7 +324,7 @@ def tasks(
     from finetune_platform.services.jobs import list_jobs
 
     page = list_jobs(session, user, status=status_filter, offset=offset, limit=limit)
-    return {"data": [asdict(job) for job in page.data], "count": page.count}
+    return {"data": [task_out(job) for job in page.data], "count": page.count}
 
 
 @router.post(
@@ -324,7 +335,7 @@ def cancel(task_id: str, request: Request, session: DbSession, user: CurrentUser
 
     job = cancel_job(session, user, task_id)
     audit(session, request, "task.cancel", actor=user, target=f"task:{task_id}", status=job.status)
-    return asdict(job)
+    return task_out(job)
 
 
 @router.get(

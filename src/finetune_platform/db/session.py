@@ -29,13 +29,20 @@ def engine_for(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout); connections are recycled instead, and a connection the
+    # server dropped fails one request, which the client retries.
+    return create_engine(url, pool_recycle=300)
+
+
+@lru_cache(maxsize=8)
+def _session_factory(url: str) -> sessionmaker:
+    return sessionmaker(engine_for(url), expire_on_commit=False)
 
 
 @contextmanager
 def session_scope(settings: Settings) -> Iterator[Session]:
     """Commit on success, roll back on any error, always close."""
-    session = sessionmaker(engine_for(settings.database_url), expire_on_commit=False)()
+    session = _session_factory(settings.database_url)()
     try:
         yield session
         session.commit()
@@ -53,6 +60,23 @@ def _alembic_config(url: str):
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+@lru_cache(maxsize=8)
+def _read_factory(url: str) -> sessionmaker:
+    return sessionmaker(
+        engine_for(url).execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
+
+
+@contextmanager
+def read_scope(settings: Settings) -> Iterator[Session]:
+    """A session for reads only, in autocommit mode: no BEGIN/COMMIT round trips (hot API reads)."""
+    session = _read_factory(settings.database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 def _migrate(settings: Settings, direction: str, revision: str) -> str:
