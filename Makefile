@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 exp ?=
 
-.PHONY: help install demo test test-fast lint format run-local logs-local db-list bench-train clean
+.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api bench-train bench-queue bench-api clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,8 +49,20 @@ logs-local: $(STAMP) ## Show the newest run's logs.txt (exp=NAME for one experim
 db-list: $(STAMP) ## List experiments and runs in the tracking store (exp=NAME shows one experiment's runs)
 	$(if $(exp),$(BIN)/finetune experiments show $(exp),$(BIN)/finetune experiments list)
 
+worker: $(STAMP) ## Run a queue worker (REDIS_URL for Redis; default: the filesystem queue under .finetune)
+	$(BIN)/finetune worker
+
+api: $(STAMP) ## Serve the REST API on 127.0.0.1:8000 (docs at /docs)
+	$(BIN)/finetune api
+
 bench-train: $(STAMP) ## Training throughput: platform recipe vs plain HF Trainer + PEFT on SST-2
 	$(BIN)/python bench/train_throughput.py
+
+bench-queue: $(STAMP) ## Queue latency/throughput vs bare Celery (Redis, filesystem); 20 jobs through 2 workers
+	$(BIN)/python -m bench.queue
+
+bench-api: $(STAMP) ## API throughput and latency vs a bare FastAPI route, 32 clients (needs wrk)
+	$(BIN)/python -m bench.api
 
 clean: ## Remove run folders and embedded state (keeps .venv)
 	rm -rf results .finetune .pytest_cache .ruff_cache

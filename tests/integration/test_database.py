@@ -84,7 +84,7 @@ def test_cli_upgrade_and_users(db_settings, monkeypatch):
         before = runner.invoke(app, ["users", "create", "erin", "--password-stdin"], input="long enough\n")
         assert before.exit_code == 2 and "Run `finetune db upgrade` first" in before.output
         upgraded = runner.invoke(app, ["db", "upgrade"])
-        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0002")
+        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0003")
         created = runner.invoke(
             app, ["users", "create", "erin", "--role", "admin", "--password-stdin"], input="long enough\n"
         )
