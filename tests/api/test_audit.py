@@ -23,6 +23,7 @@ def test_changes_and_denials_are_recorded_with_who_what_where(api):
     assert alice.post(f"/task/{task}/cancel").status_code == 200
     assert alice.get("/users").status_code == 403
     assert api.as_(None, address="192.0.2.11").get("/tasks").status_code == 401
+    assert api.as_("bob", address="192.0.2.12").get(f"/task/{task}").status_code == 404
     cancel = entries(api, action="task.cancel", target=f"task:{task}")[0]
     assert (cancel["actor_id"], cancel["outcome"], cancel["address"]) == (
         api.ids["alice"],
@@ -38,6 +39,9 @@ def test_changes_and_denials_are_recorded_with_who_what_where(api):
     }
     anonymous = next(e for e in denied if e["target"] == "GET /tasks" and e["address"] == "192.0.2.11")
     assert anonymous["actor_id"] is None and anonymous["detail"]["status"] == 401
+    hidden = next(e for e in denied if e["address"] == "192.0.2.12")
+    assert (hidden["actor_id"], hidden["target"]) == (api.ids["bob"], "GET /task/{task_id}")
+    assert hidden["detail"] == {"status": 404, "reason": f"no job {task!r}"}
     submitted = entries(api, action="train.submit", target=f"task:{task}")
     assert len(submitted) == 1 and submitted[0]["detail"] == {"dataset": api.ids["dataset"]}
     page = api.as_("root").get("/audit/logs?limit=2&offset=1").json()

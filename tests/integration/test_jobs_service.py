@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from finetune_platform.data.validation import DatasetValidationError
@@ -46,6 +48,18 @@ def test_submit_validates_and_queues_with_an_event(db_settings, people):
     with db.session_scope(db_settings) as session:
         events = jobs.job_events(session, alice, job.id)
     assert [(e["kind"], e["message"]) for e in events] == [("submitted", "queued by alice")]
+    with db.session_scope(db_settings) as session:  # lineage: both files, once each however often used
+        jobs.submit_job(session, alice, quickstart_config())
+        from sqlalchemy import select
+
+        from finetune_platform.db.models import DatasetVersionRecord
+
+        rows = session.scalars(select(DatasetVersionRecord).order_by(DatasetVersionRecord.id)).all()
+    assert [(Path(r.file).name, r.rows, r.owner_id) for r in rows] == [
+        ("train.csv", 320, alice.id),
+        ("validation.csv", 80, alice.id),
+    ]
+    assert rows[0].version == job.dataset_version and sum(rows[0].label_counts.values()) == 320
 
 
 def test_invalid_config_or_data_is_refused_before_queueing(db_settings, people, tmp_path):

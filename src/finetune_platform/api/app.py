@@ -25,7 +25,7 @@ _STATUS = {
     ErrorCode.UNSUPPORTED: 422,
     ErrorCode.INTERNAL: 500,
 }
-DENIALS = {401, 403, 413, 429}
+DENIALS = {401, 403, 404, 413, 429}  # 404: also what another user's object answers
 
 
 class RequestMetrics:

@@ -137,7 +137,44 @@ def submit_job(
             raise
         return Submission(JobPublic.of(existing), created=False)
     _event(session, job, "submitted", f"queued by {user.username}", dataset_version=job.dataset_version)
+    record_dataset_versions(session, report, options, owner_id=user.id)
     return Submission(JobPublic.of(job), created=True)
+
+
+def record_dataset_versions(session: Session, report: Any, options: Any, owner_id: int | None) -> list[str]:
+    """Lineage in the database: one row per (content hash, file) a job trains or validates on."""
+    from pathlib import Path
+
+    from finetune_platform.db.models import DatasetVersionRecord
+
+    versions = []
+    for file_report in report.files:
+        if file_report.content_hash is None:
+            continue
+        path = str(Path(file_report.path).resolve())
+        versions.append(file_report.version)
+        exists = session.scalar(
+            select(DatasetVersionRecord.id).where(
+                DatasetVersionRecord.content_hash == file_report.content_hash,
+                DatasetVersionRecord.file == path,
+            )
+        )
+        if exists is None:
+            session.add(
+                DatasetVersionRecord(
+                    version=file_report.version,
+                    content_hash=file_report.content_hash,
+                    file=path,
+                    format=file_report.format,
+                    rows=file_report.rows_read,
+                    label_counts=dict(file_report.label_counts),
+                    text_column=options.text_column,
+                    label_column=options.label_column,
+                    owner_id=owner_id,
+                )
+            )
+    session.flush()
+    return versions
 
 
 def _visible(session: Session, user: UserPublic, job_id: str) -> Job:
