@@ -62,6 +62,7 @@ COMMANDS = [
     ["jobs", "reconcile"],
     ["worker"],
     ["api"],
+    ["predict"],
     ["audit"],
     ["audit", "verify"],
 ]

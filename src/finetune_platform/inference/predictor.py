@@ -1,0 +1,175 @@
+"""A trained adapter on its base model, ready to classify texts.
+
+Texts are tokenised once, sorted by length and run in batches padded to the longest text of each
+batch; a text longer than the model's max length is truncated and the prediction says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_platform.errors import ConfigError, NotFoundError
+
+logger = logging.getLogger("finetune_platform.inference")
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int | str  # the label as it appeared in the training data
+    label_name: str
+    probability: float
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int | None
+    base_model: str
+    language: str
+    labels: tuple[str, ...]
+    max_length: int
+
+
+class Predictor:
+    """One adapter on its base model. ``merge`` folds the LoRA weights into the base (one model served)."""
+
+    def __init__(
+        self,
+        adapter_dir: Path,
+        base_model: str,
+        *,
+        name: str,
+        version: int | None = None,
+        language: str = "",
+        max_length: int = DEFAULT_MAX_LENGTH,
+        device: str = "cpu",
+        merge: bool = True,
+    ) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from finetune_platform.data.loading import LabelMap
+        from finetune_platform.training.models import resolve_base_model
+
+        adapter_dir = Path(adapter_dir)
+        label_file = adapter_dir / "label_map.json"
+        if not label_file.is_file():
+            raise NotFoundError(f"{adapter_dir}: no label_map.json (not a platform adapter folder)")
+        self.label_map = LabelMap.from_json(json.loads(label_file.read_text(encoding="utf-8")))
+        reference = resolve_base_model(base_model, language or None)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+        names = self.label_map.names
+        model = AutoModelForSequenceClassification.from_pretrained(
+            reference.source,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={label: i for i, label in enumerate(names)},
+            torch_dtype=torch.float32,
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        self.model = (model.merge_and_unload() if merge else model).to(device).eval()
+        self.device = device
+        self.info = ModelInfo(name, version, base_model, reference.language, names, max_length)
+
+    # -- construction from a run folder or the registry --------------------------------------------
+    @classmethod
+    def from_run(cls, run_folder: Path, **options: Any) -> Predictor:
+        from finetune_platform.training.config import read_run_config
+        from finetune_platform.training.run_folder import RunFolder
+
+        run = RunFolder(Path(run_folder))
+        if not run.config_path.is_file():
+            raise NotFoundError(f"{run_folder}: not a run folder (no config.yaml)")
+        config = read_run_config(run.config_path)
+        return cls(
+            run.artifacts_dir,
+            config.model.base_model,
+            name=config.model_name,
+            language=config.model.language or "",
+            max_length=config.model.max_length,
+            **options,
+        )
+
+    @classmethod
+    def from_registry(cls, settings: Any, reference: str, **options: Any) -> Predictor:
+        """``name``, ``name@version`` or ``name@stage``: the verified adapter of that registered version."""
+        from finetune_platform.tracking.registry import ModelRegistry
+
+        adapter_dir, card = ModelRegistry(settings).verified_adapter(reference)
+        max_length = DEFAULT_MAX_LENGTH
+        if card.run_folder and (Path(card.run_folder) / "config.yaml").is_file():
+            from finetune_platform.training.config import read_run_config
+
+            max_length = read_run_config(Path(card.run_folder) / "config.yaml").model.max_length
+        return cls(
+            adapter_dir,
+            card.base_model,
+            name=card.name,
+            version=card.version,
+            language=card.language,
+            max_length=max_length,
+            **options,
+        )
+
+    # -- prediction ----------------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids per text, cut to max length (keeping the closing special token), and whether each was cut."""
+        limit = self.info.max_length
+        encoded = self.tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]
+        over = [len(ids) > limit for ids in encoded]
+        if any(over):
+            cut = self.tokenizer(
+                [t for t, o in zip(texts, over, strict=True) if o], truncation=True, max_length=limit
+            )
+            replacement = iter(cut["input_ids"])
+            encoded = [next(replacement) if o else ids for ids, o in zip(encoded, over, strict=True)]
+        return encoded, over
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+        import torch
+
+        for index, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"text {index}: empty; give the text to classify")
+        encoded, truncated = self._encode(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        probabilities: list[Any] = [None] * len(texts)
+        pad = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                width = max(len(encoded[i]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                    mask[row, : len(encoded[i])] = 1
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for row, values in zip(
+                    batch, torch.softmax(logits.float(), dim=-1).cpu().tolist(), strict=True
+                ):
+                    probabilities[row] = values
+        names, raw = self.label_map.names, self.label_map.raw_values
+        predictions = []
+        for values, cut in zip(probabilities, truncated, strict=True):
+            best = max(range(len(values)), key=values.__getitem__)
+            predictions.append(
+                Prediction(
+                    label=raw[best],
+                    label_name=names[best],
+                    probability=round(values[best], 6),
+                    probabilities={name: round(v, 6) for name, v in zip(names, values, strict=True)},
+                    truncated=cut,
+                )
+            )
+        return predictions

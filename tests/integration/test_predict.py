@@ -1,0 +1,106 @@
+"""Prediction with a trained adapter: the same answers as the training run's own evaluation, truncation
+reported, empty texts refused, and `finetune predict` over a file (every row kept)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import pytest
+
+from finetune_platform.errors import ConfigError
+from finetune_platform.inference.predictor import Predictor
+from finetune_platform.training.config import config_from_dict
+from finetune_platform.training.runner import run_training
+from tests.conftest import finetune_bin, sentiment_rows, tiny_config_dict, write_csv
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert):
+    """One tiny run with string labels (three classes would do too), MLflow off."""
+    from finetune_platform.settings import Settings
+
+    root = tmp_path_factory.mktemp("predict")
+    train = write_csv(root / "train.csv", sentiment_rows(96, seed=1, labels=("pos", "neg")))
+    validation = write_csv(root / "validation.csv", sentiment_rows(32, seed=2, labels=("pos", "neg")))
+    raw = tiny_config_dict(tiny_bert, train, validation, root / "results", max_steps=48, eval_steps=12)
+    settings = Settings(FINETUNE_HOME=root / "home", MLFLOW_ENABLED=False)
+    result = run_training(config_from_dict(raw), settings=settings, show_progress=False)
+    return result, validation
+
+
+def test_predictions_reproduce_the_runs_evaluation(trained):
+    result, validation = trained
+    with validation.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for merge in (True, False):  # merged LoRA weights and the adapter kept separate agree
+        predictor = Predictor.from_run(result.run.root, merge=merge)
+        predictions = predictor.predict([row["text"] for row in rows], batch_size=5)
+        correct = sum(p.label == row["label"] for p, row in zip(predictions, rows, strict=True))
+        assert correct / len(rows) == pytest.approx(result.metrics["eval"]["accuracy"])
+        assert all(abs(sum(p.probabilities.values()) - 1) < 1e-4 for p in predictions)
+        assert {p.label_name for p in predictions} <= {"neg", "pos"}
+    assert predictor.info.labels == ("neg", "pos") and predictor.info.max_length == 32
+
+
+def test_long_texts_are_truncated_and_say_so_and_empty_texts_are_refused(trained):
+    predictor = Predictor.from_run(trained[0].run.root)
+    short, long = predictor.predict(["great film", "great " * 100])
+    assert (short.truncated, long.truncated) == (False, True)
+    with pytest.raises(ConfigError, match="text 1: empty; give the text to classify"):
+        predictor.predict(["fine", "   "])
+
+
+def test_predict_command_writes_a_row_for_every_input_row(trained, tmp_path):
+    result, validation = trained
+    rows = [("great film", "pos"), ("", "neg"), ("awful book " * 40, "neg")]
+    source = write_csv(tmp_path / "in.csv", rows)
+    output = tmp_path / "out" / "predictions.csv"
+    done = subprocess.run(
+        [
+            finetune_bin(),
+            "predict",
+            "--run",
+            str(result.run.root),
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"wrote 3 rows to {output} (2 predicted, 1 empty, 1 truncated at 32 tokens)" in done.stdout
+    assert "accuracy against the 2 labelled rows: " in done.stdout
+    assert "predicting" in done.stderr  # the progress bar
+    with output.open(encoding="utf-8") as handle:
+        written = list(csv.DictReader(handle))
+    assert [row["row"] for row in written] == ["1", "2", "3"]
+    assert written[1]["error"] == "empty text" and written[1]["label"] == ""
+    assert written[2]["truncated"] == "True" and written[0]["label"] in {"pos", "neg"}
+    one = subprocess.run(
+        [finetune_bin(), "predict", "--run", str(result.run.root), "--text", "wonderful concert"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr
+    assert set(json.loads(one.stdout)[0]) == {
+        "label",
+        "label_name",
+        "probability",
+        "probabilities",
+        "truncated",
+    }
+    bad = subprocess.run(
+        [finetune_bin(), "predict", "--run", str(result.run.root), "--input", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "--input needs --output" in bad.stderr
