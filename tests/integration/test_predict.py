@@ -55,7 +55,7 @@ def test_long_texts_are_truncated_and_say_so_and_empty_texts_are_refused(trained
 
 
 def test_predict_command_writes_a_row_for_every_input_row(trained, tmp_path):
-    result, validation = trained
+    result, _ = trained
     rows = [("great film", "pos"), ("", "neg"), ("awful book " * 40, "neg")]
     source = write_csv(tmp_path / "in.csv", rows)
     output = tmp_path / "out" / "predictions.csv"
