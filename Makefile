@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 exp ?=
 
-.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api bench-train bench-queue bench-api clean
+.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,29 @@ worker: $(STAMP) ## Run a queue worker (REDIS_URL for Redis; default: the filesy
 
 api: $(STAMP) ## Serve the REST API on 127.0.0.1:8000 (docs at /docs)
 	$(BIN)/finetune api
+
+SERVE_URL ?= http://127.0.0.1:8080
+text ?= Great!
+POSITIVE_TEXT := An absolutely wonderful film: moving, funny and beautifully acted.
+NEGATIVE_TEXT := A dull, badly written mess that wasted two hours of my life.
+define post_text
+	@$(BIN)/python -c 'import json, sys, urllib.request; request = urllib.request.Request("$(SERVE_URL)/predict", json.dumps({"text": sys.argv[1]}).encode(), {"Content-Type": "application/json"}); print(urllib.request.urlopen(request).read().decode())' $(1)
+endef
+
+serve: $(STAMP) ## Serve predictions on :8080 (the Production model, else the newest; exp=NAME serves that model)
+	$(BIN)/finetune serve $(if $(exp),--model $(exp),)
+
+predict-health: ## Ask the running server for /health
+	@$(BIN)/python -c 'import urllib.request; print(urllib.request.urlopen("$(SERVE_URL)/health").read().decode())'
+
+predict-text: ## Classify text='...' with the running server
+	$(call post_text,"$(text)")
+
+predict-positive: ## Classify a positive review with the running server
+	$(call post_text,"$(POSITIVE_TEXT)")
+
+predict-negative: ## Classify a negative review with the running server
+	$(call post_text,"$(NEGATIVE_TEXT)")
 
 bench-train: $(STAMP) ## Training throughput: platform recipe vs plain HF Trainer + PEFT on SST-2
 	$(BIN)/python bench/train_throughput.py

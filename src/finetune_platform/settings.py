@@ -79,6 +79,20 @@ class Settings(BaseSettings):
     MLFLOW_UI_URL: str | None = Field(
         default=None, description="Address of the MLflow UI shown by GET /mlflow."
     )
+    SERVE_MAX_ADAPTERS: int = Field(
+        default=20, ge=1, description="Adapters kept attached before the least used go."
+    )
+    SERVE_BATCH_WAIT_MS: float = Field(
+        default=0.0, ge=0, le=100, description="Extra time a batch stays open to gather requests (0: none)."
+    )
+    SERVE_MAX_BATCH: int = Field(default=64, ge=1, le=4096, description="Largest /predict/batch request.")
+    SERVE_RESOLVE_SECONDS: float = Field(
+        default=5.0, ge=0, description="How often a stage reference (name@production) is looked up again."
+    )
+    SERVE_API_KEYS: list[SecretStr] = Field(
+        default_factory=list,
+        description="API keys accepted by `finetune serve` (JSON list) besides platform tokens.",
+    )
     BROKER_TRANSPORT_OPTIONS: dict[str, Any] = Field(
         default_factory=dict,
         description='Extra kombu transport options as JSON, e.g. {"visibility_timeout": 3600}.',

@@ -63,6 +63,7 @@ COMMANDS = [
     ["worker"],
     ["api"],
     ["predict"],
+    ["serve"],
     ["audit"],
     ["audit", "verify"],
 ]

@@ -6,7 +6,7 @@ import typer
 
 from finetune_platform import __version__
 from finetune_platform.cli.data import data_app
-from finetune_platform.cli.inference import predict
+from finetune_platform.cli.inference import predict, serve
 from finetune_platform.cli.jobs import jobs_app, worker
 from finetune_platform.cli.registry import experiments_app, models_app
 from finetune_platform.cli.system import api, audit_app, db_app, users_app
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.command()(train)
 app.command()(predict)
+app.command()(serve)
 app.add_typer(config_app, name="config")
 app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")

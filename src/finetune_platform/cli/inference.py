@@ -154,3 +154,30 @@ def _predict_file(predictor, texts: list[str], labels, output: Path, batch_size:
             if str(normalise_label(labels[i])) in {str(results[i].label), results[i].label_name}
         )
         typer.echo(f"accuracy against the {len(valid)} labelled rows: {correct / len(valid):.4f}")
+
+
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Default model: name, name@3 or name@production (default: the Production model, else the newest).",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve predictions over HTTP (POST /predict, /predict/batch; GET /models, /health, /metrics)."""
+    import uvicorn
+
+    from finetune_platform.inference.server import create_serve_app
+
+    app = create_serve_app(settings(), model)
+    try:
+        app.state.pool.load(
+            app.state.pool.key_for(model)
+        )  # fail now, with the reason, if nothing can be served
+    except PlatformError as error:
+        raise fail(error) from None
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -51,6 +51,7 @@ class Predictor:
         max_length: int = DEFAULT_MAX_LENGTH,
         device: str = "cpu",
         merge: bool = True,
+        adapter_name: str = "default",
     ) -> None:
         import torch
         from peft import PeftModel
@@ -58,7 +59,9 @@ class Predictor:
 
         from finetune_platform.data.loading import LabelMap
         from finetune_platform.training.models import resolve_base_model
+        from finetune_platform.training.recipe import quiet_libraries
 
+        quiet_libraries()
         adapter_dir = Path(adapter_dir)
         label_file = adapter_dir / "label_map.json"
         if not label_file.is_file():
@@ -76,7 +79,7 @@ class Predictor:
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
         self.model = (model.merge_and_unload() if merge else model).to(device).eval()
         self.device = device
         self.info = ModelInfo(name, version, base_model, reference.language, names, max_length)

@@ -222,7 +222,7 @@ class LoraClassificationRecipe:
         device = select_device(config.device)
         precision = select_precision(config.precision, device)
         model_ref = resolve_base_model(config.model.base_model, config.model.language)
-        _quiet_libraries()
+        quiet_libraries()
         from transformers import AutoTokenizer, set_seed
 
         with _model_loading(model_ref.name):
@@ -423,7 +423,7 @@ class LoraClassificationRecipe:
         self.trainer = None
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep library chatter (load reports, map bars) out of the progress display and logs."""
     import warnings
 

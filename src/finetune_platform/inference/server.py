@@ -1,0 +1,307 @@
+"""`finetune serve`: predictions over HTTP from registered adapters, many adapters per base model,
+requests arriving together batched together."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import OAuth2PasswordBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from finetune_platform.errors import ErrorCode, PlatformError
+from finetune_platform.inference.hosting import AdapterSource, BaseHost
+from finetune_platform.inference.predictor import ModelInfo, Prediction
+from finetune_platform.settings import Settings
+
+logger = logging.getLogger("finetune_platform.inference")
+BEARER = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
+
+
+class ModelPool:
+    """Resolves references to verified adapters and keeps them attached to shared base models (LRU)."""
+
+    def __init__(
+        self, settings: Settings, default: str | None, max_adapters: int, resolve_seconds: float
+    ) -> None:
+        self.settings, self.default, self.max_adapters = settings, default, max_adapters
+        self.resolve_seconds = resolve_seconds
+        self.hosts: dict[tuple[str, int], BaseHost] = {}
+        self._resolved: dict[str, tuple[float, str]] = {}  # reference -> (when, name@version)
+        self._sources: dict[str, AdapterSource] = {}
+
+    def default_reference(self) -> str:
+        from finetune_platform.errors import NotFoundError
+        from finetune_platform.tracking.registry import ModelRegistry, Stage
+
+        if self.default:
+            return self.default
+        versions = ModelRegistry(self.settings).versions()
+        production = [v for v in versions if v.stage is Stage.PRODUCTION]
+        chosen = production or versions
+        if not chosen:
+            raise NotFoundError("no registered model to serve: train one, or name one with --model")
+        newest = max(chosen, key=lambda v: (v.created_at, v.version))
+        return f"{newest.name}@production" if production else newest.name
+
+    def key_for(self, reference: str | None) -> str:
+        """name@version for a reference; moving references (stage, newest) are looked up again every few seconds."""
+        from finetune_platform.tracking.registry import ModelRegistry
+
+        reference = reference or self.default_reference()
+        name, _, selector = reference.partition("@")
+        if selector.isdigit():
+            return f"{name}@{int(selector)}"
+        cached = self._resolved.get(reference)
+        if cached and time.monotonic() - cached[0] < self.resolve_seconds:
+            return cached[1]
+        info = ModelRegistry(self.settings).resolve(reference)
+        key = f"{info.name}@{info.version}"
+        if cached and cached[1] != key:
+            logger.info("%s now resolves to %s", reference, key)
+        self._resolved[reference] = (time.monotonic(), key)
+        return key
+
+    def load(self, key: str) -> tuple[BaseHost, AdapterSource]:
+        """The host with ``key`` attached (downloaded, verified, attached on first use)."""
+        source = self._sources.get(key)
+        if source is None:
+            from finetune_platform.tracking.registry import ModelRegistry
+
+            adapter_dir, card = ModelRegistry(self.settings).verified_adapter(key)
+            max_length = _run_max_length(card)
+            info = ModelInfo(
+                card.name, card.version, card.base_model, card.language, tuple(card.labels), max_length
+            )
+            source = AdapterSource.of(key, adapter_dir, info)
+            self._sources[key] = source
+        group = (source.info.base_model, len(source.label_map.names))
+        host = self.hosts.get(group)
+        if host is None:
+            host = self.hosts[group] = BaseHost(source)
+        elif key not in host.adapters:
+            host.attach(source)
+        self._evict()
+        return host, source
+
+    def _evict(self) -> None:
+        attached = [(host, key) for host in self.hosts.values() for key in host.adapters]
+        while len(attached) > self.max_adapters:
+            # the least recently used adapter of the host with the most adapters (a host keeps its last one)
+            host = max(self.hosts.values(), key=lambda h: len(h.adapters))
+            if len(host.adapters) <= 1:
+                break
+            key = next(iter(host.adapters))
+            with host.lock:
+                host.detach(key)
+            logger.info("detached %s (more than %d adapters resident)", key, self.max_adapters)
+            attached = [(h, k) for h in self.hosts.values() for k in h.adapters]
+
+    def loaded(self) -> list[dict[str, Any]]:
+        return [
+            {"model": s.info.name, "version": s.info.version, "base_model": s.info.base_model,
+             "language": s.info.language, "labels": list(s.label_map.names), "max_length": s.info.max_length}
+            for host in self.hosts.values()
+            for s in host.adapters.values()
+        ]  # fmt: skip
+
+
+def _run_max_length(card: Any) -> int:
+    from pathlib import Path
+
+    from finetune_platform.inference.predictor import DEFAULT_MAX_LENGTH
+
+    if card.run_folder and (Path(card.run_folder) / "config.yaml").is_file():
+        from finetune_platform.training.config import read_run_config
+
+        return read_run_config(Path(card.run_folder) / "config.yaml").model.max_length
+    return DEFAULT_MAX_LENGTH
+
+
+class Batcher:
+    """Requests that arrive while a batch runs are served together by the next one; an idle request runs
+    at once (``wait_ms`` > 0 holds each batch open that long to gather more)."""
+
+    def __init__(self, pool: ModelPool, wait_ms: float, max_batch: int) -> None:
+        self.pool, self.wait, self.max_batch = pool, wait_ms / 1000, max_batch
+        self.pending: list[tuple[str, list[str], asyncio.Future]] = []
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.running: asyncio.Task | None = None
+        self.batches = 0
+
+    async def predict(self, key: str, texts: list[str]) -> list[Prediction]:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((key, texts, future))
+        if self.running is None or self.running.done():
+            self.running = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            if self.wait:
+                await asyncio.sleep(self.wait)
+            taken, self.pending = self.pending, []
+            groups: dict[str, list[tuple[list[str], asyncio.Future]]] = {}
+            for key, texts, future in taken:
+                groups.setdefault(key, []).append((texts, future))
+            for key, requests in groups.items():
+                texts = [text for batch, _ in requests for text in batch]
+                try:
+                    results = await loop.run_in_executor(self.executor, self._run, key, texts)
+                except Exception as exc:
+                    for _, future in requests:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                start = 0
+                for batch, future in requests:
+                    if not future.done():
+                        future.set_result(results[start : start + len(batch)])
+                    start += len(batch)
+                self.batches += 1
+
+    def _run(self, key: str, texts: list[str]) -> list[Prediction]:
+        host, _ = self.pool.load(key)
+        return host.predict_with(key, texts, batch_size=self.max_batch)
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=100_000, description="The text to classify.")
+    model: str | None = Field(
+        default=None,
+        max_length=200,
+        description="name, name@version or name@production; default: the served model.",
+    )
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, description="Texts to classify (at most SERVE_MAX_BATCH).")
+    model: str | None = Field(default=None, max_length=200, description="As for /predict.")
+
+
+def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
+    from finetune_platform.api.app import RequestMetrics
+
+    pool = ModelPool(settings, model, settings.SERVE_MAX_ADAPTERS, settings.SERVE_RESOLVE_SECONDS)
+    batcher = Batcher(pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH)
+    app = FastAPI(
+        title="finetune-platform inference", description="Predictions from registered LoRA adapters."
+    )
+    app.state.pool, app.state.batcher = pool, batcher
+    metrics = RequestMetrics(app.router)
+    authorize = _authorizer(settings)
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(request: Request, exc: PlatformError):
+        code = {
+            ErrorCode.NOT_FOUND: 404,
+            ErrorCode.INVALID_CONFIG: 422,
+            ErrorCode.PERMISSION_DENIED: 403,
+        }.get(exc.code, 500)
+        return JSONResponse({"detail": exc.message, "code": exc.code.value}, status_code=code)
+
+    async def run(body_model: str | None, texts: list[str]) -> tuple[list[Prediction], dict[str, Any], float]:
+        for index, text in enumerate(texts):
+            if not text.strip():
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT, f"text {index}: empty; give the text to classify"
+                )
+        started = time.perf_counter()
+        key = await asyncio.get_running_loop().run_in_executor(batcher.executor, pool.key_for, body_model)
+        predictions = await batcher.predict(key, texts)
+        source = pool._sources[key]
+        about = {
+            "base_model": source.info.base_model,
+            "language": source.info.language,
+            "model": source.info.name,
+            "version": source.info.version,
+        }
+        return predictions, about, round((time.perf_counter() - started) * 1000, 2)
+
+    @app.post("/predict", dependencies=[Depends(authorize)], summary="Classify one text")
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        predictions, about, latency = await run(body.model, [body.text])
+        return {**_shape(predictions[0]), "latency_ms": latency, **about}
+
+    @app.post("/predict/batch", dependencies=[Depends(authorize)], summary="Classify a list of texts")
+    async def predict_batch(body: BatchRequest) -> dict[str, Any]:
+        if len(body.texts) > settings.SERVE_MAX_BATCH:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"{len(body.texts)} texts: at most {settings.SERVE_MAX_BATCH} per request",
+            )
+        predictions, about, latency = await run(body.model, body.texts)
+        return {"predictions": [_shape(p) for p in predictions], "latency_ms": latency, **about}
+
+    @app.get("/models", dependencies=[Depends(authorize)], summary="Adapters resident now")
+    async def models() -> dict[str, Any]:
+        return {"loaded": pool.loaded(), "max_adapters": pool.max_adapters, "batches": batcher.batches}
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "resident_adapters": len(pool.loaded())}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus_metrics() -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    from finetune_platform.api.app import _Wrap
+
+    app.add_middleware(_Wrap, metrics=metrics)
+    return app
+
+
+def _shape(prediction: Prediction) -> dict[str, Any]:
+    return {
+        "label": prediction.label,
+        "label_name": prediction.label_name,
+        "probability": prediction.probability,
+        "probabilities": prediction.probabilities,
+        "truncated": prediction.truncated,
+    }
+
+
+def _authorizer(settings: Settings) -> Callable:
+    """Local mode: open. Otherwise a platform JWT (Authorization: Bearer) or an X-API-Key from SERVE_API_KEYS."""
+    keys = [key.get_secret_value() for key in settings.SERVE_API_KEYS]
+    tokens = None
+
+    async def authorize(request: Request, token: Annotated[str | None, Depends(BEARER)]) -> None:
+        nonlocal tokens
+        if settings.ENVIRONMENT == "local":
+            return
+        given = request.headers.get("x-api-key")
+        if given is not None and any(hmac.compare_digest(given, key) for key in keys):
+            return
+        if token:
+            from finetune_platform.api.auth import InvalidToken, Tokens
+            from finetune_platform.services.users import user_for_token
+
+            tokens = tokens or Tokens(settings)
+            try:
+                claims = tokens.decode(token)
+            except InvalidToken as exc:
+                raise HTTPException(
+                    401, f"invalid token: {exc}", headers={"WWW-Authenticate": "Bearer"}
+                ) from None
+            if user_for_token(settings, claims.user_id, claims.token_version) is not None:
+                return
+        raise HTTPException(
+            401,
+            "send a platform token (Authorization: Bearer) or an X-API-Key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    return authorize

@@ -1,0 +1,179 @@
+"""`finetune serve`'s app over real HTTP: registered adapters on shared base models, per-request model choice,
+each request its own answer under concurrency, promotion picked up without a restart, every bad request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from finetune_platform.inference.predictor import Predictor
+from finetune_platform.settings import Settings
+from finetune_platform.training.config import config_from_dict
+from finetune_platform.training.runner import run_training
+from tests.conftest import free_port, sentiment_rows, three_class_rows, tiny_config_dict, write_csv
+
+pytestmark = pytest.mark.slow
+TEXTS = ["great film", "awful book", "wonderful concert tonight", "boring game", "okay meal", "terrible app"]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, tiny_bert):
+    """served-a versions 1 and 2 (two labels), served-b version 1 (three labels), in a store of their own."""
+    root = tmp_path_factory.mktemp("serve")
+    settings = Settings(
+        FINETUNE_HOME=root / "home",
+        MODEL_REGISTRY_DIR=root / "cards",
+        SERVE_RESOLVE_SECONDS=0,
+        SERVE_MAX_ADAPTERS=2,
+    )
+    runs = [
+        ("served-a", sentiment_rows(96, 1), sentiment_rows(32, 2), 7),
+        ("served-a", sentiment_rows(96, 3), sentiment_rows(32, 4), 11),
+        ("served-b", three_class_rows(96, 1), three_class_rows(30, 2), 7),
+    ]
+    for number, (name, rows, validation, seed) in enumerate(runs):
+        train = write_csv(root / f"{number}" / "train.csv", rows)
+        valid = write_csv(root / f"{number}" / "validation.csv", validation)
+        raw = tiny_config_dict(
+            tiny_bert, train, valid, root / "results", max_steps=24, eval_steps=12, seed=seed
+        )
+        raw["experiment"], raw["registry"] = f"serve-{number}", {"model_name": name}
+        run_training(config_from_dict(raw), settings=settings, show_progress=False)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    import uvicorn
+
+    from finetune_platform.inference.server import create_serve_app
+
+    app = create_serve_app(registry, "served-a@2")
+    port = free_port()
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def direct(registry, reference: str, texts: list[str]):
+    return Predictor.from_registry(registry, reference, merge=False).predict(texts)
+
+
+def test_one_prediction_in_the_seed_format(server, registry):
+    url, _ = server
+    body = httpx.post(f"{url}/predict", json={"text": "great film"}, timeout=60).json()
+    assert set(body) == {
+        "label", "label_name", "probability", "probabilities", "truncated", "latency_ms", "base_model", "language",
+        "model", "version",
+    }  # fmt: skip
+    assert (body["model"], body["version"], body["language"]) == ("served-a", 2, "English")
+    expected = direct(registry, "served-a@2", ["great film"])[0]
+    assert (body["label"], body["label_name"]) == (expected.label, expected.label_name)
+    assert body["probability"] == pytest.approx(expected.probability, abs=1e-4)
+
+
+def test_each_adapter_answers_with_its_own_predictions(server, registry):
+    url, _ = server
+    for reference in ("served-a@1", "served-b@1", "served-a@2", "served-a@1"):
+        body = httpx.post(
+            f"{url}/predict/batch", json={"texts": TEXTS, "model": reference}, timeout=60
+        ).json()
+        expected = direct(registry, reference, TEXTS)
+        assert [p["label_name"] for p in body["predictions"]] == [p.label_name for p in expected], reference
+        got = [p["probabilities"] for p in body["predictions"]]
+        for answer, want in zip(got, expected, strict=True):
+            assert answer == pytest.approx(want.probabilities, abs=1e-4)
+    models = httpx.get(f"{url}/models", timeout=30).json()
+    resident = sorted((m["model"], m["version"]) for m in models["loaded"])
+    assert resident == [("served-a", 1), ("served-b", 1)]  # SERVE_MAX_ADAPTERS=2: served-a@2 was least recent
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, registry):
+    url, app = server
+    jobs = [(text, reference) for text in TEXTS * 4 for reference in ("served-a@1", "served-a@2")]
+    expected = {
+        reference: dict(zip(TEXTS, direct(registry, reference, TEXTS), strict=True))
+        for reference in ("served-a@1", "served-a@2")
+    }
+    before = app.state.batcher.batches
+
+    def call(job):
+        text, reference = job
+        return job, httpx.post(f"{url}/predict", json={"text": text, "model": reference}, timeout=60).json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(call, jobs))
+    for (text, reference), body in answers:
+        assert (body["model"], body["version"]) == ("served-a", int(reference[-1]))
+        assert body["probabilities"] == pytest.approx(expected[reference][text].probabilities, abs=1e-4)
+    assert app.state.batcher.batches - before < len(jobs)  # requests shared batches
+
+
+def test_a_promotion_is_served_without_a_restart(registry):
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.tracking.registry import ModelRegistry, Stage
+
+    registry_client = ModelRegistry(registry)
+    registry_client.transition("served-a", 1, Stage.PRODUCTION)
+    client = TestClient(create_serve_app(registry, "served-a@production"))
+    assert client.post("/predict", json={"text": "great film"}).json()["version"] == 1
+    registry_client.transition("served-a", 2, Stage.PRODUCTION)
+    assert client.post("/predict", json={"text": "great film"}).json()["version"] == 2
+
+
+def test_bad_requests_get_clear_answers(registry):
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.inference.server import create_serve_app
+
+    client = TestClient(create_serve_app(registry, "served-a@2"))
+    for body, code, message in (
+        ({"text": "   "}, 422, "text 0: empty; give the text to classify"),
+        ({"text": "fine", "model": "nobody"}, 404, "no registered model 'nobody'"),
+        ({"text": "fine", "model": "served-a@9"}, 404, "model 'served-a' has no version 9"),
+    ):
+        response = client.post("/predict", json=body)
+        assert (response.status_code, response.json()["detail"]) == (code, message)
+    assert client.post("/predict", json={"text": "fine", "owner": 1}).status_code == 422
+    oversize = client.post("/predict/batch", json={"texts": ["fine"] * 65})
+    assert (oversize.status_code, oversize.json()["detail"]) == (413, "65 texts: at most 64 per request")
+    long = client.post("/predict", json={"text": "great " * 200}).json()
+    assert long["truncated"] is True
+
+
+def test_outside_local_mode_a_token_or_api_key_is_required(registry):
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.inference.server import create_serve_app
+
+    settings = registry.model_copy(
+        update={
+            "ENVIRONMENT": "production",
+            "JWT_SECRET": None,
+            "SERVE_API_KEYS": [_secret("k" * 8 + "-serve-key")],
+        }
+    )
+    client = TestClient(create_serve_app(settings, "served-a@2"))
+    assert client.post("/predict", json={"text": "fine"}).status_code == 401
+    assert client.post("/predict", json={"text": "fine"}, headers={"X-API-Key": "wrong"}).status_code == 401
+    ok = client.post("/predict", json={"text": "fine"}, headers={"X-API-Key": "kkkkkkkk-serve-key"})
+    assert ok.status_code == 200
+    assert client.get("/health").status_code == 200
+
+
+def _secret(value: str):
+    from pydantic import SecretStr
+
+    return SecretStr(value)
