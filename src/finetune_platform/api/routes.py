@@ -347,14 +347,14 @@ def logs(
     user: CurrentUser,
     lines: Annotated[int, Query(ge=0, le=1000, description="Last lines of logs.txt to return.")] = 200,
 ):
-    from finetune_platform.services.jobs import get_job, job_events
+    from finetune_platform.services.jobs import get_job, job_events, job_log_path
 
     job = get_job(session, user, task_id)
     events = [
         {"at": e["at"], "kind": e["kind"], "message": e["message"]}
         for e in job_events(session, user, task_id)
     ]
-    log_path = Path(job.config["output_dir"]) / job.config["experiment"] / job.id / "logs.txt"
+    log_path = job_log_path(job)
     tail: list[str] = []
     if lines and log_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]

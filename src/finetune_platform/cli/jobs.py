@@ -197,9 +197,8 @@ def jobs_logs(
     ] = False,
 ) -> None:
     """The job's events (attempts, stages, outcome), then its run's logs.txt."""
-    from pathlib import Path
 
-    from finetune_platform.services.jobs import FINISHED, get_job, job_events
+    from finetune_platform.services.jobs import FINISHED, get_job, job_events, job_log_path
     from finetune_platform.services.users import local_user
 
     seen_events, seen_bytes = 0, 0
@@ -214,7 +213,7 @@ def jobs_logs(
         for event in events[seen_events:]:
             typer.echo(f"{event['at']} [{event['kind']}] {event['message']}")
         seen_events = len(events)
-        logs = Path(job.config["output_dir"]) / job.config["experiment"] / job.id / "logs.txt"
+        logs = job_log_path(job)
         if logs.is_file():
             with logs.open("rb") as handle:
                 handle.seek(seen_bytes)

@@ -63,10 +63,14 @@ def _alembic_config(url: str):
 
 
 @lru_cache(maxsize=8)
+def read_engine(url: str) -> Engine:
+    """The engine of ``url`` in autocommit mode (same pool): reads without BEGIN/COMMIT round trips."""
+    return engine_for(url).execution_options(isolation_level="AUTOCOMMIT")
+
+
+@lru_cache(maxsize=8)
 def _read_factory(url: str) -> sessionmaker:
-    return sessionmaker(
-        engine_for(url).execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-    )
+    return sessionmaker(read_engine(url), expire_on_commit=False)
 
 
 @contextmanager

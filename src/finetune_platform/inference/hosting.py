@@ -3,14 +3,13 @@ attached by name and switched per batch, the least recently used ones detached p
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_platform.inference.predictor import ModelInfo, Prediction, Predictor
+from finetune_platform.inference.predictor import ModelInfo, Prediction, Predictor, read_label_map
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class AdapterSource:
 
     @classmethod
     def of(cls, key: str, adapter_dir: Path, info: ModelInfo) -> AdapterSource:
-        return cls(key, adapter_dir, info, _label_map(adapter_dir))
+        return cls(key, adapter_dir, info, read_label_map(adapter_dir))
 
 
 class BaseHost(Predictor):
@@ -62,9 +61,3 @@ class BaseHost(Predictor):
             self.model.set_adapter(key)
             self.info, self.label_map = source.info, source.label_map
             return self.predict(texts, batch_size)
-
-
-def _label_map(adapter_dir: Path) -> Any:
-    from finetune_platform.data.loading import LabelMap
-
-    return LabelMap.from_json(json.loads((adapter_dir / "label_map.json").read_text(encoding="utf-8")))

@@ -18,6 +18,26 @@ logger = logging.getLogger("finetune_platform.inference")
 DEFAULT_MAX_LENGTH = 128
 
 
+def read_label_map(adapter_dir: Path) -> Any:
+    """The adapter folder's label_map.json (written by the recipe), or NotFoundError."""
+    from finetune_platform.data.loading import LabelMap
+
+    label_file = Path(adapter_dir) / "label_map.json"
+    if not label_file.is_file():
+        raise NotFoundError(f"{adapter_dir}: no label_map.json (not a platform adapter folder)")
+    return LabelMap.from_json(json.loads(label_file.read_text(encoding="utf-8")))
+
+
+def card_max_length(card: Any) -> int:
+    """The max length the registered version was trained with (from its run folder), else the default."""
+    config_path = Path(card.run_folder) / "config.yaml" if card.run_folder else None
+    if config_path is None or not config_path.is_file():
+        return DEFAULT_MAX_LENGTH
+    from finetune_platform.training.config import read_run_config
+
+    return read_run_config(config_path).model.max_length
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: int | str  # the label as it appeared in the training data
@@ -57,16 +77,12 @@ class Predictor:
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from finetune_platform.data.loading import LabelMap
         from finetune_platform.training.models import resolve_base_model
         from finetune_platform.training.recipe import quiet_libraries
 
         quiet_libraries()
         adapter_dir = Path(adapter_dir)
-        label_file = adapter_dir / "label_map.json"
-        if not label_file.is_file():
-            raise NotFoundError(f"{adapter_dir}: no label_map.json (not a platform adapter folder)")
-        self.label_map = LabelMap.from_json(json.loads(label_file.read_text(encoding="utf-8")))
+        self.label_map = read_label_map(adapter_dir)
         reference = resolve_base_model(base_model, language or None)
         self.tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
         names = self.label_map.names
@@ -109,18 +125,13 @@ class Predictor:
         from finetune_platform.tracking.registry import ModelRegistry
 
         adapter_dir, card = ModelRegistry(settings).verified_adapter(reference)
-        max_length = DEFAULT_MAX_LENGTH
-        if card.run_folder and (Path(card.run_folder) / "config.yaml").is_file():
-            from finetune_platform.training.config import read_run_config
-
-            max_length = read_run_config(Path(card.run_folder) / "config.yaml").model.max_length
         return cls(
             adapter_dir,
             card.base_model,
             name=card.name,
             version=card.version,
             language=card.language,
-            max_length=max_length,
+            max_length=card_max_length(card),
             **options,
         )
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from finetune_platform.errors import ErrorCode, PlatformError
 from finetune_platform.inference.hosting import AdapterSource, BaseHost
-from finetune_platform.inference.predictor import ModelInfo, Prediction
+from finetune_platform.inference.predictor import ModelInfo, Prediction, card_max_length
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.inference")
@@ -69,6 +69,9 @@ class ModelPool:
         self._resolved[reference] = (time.monotonic(), key)
         return key
 
+    def source(self, key: str) -> AdapterSource:
+        return self._sources[key]
+
     def load(self, key: str) -> tuple[BaseHost, AdapterSource]:
         """The host with ``key`` attached (downloaded, verified, attached on first use)."""
         source = self._sources.get(key)
@@ -76,7 +79,7 @@ class ModelPool:
             from finetune_platform.tracking.registry import ModelRegistry
 
             adapter_dir, card = ModelRegistry(self.settings).verified_adapter(key)
-            max_length = _run_max_length(card)
+            max_length = card_max_length(card)
             info = ModelInfo(
                 card.name, card.version, card.base_model, card.language, tuple(card.labels), max_length
             )
@@ -111,18 +114,6 @@ class ModelPool:
             for host in self.hosts.values()
             for s in host.adapters.values()
         ]  # fmt: skip
-
-
-def _run_max_length(card: Any) -> int:
-    from pathlib import Path
-
-    from finetune_platform.inference.predictor import DEFAULT_MAX_LENGTH
-
-    if card.run_folder and (Path(card.run_folder) / "config.yaml").is_file():
-        from finetune_platform.training.config import read_run_config
-
-        return read_run_config(Path(card.run_folder) / "config.yaml").model.max_length
-    return DEFAULT_MAX_LENGTH
 
 
 class Batcher:
@@ -219,7 +210,7 @@ def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
         started = time.perf_counter()
         key = await asyncio.get_running_loop().run_in_executor(batcher.executor, pool.key_for, body_model)
         predictions = await batcher.predict(key, texts)
-        source = pool._sources[key]
+        source = pool.source(key)
         about = {
             "base_model": source.info.base_model,
             "language": source.info.language,

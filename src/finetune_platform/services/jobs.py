@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -143,8 +145,6 @@ def submit_job(
 
 def record_dataset_versions(session: Session, report: Any, options: Any, owner_id: int | None) -> list[str]:
     """Lineage in the database: one row per (content hash, file) a job trains or validates on."""
-    from pathlib import Path
-
     from finetune_platform.db.models import DatasetVersionRecord
 
     versions = []
@@ -175,6 +175,15 @@ def record_dataset_versions(session: Session, report: Any, options: Any, owner_i
             )
     session.flush()
     return versions
+
+
+def run_folder_path(output_dir: str | Path, experiment: str, job_id: str) -> Path:
+    """A job's run folder is named after the job, so every attempt finds the one before it."""
+    return Path(output_dir) / experiment / job_id
+
+
+def job_log_path(job: JobPublic) -> Path:
+    return run_folder_path(job.config["output_dir"], job.config["experiment"], job.id) / "logs.txt"
 
 
 def _visible(session: Session, user: UserPublic, job_id: str) -> Job:
@@ -252,11 +261,6 @@ def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: fl
 
     Core statements, not the ORM: this is the path from message to training start, run for every job.
     """
-    from datetime import timedelta
-    from types import SimpleNamespace
-
-    from sqlalchemy import insert, update
-
     jobs_table, events = Job.__table__, JobEvent.__table__
     now = utcnow()
     row = (
@@ -307,10 +311,6 @@ def _held(session: Session, job_id: str, lease_owner: str) -> Job | None:
 
 def renew_lease(session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> bool | None:
     """Extend the lease. Returns whether a cancel was requested, or None when the lease is no longer ours."""
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
     now = utcnow()
     cancel = session.scalars(
         update(Job)
@@ -400,8 +400,6 @@ def _give_up(session: Session, job: Job, reason: str) -> None:
 
 def mark_enqueued(session: Session, job_ids: list[str], sent: bool = True) -> None:
     """Record that messages for these queued jobs went to the broker (``sent`` False: they did not)."""
-    from sqlalchemy import update
-
     if job_ids:
         session.execute(
             update(Job)
@@ -431,8 +429,6 @@ def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: b
       (``broker_lost_messages``), e.g. after Redis restarted with no persistence. A duplicate message is
       harmless: only one worker can claim a queued job.
     """
-    from datetime import timedelta
-
     now = utcnow()
     expired, abandoned = [], []
     stale = session.scalars(
@@ -470,8 +466,6 @@ def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: b
 
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes (stored as UTC)."""
-    from datetime import UTC
-
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

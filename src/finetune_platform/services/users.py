@@ -175,11 +175,10 @@ def _check_password(password: str) -> None:
 def user_for_token(settings, user_id: int, token_version: int) -> UserPublic | None:
     """The active user whose tokens are at ``token_version``, or None. One indexed read, connection
     returned at once (the API calls this on every request)."""
-    from finetune_platform.db.session import engine_for
+    from finetune_platform.db.session import read_engine
 
     users = User.__table__
-    engine = engine_for(settings.database_url).execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
+    with read_engine(settings.database_url).connect() as connection:
         row = connection.execute(
             select(users.c.id, users.c.username, users.c.role, users.c.is_active, users.c.created_at).where(
                 users.c.id == user_id, users.c.token_version == token_version, users.c.is_active.is_(True)

@@ -8,7 +8,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from finetune_platform.db.models import JobStatus
@@ -138,11 +137,6 @@ def _release(settings: Settings, claim: jobs.Claim, reason: str, *, count_attemp
     return job.status
 
 
-def run_folder_of(config: Any, job_id: str) -> Path:
-    """A job's run folder is named after the job, so every attempt finds the one before it."""
-    return Path(config.output_dir) / config.experiment / job_id
-
-
 def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """The training body: resume the job's own run folder when an earlier attempt left one."""
     from finetune_platform.training.config import config_from_dict
@@ -151,7 +145,7 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
 
     job, settings, control = context.job, context.settings, context.control
     config = config_from_dict(job.config)
-    run = RunFolder(run_folder_of(config, job.id))
+    run = RunFolder(jobs.run_folder_path(config.output_dir, config.experiment, job.id))
     resume = run.config_path.is_file()
     state = run.read_state() if resume else {}
     if state.get("status") == "succeeded" and state.get("model"):
