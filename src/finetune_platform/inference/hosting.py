@@ -1,35 +1,31 @@
 """Many adapters on one base model: each base model (per label count) is loaded once, LoRA adapters are
-attached by name and switched per batch, the least recently used ones detached past a limit."""
+attached by name and switched per batch, the least recently used ones detached past a limit.
+
+Two runtimes share this interface: ONNX Runtime (``OnnxHost``, the default: adapters fed as graph inputs)
+and PyTorch with PEFT (``BaseHost``: any PEFT LoRA variant, CUDA/MPS devices)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from finetune_platform.inference.predictor import ModelInfo, Prediction, Predictor, read_label_map
+from finetune_platform.errors import ConfigError
+from finetune_platform.inference.predictor import AdapterSource, Prediction, Predictor
 
-
-@dataclass(frozen=True)
-class AdapterSource:
-    key: str  # name@version
-    adapter_dir: Path
-    info: ModelInfo
-    label_map: Any
-
-    @classmethod
-    def of(cls, key: str, adapter_dir: Path, info: ModelInfo) -> AdapterSource:
-        return cls(key, adapter_dir, info, read_label_map(adapter_dir))
+logger = logging.getLogger("finetune_platform.inference")
+RUNTIMES = ("onnx", "onnx-int8", "torch")
 
 
 class BaseHost(Predictor):
-    """A base model with any number of attached adapters; ``predict`` runs under the active one.
+    """A PyTorch base model with any number of attached PEFT adapters; ``predict`` runs under the active one.
 
     Reuses ``Predictor``'s tokenisation and batching; only one batch runs at a time (the active adapter
     is model state), which the server's batcher guarantees.
     """
+
+    runtime = "torch"
 
     def __init__(self, first: AdapterSource, device: str = "cpu") -> None:
         super().__init__(
@@ -46,6 +42,9 @@ class BaseHost(Predictor):
         self.adapters: OrderedDict[str, AdapterSource] = OrderedDict({first.key: first})
         self.lock = threading.Lock()
 
+    def accepts(self, source: AdapterSource) -> bool:
+        return True  # PEFT holds adapters of any rank and targets side by side
+
     def attach(self, source: AdapterSource) -> None:
         self.model.load_adapter(str(source.adapter_dir), adapter_name=source.key)
         self.adapters[source.key] = source
@@ -61,3 +60,28 @@ class BaseHost(Predictor):
             self.model.set_adapter(key)
             self.info, self.label_map = source.info, source.label_map
             return self.predict(texts, batch_size)
+
+
+def open_host(source: AdapterSource, runtime: str = "onnx", device: str = "cpu") -> Any:
+    """A host for ``source`` on ``runtime``; an adapter the ONNX graph cannot express (or a GPU device)
+    falls back to PyTorch, with a log line saying why."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime != "torch" and device == "cpu":
+        from finetune_platform.inference.onnx_host import OnnxHost, UnsupportedAdapter
+
+        try:
+            return OnnxHost(source, int8=runtime == "onnx-int8")
+        except UnsupportedAdapter as exc:
+            logger.warning("%s: served with PyTorch, not ONNX Runtime (%s)", source.key, exc)
+    return BaseHost(source, device=device)
+
+
+def load_predictor(source: AdapterSource, runtime: str = "onnx", device: str = "cpu") -> Any:
+    """One adapter for `finetune predict` and file jobs: ONNX Runtime, or PyTorch with the LoRA weights
+    merged into the base (the fastest PyTorch form when only one adapter is served)."""
+    if runtime == "torch" or device != "cpu":
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        return Predictor.of(source, device=device, merge=True)
+    return open_host(source, runtime, device)

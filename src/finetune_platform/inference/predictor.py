@@ -57,7 +57,115 @@ class ModelInfo:
     max_length: int
 
 
-class Predictor:
+@dataclass(frozen=True)
+class AdapterSource:
+    """Where a trained adapter lives and what it is: enough to load it on any runtime."""
+
+    key: str  # name@version (name@run-id for a run folder)
+    adapter_dir: Path
+    info: ModelInfo
+    label_map: Any
+
+    @classmethod
+    def of(cls, key: str, adapter_dir: Path, info: ModelInfo) -> AdapterSource:
+        return cls(key, Path(adapter_dir), info, read_label_map(adapter_dir))
+
+
+def source_from_run(run_folder: Path) -> AdapterSource:
+    """The adapter a run folder holds (artifacts/), described by its config.yaml."""
+    from finetune_platform.training.config import read_run_config
+    from finetune_platform.training.run_folder import RunFolder
+
+    run = RunFolder(Path(run_folder))
+    if not run.config_path.is_file():
+        raise NotFoundError(f"{run_folder}: not a run folder (no config.yaml)")
+    config = read_run_config(run.config_path)
+    label_map = read_label_map(run.artifacts_dir)
+    info = ModelInfo(
+        config.model_name,
+        None,
+        config.model.base_model,
+        config.model.language or "",
+        tuple(label_map.names),
+        config.model.max_length,
+    )
+    return AdapterSource(f"{config.model_name}@{run.root.name}", run.artifacts_dir, info, label_map)
+
+
+def source_from_registry(settings: Any, reference: str) -> AdapterSource:
+    """``name``, ``name@version`` or ``name@stage``: the checksum-verified adapter of that version."""
+    from finetune_platform.tracking.registry import ModelRegistry
+
+    adapter_dir, card = ModelRegistry(settings).verified_adapter(reference)
+    info = ModelInfo(
+        card.name, card.version, card.base_model, card.language, tuple(card.labels), card_max_length(card)
+    )
+    return AdapterSource.of(f"{card.name}@{card.version}", adapter_dir, info)
+
+
+class Classifier:
+    """Tokenisation, length-sorted batching and label mapping around a model; subclasses supply the
+    forward pass (``_probabilities``) for the active adapter."""
+
+    tokenizer: Any
+    label_map: Any
+    info: ModelInfo
+
+    # -- prediction ----------------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids per text, cut to max length (keeping the closing special token), and whether each was cut."""
+        limit = self.info.max_length
+        encoded = self.tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]
+        over = [len(ids) > limit for ids in encoded]
+        if any(over):
+            cut = self.tokenizer(
+                [t for t, o in zip(texts, over, strict=True) if o], truncation=True, max_length=limit
+            )
+            replacement = iter(cut["input_ids"])
+            encoded = [next(replacement) if o else ids for ids, o in zip(encoded, over, strict=True)]
+        return encoded, over
+
+    def _probabilities(self, ids: Any, mask: Any) -> Any:
+        """Class probabilities (rows × labels, numpy) for one padded batch of token ids (int64 numpy)."""
+        raise NotImplementedError
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+        import numpy as np
+
+        for index, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"text {index}: empty; give the text to classify")
+        encoded, truncated = self._encode(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        probabilities: list[Any] = [None] * len(texts)
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = np.full((len(batch), width), pad, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                ids[row, : len(encoded[i])] = encoded[i]
+                mask[row, : len(encoded[i])] = 1
+            for row, values in zip(batch, self._probabilities(ids, mask).tolist(), strict=True):
+                probabilities[row] = values
+        names, raw = self.label_map.names, self.label_map.raw_values
+        predictions = []
+        for values, cut in zip(probabilities, truncated, strict=True):
+            best = max(range(len(values)), key=values.__getitem__)
+            predictions.append(
+                Prediction(
+                    label=raw[best],
+                    label_name=names[best],
+                    probability=round(values[best], 6),
+                    probabilities={name: round(v, 6) for name, v in zip(names, values, strict=True)},
+                    truncated=cut,
+                )
+            )
+        return predictions
+
+
+class Predictor(Classifier):
     """One adapter on its base model. ``merge`` folds the LoRA weights into the base (one model served)."""
 
     def __init__(
@@ -100,90 +208,35 @@ class Predictor:
         self.device = device
         self.info = ModelInfo(name, version, base_model, reference.language, names, max_length)
 
+    def _probabilities(self, ids: Any, mask: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=torch.from_numpy(ids).to(self.device),
+                attention_mask=torch.from_numpy(mask).to(self.device),
+            ).logits
+            return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
     # -- construction from a run folder or the registry --------------------------------------------
     @classmethod
     def from_run(cls, run_folder: Path, **options: Any) -> Predictor:
-        from finetune_platform.training.config import read_run_config
-        from finetune_platform.training.run_folder import RunFolder
-
-        run = RunFolder(Path(run_folder))
-        if not run.config_path.is_file():
-            raise NotFoundError(f"{run_folder}: not a run folder (no config.yaml)")
-        config = read_run_config(run.config_path)
-        return cls(
-            run.artifacts_dir,
-            config.model.base_model,
-            name=config.model_name,
-            language=config.model.language or "",
-            max_length=config.model.max_length,
-            **options,
-        )
+        return cls.of(source_from_run(run_folder), **options)
 
     @classmethod
     def from_registry(cls, settings: Any, reference: str, **options: Any) -> Predictor:
         """``name``, ``name@version`` or ``name@stage``: the verified adapter of that registered version."""
-        from finetune_platform.tracking.registry import ModelRegistry
+        return cls.of(source_from_registry(settings, reference), **options)
 
-        adapter_dir, card = ModelRegistry(settings).verified_adapter(reference)
+    @classmethod
+    def of(cls, source: AdapterSource, **options: Any) -> Predictor:
+        info = source.info
         return cls(
-            adapter_dir,
-            card.base_model,
-            name=card.name,
-            version=card.version,
-            language=card.language,
-            max_length=card_max_length(card),
+            source.adapter_dir,
+            info.base_model,
+            name=info.name,
+            version=info.version,
+            language=info.language,
+            max_length=info.max_length,
             **options,
         )
-
-    # -- prediction ----------------------------------------------------------------------------------
-    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids per text, cut to max length (keeping the closing special token), and whether each was cut."""
-        limit = self.info.max_length
-        encoded = self.tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]
-        over = [len(ids) > limit for ids in encoded]
-        if any(over):
-            cut = self.tokenizer(
-                [t for t, o in zip(texts, over, strict=True) if o], truncation=True, max_length=limit
-            )
-            replacement = iter(cut["input_ids"])
-            encoded = [next(replacement) if o else ids for ids, o in zip(encoded, over, strict=True)]
-        return encoded, over
-
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
-        import torch
-
-        for index, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ConfigError(f"text {index}: empty; give the text to classify")
-        encoded, truncated = self._encode(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        probabilities: list[Any] = [None] * len(texts)
-        pad = self.tokenizer.pad_token_id or 0
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                    mask[row, : len(encoded[i])] = 1
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                for row, values in zip(
-                    batch, torch.softmax(logits.float(), dim=-1).cpu().tolist(), strict=True
-                ):
-                    probabilities[row] = values
-        names, raw = self.label_map.names, self.label_map.raw_values
-        predictions = []
-        for values, cut in zip(probabilities, truncated, strict=True):
-            best = max(range(len(values)), key=values.__getitem__)
-            predictions.append(
-                Prediction(
-                    label=raw[best],
-                    label_name=names[best],
-                    probability=round(values[best], 6),
-                    probabilities={name: round(v, 6) for name, v in zip(names, values, strict=True)},
-                    truncated=cut,
-                )
-            )
-        return predictions

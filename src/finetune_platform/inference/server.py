@@ -17,8 +17,8 @@ from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from finetune_platform.errors import ErrorCode, PlatformError
-from finetune_platform.inference.hosting import AdapterSource, BaseHost
-from finetune_platform.inference.predictor import ModelInfo, Prediction, card_max_length
+from finetune_platform.inference.hosting import open_host
+from finetune_platform.inference.predictor import AdapterSource, Prediction, source_from_registry
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.inference")
@@ -29,11 +29,16 @@ class ModelPool:
     """Resolves references to verified adapters and keeps them attached to shared base models (LRU)."""
 
     def __init__(
-        self, settings: Settings, default: str | None, max_adapters: int, resolve_seconds: float
+        self,
+        settings: Settings,
+        default: str | None,
+        max_adapters: int,
+        resolve_seconds: float,
+        runtime: str = "onnx",
     ) -> None:
         self.settings, self.default, self.max_adapters = settings, default, max_adapters
-        self.resolve_seconds = resolve_seconds
-        self.hosts: dict[tuple[str, int], BaseHost] = {}
+        self.resolve_seconds, self.runtime = resolve_seconds, runtime
+        self.hosts: list[Any] = []  # one per base model and label count (ONNX: and adapter shape)
         self._resolved: dict[str, tuple[float, str]] = {}  # reference -> (when, name@version)
         self._sources: dict[str, AdapterSource] = {}
 
@@ -72,46 +77,50 @@ class ModelPool:
     def source(self, key: str) -> AdapterSource:
         return self._sources[key]
 
-    def load(self, key: str) -> tuple[BaseHost, AdapterSource]:
+    def load(self, key: str) -> tuple[Any, AdapterSource]:
         """The host with ``key`` attached (downloaded, verified, attached on first use)."""
         source = self._sources.get(key)
         if source is None:
-            from finetune_platform.tracking.registry import ModelRegistry
-
-            adapter_dir, card = ModelRegistry(self.settings).verified_adapter(key)
-            max_length = card_max_length(card)
-            info = ModelInfo(
-                card.name, card.version, card.base_model, card.language, tuple(card.labels), max_length
-            )
-            source = AdapterSource.of(key, adapter_dir, info)
-            self._sources[key] = source
-        group = (source.info.base_model, len(source.label_map.names))
-        host = self.hosts.get(group)
+            source = self._sources[key] = source_from_registry(self.settings, key)
+        host = next((h for h in self.hosts if key in h.adapters), None)
         if host is None:
-            host = self.hosts[group] = BaseHost(source)
-        elif key not in host.adapters:
-            host.attach(source)
+            host = next((h for h in self.hosts if self._fits(h, source)), None)
+            if host is None:
+                host = open_host(source, self.runtime)
+                self.hosts.append(host)
+            else:
+                host.attach(source)
         self._evict()
         return host, source
 
+    @staticmethod
+    def _fits(host: Any, source: AdapterSource) -> bool:
+        first = next(iter(host.adapters.values()))
+        return (
+            first.info.base_model == source.info.base_model
+            and len(first.label_map.names) == len(source.label_map.names)
+            and host.accepts(source)
+        )
+
     def _evict(self) -> None:
-        attached = [(host, key) for host in self.hosts.values() for key in host.adapters]
+        attached = [(host, key) for host in self.hosts for key in host.adapters]
         while len(attached) > self.max_adapters:
             # the least recently used adapter of the host with the most adapters (a host keeps its last one)
-            host = max(self.hosts.values(), key=lambda h: len(h.adapters))
+            host = max(self.hosts, key=lambda h: len(h.adapters))
             if len(host.adapters) <= 1:
                 break
             key = next(iter(host.adapters))
             with host.lock:
                 host.detach(key)
             logger.info("detached %s (more than %d adapters resident)", key, self.max_adapters)
-            attached = [(h, k) for h in self.hosts.values() for k in h.adapters]
+            attached = [(h, k) for h in self.hosts for k in h.adapters]
 
     def loaded(self) -> list[dict[str, Any]]:
         return [
             {"model": s.info.name, "version": s.info.version, "base_model": s.info.base_model,
-             "language": s.info.language, "labels": list(s.label_map.names), "max_length": s.info.max_length}
-            for host in self.hosts.values()
+             "language": s.info.language, "labels": list(s.label_map.names), "max_length": s.info.max_length,
+             "runtime": host.runtime}
+            for host in self.hosts
             for s in host.adapters.values()
         ]  # fmt: skip
 
@@ -183,7 +192,9 @@ class BatchRequest(BaseModel):
 def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
     from finetune_platform.api.app import RequestMetrics
 
-    pool = ModelPool(settings, model, settings.SERVE_MAX_ADAPTERS, settings.SERVE_RESOLVE_SECONDS)
+    pool = ModelPool(
+        settings, model, settings.SERVE_MAX_ADAPTERS, settings.SERVE_RESOLVE_SECONDS, settings.SERVE_RUNTIME
+    )
     batcher = Batcher(pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH)
     app = FastAPI(
         title="finetune-platform inference", description="Predictions from registered LoRA adapters."

@@ -1,0 +1,124 @@
+"""Prediction over a file: read the texts, classify them in chunks with progress, write one output row
+per input row atomically. Used by `finetune predict --input` and by queued prediction jobs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_platform.errors import ConfigError
+
+READERS = {".csv": ",", ".tsv": "\t"}
+FORMATS = ".csv, .tsv, .jsonl, .json or .parquet"
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    rows: int
+    predicted: int
+    empty: int
+    truncated: int
+    max_length: int
+    accuracy: float | None  # against the label column, when the input has one
+
+    def describe(self, output: Path) -> str:
+        text = (
+            f"wrote {self.rows} rows to {output} ({self.predicted} predicted, {self.empty} empty, "
+            f"{self.truncated} truncated at {self.max_length} tokens)"
+        )
+        if self.accuracy is not None:
+            text += f"\naccuracy against the {self.predicted} labelled rows: {self.accuracy:.4f}"
+        return text
+
+
+def read_texts(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[Any] | None]:
+    """The text column of a data file (and its label column, if any)."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ConfigError(f"input {path}: no such file")
+    if suffix in READERS:
+        frame = pd.read_csv(path, sep=READERS[suffix], dtype=str, keep_default_na=False)
+    elif suffix in {".jsonl", ".ndjson"}:
+        frame = pd.read_json(path, lines=True, dtype=False)
+    elif suffix == ".json":
+        frame = pd.read_json(path, dtype=False)
+    elif suffix in {".parquet", ".pq"}:
+        frame = pd.read_parquet(path)
+    else:
+        raise ConfigError(f"input {path.name}: unknown format {suffix!r}; use {FORMATS}")
+    if text_column not in frame.columns:
+        raise ConfigError(
+            f"input {path.name}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); "
+            "choose the text column"
+        )
+    texts = ["" if value is None else str(value) for value in frame[text_column].tolist()]
+    labels = frame[label_column].tolist() if label_column in frame.columns else None
+    return texts, labels
+
+
+def predict_file(
+    predictor: Any,
+    texts: list[str],
+    labels: list[Any] | None,
+    output: Path,
+    batch_size: int = 64,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> FileSummary:
+    """Every input row gets an output row (an empty text gets an error instead of a label).
+
+    ``on_progress(done, total)`` runs after each chunk; it may raise to stop (nothing is written then).
+    """
+    from finetune_platform.data.loading import normalise_label
+
+    valid = [i for i, value in enumerate(texts) if value.strip()]
+    results: dict[int, Any] = {}
+    chunk = batch_size * 8
+    for start in range(0, len(valid), chunk):
+        part = valid[start : start + chunk]
+        for i, prediction in zip(part, predictor.predict([texts[i] for i in part], batch_size), strict=True):
+            results[i] = prediction
+        if on_progress is not None:
+            on_progress(start + len(part), len(valid))
+    names = predictor.info.labels
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=output.parent, prefix=f".{output.name}.", suffix=".tmp", delete=False, newline="",
+        encoding="utf-8",
+    ) as handle:  # fmt: skip
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["row", "label", "label_name", "probability", "truncated", *[f"p_{n}" for n in names], "error"]
+        )
+        for i in range(len(texts)):
+            found = results.get(i)
+            if found is None:
+                writer.writerow([i + 1, "", "", "", "", *[""] * len(names), "empty text"])
+                continue
+            probabilities = [found.probabilities[n] for n in names]
+            writer.writerow(
+                [i + 1, found.label, found.label_name, found.probability, found.truncated, *probabilities, ""]
+            )
+    os.replace(handle.name, output)
+    accuracy = None
+    if labels is not None and valid:
+        correct = sum(
+            1
+            for i in valid
+            if str(normalise_label(labels[i])) in {str(results[i].label), results[i].label_name}
+        )
+        accuracy = correct / len(valid)
+    return FileSummary(
+        rows=len(texts),
+        predicted=len(valid),
+        empty=len(texts) - len(valid),
+        truncated=sum(1 for p in results.values() if p.truncated),
+        max_length=predictor.info.max_length,
+        accuracy=accuracy,
+    )
