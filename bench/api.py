@@ -52,7 +52,7 @@ def serve(target: str, port: int, env: dict[str, str], log: Path) -> subprocess.
 def wrk(
     url: str, seconds: int, connections: int, headers: dict[str, str], script: Path | None = None
 ) -> dict:
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for key, value in headers.items():
         command += ["-H", f"{key}: {value}"]
     if script is not None:

@@ -28,6 +28,12 @@ def request_for(route: str, api):
         "PATCH /users/{id}": ("PATCH", f"/users/{api.ids['bob']}", {"json": {"role": "user"}}),
         "POST /train": ("POST", "/train", {"json": train_body}),
         "POST /datasets": ("POST", "/datasets?name=more.csv", {"content": SAMPLE}),
+        "POST /predictions": (
+            "POST",
+            "/predictions",
+            {"json": {"model": "unregistered", "dataset_id": dataset}},
+        ),
+        "GET /task/{id}/predictions": ("GET", f"/task/{task}/predictions", {}),
         "GET /datasets": ("GET", "/datasets", {}),
         "GET /datasets/{id}/report": ("GET", f"/datasets/{dataset}/report", {}),
         "GET /task/{id}": ("GET", f"/task/{task}", {}),
@@ -60,6 +66,10 @@ MATRIX = {
     "PATCH /users/{id}": (401, 403, 403, 200),
     "POST /train": (401, 201, 404, 404),  # the dataset is alice's: nobody else can train on it
     "POST /datasets": (401, 201, 201, 201),
+    # the dataset is alice's (others: 404); for her the model is unknown (404); submissions with a real
+    # model: tests/integration/test_prediction_jobs.py
+    "POST /predictions": (401, 404, 404, 404),
+    "GET /task/{id}/predictions": (401, 409, 404, 409),  # alice's task trains: it has no predictions
     "GET /datasets": (401, 200, 200, 200),
     "GET /datasets/{id}/report": (401, 200, 404, 404),  # datasets are private, admins' included
     "GET /task/{id}": (401, 200, 404, 200),
@@ -104,9 +114,15 @@ def test_access(api, route, role):
 
 def test_lists_never_show_other_users_objects(api):
     def ids(client, url):
-        page = client.get(url).json()
-        assert page["count"] == len(page["data"]) or len(page["data"]) == 50
-        return {row["id"] for row in page["data"]}
+        """Every id of the listing, page by page."""
+        found, offset = set(), 0
+        while True:
+            page = client.get(url, params={"offset": offset}).json()
+            found |= {row["id"] for row in page["data"]}
+            offset += len(page["data"])
+            if not page["data"] or offset >= page["count"]:
+                assert len(found) == page["count"]
+                return found
 
     bob, root = api.as_("bob"), api.as_("root")
     assert api.ids["task"] not in ids(bob, "/tasks?limit=100")

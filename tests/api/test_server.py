@@ -1,14 +1,19 @@
 """`finetune api` as a real server process, with a real worker: a dataset uploaded over HTTP becomes a
-registered model, and the task's status, progress and logs are read back over HTTP."""
+registered model, the task's status, progress and logs are read back over HTTP, and the model then
+classifies an uploaded file as a prediction task."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 
 import httpx
 import pytest
 
+from finetune_platform.inference.hosting import load_predictor
+from finetune_platform.inference.predictor import source_from_registry
 from tests.api.conftest import PASSWORD, SAMPLE
 from tests.conftest import ROOT, finetune_bin, free_port
 from tests.integration.queue_harness import queue_env, require_redis, wait_for
@@ -52,10 +57,9 @@ def test_a_task_submitted_over_http_is_trained_by_a_worker(tmp_path):
             ]
             client.headers["Authorization"] = f"Bearer {token}"
             dataset = client.post("/datasets", params={"name": "reviews.csv"}, content=SAMPLE).json()
+            validation_text = (ROOT / "data/sample/validation.csv").read_text(encoding="utf-8")
             validation = client.post(
-                "/datasets",
-                params={"name": "validation.csv"},
-                content=(ROOT / "data/sample/validation.csv").read_bytes(),
+                "/datasets", params={"name": "validation.csv"}, content=validation_text.encode()
             ).json()
             config = {
                 "experiment": "http",
@@ -96,6 +100,39 @@ def test_a_task_submitted_over_http_is_trained_by_a_worker(tmp_path):
             assert any("training: 6 steps" in line for line in logs["log_lines"])
             found = client.get("/models/search", params={"stage": "Staging"}).json()
             assert [(card["name"], card["version"]) for card in found] == [("http-sentiment", 1)]
+
+            # the registered model classifies an uploaded file as a queued prediction task
+            response = client.post(
+                "/predictions", json={"model": "http-sentiment@staging", "dataset_id": validation["id"]}
+            )
+            assert response.status_code == 201, response.text
+            assert (response.json()["kind"], response.json()["status"]) == ("predict", "queued")
+            predict_id = response.json()["id"]
+            task = wait_for(
+                lambda: (
+                    (t := client.get(f"/task/{predict_id}").json())["status"] in {"succeeded", "failed"} and t
+                ),
+                120,
+                "the prediction task to finish",
+                interval=0.5,
+            )
+            assert (task["status"], task["model_name"], task["model_version"]) == (
+                "succeeded",
+                "http-sentiment",
+                1,
+            )
+            download = client.get(f"/task/{predict_id}/predictions")
+            assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+            written = list(csv.DictReader(io.StringIO(download.text)))
+            texts = [row["text"] for row in csv.DictReader(io.StringIO(validation_text))]
+            expected = load_predictor(source_from_registry(env.settings, "http-sentiment@1")).predict(texts)
+            assert [row["label_name"] for row in written] == [p.label_name for p in expected]
+            assert task["progress"]["rows"] == len(texts) == 80
+            refused = client.get(f"/task/{task_id}/predictions")
+            assert refused.status_code == 409
+            assert refused.json()["detail"] == (
+                f"task {task_id} is a train task: only prediction tasks have predictions"
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -10,7 +10,9 @@ import subprocess
 import pytest
 
 from finetune_platform.errors import ConfigError
-from finetune_platform.inference.predictor import Predictor
+from finetune_platform.inference.hosting import BaseHost, load_predictor, open_host
+from finetune_platform.inference.onnx_host import AdapterTensors, OnnxHost, UnsupportedAdapter
+from finetune_platform.inference.predictor import Predictor, source_from_run
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
 from tests.conftest import finetune_bin, sentiment_rows, tiny_config_dict, write_csv
@@ -44,6 +46,45 @@ def test_predictions_reproduce_the_runs_evaluation(trained):
         assert all(abs(sum(p.probabilities.values()) - 1) < 1e-4 for p in predictions)
         assert {p.label_name for p in predictions} <= {"neg", "pos"}
     assert predictor.info.labels == ("neg", "pos") and predictor.info.max_length == 32
+
+
+def test_every_runtime_reproduces_the_runs_evaluation(trained):
+    """ONNX Runtime (adapter as graph inputs) gives torch's probabilities; int8 stays close."""
+    result, validation = trained
+    with validation.open(encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    source = source_from_run(result.run.root)
+    reference = Predictor.from_run(result.run.root).predict(texts)
+    onnx = load_predictor(source, "onnx")
+    assert isinstance(onnx, OnnxHost) and onnx.runtime == "onnx"
+    exact = onnx.predict(texts, batch_size=7)
+    assert [p.label for p in exact] == [p.label for p in reference]
+    for ours, theirs in zip(exact, reference, strict=True):
+        assert ours.probabilities == pytest.approx(theirs.probabilities, abs=2e-5)
+    quantized = load_predictor(source, "onnx-int8")
+    assert quantized.runtime == "onnx-int8"
+    agree = sum(a.label == b.label for a, b in zip(quantized.predict(texts), reference, strict=True))
+    assert agree / len(texts) >= 0.9
+    with pytest.raises(ConfigError, match="runtime 'tensorrt': choose one of onnx, onnx-int8, torch"):
+        load_predictor(source, "tensorrt")
+
+
+def test_an_adapter_onnx_cannot_express_is_served_by_pytorch(trained, tmp_path, caplog):
+    import shutil
+
+    result, _ = trained
+    folder = shutil.copytree(result.run.root, tmp_path / "dora-run")
+    config_file = folder / "artifacts" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["use_dora"] = True  # not in the exported graph
+    config_file.write_text(json.dumps(config))
+    source = source_from_run(folder)
+    with pytest.raises(UnsupportedAdapter, match="use_dora=True"):
+        AdapterTensors.read(source.adapter_dir)
+    with caplog.at_level("WARNING", logger="finetune_platform.inference"):
+        host = open_host(source, "onnx")
+    assert isinstance(host, BaseHost) and host.runtime == "torch"
+    assert f"{source.key}: served with PyTorch, not ONNX Runtime (use_dora=True)" in caplog.text
 
 
 def test_long_texts_are_truncated_and_say_so_and_empty_texts_are_refused(trained):

@@ -22,6 +22,7 @@ from fastapi import (
     Path as PathParam,
 )
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from finetune_platform.api import schemas
@@ -297,6 +298,71 @@ def train(
 
     enqueue(settings, [job.id], mark=False)
     return task_out(job)
+
+
+@router.post(
+    "/predictions",
+    response_model=schemas.TaskOut,
+    status_code=201,
+    tags=["tasks"],
+    summary="Queue prediction over an uploaded file",
+    responses={200: {"description": "The task submitted earlier with the same Idempotency-Key."}},
+)
+def predictions(
+    request: Request,
+    response: Response,
+    session: DbSession,
+    user: CurrentUser,
+    body: schemas.PredictionJobRequest,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=128, description="Repeat a submission safely: the same key returns the same task."),
+    ] = None,
+):
+    """A worker classifies every row of the dataset with the model; fetch the CSV from
+    GET /task/{id}/predictions once the task has succeeded."""
+    from finetune_platform.services.datasets import dataset_path
+    from finetune_platform.services.jobs import submit_prediction_job
+
+    settings = request.app.state.settings
+    submission = submit_prediction_job(
+        session,
+        settings,
+        user,
+        model=body.model,
+        input_file=dataset_path(session, user, body.dataset_id),
+        text_column=body.text_column,
+        label_column=body.label_column,
+        idempotency_key=idempotency_key,
+        max_attempts=body.max_attempts,
+    )
+    job = submission.job
+    if not submission.created:
+        response.status_code = status.HTTP_200_OK
+        return task_out(job)
+    audit(
+        session, request, "predict.submit", actor=user, target=f"task:{job.id}",
+        dataset=body.dataset_id, model=job.config["model"],
+    )  # fmt: skip
+    session.commit()
+    from finetune_platform.worker.app import enqueue
+
+    enqueue(settings, [job.id], mark=False)
+    return task_out(job)
+
+
+@router.get(
+    "/task/{task_id}/predictions",
+    tags=["tasks"],
+    summary="The predictions CSV of a finished prediction task",
+    response_class=FileResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "One row per input row."}},
+)
+def prediction_file(task_id: str, session: DbSession, user: CurrentUser):
+    from finetune_platform.services.jobs import predictions_path
+
+    path = predictions_path(session, user, task_id)
+    return FileResponse(path, media_type="text/csv", filename=f"predictions-{task_id}.csv")
 
 
 @router.get("/task/{task_id}", response_model=schemas.TaskOut, tags=["tasks"], summary="Status and progress")

@@ -82,13 +82,38 @@ class TrainRequest(Strict):
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the job is failed.")
 
 
+class PredictionJobRequest(Strict):
+    model: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Registered model: name, name@version or name@stage; pinned to a version at submission.",
+    )
+    dataset_id: str = Field(max_length=36, description="Id of an uploaded file of texts (POST /datasets).")
+    text_column: str = Field(
+        default="text", min_length=1, max_length=128, description="Column with the texts."
+    )
+    label_column: str = Field(
+        default="label",
+        min_length=1,
+        max_length=128,
+        description="If the file has this column, the task reports accuracy against it.",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the task is failed.")
+
+
 class TaskOut(BaseModel):
     id: str = Field(description="Task (job) id.")
     owner_id: int = Field(description="Id of the user who submitted it.")
+    kind: str = Field(description="train (POST /train) or predict (POST /predictions).")
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
-    stage: str | None = Field(description="While running: validating, training, evaluating or registering.")
+    stage: str | None = Field(
+        description="While running: validating, training, evaluating or registering; predicting for predictions."
+    )
     progress: dict[str, Any] = Field(
-        description="step, max_steps, epoch, percent, loss, learning_rate, metrics (latest evaluation)."
+        description=(
+            "Training: step, max_steps, epoch, percent, loss, learning_rate, metrics (latest evaluation). "
+            "Prediction: done, total, percent; when finished rows, predicted, empty, truncated, accuracy."
+        )
     )
     attempts: int = Field(description="Attempts started so far.")
     max_attempts: int = Field(description="Attempts allowed before the task fails.")

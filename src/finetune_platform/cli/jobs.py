@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,8 @@ from finetune_platform.cli.common import ConfigPath, JsonFlag, Overrides, fail, 
 from finetune_platform.errors import PlatformError
 
 jobs_app = typer.Typer(
-    help="Queue training jobs and follow them (workers run them: `finetune worker`).", no_args_is_help=True
+    help="Queue training and prediction jobs and follow them (workers run them: `finetune worker`).",
+    no_args_is_help=True,
 )
 JobId = Annotated[str, typer.Argument(help="Job id (from `finetune jobs submit` or `finetune jobs list`).")]
 
@@ -31,9 +33,13 @@ def _as_json(value: Any) -> str:
 
 def _summary(job) -> str:
     progress = job.progress or {}
-    parts = [f"{job.id}  {job.status}"]
+    parts = [f"{job.id}  {job.kind}  {job.status}"]
     if job.stage and job.status == "running":
         parts.append(f"({job.stage})")
+    if job.kind == "predict" and "total" in progress and job.status == "running":
+        parts.append(f"{progress.get('done', 0)}/{progress['total']} texts ({progress.get('percent', 0)}%)")
+    if job.kind == "predict" and job.status == "succeeded" and progress.get("output"):
+        parts.append(f"-> {progress['output']}")
     if "step" in progress:
         parts.append(
             f"step {progress['step']}/{progress.get('max_steps', '?')} ({progress.get('percent', 0)}%)"
@@ -90,6 +96,56 @@ def jobs_submit(
         typer.echo(_as_json({"created": submission.created, **asdict(job)}))
     else:
         typer.echo(message)
+    if wait:
+        _follow(job.id)
+
+
+@jobs_app.command("predict")
+def jobs_predict(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registered model: name, name@3 or name@production.")
+    ],
+    input_file: Annotated[
+        Path, typer.Option("--input", "-i", help="File of texts: csv, tsv, jsonl, json or parquet.")
+    ],
+    text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text.")] = "text",
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="If present, accuracy against this column is reported.")
+    ] = "label",
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Submitting again with the same key returns the first job."),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it finishes.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue prediction over a file as a job; a worker writes results/predictions/<job-id>/predictions.csv."""
+    from finetune_platform.services.jobs import submit_prediction_job
+    from finetune_platform.services.users import local_user
+    from finetune_platform.worker.app import enqueue
+
+    try:
+        with _session() as session:
+            submission = submit_prediction_job(
+                session,
+                settings(),
+                local_user(session),
+                model=model,
+                input_file=input_file,
+                text_column=text_column,
+                label_column=label_column,
+                idempotency_key=idempotency_key,
+            )
+    except PlatformError as error:
+        raise fail(error) from None
+    job = submission.job
+    if submission.created:
+        sent = enqueue(settings(), [job.id], mark=False)
+        note = "" if sent else " (broker unreachable: a worker's reconciler will send it)"
+        message = f"queued prediction job {job.id} with {job.config['model']}{note}"
+    else:
+        message = f"job {job.id} was already submitted with this idempotency key ({job.status})"
+    typer.echo(_as_json({"created": submission.created, **asdict(job)}) if as_json else message)
     if wait:
         _follow(job.id)
 

@@ -36,6 +36,12 @@ class JobStage(StrEnum):
     TRAINING = "training"
     EVALUATING = "evaluating"
     REGISTERING = "registering"
+    PREDICTING = "predicting"
+
+
+class JobKind(StrEnum):
+    TRAIN = "train"  # config: a TrainConfig
+    PREDICT = "predict"  # config: model, input_file, text/label column, output_dir
 
 
 class User(Base):
@@ -57,6 +63,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.TRAIN.value, server_default="train")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
     stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -36,6 +36,34 @@ class FileSummary:
         return text
 
 
+def check_columns(path: Path, text_column: str) -> list[str]:
+    """The file's columns, read from its first rows only; ConfigError unless it exists, has a known
+    format and has ``text_column``."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ConfigError(f"input {path.name}: no such file")
+    if suffix in READERS:
+        columns = pd.read_csv(path, sep=READERS[suffix], dtype=str, nrows=1).columns
+    elif suffix in {".jsonl", ".ndjson"}:
+        columns = next(pd.read_json(path, lines=True, dtype=False, chunksize=1)).columns
+    elif suffix == ".json":
+        columns = pd.read_json(path, dtype=False).columns
+    elif suffix in {".parquet", ".pq"}:
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+    else:
+        raise ConfigError(f"input {path.name}: unknown format {suffix!r}; use {FORMATS}")
+    columns = [str(column) for column in columns]
+    if text_column not in columns:
+        raise ConfigError(
+            f"input {path.name}: no column {text_column!r} (columns: {', '.join(columns)}); choose the text column"
+        )
+    return columns
+
+
 def read_texts(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[Any] | None]:
     """The text column of a data file (and its label column, if any)."""
     import pandas as pd

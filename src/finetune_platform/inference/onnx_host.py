@@ -174,6 +174,7 @@ def build_session(base_source: str, num_labels: int, sample: AdapterTensors, int
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     return session, dict(zip(names, inputs, strict=True))
 

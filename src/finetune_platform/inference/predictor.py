@@ -103,13 +103,33 @@ def source_from_registry(settings: Any, reference: str) -> AdapterSource:
     return AdapterSource.of(f"{card.name}@{card.version}", adapter_dir, info)
 
 
+def length_groups(lengths: list[int], most: int, padding_budget: int) -> list[list[int]]:
+    """Indices in forward passes: by length, a new pass started when joining the current one would add
+    more than ``padding_budget`` padding tokens (or it holds ``most``). Short texts of mixed lengths padded
+    to the longest in one pass cost more than a few passes: on 2 CPU cores, 32 SST-2 sentences run in
+    ~45 ms this way against ~100 ms as one pass (bench/inference.py)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (
+            len(current) >= most or len(current) * (lengths[i] - lengths[current[-1]]) > padding_budget
+        ):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
 class Classifier:
-    """Tokenisation, length-sorted batching and label mapping around a model; subclasses supply the
+    """Tokenisation, length-grouped batching and label mapping around a model; subclasses supply the
     forward pass (``_probabilities``) for the active adapter."""
 
     tokenizer: Any
     label_map: Any
     info: ModelInfo
+    padding_budget = 12  # tokens of padding a text may add to a forward pass before it starts another
 
     # -- prediction ----------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
@@ -136,11 +156,9 @@ class Classifier:
             if not isinstance(text, str) or not text.strip():
                 raise ConfigError(f"text {index}: empty; give the text to classify")
         encoded, truncated = self._encode(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         probabilities: list[Any] = [None] * len(texts)
         pad = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in length_groups([len(ids) for ids in encoded], batch_size, self.padding_budget):
             width = max(len(encoded[i]) for i in batch)
             ids = np.full((len(batch), width), pad, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)

@@ -56,17 +56,29 @@ class ModelPool:
         newest = max(chosen, key=lambda v: (v.created_at, v.version))
         return f"{newest.name}@production" if production else newest.name
 
-    def key_for(self, reference: str | None) -> str:
-        """name@version for a reference; moving references (stage, newest) are looked up again every few seconds."""
-        from finetune_platform.tracking.registry import ModelRegistry
-
-        reference = reference or self.default_reference()
+    def cached_key(self, reference: str | None) -> str | None:
+        """name@version without touching the registry, when the reference pins a version or was resolved
+        less than ``resolve_seconds`` ago; None when it must be looked up (``key_for``)."""
+        reference = reference or self.default
+        if reference is None:
+            return None
         name, _, selector = reference.partition("@")
         if selector.isdigit():
             return f"{name}@{int(selector)}"
         cached = self._resolved.get(reference)
         if cached and time.monotonic() - cached[0] < self.resolve_seconds:
             return cached[1]
+        return None
+
+    def key_for(self, reference: str | None) -> str:
+        """name@version for a reference; moving references (stage, newest) are looked up again every few seconds."""
+        from finetune_platform.tracking.registry import ModelRegistry
+
+        reference = reference or self.default_reference()
+        key = self.cached_key(reference)
+        if key is not None:
+            return key
+        cached = self._resolved.get(reference)
         info = ModelRegistry(self.settings).resolve(reference)
         key = f"{info.name}@{info.version}"
         if cached and cached[1] != key:
@@ -196,6 +208,7 @@ def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
         settings, model, settings.SERVE_MAX_ADAPTERS, settings.SERVE_RESOLVE_SECONDS, settings.SERVE_RUNTIME
     )
     batcher = Batcher(pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH)
+    resolver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolve")
     app = FastAPI(
         title="finetune-platform inference", description="Predictions from registered LoRA adapters."
     )
@@ -219,7 +232,9 @@ def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
                     status.HTTP_422_UNPROCESSABLE_CONTENT, f"text {index}: empty; give the text to classify"
                 )
         started = time.perf_counter()
-        key = await asyncio.get_running_loop().run_in_executor(batcher.executor, pool.key_for, body_model)
+        key = pool.cached_key(body_model)
+        if key is None:  # a registry lookup: on its own thread, never queued behind a running batch
+            key = await asyncio.get_running_loop().run_in_executor(resolver, pool.key_for, body_model)
         predictions = await batcher.predict(key, texts)
         source = pool.source(key)
         about = {

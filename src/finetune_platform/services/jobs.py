@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from finetune_platform.db.models import Job, JobEvent, JobStage, JobStatus, Role, utcnow
+from finetune_platform.db.models import Job, JobEvent, JobKind, JobStage, JobStatus, Role, utcnow
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
 from finetune_platform.services.users import UserPublic
 
@@ -28,6 +28,7 @@ FINISHED = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELL
 class JobPublic:
     id: str
     owner_id: int
+    kind: str
     status: str
     stage: str | None
     attempts: int
@@ -50,6 +51,7 @@ class JobPublic:
         return cls(
             job.id,
             job.owner_id,
+            job.kind,
             job.status,
             job.stage,
             job.attempts,
@@ -84,41 +86,33 @@ def _event(session: Session, job: Job, kind: str, message: str = "", **data: Any
     session.add(JobEvent(job_id=job.id, kind=kind, message=message, data=data))
 
 
-def submit_job(
+def _earlier(session: Session, user: UserPublic, idempotency_key: str | None) -> Submission | None:
+    if idempotency_key is None:
+        return None
+    existing = session.scalar(
+        select(Job).where(Job.owner_id == user.id, Job.idempotency_key == idempotency_key)
+    )
+    return None if existing is None else Submission(JobPublic.of(existing), created=False)
+
+
+def _queue(
     session: Session,
     user: UserPublic,
+    kind: JobKind,
     config: dict[str, Any],
     *,
-    idempotency_key: str | None = None,
-    max_attempts: int = 3,
+    dataset_version: str | None,
+    idempotency_key: str | None,
+    max_attempts: int,
 ) -> Submission:
-    """Validate the config and its data, then queue a job (once per idempotency key)."""
-    from finetune_platform.data.validation import DatasetValidationError, ValidationOptions, validate_dataset
-    from finetune_platform.training.config import config_from_dict
-
-    if idempotency_key is not None:
-        existing = session.scalar(
-            select(Job).where(Job.owner_id == user.id, Job.idempotency_key == idempotency_key)
-        )
-        if existing is not None:
-            return Submission(JobPublic.of(existing), created=False)
-    train_config = config_from_dict(config)  # ConfigError names the field
-    data = train_config.data
-    options = ValidationOptions(
-        text_column=data.text_column,
-        label_column=data.label_column,
-        label_names=data.label_names,
-        drop_invalid=data.invalid_rows == "drop",
-    )
-    report = validate_dataset(data.train_file, options, data.validation_file)
-    if not report.ok:
-        raise DatasetValidationError(report)
+    """Insert a queued job row (once per idempotency key, even when two requests race)."""
     job = Job(
         id=str(uuid.uuid4()),
         owner_id=user.id,
+        kind=kind.value,
         status=JobStatus.QUEUED.value,
-        config=train_config.to_yaml_dict(),
-        dataset_version=report.file("train").version,
+        config=config,
+        dataset_version=dataset_version,
         idempotency_key=idempotency_key,
         attempts=0,
         max_attempts=max_attempts,
@@ -132,15 +126,93 @@ def submit_job(
         session.flush()
     except IntegrityError:  # the same key submitted concurrently: the other request won
         session.rollback()
-        existing = session.scalar(
-            select(Job).where(Job.owner_id == user.id, Job.idempotency_key == idempotency_key)
-        )
-        if existing is None:
+        earlier = _earlier(session, user, idempotency_key)
+        if earlier is None:
             raise
-        return Submission(JobPublic.of(existing), created=False)
+        return earlier
     _event(session, job, "submitted", f"queued by {user.username}", dataset_version=job.dataset_version)
-    record_dataset_versions(session, report, options, owner_id=user.id)
     return Submission(JobPublic.of(job), created=True)
+
+
+def submit_job(
+    session: Session,
+    user: UserPublic,
+    config: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    max_attempts: int = 3,
+) -> Submission:
+    """Validate the config and its data, then queue a training job (once per idempotency key)."""
+    from finetune_platform.data.validation import DatasetValidationError, ValidationOptions, validate_dataset
+    from finetune_platform.training.config import config_from_dict
+
+    earlier = _earlier(session, user, idempotency_key)
+    if earlier is not None:
+        return earlier
+    train_config = config_from_dict(config)  # ConfigError names the field
+    data = train_config.data
+    options = ValidationOptions(
+        text_column=data.text_column,
+        label_column=data.label_column,
+        label_names=data.label_names,
+        drop_invalid=data.invalid_rows == "drop",
+    )
+    report = validate_dataset(data.train_file, options, data.validation_file)
+    if not report.ok:
+        raise DatasetValidationError(report)
+    submission = _queue(
+        session,
+        user,
+        JobKind.TRAIN,
+        train_config.to_yaml_dict(),
+        dataset_version=report.file("train").version,
+        idempotency_key=idempotency_key,
+        max_attempts=max_attempts,
+    )
+    if submission.created:
+        record_dataset_versions(session, report, options, owner_id=user.id)
+    return submission
+
+
+def submit_prediction_job(
+    session: Session,
+    settings: Any,
+    user: UserPublic,
+    *,
+    model: str,
+    input_file: Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    idempotency_key: str | None = None,
+    max_attempts: int = 3,
+) -> Submission:
+    """Queue prediction over a file with a registered model, pinned now to the version it resolves to
+    (so a promotion while the job waits does not change what it runs). The file must have the text column."""
+    from finetune_platform.inference.batch import check_columns
+    from finetune_platform.tracking.registry import ModelRegistry
+
+    earlier = _earlier(session, user, idempotency_key)
+    if earlier is not None:
+        return earlier
+    version = ModelRegistry(settings).resolve(model)  # NotFoundError names the model
+    check_columns(Path(input_file), text_column)
+    config = {
+        "model": f"{version.name}@{version.version}",
+        "requested_model": model,
+        "input_file": str(Path(input_file).resolve()),
+        "text_column": text_column,
+        "label_column": label_column,
+        "output_dir": str(Path(settings.RESULTS_DIR).resolve()),
+    }
+    return _queue(
+        session,
+        user,
+        JobKind.PREDICT,
+        config,
+        dataset_version=None,
+        idempotency_key=idempotency_key,
+        max_attempts=max_attempts,
+    )
 
 
 def record_dataset_versions(session: Session, report: Any, options: Any, owner_id: int | None) -> list[str]:
@@ -182,7 +254,31 @@ def run_folder_path(output_dir: str | Path, experiment: str, job_id: str) -> Pat
     return Path(output_dir) / experiment / job_id
 
 
+def prediction_folder(output_dir: str | Path, job_id: str) -> Path:
+    """Where a prediction job writes predictions.csv and logs.txt."""
+    return Path(output_dir) / "predictions" / job_id
+
+
+def predictions_path(session: Session, user: UserPublic, job_id: str) -> Path:
+    """The predictions.csv of a succeeded prediction job the user may see."""
+    job = _visible(session, user, job_id)
+    if job.kind != JobKind.PREDICT.value:
+        raise PlatformError(
+            f"task {job_id} is a {job.kind} task: only prediction tasks have predictions", ErrorCode.CONFLICT
+        )
+    if job.status != JobStatus.SUCCEEDED.value:
+        raise PlatformError(
+            f"task {job_id} is {job.status}: predictions are ready when it has succeeded", ErrorCode.CONFLICT
+        )
+    path = prediction_folder(job.config["output_dir"], job.id) / "predictions.csv"
+    if not path.is_file():
+        raise NotFoundError(f"task {job_id}: predictions.csv is no longer on the server")
+    return path
+
+
 def job_log_path(job: JobPublic) -> Path:
+    if job.kind == JobKind.PREDICT.value:
+        return prediction_folder(job.config["output_dir"], job.id) / "logs.txt"
     return run_folder_path(job.config["output_dir"], job.config["experiment"], job.id) / "logs.txt"
 
 

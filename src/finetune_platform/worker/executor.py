@@ -8,9 +8,11 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from finetune_platform.db.models import JobStatus
+from finetune_platform.db.models import JobKind, JobStage, JobStatus
 from finetune_platform.db.session import session_scope
 from finetune_platform.errors import PlatformError
 from finetune_platform.services import jobs
@@ -79,7 +81,13 @@ def execute_job(
     context = JobContext(settings, claim, control)
     logger.info("job %s: attempt %d of %d", job_id, claim.job.attempts, claim.job.max_attempts)
     try:
-        result = (body or (lambda ctx: train_job(ctx, callbacks)))(context)
+        if body is None:
+            body = (
+                predict_job
+                if claim.job.kind == JobKind.PREDICT.value
+                else (lambda c: train_job(c, callbacks))
+            )
+        result = body(context)
     except LeaseLost as exc:
         logger.error("%s", exc)
         return "lost"
@@ -200,4 +208,52 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
         "run_id": result.mlflow_run_id,
         "model_name": model.get("name"),
         "model_version": model.get("version"),
+    }
+
+
+def predict_job(context: JobContext) -> dict[str, Any]:
+    """The prediction body: the pinned model over the input file, progress per chunk, a cancel or shutdown
+    honoured between chunks (a preempted job starts over: predictions are cheap next to training)."""
+    from finetune_platform.inference.batch import predict_file, read_texts
+    from finetune_platform.inference.hosting import load_predictor
+    from finetune_platform.inference.predictor import source_from_registry
+
+    job, settings, control = context.job, context.settings, context.control
+    config = job.config
+    folder = jobs.prediction_folder(config["output_dir"], job.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = (folder / "logs.txt").open("a", encoding="utf-8")
+
+    def note(message: str) -> None:
+        logger.info("job %s: %s", job.id, message)
+        log.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {message}\n")
+        log.flush()
+
+    with log:
+        context.report(stage=JobStage.PREDICTING.value, run_folder=str(folder.resolve()))
+        source = source_from_registry(settings, config["model"])
+        predictor = load_predictor(source, settings.SERVE_RUNTIME)
+        texts, labels = read_texts(Path(config["input_file"]), config["text_column"], config["label_column"])
+        note(f"predicting {len(texts)} rows of {Path(config['input_file']).name} with {config['model']}")
+
+        def progress(done: int, total: int) -> None:
+            control.raise_if_stopped()
+            percent = round(100 * done / max(total, 1), 1)
+            context.report(progress={"done": done, "total": total, "percent": percent})
+            note(f"{done}/{total} texts ({percent}%)")
+
+        output = folder / "predictions.csv"
+        summary = predict_file(predictor, texts, labels, output, on_progress=progress)
+        note(summary.describe(output).replace("\n", "; "))
+    result = {
+        "rows": summary.rows, "predicted": summary.predicted, "empty": summary.empty,
+        "truncated": summary.truncated, "accuracy": summary.accuracy, "output": str(output.resolve()),
+        "percent": 100.0,
+    }  # fmt: skip
+    context.report(progress=result)
+    return {
+        "message": f"{summary.predicted} of {summary.rows} rows predicted"
+        + (f", accuracy {summary.accuracy:.4f}" if summary.accuracy is not None else ""),
+        "model_name": source.info.name,
+        "model_version": source.info.version,
     }
