@@ -80,6 +80,11 @@ def test_one_prediction_in_the_seed_format(server, registry):
     expected = direct(registry, "served-a@2", ["great film"])[0]
     assert (body["label"], body["label_name"]) == (expected.label, expected.label_name)
     assert body["probability"] == pytest.approx(expected.probability, abs=1e-4)
+    loaded = httpx.get(f"{url}/models", timeout=30).json()["loaded"]
+    # the only adapter of its base model: merged into it
+    assert [(m["model"], m["version"], m["runtime"], m["merged"]) for m in loaded] == [
+        ("served-a", 2, "onnx", True)
+    ]
 
 
 def test_each_adapter_answers_with_its_own_predictions(server, registry):
@@ -95,7 +100,9 @@ def test_each_adapter_answers_with_its_own_predictions(server, registry):
             assert answer == pytest.approx(want.probabilities, abs=1e-4)
     models = httpx.get(f"{url}/models", timeout=30).json()
     resident = sorted((m["model"], m["version"]) for m in models["loaded"])
-    assert resident == [("served-a", 1), ("served-b", 1)]  # SERVE_MAX_ADAPTERS=2: served-a@2 was least recent
+    # SERVE_MAX_ADAPTERS=2: the two most recently used stay, on one shared graph (two adapters of one base)
+    assert resident == [("served-a", 1), ("served-a", 2)]
+    assert {m["merged"] for m in models["loaded"]} == {False}
 
 
 def test_concurrent_requests_each_get_their_own_answer(server, registry):
@@ -131,6 +138,16 @@ def test_a_promotion_is_served_without_a_restart(registry):
     assert client.post("/predict", json={"text": "great film"}).json()["version"] == 1
     registry_client.transition("served-a", 2, Stage.PRODUCTION)
     assert client.post("/predict", json={"text": "great film"}).json()["version"] == 2
+    # the new default took the old one's place in a merged graph; the old version is gone
+    loaded = client.get("/models").json()["loaded"]
+    assert [(m["version"], m["merged"]) for m in loaded] == [(2, True)]
+    # a request naming another version moves the base model to the shared graph, both answered correctly
+    assert client.post("/predict", json={"text": "great film", "model": "served-a@1"}).json()["version"] == 1
+    loaded = client.get("/models").json()["loaded"]
+    assert sorted((m["version"], m["merged"]) for m in loaded) == [(1, False), (2, False)]
+    body = client.post("/predict/batch", json={"texts": TEXTS}).json()
+    expected = direct(registry, "served-a@2", TEXTS)
+    assert [p["label_name"] for p in body["predictions"]] == [p.label_name for p in expected]
 
 
 def test_bad_requests_get_clear_answers(registry):

@@ -26,6 +26,7 @@ class BaseHost(Predictor):
     """
 
     runtime = "torch"
+    merged = False  # PEFT switches adapters on the unmerged model
 
     def __init__(self, first: AdapterSource, device: str = "cpu") -> None:
         super().__init__(
@@ -62,16 +63,17 @@ class BaseHost(Predictor):
             return self.predict(texts, batch_size)
 
 
-def open_host(source: AdapterSource, runtime: str = "onnx", device: str = "cpu") -> Any:
-    """A host for ``source`` on ``runtime``; an adapter the ONNX graph cannot express (or a GPU device)
-    falls back to PyTorch, with a log line saying why."""
+def open_host(source: AdapterSource, runtime: str = "onnx", device: str = "cpu", merged: bool = False) -> Any:
+    """A host for ``source`` on ``runtime`` (``merged``: ONNX with the adapter folded in, serving only it);
+    an adapter the ONNX graph cannot express (or a GPU device) falls back to PyTorch, with a log line
+    saying why."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     if runtime != "torch" and device == "cpu":
         from finetune_platform.inference.onnx_host import OnnxHost, UnsupportedAdapter
 
         try:
-            return OnnxHost(source, int8=runtime == "onnx-int8")
+            return OnnxHost(source, int8=runtime == "onnx-int8", merged=merged)
         except UnsupportedAdapter as exc:
             logger.warning("%s: served with PyTorch, not ONNX Runtime (%s)", source.key, exc)
     return BaseHost(source, device=device)
@@ -84,4 +86,4 @@ def load_predictor(source: AdapterSource, runtime: str = "onnx", device: str = "
         if runtime not in RUNTIMES:
             raise ConfigError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
         return Predictor.of(source, device=device, merge=True)
-    return open_host(source, runtime, device)
+    return open_host(source, runtime, device, merged=True)

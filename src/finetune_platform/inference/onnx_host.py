@@ -139,17 +139,56 @@ def _slotted_model(base_source: str, num_labels: int, signature: tuple) -> tuple
     return Graph(), names
 
 
-def build_session(base_source: str, num_labels: int, sample: AdapterTensors, int8: bool, threads: int):
-    """Export the slotted base model to ONNX (in memory) and open an ONNX Runtime session on it."""
+def _merged_model(base_source: str, num_labels: int, tensors: AdapterTensors) -> Any:
+    """The base model with one adapter folded in (W + B·A, trained modules copied): no LoRA ops left."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_source, num_labels=num_labels, torch_dtype=torch.float32
+    ).eval()
+    values = tensors.values
+    with torch.no_grad():
+        for name, value in values.items():
+            if ".lora_A." in name:
+                continue
+            if ".lora_B." in name:
+                module_path = name.split(".lora_", 1)[0]
+                delta = value @ values[f"{module_path}.lora_A.weight"]
+                model.get_submodule(module_path).weight += torch.from_numpy(delta)
+            else:
+                module_path, _, parameter = name.rpartition(".")
+                getattr(model.get_submodule(module_path), parameter).copy_(torch.from_numpy(value))
+
+    class Graph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return Graph()
+
+
+def build_session(
+    base_source: str, num_labels: int, tensors: AdapterTensors, *, merged: bool, int8: bool, threads: int
+) -> tuple[Any, dict[str, str]]:
+    """Export to ONNX (in memory) and open an ONNX Runtime session: the adapter merged into the base, or
+    the base with every adapter tensor a graph input. Returns the session and the input name per tensor."""
     import warnings
 
     import numpy as np
     import onnxruntime
     import torch
 
-    graph, names = _slotted_model(base_source, num_labels, sample.signature)
+    if merged:
+        graph, names = _merged_model(base_source, num_labels, tensors), []
+    else:
+        graph, names = _slotted_model(base_source, num_labels, tensors.signature)
     inputs = [f"a{i}" for i in range(len(names))]
-    example = [torch.from_numpy(np.ascontiguousarray(sample.values[name])) for name in names]
+    example = [torch.from_numpy(np.ascontiguousarray(tensors.values[name])) for name in names]
     ids = torch.tensor([[101, 2023, 102]], dtype=torch.long)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode():
@@ -168,15 +207,29 @@ def build_session(base_source: str, num_labels: int, sample: AdapterTensors, int
             dynamo=False,
         )
     model_bytes = buffer.getvalue()
+    del graph
     if int8:
         model_bytes = _quantized(model_bytes)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # idle threads sleep rather than spin: in a server they would take the CPU the event loop needs
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    del model_bytes
+    _release_freed_memory()  # the PyTorch model the graph came from is gone: give its pages back
     return session, dict(zip(names, inputs, strict=True))
+
+
+def _release_freed_memory() -> None:
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _quantized(model_bytes: bytes) -> bytes:
@@ -191,11 +244,17 @@ def _quantized(model_bytes: bytes) -> bytes:
 
 
 class OnnxHost(Classifier):
-    """A base model's ONNX session and the adapters resident on it; the same interface as ``BaseHost``."""
+    """A base model's ONNX session and the adapters resident on it; the same interface as ``BaseHost``.
+
+    ``merged``: the one adapter folded into the base weights, for a server's default model: one sentence in
+    ~2 ms instead of ~4 ms on 2 CPU cores; such a host accepts no other adapter.
+    """
 
     runtime = "onnx"
 
-    def __init__(self, first: AdapterSource, *, int8: bool = False, threads: int | None = None) -> None:
+    def __init__(
+        self, first: AdapterSource, *, int8: bool = False, merged: bool = False, threads: int | None = None
+    ) -> None:
         import torch
         from transformers import AutoTokenizer
 
@@ -207,12 +266,14 @@ class OnnxHost(Classifier):
         reference = resolve_base_model(first.info.base_model, first.info.language or None)
         self.tokenizer = AutoTokenizer.from_pretrained(str(first.adapter_dir))
         self.signature = tensors.signature
+        self.merged = merged
         self.session, self.inputs = build_session(
             reference.source,
             len(first.label_map.names),
             tensors,
-            int8,
-            threads or torch.get_num_threads(),
+            merged=merged,
+            int8=int8,
+            threads=threads or torch.get_num_threads(),
         )
         if int8:
             self.runtime = "onnx-int8"
@@ -225,11 +286,11 @@ class OnnxHost(Classifier):
 
     def accepts(self, source: AdapterSource) -> bool:
         """Whether ``source`` has this graph's shape (same modules adapted, same ranks, same labels)."""
-        return AdapterTensors.read(source.adapter_dir).signature == self.signature
+        return not self.merged and AdapterTensors.read(source.adapter_dir).signature == self.signature
 
     def attach(self, source: AdapterSource) -> None:
         tensors = AdapterTensors.read(source.adapter_dir)
-        if tensors.signature != self.signature:
+        if self.merged or tensors.signature != self.signature:
             raise UnsupportedAdapter(f"{source.key}: adapter shape differs from this graph's")
         self._attach(source, tensors)
 
@@ -240,6 +301,7 @@ class OnnxHost(Classifier):
         self._feeds[source.key] = {
             self.inputs[name]: onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
             for name, value in tensors.values.items()
+            if name in self.inputs  # a merged graph has no adapter inputs
         }
         self.adapters[source.key] = source
 

@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.inference")
 BEARER = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
+DEFAULT_SLOT = ""  # the resolution cache's entry for "no model named, no --model given"
 
 
 class ModelPool:
@@ -40,6 +42,8 @@ class ModelPool:
         self.resolve_seconds, self.runtime = resolve_seconds, runtime
         self.hosts: list[Any] = []  # one per base model and label count (ONNX: and adapter shape)
         self._resolved: dict[str, tuple[float, str]] = {}  # reference -> (when, name@version)
+        self.default_key: str | None = None  # what the default model resolves to now
+        self._recent: OrderedDict[str, None] = OrderedDict()  # resident adapters, least recently used first
         self._sources: dict[str, AdapterSource] = {}
 
     def default_reference(self) -> str:
@@ -59,31 +63,38 @@ class ModelPool:
     def cached_key(self, reference: str | None) -> str | None:
         """name@version without touching the registry, when the reference pins a version or was resolved
         less than ``resolve_seconds`` ago; None when it must be looked up (``key_for``)."""
-        reference = reference or self.default
-        if reference is None:
-            return None
-        name, _, selector = reference.partition("@")
+        slot = reference or self.default or DEFAULT_SLOT
+        name, _, selector = slot.partition("@")
         if selector.isdigit():
-            return f"{name}@{int(selector)}"
-        cached = self._resolved.get(reference)
-        if cached and time.monotonic() - cached[0] < self.resolve_seconds:
-            return cached[1]
-        return None
+            key = f"{name}@{int(selector)}"
+        else:
+            cached = self._resolved.get(slot)
+            if not cached or time.monotonic() - cached[0] >= self.resolve_seconds:
+                return None
+            key = cached[1]
+        if not reference or reference == self.default:
+            self.default_key = key
+        return key
 
     def key_for(self, reference: str | None) -> str:
-        """name@version for a reference; moving references (stage, newest) are looked up again every few seconds."""
+        """name@version for a reference; moving references (stage, newest, the default) are looked up again
+        every ``resolve_seconds``."""
         from finetune_platform.tracking.registry import ModelRegistry
 
-        reference = reference or self.default_reference()
         key = self.cached_key(reference)
         if key is not None:
             return key
-        cached = self._resolved.get(reference)
-        info = ModelRegistry(self.settings).resolve(reference)
+        slot = reference or self.default or DEFAULT_SLOT
+        info = ModelRegistry(self.settings).resolve(
+            self.default_reference() if slot == DEFAULT_SLOT else slot
+        )
         key = f"{info.name}@{info.version}"
+        cached = self._resolved.get(slot)
         if cached and cached[1] != key:
-            logger.info("%s now resolves to %s", reference, key)
-        self._resolved[reference] = (time.monotonic(), key)
+            logger.info("%s now resolves to %s", reference or "the default model", key)
+        self._resolved[slot] = (time.monotonic(), key)
+        if not reference or reference == self.default:
+            self.default_key = key
         return key
 
     def source(self, key: str) -> AdapterSource:
@@ -96,42 +107,69 @@ class ModelPool:
             source = self._sources[key] = source_from_registry(self.settings, key)
         host = next((h for h in self.hosts if key in h.adapters), None)
         if host is None:
-            host = next((h for h in self.hosts if self._fits(h, source)), None)
-            if host is None:
-                host = open_host(source, self.runtime)
-                self.hosts.append(host)
-            else:
-                host.attach(source)
-        self._evict()
+            host = self._host_for(key, source)
+        self._recent[key] = None
+        self._recent.move_to_end(key)
+        self._evict(keep=key)
         return host, source
 
+    def _host_for(self, key: str, source: AdapterSource) -> Any:
+        """Where a new adapter goes. Alone on its base model it is merged into it (the single-model case:
+        ~3 ms instead of ~4 ms a sentence on 2 cores). A second adapter of that base moves both to the shared
+        graph with adapters as inputs, unless it is a new default (a promotion): then it replaces the old."""
+        same_base = [host for host in self.hosts if self._same_base(host, source)]
+        merged = next((host for host in same_base if host.merged), None)
+        if merged is not None:
+            self.hosts.remove(merged)
+            same_base.remove(merged)
+            (earlier,) = merged.adapters.values()
+            if key == self.default_key:
+                logger.info("%s replaces %s as the default model", key, earlier.key)
+            else:
+                same_base.append(self._open(earlier))
+        if not same_base and self.runtime != "torch":
+            return self._open(source, merged=True)
+        host = next((host for host in same_base if host.accepts(source)), None)
+        if host is None:
+            return self._open(source)
+        host.attach(source)
+        return host
+
+    def _open(self, source: AdapterSource, merged: bool = False) -> Any:
+        host = open_host(source, self.runtime, merged=merged)
+        self.hosts.append(host)
+        return host
+
     @staticmethod
-    def _fits(host: Any, source: AdapterSource) -> bool:
+    def _same_base(host: Any, source: AdapterSource) -> bool:
         first = next(iter(host.adapters.values()))
-        return (
-            first.info.base_model == source.info.base_model
-            and len(first.label_map.names) == len(source.label_map.names)
-            and host.accepts(source)
+        return (first.info.base_model, len(first.label_map.names)) == (
+            source.info.base_model,
+            len(source.label_map.names),
         )
 
-    def _evict(self) -> None:
-        attached = [(host, key) for host in self.hosts for key in host.adapters]
-        while len(attached) > self.max_adapters:
-            # the least recently used adapter of the host with the most adapters (a host keeps its last one)
-            host = max(self.hosts, key=lambda h: len(h.adapters))
-            if len(host.adapters) <= 1:
-                break
-            key = next(iter(host.adapters))
-            with host.lock:
-                host.detach(key)
-            logger.info("detached %s (more than %d adapters resident)", key, self.max_adapters)
-            attached = [(h, k) for h in self.hosts for k in h.adapters]
+    def _evict(self, keep: str) -> None:
+        """Past ``max_adapters``, the least recently used adapters go (never ``keep``, the one in use);
+        a host whose last adapter goes is dropped with its graph."""
+        resident = {key: host for host in self.hosts for key in host.adapters}
+        for key in [key for key in self._recent if key not in resident]:
+            del self._recent[key]
+        while len(resident) > self.max_adapters:
+            key = next(key for key in self._recent if key != keep)
+            host = resident.pop(key)
+            del self._recent[key]
+            if len(host.adapters) > 1:
+                with host.lock:
+                    host.detach(key)
+            else:
+                self.hosts.remove(host)
+            logger.info("unloaded %s (more than %d adapters resident)", key, self.max_adapters)
 
     def loaded(self) -> list[dict[str, Any]]:
         return [
             {"model": s.info.name, "version": s.info.version, "base_model": s.info.base_model,
              "language": s.info.language, "labels": list(s.label_map.names), "max_length": s.info.max_length,
-             "runtime": host.runtime}
+             "runtime": host.runtime, "merged": host.merged}
             for host in self.hosts
             for s in host.adapters.values()
         ]  # fmt: skip
