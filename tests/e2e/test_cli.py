@@ -60,6 +60,7 @@ COMMANDS = [
     ["jobs", "retry"],
     ["jobs", "logs"],
     ["jobs", "reconcile"],
+    ["jobs", "predict"],
     ["worker"],
     ["api"],
     ["predict"],
