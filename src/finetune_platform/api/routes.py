@@ -257,6 +257,26 @@ def _server_config(
     return config
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=128, description="Repeat a submission safely: the same key returns the same task."),
+]
+
+
+def _queued(request, response, session, user, submission, action: str, **details: Any) -> dict[str, Any]:
+    """A new task is audited, committed and sent to the broker (201); a repeated key returns the first (200)."""
+    job = submission.job
+    if not submission.created:
+        response.status_code = status.HTTP_200_OK
+        return task_out(job)
+    audit(session, request, action, actor=user, target=f"task:{job.id}", **details)
+    session.commit()  # the worker must find the row before the message arrives
+    from finetune_platform.worker.app import enqueue
+
+    enqueue(request.app.state.settings, [job.id], mark=False)
+    return task_out(job)
+
+
 @router.post(
     "/train",
     response_model=schemas.TaskOut,
@@ -271,10 +291,7 @@ def train(
     session: DbSession,
     user: CurrentUser,
     body: schemas.TrainRequest,
-    idempotency_key: Annotated[
-        str | None,
-        Header(max_length=128, description="Repeat a submission safely: the same key returns the same task."),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ):
     from finetune_platform.services.datasets import dataset_path
     from finetune_platform.services.jobs import submit_job
@@ -288,16 +305,7 @@ def train(
     submission = submit_job(
         session, user, config, idempotency_key=idempotency_key, max_attempts=body.max_attempts
     )
-    job = submission.job
-    if not submission.created:
-        response.status_code = status.HTTP_200_OK
-        return task_out(job)
-    audit(session, request, "train.submit", actor=user, target=f"task:{job.id}", dataset=body.dataset_id)
-    session.commit()  # the worker must find the row before the message arrives
-    from finetune_platform.worker.app import enqueue
-
-    enqueue(settings, [job.id], mark=False)
-    return task_out(job)
+    return _queued(request, response, session, user, submission, "train.submit", dataset=body.dataset_id)
 
 
 @router.post(
@@ -314,10 +322,7 @@ def predictions(
     session: DbSession,
     user: CurrentUser,
     body: schemas.PredictionJobRequest,
-    idempotency_key: Annotated[
-        str | None,
-        Header(max_length=128, description="Repeat a submission safely: the same key returns the same task."),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ):
     """A worker classifies every row of the dataset with the model; fetch the CSV from
     GET /task/{id}/predictions once the task has succeeded."""
@@ -336,19 +341,10 @@ def predictions(
         idempotency_key=idempotency_key,
         max_attempts=body.max_attempts,
     )
-    job = submission.job
-    if not submission.created:
-        response.status_code = status.HTTP_200_OK
-        return task_out(job)
-    audit(
-        session, request, "predict.submit", actor=user, target=f"task:{job.id}",
-        dataset=body.dataset_id, model=job.config["model"],
+    return _queued(
+        request, response, session, user, submission, "predict.submit",
+        dataset=body.dataset_id, model=submission.job.config["model"],
     )  # fmt: skip
-    session.commit()
-    from finetune_platform.worker.app import enqueue
-
-    enqueue(settings, [job.id], mark=False)
-    return task_out(job)
 
 
 @router.get(

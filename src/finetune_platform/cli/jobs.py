@@ -71,7 +71,6 @@ def jobs_submit(
     """Validate a config and its data, then queue it as a training job."""
     from finetune_platform.services.jobs import submit_job
     from finetune_platform.services.users import local_user
-    from finetune_platform.worker.app import enqueue
 
     try:
         config = load(config_path, overrides).with_absolute_paths()
@@ -85,19 +84,7 @@ def jobs_submit(
             )
     except PlatformError as error:
         raise fail(error) from None
-    job = submission.job
-    if submission.created:
-        sent = enqueue(settings(), [job.id], mark=False)
-        note = "" if sent else " (broker unreachable: a worker's reconciler will send it)"
-        message = f"queued job {job.id} (dataset version {job.dataset_version}){note}"
-    else:
-        message = f"job {job.id} was already submitted with this idempotency key ({job.status})"
-    if as_json:
-        typer.echo(_as_json({"created": submission.created, **asdict(job)}))
-    else:
-        typer.echo(message)
-    if wait:
-        _follow(job.id)
+    _queued(submission, f"(dataset version {submission.job.dataset_version})", as_json, wait)
 
 
 @jobs_app.command("predict")
@@ -122,7 +109,6 @@ def jobs_predict(
     """Queue prediction over a file as a job; a worker writes results/predictions/<job-id>/predictions.csv."""
     from finetune_platform.services.jobs import submit_prediction_job
     from finetune_platform.services.users import local_user
-    from finetune_platform.worker.app import enqueue
 
     try:
         with _session() as session:
@@ -138,11 +124,18 @@ def jobs_predict(
             )
     except PlatformError as error:
         raise fail(error) from None
+    _queued(submission, f"(prediction with {submission.job.config['model']})", as_json, wait)
+
+
+def _queued(submission, about: str, as_json: bool, wait: bool) -> None:
+    """Send a new job to the broker, say what happened, and follow it if asked."""
+    from finetune_platform.worker.app import enqueue
+
     job = submission.job
     if submission.created:
         sent = enqueue(settings(), [job.id], mark=False)
         note = "" if sent else " (broker unreachable: a worker's reconciler will send it)"
-        message = f"queued prediction job {job.id} with {job.config['model']}{note}"
+        message = f"queued job {job.id} {about}{note}"
     else:
         message = f"job {job.id} was already submitted with this idempotency key ({job.status})"
     typer.echo(_as_json({"created": submission.created, **asdict(job)}) if as_json else message)
