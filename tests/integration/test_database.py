@@ -17,7 +17,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
     from alembic.runtime.migration import MigrationContext
 
     assert db.current_revision(db_settings) == "base"
-    assert db.upgrade(db_settings) == "0003"
+    assert db.upgrade(db_settings) == "0004"
     engine = db.engine_for(db_settings.database_url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -28,12 +28,15 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
         "dataset_versions",
         "audit_events",
     }
-    assert db.upgrade(db_settings) == "0003"  # running it again changes nothing
+    assert db.upgrade(db_settings) == "0004"  # running it again changes nothing
+    assert "kind" in {column["name"] for column in inspect(engine).get_columns("jobs")}
+    assert db.downgrade(db_settings, "0003") == "0003"
+    assert "kind" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
     assert db.downgrade(db_settings, "0001") == "0001"
     assert "enqueued_at" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
     assert db.downgrade(db_settings, "base") == "base"
     assert not set(inspect(engine).get_table_names()) & {"users", "jobs"}
-    assert db.upgrade(db_settings) == "0003"
+    assert db.upgrade(db_settings) == "0004"
 
 
 def test_users_are_created_with_argon2id_hashes_and_checked(db_settings):
@@ -84,7 +87,7 @@ def test_cli_upgrade_and_users(db_settings, monkeypatch):
         before = runner.invoke(app, ["users", "create", "erin", "--password-stdin"], input="long enough\n")
         assert before.exit_code == 2 and "Run `finetune db upgrade` first" in before.output
         upgraded = runner.invoke(app, ["db", "upgrade"])
-        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0003")
+        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0004")
         created = runner.invoke(
             app, ["users", "create", "erin", "--role", "admin", "--password-stdin"], input="long enough\n"
         )

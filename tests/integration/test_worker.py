@@ -259,7 +259,9 @@ def test_two_workers_on_one_machine_share_a_fresh_tracking_store(envs, tmp_path,
     env.start_worker("left")
     env.start_worker("right")
     jobs = [env.wait_status(job_id, {"succeeded", "failed"}) for job_id in ids]
-    assert [(job.status, job.attempts) for job in jobs] == [("succeeded", 1)] * 4, [job.error for job in jobs]
+    assert [(job.status, job.attempts) for job in jobs] == [("succeeded", 1)] * 4, [
+        env.events(job.id) for job in jobs
+    ]
     assert sorted(job.model_version for job in jobs) == [1, 2, 3, 4]
     assert registered_versions(env, "shared") == [1, 2, 3, 4]
     workers = {env.events(job_id)[1][1].split(" on ")[1].split("@")[0] for job_id in ids}
