@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the platform with its dev tools
 
-demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), register it, list the registry
+demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), register it, predict with it
 	$(BIN)/finetune train configs/quickstart.yaml
 	$(BIN)/finetune models list --name quickstart-sentiment
+	$(BIN)/finetune predict --model quickstart-sentiment --text "A wonderful, moving film." --text "Dull and far too long."
 
 test: $(STAMP) ## Lint, then run the whole test suite
 	$(BIN)/ruff check src tests bench
