@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     SERVE_RESOLVE_SECONDS: float = Field(
         default=5.0, ge=0, description="How often a stage reference (name@production) is looked up again."
     )
+    METRICS_ENABLED: bool = Field(
+        default=True,
+        description="Serve Prometheus metrics (/metrics) and count requests; off only to measure their cost.",
+    )
+    WORKER_METRICS_PORT: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of a worker's own /metrics (finetune worker --metrics-port).",
+    )
     SERVE_RUNTIME: Literal["onnx", "onnx-int8", "torch"] = Field(
         default="onnx",
         description=(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,21 +27,26 @@ _STATUS = {
     ErrorCode.INTERNAL: 500,
 }
 DENIALS = {401, 403, 404, 413, 429}  # 404: also what another user's object answers
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class RequestMetrics:
     """Counts and times requests per route template and status (pure ASGI: no per-request task)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, registry: Any = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.app = app
-        self.registry = CollectorRegistry()
+        self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "finetune_api_requests", "API requests", ["method", "route", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "finetune_api_request_seconds", "API request latency", ["method", "route"], registry=self.registry
+            "finetune_api_request_seconds",
+            "API request latency",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,7 +68,7 @@ class RequestMetrics:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             self.requests.labels(scope["method"], template, str(code)).inc()
-            self.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+            self.latency.labels(scope["method"], template, str(code)).observe(time.perf_counter() - started)
 
 
 def _audit_denial(request: Request, status_code: int, reason: str) -> None:
@@ -105,7 +111,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tokens = tokens
     app.state.throttle = LoginThrottle(settings.LOGIN_MAX_FAILURES, settings.LOGIN_WINDOW_SECONDS)
     app.include_router(router)
-    metrics = RequestMetrics(app.router)
 
     @app.exception_handler(PlatformError)
     async def platform_error(request: Request, exc: PlatformError):
@@ -139,14 +144,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
 
+    if settings.METRICS_ENABLED:
+        from finetune_platform.observability import JobCollector, system_registry
+
+        registry = system_registry(settings)
+        registry.register(JobCollector(settings))
+        mount_metrics(app, registry)
+    return app
+
+
+def mount_metrics(app: FastAPI, registry: Any) -> RequestMetrics:
+    """GET /metrics serving ``registry``, and request counts and latencies by route template and status."""
+    metrics = RequestMetrics(app.router, registry)
+
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus_metrics() -> PlainTextResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_Wrap, metrics=metrics)
-    return app
+    return metrics
 
 
 class _Wrap:

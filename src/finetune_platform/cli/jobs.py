@@ -297,6 +297,18 @@ def worker(
     reconciler: Annotated[
         bool, typer.Option("--reconciler/--no-reconciler", help="Sweep for lost jobs in this worker.")
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics on this port (default: WORKER_METRICS_PORT, else none).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address of the metrics port.")
+    ] = "0.0.0.0",
 ) -> None:
     """Run queued training jobs, one at a time (start one worker per GPU or per core group).
 
@@ -320,6 +332,14 @@ def worker(
     import finetune_platform.worker.executor  # noqa: F401
 
     app = create_app(current)  # Celery's logging (--loglevel) prints the platform's log lines
+    hostname = name or f"worker-{os.getpid()}"
+    port = metrics_port or current.WORKER_METRICS_PORT
+    if port and current.METRICS_ENABLED:
+        from finetune_platform.observability import WorkerMetrics, install_worker_metrics
+
+        exporter = WorkerMetrics(current, hostname)
+        exporter.serve(port, metrics_host)
+        install_worker_metrics(exporter)
     sweeper = ReconcilerThread(current)
     if reconciler:
         sweeper.start()
@@ -331,7 +351,7 @@ def worker(
                 "--pool=solo",  # one training per process, in the main thread: signals reach it
                 "--concurrency=1",  # with prefetch multiplier 1: this worker reserves exactly one message
                 f"--queues={current.QUEUE_NAME}",
-                f"--hostname={name or f'worker-{os.getpid()}'}@%h",
+                f"--hostname={hostname}@%h",
                 f"--loglevel={loglevel}",
                 "--without-gossip",
                 "--without-mingle",

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -185,6 +185,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.running: asyncio.Task | None = None
         self.batches = 0
+        self.metrics: InferenceMetrics | None = None
 
     async def predict(self, key: str, texts: list[str]) -> list[Prediction]:
         future = asyncio.get_running_loop().create_future()
@@ -220,7 +221,41 @@ class Batcher:
 
     def _run(self, key: str, texts: list[str]) -> list[Prediction]:
         host, _ = self.pool.load(key)
-        return host.predict_with(key, texts, batch_size=self.max_batch)
+        started = time.perf_counter()
+        predictions = host.predict_with(key, texts, batch_size=self.max_batch)
+        if self.metrics is not None:
+            self.metrics.observe(key, len(texts), time.perf_counter() - started)
+        return predictions
+
+
+class InferenceMetrics:
+    """Model time per batch and texts per batch (by model), and the adapters resident now."""
+
+    def __init__(self, registry: Any, pool: ModelPool) -> None:
+        from prometheus_client import Histogram
+        from prometheus_client.core import GaugeMetricFamily
+
+        self.seconds = Histogram(
+            "inference_batch_seconds", "Time a batch spends in the model, tokenising included", ["model"],
+            registry=registry, buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )  # fmt: skip
+        self.sizes = Histogram(
+            "inference_batch_size", "Texts per batch", ["model"], registry=registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )  # fmt: skip
+
+        class Resident:
+            def collect(self):
+                yield GaugeMetricFamily(
+                    "inference_resident_adapters", "Adapters loaded now", len(pool.loaded())
+                )
+
+        registry.register(Resident())
+
+    def observe(self, key: str, texts: int, seconds: float) -> None:
+        model = key.partition("@")[0]
+        self.seconds.labels(model).observe(seconds)
+        self.sizes.labels(model).observe(texts)
 
 
 class PredictRequest(BaseModel):
@@ -240,7 +275,6 @@ class BatchRequest(BaseModel):
 
 
 def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
-    from finetune_platform.api.app import RequestMetrics
 
     pool = ModelPool(
         settings, model, settings.SERVE_MAX_ADAPTERS, settings.SERVE_RESOLVE_SECONDS, settings.SERVE_RUNTIME
@@ -251,7 +285,6 @@ def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
         title="finetune-platform inference", description="Predictions from registered LoRA adapters."
     )
     app.state.pool, app.state.batcher = pool, batcher
-    metrics = RequestMetrics(app.router)
     authorize = _authorizer(settings)
 
     @app.exception_handler(PlatformError)
@@ -306,15 +339,13 @@ def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "resident_adapters": len(pool.loaded())}
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    def prometheus_metrics() -> PlainTextResponse:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    if settings.METRICS_ENABLED:
+        from finetune_platform.api.app import mount_metrics
+        from finetune_platform.observability import system_registry
 
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    from finetune_platform.api.app import _Wrap
-
-    app.add_middleware(_Wrap, metrics=metrics)
+        registry = system_registry(settings)
+        batcher.metrics = InferenceMetrics(registry, pool)
+        mount_metrics(app, registry)
     return app
 
 

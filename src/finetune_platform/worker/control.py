@@ -112,6 +112,7 @@ class JobCallback(TrainerCallback):
         self.every_seconds = every_seconds
         self.stop_error: TrainingStopped | None = None
         self._last_write = 0.0
+        self._speed_mark: tuple[float, int] | None = None  # (time, step) of the last speed reading
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.control.kind is None or self.stop_error is not None:
@@ -140,9 +141,18 @@ class JobCallback(TrainerCallback):
         logs = logs or {}
         if "loss" not in logs or time.monotonic() - self._last_write < self.every_seconds:
             return
-        self._last_write = time.monotonic()
+        now = time.monotonic()
+        self._last_write = now
         progress = self._progress(state)
         progress.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"))
+        if self._speed_mark is not None and now > self._speed_mark[0]:
+            samples = (
+                (state.global_step - self._speed_mark[1])
+                * args.train_batch_size
+                * args.gradient_accumulation_steps
+            )
+            progress["samples_per_second"] = round(samples / (now - self._speed_mark[0]), 2)
+        self._speed_mark = (now, state.global_step)
         self.reporter(progress=progress)
 
     def on_evaluate(self, args, state, control, metrics: dict[str, float] | None = None, **kwargs):

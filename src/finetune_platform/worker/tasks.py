@@ -18,9 +18,20 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name=RUN_JOB, bind=True)
     def run_job(task, job_id: str) -> str:
         """Claim job ``job_id`` in the database and run it; a job not queued any more is skipped."""
+        from finetune_platform.observability import worker_metrics
         from finetune_platform.worker.executor import execute_job
 
-        return execute_job(settings, job_id, worker_name=task.request.hostname)
+        metrics = worker_metrics()
+        if metrics is None:
+            return execute_job(settings, job_id, worker_name=task.request.hostname)
+        metrics.running(True)
+        outcome = "error"
+        try:
+            outcome = execute_job(settings, job_id, worker_name=task.request.hostname)
+            return outcome
+        finally:
+            metrics.running(False)
+            metrics.ended(outcome)
 
 
 @worker_shutting_down.connect

@@ -1,0 +1,280 @@
+"""A real Prometheus scraping a real `finetune api`, a `finetune worker` and a `finetune serve`: jobs run (two
+succeed, one fails), predictions are made, and then every PromQL expression of the Grafana dashboard and of the
+alert rules is evaluated through Prometheus' HTTP API, with results that match what happened."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from finetune_platform.training.config import config_from_dict
+from finetune_platform.training.runner import run_training
+from tests.conftest import ROOT, finetune_bin, free_port, sentiment_rows, tiny_config_dict, write_csv
+from tests.integration.queue_harness import queue_env, submit, wait_for
+
+pytestmark = pytest.mark.slow
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "finetune-platform.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+
+
+def require_binary(name: str) -> str:
+    import os
+
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                f"{name} is not installed under CI=true (.ci/run installs the Debian package prometheus)"
+            )
+        pytest.skip(f"{name} is not installed (Debian package prometheus)")
+    return found
+
+
+def dashboard_expressions() -> list[str]:
+    document = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in document["panels"] for target in panel["targets"]]
+
+
+def alert_expressions() -> dict[str, str]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
+
+
+def test_promtool_accepts_the_shipped_config_and_rules():
+    promtool = require_binary("promtool")
+    config = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert config.returncode == 0, config.stdout + config.stderr
+    assert "SUCCESS" in config.stdout and "1 rule files found" in config.stdout
+    rules = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert rules.returncode == 0 and "SUCCESS: 5 rules found" in rules.stdout, rules.stdout + rules.stderr
+
+
+def test_the_dashboard_has_the_seed_panels_and_grafana_provisioning():
+    document = json.loads(DASHBOARD.read_text())
+    titles = [panel["title"] for panel in document["panels"]]
+    assert titles[:5] == [
+        "Task success / failure counts",
+        "Queue length",
+        "Average task duration",
+        "CPU",
+        "Memory",
+    ]
+    assert all(panel["datasource"]["uid"] == "prometheus" for panel in document["panels"])
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == "prometheus"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/finetune-platform.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+class Prometheus:
+    def __init__(self, binary: str, root: Path, targets: dict[str, str]) -> None:
+        config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(ALERTS)]
+        for job in config["scrape_configs"]:
+            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = root / "prometheus.log"
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(self._ready, 60, "Prometheus to be ready")
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def query(self, expr: str) -> list[dict]:
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert response["status"] == "success", (expr, response)
+        return response["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        assert len(result) <= 1, (expr, result)
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def start(command: list[str], env, log: Path, url: str) -> subprocess.Popen:
+    process = subprocess.Popen(command, env=env.env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def answers():
+        if process.poll() is not None:
+            raise AssertionError(f"{command[:2]} exited:\n{log.read_text()[-3000:]}")
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, 120, f"{url} to answer")
+    return process
+
+
+def test_every_dashboard_and_alert_expression_matches_what_happened(tmp_path, tiny_bert):
+    binary = require_binary("prometheus")
+    env = queue_env(tmp_path / "q", RESULTS_DIR=str(tmp_path / "results"))
+    train = write_csv(tmp_path / "data" / "train.csv", sentiment_rows(96, 1))
+    validation = write_csv(tmp_path / "data" / "validation.csv", sentiment_rows(32, 2))
+    config = tiny_config_dict(tiny_bert, train, validation, tmp_path / "runs", max_steps=8, eval_steps=4)
+    config["registry"] = {"model_name": "observed"}
+    run_training(config_from_dict(config), settings=env.settings, show_progress=False)  # the model to serve
+    api_port, worker_port, serve_port = free_port(), free_port(), free_port()
+    processes: list[subprocess.Popen] = []
+    prometheus = None
+    try:
+        processes.append(start([finetune_bin(), "api", "--port", str(api_port)], env, tmp_path / "api.log",
+                               f"http://127.0.0.1:{api_port}/health"))  # fmt: skip
+        processes.append(start([finetune_bin(), "serve", "--model", "observed", "--port", str(serve_port)], env,
+                               tmp_path / "serve.log", f"http://127.0.0.1:{serve_port}/health"))  # fmt: skip
+        worker = env.start_worker(
+            "observed-worker", "--metrics-port", str(worker_port), "--metrics-host", "127.0.0.1"
+        )
+        wait_for(
+            lambda: _answers(f"http://127.0.0.1:{worker_port}/metrics"), 120, "the worker's metrics port"
+        )
+        prometheus = Prometheus(binary, tmp_path, {
+            "finetune-api": f"127.0.0.1:{api_port}",
+            "finetune-worker": f"127.0.0.1:{worker_port}",
+            "finetune-inference": f"127.0.0.1:{serve_port}",
+        })  # fmt: skip
+        wait_for(lambda: prometheus.value("count(up == 1)") == 3, 60, "three targets up")
+        time.sleep(2)  # a few samples of every counter at zero before anything happens
+
+        # what happens: two training jobs succeed, a prediction job fails (its input is gone), 8 predictions
+        succeed = [
+            submit(env, {**config, "experiment": f"ok-{n}", "registry": {"enabled": False}}) for n in range(2)
+        ]
+        texts = write_csv(tmp_path / "texts.csv", sentiment_rows(10, 3))
+        failing = json.loads(
+            env.cli("jobs", "predict", "--model", "observed", "--input", str(texts), "--json").stdout
+        )["id"]
+        texts.unlink()
+        for job_id in [*succeed, failing]:
+            env.wait_status(job_id, {"succeeded", "failed"})
+        assert [env.job(j).status for j in [*succeed, failing]] == ["succeeded", "succeeded", "failed"]
+        for text in ["great film", "awful book", "fine", "boring game", "lovely", "bad", "superb"]:
+            assert (
+                httpx.post(f"http://127.0.0.1:{serve_port}/predict", json={"text": text}).status_code == 200
+            )
+        batch = httpx.post(f"http://127.0.0.1:{serve_port}/predict/batch", json={"texts": ["a", "b c", "d"]})
+        assert batch.status_code == 200
+        for _ in range(3):
+            assert httpx.get(f"http://127.0.0.1:{api_port}/health").status_code == 200
+
+        counts = {
+            "task_success_total": 2,
+            'sum(finetune_api_requests_total{job="finetune-inference", route="/predict"})': 7,
+            'sum(worker_jobs_total{job="finetune-worker"})': 3,
+            'sum(finetune_api_requests_total{job="finetune-api", route="/health"})': 4,  # 3 + the start-up check
+        }
+        seen: dict[str, float | None] = {}
+
+        def settled():
+            seen.update({expr: prometheus.value(expr) for expr in counts})
+            return seen == counts
+
+        try:
+            wait_for(settled, 60, "Prometheus to see every job and request")
+        except AssertionError:
+            raise AssertionError(f"Prometheus saw {seen}, expected {counts}") from None
+        time.sleep(2)
+
+        # every expression of the dashboard and the alert rules is valid PromQL over these metrics
+        for expr in [*dashboard_expressions(), *alert_expressions().values()]:
+            prometheus.query(expr)
+
+        # the seed's five panels
+        assert prometheus.value("task_success_total") == 2
+        assert prometheus.value("task_failure_total") == 1
+        assert prometheus.value("task_queue_length") == 0
+        durations = [_duration(env.job(j)) for j in [*succeed, failing]]
+        average = prometheus.value(
+            "rate(task_duration_seconds_sum[15m]) / rate(task_duration_seconds_count[15m])"
+        )
+        assert average == pytest.approx(sum(durations) / 3, rel=0.01)
+        assert prometheus.value("task_duration_seconds_count") == 3
+        cpu = prometheus.query("system_cpu_percent")
+        memory = prometheus.query("system_memory_usage_gigabytes")
+        assert sorted(series["metric"]["job"] for series in cpu) == sorted(
+            ["finetune-api", "finetune-inference", "finetune-worker"]
+        )
+        assert all(0 <= float(series["value"][1]) <= 100 for series in cpu)
+        assert len(memory) == 3 and all(0 < float(series["value"][1]) < 10_000 for series in memory)
+
+        # the operator's metrics
+        assert prometheus.value("task_running") == 0
+        assert prometheus.value('sum(up{job="finetune-worker"})') == 1
+        assert prometheus.value('worker_jobs_total{outcome="succeeded"}') == 2
+        assert prometheus.value('worker_jobs_total{outcome="failed"}') == 1
+        assert (
+            prometheus.value(
+                'sum(finetune_api_requests_total{job="finetune-inference", route="/predict/batch"})'
+            )
+            == 1
+        )
+        assert prometheus.value("sum(inference_batch_size_count)") == 8  # one at a time: a batch each
+        assert prometheus.value("sum(inference_batch_size_sum)") == 10  # 7 texts + 3
+        assert prometheus.value("sum(inference_resident_adapters)") == 1
+        assert (
+            prometheus.value(
+                'sum(finetune_api_requests_total{job="finetune-api", route="/health", status="200"})'
+            )
+            == 4
+        )
+
+        # the alerts: failure ratio 1/3 over 30 minutes fires; the others are quiet
+        rules = alert_expressions()
+        assert prometheus.value(rules["TaskFailureRatioHigh"]) == pytest.approx(1 / 3, rel=0.01)
+        assert prometheus.query(rules["QueueBacklogGrowing"]) == []
+        assert prometheus.query(rules["NoLiveWorker"]) == []
+        assert prometheus.query(rules["InferenceP99High"]) == []
+        free = prometheus.query("min by (instance, path) (system_disk_free_ratio)")
+        assert len(free) == 3
+        expected_disk_alerts = [s for s in free if float(s["value"][1]) < 0.1]
+        assert len(prometheus.query(rules["DiskNearlyFull"])) == len(expected_disk_alerts)
+
+        # the worker goes away: NoLiveWorker's expression answers
+        worker.process.terminate()
+        worker.process.wait(timeout=60)
+        wait_for(lambda: prometheus.query(rules["NoLiveWorker"]) != [], 30, "NoLiveWorker to match")
+        assert prometheus.value('sum(up{job="finetune-worker"})') == 0
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+        env.stop_all()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _duration(job) -> float:
+    return (job.finished_at - job.started_at).total_seconds()
