@@ -75,24 +75,9 @@ def wrk(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install wrk")
-
-    from finetune_platform.api.auth import Tokens
-    from finetune_platform.db.session import session_scope, upgrade
-    from finetune_platform.services.datasets import register_upload
-    from finetune_platform.services.jobs import submit_job
-    from finetune_platform.services.users import create_user, user_by_id
-    from finetune_platform.settings import Settings
-
-    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    database = make_pg_database()
-    values = {
+def platform_values(work: Path, database: str) -> dict[str, str]:
+    """The environment of a platform on PostgreSQL with a Redis broker (no worker: jobs only queue)."""
+    return {
         "FINETUNE_HOME": str(work / "home"),
         "DATABASE_URL": database,
         "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -102,28 +87,50 @@ def main() -> None:
         "MLFLOW_ENABLED": "false",
         "PYTHONPATH": str(ROOT),
     }
+
+
+def prepare(values: dict[str, str], work: Path) -> tuple[str, str, str]:
+    """A user with an uploaded dataset and one queued task: (dataset id, task id, the user's token)."""
+    from finetune_platform.api.auth import Tokens
+    from finetune_platform.db.session import session_scope, upgrade
+    from finetune_platform.services.datasets import register_upload
+    from finetune_platform.services.jobs import submit_job
+    from finetune_platform.services.users import create_user, user_by_id
+    from finetune_platform.settings import Settings
+
     settings = Settings(**{k: v for k, v in values.items() if k in Settings.model_fields})
     upgrade(settings)
+    with session_scope(settings) as session:
+        user = create_user(session, "bench", "long enough password")
+        sample = work / "incoming.csv"
+        shutil.copy(ROOT / "data/sample/train.csv", sample)
+        dataset, _ = register_upload(session, settings, user, "train.csv", sample, sample.stat().st_size)
+    with session_scope(settings) as session:
+        train_file = Path(settings.uploads_dir, str(user.id)).resolve() / f"{dataset.id}.csv"
+        config = {
+            "experiment": "bench-api",
+            "data": {"train_file": str(train_file)},
+            "output_dir": str(work / "results"),
+        }
+        task = submit_job(session, user, config).job
+        version = user_by_id(session, user.id)[1]
+    return dataset.id, task.id, Tokens(settings).issue(user.id, version)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    database = make_pg_database()
     servers: list[subprocess.Popen] = []
+    values = platform_values(work, database)
     try:
-        with session_scope(settings) as session:
-            user = create_user(session, "bench", "long enough password")
-            sample = work / "incoming.csv"
-            shutil.copy(ROOT / "data/sample/train.csv", sample)
-            dataset, _ = register_upload(session, settings, user, "train.csv", sample, sample.stat().st_size)
-        with session_scope(settings) as session:
-            config = {
-                "experiment": "bench-api",
-                "data": {
-                    "train_file": str(
-                        Path(settings.uploads_dir, str(user.id)).resolve() / f"{dataset.id}.csv"
-                    )
-                },
-                "output_dir": str(work / "results"),
-            }
-            task = submit_job(session, user, config).job
-            version = user_by_id(session, user.id)[1]
-        token = Tokens(settings).issue(user.id, version)[0]
+        dataset_id, task_id, token = prepare(values, work)
         env = {**os.environ, **values}
         from tests.conftest import free_port
 
@@ -131,19 +138,19 @@ def main() -> None:
         servers.append(serve("bench.api_bare:app", bare_port, env, work / "bare.log"))
         servers.append(serve("finetune_platform.api.app:create_app", platform_port, env, work / "api.log"))
         script = work / "train.lua"
-        body = json.dumps({"config": {"experiment": "bench-api"}, "dataset_id": dataset.id})
+        body = json.dumps({"config": {"experiment": "bench-api"}, "dataset_id": dataset_id})
         script.write_text(
             f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
         )
         auth = {"Authorization": f"Bearer {token}"}
         results: dict[str, Any] = {"connections": args.connections, "seconds": args.seconds}
         wrk(f"http://127.0.0.1:{bare_port}/noop", 2, args.connections, {})  # warm-up
-        wrk(f"http://127.0.0.1:{platform_port}/task/{task.id}", 2, args.connections, auth)
+        wrk(f"http://127.0.0.1:{platform_port}/task/{task_id}", 2, args.connections, auth)
         results["bare GET /noop"] = wrk(
             f"http://127.0.0.1:{bare_port}/noop", args.seconds, args.connections, {}
         )
         results["GET /task/{id}"] = wrk(
-            f"http://127.0.0.1:{platform_port}/task/{task.id}", args.seconds, args.connections, auth
+            f"http://127.0.0.1:{platform_port}/task/{task_id}", args.seconds, args.connections, auth
         )
         results["POST /train"] = wrk(
             f"http://127.0.0.1:{platform_port}/train", args.seconds, args.connections, auth, script

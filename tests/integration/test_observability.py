@@ -278,3 +278,25 @@ def _answers(url: str) -> bool:
 
 def _duration(job) -> float:
     return (job.finished_at - job.started_at).total_seconds()
+
+
+def test_metrics_can_be_turned_off(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.api.app import create_app
+    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.settings import Settings
+
+    for enabled, status in ((True, 200), (False, 404)):
+        settings = Settings(FINETUNE_HOME=tmp_path / f"home-{enabled}", METRICS_ENABLED=enabled)
+        for app in (create_app(settings), create_serve_app(settings, "anything")):
+            client = TestClient(app)
+            assert client.get("/health").status_code == 200
+            response = client.get("/metrics")
+            assert response.status_code == status
+            if enabled:
+                assert (
+                    'finetune_api_requests_total{method="GET",route="/health",status="200"} 1.0'
+                    in response.text
+                )
+                assert "system_memory_usage_gigabytes" in response.text
