@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 exp ?=
 
-.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference clean
+.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability check-monitoring clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,13 @@ bench-api: $(STAMP) ## API throughput and latency vs a bare FastAPI route, 32 cl
 
 bench-inference: $(STAMP) ## finetune serve vs a pipeline-per-request server: latency, 1-64 clients, memory (needs wrk)
 	$(BIN)/python -m bench.inference
+
+bench-observability: $(STAMP) ## API and inference throughput with metrics on and off (needs wrk)
+	$(BIN)/python -m bench.observability
+
+check-monitoring: ## promtool on the Prometheus config and alert rules (Debian package prometheus)
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
 
 clean: ## Remove run folders and embedded state (keeps .venv)
 	rm -rf results .finetune .pytest_cache .ruff_cache

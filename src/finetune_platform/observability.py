@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,17 @@ class JobCollector:
             labels=["worker"],
         )
         for job_id, kind, state, owner, beat in running:
-            worker = (owner or "").split(":")[0]
+            worker = (owner or "").split(":")[0]  # lease owners are name:pid:nonce
             state = state or {}
             if state.get("samples_per_second") is not None:
                 speed.add_metric([job_id, worker], float(state["samples_per_second"]))
             if state.get("loss") is not None:
                 loss.add_metric([job_id], float(state["loss"]))
             progress.add_metric([job_id, kind], float(state.get("percent") or 0.0))
-            if beat is not None:
-                heartbeat.add_metric([worker], beat.timestamp())
+            if beat is not None:  # SQLite hands back naive UTC times
+                heartbeat.add_metric(
+                    [worker], (beat if beat.tzinfo else beat.replace(tzinfo=UTC)).timestamp()
+                )
         yield from (speed, loss, progress, heartbeat)
 
 

@@ -300,3 +300,43 @@ def test_metrics_can_be_turned_off(tmp_path):
                     in response.text
                 )
                 assert "system_memory_usage_gigabytes" in response.text
+
+
+def test_running_jobs_show_their_speed_loss_progress_and_heartbeat(tmp_path):
+    from datetime import UTC, datetime
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from finetune_platform.db.models import Job
+    from finetune_platform.db.session import session_scope, upgrade
+    from finetune_platform.observability import JobCollector
+    from finetune_platform.services.users import create_user
+    from finetune_platform.settings import Settings
+
+    settings = Settings(FINETUNE_HOME=tmp_path / "home")
+    upgrade(settings)
+    beat = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    with session_scope(settings) as session:
+        user = create_user(session, "watcher", "long enough password")
+        for job_id, status, progress in (
+            ("job-a", "running", {"loss": 0.25, "samples_per_second": 123.5, "percent": 40.0}),
+            ("job-b", "queued", {}),
+            ("job-c", "succeeded", {}),
+        ):
+            session.add(Job(id=job_id, owner_id=user.id, kind="train", status=status, config={}, progress=progress,
+                            lease_owner="gpu-1:77:abc" if status == "running" else None,
+                            heartbeat_at=beat if status == "running" else None))  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(JobCollector(settings))
+    text = generate_latest(registry).decode()
+    assert 'task_training_samples_per_second{job_id="job-a",worker="gpu-1"} 123.5' in text
+    assert 'task_training_loss{job_id="job-a"} 0.25' in text
+    assert 'task_progress_percent{job_id="job-a",kind="train"} 40.0' in text
+    line = next(
+        row
+        for row in text.splitlines()
+        if row.startswith('worker_last_heartbeat_timestamp_seconds{worker="gpu-1"}')
+    )
+    assert float(line.split()[-1]) == beat.timestamp()
+    assert "task_running 1.0" in text and "task_queued 1.0" in text and "task_success_total 1.0" in text
+    assert "task_queue_length 0.0" in text  # the filesystem broker holds no message for these rows
