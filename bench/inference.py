@@ -33,6 +33,17 @@ CLIENTS = (1, 8, 32, 64)
 GOALS = {"p50_ms": 10.0, "speedup_at_32": 4.0, "memory_ratio_20": 1.3}
 
 
+def serve_values(work: Path) -> dict[str, str]:
+    """The environment of `finetune serve` over the registry kept in ``work`` (local mode: no auth)."""
+    return {
+        "FINETUNE_HOME": str(work / ".finetune"),
+        "MODEL_REGISTRY_DIR": str(work / "cards"),
+        "ENVIRONMENT": "local",
+        "PYTHONPATH": str(ROOT),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
 def train_adapters(home: Path, settings: Any, train_rows: int, extra: int) -> dict[str, Any]:
     """The SST-2 adapter (registered as sst2-bench) and ``extra`` quick ones (bench-adapter-N)."""
     from finetune_platform.training.config import load_config
@@ -195,13 +206,7 @@ def main() -> None:
 
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="bench-inference-"))
     work.mkdir(parents=True, exist_ok=True)
-    values = {
-        "FINETUNE_HOME": str(work / ".finetune"),
-        "MODEL_REGISTRY_DIR": str(work / "cards"),
-        "ENVIRONMENT": "local",
-        "PYTHONPATH": str(ROOT),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    values = serve_values(work)
     settings = Settings(**{k: v for k, v in values.items() if k in Settings.model_fields})
     env = {**os.environ, **values}
     rows = [line.split("\t") for line in (SST2_DIR / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import platform_values, prepare, serve, wrk
-from bench.common import ROOT, SST2_DIR, print_table, write_result
-from bench.inference import lua_script, merged_model, start, stop, train_adapters
+from bench.common import SST2_DIR, print_table, write_result
+from bench.inference import lua_script, merged_model, serve_values, start, stop, train_adapters
 from bench.queue import drop_pg_database, make_pg_database
 
 BIN = Path(sys.executable).parent
@@ -81,13 +81,7 @@ def inference_bench(args, work: Path) -> dict[str, Any]:
 
     from finetune_platform.settings import Settings
 
-    values = {
-        "FINETUNE_HOME": str(work / ".finetune"),
-        "MODEL_REGISTRY_DIR": str(work / "cards"),
-        "ENVIRONMENT": "local",
-        "PYTHONPATH": str(ROOT),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    values = serve_values(work)
     if not (work / "trained.json").is_file():
         settings = Settings(**{k: v for k, v in values.items() if k in Settings.model_fields})
         trained = train_adapters(work, settings, 8000, 0)
