@@ -63,6 +63,7 @@ COMMANDS = [
     ["jobs", "predict"],
     ["worker"],
     ["api"],
+    ["ui"],
     ["predict"],
     ["serve"],
     ["audit"],

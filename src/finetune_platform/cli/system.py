@@ -133,3 +133,27 @@ def api(
         workers=workers,
         log_level="warning",
     )
+
+
+def ui(
+    api_url: Annotated[
+        str,
+        typer.Option("--api-url", envvar="FINETUNE_API_URL", help="The platform's REST API the UI talks to."),
+    ] = "http://127.0.0.1:8000",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8501,
+) -> None:
+    """Serve the web UI (Streamlit): log in, follow and cancel jobs, administer users and read the audit log."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import finetune_platform.ui
+
+    script = Path(finetune_platform.ui.__file__).parent / "app.py"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    raise typer.Exit(subprocess.call(command, env={**os.environ, "FINETUNE_API_URL": api_url}))

@@ -1,0 +1,42 @@
+"""The platform's web UI (Streamlit), started by `finetune ui`. It talks to the platform only through the REST
+API at FINETUNE_API_URL; the token from /login lives in the browser session.
+
+Pages so far: login/logout, the job monitor (stepper, progress, log tail, cancel, the failure reason) and the admin
+page (users, audit log). Errors from the API are shown as their readable message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import streamlit as st
+
+from finetune_platform.ui.client import ApiError, PlatformClient
+from finetune_platform.ui.views import admin_page, jobs_page, login_page
+
+st.set_page_config(page_title="finetune-platform", layout="wide")
+
+
+def client() -> PlatformClient:
+    return PlatformClient(
+        os.environ.get("FINETUNE_API_URL", "http://127.0.0.1:8000"), st.session_state.get("token")
+    )
+
+
+if not st.session_state.get("token"):
+    login_page(client())
+else:
+    user = st.session_state.get("user") or {}
+    pages = ["Jobs", *(["Admin"] if user.get("role") == "admin" else [])]
+    st.sidebar.write(f"Signed in as **{user.get('username', '?')}** ({user.get('role', '?')})")
+    page = st.sidebar.radio("Page", pages, key="page")
+    if st.sidebar.button("Log out", key="logout"):
+        with contextlib.suppress(ApiError):  # the token may already be revoked: the session ends either way
+            client().logout()
+        st.session_state.clear()
+        st.rerun()
+    if page == "Jobs":
+        jobs_page(client())
+    elif page == "Admin":
+        admin_page(client())
