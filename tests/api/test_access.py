@@ -27,6 +27,7 @@ def request_for(route: str, api):
         "GET /users/{id}": ("GET", f"/users/{api.ids['alice']}", {}),
         "PATCH /users/{id}": ("PATCH", f"/users/{api.ids['bob']}", {"json": {"role": "user"}}),
         "POST /train": ("POST", "/train", {"json": train_body}),
+        "GET /config/schema": ("GET", "/config/schema", {}),
         "POST /datasets": ("POST", "/datasets?name=more.csv", {"content": SAMPLE}),
         "POST /predictions": (
             "POST",
@@ -66,6 +67,7 @@ MATRIX = {
     "PATCH /users/{id}": (401, 403, 403, 200),
     "POST /train": (401, 201, 404, 404),  # the dataset is alice's: nobody else can train on it
     "POST /datasets": (401, 201, 201, 201),
+    "GET /config/schema": (401, 200, 200, 200),
     # the dataset is alice's (others: 404); for her the model is unknown (404); submissions with a real
     # model: tests/integration/test_prediction_jobs.py
     "POST /predictions": (401, 404, 404, 404),

@@ -85,7 +85,9 @@ def test_a_user_sees_jobs_but_no_admin_page_and_can_cancel(app, api_url):
     task_id = queued_task(api_url)
     log_in(app, "alice")
     assert not app.exception
-    assert app.sidebar.radio(key="page").options == ["Jobs"]
+    assert app.sidebar.radio(key="page").options == ["New job", "Jobs"]
+    app.sidebar.radio(key="page").set_value("Jobs")
+    app.run()
     assert app.title[0].value == "Jobs"
     app.selectbox(key="job").set_value(task_id)
     app.run()
@@ -106,6 +108,8 @@ def test_a_failed_job_shows_its_reason(app, api_url):
         job = session.get(Job, task_id)
         job.status, job.error = "failed", "data: no rows left after dropping invalid ones"
     log_in(app, "alice")
+    app.sidebar.radio(key="page").set_value("Jobs")
+    app.run()
     app.selectbox(key="job").set_value(task_id)
     app.run()
     assert [e.value for e in app.error] == ["Failed: data: no rows left after dropping invalid ones"]
@@ -113,7 +117,7 @@ def test_a_failed_job_shows_its_reason(app, api_url):
 
 def test_an_admin_sees_users_and_the_audit_log(app):
     log_in(app, "root")
-    assert app.sidebar.radio(key="page").options == ["Jobs", "Admin"]
+    assert app.sidebar.radio(key="page").options == ["New job", "Jobs", "Admin"]
     app.sidebar.radio(key="page").set_value("Admin")
     app.run()
     assert not app.exception
@@ -131,3 +135,47 @@ def test_logout_ends_the_session(app):
     app.run()
     assert "token" not in app.session_state
     assert app.title[0].value == "finetune-platform"
+
+
+def test_a_job_is_submitted_from_the_generated_form(app, api_url):
+    log_in(app, "alice")
+    assert app.title[0].value == "New training job"
+    assert [i.value for i in app.info] == ["Upload a dataset to train on."]
+    # AppTest cannot feed st.file_uploader: the upload goes through the same client call the page makes
+    from finetune_platform.ui.client import PlatformClient
+
+    alice = PlatformClient(api_url[0], app.session_state["token"])
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample" / "train.csv"
+    app.session_state["dataset"] = alice.upload_dataset("reviews.csv", sample.read_bytes())
+    app.run()
+    assert [s.value for s in app.success] == ["reviews.csv: 320 rows, valid"]
+    assert app.number_input(key="cfg.training.batch_size").value == 32  # the schema's default
+    app.text_input(key="cfg.experiment").input("from-the-ui")
+    app.number_input(key="cfg.training.max_steps").set_value(6)
+    app.selectbox(key="cfg.training.scheduler").set_value("cosine")
+    app.button(key="submit").click()
+    app.run()
+    assert not app.error, [e.value for e in app.error]
+    task_id = app.session_state["job"]
+    assert [s.value for s in app.success][-1] == f"Queued task {task_id}"
+    assert alice.task(task_id)["status"] == "queued"
+    from finetune_platform.db.models import Job
+    from finetune_platform.db.session import session_scope
+
+    with session_scope(api_url[1]) as session:
+        config = session.get(Job, task_id).config
+    assert config["experiment"] == "from-the-ui"
+    assert (config["training"]["max_steps"], config["training"]["scheduler"]) == (6, "cosine")
+    assert config["training"]["batch_size"] == 32 and config["lora"]["r"] == 8  # untouched: the defaults
+
+
+def test_dataset_errors_block_submission(app, api_url):
+    log_in(app, "alice")
+    from finetune_platform.ui.client import PlatformClient
+
+    alice = PlatformClient(api_url[0], app.session_state["token"])
+    app.session_state["dataset"] = alice.upload_dataset("bad.csv", b"text,label\nhello,1\n,0\nfine,1\n")
+    app.run()
+    messages = [e.value for e in app.error]
+    assert any(m.startswith("column 'text' is empty or whitespace in 1 row(s): rows 2") for m in messages)
+    assert app.button(key="submit").disabled

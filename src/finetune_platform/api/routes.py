@@ -257,6 +257,15 @@ def _server_config(
     return config
 
 
+@router.get("/config/schema", tags=["tasks"], summary="JSON schema of a training config (for forms)")
+def config_schema(user: CurrentUser) -> dict[str, Any]:
+    """The TrainConfig JSON schema: every field with its type, default, bounds and description. POST /train
+    takes such a config without data paths or output_dir."""
+    from finetune_platform.training.config import TrainConfig
+
+    return TrainConfig.model_json_schema()
+
+
 IdempotencyKey = Annotated[
     str | None,
     Header(max_length=128, description="Repeat a submission safely: the same key returns the same task."),

@@ -1,7 +1,8 @@
 """The platform's web UI (Streamlit), started by `finetune ui`. It talks to the platform only through the REST
 API at FINETUNE_API_URL; the token from /login lives in the browser session.
 
-Pages so far: login/logout, the job monitor (stepper, progress, log tail, cancel, the failure reason) and the admin
+Pages so far: login/logout, a new training job (upload, validation report, a form generated from the config
+schema, submit), the job monitor (stepper, progress, log tail, cancel, the failure reason) and the admin
 page (users, audit log). Errors from the API are shown as their readable message.
 """
 
@@ -13,7 +14,7 @@ import os
 import streamlit as st
 
 from finetune_platform.ui.client import ApiError, PlatformClient
-from finetune_platform.ui.views import admin_page, jobs_page, login_page
+from finetune_platform.ui.views import admin_page, jobs_page, login_page, new_job_page
 
 st.set_page_config(page_title="finetune-platform", layout="wide")
 
@@ -28,7 +29,7 @@ if not st.session_state.get("token"):
     login_page(client())
 else:
     user = st.session_state.get("user") or {}
-    pages = ["Jobs", *(["Admin"] if user.get("role") == "admin" else [])]
+    pages = ["New job", "Jobs", *(["Admin"] if user.get("role") == "admin" else [])]
     st.sidebar.write(f"Signed in as **{user.get('username', '?')}** ({user.get('role', '?')})")
     page = st.sidebar.radio("Page", pages, key="page")
     if st.sidebar.button("Log out", key="logout"):
@@ -36,7 +37,9 @@ else:
             client().logout()
         st.session_state.clear()
         st.rerun()
-    if page == "Jobs":
+    if page == "New job":
+        new_job_page(client())
+    elif page == "Jobs":
         jobs_page(client())
     elif page == "Admin":
         admin_page(client())

@@ -100,6 +100,9 @@ class PlatformClient:
     def dataset_report(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/datasets/{dataset_id}/report")
 
+    def config_schema(self) -> dict[str, Any]:
+        return self._call("GET", "/config/schema")
+
     def train(
         self, config: dict[str, Any], dataset_id: str, validation_dataset_id: str | None = None,
         idempotency_key: str | None = None,

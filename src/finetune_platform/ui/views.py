@@ -131,3 +131,101 @@ def admin_page(client: PlatformClient) -> None:
           "outcome": e.get("outcome")} for e in page["data"]],
         hide_index=True,
     )  # fmt: skip
+
+
+FORM_SECTIONS = ("model", "lora", "training")
+SERVER_FIELDS = {"output_dir"}
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref") or next((item["$ref"] for item in node.get("allOf", []) if "$ref" in item), None)
+    if ref:
+        resolved = dict(schema["$defs"][ref.rsplit("/", 1)[1]])
+        resolved.update({k: v for k, v in node.items() if k not in {"$ref", "allOf"}})
+        return resolved
+    return node
+
+
+def field_widget(schema: dict[str, Any], section: str, name: str, node: dict[str, Any]) -> Any:
+    """One config field as a widget: numbers, switches, choices, text; lists as comma-separated text."""
+    node = _resolve(schema, node)
+    key, label, help_text = f"cfg.{section}.{name}", name.replace("_", " "), node.get("description")
+    default = node.get("default")
+    kinds = {option.get("type") for option in node.get("anyOf", [])} or {node.get("type")}
+    if "enum" in node:
+        options = list(node["enum"])
+        return st.selectbox(label, options, index=options.index(default) if default in options else 0, key=key,
+                            help=help_text)  # fmt: skip
+    if kinds & {"boolean"}:
+        return st.checkbox(label, value=bool(default), key=key, help=help_text)
+    if kinds & {"integer"}:
+        return st.number_input(label, value=default, step=1, key=key, help=help_text)
+    if kinds & {"number"}:
+        return st.number_input(label, value=default, format="%g", key=key, help=help_text)
+    if kinds & {"array"}:
+        text = st.text_input(label, value=", ".join(map(str, default or [])), key=key, help=help_text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return (
+        st.text_input(label, value="" if default is None else str(default), key=key, help=help_text) or None
+    )
+
+
+def config_form(schema: dict[str, Any]) -> dict[str, Any]:
+    """The experiment name and the model, LoRA and training sections as widgets; only changed values are kept."""
+    config: dict[str, Any] = {}
+    experiment = st.text_input("experiment", value=schema["properties"]["experiment"].get("default", ""),
+                               key="cfg.experiment")  # fmt: skip
+    if experiment:
+        config["experiment"] = experiment
+    for section in FORM_SECTIONS:
+        definition = _resolve(schema, schema["properties"][section])
+        with st.expander(section, expanded=section == "training"):
+            values = {}
+            for name, node in definition["properties"].items():
+                if name in SERVER_FIELDS:
+                    continue
+                value = field_widget(schema, section, name, node)
+                default = _resolve(schema, node).get("default")
+                if value != default and not (isinstance(default, float) and value == default):
+                    values[name] = value
+            if values:
+                config[section] = values
+    return config
+
+
+def new_job_page(client: PlatformClient) -> None:
+    st.title("New training job")
+    upload = st.file_uploader("Training data (csv, tsv, jsonl, json, parquet)", key="upload")
+    if upload is not None and st.session_state.get("uploaded_name") != upload.name:
+        try:
+            dataset = client.upload_dataset(upload.name, upload.getvalue())
+        except ApiError as error:
+            st.error(f"Upload failed: {error}")
+            return
+        st.session_state["uploaded_name"], st.session_state["dataset"] = upload.name, dataset
+    dataset = st.session_state.get("dataset")
+    if dataset is None:
+        st.info("Upload a dataset to train on.")
+        return
+    findings = [issue for file in dataset["report"]["files"] for issue in file["issues"]]
+    errors = [issue for issue in findings if issue["severity"] == "error"]
+    for issue in findings:
+        (st.error if issue["severity"] == "error" else st.warning)(f"{issue['message']} — {issue['fix']}")
+    if not errors:
+        st.success(f"{dataset['name']}: {dataset['rows']} rows, valid")
+    try:
+        schema = client.config_schema()
+    except ApiError as error:
+        st.error(str(error))
+        return
+    config = config_form(schema)
+    if errors:
+        st.caption("Fix the errors above and upload the file again to submit.")
+    if st.button("Submit", key="submit", disabled=bool(errors)):
+        try:
+            task = client.train(config, dataset["id"])
+        except ApiError as error:
+            st.error(f"Not submitted: {error}")
+            return
+        st.session_state["job"] = task["id"]
+        st.success(f"Queued task {task['id']}")
