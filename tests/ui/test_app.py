@@ -16,14 +16,29 @@ APP = Path(__file__).resolve().parents[2] / "src" / "finetune_platform" / "ui" /
 PASSWORD = "long enough password"
 
 
-@pytest.fixture(scope="module")
-def api_url(tmp_path_factory):
+def serve_in_thread(app) -> tuple[str, object]:
     import uvicorn
 
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory, tiny_bert):
+    """The API and `finetune serve` on loopback over one registry holding ui-model version 1."""
     from finetune_platform.api.app import create_app
     from finetune_platform.db.session import session_scope, upgrade
+    from finetune_platform.inference.server import create_serve_app
     from finetune_platform.services.users import create_user
     from finetune_platform.settings import Settings
+    from finetune_platform.training.config import config_from_dict
+    from finetune_platform.training.runner import run_training
+    from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
 
     root = tmp_path_factory.mktemp("ui")
     settings = Settings(
@@ -33,23 +48,22 @@ def api_url(tmp_path_factory):
     with session_scope(settings) as session:
         create_user(session, "alice", PASSWORD)
         create_user(session, "root", PASSWORD, role="admin")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(timeout=10)
+    train = write_csv(root / "train.csv", sentiment_rows(96, 1))
+    valid = write_csv(root / "valid.csv", sentiment_rows(32, 2))
+    raw = tiny_config_dict(tiny_bert, train, valid, root / "runs", max_steps=16, eval_steps=8)
+    raw["registry"] = {"model_name": "ui-model", "description": "tiny sentiment model for the UI tests"}
+    run_training(config_from_dict(raw), settings=settings, show_progress=False)
+    api, api_server = serve_in_thread(create_app(settings))
+    serve, serve_server = serve_in_thread(create_serve_app(settings))
+    yield api, settings, serve
+    for server in (api_server, serve_server):
+        server.should_exit = True
 
 
 @pytest.fixture
 def app(api_url, monkeypatch):
     monkeypatch.setenv("FINETUNE_API_URL", api_url[0])
+    monkeypatch.setenv("FINETUNE_SERVE_URL", api_url[2])
     at = streamlit_testing.AppTest.from_file(str(APP), default_timeout=30)
     at.run()
     return at
@@ -85,7 +99,7 @@ def test_a_user_sees_jobs_but_no_admin_page_and_can_cancel(app, api_url):
     task_id = queued_task(api_url)
     log_in(app, "alice")
     assert not app.exception
-    assert app.sidebar.radio(key="page").options == ["New job", "Jobs"]
+    assert app.sidebar.radio(key="page").options == ["New job", "Jobs", "Models", "Playground"]
     app.sidebar.radio(key="page").set_value("Jobs")
     app.run()
     assert app.title[0].value == "Jobs"
@@ -117,7 +131,7 @@ def test_a_failed_job_shows_its_reason(app, api_url):
 
 def test_an_admin_sees_users_and_the_audit_log(app):
     log_in(app, "root")
-    assert app.sidebar.radio(key="page").options == ["New job", "Jobs", "Admin"]
+    assert app.sidebar.radio(key="page").options == ["New job", "Jobs", "Models", "Playground", "Admin"]
     app.sidebar.radio(key="page").set_value("Admin")
     app.run()
     assert not app.exception
@@ -179,3 +193,56 @@ def test_dataset_errors_block_submission(app, api_url):
     messages = [e.value for e in app.error]
     assert any(m.startswith("column 'text' is empty or whitespace in 1 row(s): rows 2") for m in messages)
     assert app.button(key="submit").disabled
+
+
+def open_page(app, page: str):
+    app.sidebar.radio(key="page").set_value(page)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_models_are_searched_and_recommended_but_only_admins_move_them(app):
+    log_in(app, "alice")
+    open_page(app, "Models")
+    table = app.dataframe[0].value
+    assert list(zip(table["name"], table["version"], table["stage"], strict=True)) == [
+        ("ui-model", 1, "Staging")
+    ]
+    app.selectbox(key="models_stage").set_value("Production")
+    app.run()
+    assert len(app.dataframe[0].value) == 0
+    app.text_input(key="models_query").input("sentiment")
+    app.run()
+    assert list(app.dataframe[1].value["name"]) == ["ui-model"]
+    assert not [b for b in app.button if b.key == "move"]  # no stage moves for a user
+
+
+def test_an_admin_moves_a_version_to_production(app):
+    log_in(app, "root")
+    open_page(app, "Models")
+    app.selectbox(key="move_stage").set_value("Production")
+    app.button(key="move").click()
+    app.run()
+    assert [s.value for s in app.success] == ["ui-model version 1 is now Production"]
+    app.number_input(key="move_version").set_value(7)
+    app.button(key="move").click()
+    app.run()
+    assert [e.value for e in app.error] == ["model 'ui-model' has no version 7"]
+
+
+def test_the_playground_classifies_a_text(app, api_url):
+    from finetune_platform.inference.predictor import Predictor
+
+    log_in(app, "alice")
+    open_page(app, "Playground")
+    app.text_area(key="play_text").input("great film")
+    app.text_input(key="play_model").input("ui-model@1")
+    app.button(key="play").click()
+    app.run()
+    expected = Predictor.from_registry(api_url[1], "ui-model@1").predict(["great film"])[0]
+    assert [(m.label, m.value) for m in app.metric] == [("ui-model v1", expected.label_name)]
+    app.text_input(key="play_model").input("no-such-model")
+    app.button(key="play").click()
+    app.run()
+    assert [e.value for e in app.error] == ["no registered model 'no-such-model'"]

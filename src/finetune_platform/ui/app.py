@@ -1,9 +1,11 @@
 """The platform's web UI (Streamlit), started by `finetune ui`. It talks to the platform only through the REST
-API at FINETUNE_API_URL; the token from /login lives in the browser session.
+API at FINETUNE_API_URL (the Playground to `finetune serve` at FINETUNE_SERVE_URL); the token from /login lives in
+the browser session.
 
-Pages so far: login/logout, a new training job (upload, validation report, a form generated from the config
-schema, submit), the job monitor (stepper, progress, log tail, cancel, the failure reason) and the admin
-page (users, audit log). Errors from the API are shown as their readable message.
+Pages: login/logout; a new training job (upload, validation report, a form generated from the config schema,
+submit); the job monitor (stepper, progress, events and log tail, cancel, the failure reason); models (search,
+recommendation, stage moves for admins); the playground; admin (users, audit log). API errors are shown as their
+readable message, never as a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import os
 import streamlit as st
 
 from finetune_platform.ui.client import ApiError, PlatformClient
-from finetune_platform.ui.views import admin_page, jobs_page, login_page, new_job_page
+from finetune_platform.ui.views import (
+    admin_page,
+    jobs_page,
+    login_page,
+    models_page,
+    new_job_page,
+    playground_page,
+)
 
 st.set_page_config(page_title="finetune-platform", layout="wide")
 
@@ -29,7 +38,8 @@ if not st.session_state.get("token"):
     login_page(client())
 else:
     user = st.session_state.get("user") or {}
-    pages = ["New job", "Jobs", *(["Admin"] if user.get("role") == "admin" else [])]
+    admin = user.get("role") == "admin"
+    pages = ["New job", "Jobs", "Models", "Playground", *(["Admin"] if admin else [])]
     st.sidebar.write(f"Signed in as **{user.get('username', '?')}** ({user.get('role', '?')})")
     page = st.sidebar.radio("Page", pages, key="page")
     if st.sidebar.button("Log out", key="logout"):
@@ -41,5 +51,10 @@ else:
         new_job_page(client())
     elif page == "Jobs":
         jobs_page(client())
+    elif page == "Models":
+        models_page(client(), admin)
+    elif page == "Playground":
+        serve_url = os.environ.get("FINETUNE_SERVE_URL", "http://127.0.0.1:8080")
+        playground_page(PlatformClient(serve_url, st.session_state.get("token")))
     elif page == "Admin":
         admin_page(client())

@@ -160,5 +160,12 @@ class PlatformClient:
     def audit(self, **filters: Any) -> dict[str, Any]:
         return self._call("GET", "/audit/logs", params={k: v for k, v in filters.items() if v is not None})
 
+    # -- inference server (a client whose base URL is `finetune serve`) -----------------------------------
+    def predict(self, text: str, model: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"text": text}
+        if model:
+            body["model"] = model
+        return self._call("POST", "/predict", json=body)
+
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")

@@ -229,3 +229,78 @@ def new_job_page(client: PlatformClient) -> None:
             return
         st.session_state["job"] = task["id"]
         st.success(f"Queued task {task['id']}")
+
+
+STAGES = ("None", "Staging", "Production", "Archived")
+
+
+def models_page(client: PlatformClient, admin: bool) -> None:
+    st.title("Models")
+    stage = st.selectbox("Stage", ["any", *STAGES], key="models_stage")
+    language = st.text_input("Language", key="models_language")
+    threshold = st.text_input("Metric threshold", key="models_metric", placeholder="accuracy>=0.9")
+    try:
+        cards = client.search_models(
+            stage=None if stage == "any" else stage, language=language or None, metric=threshold or None
+        )
+    except ApiError as error:
+        st.error(str(error))
+        return
+    st.dataframe([_card_row(card) for card in cards], hide_index=True)
+    query = st.text_input(
+        "Describe what you need", key="models_query", placeholder="sentiment of movie reviews"
+    )
+    if query:
+        try:
+            found = client.recommend(query)
+        except ApiError as error:
+            st.error(str(error))
+        else:
+            st.dataframe([{**_card_row(item["card"]), "score": round(item["score"], 3)} for item in found],
+                         hide_index=True)  # fmt: skip
+    if not admin:
+        return
+    st.subheader("Move a version (admin)")
+    names = sorted({card["name"] for card in cards})
+    if not names:
+        st.info("No registered model matches the filters.")
+        return
+    name = st.selectbox("Model", names, key="move_name")
+    version = st.number_input("Version", min_value=1, step=1, value=1, key="move_version")
+    target = st.selectbox("To stage", STAGES, index=2, key="move_stage")
+    if st.button("Move", key="move"):
+        try:
+            moved = client.transition(name, int(version), target)
+        except ApiError as error:
+            st.error(str(error))
+            return
+        archived = f" (archived {', '.join(map(str, moved['archived']))})" if moved["archived"] else ""
+        st.success(f"{moved['name']} version {moved['version']} is now {moved['stage']}{archived}")
+
+
+def _card_row(card: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": card["name"], "version": card["version"], "stage": card["stage"],
+        "accuracy": card["metrics"].get("accuracy"), "base model": card["base_model"],
+        "language": card["language"], "description": card["description"],
+    }  # fmt: skip
+
+
+def playground_page(inference: PlatformClient) -> None:
+    st.title("Playground")
+    text = st.text_area("Text", key="play_text", placeholder="A wonderful, moving film.")
+    model = st.text_input(
+        "Model (name, name@3, name@production; empty: the served default)", key="play_model"
+    )
+    if st.button("Predict", key="play") and text.strip():
+        try:
+            answer = inference.predict(text, model or None)
+        except ApiError as error:
+            st.error(str(error))
+            return
+        st.metric(f"{answer['model']} v{answer['version']}", answer["label_name"],
+                  f"p = {answer['probability']:.3f}", delta_color="off")  # fmt: skip
+        st.caption(
+            f"{answer['latency_ms']} ms on the server" + (" (text truncated)" if answer["truncated"] else "")
+        )
+        st.bar_chart(answer["probabilities"])
