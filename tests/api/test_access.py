@@ -44,6 +44,12 @@ def request_for(route: str, api):
         "GET /experiments": ("GET", "/experiments", {}),
         "GET /experiments/mlflow/{run_id}": ("GET", "/experiments/mlflow/0123456789abcdef", {}),
         "GET /mlflow": ("GET", "/mlflow", {}),
+        "GET /experiments/runs": ("GET", "/experiments/runs?experiment=nothing", {}),
+        "POST /experiments/compare": (
+            "POST",
+            "/experiments/compare",
+            {"json": {"run_ids": ["ab12", "cd34"]}},
+        ),
         "GET /models/search": ("GET", "/models/search", {}),
         "POST /models/recommend": ("POST", "/models/recommend", {"json": {"query": "sentiment of reviews"}}),
         "POST /models/transition": (
@@ -81,6 +87,8 @@ MATRIX = {
     "GET /experiments": (401, 403, 403, 200),
     "GET /experiments/mlflow/{run_id}": (401, 403, 403, 404),
     "GET /mlflow": (200, 200, 200, 200),
+    "GET /experiments/runs": (401, 403, 403, 404),  # admins only; no such experiment
+    "POST /experiments/compare": (401, 403, 403, 404),  # admins only; no such runs
     "GET /models/search": (401, 200, 200, 200),
     "POST /models/recommend": (401, 200, 200, 200),
     "POST /models/transition": (401, 403, 403, 404),

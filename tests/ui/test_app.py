@@ -53,6 +53,8 @@ def api_url(tmp_path_factory, tiny_bert):
     raw = tiny_config_dict(tiny_bert, train, valid, root / "runs", max_steps=16, eval_steps=8)
     raw["registry"] = {"model_name": "ui-model", "description": "tiny sentiment model for the UI tests"}
     run_training(config_from_dict(raw), settings=settings, show_progress=False)
+    raw["registry"], raw["training"]["learning_rate"] = {"enabled": False}, 5e-3  # a second run to compare
+    run_training(config_from_dict(raw), settings=settings, show_progress=False)
     api, api_server = serve_in_thread(create_app(settings))
     serve, serve_server = serve_in_thread(create_serve_app(settings))
     yield api, settings, serve
@@ -131,7 +133,9 @@ def test_a_failed_job_shows_its_reason(app, api_url):
 
 def test_an_admin_sees_users_and_the_audit_log(app):
     log_in(app, "root")
-    assert app.sidebar.radio(key="page").options == ["New job", "Jobs", "Models", "Playground", "Admin"]
+    assert app.sidebar.radio(key="page").options == [
+        "New job", "Jobs", "Models", "Playground", "Experiments", "Admin"
+    ]  # fmt: skip
     app.sidebar.radio(key="page").set_value("Admin")
     app.run()
     assert not app.exception
@@ -246,3 +250,22 @@ def test_the_playground_classifies_a_text(app, api_url):
     app.button(key="play").click()
     app.run()
     assert [e.value for e in app.error] == ["no registered model 'no-such-model'"]
+
+
+def test_an_admin_compares_runs(app):
+    log_in(app, "root")
+    open_page(app, "Experiments")
+    app.selectbox(key="experiment").set_value("tiny")
+    app.run()
+    runs = app.dataframe[0].value
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    assert [c.value for c in app.caption] == ["Choose two or more runs to compare them."]
+    app.multiselect(key="compare_runs").set_value(list(runs["run"]))
+    app.run()
+    assert not app.exception and not app.error
+    assert [h.value for h in app.subheader] == ["Training loss", "Final metrics", "Config differences"]
+    metrics = app.dataframe[1].value
+    assert "final_accuracy" in set(metrics["metric"])
+    differences = app.dataframe[2].value
+    assert "training.learning_rate" in differences.index
+    assert sorted(differences.loc["training.learning_rate"]) == ["0.005", "0.01"]

@@ -440,6 +440,39 @@ def experiments(request: Request, admin: AdminUser) -> list[dict[str, Any]]:
     return ExperimentStore(request.app.state.settings).experiments()
 
 
+@router.get("/experiments/runs", tags=["experiments"], summary="An experiment's runs (admin)")
+def experiment_runs(
+    request: Request,
+    admin: AdminUser,
+    experiment: Annotated[str, Query(min_length=1, max_length=200, description="Experiment name.")],
+) -> list[dict[str, Any]]:
+    """Every run of the experiment: id, name, status, start, final metrics, params, dataset version."""
+    from finetune_platform.tracking.experiments import ExperimentStore
+
+    return [asdict(run) for run in ExperimentStore(request.app.state.settings).runs(experiment)]
+
+
+@router.post("/experiments/compare", tags=["experiments"], summary="Compare runs (admin)")
+def experiments_compare(request: Request, admin: AdminUser, body: schemas.CompareRequest) -> dict[str, Any]:
+    """Final metrics side by side, the params that differ, and each run's training-loss curve."""
+    from mlflow.exceptions import MlflowException
+
+    from finetune_platform.tracking.experiments import ExperimentStore
+
+    try:
+        comparison = ExperimentStore(request.app.state.settings).compare(body.run_ids)
+    except MlflowException:
+        raise NotFoundError(f"no run among {', '.join(body.run_ids)}") from None
+    return {
+        "runs": [asdict(run) for run in comparison.runs],
+        "metrics": comparison.metrics,
+        "differing_params": comparison.differing_params,
+        "loss_curves": {
+            name: [[step, value] for step, value in curve] for name, curve in comparison.loss_curves.items()
+        },
+    }
+
+
 @router.get("/experiments/mlflow/{run_id}", tags=["experiments"], summary="One MLflow run (admin)")
 def mlflow_run(run_id: str, request: Request, admin: AdminUser) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException

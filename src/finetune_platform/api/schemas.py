@@ -192,6 +192,12 @@ class RecommendRequest(Strict):
     stage: StageName | None = Field(default=None, description="Only models in this stage.")
 
 
+class CompareRequest(Strict):
+    run_ids: list[Annotated[str, Field(pattern=r"^[0-9a-zA-Z]{1,64}$")]] = Field(
+        min_length=2, max_length=10, description="Two to ten MLflow run ids."
+    )
+
+
 class TransitionRequest(Strict):
     name: str = Field(max_length=128, description="Registered model name.")
     version: int = Field(ge=1, description="Version to move.")

@@ -18,6 +18,7 @@ import streamlit as st
 from finetune_platform.ui.client import ApiError, PlatformClient
 from finetune_platform.ui.views import (
     admin_page,
+    experiments_page,
     jobs_page,
     login_page,
     models_page,
@@ -39,7 +40,7 @@ if not st.session_state.get("token"):
 else:
     user = st.session_state.get("user") or {}
     admin = user.get("role") == "admin"
-    pages = ["New job", "Jobs", "Models", "Playground", *(["Admin"] if admin else [])]
+    pages = ["New job", "Jobs", "Models", "Playground", *(["Experiments", "Admin"] if admin else [])]
     st.sidebar.write(f"Signed in as **{user.get('username', '?')}** ({user.get('role', '?')})")
     page = st.sidebar.radio("Page", pages, key="page")
     if st.sidebar.button("Log out", key="logout"):
@@ -56,5 +57,7 @@ else:
     elif page == "Playground":
         serve_url = os.environ.get("FINETUNE_SERVE_URL", "http://127.0.0.1:8080")
         playground_page(PlatformClient(serve_url, st.session_state.get("token")))
+    elif page == "Experiments":
+        experiments_page(client())
     elif page == "Admin":
         admin_page(client())

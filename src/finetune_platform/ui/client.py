@@ -143,6 +143,12 @@ class PlatformClient:
     def experiments(self) -> Any:
         return self._call("GET", "/experiments")
 
+    def runs(self, experiment: str) -> list[dict[str, Any]]:
+        return self._call("GET", "/experiments/runs", params={"experiment": experiment})
+
+    def compare(self, run_ids: list[str]) -> dict[str, Any]:
+        return self._call("POST", "/experiments/compare", json={"run_ids": run_ids})
+
     def mlflow(self) -> dict[str, Any]:
         return self._call("GET", "/mlflow")
 

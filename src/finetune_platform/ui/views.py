@@ -304,3 +304,64 @@ def playground_page(inference: PlatformClient) -> None:
             f"{answer['latency_ms']} ms on the server" + (" (text truncated)" if answer["truncated"] else "")
         )
         st.bar_chart(answer["probabilities"])
+
+
+def experiments_page(client: PlatformClient) -> None:
+    st.title("Experiments")
+    try:
+        experiments = client.experiments()
+        tracking = client.mlflow()
+    except ApiError as error:
+        st.error(str(error))
+        return
+    if tracking.get("ui_url"):
+        st.link_button("Open the MLflow UI", tracking["ui_url"])
+    if not experiments:
+        st.info("No experiments yet.")
+        return
+    name = st.selectbox("Experiment", [e["name"] for e in experiments], key="experiment")
+    try:
+        runs = client.runs(name)
+    except ApiError as error:
+        st.error(str(error))
+        return
+    status = st.selectbox("Status", ["any", *sorted({r["status"] for r in runs})], key="run_status")
+    shown = [r for r in runs if status == "any" or r["status"] == status]
+    st.dataframe(
+        [{"run": r["run_id"], "name": r["run_name"], "status": r["status"], "started": r["started"],
+          "accuracy": r["metrics"].get("final_accuracy", r["metrics"].get("eval_accuracy")),
+          "dataset": r["dataset_version"]} for r in shown],
+        hide_index=True,
+    )  # fmt: skip
+    chosen = st.multiselect("Compare runs", [r["run_id"] for r in shown], key="compare_runs")
+    if len(chosen) < 2:
+        st.caption("Choose two or more runs to compare them.")
+        return
+    try:
+        comparison = client.compare(chosen)
+    except ApiError as error:
+        st.error(str(error))
+        return
+    curves = {name: dict(points) for name, points in comparison["loss_curves"].items()}
+    if any(curves.values()):
+        st.subheader("Training loss")
+        st.line_chart(curves)
+    st.subheader("Final metrics")
+    st.dataframe(
+        [{"metric": metric, **{run[:8]: value for run, value in values.items()}}
+         for metric, values in comparison["metrics"].items()],
+        hide_index=True,
+    )  # fmt: skip
+    st.subheader("Config differences")
+    differing = comparison["differing_params"]
+    if not differing:
+        st.info("The runs' configs are identical.")
+    else:
+        import pandas as pd
+
+        frame = pd.DataFrame({run[:8]: {k: v.get(run) for k, v in differing.items()} for run in chosen})
+
+        def differs(row):  # cells unlike the first run's value are highlighted
+            return ["" if value == row.iloc[0] else "background-color: #ffe08a" for value in row]
+
+        st.dataframe(frame.style.apply(differs, axis=1))
