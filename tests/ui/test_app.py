@@ -269,3 +269,44 @@ def test_an_admin_compares_runs(app):
     differences = app.dataframe[2].value
     assert "training.learning_rate" in differences.index
     assert sorted(differences.loc["training.learning_rate"]) == ["0.005", "0.01"]
+
+
+LOG = "\n".join(
+    [
+        "10:00:00 INFO progress: step 2/8 epoch 0.17 loss 0.6973 lr 1.00e-02 samples/s 252.3 eta 0:00:09",
+        "10:00:01 INFO progress: step 4/8 epoch 0.33 loss 0.6780 lr 7.14e-03 samples/s 686.8 eta 0:00:04",
+        "10:00:02 INFO training: eval at step 4 (epoch 0.33): loss 0.7049 accuracy 0.5000 macro_f1 0.3333",
+        "10:00:03 INFO progress: step 6/8 epoch 0.50 loss 0.7017 lr 4.29e-03 samples/s 273.5 eta 0:00:02",
+    ]
+)
+
+
+def test_log_lines_become_loss_and_evaluation_curves_and_an_eta():
+    from finetune_platform.ui.views import curves
+
+    loss, evaluation, eta = curves(LOG.splitlines())
+    assert loss == {2: 0.6973, 4: 0.678, 6: 0.7017}
+    assert evaluation == {"eval loss": {4: 0.7049}, "eval accuracy": {4: 0.5}}
+    assert eta == "0:00:02"
+
+
+def test_a_running_job_shows_its_curves_and_eta(app, api_url):
+    from finetune_platform.db.models import Job
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.jobs import JobPublic, job_log_path
+
+    task_id = queued_task(api_url)
+    with session_scope(api_url[1]) as session:
+        job = session.get(Job, task_id)
+        job.status, job.stage, job.progress = "running", "training", {"percent": 75.0, "loss": 0.7017}
+        log = job_log_path(JobPublic.of(job))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(LOG)
+    log_in(app, "alice")
+    open_page(app, "Jobs")
+    app.toggle(key="live").set_value(False)
+    app.selectbox(key="job").set_value(task_id)
+    app.run()
+    assert [s.value for s in app.subheader][:2] == ["Training loss", "Evaluation"]
+    assert any("✓ validating  →  ▶ training" in m.value for m in app.markdown)
+    assert app.get("progress")[0].proto.text == "75%, ETA 0:00:02"

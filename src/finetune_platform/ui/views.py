@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
 
 from finetune_platform.ui.client import ApiError, PlatformClient
+
+STEP_LINE = re.compile(r"step (\d+)/(\d+) epoch [\d.]+ loss ([\d.]+) .* eta (\S+)")
+EVAL_LINE = re.compile(r"eval at step (\d+) \(epoch [\d.]+\): loss ([\d.]+) accuracy ([\d.]+)")
+
+
+def curves(log_lines: list[str]) -> tuple[dict[int, float], dict[str, dict[int, float]], str | None]:
+    """From a run's log lines: training loss by step, evaluation loss and accuracy by step, the latest ETA."""
+    loss: dict[int, float] = {}
+    evaluation: dict[str, dict[int, float]] = {"eval loss": {}, "eval accuracy": {}}
+    eta = None
+    for line in log_lines:
+        if found := STEP_LINE.search(line):
+            loss[int(found[1])] = float(found[3])
+            eta = found[4]
+        elif found := EVAL_LINE.search(line):
+            evaluation["eval loss"][int(found[1])] = float(found[2])
+            evaluation["eval accuracy"][int(found[1])] = float(found[3])
+    return loss, evaluation, eta
+
 
 STEPS = ("queued", "validating", "training", "evaluating", "registering", "done")
 PREDICT_STEPS = ("queued", "validating", "predicting", "done")
@@ -73,18 +93,32 @@ def jobs_page(client: PlatformClient) -> None:
         hide_index=True,
     )  # fmt: skip
     chosen = st.selectbox("Job", [t["id"] for t in tasks], key="job")
+    live = st.toggle("Live (refresh every 2 s while the job runs)", value=True, key="live")
+    running = next(t for t in tasks if t["id"] == chosen)["status"] in {"queued", "running"}
+    st.fragment(run_every=2.0 if live and running else None)(job_view)(client, chosen)
+
+
+def job_view(client: PlatformClient, chosen: str) -> None:
     try:
         task = client.task(chosen)
-        logs = client.task_logs(chosen, lines=50)
+        logs = client.task_logs(chosen, lines=1000)
     except ApiError as error:
         st.error(str(error))
         return
     st.markdown(f"**{stepper(task)}**")
     progress = task.get("progress") or {}
     percent = float(progress.get("percent") or (100.0 if task["status"] == "succeeded" else 0.0))
-    st.progress(min(percent, 100.0) / 100.0, text=f"{percent:.0f}%")
+    loss, evaluation, eta = curves(logs["log_lines"])
+    remaining = f", ETA {eta}" if eta and task["status"] == "running" else ""
+    st.progress(min(percent, 100.0) / 100.0, text=f"{percent:.0f}%{remaining}")
     if progress.get("loss") is not None:
         st.metric("loss", f"{progress['loss']:.4f}")
+    if loss:
+        st.subheader("Training loss")
+        st.line_chart({"loss": loss})
+    if evaluation["eval accuracy"]:
+        st.subheader("Evaluation")
+        st.line_chart(evaluation)
     if task["status"] == "failed":
         st.error(f"Failed: {task['error']}")
     if task["status"] in {"queued", "running"} and st.button("Cancel job", key="cancel"):
@@ -99,7 +133,7 @@ def jobs_page(client: PlatformClient) -> None:
     st.text("\n".join(f"{e['at']} [{e['kind']}] {e['message']}" for e in logs["events"]) or "none")
     if logs["log_lines"]:
         st.subheader("Log")
-        st.code("\n".join(logs["log_lines"]))
+        st.code("\n".join(logs["log_lines"][-50:]))
 
 
 def admin_page(client: PlatformClient) -> None:
