@@ -112,7 +112,7 @@ def test_a_user_sees_jobs_but_no_admin_page_and_can_cancel(app, api_url):
     app.run()
     assert [s.value for s in app.success] == [f"Job {task_id} is cancelled"]
     app.run()
-    assert any("✗ cancelled" in m.value for m in app.markdown)
+    assert any("✗ queued (cancelled)  →  · validating" in m.value for m in app.markdown)
 
 
 def test_a_failed_job_shows_its_reason(app, api_url):
@@ -185,6 +185,7 @@ def test_a_job_is_submitted_from_the_generated_form(app, api_url):
     assert config["experiment"] == "from-the-ui"
     assert (config["training"]["max_steps"], config["training"]["scheduler"]) == (6, "cosine")
     assert config["training"]["batch_size"] == 32 and config["lora"]["r"] == 8  # untouched: the defaults
+    assert config["lora"]["target_modules"] == "auto"
 
 
 def test_dataset_errors_block_submission(app, api_url):

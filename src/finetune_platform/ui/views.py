@@ -50,24 +50,24 @@ def login_page(client: PlatformClient) -> None:
 
 
 def stepper(task: dict[str, Any]) -> str:
-    """The task's place in its steps, as one line: done steps ✓, the current one ▶, the rest ·."""
+    """The task's place in its steps, as one line: done steps ✓, the current one ▶, the rest ·; a failed or
+    cancelled task shows ✗ on the step it stopped at."""
     steps = PREDICT_STEPS if task.get("kind") == "predict" else STEPS
     status, stage = task["status"], task.get("stage")
-    if status == "queued":
+    stopped = status in {"failed", "cancelled"}
+    if status == "queued" or (stopped and stage not in steps):
         current = "queued"
-    elif status == "running":
-        current = stage or "validating"
+    elif status == "running" or stopped:
+        current = stage if stage in steps else "validating"
     else:
         current = "done"
-    index = steps.index(current) if current in steps else 0
+    index = steps.index(current)
     marks = []
     for position, step in enumerate(steps):
-        if step == "done" and status in {"failed", "cancelled"}:
-            marks.append(f"✗ {status}")
-        elif position < index or (step == "done" and status == "succeeded"):
+        if position < index or (step == "done" and status == "succeeded"):
             marks.append(f"✓ {step}")
         elif position == index:
-            marks.append(f"▶ {step}")
+            marks.append(f"✗ {step} ({status})" if stopped else f"▶ {step}")
         else:
             marks.append(f"· {step}")
     return "  →  ".join(marks)
@@ -196,9 +196,14 @@ def field_widget(schema: dict[str, Any], section: str, name: str, node: dict[str
         return st.number_input(label, value=default, step=1, key=key, help=help_text)
     if kinds & {"number"}:
         return st.number_input(label, value=default, format="%g", key=key, help=help_text)
-    if kinds & {"array"}:
-        text = st.text_input(label, value=", ".join(map(str, default or [])), key=key, help=help_text)
-        return [part.strip() for part in text.split(",") if part.strip()]
+    if kinds & {"array"}:  # a list as comma-separated words; a single word may be one of the named choices
+        shown = default if isinstance(default, str) else ", ".join(map(str, default or []))
+        words = [part.strip() for part in st.text_input(label, value=shown, key=key, help=help_text).split(",")]
+        words = [word for word in words if word]
+        choices = {value for option in node.get("anyOf", []) for value in option.get("enum", [])}
+        if len(words) == 1 and words[0] in choices:
+            return words[0]
+        return words or default
     return (
         st.text_input(label, value="" if default is None else str(default), key=key, help=help_text) or None
     )
