@@ -9,11 +9,10 @@ import shutil
 import subprocess
 import time
 
-import httpx
 import pytest
 
 from tests.conftest import ROOT, finetune_bin, free_port
-from tests.integration.queue_harness import queue_env, wait_for
+from tests.integration.queue_harness import http_answers, queue_env, wait_for
 
 pytestmark = pytest.mark.slow
 PASSWORD = "long enough password"
@@ -115,7 +114,9 @@ def test_log_in_upload_submit_and_watch_a_job_succeed_in_chromium(tmp_path):
     try:
         for port, path in ((api_port, "/health"), (ui_port, "/_stcore/health")):
             wait_for(
-                lambda port=port, path=path: _answers(f"http://127.0.0.1:{port}{path}"), 120, f"port {port}"
+                lambda port=port, path=path: http_answers(f"http://127.0.0.1:{port}{path}"),
+                120,
+                f"port {port}",
             )
         page = browser(chromium, driver)
         url = f"http://127.0.0.1:{ui_port}"
@@ -172,10 +173,3 @@ def test_log_in_upload_submit_and_watch_a_job_succeed_in_chromium(tmp_path):
             process.terminate()
             process.wait(timeout=30)
         env.stop_all()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -30,6 +30,16 @@ def redis_answers(url: str = "redis://127.0.0.1:6379/0") -> str | None:
     return None
 
 
+def http_answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def require_redis(url: str = "redis://127.0.0.1:6379/0") -> str:
     problem = redis_answers(url)
     if problem is not None:

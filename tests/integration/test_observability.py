@@ -17,7 +17,7 @@ import yaml
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
 from tests.conftest import ROOT, finetune_bin, free_port, sentiment_rows, tiny_config_dict, write_csv
-from tests.integration.queue_harness import queue_env, submit, wait_for
+from tests.integration.queue_harness import http_answers, queue_env, submit, wait_for
 
 pytestmark = pytest.mark.slow
 DEPLOY = ROOT / "deploy"
@@ -152,7 +152,7 @@ def test_every_dashboard_and_alert_expression_matches_what_happened(tmp_path, ti
             "observed-worker", "--metrics-port", str(worker_port), "--metrics-host", "127.0.0.1"
         )
         wait_for(
-            lambda: _answers(f"http://127.0.0.1:{worker_port}/metrics"), 120, "the worker's metrics port"
+            lambda: http_answers(f"http://127.0.0.1:{worker_port}/metrics"), 120, "the worker's metrics port"
         )
         prometheus = Prometheus(binary, tmp_path, {
             "finetune-api": f"127.0.0.1:{api_port}",
@@ -267,13 +267,6 @@ def test_every_dashboard_and_alert_expression_matches_what_happened(tmp_path, ti
             process.terminate()
             process.wait(timeout=30)
         env.stop_all()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _duration(job) -> float:
