@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -65,7 +64,9 @@ class JobCollector:
             "task_queued", "Jobs waiting in the database for a worker", counts.get("queued", 0)
         )
         yield GaugeMetricFamily("task_running", "Jobs running now", len(running))
-        waiting = _queue_size(self.settings)
+        from finetune_platform.worker.app import queue_size
+
+        waiting = queue_size(self.settings)
         if waiting is not None:
             yield GaugeMetricFamily("task_queue_length", "Messages waiting in the broker's queue", waiting)
         yield _duration_histogram([(end - start).total_seconds() for start, end in finished])
@@ -105,12 +106,6 @@ def _duration_histogram(durations: list[float]) -> HistogramMetricFamily:
         "task_duration_seconds", "Wall time of finished jobs, first start to end", buckets=buckets,
         sum_value=sum(durations),
     )  # fmt: skip
-
-
-def _queue_size(settings: Settings) -> int | None:
-    from finetune_platform.worker.app import queue_size
-
-    return queue_size(settings)
 
 
 class SystemCollector:
@@ -194,9 +189,3 @@ def install_worker_metrics(metrics: WorkerMetrics | None) -> None:
 
 def worker_metrics() -> WorkerMetrics | None:
     return _worker_metrics
-
-
-def api_collectors(registry: CollectorRegistry, settings: Settings) -> Any:
-    """The API's registry also serves the job metrics from the database."""
-    registry.register(JobCollector(settings))
-    return registry

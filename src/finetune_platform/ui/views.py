@@ -198,7 +198,9 @@ def field_widget(schema: dict[str, Any], section: str, name: str, node: dict[str
         return st.number_input(label, value=default, format="%g", key=key, help=help_text)
     if kinds & {"array"}:  # a list as comma-separated words; a single word may be one of the named choices
         shown = default if isinstance(default, str) else ", ".join(map(str, default or []))
-        words = [part.strip() for part in st.text_input(label, value=shown, key=key, help=help_text).split(",")]
+        words = [
+            part.strip() for part in st.text_input(label, value=shown, key=key, help=help_text).split(",")
+        ]
         words = [word for word in words if word]
         choices = {value for option in node.get("anyOf", []) for value in option.get("enum", [])}
         if len(words) == 1 and words[0] in choices:
