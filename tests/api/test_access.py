@@ -84,11 +84,11 @@ MATRIX = {
     "GET /tasks": (401, 200, 200, 200),
     "GET /task/{id}/logs": (401, 200, 404, 200),
     "POST /task/{id}/cancel": (401, 200, 404, 200),
-    "GET /experiments": (401, 403, 403, 200),
-    "GET /experiments/mlflow/{run_id}": (401, 403, 403, 404),
+    "GET /experiments": (401, 200, 200, 200),  # each sees the runs of their own jobs (admins: all)
+    "GET /experiments/mlflow/{run_id}": (401, 404, 404, 404),
     "GET /mlflow": (200, 200, 200, 200),
-    "GET /experiments/runs": (401, 403, 403, 404),  # admins only; no such experiment
-    "POST /experiments/compare": (401, 403, 403, 404),  # admins only; no such runs
+    "GET /experiments/runs": (401, 404, 404, 404),  # no such experiment
+    "POST /experiments/compare": (401, 404, 404, 404),  # no such runs
     "GET /models/search": (401, 200, 200, 200),
     "POST /models/recommend": (401, 200, 200, 200),
     "POST /models/transition": (401, 403, 403, 404),

@@ -1,10 +1,12 @@
 """The web UI in a real headless Chromium (Selenium + chromedriver) against a real API and worker: log in,
-upload the sample dataset, submit a tiny job, watch it reach succeeded, open the experiments page; screenshots
-of each step are saved under the test's output folder. A user without admin sees no admin page."""
+upload the sample dataset, submit two tiny jobs, watch them reach succeeded, open the job's comparison view;
+screenshots of each step are saved under the test's output folder. A user without admin sees no admin page and
+none of the admin's runs."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -58,7 +60,9 @@ def fill(page, label: str, value: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    field = page.find_element(By.CSS_SELECTOR, f'input[aria-label="{label}"]')
+    selector = f'input[aria-label="{label}"]'
+    wait_for(lambda: page.find_elements(By.CSS_SELECTOR, selector), 60, f"the field {label!r}", interval=0.5)
+    field = page.find_element(By.CSS_SELECTOR, selector)
     field.send_keys(Keys.CONTROL, "a")
     field.send_keys(value)
     field.send_keys(Keys.TAB)
@@ -67,9 +71,23 @@ def fill(page, label: str, value: str) -> None:
 def click_button(page, label: str) -> None:
     from selenium.webdriver.common.by import By
 
-    buttons = [b for b in page.find_elements(By.TAG_NAME, "button") if b.text.strip() == label]
-    assert buttons, f"no button {label!r}"
-    buttons[0].click()
+    def buttons():
+        return [b for b in page.find_elements(By.TAG_NAME, "button") if b.text.strip() == label]
+
+    wait_for(buttons, 60, f"the button {label!r}", interval=0.5)
+    buttons()[0].click()
+
+
+def queued_task(page, earlier: str | None = None) -> str:
+    """The id in the page's "Queued task <id>" message, once it is not ``earlier``."""
+    found = []
+
+    def shown() -> bool:
+        found[:] = re.findall(r"Queued task ([0-9a-f-]{36})", text_of(page))
+        return bool(found) and found[-1] != earlier
+
+    wait_for(shown, 60, "the submission to be confirmed", interval=0.5)
+    return found[-1]
 
 
 def choose_page(page, name: str) -> None:
@@ -134,30 +152,42 @@ def test_log_in_upload_submit_and_watch_a_job_succeed_in_chromium(tmp_path):
         fill(page, "max steps", "6")
         time.sleep(1)
         click_button(page, "Submit")
-        wait_text(page, "Queued task")
+        first = queued_task(page)
+        fill(page, "max steps", "8")  # a second run of the experiment, to compare with
+        time.sleep(1)
+        click_button(page, "Submit")
+        second = queued_task(page, earlier=first)
         page.save_screenshot(str(shots / "2-submitted.png"))
 
-        choose_page(page, "Jobs")
+        choose_page(page, "Jobs")  # shows the job submitted last; the worker runs them in order
         wait_for(
             lambda: "✓ done" in text_of(page) or "(failed)" in text_of(page),
-            240,
-            "the job to finish",
+            300,
+            f"the job {second} to finish",
             interval=1,
         )
         assert "✓ done" in text_of(page), text_of(page)[-2000:]
+        assert env.job(first).status == env.job(second).status == "succeeded"
         page.save_screenshot(str(shots / "3-succeeded.png"))
 
-        choose_page(page, "Experiments")
-        wait_text(page, "Choose two or more runs to compare them.")
-        page.save_screenshot(str(shots / "4-experiments.png"))
+        click_button(page, "Compare with other runs")  # the job's comparison view on the Experiments page
+        wait_text(page, "Config differences")
+        body = text_of(page)
+        runs = [env.job(job_id).run_id for job_id in (second, first)]
+        chosen = body[body.index("Compare runs") : body.index("Final metrics")]
+        assert re.findall(r"[0-9a-f]{32}", chosen) == runs, body[-2000:]  # both runs, this job's first
+        assert "The runs' configs are identical." not in body  # max steps differ (the grid is a canvas)
+        page.save_screenshot(str(shots / "4-comparison.png"))
 
         click_button(page, "Log out")
         log_in(page, url, "alice")
         sidebar = page.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]").text
-        assert "Jobs" in sidebar and "Admin" not in sidebar and "Experiments" not in sidebar
+        assert "Jobs" in sidebar and "Experiments" in sidebar and "Admin" not in sidebar
+        choose_page(page, "Experiments")
+        wait_text(page, "No experiments yet.")  # root's runs are not hers
         page.save_screenshot(str(shots / "5-user-without-admin.png"))
         assert sorted(p.name for p in shots.iterdir()) == [
-            "1-new-job.png", "2-submitted.png", "3-succeeded.png", "4-experiments.png", "5-user-without-admin.png",
+            "1-new-job.png", "2-submitted.png", "3-succeeded.png", "4-comparison.png", "5-user-without-admin.png",
         ]  # fmt: skip
         assert all(p.stat().st_size > 10_000 for p in shots.iterdir())
     except BaseException:

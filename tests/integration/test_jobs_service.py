@@ -191,6 +191,52 @@ def test_release_counts_failed_attempts_but_not_preemptions(db_settings, people)
         assert session.get(Job, job_id).preemptions == 1
 
 
+def test_a_reconciler_that_read_a_stale_row_changes_nothing(db_settings, people):
+    """Two workers' reconcilers see the same silent worker; the second one's view is stale by the time it
+    writes (the first requeued the job and a new attempt claimed it). SQLite has no row locks, so only the
+    compare-and-set keeps the second from requeueing the new attempt (which then ran a third time)."""
+    if not db_settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL locks the row (FOR UPDATE SKIP LOCKED): the stale read cannot happen there")
+    alice, *_ = people
+    job_id = _submitted(db_settings, alice, max_attempts=2)
+    with db.session_scope(db_settings) as session:
+        jobs.claim_job(session, job_id, "w1:10:a", 30)
+    _expire_lease(db_settings, job_id)
+    with db.session_scope(db_settings) as late:
+        execute = late.execute
+
+        def after_the_select(statement, *args, **kwargs):
+            result = execute(statement, *args, **kwargs)
+            if late.execute is after_the_select:  # once, right after the stale select
+                late.execute = execute
+                rows = result.all()
+                with db.session_scope(db_settings) as first:
+                    assert jobs.reconcile(first, requeue_after=0, broker_lost_messages=False).expired == [
+                        job_id
+                    ]
+                with db.session_scope(db_settings) as session:
+                    assert jobs.claim_job(session, job_id, "w2:11:b", 30) is not None
+                return FrozenRows(rows)
+            return result
+
+        late.execute = after_the_select
+        sweep = jobs.reconcile(late, requeue_after=0, broker_lost_messages=False)
+    assert (sweep.expired, sweep.abandoned) == ([], [])
+    with db.session_scope(db_settings) as session:
+        job = session.get(Job, job_id)
+        kinds = [e["kind"] for e in jobs.job_events(session, alice, job_id)]
+    assert (job.status, job.attempts, job.lease_owner) == ("running", 2, "w2:11:b")
+    assert kinds == ["submitted", "started", "worker_lost", "started"]
+
+
+class FrozenRows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def all(self):
+        return self.rows
+
+
 def test_reconciler_requeues_silent_workers_and_gives_up_after_the_budget(db_settings, people):
     alice, *_ = people
     job_id = _submitted(db_settings, alice, max_attempts=2)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -101,7 +102,7 @@ def test_a_user_sees_jobs_but_no_admin_page_and_can_cancel(app, api_url):
     task_id = queued_task(api_url)
     log_in(app, "alice")
     assert not app.exception
-    assert app.sidebar.radio(key="page").options == ["New job", "Jobs", "Models", "Playground"]
+    assert app.sidebar.radio(key="page").options == ["New job", "Jobs", "Experiments", "Models", "Playground"]
     app.sidebar.radio(key="page").set_value("Jobs")
     app.run()
     assert app.title[0].value == "Jobs"
@@ -134,7 +135,7 @@ def test_a_failed_job_shows_its_reason(app, api_url):
 def test_an_admin_sees_users_and_the_audit_log(app):
     log_in(app, "root")
     assert app.sidebar.radio(key="page").options == [
-        "New job", "Jobs", "Models", "Playground", "Experiments", "Admin"
+        "New job", "Jobs", "Experiments", "Models", "Playground", "Admin"
     ]  # fmt: skip
     app.sidebar.radio(key="page").set_value("Admin")
     app.run()
@@ -214,6 +215,9 @@ def test_models_are_searched_and_recommended_but_only_admins_move_them(app):
     assert list(zip(table["name"], table["version"], table["stage"], strict=True)) == [
         ("ui-model", 1, "Staging")
     ]
+    card = next(m.value for m in app.markdown if m.value.startswith("**ui-model** version 1"))
+    assert "tiny sentiment model for the UI tests" in card and "- labels: 0, 1\n" in card
+    assert re.search(r"^- metrics: accuracy \d\.\d{4}, loss \d\.\d{4}, macro_f1 \d\.\d{4}$", card, re.M)
     app.selectbox(key="models_stage").set_value("Production")
     app.run()
     assert len(app.dataframe[0].value) == 0
@@ -253,6 +257,13 @@ def test_the_playground_classifies_a_text(app, api_url):
     assert [e.value for e in app.error] == ["no registered model 'no-such-model'"]
 
 
+def chart_data(element):
+    """The data a Streamlit chart element carries (Arrow), as a pandas frame."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(element.proto.datasets[0].data.data).read_all().to_pandas()
+
+
 def test_an_admin_compares_runs(app):
     log_in(app, "root")
     open_page(app, "Experiments")
@@ -264,12 +275,64 @@ def test_an_admin_compares_runs(app):
     app.multiselect(key="compare_runs").set_value(list(runs["run"]))
     app.run()
     assert not app.exception and not app.error
-    assert [h.value for h in app.subheader] == ["Training loss", "Final metrics", "Config differences"]
+    assert [h.value for h in app.subheader] == ["Training loss", "Scores by run", "Final metrics", "Config differences"]
     metrics = app.dataframe[1].value
     assert "final_accuracy" in set(metrics["metric"])
+    bars = chart_data([e for e in app.main if getattr(e, "type", "") == "vega_lite_chart"][1])
+    metric, run, _ = bars.columns  # one bar per (score, run)
+    assert sorted(set(bars[metric])) == ["eval_accuracy", "eval_macro_f1", "final_accuracy", "final_macro_f1"]
+    assert sorted(set(bars[run])) == sorted(r[:8] for r in runs["run"]) and len(bars) == 8
     differences = app.dataframe[2].value
     assert "training.learning_rate" in differences.index
     assert sorted(differences.loc["training.learning_rate"]) == ["0.005", "0.01"]
+
+
+def finished_job_of(settings, username: str, run_id: str) -> str:
+    """A succeeded job of ``username`` that made ``run_id`` (the fixture's runs were trained outside the queue)."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from finetune_platform.db.models import Job, User
+    from finetune_platform.db.session import session_scope
+
+    job_id = str(uuid.uuid4())
+    with session_scope(settings) as session:
+        owner = session.scalar(select(User).where(User.username == username))
+        session.add(
+            Job(id=job_id, owner_id=owner.id, status="succeeded", stage="done", config={}, run_id=run_id)
+        )
+    return job_id
+
+
+def test_a_user_sees_and_compares_only_the_runs_of_their_own_jobs(app, api_url):
+    from finetune_platform.tracking.experiments import ExperimentStore
+    from finetune_platform.ui.client import ApiError, PlatformClient
+
+    newer, older = (run.run_id for run in ExperimentStore(api_url[1]).runs("tiny"))
+    log_in(app, "alice")
+    open_page(app, "Experiments")
+    assert [i.value for i in app.info] == ["No experiments yet."]  # the fixture's runs are not alice's
+    finished_job_of(api_url[1], "alice", older)
+    app.run()
+    assert app.selectbox(key="experiment").options == ["tiny"]
+    assert list(app.dataframe[0].value["run"]) == [older]  # the admin's run is not hers
+    alice = PlatformClient(api_url[0])
+    alice.login("alice", PASSWORD)
+    with pytest.raises(ApiError) as caught:
+        alice.compare([older, newer])
+    assert (caught.value.status, str(caught.value)) == (404, f"no run {newer!r} in the tracking store")
+    job_id = finished_job_of(api_url[1], "alice", newer)
+    open_page(app, "Jobs")
+    app.selectbox(key="job").set_value(job_id)
+    app.run()
+    app.button(key="compare_job").click()
+    app.run()
+    assert not app.exception and not app.error
+    assert app.title[0].value == "Experiments"
+    assert app.multiselect(key="compare_runs").value == [newer, older]
+    assert [h.value for h in app.subheader] == ["Training loss", "Scores by run", "Final metrics", "Config differences"]
+    assert sorted(app.dataframe[2].value.loc["training.learning_rate"]) == ["0.005", "0.01"]
 
 
 LOG = "\n".join(

@@ -433,34 +433,45 @@ def logs(
 
 
 # -- experiments and models ------------------------------------------------------------------------
-@router.get("/experiments", tags=["experiments"], summary="Experiments in the tracking store (admin)")
-def experiments(request: Request, admin: AdminUser) -> list[dict[str, Any]]:
+# Everyone signed in sees experiments; a user sees only the runs of their own jobs (an admin, all runs), and
+# another user's run answers like one that does not exist.
+@router.get("/experiments", tags=["experiments"], summary="Experiments in the tracking store")
+def experiments(request: Request, user: CurrentUser, session: DbSession) -> list[dict[str, Any]]:
+    """Each experiment with the runs you may see: their count, the last start and the best accuracy."""
+    from finetune_platform.services.jobs import visible_runs
     from finetune_platform.tracking.experiments import ExperimentStore
 
-    return ExperimentStore(request.app.state.settings).experiments()
+    return ExperimentStore(request.app.state.settings).experiments(visible_runs(session, user))
 
 
-@router.get("/experiments/runs", tags=["experiments"], summary="An experiment's runs (admin)")
+@router.get("/experiments/runs", tags=["experiments"], summary="An experiment's runs")
 def experiment_runs(
     request: Request,
-    admin: AdminUser,
+    user: CurrentUser,
+    session: DbSession,
     experiment: Annotated[str, Query(min_length=1, max_length=200, description="Experiment name.")],
 ) -> list[dict[str, Any]]:
-    """Every run of the experiment: id, name, status, start, final metrics, params, dataset version."""
+    """Every run of the experiment you may see: id, name, status, start, final metrics, params, dataset version."""
+    from finetune_platform.services.jobs import visible_runs
     from finetune_platform.tracking.experiments import ExperimentStore
 
-    return [asdict(run) for run in ExperimentStore(request.app.state.settings).runs(experiment)]
+    store = ExperimentStore(request.app.state.settings)
+    return [asdict(run) for run in store.runs(experiment, visible_runs(session, user))]
 
 
-@router.post("/experiments/compare", tags=["experiments"], summary="Compare runs (admin)")
-def experiments_compare(request: Request, admin: AdminUser, body: schemas.CompareRequest) -> dict[str, Any]:
+@router.post("/experiments/compare", tags=["experiments"], summary="Compare runs")
+def experiments_compare(
+    request: Request, user: CurrentUser, session: DbSession, body: schemas.CompareRequest
+) -> dict[str, Any]:
     """Final metrics side by side, the params that differ, and each run's training-loss curve."""
     from mlflow.exceptions import MlflowException
 
+    from finetune_platform.services.jobs import visible_runs
     from finetune_platform.tracking.experiments import ExperimentStore
 
+    store = ExperimentStore(request.app.state.settings)
     try:
-        comparison = ExperimentStore(request.app.state.settings).compare(body.run_ids)
+        comparison = store.compare(body.run_ids, only=visible_runs(session, user))
     except MlflowException:
         raise NotFoundError(f"no run among {', '.join(body.run_ids)}") from None
     return {
@@ -473,16 +484,17 @@ def experiments_compare(request: Request, admin: AdminUser, body: schemas.Compar
     }
 
 
-@router.get("/experiments/mlflow/{run_id}", tags=["experiments"], summary="One MLflow run (admin)")
-def mlflow_run(run_id: str, request: Request, admin: AdminUser) -> dict[str, Any]:
+@router.get("/experiments/mlflow/{run_id}", tags=["experiments"], summary="One MLflow run")
+def mlflow_run(run_id: str, request: Request, user: CurrentUser, session: DbSession) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
+    from finetune_platform.services.jobs import visible_runs
     from finetune_platform.tracking.experiments import ExperimentStore
 
     if not run_id.isalnum() or len(run_id) > 64:
         raise NotFoundError(f"no run {run_id!r}")
     try:
-        return asdict(ExperimentStore(request.app.state.settings).run(run_id))
+        return asdict(ExperimentStore(request.app.state.settings).run(run_id, visible_runs(session, user)))
     except MlflowException:
         raise NotFoundError(f"no run {run_id!r}") from None
 

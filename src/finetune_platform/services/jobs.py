@@ -306,6 +306,13 @@ def list_jobs(
     return JobsPublic([JobPublic.of(job) for job in rows], count)
 
 
+def visible_runs(session: Session, user: UserPublic) -> set[str] | None:
+    """The tracking-store runs a user may see: every run for an admin (None), else the runs of their own jobs."""
+    if user.role == Role.ADMIN.value:
+        return None
+    return set(session.scalars(select(Job.run_id).where(Job.owner_id == user.id, Job.run_id.is_not(None))))
+
+
 def job_events(session: Session, user: UserPublic, job_id: str) -> list[dict[str, Any]]:
     job = _visible(session, user, job_id)
     events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
@@ -527,28 +534,47 @@ def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: b
     """
     now = utcnow()
     expired, abandoned = [], []
-    stale = session.scalars(
-        select(Job)
+    stale = session.execute(
+        select(
+            Job.id, Job.lease_owner, Job.heartbeat_at, Job.attempts, Job.max_attempts, Job.cancel_requested
+        )
         .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
         .with_for_update(skip_locked=True)
-    )
+    ).all()
     for job in stale:
         silent = f"worker {job.lease_owner} stopped renewing its lease (last heartbeat {job.heartbeat_at:%H:%M:%S})"
         reason = f"{silent}: the process was killed (for example by the out-of-memory killer) or its host went away"
-        job.lease_owner = job.lease_expires_at = None
         if job.cancel_requested:
-            job.status, job.finished_at = JobStatus.CANCELLED.value, utcnow()
-            _event(session, job, "cancelled", f"cancelled; {silent}")
-            abandoned.append(job.id)
-        elif job.attempts >= job.max_attempts:
-            _give_up(session, job, reason)
-            abandoned.append(job.id)
-        else:
-            job.status, job.error, job.enqueued_at = JobStatus.QUEUED.value, reason, None
-            _event(
-                session, job, "worker_lost", f"attempt {job.attempts} of {job.max_attempts} lost: {reason}"
+            values, event = (
+                {"status": JobStatus.CANCELLED.value, "finished_at": now},
+                ("cancelled", f"cancelled; {silent}"),
             )
-            expired.append(job.id)
+        elif job.attempts >= job.max_attempts:
+            error = f"gave up after {job.attempts} attempts; last: {reason}"
+            values, event = (
+                {"status": JobStatus.FAILED.value, "finished_at": now, "error": error},
+                ("failed", error),
+            )
+        else:
+            values = {"status": JobStatus.QUEUED.value, "error": reason, "enqueued_at": None}
+            event = ("worker_lost", f"attempt {job.attempts} of {job.max_attempts} lost: {reason}")
+        # Compare-and-set on what was read: SQLite has no row locks, so another worker's reconciler may
+        # have moved this job on (and a new attempt claimed it) since the select; then this one does nothing.
+        moved = session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.status == JobStatus.RUNNING.value,
+                Job.lease_owner == job.lease_owner,
+                Job.attempts == job.attempts,
+            )
+            .values(lease_owner=None, lease_expires_at=None, updated_at=now, **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not moved:
+            continue
+        session.add(JobEvent(job_id=job.id, kind=event[0], message=event[1], data={}))
+        (expired if values["status"] == JobStatus.QUEUED.value else abandoned).append(job.id)
     session.flush()
     queued = session.scalars(select(Job).where(Job.status == JobStatus.QUEUED.value)).all()
     cutoff = now - timedelta(seconds=requeue_after)

@@ -40,11 +40,15 @@ class ExperimentStore:
 
         self.client = mlflow_client(settings)
 
-    def experiments(self) -> list[dict[str, Any]]:
+    def experiments(self, only: set[str] | None = None) -> list[dict[str, Any]]:
+        """Experiments with their run count, last start and best accuracy; with ``only``, counted over those
+        runs, and an experiment holding none of them is left out."""
         listed = []
         for experiment in self.client.search_experiments():
             runs = self.client.search_runs([experiment.experiment_id], max_results=1000)
-            if experiment.name == "Default" and not runs:
+            if only is not None:
+                runs = [r for r in runs if r.info.run_id in only]
+            if not runs and (only is not None or experiment.name == "Default"):
                 continue
             last = max((r.info.start_time for r in runs), default=None)
             listed.append(
@@ -65,16 +69,24 @@ class ExperimentStore:
             )
         return sorted(listed, key=lambda e: e["name"])
 
-    def runs(self, experiment: str) -> list[RunSummary]:
+    def runs(self, experiment: str, only: set[str] | None = None) -> list[RunSummary]:
+        """The experiment's runs, newest first (with ``only``: those of them; none at all is not found)."""
         found = self.client.get_experiment_by_name(experiment)
+        missing = NotFoundError(f"no experiment {experiment!r} in the tracking store")
         if found is None:
-            raise NotFoundError(f"no experiment {experiment!r} in the tracking store")
+            raise missing
         runs = self.client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+        if only is not None:
+            runs = [run for run in runs if run.info.run_id in only]
+            if not runs:  # the same answer as for an experiment that does not exist
+                raise missing
         return [self._summary(run, experiment) for run in runs]
 
-    def run(self, run_id: str) -> RunSummary:
+    def run(self, run_id: str, only: set[str] | None = None) -> RunSummary:
         from mlflow.exceptions import MlflowException
 
+        if only is not None and run_id not in only:
+            raise NotFoundError(f"no run {run_id!r} in the tracking store")
         try:
             run = self.client.get_run(run_id)
         except MlflowException:
@@ -94,10 +106,12 @@ class ExperimentStore:
             dataset_version=run.data.tags.get("finetune.dataset_version"),
         )
 
-    def compare(self, run_ids: list[str], plot_path: Path | None = None) -> Comparison:
+    def compare(
+        self, run_ids: list[str], plot_path: Path | None = None, only: set[str] | None = None
+    ) -> Comparison:
         if len(run_ids) < 2:
             raise NotFoundError("compare needs two or more run ids")
-        runs = [self.run(run_id) for run_id in run_ids]
+        runs = [self.run(run_id, only) for run_id in run_ids]
         metric_names = sorted({m for r in runs for m in r.metrics if m.startswith(("final_", "eval_"))})
         metrics = {name: {r.run_id: r.metrics.get(name) for r in runs} for name in metric_names}
         param_names = sorted({p for r in runs for p in r.params})

@@ -3,8 +3,9 @@ API at FINETUNE_API_URL (the Playground to `finetune serve` at FINETUNE_SERVE_UR
 the browser session.
 
 Pages: login/logout; a new training job (upload, validation report, a form generated from the config schema,
-submit); the job monitor (stepper, progress, events and log tail, cancel, the failure reason); models (search,
-recommendation, stage moves for admins); the playground; admin (users, audit log). API errors are shown as their
+submit); the job monitor (stepper, progress, curves, events and log tail, cancel, the failure reason); experiments
+(the runs of your jobs, all runs for admins; comparison); models (search, card, recommendation, stage moves for
+admins); the playground; admin (users, audit log). API errors are shown as their
 readable message, never as a traceback.
 """
 
@@ -40,7 +41,7 @@ if not st.session_state.get("token"):
 else:
     user = st.session_state.get("user") or {}
     admin = user.get("role") == "admin"
-    pages = ["New job", "Jobs", "Models", "Playground", *(["Experiments", "Admin"] if admin else [])]
+    pages = ["New job", "Jobs", "Experiments", "Models", "Playground", *(["Admin"] if admin else [])]
     st.sidebar.write(f"Signed in as **{user.get('username', '?')}** ({user.get('role', '?')})")
     page = st.sidebar.radio("Page", pages, key="page")
     if st.sidebar.button("Log out", key="logout"):

@@ -146,6 +146,9 @@ class PlatformClient:
     def runs(self, experiment: str) -> list[dict[str, Any]]:
         return self._call("GET", "/experiments/runs", params={"experiment": experiment})
 
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/experiments/mlflow/{run_id}")
+
     def compare(self, run_ids: list[str]) -> dict[str, Any]:
         return self._call("POST", "/experiments/compare", json={"run_ids": run_ids})
 

@@ -75,6 +75,8 @@ def stepper(task: dict[str, Any]) -> str:
 
 def jobs_page(client: PlatformClient) -> None:
     st.title("Jobs")
+    if message := st.session_state.pop("flash", None):  # from a button callback of the last run
+        st.error(message)
     try:
         page = client.tasks(limit=100)
     except ApiError as error:
@@ -94,17 +96,42 @@ def jobs_page(client: PlatformClient) -> None:
     )  # fmt: skip
     chosen = st.selectbox("Job", [t["id"] for t in tasks], key="job")
     live = st.toggle("Live (refresh every 2 s while the job runs)", value=True, key="live")
-    running = next(t for t in tasks if t["id"] == chosen)["status"] in {"queued", "running"}
-    st.fragment(run_every=2.0 if live and running else None)(job_view)(client, chosen)
+    task = next(t for t in tasks if t["id"] == chosen)
+    running = task["status"] in {"queued", "running"}
+    st.fragment(run_every=2.0 if live and running else None)(job_view)(client, chosen, running)
+    if task["status"] == "succeeded" and task["run_id"]:
+        st.button(
+            "Compare with other runs",
+            key="compare_job",
+            help="Open Experiments with this run and the latest other run of its experiment chosen.",
+            on_click=open_comparison,
+            args=(client, task["run_id"]),
+        )
 
 
-def job_view(client: PlatformClient, chosen: str) -> None:
+def open_comparison(client: PlatformClient, run_id: str) -> None:
+    """Button callback: switch to Experiments with the run's experiment and the run chosen (plus the
+    newest other run of that experiment, so the comparison shows at once)."""
+    try:
+        run = client.run(run_id)
+        others = [r["run_id"] for r in client.runs(run["experiment"]) if r["run_id"] != run_id]
+    except ApiError as error:
+        st.session_state["flash"] = str(error)
+        return
+    st.session_state.update(
+        page="Experiments", experiment=run["experiment"], run_status="any", compare_runs=[run_id, *others[:1]]
+    )
+
+
+def job_view(client: PlatformClient, chosen: str, was_running: bool = False) -> None:
     try:
         task = client.task(chosen)
         logs = client.task_logs(chosen, lines=1000)
     except ApiError as error:
         st.error(str(error))
         return
+    if was_running and task["status"] not in {"queued", "running"}:
+        st.rerun(scope="app")  # the job ended: redraw the page (no more refresh, the finished job's actions)
     st.markdown(f"**{stepper(task)}**")
     progress = task.get("progress") or {}
     percent = float(progress.get("percent") or (100.0 if task["status"] == "succeeded" else 0.0))
@@ -299,6 +326,10 @@ def models_page(client: PlatformClient, admin: bool) -> None:
         else:
             st.dataframe([{**_card_row(item["card"]), "score": round(item["score"], 3)} for item in found],
                          hide_index=True)  # fmt: skip
+    if cards:
+        st.subheader("Model card")
+        shown = st.selectbox("Version", [f"{c['name']} v{c['version']}" for c in cards], key="card")
+        card_view(next(c for c in cards if f"{c['name']} v{c['version']}" == shown))
     if not admin:
         return
     st.subheader("Move a version (admin)")
@@ -317,6 +348,19 @@ def models_page(client: PlatformClient, admin: bool) -> None:
             return
         archived = f" (archived {', '.join(map(str, moved['archived']))})" if moved["archived"] else ""
         st.success(f"{moved['name']} version {moved['version']} is now {moved['stage']}{archived}")
+
+
+def card_view(card: dict[str, Any]) -> None:
+    metrics = ", ".join(f"{name} {value:.4f}" for name, value in sorted(card["metrics"].items())) or "none"
+    st.markdown(
+        f"**{card['name']}** version {card['version']} · stage **{card['stage']}**\n\n"
+        f"{card['description'] or '(no description)'}\n\n"
+        f"- task: {card['task']} · language: {card['language']} · base model: `{card['base_model']}`\n"
+        f"- labels: {', '.join(card['labels']) or 'none'}\n"
+        f"- metrics: {metrics}\n"
+        f"- dataset version: {card['dataset_version'] or 'unknown'} · registered {card['created_at']}\n"
+        f"- tags: {', '.join(card['tags']) or 'none'}"
+    )
 
 
 def _card_row(card: dict[str, Any]) -> dict[str, Any]:
@@ -387,6 +431,16 @@ def experiments_page(client: PlatformClient) -> None:
     if any(curves.values()):
         st.subheader("Training loss")
         st.line_chart(curves)
+    scores = {  # the 0-1 scores on one chart, runs side by side
+        metric: {run[:8]: value for run, value in values.items() if value is not None}
+        for metric, values in comparison["metrics"].items()
+        if metric.endswith(("accuracy", "f1", "precision", "recall"))
+    }
+    if any(scores.values()):
+        import pandas as pd
+
+        st.subheader("Scores by run")
+        st.bar_chart(pd.DataFrame(scores).T, stack=False)
     st.subheader("Final metrics")
     st.dataframe(
         [{"metric": metric, **{run[:8]: value for run, value in values.items()}}
