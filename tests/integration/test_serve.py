@@ -194,3 +194,46 @@ def _secret(value: str):
     from pydantic import SecretStr
 
     return SecretStr(value)
+
+
+def test_a_fresh_deployment_serves_before_any_model_is_registered(tmp_path):
+    """`finetune serve` with an empty registry starts (a new stack must not crash-loop) and says why /predict
+    cannot answer yet; a model named with --model must exist."""
+    import os
+    import subprocess
+
+    from tests.conftest import finetune_bin
+    from tests.integration.queue_harness import http_answers, wait_for
+
+    env = {
+        **os.environ,
+        "FINETUNE_HOME": str(tmp_path / "home"),
+        "MODEL_REGISTRY_DIR": str(tmp_path / "cards"),
+    }
+    named = subprocess.run([finetune_bin(), "serve", "--model", "nothing", "--port", str(free_port())],
+                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (named.returncode, named.stderr.strip().splitlines()[-1]) == (
+        1,
+        "error: no registered model 'nothing'",
+    )
+    port = free_port()
+    process = subprocess.Popen([finetune_bin(), "serve", "--port", str(port)], env=env,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(
+            lambda: http_answers(f"http://127.0.0.1:{port}/health") or process.poll() is not None,
+            120,
+            "serve",
+        )
+        assert process.poll() is None
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"text": "great"})
+        assert (answer.status_code, answer.json()["detail"]) == (
+            404, "no registered model to serve: train one, or name one with --model"
+        )  # fmt: skip
+    finally:
+        process.terminate()
+        warning = process.communicate(timeout=30)[1]
+    assert (
+        "warning: no registered model to serve: train one, or name one with --model; "
+        "/predict answers 404 until a model is registered"
+    ) in warning

@@ -275,7 +275,12 @@ def test_an_admin_compares_runs(app):
     app.multiselect(key="compare_runs").set_value(list(runs["run"]))
     app.run()
     assert not app.exception and not app.error
-    assert [h.value for h in app.subheader] == ["Training loss", "Scores by run", "Final metrics", "Config differences"]
+    assert [h.value for h in app.subheader] == [
+        "Training loss",
+        "Scores by run",
+        "Final metrics",
+        "Config differences",
+    ]
     metrics = app.dataframe[1].value
     assert "final_accuracy" in set(metrics["metric"])
     bars = chart_data([e for e in app.main if getattr(e, "type", "") == "vega_lite_chart"][1])
@@ -331,7 +336,12 @@ def test_a_user_sees_and_compares_only_the_runs_of_their_own_jobs(app, api_url):
     assert not app.exception and not app.error
     assert app.title[0].value == "Experiments"
     assert app.multiselect(key="compare_runs").value == [newer, older]
-    assert [h.value for h in app.subheader] == ["Training loss", "Scores by run", "Final metrics", "Config differences"]
+    assert [h.value for h in app.subheader] == [
+        "Training loss",
+        "Scores by run",
+        "Final metrics",
+        "Config differences",
+    ]
     assert sorted(app.dataframe[2].value.loc["training.learning_rate"]) == ["0.005", "0.01"]
 
 

@@ -43,3 +43,16 @@ def test_settings_read_the_environment(monkeypatch):
     settings = Settings()
     assert settings.mlflow_tracking_uri == "http://127.0.0.1:5000"
     assert Path("/srv/finetune") == settings.FINETUNE_HOME
+
+
+def test_an_empty_variable_is_unset_not_an_empty_secret(monkeypatch, tmp_path):
+    """`JWT_SECRET=` in a .env or compose file must not become an empty signing key."""
+    from finetune_platform.settings import Settings
+
+    monkeypatch.setenv("JWT_SECRET", "")
+    monkeypatch.setenv("DATABASE_URL", "")
+    monkeypatch.setenv("QUEUE_NAME", "")
+    settings = Settings(FINETUNE_HOME=tmp_path)
+    assert settings.JWT_SECRET is None and settings.DATABASE_URL is None
+    assert settings.QUEUE_NAME == "finetune-training"
+    assert settings.database_url == f"sqlite:///{(tmp_path / 'finetune.db').resolve()}"

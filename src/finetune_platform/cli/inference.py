@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from finetune_platform.cli.common import fail, settings
-from finetune_platform.errors import ConfigError, PlatformError
+from finetune_platform.errors import ConfigError, NotFoundError, PlatformError
 
 RuntimeOption = Annotated[
     str,
@@ -107,7 +107,12 @@ def serve(
     try:
         app.state.pool.load(
             app.state.pool.key_for(model)
-        )  # fail now, with the reason, if nothing can be served
+        )  # fail now, with the reason, if it cannot be served
+    except NotFoundError as error:
+        if model is not None:
+            raise fail(error) from None
+        # A fresh deployment has no model yet: serve anyway (the first registered one is picked up).
+        typer.secho(f"warning: {error}; /predict answers 404 until a model is registered", err=True)
     except PlatformError as error:
         raise fail(error) from None
     uvicorn.run(app, host=host, port=port, log_level="warning")

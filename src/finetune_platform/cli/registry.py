@@ -295,3 +295,20 @@ def models_recommend(
         typer.echo(f"{rank}. {r.card.key:<28} score {r.score:.4f}  {r.card.description or r.card.task}")
     if not ranked:
         typer.echo("no model cards match")
+
+
+@models_app.command("export-embedder")
+def models_export_embedder(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder to write model.onnx and tokenizer.json to.")
+    ],
+) -> None:
+    """Export the recommender's sentence embedder (MiniLM) to ONNX, for services without PyTorch.
+
+    Set FINETUNE_EMBEDDER_DIR to the folder where the API runs (the API image does this at build time).
+    """
+    from finetune_platform.tracking.embeddings import EMBEDDER_DIR_VARIABLE, export_embedder
+
+    written = export_embedder(output)
+    size = sum(path.stat().st_size for path in written.iterdir()) / 1e6
+    typer.echo(f"wrote {written} ({size:.0f} MB): set {EMBEDDER_DIR_VARIABLE}={written.resolve()}")

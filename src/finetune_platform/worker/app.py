@@ -101,13 +101,14 @@ def enqueue(settings: Settings, job_ids: list[str], task: str = RUN_JOB, *, mark
     if mark:  # before sending: a worker claiming the job must not wait on this row's lock
         with session_scope(settings) as session:
             mark_enqueued(session, job_ids)
+    queues = gpu_jobs(settings, job_ids) if settings.GPU_QUEUE_NAME else set()
     sent, failed = [], []
     for job_id in job_ids:
         try:
             app.send_task(
                 task,
                 args=[job_id],
-                queue=settings.QUEUE_NAME,
+                queue=settings.GPU_QUEUE_NAME if job_id in queues else settings.QUEUE_NAME,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
             )
@@ -119,6 +120,18 @@ def enqueue(settings: Settings, job_ids: list[str], task: str = RUN_JOB, *, mark
         with session_scope(settings) as session:
             mark_enqueued(session, failed, sent=False)
     return sent
+
+
+def gpu_jobs(settings: Settings, job_ids: list[str]) -> set[str]:
+    """Those of the jobs that asked for a GPU (``device: cuda``): they go to the GPU pool's queue."""
+    from sqlalchemy import select
+
+    from finetune_platform.db.models import Job
+    from finetune_platform.db.session import read_scope
+
+    with read_scope(settings) as session:
+        rows = session.execute(select(Job.id, Job.config).where(Job.id.in_(job_ids))).all()
+    return {job_id for job_id, config in rows if str((config or {}).get("device", "")).startswith("cuda")}
 
 
 def queue_size(settings: Settings) -> int | None:

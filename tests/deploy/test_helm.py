@@ -1,0 +1,683 @@
+"""The Helm chart, rendered and checked by the real tools: helm lint and template, kubernetes-validate's schemas
+of Kubernetes 1.35 (strict), and a JSON schema of the Prometheus Operator's ServiceMonitor.
+
+Each values variant is rendered once per module; the tests then read the objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "finetune-platform"
+RELEASE = "finetune"
+NAMESPACE = "finetune"
+PREFIX = "finetune-finetune-platform"  # <release>-<chart>
+KUBERNETES_VERSION = "1.35.0"
+
+JWT_SECRET = secrets.token_hex(32)
+DATABASE_URL = "postgresql+psycopg://finetune:db-Pass-7Qx2@db.internal:5432/finetune"
+MLFLOW_URL = "postgresql+psycopg://mlflow:mlflow-Pass-9Wz4@db.internal:5432/mlflow"
+
+PLACEHOLDER_MESSAGE = (
+    "ENVIRONMENT=production needs a real JWT secret: secrets.jwtSecret is a placeholder. Generate one with "
+    "`openssl rand -hex 32` and pass --set secrets.jwtSecret=<value>, or set secrets.existingSecret to a Secret "
+    "holding JWT_SECRET."
+)
+SHORT_MESSAGE = PLACEHOLDER_MESSAGE.replace("is a placeholder", "is shorter than 32 characters")
+NO_DATABASE_MESSAGE = (
+    "ENVIRONMENT=production needs PostgreSQL: set postgresql.url (postgresql+psycopg://user:password@host:5432/"
+    "finetune), or set secrets.existingSecret to a Secret holding DATABASE_URL. SQLite on the shared volume is for "
+    "local mode only."
+)
+
+# deploy_conventions.md: the container command of each image, and its port and health endpoint. The UI's
+# --api-url is the API's in-cluster address (http://api:8000 in compose).
+CONVENTIONS = {
+    "api": ("finetune api --host 0.0.0.0 --port 8000", 8000, "/health"),
+    "worker": ("finetune worker --metrics-port 9100 --metrics-host 0.0.0.0", 9100, "/metrics"),
+    "worker-gpu": ("finetune worker --metrics-port 9100 --metrics-host 0.0.0.0", 9100, "/metrics"),
+    "inference": ("finetune serve --host 0.0.0.0 --port 8080", 8080, "/health"),
+    "ui": (
+        f"finetune ui --host 0.0.0.0 --port 8501 --api-url http://{PREFIX}-api:8000",
+        8501,
+        "/_stcore/health",
+    ),
+    "mlflow": (
+        f"mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri {MLFLOW_URL} "
+        "--artifacts-destination /mlflow/artifacts --serve-artifacts --allowed-hosts "
+        f"{PREFIX}-mlflow,{PREFIX}-mlflow:5000,localhost,localhost:5000,127.0.0.1:5000",
+        5000,
+        "/health",
+    ),
+    "db-migrate": ("finetune db upgrade", None, None),
+}
+
+# The ServiceMonitor fields this chart uses, after the prometheus-operator CRD (monitoring.coreos.com/v1).
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "minLength": 1}, "labels": STRING_MAP},
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": STRING_MAP, "matchExpressions": {"type": "array"}},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string", "minLength": 1},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": DURATION},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def helm_binary() -> str:
+    local = ROOT / ".tools" / "bin" / "helm"
+    found = str(local) if local.is_file() else shutil.which("helm")
+    if found is None:
+        reason = "helm is missing (.tools/bin/helm or helm on PATH)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} under CI=true")
+        pytest.skip(reason)
+    return found
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=60)
+
+
+def template(*args: str) -> subprocess.CompletedProcess:
+    return helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+
+
+def render(*args: str) -> tuple[list[dict], str]:
+    result = template(*args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc], result.stdout
+
+
+def sets(*assignments: str, flag: str = "--set") -> list[str]:
+    return [arg for assignment in assignments for arg in (flag, assignment)]
+
+
+PROD = [
+    "-f",
+    str(CHART / "values.prod.yaml"),
+    *sets(
+        f"secrets.jwtSecret={JWT_SECRET}",
+        f"postgresql.url={DATABASE_URL}",
+        f"postgresql.mlflowUrl={MLFLOW_URL}",
+    ),
+]
+
+
+VARIANTS = {
+    "default": [],
+    "prod": PROD,
+    "monitoring": ["-f", str(CHART / "values.monitoring.yaml"), *sets("serviceMonitor.enabled=true")],
+    "gpu": [
+        *sets("workers.gpu.enabled=true", "workers.gpu.gpusPerPod=2"),
+        *sets(
+            'workers.gpu.nodeSelector={"nvidia.com/gpu.present":null,"cloud.example.com/accelerator":"h100"}',
+            'workers.gpu.tolerations=[{"key":"gpu-only","operator":"Equal","value":"yes","effect":"NoSchedule"}]',
+            flag="--set-json",
+        ),
+    ],
+    "existing-secret": sets(
+        "secrets.existingSecret=platform-secrets",
+        "env.ENVIRONMENT=production",
+        "secrets.jwtSecret=jwt-VALUE-that-must-not-leak-0123456789abcdef",
+        "postgresql.url=postgresql+psycopg://leak:DB-VALUE-must-not-leak@db:5432/finetune",
+        "postgresql.mlflowUrl=postgresql+psycopg://leak:MLFLOW-VALUE-must-not-leak@db:5432/mlflow",
+        "secrets.serveApiKeys={SERVE-KEY-must-not-leak}",
+        "monitoring.enabled=true",
+        "monitoring.grafana.adminPassword=GRAFANA-VALUE-must-not-leak",
+    ),
+}
+LEAK_MARKERS = ["jwt-VALUE", "DB-VALUE", "MLFLOW-VALUE", "SERVE-KEY", "GRAFANA-VALUE", "must-not-leak"]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, tuple[list[dict], str]]:
+    return {name: render(*args) for name, args in VARIANTS.items()}
+
+
+def objects(rendered, variant: str) -> list[dict]:
+    return rendered[variant][0]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    matches = [doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} rendered"
+    return matches[0]
+
+
+def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
+    return [
+        (doc["metadata"]["name"], doc["spec"]["template"]["spec"])
+        for doc in docs
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}
+    ]
+
+
+def containers(docs: list[dict]) -> dict[str, dict]:
+    return {
+        name.removeprefix(f"{PREFIX}-"): container
+        for name, spec in pod_specs(docs)
+        for container in spec["containers"]
+    }
+
+
+def secret_value(docs: list[dict], ref: dict) -> str:
+    secret = find(docs, "Secret", ref["name"])
+    return base64.b64decode(secret["data"][ref["key"]]).decode()
+
+
+def resolved_command(docs: list[dict], container: dict) -> str:
+    """The command as the kubelet runs it: $(VAR) replaced by the variable's value (a Secret's, if it names one)."""
+    env = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            env[entry["name"]] = secret_value(docs, entry["valueFrom"]["secretKeyRef"])
+    return " ".join(
+        re.sub(r"\$\((\w+)\)", lambda match: env[match.group(1)], part) for part in container["command"]
+    )
+
+
+def kinds_and_names(docs: list[dict]) -> set[tuple[str, str]]:
+    found = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
+    assert len(found) == len(set(found)), "an object is rendered twice"
+    return set(found)
+
+
+@pytest.mark.parametrize("variant", ["default", "prod", "monitoring", "gpu"])
+def test_helm_lint_strict_passes(variant):
+    result = helm("lint", "--strict", str(CHART), *VARIANTS[variant])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def test_helm_lint_passes_without_strict():
+    result = helm("lint", str(CHART))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_object_is_valid_kubernetes(rendered, variant):
+    problems = []
+    for doc in objects(rendered, variant):
+        try:
+            if doc["kind"] == "ServiceMonitor":
+                jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).validate(doc)
+            else:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except jsonschema.ValidationError as error:  # kubernetes_validate's error is a subclass
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
+    assert problems == []
+
+
+def test_service_monitor_schema_rejects_a_wrong_monitor(rendered):
+    monitor = find(objects(rendered, "monitoring"), "ServiceMonitor", PREFIX)
+    broken = {**monitor, "spec": {**monitor["spec"], "endpoints": [{"port": 9100, "interval": "30 seconds"}]}}
+    errors = sorted(
+        error.message for error in jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).iter_errors(broken)
+    )
+    assert errors == ["'30 seconds' does not match '" + DURATION + "'", "9100 is not of type 'string'"]
+
+
+def test_default_objects(rendered):
+    assert kinds_and_names(objects(rendered, "default")) == {
+        ("Secret", PREFIX),
+        ("PersistentVolumeClaim", f"{PREFIX}-data"),
+        ("Deployment", f"{PREFIX}-api"),
+        ("Deployment", f"{PREFIX}-worker"),
+        ("Deployment", f"{PREFIX}-inference"),
+        ("Deployment", f"{PREFIX}-ui"),
+        ("Deployment", f"{PREFIX}-mlflow"),
+        ("StatefulSet", f"{PREFIX}-redis"),
+        ("Service", f"{PREFIX}-api"),
+        ("Service", f"{PREFIX}-worker-metrics"),
+        ("Service", f"{PREFIX}-inference"),
+        ("Service", f"{PREFIX}-ui"),
+        ("Service", f"{PREFIX}-mlflow"),
+        ("Service", f"{PREFIX}-redis"),
+    }
+
+
+def test_prod_objects(rendered):
+    assert kinds_and_names(objects(rendered, "prod")) == {
+        ("Secret", PREFIX),
+        ("Secret", f"{PREFIX}-db-migrate"),
+        ("Job", f"{PREFIX}-db-migrate"),
+        ("PersistentVolumeClaim", f"{PREFIX}-data"),
+        ("Deployment", f"{PREFIX}-api"),
+        ("Deployment", f"{PREFIX}-worker"),
+        ("Deployment", f"{PREFIX}-inference"),
+        ("Deployment", f"{PREFIX}-ui"),
+        ("Deployment", f"{PREFIX}-mlflow"),
+        ("StatefulSet", f"{PREFIX}-redis"),
+        ("Service", f"{PREFIX}-api"),
+        ("Service", f"{PREFIX}-worker-metrics"),
+        ("Service", f"{PREFIX}-inference"),
+        ("Service", f"{PREFIX}-ui"),
+        ("Service", f"{PREFIX}-mlflow"),
+        ("Service", f"{PREFIX}-redis"),
+        ("Ingress", PREFIX),
+        ("HorizontalPodAutoscaler", f"{PREFIX}-worker"),
+        ("HorizontalPodAutoscaler", f"{PREFIX}-inference"),
+        ("PodDisruptionBudget", f"{PREFIX}-api"),
+        ("PodDisruptionBudget", f"{PREFIX}-worker"),
+        ("PodDisruptionBudget", f"{PREFIX}-inference"),
+    }
+
+
+def test_prod_secret_holds_the_values_and_only_there(rendered):
+    docs, text = rendered["prod"]
+    secret = find(docs, "Secret", PREFIX)
+    decoded = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert decoded == {
+        "JWT_SECRET": JWT_SECRET,
+        "DATABASE_URL": DATABASE_URL,
+        "MLFLOW_BACKEND_STORE_URI": MLFLOW_URL,
+    }
+    for value in (JWT_SECRET, DATABASE_URL, MLFLOW_URL, "db-Pass-7Qx2"):
+        assert value not in text
+    migrate = find(docs, "Secret", f"{PREFIX}-db-migrate")
+    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert base64.b64decode(migrate["data"]["DATABASE_URL"]).decode() == DATABASE_URL
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        ("change-me", PLACEHOLDER_MESSAGE),
+        ("CHANGEME-please-0123456789abcdef0123", PLACEHOLDER_MESSAGE),
+        ("Kx81-short", SHORT_MESSAGE),
+    ],
+)
+def test_prod_refuses_a_weak_jwt_secret(secret, message):
+    result = template(*PROD, "--set", f"secrets.jwtSecret={secret}")  # the last --set wins
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert secret not in result.stderr
+
+
+def test_prod_values_alone_fail_on_the_placeholder():
+    result = template("-f", str(CHART / "values.prod.yaml"))
+    assert result.returncode == 1
+    assert (
+        f"execution error at (finetune-platform/templates/NOTES.txt:1:4): {PLACEHOLDER_MESSAGE}"
+        in result.stderr
+    )
+
+
+def test_prod_refuses_sqlite():
+    result = template("-f", str(CHART / "values.prod.yaml"), "--set", f"secrets.jwtSecret={JWT_SECRET}")
+    assert result.returncode == 1
+    assert NO_DATABASE_MESSAGE in result.stderr
+
+
+def test_existing_secret_is_referenced_and_no_value_leaks(rendered):
+    docs, text = rendered["existing-secret"]
+    assert not [doc for doc in docs if doc["kind"] == "Secret"]
+    for marker in LEAK_MARKERS:
+        assert marker not in text
+    references = {
+        (name.removeprefix(f"{PREFIX}-"), entry["name"]): entry["valueFrom"]["secretKeyRef"]
+        for name, spec in pod_specs(docs)
+        for container in spec["containers"]
+        for entry in container.get("env", [])
+        if "valueFrom" in entry
+    }
+    assert {ref["name"] for ref in references.values()} == {"platform-secrets"}
+    for component in ("api", "worker", "inference"):
+        for key in ("JWT_SECRET", "DATABASE_URL"):
+            assert references[component, key] == {"name": "platform-secrets", "key": key, "optional": False}
+        assert references[component, "SERVE_API_KEYS"]["optional"] is True
+    assert references["db-migrate", "DATABASE_URL"] == {"name": "platform-secrets", "key": "DATABASE_URL"}
+    assert references["mlflow", "MLFLOW_BACKEND_STORE_URI"] == {
+        "name": "platform-secrets",
+        "key": "MLFLOW_BACKEND_STORE_URI",
+    }
+    assert references["grafana", "GF_SECURITY_ADMIN_PASSWORD"]["name"] == "platform-secrets"
+
+
+def test_gpu_worker_pool_follows_its_values(rendered):
+    docs = objects(rendered, "gpu")
+    gpu = find(docs, "Deployment", f"{PREFIX}-worker-gpu")["spec"]["template"]["spec"]
+    cpu = find(docs, "Deployment", f"{PREFIX}-worker")["spec"]["template"]["spec"]
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert gpu["nodeSelector"] == {"cloud.example.com/accelerator": "h100"}
+    assert gpu["tolerations"] == [
+        {"key": "gpu-only", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}
+    ]
+    assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+    assert "nodeSelector" not in cpu and "tolerations" not in cpu
+
+    def queues(spec):
+        env = {entry["name"]: entry.get("value") for entry in spec["containers"][0]["env"]}
+        return env["QUEUE_NAME"], env["GPU_QUEUE_NAME"]
+
+    assert queues(cpu) == ("finetune-training", "finetune-training-gpu")
+    assert queues(gpu) == ("finetune-training-gpu", "finetune-training-gpu")
+    # Whoever enqueues (the API) sends device: cuda jobs to the GPU pool's queue.
+    assert queues(find(docs, "Deployment", f"{PREFIX}-api")["spec"]["template"]["spec"]) == queues(cpu)
+    default_api = containers(objects(rendered, "default"))["api"]
+    assert "GPU_QUEUE_NAME" not in {entry["name"] for entry in default_api["env"]}
+
+
+def test_gpu_queue_must_differ():
+    result = template("--set", "workers.gpu.enabled=true", "--set", "workers.gpu.queueName=finetune-training")
+    assert result.returncode == 1
+    assert (
+        'workers.gpu.queueName must differ from workers.queueName (both "finetune-training")' in result.stderr
+    )
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_pod_is_locked_down(rendered, variant):
+    for name, spec in pod_specs(objects(rendered, variant)):
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] == 10001, name
+        assert spec["securityContext"]["fsGroup"] == 10001, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        tmp_volumes = {volume["name"] for volume in spec["volumes"] if "emptyDir" in volume}
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] is True, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+            assert mounts["/tmp"] in tmp_volumes, name
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
+            if spec.get("restartPolicy") != "Never":
+                assert "livenessProbe" in container and "readinessProbe" in container, name
+
+
+def test_commands_ports_and_probes_follow_the_conventions(rendered):
+    docs = objects(rendered, "prod") + [
+        doc for doc in objects(rendered, "gpu") if doc["metadata"]["name"].endswith("worker-gpu")
+    ]
+    found = containers(docs)
+    for component, (command, port, health) in CONVENTIONS.items():
+        container = found[component]
+        assert resolved_command(docs, container) == command, component
+        if port is None:
+            continue
+        assert [p["containerPort"] for p in container["ports"]] == [port], component
+        port_name = container["ports"][0]["name"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": health, "port": port_name}, (component, probe)
+
+
+def test_ui_reaches_the_api_service(rendered):
+    docs = objects(rendered, "default")
+    env = {entry["name"]: entry.get("value") for entry in containers(docs)["ui"]["env"]}
+    api = find(docs, "Service", f"{PREFIX}-api")
+    assert env["FINETUNE_API_URL"] == f"http://{api['metadata']['name']}:{api['spec']['ports'][0]['port']}"
+    assert env["FINETUNE_SERVE_URL"] == f"http://{PREFIX}-inference:8080"
+    assert not [entry for entry in containers(docs)["ui"]["env"] if "valueFrom" in entry]
+
+
+def test_shared_volume_and_settings(rendered):
+    docs = objects(rendered, "default")
+    claim = find(docs, "PersistentVolumeClaim", f"{PREFIX}-data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    found = containers(docs)
+    for component in ("api", "worker", "inference"):
+        env = {entry["name"]: entry.get("value") for entry in found[component]["env"]}
+        mounts = {mount["mountPath"]: mount["name"] for mount in found[component]["volumeMounts"]}
+        assert mounts["/data"] == "data"
+        assert env["FINETUNE_HOME"] == "/data/home"
+        assert env["RESULTS_DIR"] == "/data/results"
+        assert env["MODEL_REGISTRY_DIR"] == "/data/registry"
+        assert env["REDIS_URL"] == f"redis://{PREFIX}-redis:6379/0"
+        assert env["MLFLOW_TRACKING_URI"] == f"http://{PREFIX}-mlflow:5000"
+        assert "JWT_SECRET" not in env  # local mode without a secret: the API generates one on /data
+    storage_class = template("--set", "persistence.storageClass=nfs-csi")
+    assert 'storageClassName: "nfs-csi"' in storage_class.stdout
+    existing = template("--set", "persistence.existingClaim=shared-data")
+    docs = [doc for doc in yaml.safe_load_all(existing.stdout) if doc]
+    assert not [doc for doc in docs if doc["kind"] == "PersistentVolumeClaim"]
+    claims = {
+        volume["persistentVolumeClaim"]["claimName"]
+        for _, spec in pod_specs(docs)
+        for volume in spec["volumes"]
+        if "persistentVolumeClaim" in volume
+    }
+    assert claims == {"shared-data"}
+
+
+def test_redis_keeps_every_queued_message(rendered):
+    redis = find(objects(rendered, "default"), "StatefulSet", f"{PREFIX}-redis")
+    command = " ".join(redis["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert command.startswith("redis-server ")
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    template_claim = redis["spec"]["volumeClaimTemplates"][0]
+    assert template_claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert redis["spec"]["serviceName"] == f"{PREFIX}-redis"
+
+
+def test_prod_scaling_ingress_and_budgets(rendered):
+    docs = objects(rendered, "prod")
+    for component, low in (("worker", 2), ("inference", 2)):
+        hpa = find(docs, "HorizontalPodAutoscaler", f"{PREFIX}-{component}")
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": f"{PREFIX}-{component}",
+        }
+        assert hpa["spec"]["minReplicas"] == low and hpa["spec"]["maxReplicas"] > low
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+        assert hpa["spec"]["metrics"][0]["resource"]["target"]["type"] == "Utilization"
+        assert "replicas" not in find(docs, "Deployment", f"{PREFIX}-{component}")["spec"]  # the HPA owns it
+    assert find(docs, "Deployment", f"{PREFIX}-api")["spec"]["replicas"] == 2
+    for component in ("api", "worker", "inference"):
+        budget = find(docs, "PodDisruptionBudget", f"{PREFIX}-{component}")
+        labels = budget["spec"]["selector"]["matchLabels"]
+        selected = [name for name, _ in pod_specs(docs) if labels.items() <= _pod_labels(docs, name).items()]
+        assert selected == [f"{PREFIX}-{component}"]
+    ingress = find(docs, "Ingress", PREFIX)
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"][0]["secretName"] == "finetune-platform-tls"
+    routes = {
+        rule["host"]: (path["backend"]["service"]["name"], path["backend"]["service"]["port"]["number"])
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert routes == {
+        "finetune.example.com": (f"{PREFIX}-ui", 8501),
+        "api.finetune.example.com": (f"{PREFIX}-api", 8000),
+        "inference.finetune.example.com": (f"{PREFIX}-inference", 8080),
+    }
+    assert set(ingress["spec"]["tls"][0]["hosts"]) == set(routes)
+    for service, port in routes.values():
+        assert port in [p["port"] for p in find(docs, "Service", service)["spec"]["ports"]]
+    env = {entry["name"]: entry for entry in containers(docs)["api"]["env"]}
+    assert env["ENVIRONMENT"]["value"] == "production"
+
+
+def _pod_labels(docs: list[dict], name: str) -> dict:
+    owner = next(
+        doc
+        for doc in docs
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job"} and doc["metadata"]["name"] == name
+    )
+    return owner["spec"]["template"]["metadata"]["labels"]
+
+
+def test_db_migrate_hook(rendered):
+    docs = objects(rendered, "prod")
+    job = find(docs, "Job", f"{PREFIX}-db-migrate")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    secret_weight = find(docs, "Secret", f"{PREFIX}-db-migrate")["metadata"]["annotations"][
+        "helm.sh/hook-weight"
+    ]
+    assert int(secret_weight) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["finetune", "db", "upgrade"]
+    assert (
+        container["image"]
+        == find(docs, "Deployment", f"{PREFIX}-api")["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert not [
+        doc for doc in objects(rendered, "default") if doc["kind"] == "Job"
+    ]  # SQLite: migrated on first use
+
+
+def test_service_monitor_selects_the_metrics_services(rendered):
+    docs = objects(rendered, "monitoring")
+    monitor = find(docs, "ServiceMonitor", PREFIX)
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = {
+        doc["metadata"]["name"]: doc
+        for doc in docs
+        if doc["kind"] == "Service" and selector.items() <= doc["metadata"]["labels"].items()
+    }
+    assert set(selected) == {f"{PREFIX}-api", f"{PREFIX}-inference", f"{PREFIX}-worker-metrics"}
+    ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
+    for service in selected.values():
+        assert {port["name"] for port in service["spec"]["ports"]} & ports
+    jobs = {service["metadata"]["labels"][monitor["spec"]["jobLabel"]] for service in selected.values()}
+    assert jobs == {"finetune-api", "finetune-inference", "finetune-worker"}  # the alert rules' job names
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert not [doc for doc in objects(rendered, "default") if doc["kind"] == "ServiceMonitor"]
+
+
+def test_bundled_prometheus_and_grafana(rendered):
+    docs = objects(rendered, "monitoring")
+    assert {
+        (kind, f"{PREFIX}-{name}")
+        for kind in ("Deployment", "Service", "ConfigMap")
+        for name in ("prometheus", "grafana")
+    } <= kinds_and_names(docs)
+    config = find(docs, "ConfigMap", f"{PREFIX}-prometheus")["data"]
+    prometheus = yaml.safe_load(config["prometheus.yml"])
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["finetune-api"]["static_configs"][0]["targets"] == [f"{PREFIX}-api:8000"]
+    assert jobs["finetune-inference"]["static_configs"][0]["targets"] == [f"{PREFIX}-inference:8080"]
+    assert jobs["finetune-worker"]["dns_sd_configs"][0] == {
+        "names": [f"{PREFIX}-worker-metrics.{NAMESPACE}.svc"],
+        "type": "A",
+        "port": 9100,
+    }
+    assert find(docs, "Service", f"{PREFIX}-worker-metrics")["spec"]["clusterIP"] == "None"
+    assert config["alerts.yml"] == (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    grafana = find(docs, "ConfigMap", f"{PREFIX}-grafana")["data"]
+    original = (ROOT / "deploy" / "grafana" / "dashboards" / "finetune-platform.json").read_text()
+    assert json.loads(grafana["finetune-platform.json"]) == json.loads(original)
+    datasource = yaml.safe_load(grafana["datasources.yml"])["datasources"][0]
+    assert datasource["uid"] == "prometheus"
+    assert datasource["url"] == f"http://{PREFIX}-prometheus:9090"
+    assert not [doc for doc in objects(rendered, "default") if "prometheus" in doc["metadata"]["name"]]
+
+
+@pytest.mark.parametrize(
+    ("copy", "original"),
+    [
+        ("dashboards/finetune-platform.json", "deploy/grafana/dashboards/finetune-platform.json"),
+        ("files/prometheus/alerts.yml", "deploy/prometheus/alerts.yml"),
+    ],
+)
+def test_copies_inside_the_chart_equal_the_originals(copy, original):
+    assert (CHART / copy).read_bytes() == (ROOT / original).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("api.replicas=-1", "- at '/api/replicas': minimum: got -1, want 0"),
+        ("api.replicas=two", "- at '/api/replicas': got string, want integer"),
+        (
+            "env.ENVIRONMENT=prod",
+            "- at '/env/ENVIRONMENT': value must be one of 'local', 'staging', 'production'",
+        ),
+        ("api.replicaz=2", "- at '/api': additional properties 'replicaz' not allowed"),
+    ],
+)
+def test_values_schema_rejects_bad_values(setting, error):
+    result = template("--set", setting)
+    assert result.returncode == 1
+    assert "values don't meet the specifications of the schema(s) in the following chart(s):" in result.stderr
+    assert error in result.stderr
+
+
+def _leaf_paths(value, prefix=""):
+    if isinstance(value, dict) and value:
+        for key, child in value.items():
+            yield from _leaf_paths(child, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix
+
+
+def test_every_value_is_documented():
+    text = (CHART / "values.yaml").read_text()
+    documented = set(re.findall(r"^\s*## @param (\S+) \S", text, flags=re.MULTILINE))
+    values = yaml.safe_load(text)
+    undocumented = [
+        path
+        for path in _leaf_paths(values)
+        if not any(path == name or path.startswith(f"{name}.") for name in documented)
+    ]
+    assert undocumented == []
+    leaves = set(_leaf_paths(values))
+    stale = [
+        name for name in documented if not any(leaf == name or leaf.startswith(f"{name}.") for leaf in leaves)
+    ]
+    assert stale == []
