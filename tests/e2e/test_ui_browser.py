@@ -203,3 +203,5 @@ def test_log_in_upload_submit_and_watch_a_job_succeed_in_chromium(tmp_path):
             process.terminate()
             process.wait(timeout=30)
         env.stop_all()
+    # `finetune ui` becomes Streamlit: stopping it stops the UI (no orphaned server left on the port)
+    assert not http_answers(f"http://127.0.0.1:{ui_port}/_stcore/health")

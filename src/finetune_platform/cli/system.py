@@ -145,7 +145,6 @@ def ui(
 ) -> None:
     """Serve the web UI (Streamlit): log in, follow and cancel jobs, administer users and read the audit log."""
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -156,4 +155,5 @@ def ui(
         sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
-    raise typer.Exit(subprocess.call(command, env={**os.environ, "FINETUNE_API_URL": api_url}))
+    # Become Streamlit (no child process): a stop signal reaches it directly and leaves nothing orphaned.
+    os.execve(sys.executable, command, {**os.environ, "FINETUNE_API_URL": api_url})

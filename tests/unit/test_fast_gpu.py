@@ -1,0 +1,93 @@
+"""The GPU fast path's pieces, run on the CPU with a tiny real model: the batch plan covers every row once with
+little padding, a training run learns, and micro-batches with accumulation give the full batch's update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from finetune_platform.training.fast_gpu import (
+    FastSettings,
+    FastTrainer,
+    accuracy,
+    batch_plan,
+    on_device,
+    padded_length,
+    to_device,
+)
+from tests.conftest import sentiment_rows
+
+
+def test_the_batch_plan_takes_every_row_once_and_groups_lengths():
+    lengths = np.random.default_rng(0).integers(3, 60, size=10_000)
+    plan = batch_plan(lengths, 64, seed=1)
+    taken = np.concatenate(plan)
+    assert sorted(taken.tolist()) == list(range(10_000))
+    assert [len(b) for b in plan].count(64) == 10_000 // 64
+    padded = sum(padded_length(int(lengths[b].max())) * len(b) for b in plan)
+    assert padded / lengths.sum() < 1.2  # one padded batch of 10,000 random lengths would be ~1.9
+    assert [b.tolist() for b in batch_plan(lengths, 64, seed=1)] == [b.tolist() for b in plan]
+    assert [b.tolist() for b in batch_plan(lengths, 64, seed=2)] != [b.tolist() for b in plan]
+
+
+def test_learning_rate_scales_with_the_square_root_of_the_batch():
+    assert FastSettings(batch_size=32, base_learning_rate=1e-3).learning_rate == pytest.approx(1e-3)
+    assert FastSettings(batch_size=512, base_learning_rate=1e-3).learning_rate == pytest.approx(4e-3)
+
+
+def _model(tiny_bert):
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    return get_peft_model(
+        model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"])
+    )
+
+
+def _data(tiny_bert, rows: int = 128):
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    pairs = sentiment_rows(rows, 3)
+    texts, labels = [t for t, _ in pairs], [int(label == "positive") for _, label in pairs]
+    return to_device(tokenizer, texts, labels, 32, torch.device("cpu"))
+
+
+def test_a_run_on_the_cpu_learns(tiny_bert):
+    import torch
+
+    data = _data(tiny_bert)
+    model = _model(tiny_bert)
+    before = accuracy(model, data, bf16=False)
+    logged = []
+    settings = FastSettings(batch_size=16, base_learning_rate=5e-3, epochs=4, bf16=False, log_every=8)
+    result = FastTrainer(model, data, settings, device=torch.device("cpu"), on_log=logged.append).train()
+    assert result.steps == 4 * 128 // 16 and result.samples == 4 * 128
+    assert [entry["step"] for entry in logged] == list(range(8, 33, 8))
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    assert accuracy(model, data, bf16=False) > max(before, 0.75)
+
+
+def test_micro_batches_with_accumulation_give_the_full_batch_gradient(tiny_bert):
+    import torch
+
+    data = _data(tiny_bert, rows=64)
+    index = np.arange(64)
+    (rows,) = [r for _, r in on_device([index], torch.device("cpu"))]
+    gradients = []
+    for micro in (64, 16):
+        trainer = FastTrainer(
+            _model(tiny_bert), data, FastSettings(batch_size=64, bf16=False), device=torch.device("cpu")
+        )
+        trainer.micro_batch = micro
+        trainer.model.train()
+        for module in trainer.model.modules():  # dropout off: the same forward both times
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        trainer._forward_backward(index, rows)
+        gradients.append(torch.cat([p.grad.flatten() for p in trainer.parameters]))
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
