@@ -277,43 +277,32 @@ def test_service_monitor_schema_rejects_a_wrong_monitor(rendered):
     assert errors == ["'30 seconds' does not match '" + DURATION + "'", "9100 is not of type 'string'"]
 
 
+DEFAULT_OBJECTS = {
+    ("Secret", PREFIX),
+    ("PersistentVolumeClaim", f"{PREFIX}-data"),
+    ("Deployment", f"{PREFIX}-api"),
+    ("Deployment", f"{PREFIX}-worker"),
+    ("Deployment", f"{PREFIX}-inference"),
+    ("Deployment", f"{PREFIX}-ui"),
+    ("Deployment", f"{PREFIX}-mlflow"),
+    ("StatefulSet", f"{PREFIX}-redis"),
+    ("Service", f"{PREFIX}-api"),
+    ("Service", f"{PREFIX}-worker-metrics"),
+    ("Service", f"{PREFIX}-inference"),
+    ("Service", f"{PREFIX}-ui"),
+    ("Service", f"{PREFIX}-mlflow"),
+    ("Service", f"{PREFIX}-redis"),
+}
+
+
 def test_default_objects(rendered):
-    assert kinds_and_names(objects(rendered, "default")) == {
-        ("Secret", PREFIX),
-        ("PersistentVolumeClaim", f"{PREFIX}-data"),
-        ("Deployment", f"{PREFIX}-api"),
-        ("Deployment", f"{PREFIX}-worker"),
-        ("Deployment", f"{PREFIX}-inference"),
-        ("Deployment", f"{PREFIX}-ui"),
-        ("Deployment", f"{PREFIX}-mlflow"),
-        ("StatefulSet", f"{PREFIX}-redis"),
-        ("Service", f"{PREFIX}-api"),
-        ("Service", f"{PREFIX}-worker-metrics"),
-        ("Service", f"{PREFIX}-inference"),
-        ("Service", f"{PREFIX}-ui"),
-        ("Service", f"{PREFIX}-mlflow"),
-        ("Service", f"{PREFIX}-redis"),
-    }
+    assert kinds_and_names(objects(rendered, "default")) == DEFAULT_OBJECTS
 
 
 def test_prod_objects(rendered):
-    assert kinds_and_names(objects(rendered, "prod")) == {
-        ("Secret", PREFIX),
+    assert kinds_and_names(objects(rendered, "prod")) == DEFAULT_OBJECTS | {
         ("Secret", f"{PREFIX}-db-migrate"),
         ("Job", f"{PREFIX}-db-migrate"),
-        ("PersistentVolumeClaim", f"{PREFIX}-data"),
-        ("Deployment", f"{PREFIX}-api"),
-        ("Deployment", f"{PREFIX}-worker"),
-        ("Deployment", f"{PREFIX}-inference"),
-        ("Deployment", f"{PREFIX}-ui"),
-        ("Deployment", f"{PREFIX}-mlflow"),
-        ("StatefulSet", f"{PREFIX}-redis"),
-        ("Service", f"{PREFIX}-api"),
-        ("Service", f"{PREFIX}-worker-metrics"),
-        ("Service", f"{PREFIX}-inference"),
-        ("Service", f"{PREFIX}-ui"),
-        ("Service", f"{PREFIX}-mlflow"),
-        ("Service", f"{PREFIX}-redis"),
         ("Ingress", PREFIX),
         ("HorizontalPodAutoscaler", f"{PREFIX}-worker"),
         ("HorizontalPodAutoscaler", f"{PREFIX}-inference"),
