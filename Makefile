@@ -15,7 +15,7 @@ exp ?=
 .PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
