@@ -12,7 +12,7 @@ RELEASE ?= finetune
 TORCH_VERSION ?= 2.13.0
 exp ?=
 
-.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
+.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ bench-inference: $(STAMP) ## finetune serve vs a pipeline-per-request server: la
 
 bench-observability: $(STAMP) ## API and inference throughput with metrics on and off (needs wrk)
 	$(BIN)/python -m bench.observability
+
+bench-gpu: $(STAMP) ## GPU training: fast path vs HF Trainer + PEFT on SST-2 (needs a CUDA GPU; MODEL_DIR=a MiniLM folder)
+	PYTHONPATH=src $(BIN)/python bench/gpu_train.py --model-dir $${MODEL_DIR:-$$($(BIN)/python -c "from finetune_platform.training.models import resolve_base_model as r; print(r('minilm').source)")} --data ../shared/data/sst2
 
 check-monitoring: ## promtool on the Prometheus config and alert rules (Debian package prometheus)
 	promtool check config deploy/prometheus/prometheus.yml
