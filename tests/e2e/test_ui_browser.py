@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, finetune_bin, free_port
-from tests.integration.queue_harness import http_answers, queue_env, wait_for
+from tests.integration.queue_harness import http_answers, queue_env, stop_processes, wait_for
 
 pytestmark = pytest.mark.slow
 PASSWORD = "long enough password"
@@ -199,9 +199,7 @@ def test_log_in_upload_submit_and_watch_a_job_succeed_in_chromium(tmp_path):
     finally:
         if page is not None:
             page.quit()
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
+        stop_processes(processes)
         env.stop_all()
     # `finetune ui` becomes Streamlit: stopping it stops the UI (no orphaned server left on the port)
     assert not http_answers(f"http://127.0.0.1:{ui_port}/_stcore/health")

@@ -186,6 +186,13 @@ class QueueEnv:
                 worker.process.wait(timeout=10)
 
 
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """Terminate servers a test started and wait for each to exit."""
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def queue_env(root: Path, **values: Any) -> QueueEnv:
     root.mkdir(parents=True, exist_ok=True)
     base = {

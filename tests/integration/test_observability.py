@@ -17,7 +17,7 @@ import yaml
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
 from tests.conftest import ROOT, finetune_bin, free_port, sentiment_rows, tiny_config_dict, write_csv
-from tests.integration.queue_harness import http_answers, queue_env, submit, wait_for
+from tests.integration.queue_harness import http_answers, queue_env, stop_processes, submit, wait_for
 
 pytestmark = pytest.mark.slow
 DEPLOY = ROOT / "deploy"
@@ -264,9 +264,7 @@ def test_every_dashboard_and_alert_expression_matches_what_happened(tmp_path, ti
     finally:
         if prometheus is not None:
             prometheus.stop()
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
+        stop_processes(processes)
         env.stop_all()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -131,7 +130,6 @@ def export_embedder(output: Path, model: str = EMBEDDING_MODEL) -> Path:
     )
     for leftover in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         (output / leftover).unlink(missing_ok=True)
-    shutil.rmtree(output / "__pycache__", ignore_errors=True)
     return output
 
 

@@ -21,6 +21,7 @@ services. The recipe uses it for ``training.engine: fast``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -49,7 +50,6 @@ class FastSettings:
     seed: int = 42
     bf16: bool = True
     log_every: int = 50
-    eval_batch_size: int = 1024
     # torch.compile mode: None (eager), "default" (fused kernels) or "reduce-overhead" (fused kernels replayed
     # as CUDA graphs: no per-kernel launch cost). Compiled runs pad to multiples of 16 and drop the last
     # partial batch of an epoch, so a handful of shapes is compiled once each.
@@ -224,7 +224,7 @@ class FastTrainer:
         for number, (piece, piece_rows) in enumerate(pieces):
             ids, mask, labels = _take(self.train_data, piece, piece_rows, self.multiple)
             sync = number == len(pieces) - 1 or self.world_size == 1
-            context = self.model.no_sync() if not sync else _nothing()
+            context = self.model.no_sync() if not sync else contextlib.nullcontext()
             with context, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels) * (len(piece) / len(index))
@@ -314,14 +314,6 @@ class FastTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def predict(model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = True) -> np.ndarray:
