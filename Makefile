@@ -99,8 +99,12 @@ bench-inference: $(STAMP) ## finetune serve vs a pipeline-per-request server: la
 bench-observability: $(STAMP) ## API and inference throughput with metrics on and off (needs wrk)
 	$(BIN)/python -m bench.observability
 
-bench-gpu: $(STAMP) ## GPU training: fast path vs HF Trainer + PEFT on SST-2 (needs a CUDA GPU; MODEL_DIR=a MiniLM folder)
-	PYTHONPATH=src $(BIN)/python bench/gpu_train.py --model-dir $${MODEL_DIR:-$$($(BIN)/python -c "from finetune_platform.training.models import resolve_base_model as r; print(r('minilm').source)")} --data ../shared/data/sst2
+bench-gpu: $(STAMP) ## GPU training and serving vs HF Trainer / pipeline on SST-2 (needs CUDA; MODEL_DIR=a MiniLM folder)
+	PYTHONPATH=src $(BIN)/python bench/gpu_train.py --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2
+	PYTHONPATH=src $(BIN)/python bench/gpu_platform_train.py --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2
+	PYTHONPATH=src $(BIN)/python bench/gpu_serve.py --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2
+
+GPU_MODEL_DIR = $${MODEL_DIR:-$$($(BIN)/python -c "from finetune_platform.training.models import resolve_base_model as r; print(r('minilm').source)")}
 
 check-monitoring: ## promtool on the Prometheus config and alert rules (Debian package prometheus)
 	promtool check config deploy/prometheus/prometheus.yml

@@ -185,7 +185,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     parser.add_argument("--only", nargs="*", default=["throughput", "accuracy", "oom"])
     parser.add_argument("--steps", type=int, default=300, help="Baseline steps timed for throughput.")
-    parser.add_argument("--epochs", type=float, default=3.0, help="Epochs of the accuracy runs.")
+    parser.add_argument("--epochs", type=float, default=3.0, help="Epochs of the accuracy and scaling runs.")
+    parser.add_argument("--scaling-graphs", action="store_true", help="Scaling: also time CUDA graphs.")
     args = parser.parse_args()
 
     import torch
@@ -207,13 +208,20 @@ def main() -> None:
             dist.init_process_group("nccl")
         rows = {}
         for kind in ("minilm", "bert-base"):
-            rows[kind] = fast(kind, args.model_dir, tokenizer, texts, labels, batch=512, epochs=2.0, lr=1e-3,
-                              device=torch.device("cuda", local))  # fmt: skip
+            variants = [("eager b512", 512, None), ("eager b256", 256, None)]
+            if args.scaling_graphs:  # compiling takes ~1-2 min per model and shape set
+                variants.append(("cudagraphs b256", 256, "reduce-overhead"))
+            for name, batch, mode in variants:
+                rows[f"{kind} {name}"] = row = fast(
+                    kind, args.model_dir, tokenizer, texts, labels, batch=batch, epochs=args.epochs, lr=1e-3,
+                    device=torch.device("cuda", local), compile_mode=mode,
+                )  # fmt: skip
+                if rank == 0:
+                    print(f"{world_size} GPU(s) {kind} {name}: {row['samples_per_second']:.0f} samples/s "
+                          f"(all ranks, median of log intervals)", flush=True)  # fmt: skip
         if rank == 0:
             record = {"world_size": world_size, "gpu": torch.cuda.get_device_name(), "rows": rows}
             (args.out / f"gpu_scaling_{world_size}.json").write_text(json.dumps(record, indent=2))
-            for kind, row in rows.items():
-                print(f"{world_size} GPU(s) {kind}: {row['samples_per_second']:.0f} samples/s (all ranks)")
         if world_size > 1:
             dist.destroy_process_group()
         return

@@ -8,7 +8,12 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from transformers import pipeline
 
-classifier = pipeline("text-classification", model=os.environ["BASELINE_MODEL_DIR"], device=-1)
+# BASELINE_DEVICE: -1 the CPU, 0 the first GPU
+classifier = pipeline(
+    "text-classification",
+    model=os.environ["BASELINE_MODEL_DIR"],
+    device=int(os.environ.get("BASELINE_DEVICE", "-1")),
+)
 app = FastAPI()
 
 

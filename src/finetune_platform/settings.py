@@ -116,6 +116,13 @@ class Settings(BaseSettings):
             "onnx-int8 (also int8 base weights: faster, check accuracy) or torch (PyTorch + PEFT)."
         ),
     )
+    SERVE_DEVICE: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="auto",
+        description=(
+            "Where finetune serve runs models: auto picks CUDA when present, else the CPU. On CUDA the torch "
+            "runtime serves bf16 weights (a lone adapter merged into them), batching requests that arrive together."
+        ),
+    )
     SERVE_API_KEYS: list[SecretStr] = Field(
         default_factory=list,
         description="API keys accepted by `finetune serve` (JSON list) besides platform tokens.",

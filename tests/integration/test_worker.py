@@ -12,6 +12,7 @@ import signal
 import time
 
 import pytest
+import yaml
 
 from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
 from tests.integration.queue_harness import PrivateRedis, queue_env, require_redis, submit, wait_for
@@ -156,6 +157,36 @@ def test_sigterm_checkpoints_the_running_job_and_hands_it_to_another_worker(
     job = env.wait_status(job_id, {"succeeded", "failed"})
     assert (job.status, job.attempts, job.progress["step"]) == ("succeeded", 1, 600)
     assert [m for k, m in env.events(job_id) if k == "resumed"] == [f"resuming from checkpoint-{saved_step}"]
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_fast_engine_job_is_preempted_and_finished_by_another_worker(
+    envs, tmp_path, tiny_bert, job_data, devices
+):
+    """The fast engine (and its data-parallel ranks) under a worker: SIGTERM saves a checkpoint, the next worker
+    resumes from it and finishes; a rank ignores the signal and is ended by rank 0."""
+    env = envs(tmp_path / "q", REDIS_URL=require_redis(), MLFLOW_ENABLED="false")
+    config = long_job(tiny_bert, job_data, tmp_path, f"fast-{devices}", steps=300)
+    config["training"].update(engine="fast", devices=devices)
+    job_id = submit(env, config)
+    first = env.start_worker("leaving")
+    wait_for(lambda: env.job(job_id).progress.get("step", 0) >= 25, 180, "training past step 25")
+    first.signal(signal.SIGTERM)
+    assert first.process.wait(timeout=90) == 0
+    preempted = [message for kind, message in env.events(job_id) if kind == "preempted"]
+    assert len(preempted) == 1
+    saved_step = int(preempted[0].split("saved checkpoint-")[1].split()[0])
+    run = tmp_path / "results" / f"fast-{devices}" / job_id
+    checkpoint = run / "artifacts" / "checkpoints" / f"checkpoint-{saved_step}"
+    assert (checkpoint / "COMPLETE").is_file() and (checkpoint / "optimizer.pt").is_file()
+    assert json.loads((checkpoint / "checkpoint_meta.json").read_text())["engine"] == "fast"
+    env.start_worker("arriving")
+    job = env.wait_status(job_id, {"succeeded", "failed"}, timeout=300)
+    assert (job.status, job.attempts, job.progress["step"]) == ("succeeded", 1, 300), job.error
+    assert [m for k, m in env.events(job_id) if k == "resumed"] == [f"resuming from checkpoint-{saved_step}"]
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
+    assert resolved["engine"] == "fast"
+    assert (run / "ranks" / "rank1.log").is_file() == (devices == 2)
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(envs, tmp_path, tiny_bert, job_data):

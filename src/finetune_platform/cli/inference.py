@@ -94,6 +94,22 @@ def serve(
             help="onnx (default), onnx-int8 or torch; overrides SERVE_RUNTIME (see finetune predict --help).",
         ),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto (CUDA when present), cpu, cuda or mps; overrides SERVE_DEVICE. A GPU serves bf16 PyTorch.",
+        ),
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Serve this run folder's adapter as the default model, without the registry.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve predictions over HTTP (POST /predict, /predict/batch; GET /models, /health, /metrics)."""
     import uvicorn
@@ -103,7 +119,16 @@ def serve(
     config = settings()
     if runtime is not None:
         config = config.model_copy(update={"SERVE_RUNTIME": runtime})
-    app = create_serve_app(config, model)
+    if device is not None:
+        if device not in ("auto", "cpu", "cuda", "mps"):
+            raise fail(ConfigError(f"--device {device!r}: choose auto, cpu, cuda or mps"))
+        config = config.model_copy(update={"SERVE_DEVICE": device})
+    if run is not None and model is not None:
+        raise fail(ConfigError("give --model or --run, not both"))
+    try:
+        app = create_serve_app(config, model, run_folder=run)
+    except PlatformError as error:
+        raise fail(error) from None
     try:
         app.state.pool.load(
             app.state.pool.key_for(model)

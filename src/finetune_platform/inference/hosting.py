@@ -63,6 +63,43 @@ class BaseHost(Predictor):
             return self.predict(texts, batch_size)
 
 
+class MergedHost(Predictor):
+    """One adapter folded into its base model's weights (PyTorch): the fastest form on a GPU."""
+
+    runtime = "torch"
+    merged = True
+
+    def __init__(self, source: AdapterSource, device: str) -> None:
+        super().__init__(
+            source.adapter_dir,
+            source.info.base_model,
+            name=source.info.name,
+            version=source.info.version,
+            language=source.info.language,
+            max_length=source.info.max_length,
+            device=device,
+            merge=True,
+        )
+        self.adapters: OrderedDict[str, AdapterSource] = OrderedDict({source.key: source})
+        self.lock = threading.Lock()
+
+    def accepts(self, source: AdapterSource) -> bool:
+        return False
+
+    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+        with self.lock:
+            return self.predict(texts, batch_size)
+
+
+def serving_device(requested: str) -> str:
+    """SERVE_DEVICE resolved: auto is CUDA when present, else the CPU."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def open_host(source: AdapterSource, runtime: str = "onnx", device: str = "cpu", merged: bool = False) -> Any:
     """A host for ``source`` on ``runtime`` (``merged``: ONNX with the adapter folded in, serving only it);
     an adapter the ONNX graph cannot express (or a GPU device) falls back to PyTorch, with a log line
@@ -76,6 +113,8 @@ def open_host(source: AdapterSource, runtime: str = "onnx", device: str = "cpu",
             return OnnxHost(source, int8=runtime == "onnx-int8", merged=merged)
         except UnsupportedAdapter as exc:
             logger.warning("%s: served with PyTorch, not ONNX Runtime (%s)", source.key, exc)
+    if merged and device != "cpu":
+        return MergedHost(source, device)
     return BaseHost(source, device=device)
 
 

@@ -222,7 +222,10 @@ class Predictor(Classifier):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
-        self.model = (model.merge_and_unload() if merge else model).to(device).eval()
+        model = (model.merge_and_unload() if merge else model).to(device).eval()
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            model = model.to(torch.bfloat16)  # merged in fp32 first; probabilities are computed in fp32
+        self.model = model
         self.device = device
         self.info = ModelInfo(name, version, base_model, reference.language, names, max_length)
 

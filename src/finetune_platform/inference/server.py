@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
@@ -18,8 +19,13 @@ from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from finetune_platform.errors import ErrorCode, PlatformError
-from finetune_platform.inference.hosting import open_host
-from finetune_platform.inference.predictor import AdapterSource, Prediction, source_from_registry
+from finetune_platform.inference.hosting import open_host, serving_device
+from finetune_platform.inference.predictor import (
+    AdapterSource,
+    Prediction,
+    source_from_registry,
+    source_from_run,
+)
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.inference")
@@ -37,9 +43,11 @@ class ModelPool:
         max_adapters: int,
         resolve_seconds: float,
         runtime: str = "onnx",
+        device: str = "cpu",
     ) -> None:
         self.settings, self.default, self.max_adapters = settings, default, max_adapters
-        self.resolve_seconds, self.runtime = resolve_seconds, runtime
+        self.resolve_seconds, self.runtime, self.device = resolve_seconds, runtime, device
+        self.local: set[str] = set()  # run folders served without the registry (their keys never move)
         self.hosts: list[Any] = []  # one per base model and label count (ONNX: and adapter shape)
         self._resolved: dict[str, tuple[float, str]] = {}  # reference -> (when, name@version)
         self.default_key: str | None = None  # what the default model resolves to now
@@ -65,7 +73,9 @@ class ModelPool:
         less than ``resolve_seconds`` ago; None when it must be looked up (``key_for``)."""
         slot = reference or self.default or DEFAULT_SLOT
         name, _, selector = slot.partition("@")
-        if selector.isdigit():
+        if slot in self.local:
+            key = slot
+        elif selector.isdigit():
             key = f"{name}@{int(selector)}"
         else:
             cached = self._resolved.get(slot)
@@ -79,11 +89,11 @@ class ModelPool:
     def key_for(self, reference: str | None) -> str:
         """name@version for a reference; moving references (stage, newest, the default) are looked up again
         every ``resolve_seconds``."""
-        from finetune_platform.tracking.registry import ModelRegistry
-
         key = self.cached_key(reference)
         if key is not None:
             return key
+        from finetune_platform.tracking.registry import ModelRegistry
+
         slot = reference or self.default or DEFAULT_SLOT
         info = ModelRegistry(self.settings).resolve(
             self.default_reference() if slot == DEFAULT_SLOT else slot
@@ -127,7 +137,7 @@ class ModelPool:
                 logger.info("%s replaces %s as the default model", key, earlier.key)
             else:
                 same_base.append(self._open(earlier))
-        if not same_base and self.runtime != "torch":
+        if not same_base and (self.runtime != "torch" or self.device != "cpu"):
             return self._open(source, merged=True)
         host = next((host for host in same_base if host.accepts(source)), None)
         if host is None:
@@ -136,7 +146,7 @@ class ModelPool:
         return host
 
     def _open(self, source: AdapterSource, merged: bool = False) -> Any:
-        host = open_host(source, self.runtime, merged=merged)
+        host = open_host(source, self.runtime, self.device, merged=merged)
         self.hosts.append(host)
         return host
 
@@ -274,11 +284,22 @@ class BatchRequest(BaseModel):
     model: str | None = Field(default=None, max_length=200, description="As for /predict.")
 
 
-def create_serve_app(settings: Settings, model: str | None = None) -> FastAPI:
-
+def create_serve_app(settings: Settings, model: str | None = None, run_folder: Path | None = None) -> FastAPI:
+    """The inference app. ``run_folder``: serve that run's adapter as the default model, without the registry."""
+    device = serving_device(settings.SERVE_DEVICE)
     pool = ModelPool(
-        settings, model, settings.SERVE_MAX_ADAPTERS, settings.SERVE_RESOLVE_SECONDS, settings.SERVE_RUNTIME
+        settings,
+        model,
+        settings.SERVE_MAX_ADAPTERS,
+        settings.SERVE_RESOLVE_SECONDS,
+        settings.SERVE_RUNTIME,
+        device,
     )
+    if run_folder is not None:
+        source = source_from_run(run_folder)
+        pool.local.add(source.key)
+        pool._sources[source.key] = source
+        pool.default = source.key
     batcher = Batcher(pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH)
     resolver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolve")
     app = FastAPI(

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +38,18 @@ PAD_MULTIPLE = 8
 CHUNK_BATCHES = 64  # batches sorted by length together: enough to bucket well, few enough to stay random
 
 
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
+
+
 @dataclass
 class FastSettings:
-    batch_size: int = 256
-    base_learning_rate: float = 1e-3  # the rate for batch 32; scaled by sqrt(batch / 32)
-    reference_batch: int = 32
+    batch_size: int = 256  # rows per optimizer step on each process (micro-batches × accumulation)
+    base_learning_rate: float = 1e-3  # the rate for ``reference_batch``; scaled by sqrt(global batch / it)
+    reference_batch: int | None = 32  # None: no scaling, ``base_learning_rate`` is the peak rate
     epochs: float = 3.0
+    max_steps: int | None = None  # overrides epochs when set
+    micro_batch: int | None = None  # rows per forward pass; None = batch_size (no accumulation)
+    scheduler: str = "linear"  # after warmup: one of SCHEDULES
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -57,7 +63,14 @@ class FastSettings:
 
     @property
     def learning_rate(self) -> float:
-        return self.base_learning_rate * math.sqrt(self.batch_size / self.reference_batch)
+        """The peak rate of a run on ``WORLD_SIZE`` processes (1 outside torchrun)."""
+        return self.scaled_rate(world()[1])
+
+    def scaled_rate(self, world_size: int) -> float:
+        """The peak rate for the global batch: ``base_learning_rate`` × sqrt(batch × processes / reference)."""
+        if self.reference_batch is None:
+            return self.base_learning_rate
+        return self.base_learning_rate * math.sqrt(self.batch_size * world_size / self.reference_batch)
 
 
 @dataclass
@@ -108,6 +121,14 @@ def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = 
     return batches
 
 
+def shard(plan: list[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
+    """This rank's part of a plan of global batches: every world_size-th row of each (rows are sorted by
+    length within a batch, so every rank pads to about the same width and no rank waits for another)."""
+    if world_size == 1:
+        return plan
+    return [batch[rank::world_size] for batch in plan if len(batch) >= world_size]
+
+
 def padded_length(longest: int, multiple: int = PAD_MULTIPLE) -> int:
     return max(multiple, -(-longest // multiple) * multiple)
 
@@ -141,6 +162,18 @@ def world() -> tuple[int, int]:
 
 
 @dataclass
+class FastStep:
+    """What one optimizer step did: ``loss`` stays on the device (reading it waits for the GPU)."""
+
+    step: int
+    epoch: float
+    loss: Any
+    learning_rate: float
+    samples: int  # over all ranks
+    tokens: int  # non-pad tokens over all ranks (this rank's, times world size)
+
+
+@dataclass
 class FastResult:
     steps: int
     samples: int
@@ -154,7 +187,11 @@ class FastResult:
 
 
 class FastTrainer:
-    """Train ``model`` (a PEFT model) on ``train``; ``on_log`` gets {step, loss, lr, samples_per_second}."""
+    """Train ``model`` (a PEFT model) on ``train``; ``on_log`` gets {step, loss, lr, samples_per_second}.
+
+    ``steps()`` yields after every optimizer step (the platform's engine drives evaluation, checkpoints and
+    callbacks from it); ``train()`` runs them all (the benchmark).
+    """
 
     def __init__(
         self,
@@ -164,30 +201,18 @@ class FastTrainer:
         *,
         device: Any,
         on_log: Callable[[dict[str, float]], None] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         import torch
 
         self.settings, self.train_data, self.device, self.on_log = settings, train, device, on_log
-        self.rank, self.world_size = world()
+        self.rank, self.world_size = (rank, world_size) if world_size is not None else world()
         trainable = [p for p in model.parameters() if p.requires_grad]
         for parameter in trainable:  # fp32 master weights for what is trained, whatever the base dtype
             parameter.data = parameter.data.float()  # (before DDP, which keeps views of the parameters)
         self.parameters = trainable
-        self.model = model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.model = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self.optimizer = torch.optim.AdamW(
-            trainable,
-            lr=settings.learning_rate,
-            weight_decay=settings.weight_decay,
-            fused=device.type == "cuda",
-        )
-        self.micro_batch = settings.batch_size
-        self.accumulation = 1
+        self.model = self.module = model
         self.multiple = PAD_MULTIPLE
         if settings.compile:
             import torch._dynamo
@@ -196,23 +221,45 @@ class FastTrainer:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.multiple = 16
             self.model = torch.compile(self.model, mode=settings.compile, dynamic=False)
+        if self.world_size > 1:  # outside the compiled module: gradients are averaged after its backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.optimizer = torch.optim.AdamW(
+            trainable,
+            lr=settings.scaled_rate(self.world_size),
+            weight_decay=settings.weight_decay,
+            fused=device.type == "cuda",
+        )
+        self.micro_batch = min(settings.micro_batch or settings.batch_size, settings.batch_size)
+        self.accumulation = -(-settings.batch_size // self.micro_batch)
+        self.steps_per_epoch = len(self._global_plan(0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(train)} training rows make no batch of {settings.batch_size} on {self.world_size} "
+                "processes; lower the batch size"
+            )
+        self.total_steps = settings.max_steps or max(1, math.ceil(self.steps_per_epoch * settings.epochs))
+        self._factor = schedule(settings.scheduler, self.total_steps, settings.warmup_ratio)
+
+    def _global_plan(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's batches over all ranks (the same on every rank: same seed)."""
+        size = self.settings.batch_size * self.world_size
+        plan = batch_plan(self.train_data.host_lengths, size, self.settings.seed + epoch)
+        if len(plan) > 1 and (self.settings.compile or self.world_size > 1):
+            # compiled: one batch shape; data-parallel: every rank a full share of every step. The one partial
+            # batch of an epoch can be anywhere in the (shuffled) plan.
+            plan = [batch for batch in plan if len(batch) == size]
+        return plan
 
     def _plan(self, epoch: int) -> list[tuple[np.ndarray, Any]]:
-        plan = batch_plan(self.train_data.host_lengths, self.settings.batch_size, self.settings.seed + epoch)
-        if self.settings.compile and len(plan) > 1 and len(plan[-1]) < self.settings.batch_size:
-            plan = [batch for batch in plan if len(batch) == self.settings.batch_size]  # one batch shape
-        usable = len(plan) - len(plan) % self.world_size  # every rank takes the same number of steps
-        return on_device(plan[self.rank : usable : self.world_size], self.device)
+        return on_device(shard(self._global_plan(epoch), self.rank, self.world_size), self.device)
 
-    def _schedule(self, total_steps: int) -> Callable[[int], float]:
-        warmup = max(1, int(total_steps * self.settings.warmup_ratio))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-        return factor
+    def learning_rate(self, step: int) -> float:
+        """The rate of optimizer step ``step`` (0-based)."""
+        return self.settings.scaled_rate(self.world_size) * self._factor(step)
 
     def _forward_backward(self, index: np.ndarray, rows: Any) -> Any:
         """One optimizer step's gradients for the rows in ``index`` (split into micro-batches)."""
@@ -232,53 +279,62 @@ class FastTrainer:
             total = loss.detach() if total is None else total + loss.detach()
         return total
 
+    def steps(self, start_step: int = 0) -> Iterator[FastStep]:
+        """Train from ``start_step`` (a resumed run: the optimizer state loaded, the same batches follow)."""
+        self.model.train()
+        step = start_step
+        epoch, skip = divmod(start_step, self.steps_per_epoch)
+        while step < self.total_steps:
+            for position, (index, rows) in enumerate(self._plan(epoch)[skip:], start=skip):
+                if step >= self.total_steps:
+                    return
+                rate = self.learning_rate(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = rate
+                loss = self._step(index, rows)
+                step += 1
+                yield FastStep(
+                    step=step,
+                    epoch=epoch + (position + 1) / self.steps_per_epoch,
+                    loss=loss,
+                    learning_rate=rate,
+                    samples=len(index) * self.world_size,
+                    tokens=int(self.train_data.host_lengths[index].sum()) * self.world_size,
+                )
+            epoch, skip = epoch + 1, 0
+
     def train(self) -> FastResult:
         import torch
 
         s = self.settings
-        steps_per_epoch = len(self._plan(0))
-        total_steps = max(1, math.ceil(steps_per_epoch * s.epochs))
-        factor = self._schedule(total_steps)
-        self.model.train()
-        step, samples, tokens, history = 0, 0, 0, []
+        samples, tokens, history = 0, 0, []
         running = torch.zeros((), device=self.device)
         started = last_log = time.perf_counter()
-        last_step, final_loss = 0, float("nan")
-        epoch = 0
-        while step < total_steps:
-            for index, rows in self._plan(epoch):
-                if step >= total_steps:
-                    break
-                for group in self.optimizer.param_groups:
-                    group["lr"] = s.learning_rate * factor(step)
-                loss = self._step(index, rows)
-                running += loss
-                step += 1
-                samples += len(index) * self.world_size
-                tokens += int(self.train_data.host_lengths[index].sum()) * self.world_size
-                if step % s.log_every == 0 or step == total_steps:
-                    now = time.perf_counter()
-                    final_loss = float(running) / (step - last_step)  # the one host sync per log interval
-                    entry = {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 3),
-                        "loss": round(final_loss, 4),
-                        "lr": s.learning_rate * factor(step - 1),
-                        "samples_per_second": round(
-                            (step - last_step) * s.batch_size * self.world_size / (now - last_log), 1
-                        ),
-                    }
-                    history.append(entry)
-                    if self.on_log is not None and self.rank == 0:
-                        self.on_log(entry)
-                    running.zero_()
-                    last_step, last_log = step, now
-            epoch += 1
+        last_step, last_samples, final_loss = 0, 0, float("nan")
+        for done in self.steps():
+            running += done.loss
+            samples += done.samples
+            tokens += done.tokens
+            if done.step % s.log_every == 0 or done.step == self.total_steps:
+                now = time.perf_counter()
+                final_loss = float(running) / (done.step - last_step)  # the one host sync per log interval
+                entry = {
+                    "step": done.step,
+                    "epoch": round(done.epoch, 3),
+                    "loss": round(final_loss, 4),
+                    "lr": done.learning_rate,
+                    "samples_per_second": round((samples - last_samples) / (now - last_log), 1),
+                }
+                history.append(entry)
+                if self.on_log is not None and self.rank == 0:
+                    self.on_log(entry)
+                running.zero_()
+                last_step, last_samples, last_log = done.step, samples, now
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
         return FastResult(
-            steps=step,
+            steps=self.total_steps,
             samples=samples,
             seconds=seconds,
             samples_per_second=samples / seconds,
@@ -314,6 +370,28 @@ class FastTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
+
+
+def schedule(name: str, total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """The learning-rate factor of step ``step``: linear warmup, then ``name`` (a pure function of the step,
+    so a resumed run continues on the same curve)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"scheduler {name!r}: choose one of {', '.join(SCHEDULES)}")
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        if name in ("constant", "constant_with_warmup"):
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)  # linear, and polynomial of power 1
+
+    return factor
 
 
 def predict(model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = True) -> np.ndarray:

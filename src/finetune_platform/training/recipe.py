@@ -22,8 +22,13 @@ from finetune_platform.atomic import file_sha256, write_atomic
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.errors import ConfigError
-from finetune_platform.training.checkpoints import list_checkpoints, remove_incomplete, select_retained
-from finetune_platform.training.config import Device, Precision, TrainConfig, dump_config
+from finetune_platform.training.checkpoints import (
+    list_checkpoints,
+    newest_checkpoint,
+    remove_incomplete,
+    select_retained,
+)
+from finetune_platform.training.config import Device, Engine, Precision, TrainConfig, dump_config
 from finetune_platform.training.devices import select_device, select_precision
 from finetune_platform.training.metrics import classification_report, trainer_compute_metrics
 from finetune_platform.training.models import ResolvedModel, default_target_modules, resolve_base_model
@@ -40,6 +45,7 @@ class RecipeState:
     precision: Precision
     model: ResolvedModel
     splits: DatasetSplits
+    engine: Engine = Engine.TRAINER
     target_modules: list[str] = field(default_factory=list)
     model_type: str = ""
     trainable_parameters: int = 0
@@ -78,6 +84,7 @@ class RecipeState:
             "mlflow_run_id": mlflow_run_id,
             "device": self.device.value,
             "precision": self.precision.value,
+            "engine": self.engine.value,
             "base_model_source": self.model.source,
             "model_type": self.model_type,
             "language": self.model.language,
@@ -99,6 +106,28 @@ def _model_loading(name: str) -> Iterator[None]:
             f"model.base_model: cannot load {name!r} ({exc}). Offline, use 'minilm' or a local folder "
             "saved with save_pretrained"
         ) from exc
+
+
+def select_engine(config: TrainConfig, device: Device, precision: Precision, checkpoints_dir: Path) -> Engine:
+    """auto: the engine of the run's checkpoints when resuming, else fast on CUDA (bf16/fp32), else trainer."""
+    requested = config.training.engine
+    engine = requested
+    if requested is Engine.AUTO:
+        newest = newest_checkpoint(checkpoints_dir)
+        if newest is not None:
+            meta = json.loads((newest.path / "checkpoint_meta.json").read_text(encoding="utf-8"))
+            engine = Engine(meta.get("engine", "trainer"))
+        elif device is Device.CUDA and precision is not Precision.FP16:
+            engine = Engine.FAST
+        else:
+            engine = Engine.TRAINER
+    if engine is Engine.TRAINER and config.training.devices > 1:
+        why = f" (auto picks trainer on {device.value})" if requested is Engine.AUTO else ""
+        raise ConfigError(
+            f"training.devices: {config.training.devices} data-parallel processes run on the fast engine; "
+            f"set training.engine: fast{why}"
+        )
+    return engine
 
 
 def build_datasets(splits: DatasetSplits, tokenizer: Any, max_length: int) -> tuple[Any, Any]:
@@ -262,13 +291,15 @@ class LoraClassificationRecipe:
             list(splits.label_map.names),
         )
         set_seed(config.training.seed)
-        self.state = state = RecipeState(device=device, precision=precision, model=model_ref, splits=splits)
-        train_dataset, eval_dataset = build_datasets(splits, self.tokenizer, config.model.max_length)
+        engine = select_engine(config, device, precision, self.run.checkpoints_dir)
+        self.state = state = RecipeState(
+            device=device, precision=precision, model=model_ref, splits=splits, engine=engine
+        )
         model = build_model(config, state)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         logger.info(
-            "model: %s (%s, %s) on %s/%s, LoRA on %s: %d of %d parameters trainable",
+            "model: %s (%s, %s) on %s/%s, LoRA on %s: %d of %d parameters trainable; %s engine%s",
             config.model.base_model,
             state.model_type,
             model_ref.language,
@@ -277,26 +308,36 @@ class LoraClassificationRecipe:
             ",".join(state.target_modules),
             state.trainable_parameters,
             state.total_parameters,
+            engine.value,
+            f" on {config.training.devices} processes" if config.training.devices > 1 else "",
         )
-        self.trainer = self._build_trainer(model, train_dataset, eval_dataset)
+        if engine is Engine.FAST:
+            from finetune_platform.training.fast_engine import FastEngine
+
+            self.trainer = FastEngine(
+                model, self.tokenizer, splits, config, self.run, device, precision, self._callbacks()
+            )
+        else:
+            train_dataset, eval_dataset = build_datasets(splits, self.tokenizer, config.model.max_length)
+            self.trainer = self._build_trainer(model, train_dataset, eval_dataset)
         return state
 
-    def _build_trainer(self, model: Any, train_dataset: Any, eval_dataset: Any) -> Any:
-        from transformers import DataCollatorWithPadding
-
+    def _callbacks(self) -> list[Any]:
+        """What every engine reports to: the progress bar, early stopping, tracking, the loss guard."""
         from finetune_platform.training.guards import NonFiniteLossGuard
         from finetune_platform.training.progress import ProgressCallback
-        from finetune_platform.training.trainer import EarlyStopping, PlatformTrainer, TrackingCallback
+        from finetune_platform.training.trainer import EarlyStopping, TrackingCallback
 
         t = self.config.training
-        metric_key = f"eval_{t.metric_for_best_model.value}"
         callbacks: list[Any] = [
-            ProgressCallback(t.batch_size * t.gradient_accumulation_steps, show_bar=self.show_progress)
+            ProgressCallback(
+                t.batch_size * t.gradient_accumulation_steps * t.devices, show_bar=self.show_progress
+            )
         ]
         if t.early_stopping_patience is not None:
             callbacks.append(
                 EarlyStopping(
-                    metric_key,
+                    f"eval_{t.metric_for_best_model.value}",
                     t.metric_for_best_model.greater_is_better,
                     t.early_stopping_patience,
                     t.early_stopping_threshold,
@@ -305,6 +346,15 @@ class LoraClassificationRecipe:
         if self.tracker is not None:
             callbacks.append(TrackingCallback(self.tracker))
         callbacks.append(NonFiniteLossGuard(self.run.checkpoints_dir))
+        return callbacks
+
+    def _build_trainer(self, model: Any, train_dataset: Any, eval_dataset: Any) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        from finetune_platform.training.trainer import PlatformTrainer
+
+        t = self.config.training
+        metric_key = f"eval_{t.metric_for_best_model.value}"
         trainer = PlatformTrainer(
             model=model,
             args=build_training_arguments(self.config, self.run, self.state),
@@ -312,7 +362,7 @@ class LoraClassificationRecipe:
             eval_dataset=eval_dataset,
             data_collator=DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=None),
             compute_metrics=trainer_compute_metrics,
-            callbacks=callbacks,
+            callbacks=self._callbacks(),
             checkpoint_root=self.run.checkpoints_dir,
             metric_key=metric_key,
             greater_is_better=t.metric_for_best_model.greater_is_better,
@@ -427,11 +477,14 @@ def quiet_libraries() -> None:
     """Keep library chatter (load reports, map bars) out of the progress display and logs."""
     import warnings
 
-    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|pyarrow)\.")
+    try:  # only the trainer engine uses it
+        import datasets
+    except ImportError:
+        return
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
