@@ -46,6 +46,7 @@ logger = logging.getLogger("finetune_platform.training")
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 LAUNCH_FILE = "launch.json"
+RNG_FILE = "rng_state.pth"
 RANK_TIMEOUT = timedelta(minutes=5)  # how long a rank waits for the others in one collective
 
 
@@ -151,12 +152,14 @@ class _Ranks:
         import torch.distributed as dist
 
         if not failed:
-            for _, process, _ in self.children:
+            self.check()  # a rank that failed before the end is an error even though rank 0 finished
+            for rank, process, _ in self.children:
                 try:
                     process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
+                except subprocess.TimeoutExpired:  # training is over: its exit no longer matters
+                    logger.warning("data-parallel rank %d did not exit 60 s after training; ended it", rank)
                     process.kill()
-            self.check()
+                    process.wait()
         else:  # the others wait in a collective that will never come: end them
             for _, process, _ in self.children:
                 process.kill()
@@ -373,6 +376,7 @@ class FastEngine:
             staged.mkdir(parents=True)
             self.model.save_pretrained(str(staged), safe_serialization=True)
             torch.save(trainer.optimizer.state_dict(), staged / OPTIMIZER_FILE)
+            torch.save(rng_state(self.device), staged / RNG_FILE)
             self.state.save_to_json(str(staged / STATE_FILE))
             meta = {"step": step, "epoch": self.state.epoch, "metric": metric, "metric_name": self.metric_key,
                     "engine": "fast"}  # fmt: skip
@@ -399,6 +403,10 @@ class FastEngine:
             )
         set_peft_model_state_dict(self.model, load_peft_weights(str(checkpoint), device=str(self.device)))
         self.state = TrainerState.load_from_json(str(checkpoint / STATE_FILE))
+        if (
+            checkpoint / RNG_FILE
+        ).is_file():  # the same dropout masks from here on as without the interruption
+            restore_rng_state(torch_load(checkpoint / RNG_FILE), self.device)
         return self.state.global_step
 
     def _launch(self, checkpoint: str | None) -> dict[str, Any]:
@@ -408,6 +416,29 @@ class FastEngine:
             "precision": "bf16" if self.settings.bf16 else "fp32",
             "checkpoint": checkpoint,
         }
+
+
+def rng_state(device: Any) -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rng_state(state: dict[str, Any], device: Any) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def torch_load(path: Path) -> Any:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def cpu_threads(device: Device, world_size: int) -> int | None:
@@ -487,9 +518,12 @@ def run_rank(folder: Path, rank: int) -> None:
         sync = is_sync_point(done.step, trainer.total_steps, t.logging_steps, eval_every)
         if sync and agree_to_stop(False, device):
             break
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
+    logging.getLogger().info("rank %d finished at step %d", rank, trainer.total_steps)
+    # Nothing is left to save here, and tearing down the process group can deadlock (gloo's destructor holds the GIL
+    # while waiting for its own thread, which needs it): leave without running destructors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

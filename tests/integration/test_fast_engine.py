@@ -1,0 +1,414 @@
+"""Tiny real runs on ``training.engine: fast``: the HF Trainer's surface (callbacks, evaluations, atomic
+checkpoints with retention, resume), engine selection, and data parallel over gloo processes on the CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from datetime import datetime
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from finetune_platform.errors import ConfigError
+from finetune_platform.training.checkpoints import (
+    STAGING_DIR,
+    CheckpointInfo,
+    commit_staged,
+    list_checkpoints,
+    select_retained,
+)
+from finetune_platform.training.config import Device, Engine, Precision, config_from_dict
+from finetune_platform.training.fast_engine import FastEngine, check_devices
+from finetune_platform.training.fast_gpu import schedule
+from finetune_platform.training.guards import NonFiniteLoss
+from finetune_platform.training.recipe import select_engine
+from finetune_platform.training.runner import run_training
+from finetune_platform.worker.control import JobCallback, JobControl, JobPreempted, StopKind
+from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
+
+pytestmark = pytest.mark.slow
+
+CHECKPOINT_FILES = {
+    "COMPLETE",
+    "checkpoint_meta.json",
+    "optimizer.pt",
+    "trainer_state.json",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+}
+
+
+@pytest.fixture
+def untracked(settings):
+    """MLflow off: these tests are about the engine, and a tracked run costs seconds."""
+    return settings.model_copy(update={"MLFLOW_ENABLED": False})
+
+
+@pytest.fixture(scope="module")
+def dropout_free_bert(tiny_bert, tmp_path_factory):
+    """tiny_bert without hidden or attention dropout: two runs of the same steps give the same weights
+    whatever state the random generator is in."""
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout") / "model"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def fast_config(model, train_file, validation_file, output_dir, **training) -> dict:
+    raw = tiny_config_dict(model, train_file, validation_file, output_dir, engine="fast", **training)
+    raw.update(precision="fp32", registry={"enabled": False})
+    return raw
+
+
+def train(settings, raw: dict, **kwargs):
+    return run_training(config_from_dict(raw), settings=settings, show_progress=False, **kwargs)
+
+
+def adapter_weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def loss_entries(checkpoint) -> list[dict]:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return [entry for entry in state["log_history"] if "loss" in entry]
+
+
+def assert_same_history(ours: list[dict], theirs: list[dict], abs: float) -> None:
+    assert [entry.keys() for entry in ours] == [entry.keys() for entry in theirs]
+    for mine, other in zip(ours, theirs, strict=True):
+        assert mine == pytest.approx(other, abs=abs)
+
+
+def test_a_fast_run_evaluates_every_epoch_and_keeps_best_last_fastest(untracked, tiny_bert, tmp_path):
+    # 100 rows in batches of 8: 12 full batches and one of 4, which a single process keeps.
+    train_file = write_csv(tmp_path / "train.csv", sentiment_rows(100, seed=1))
+    validation_file = write_csv(tmp_path / "val.csv", sentiment_rows(32, seed=2))
+    raw = fast_config(
+        tiny_bert,
+        train_file,
+        validation_file,
+        tmp_path / "r",
+        epochs=4,
+        eval_strategy="epoch",
+        eval_steps=None,
+    )
+    result = train(untracked, raw)
+    root = result.run.root
+    metrics = json.loads((root / "metrics.json").read_text())
+
+    assert metrics["train"]["global_step"] == 13 * 4
+    assert metrics["train"]["epoch"] == pytest.approx(4.0)
+    assert [(entry["step"], entry["epoch"]) for entry in metrics["history"]] == [
+        (13, 1.0),
+        (26, 2.0),
+        (39, 3.0),
+        (52, 4.0),
+    ]
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    assert config["training"]["engine"] == "fast"
+    assert config["resolved"]["engine"] == "fast"
+    assert json.loads((root / "run.json").read_text())["status"] == "succeeded"
+    logs = (root / "logs.txt").read_text()
+    assert "training: 52 steps, 8 samples per step, starting at step 0" in logs
+    assert "eval at step 39 (epoch 3.00)" in logs
+    assert sum("training.progress: step " in line for line in logs.splitlines()) == 26
+
+    # Only best, last and fastest of the four evaluated checkpoints stay, each complete and marked "fast".
+    checkpoints = result.run.checkpoints_dir
+    history = [CheckpointInfo(root, e["step"], e["epoch"], e["eval_accuracy"]) for e in metrics["history"]]
+    expected = select_retained(history, greater_is_better=True, tolerance=0.01)
+    kept = list_checkpoints(checkpoints)
+    assert [info.step for info in kept] == sorted({info.step for info in expected.values()})
+    for info in kept:
+        assert {path.name for path in info.path.iterdir()} >= CHECKPOINT_FILES
+        meta = json.loads((info.path / "checkpoint_meta.json").read_text())
+        assert meta["engine"] == "fast" and meta["metric_name"] == "eval_accuracy"
+        assert meta["metric"] == next(
+            e["eval_accuracy"] for e in metrics["history"] if e["step"] == info.step
+        )
+        assert json.loads((info.path / "trainer_state.json").read_text())["global_step"] == info.step
+    assert {role: entry["step"] for role, entry in metrics["checkpoints"].items()} == {
+        role: info.step for role, info in expected.items()
+    }
+    assert json.loads((checkpoints / "retention.json").read_text()) == metrics["checkpoints"]
+    assert not (checkpoints / STAGING_DIR).exists()
+
+    # The final adapter is the best checkpoint's: the final evaluation reproduces that evaluation.
+    best = expected["best"]
+    best_eval = next(e for e in metrics["history"] if e["step"] == best.step)
+    assert metrics["final_checkpoint"] == f"checkpoint-{best.step}"
+    assert metrics["eval"]["accuracy"] == pytest.approx(best_eval["eval_accuracy"])
+    assert metrics["eval"]["loss"] == pytest.approx(best_eval["eval_loss"], abs=1e-5)
+    assert metrics["eval"]["accuracy"] >= 0.9
+    final = adapter_weights(result.run.artifacts_dir)
+    for name, tensor in adapter_weights(checkpoints / f"checkpoint-{best.step}").items():
+        torch.testing.assert_close(final[name], tensor)
+
+    # The logged rates follow the linear schedule with warmup (52 steps, 3 of warmup, no batch scaling).
+    factor = schedule("linear", 52, 0.06)
+    logged = {entry["step"]: entry["learning_rate"] for entry in loss_entries(checkpoints / "checkpoint-52")}
+    assert sorted(logged) == list(range(2, 53, 2))
+    assert logged[2] == pytest.approx(1e-2 * 2 / 3)
+    assert logged[52] == pytest.approx(1e-2 / 49)
+    assert all(logged[step] == pytest.approx(1e-2 * factor(step - 1)) for step in logged)
+
+
+def test_early_stopping_ends_a_fast_run_after_patience(untracked, tiny_bert, sentiment_data, tmp_path):
+    train_file, validation_file = sentiment_data
+    raw = fast_config(
+        tiny_bert,
+        train_file,
+        validation_file,
+        tmp_path / "r",
+        learning_rate=1e-12,
+        eval_steps=2,
+        early_stopping_patience=2,
+        early_stopping_threshold=0.5,
+    )
+    result = train(untracked, raw)
+    # The evaluation at step 2 sets the best; those at 4 and 6 do not beat it by 0.5: the run stops at 6.
+    assert result.metrics["train"]["global_step"] == 6
+    assert [entry["step"] for entry in result.metrics["history"]] == [2, 4, 6]
+    assert [info.step for info in list_checkpoints(result.run.checkpoints_dir)] == [2, 6]
+    assert result.metrics["final_checkpoint"] == "checkpoint-2"
+    assert json.loads(result.run.state_path.read_text())["status"] == "succeeded"
+
+
+class PoisonWeights(TrainerCallback):
+    """Make the weights NaN after step ``step``, as a diverging run would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_a_fast_run_without_saving_it(untracked, tiny_bert, sentiment_data, tmp_path):
+    train_file, validation_file = sentiment_data
+    raw = fast_config(tiny_bert, train_file, validation_file, tmp_path / "r", eval_steps=12)
+    with pytest.raises(NonFiniteLoss) as caught:
+        train(untracked, raw, callbacks=[PoisonWeights(13)])
+    # Step 14 is the first NaN forward; the loss logged at step 14 averages steps 13 and 14.
+    assert str(caught.value) == (
+        "training stopped: loss is nan at step 14 (diverged; try a lower learning rate or fp32); "
+        "the last good checkpoint, checkpoint-12, is kept"
+    )
+    (folder,) = (tmp_path / "r" / "tiny").iterdir()
+    assert [info.step for info in list_checkpoints(folder / "artifacts" / "checkpoints")] == [12]
+    assert not (folder / "metrics.json").exists()
+    state = json.loads((folder / "run.json").read_text())
+    assert state["status"] == "failed" and state["error"] == str(caught.value)
+
+
+class PreemptAt(TrainerCallback):
+    """A worker shutdown (SIGTERM) arriving while step ``step`` runs."""
+
+    def __init__(self, control: JobControl, step: int) -> None:
+        self.control, self.step = control, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.control.request_stop(StopKind.PREEMPT, "worker shutting down")
+
+
+def preempt_and_resume(settings, raw: dict, step: int):
+    """Train until a preemption after ``step`` (which saves checkpoint-<step>), then resume the run."""
+    control, reports = JobControl(), []
+    config = config_from_dict(raw)
+    job = JobCallback(lambda **fields: reports.append(fields["progress"]), control, None)
+    with pytest.raises(
+        JobPreempted, match=f"^worker shutting down; saved checkpoint-{step} for the next worker$"
+    ):
+        run_training(
+            config, settings=settings, show_progress=False, callbacks=[PreemptAt(control, step), job]
+        )
+    return reports, run_training(config, resume=True, settings=settings, show_progress=False)
+
+
+def test_a_preempted_fast_run_resumes_and_ends_with_the_uninterrupted_weights(
+    untracked, dropout_free_bert, sentiment_data, tmp_path
+):
+    train_file, validation_file = sentiment_data
+    raw = fast_config(dropout_free_bert, train_file, validation_file, tmp_path / "straight", eval_steps=12)
+    straight = train(untracked, raw)
+
+    raw["output_dir"] = str(tmp_path / "preempted")
+    # Step 30 is not an evaluation step: the checkpoint exists only because the preemption asked for it.
+    reports, resumed = preempt_and_resume(untracked, raw, 30)
+    assert reports[-1] == {"step": 30, "max_steps": 96, "epoch": 2.5, "percent": 31.2}
+    folder = resumed.run.root
+    logs = (folder / "logs.txt").read_text()
+    assert "resuming from checkpoint-30" in logs
+    assert "training: 96 steps, 8 samples per step, starting at step 30" in logs
+    state = json.loads((folder / "run.json").read_text())
+    assert state["status"] == "succeeded" and state["attempts"] == 2
+
+    assert resumed.metrics["train"]["global_step"] == straight.metrics["train"]["global_step"] == 96
+    assert_same_history(resumed.metrics["history"], straight.metrics["history"], abs=1e-6)
+    assert resumed.metrics["final_checkpoint"] == straight.metrics["final_checkpoint"]
+    assert resumed.metrics["eval"]["loss"] == pytest.approx(straight.metrics["eval"]["loss"], abs=1e-6)
+    # The logged losses after the resume are the uninterrupted run's: the same batches, rates and state.
+    ours = loss_entries(resumed.run.checkpoints_dir / "checkpoint-96")
+    theirs = loss_entries(straight.run.checkpoints_dir / "checkpoint-96")
+    assert [(e["step"], e["learning_rate"]) for e in ours] == [
+        (e["step"], e["learning_rate"]) for e in theirs
+    ]
+    assert [e["loss"] for e in ours] == pytest.approx([e["loss"] for e in theirs], abs=1e-4)
+    ours, theirs = adapter_weights(resumed.run.artifacts_dir), adapter_weights(straight.run.artifacts_dir)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-5, rtol=1e-4)
+    for name, tensor in adapter_weights(resumed.run.checkpoints_dir / "checkpoint-96").items():
+        torch.testing.assert_close(
+            tensor, adapter_weights(straight.run.checkpoints_dir / "checkpoint-96")[name]
+        )
+
+
+def test_a_resumed_fast_run_with_dropout_matches_the_uninterrupted_run(
+    untracked, tiny_bert, sentiment_data, tmp_path
+):
+    train_file, validation_file = sentiment_data
+    raw = fast_config(tiny_bert, train_file, validation_file, tmp_path / "straight", eval_steps=12)
+    straight = train(untracked, raw)
+    raw["output_dir"] = str(tmp_path / "preempted")
+    _, resumed = preempt_and_resume(untracked, raw, 30)
+    ours = adapter_weights(resumed.run.checkpoints_dir / "checkpoint-96")
+    theirs = adapter_weights(straight.run.checkpoints_dir / "checkpoint-96")
+    for name in ours:  # the tolerance of the trainer engine's resume test
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-4, rtol=1e-3)
+
+
+def test_data_parallel_on_two_cpu_processes_equals_one_process_with_the_global_batch(
+    untracked, dropout_free_bert, sentiment_data, tmp_path
+):
+    train_file, validation_file = sentiment_data
+    common = dict(epochs=6, eval_strategy="epoch", eval_steps=None, learning_rate_reference_batch=8)
+    raw = fast_config(dropout_free_bert, train_file, validation_file, tmp_path / "dp", devices=2, **common)
+    parallel = train(untracked, raw)
+    raw = fast_config(
+        dropout_free_bert, train_file, validation_file, tmp_path / "one", batch_size=16, **common
+    )
+    single = train(untracked, raw)
+
+    # 96 rows in global batches of 8 × 2 processes: 6 steps an epoch.
+    assert parallel.metrics["train"]["global_step"] == 96 // (8 * 2) * 6 == 36
+    assert [entry["step"] for entry in parallel.metrics["history"]] == [6, 12, 18, 24, 30, 36]
+    ranks = parallel.run.root / "ranks"
+    assert (ranks / "rank1.log").is_file()
+    assert json.loads((ranks / "launch.json").read_text())["world_size"] == 2
+    logs = parallel.run.logs_path.read_text()
+    assert "fast engine on 2 processes" in logs
+    assert "training: 36 steps, 16 samples per step, starting at step 0" in logs
+    # The rate is scaled by sqrt(global batch 16 / reference 8); step 2 is past the warmup of int(36 × 0.06).
+    logged = loss_entries(parallel.run.checkpoints_dir / "checkpoint-36")
+    assert logged[0]["step"] == 2 and logged[0]["learning_rate"] == pytest.approx(1e-2 * math.sqrt(2))
+    assert parallel.metrics["eval"]["accuracy"] >= 0.9
+
+    # Each rank takes half of every global batch and DDP averages the gradients: the same updates as one
+    # process stepping on the whole batch of 16 at the same (scaled) rate.
+    assert single.metrics["train"]["global_step"] == 36
+    assert_same_history(parallel.metrics["history"], single.metrics["history"], abs=1e-4)
+    ours, theirs = adapter_weights(parallel.run.artifacts_dir), adapter_weights(single.run.artifacts_dir)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-4, rtol=1e-3)
+
+    # Between the last evaluation and the final one, rank 0 only waits for rank 1 to exit (it leaves without
+    # tearing down its process group, whose gloo destructor could deadlock), never the 60 s before it is killed.
+    waited = logged_at(logs, "final evaluation") - logged_at(logs, "eval at step 36 ")
+    assert waited < 30
+    assert "did not exit" not in logs
+    assert "rank 1 finished at step 36" in (parallel.run.root / "ranks" / "rank1.log").read_text()
+
+
+def logged_at(logs: str, text: str) -> float:
+    """Seconds since the epoch of the first logs.txt line containing ``text``."""
+    line = next(line for line in logs.splitlines() if text in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _config(**training):
+    return config_from_dict({"data": {"train_file": "train.csv"}, "training": training})
+
+
+@pytest.mark.parametrize(
+    ("engine", "device", "precision", "expected"),
+    [
+        ("auto", Device.CPU, Precision.FP32, Engine.TRAINER),
+        ("auto", Device.CPU, Precision.BF16, Engine.TRAINER),
+        ("auto", Device.MPS, Precision.FP32, Engine.TRAINER),
+        ("auto", Device.CUDA, Precision.BF16, Engine.FAST),
+        ("auto", Device.CUDA, Precision.FP32, Engine.FAST),
+        ("auto", Device.CUDA, Precision.FP16, Engine.TRAINER),
+        ("trainer", Device.CUDA, Precision.BF16, Engine.TRAINER),
+        ("fast", Device.CPU, Precision.FP32, Engine.FAST),
+    ],
+)
+def test_select_engine_without_checkpoints(tmp_path, engine, device, precision, expected):
+    assert select_engine(_config(engine=engine), device, precision, tmp_path) is expected
+
+
+def _checkpoint(root, step: int, **meta) -> None:
+    staged = root / STAGING_DIR / f"checkpoint-{step}"
+    staged.mkdir(parents=True)
+    commit_staged(staged, root, {"step": step, "epoch": 1.0, "metric": 0.5, **meta})
+
+
+def test_auto_keeps_the_engine_of_the_newest_checkpoint(tmp_path):
+    _checkpoint(tmp_path, 12)  # the trainer engine's meta has no "engine"
+    _checkpoint(tmp_path, 24, engine="fast")
+    assert select_engine(_config(), Device.CPU, Precision.FP32, tmp_path) is Engine.FAST
+    _checkpoint(tmp_path, 36)
+    assert select_engine(_config(), Device.CUDA, Precision.BF16, tmp_path) is Engine.TRAINER
+    # An explicit engine is not overridden by the checkpoints.
+    assert select_engine(_config(engine="fast"), Device.CPU, Precision.FP32, tmp_path) is Engine.FAST
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        (
+            "trainer",
+            "training.devices: 2 data-parallel processes run on the fast engine; set training.engine: fast",
+        ),
+        (
+            "auto",
+            "training.devices: 2 data-parallel processes run on the fast engine; set training.engine: fast "
+            "(auto picks trainer on cpu)",
+        ),
+    ],
+)
+def test_several_devices_need_the_fast_engine(tmp_path, engine, message):
+    with pytest.raises(ConfigError) as caught:
+        select_engine(_config(engine=engine, devices=2), Device.CPU, Precision.FP32, tmp_path)
+    assert str(caught.value) == message
+
+
+def test_several_devices_need_that_many_gpus_or_the_cpu(monkeypatch):
+    config = _config(engine="fast", devices=2)
+    check_devices(config, Device.CPU)
+    check_devices(_config(engine="fast"), Device.MPS)
+    with pytest.raises(ConfigError) as caught:
+        check_devices(config, Device.MPS)
+    assert str(caught.value) == "training.devices: 2 processes need CUDA GPUs (or the CPU); MPS runs one"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the check's outcome without two real GPUs
+    with pytest.raises(ConfigError) as caught:
+        check_devices(config, Device.CUDA)
+    assert str(caught.value) == (
+        "training.devices: 2 GPUs requested but 1 CUDA device(s) visible (check CUDA_VISIBLE_DEVICES)"
+    )
+
+
+def test_the_fast_engine_refuses_fp16():
+    with pytest.raises(ConfigError) as caught:
+        FastEngine(None, None, None, _config(engine="fast"), None, Device.CPU, Precision.FP16, [])
+    assert str(caught.value) == "training.engine 'fast' trains in bf16 or fp32; set precision: bf16 or fp32"
