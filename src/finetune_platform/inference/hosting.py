@@ -18,6 +18,18 @@ logger = logging.getLogger("finetune_platform.inference")
 RUNTIMES = ("onnx", "onnx-int8", "torch")
 
 
+def _predictor_options(source: AdapterSource) -> dict[str, Any]:
+    info = source.info
+    return {
+        "adapter_dir": source.adapter_dir,
+        "base_model": info.base_model,
+        "name": info.name,
+        "version": info.version,
+        "language": info.language,
+        "max_length": info.max_length,
+    }
+
+
 class BaseHost(Predictor):
     """A PyTorch base model with any number of attached PEFT adapters; ``predict`` runs under the active one.
 
@@ -29,17 +41,7 @@ class BaseHost(Predictor):
     merged = False  # PEFT switches adapters on the unmerged model
 
     def __init__(self, first: AdapterSource, device: str = "cpu") -> None:
-        super().__init__(
-            first.adapter_dir,
-            first.info.base_model,
-            name=first.info.name,
-            version=first.info.version,
-            language=first.info.language,
-            max_length=first.info.max_length,
-            device=device,
-            merge=False,
-            adapter_name=first.key,
-        )
+        super().__init__(**_predictor_options(first), device=device, merge=False, adapter_name=first.key)
         self.adapters: OrderedDict[str, AdapterSource] = OrderedDict({first.key: first})
         self.lock = threading.Lock()
 
@@ -70,16 +72,7 @@ class MergedHost(Predictor):
     merged = True
 
     def __init__(self, source: AdapterSource, device: str) -> None:
-        super().__init__(
-            source.adapter_dir,
-            source.info.base_model,
-            name=source.info.name,
-            version=source.info.version,
-            language=source.info.language,
-            max_length=source.info.max_length,
-            device=device,
-            merge=True,
-        )
+        super().__init__(**_predictor_options(source), device=device, merge=True)
         self.adapters: OrderedDict[str, AdapterSource] = OrderedDict({source.key: source})
         self.lock = threading.Lock()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,8 +37,15 @@ from finetune_platform.training.config import (
     TrainConfig,
     config_from_dict,
 )
-from finetune_platform.training.fast_gpu import FastSettings, FastTrainer, predict, to_device
-from finetune_platform.training.guards import CheckpointSaveError, TrainingStopped, kept_checkpoint
+from finetune_platform.training.fast_gpu import (
+    FastSettings,
+    FastTrainer,
+    load_data,
+    predict,
+    save_data,
+    to_device,
+)
+from finetune_platform.training.guards import TrainingStopped, staging_checkpoint
 
 logger = logging.getLogger("finetune_platform.training")
 
@@ -47,6 +53,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 LAUNCH_FILE = "launch.json"
 RNG_FILE = "rng_state.pth"
+DATA_FILE = "train.npz"
 RANK_TIMEOUT = timedelta(minutes=5)  # how long a rank waits for the others in one collective
 
 
@@ -166,6 +173,7 @@ class _Ranks:
                 process.wait()
         if dist.is_initialized():
             dist.destroy_process_group()
+        (self.folder / DATA_FILE).unlink(missing_ok=True)
 
 
 def join_group(rank: int, world_size: int, port: int, device: Device) -> None:
@@ -364,15 +372,13 @@ class FastEngine:
         import torch
 
         step = self.state.global_step
-        name = f"{PREFIX}{step}"
-        staged = self.run.staging_dir / name
-        shutil.rmtree(staged, ignore_errors=True)
+        staged = self.run.staging_dir / f"{PREFIX}{step}"
         metric = next(
             (e[self.metric_key] for e in reversed(self.state.log_history)
              if e.get("step") == step and self.metric_key in e),
             None,
         )  # fmt: skip
-        try:
+        with staging_checkpoint(staged, self.run.checkpoints_dir):
             staged.mkdir(parents=True)
             self.model.save_pretrained(str(staged), safe_serialization=True)
             torch.save(trainer.optimizer.state_dict(), staged / OPTIMIZER_FILE)
@@ -384,12 +390,6 @@ class FastEngine:
             apply_retention(
                 self.run.checkpoints_dir, self.greater_is_better, self.config.checkpoints.fastest_tolerance
             )
-        except OSError as exc:  # disk full, quota, I/O error: drop the partial copy, keep the previous ones
-            shutil.rmtree(staged, ignore_errors=True)
-            raise CheckpointSaveError(
-                f"saving {name} failed: {exc.strerror or exc} ({exc.filename or staged}); "
-                f"{kept_checkpoint(self.run.checkpoints_dir)}"
-            ) from exc
         self.control = self.callback_handler.on_save(self.args, self.state, self.control)
 
     def _load_state(self, checkpoint: Path) -> int:
@@ -410,11 +410,17 @@ class FastEngine:
         return self.state.global_step
 
     def _launch(self, checkpoint: str | None) -> dict[str, Any]:
+        """What ranks 1..N-1 start from; the training rows go as tokenised arrays (no second validation)."""
+        folder = self.run.root / "ranks"
+        folder.mkdir(exist_ok=True)
+        save_data(self.train_dataset, folder / DATA_FILE)
         return {
             "config": self.config.to_yaml_dict(),
             "device": self.device_kind.value,
             "precision": "bf16" if self.settings.bf16 else "fp32",
             "checkpoint": checkpoint,
+            "labels": list(self.label_names),
+            "pad_token_id": self.tokenizer.pad_token_id,
         }
 
 
@@ -466,7 +472,7 @@ def run_rank(folder: Path, rank: int) -> None:
     """One data-parallel rank other than 0: the same data, model and steps; rank 0 decides when to stop."""
     import torch
 
-    from finetune_platform.data.splits import load_splits
+    from finetune_platform.data.loading import LabelMap
     from finetune_platform.training.models import resolve_base_model
     from finetune_platform.training.recipe import RecipeState, build_model, quiet_libraries
 
@@ -478,30 +484,21 @@ def run_rank(folder: Path, rank: int) -> None:
     config = config_from_dict(launch["config"])
     device_kind, world = Device(launch["device"]), int(launch["world_size"])
     quiet_libraries()
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
 
     reference = resolve_base_model(config.model.base_model, config.model.language)
-    tokenizer = AutoTokenizer.from_pretrained(reference.source)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    data = config.data
-    splits = load_splits(
-        data.train_file, data.text_column, data.label_column, validation_file=data.validation_file,
-        validation_split=data.validation_split, label_names=data.label_names, max_train_rows=data.max_train_rows,
-        max_validation_rows=data.max_validation_rows, seed=config.training.seed, tokenizer=tokenizer,
-        max_length=config.model.max_length, drop_invalid=data.invalid_rows == "drop",
-    )  # fmt: skip
     set_seed(config.training.seed)
     state = RecipeState(
-        device=device_kind, precision=Precision(launch["precision"]), model=reference, splits=splits
+        device=device_kind, precision=Precision(launch["precision"]), model=reference, splits=None
     )
-    model = build_model(config, state)
+    labels = launch["labels"]
+    model = build_model(config, state, LabelMap(tuple(labels), tuple(range(len(labels)))))
     if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.pad_token_id = launch["pad_token_id"]
     cpu_threads(device_kind, world)
     device = torch_device(device_kind, rank)
     model = model.to(device)
-    train = _encode(tokenizer, splits.train, config.model.max_length, device)
+    train = load_data(folder / DATA_FILE, device)  # rank 0's validated, tokenised rows: the same batches
     settings = fast_settings(config, state.precision)
     join_group(rank, world, int(launch["port"]), device_kind)
     trainer = FastTrainer(model, train, settings, device=device, rank=rank, world_size=world)

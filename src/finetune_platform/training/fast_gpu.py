@@ -106,6 +106,24 @@ def to_device(
     )
 
 
+def save_data(data: DeviceData, path: Any) -> None:
+    """The rows as arrays on disk, for other processes of the same run (``load_data``)."""
+    np.savez(path, ids=data.ids.cpu().numpy(), labels=data.labels.cpu().numpy(), lengths=data.host_lengths)
+
+
+def load_data(path: Any, device: Any) -> DeviceData:
+    import torch
+
+    with np.load(path) as arrays:
+        ids, labels, lengths = arrays["ids"], arrays["labels"], arrays["lengths"]
+    return DeviceData(
+        ids=torch.from_numpy(ids).to(device),
+        lengths=torch.from_numpy(lengths).to(device),
+        labels=torch.from_numpy(labels).to(device),
+        host_lengths=lengths,
+    )
+
+
 def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
     """Row indices of each batch of one epoch: every row exactly once, similar lengths together."""
     rows = len(lengths)

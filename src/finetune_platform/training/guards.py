@@ -7,7 +7,10 @@ registration never run on a run that did not finish.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,21 @@ class CheckpointSaveError(TrainingStopped):
 def kept_checkpoint(checkpoints_dir: Path) -> str:
     info = newest_checkpoint(checkpoints_dir)
     return f"the last good checkpoint, {info.path.name}, is kept" if info else "no checkpoint had been saved"
+
+
+@contextlib.contextmanager
+def staging_checkpoint(staged: Path, checkpoints_dir: Path) -> Iterator[Path]:
+    """Write a checkpoint into ``staged`` (emptied first). Disk full, quota or an I/O error removes the partial copy
+    and becomes a CheckpointSaveError; the checkpoints already in ``checkpoints_dir`` are untouched."""
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        yield staged
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise CheckpointSaveError(
+            f"saving {staged.name} failed: {exc.strerror or exc} ({exc.filename or staged}); "
+            f"{kept_checkpoint(checkpoints_dir)}"
+        ) from exc
 
 
 class NonFiniteLossGuard(TrainerCallback):

@@ -44,7 +44,7 @@ class RecipeState:
     device: Device
     precision: Precision
     model: ResolvedModel
-    splits: DatasetSplits
+    splits: DatasetSplits | None  # None only in a data-parallel rank other than 0 (it gets tokenised rows)
     engine: Engine = Engine.TRAINER
     target_modules: list[str] = field(default_factory=list)
     model_type: str = ""
@@ -146,12 +146,13 @@ def build_datasets(splits: DatasetSplits, tokenizer: Any, max_length: int) -> tu
     return train, validation
 
 
-def build_model(config: TrainConfig, state: RecipeState) -> Any:
+def build_model(config: TrainConfig, state: RecipeState, label_map: Any = None) -> Any:
+    """The base model with a ``label_map``-sized head (default: the data's labels) and LoRA attached."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    label_map = state.splits.label_map
+    label_map = label_map or state.splits.label_map
     with _model_loading(state.model.name):
         model = AutoModelForSequenceClassification.from_pretrained(
             state.model.source,

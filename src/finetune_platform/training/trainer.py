@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import Trainer, TrainerCallback
 
 from finetune_platform.training.checkpoints import PREFIX, apply_retention, commit_staged
-from finetune_platform.training.guards import CheckpointSaveError, kept_checkpoint
+from finetune_platform.training.guards import staging_checkpoint
 
 
 class MetricSink(Protocol):
@@ -47,17 +46,9 @@ class PlatformTrainer(Trainer):
         return None
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        name = f"{PREFIX}{self.state.global_step}"
-        staged = Path(self.args.output_dir) / name
-        shutil.rmtree(staged, ignore_errors=True)
-        try:
+        staged = Path(self.args.output_dir) / f"{PREFIX}{self.state.global_step}"
+        with staging_checkpoint(staged, self.checkpoint_root):
             self._write_checkpoint(model, trial, staged)
-        except OSError as exc:  # disk full, quota, I/O error: drop the partial copy, keep the previous ones
-            shutil.rmtree(staged, ignore_errors=True)
-            raise CheckpointSaveError(
-                f"saving {name} failed: {exc.strerror or exc} ({exc.filename or staged}); "
-                f"{kept_checkpoint(self.checkpoint_root)}"
-            ) from exc
 
     def _write_checkpoint(self, model: Any, trial: Any, staged: Path) -> None:
         super()._save_checkpoint(model, trial)
