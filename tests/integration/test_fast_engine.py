@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from datetime import datetime
 
 import pytest
@@ -25,7 +26,7 @@ from finetune_platform.training.checkpoints import (
 from finetune_platform.training.config import Device, Engine, Precision, config_from_dict
 from finetune_platform.training.fast_engine import FastEngine, check_devices
 from finetune_platform.training.fast_gpu import schedule
-from finetune_platform.training.guards import NonFiniteLoss
+from finetune_platform.training.guards import NonFiniteLoss, TrainingStopped
 from finetune_platform.training.recipe import select_engine
 from finetune_platform.training.runner import run_training
 from finetune_platform.worker.control import JobCallback, JobControl, JobPreempted, StopKind
@@ -412,3 +413,35 @@ def test_the_fast_engine_refuses_fp16():
     with pytest.raises(ConfigError) as caught:
         FastEngine(None, None, None, _config(engine="fast"), None, Device.CPU, Precision.FP16, [])
     assert str(caught.value) == "training.engine 'fast' trains in bf16 or fp32; set precision: bf16 or fp32"
+
+
+def test_too_few_rows_for_one_global_batch_is_refused_before_any_rank_starts(
+    untracked, tiny_bert, sentiment_data, tmp_path
+):
+    train_file, validation_file = sentiment_data  # 96 training rows
+    raw = fast_config(tiny_bert, train_file, validation_file, tmp_path / "r", batch_size=64, devices=2)
+    with pytest.raises(ConfigError) as caught:
+        train(untracked, raw)
+    assert str(caught.value) == (
+        "training.batch_size: 96 training rows make no full batch of 64 rows × 1 accumulation steps × 2 devices; "
+        "lower training.batch_size"
+    )
+    (run,) = (tmp_path / "r" / "tiny").iterdir()
+    assert not (run / "ranks").exists()
+
+
+def test_a_rank_that_cannot_start_fails_the_run_at_once_with_its_log(
+    untracked, tiny_bert, sentiment_data, tmp_path, monkeypatch
+):
+    train_file, validation_file = sentiment_data
+    raw = fast_config(tiny_bert, train_file, validation_file, tmp_path / "r", devices=2)
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no-python-here"))  # rank 1's interpreter cannot start
+    started = time.monotonic()
+    with pytest.raises(TrainingStopped) as caught:
+        train(untracked, raw)
+    assert time.monotonic() - started < 60  # not the 5-minute rendezvous timeout
+    assert str(caught.value).startswith("data-parallel rank 1 failed (exit 1): ")
+    assert "No module named 'encodings'" in str(caught.value)
+    (run,) = (tmp_path / "r" / "tiny").iterdir()
+    assert not (run / "ranks" / "train.npz").exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"

@@ -151,7 +151,7 @@ def test_every_epoch_drops_the_partial_global_batch(tiny_bert, monkeypatch, worl
     import torch
 
     # Planning needs no process group: DDP is replaced by the bare module.
-    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, device_ids=None: module)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **options: module)
     data = _data(tiny_bert, rows=100)
     settings = FastSettings(batch_size=16 // world_size, epochs=8, bf16=False, seed=7, compile=compile_mode)
     trainer = _trainer(tiny_bert, data, settings, world_size=world_size)

@@ -134,7 +134,7 @@ def serve(
             app.state.pool.key_for(model)
         )  # fail now, with the reason, if it cannot be served
     except NotFoundError as error:
-        if model is not None:
+        if model is not None or run is not None:
             raise fail(error) from None
         # A fresh deployment has no model yet: serve anyway (the first registered one is picked up).
         typer.secho(f"warning: {error}; /predict answers 404 until a model is registered", err=True)

@@ -287,6 +287,12 @@ class BatchRequest(BaseModel):
 def create_serve_app(settings: Settings, model: str | None = None, run_folder: Path | None = None) -> FastAPI:
     """The inference app. ``run_folder``: serve that run's adapter as the default model, without the registry."""
     device = serving_device(settings.SERVE_DEVICE)
+    if device != "cpu" and settings.SERVE_RUNTIME != "torch":
+        logger.info(
+            "serving on %s with PyTorch (SERVE_RUNTIME=%s runs on the CPU only)",
+            device,
+            settings.SERVE_RUNTIME,
+        )
     pool = ModelPool(
         settings,
         model,

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +41,7 @@ from finetune_platform.training.config import (
 from finetune_platform.training.fast_gpu import (
     FastSettings,
     FastTrainer,
+    RankOutOfMemory,
     load_data,
     predict,
     save_data,
@@ -87,6 +89,17 @@ def fast_settings(config: TrainConfig, precision: Precision) -> FastSettings:
     )
 
 
+def check_rows(config: TrainConfig, rows: int) -> None:
+    """Data-parallel and compiled runs train on full batches only: there must be at least one."""
+    t = config.training
+    global_batch = t.batch_size * t.gradient_accumulation_steps * t.devices
+    if (t.devices > 1 or t.compile != "none") and rows < global_batch:
+        raise ConfigError(
+            f"training.batch_size: {rows} training rows make no full batch of {t.batch_size} rows × "
+            f"{t.gradient_accumulation_steps} accumulation steps × {t.devices} devices; lower training.batch_size"
+        )
+
+
 def torch_device(device: Device, rank: int = 0) -> Any:
     import torch
 
@@ -126,26 +139,48 @@ class _Ranks:
         launch = {**launch, "port": self.port, "world_size": world_size}
         write_atomic(self.folder / LAUNCH_FILE, json.dumps(launch, indent=2))
         self.children: list[tuple[int, subprocess.Popen, Path]] = []
-        for rank in range(1, world_size):
-            log = self.folder / f"rank{rank}.log"
-            with log.open("w", encoding="utf-8") as handle:
-                process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "finetune_platform.training.fast_engine",
-                        str(self.folder),
-                        str(rank),
-                    ],
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-            self.children.append((rank, process, log))
-        logger.info(
-            "data parallel over %d processes (ranks 1..%d: %s)", world_size, world_size - 1, self.folder
-        )
-        join_group(0, world_size, self.port, device)
+        try:
+            for rank in range(1, world_size):
+                self.children.append(self._spawn(rank))
+            logger.info(
+                "data parallel over %d processes (ranks 1..%d: %s)", world_size, world_size - 1, self.folder
+            )
+            self._rendezvous()
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def _spawn(self, rank: int) -> tuple[int, subprocess.Popen, Path]:
+        log = self.folder / f"rank{rank}.log"
+        with log.open("w", encoding="utf-8") as handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "finetune_platform.training.fast_engine", str(self.folder), str(rank)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return rank, process, log
+
+    def _rendezvous(self) -> None:
+        """Join the group while watching the ranks: one that dies while loading fails the run now, with its log,
+        instead of after the rendezvous timeout."""
+        joined: list[BaseException | None] = []
+
+        def join() -> None:
+            try:
+                join_group(0, self.world_size, self.port, self.device)
+                joined.append(None)
+            except BaseException as exc:  # handed to the main thread
+                joined.append(exc)
+
+        thread = threading.Thread(target=join, name="rank0-rendezvous", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            self.check()
+            thread.join(timeout=0.5)
+        if joined and joined[0] is not None:
+            self.check()  # a dead rank explains a failed rendezvous better than the store's timeout
+            raise joined[0]
 
     def check(self) -> None:
         """Raise (with the end of its log) if a rank has died."""
@@ -156,24 +191,29 @@ class _Ranks:
                 raise TrainingStopped(f"data-parallel rank {rank} failed (exit {code}): " + " | ".join(tail))
 
     def close(self, failed: bool) -> None:
+        """End the ranks (waiting for them after a successful run), leave the group, remove the shared rows."""
         import torch.distributed as dist
 
-        if not failed:
-            self.check()  # a rank that failed before the end is an error even though rank 0 finished
-            for rank, process, _ in self.children:
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:  # training is over: its exit no longer matters
-                    logger.warning("data-parallel rank %d did not exit 60 s after training; ended it", rank)
+        try:
+            if not failed:
+                self.check()  # a rank that failed before the end is an error even though rank 0 finished
+                for rank, process, _ in self.children:
+                    try:
+                        process.wait(timeout=60)
+                    except subprocess.TimeoutExpired:  # training is over: its exit no longer matters
+                        logger.warning(
+                            "data-parallel rank %d did not exit 60 s after training; ended it", rank
+                        )
+        finally:
+            for _, process, _ in self.children:  # the others may wait in a collective that will never come
+                if process.poll() is None:
                     process.kill()
-                    process.wait()
-        else:  # the others wait in a collective that will never come: end them
-            for _, process, _ in self.children:
-                process.kill()
                 process.wait()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        (self.folder / DATA_FILE).unlink(missing_ok=True)
+            try:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+            finally:
+                (self.folder / DATA_FILE).unlink(missing_ok=True)
 
 
 def join_group(rank: int, world_size: int, port: int, device: Device) -> None:
@@ -200,6 +240,18 @@ def agree_to_stop(stop: bool, device: Any) -> bool:
 
 def is_sync_point(step: int, total: int, logging_steps: int, eval_steps: int) -> bool:
     return step == total or step % logging_steps == 0 or step % eval_steps == 0
+
+
+def is_log_step(step: int, total: int, logging_steps: int) -> bool:
+    return step % logging_steps == 0 or step == total
+
+
+def mean_over_ranks(value: Any, world_size: int) -> None:
+    """In place: the mean of ``value`` over all ranks (every rank calls it at the same steps)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(value)
+    value /= world_size
 
 
 class FastEngine:
@@ -231,6 +283,7 @@ class FastEngine:
         self.label_names = splits.label_map.names
         max_length = config.model.max_length
         self.train_dataset = _encode(tokenizer, splits.train, max_length, self.device)
+        check_rows(config, len(self.train_dataset))
         self.eval_dataset = _encode(tokenizer, splits.validation, max_length, self.device)
         t = config.training
         world = t.devices
@@ -262,11 +315,16 @@ class FastEngine:
         start_step = self._load_state(Path(resume_from_checkpoint)) if resume_from_checkpoint else 0
         ranks = None
         threads = cpu_threads(self.device_kind, t.devices)
-        if t.devices > 1:
-            ranks = _Ranks(self.run.root, self._launch(resume_from_checkpoint), t.devices, self.device_kind)
         failed = True
         try:
-            output = self._train(start_step, resume_from_checkpoint, ranks)
+            if t.devices > 1:
+                ranks = _Ranks(
+                    self.run.root, self._launch(resume_from_checkpoint), t.devices, self.device_kind
+                )
+            try:
+                output = self._train(start_step, resume_from_checkpoint, ranks)
+            except RankOutOfMemory as exc:
+                raise ConfigError(f"training.batch_size: {exc}") from exc
             failed = False
             return TrainOutput(*output)
         finally:
@@ -308,7 +366,9 @@ class FastEngine:
             sync = is_sync_point(done.step, trainer.total_steps, t.logging_steps, eval_every)
             if world > 1 and not sync:
                 continue  # decisions wait for the next sync point: no host round trip per step
-            control.should_log = done.step % t.logging_steps == 0 or done.step == trainer.total_steps
+            control.should_log = is_log_step(done.step, trainer.total_steps, t.logging_steps)
+            if ranks is not None and control.should_log:
+                mean_over_ranks(running, world)  # the loss of the whole batch, not of rank 0's share
             control.should_evaluate = control.should_save = (
                 done.step % eval_every == 0 or done.step == trainer.total_steps
             )
@@ -511,9 +571,15 @@ def run_rank(folder: Path, rank: int) -> None:
         start = TrainerState.load_from_json(str(checkpoint / STATE_FILE)).global_step
     t = config.training
     eval_every = trainer.steps_per_epoch if t.eval_strategy is EvalStrategy.EPOCH else t.eval_steps
+    running = torch.zeros((), device=device)
     for done in trainer.steps(start):
-        sync = is_sync_point(done.step, trainer.total_steps, t.logging_steps, eval_every)
-        if sync and agree_to_stop(False, device):
+        running += done.loss
+        if not is_sync_point(done.step, trainer.total_steps, t.logging_steps, eval_every):
+            continue
+        if is_log_step(done.step, trainer.total_steps, t.logging_steps):  # matches rank 0's logging
+            mean_over_ranks(running, world)
+            running.zero_()
+        if agree_to_stop(False, device):
             break
     logging.getLogger().info("rank %d finished at step %d", rank, trainer.total_steps)
     # Nothing is left to save here, and tearing down the process group can deadlock (gloo's destructor holds the GIL

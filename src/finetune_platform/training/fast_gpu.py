@@ -38,6 +38,10 @@ PAD_MULTIPLE = 8
 CHUNK_BATCHES = 64  # batches sorted by length together: enough to bucket well, few enough to stay random
 
 
+class RankOutOfMemory(RuntimeError):
+    """CUDA ran out of memory in a data-parallel run, where the micro-batch cannot be halved on one rank alone."""
+
+
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
 
 
@@ -243,7 +247,9 @@ class FastTrainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.model = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
+                self.model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False,  # the encoder's buffers are constants: no collective per forward pass
             )
         self.optimizer = torch.optim.AdamW(
             trainable,
@@ -370,8 +376,15 @@ class FastTrainer:
             try:
                 loss = self._forward_backward(index, rows)
                 break
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError as exc:
                 self.optimizer.zero_grad(set_to_none=True)
+                if (
+                    self.world_size > 1
+                ):  # one rank cannot change its batches alone: the collectives would differ
+                    raise RankOutOfMemory(
+                        f"CUDA out of memory on data-parallel rank {self.rank} with micro-batches of "
+                        f"{self.micro_batch} rows; use smaller batches"
+                    ) from exc
                 if self.micro_batch == 1:
                     raise
                 self.micro_batch = max(1, self.micro_batch // 2)

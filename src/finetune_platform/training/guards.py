@@ -48,10 +48,11 @@ def staging_checkpoint(staged: Path, checkpoints_dir: Path) -> Iterator[Path]:
     shutil.rmtree(staged, ignore_errors=True)
     try:
         yield staged
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(staged, ignore_errors=True)
         raise CheckpointSaveError(
-            f"saving {staged.name} failed: {exc.strerror or exc} ({exc.filename or staged}); "
+            f"saving {staged.name} failed: {getattr(exc, 'strerror', None) or exc} "
+            f"({getattr(exc, 'filename', None) or staged}); "
             f"{kept_checkpoint(checkpoints_dir)}"
         ) from exc
 
