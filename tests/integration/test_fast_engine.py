@@ -394,6 +394,15 @@ def test_several_devices_need_the_fast_engine(tmp_path, engine, message):
     assert str(caught.value) == message
 
 
+def test_several_devices_in_fp16_are_told_to_change_the_precision_too(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        select_engine(_config(engine="auto", devices=2), Device.CUDA, Precision.FP16, tmp_path)
+    assert str(caught.value) == (
+        "training.devices: 2 data-parallel processes run on the fast engine; set training.engine: fast and "
+        "precision: bf16 or fp32 (the fast engine does not train in fp16) (auto picks trainer on cuda)"
+    )
+
+
 def test_several_devices_need_that_many_gpus_or_the_cpu(monkeypatch):
     config = _config(engine="fast", devices=2)
     check_devices(config, Device.CPU)

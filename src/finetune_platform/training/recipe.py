@@ -123,9 +123,11 @@ def select_engine(config: TrainConfig, device: Device, precision: Precision, che
             engine = Engine.TRAINER
     if engine is Engine.TRAINER and config.training.devices > 1:
         why = f" (auto picks trainer on {device.value})" if requested is Engine.AUTO else ""
+        fix = "set training.engine: fast"
+        if precision is Precision.FP16:
+            fix += " and precision: bf16 or fp32 (the fast engine does not train in fp16)"
         raise ConfigError(
-            f"training.devices: {config.training.devices} data-parallel processes run on the fast engine; "
-            f"set training.engine: fast{why}"
+            f"training.devices: {config.training.devices} data-parallel processes run on the fast engine; {fix}{why}"
         )
     return engine
 
