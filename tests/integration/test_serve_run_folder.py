@@ -50,22 +50,20 @@ def test_a_run_folder_is_served_without_a_registry(run_folder, tmp_path):
     assert not (tmp_path / "empty-home" / "mlflow.db").exists()
 
 
-def test_serve_refuses_a_model_and_a_run_together(run_folder, cli_env):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--model", "other"], "error: give --model or --run, not both"),
+        (["--device", "tpu"], "error: --device 'tpu': choose auto, cpu, cuda or mps"),
+    ],
+)
+def test_serve_refuses_bad_options(run_folder, cli_env, options, message):
     done = subprocess.run(
-        [finetune_bin(), "serve", "--run", str(run_folder), "--model", "other"],
+        [finetune_bin(), "serve", "--run", str(run_folder), *options],
         env=cli_env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2
-    assert "error: give --model or --run, not both" in done.stderr
-
-
-def test_serve_refuses_an_unknown_device(run_folder, cli_env):
-    done = subprocess.run(
-        [finetune_bin(), "serve", "--run", str(run_folder), "--device", "tpu"],
-        env=cli_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert "error: --device 'tpu': choose auto, cpu, cuda or mps" in done.stderr
+    assert message in done.stderr
 
 
 def test_the_merged_host_answers_as_the_merged_predictor(run_folder):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -238,12 +239,29 @@ def agree_to_stop(stop: bool, device: Any) -> bool:
     return bool(flag.item())
 
 
-def is_sync_point(step: int, total: int, logging_steps: int, eval_steps: int) -> bool:
-    return step == total or step % logging_steps == 0 or step % eval_steps == 0
-
-
 def is_log_step(step: int, total: int, logging_steps: int) -> bool:
     return step % logging_steps == 0 or step == total
+
+
+def is_eval_step(step: int, total: int, eval_every: int) -> bool:
+    """Evaluate (and checkpoint) here; the last step always."""
+    return step % eval_every == 0 or step == total
+
+
+def is_sync_point(step: int, total: int, logging_steps: int, eval_every: int) -> bool:
+    """Where the ranks agree on stopping: every logging and evaluation step."""
+    return is_log_step(step, total, logging_steps) or is_eval_step(step, total, eval_every)
+
+
+def eval_interval(trainer: FastTrainer, training: Any) -> int:
+    return trainer.steps_per_epoch if training.eval_strategy is EvalStrategy.EPOCH else training.eval_steps
+
+
+def load_optimizer(trainer: FastTrainer, checkpoint: Path) -> None:
+    import torch
+
+    state = torch.load(checkpoint / OPTIMIZER_FILE, map_location=trainer.device)
+    trainer.optimizer.load_state_dict(state)
 
 
 def mean_over_ranks(value: Any, world_size: int) -> None:
@@ -346,15 +364,13 @@ class FastEngine:
         trainer = FastTrainer(self.model, self.train_dataset, self.settings, device=self.device, rank=0,
                               world_size=world)  # fmt: skip
         if checkpoint:
-            trainer.optimizer.load_state_dict(
-                torch.load(Path(checkpoint) / OPTIMIZER_FILE, map_location=self.device)
-            )
+            load_optimizer(trainer, Path(checkpoint))
         state, control, handler, args = self.state, self.control, self.callback_handler, self.args
         handler.optimizer = trainer.optimizer
         state.max_steps, state.logging_steps = trainer.total_steps, t.logging_steps
-        state.num_train_epochs = math_ceil(trainer.total_steps / trainer.steps_per_epoch)
+        state.num_train_epochs = math.ceil(trainer.total_steps / trainer.steps_per_epoch)
         state.train_batch_size = t.batch_size
-        eval_every = trainer.steps_per_epoch if t.eval_strategy is EvalStrategy.EPOCH else t.eval_steps
+        eval_every = eval_interval(trainer, t)
         handler.on_train_begin(args, state, control)
         running = torch.zeros((), device=self.device)
         interval_start, total_loss, samples = state.global_step, 0.0, 0
@@ -369,8 +385,8 @@ class FastEngine:
             control.should_log = is_log_step(done.step, trainer.total_steps, t.logging_steps)
             if ranks is not None and control.should_log:
                 mean_over_ranks(running, world)  # the loss of the whole batch, not of rank 0's share
-            control.should_evaluate = control.should_save = (
-                done.step % eval_every == 0 or done.step == trainer.total_steps
+            control.should_evaluate = control.should_save = is_eval_step(
+                done.step, trainer.total_steps, eval_every
             )
             control = handler.on_step_end(args, state, control)
             if control.should_log and done.step > interval_start:
@@ -519,10 +535,6 @@ def cpu_threads(device: Device, world_size: int) -> int | None:
     return before
 
 
-def math_ceil(value: float) -> int:
-    return -int(-value // 1)
-
-
 def _encode(tokenizer: Any, frame: Any, max_length: int, device: Any) -> Any:
     return to_device(tokenizer, frame["text"].tolist(), frame["label_id"].tolist(), max_length, device)
 
@@ -567,10 +579,10 @@ def run_rank(folder: Path, rank: int) -> None:
         from transformers import TrainerState
 
         checkpoint = Path(launch["checkpoint"])
-        trainer.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location=device))
+        load_optimizer(trainer, checkpoint)
         start = TrainerState.load_from_json(str(checkpoint / STATE_FILE)).global_step
     t = config.training
-    eval_every = trainer.steps_per_epoch if t.eval_strategy is EvalStrategy.EPOCH else t.eval_steps
+    eval_every = eval_interval(trainer, t)
     running = torch.zeros((), device=device)
     for done in trainer.steps(start):
         running += done.loss
