@@ -107,6 +107,12 @@ class ModelPool:
             self.default_key = key
         return key
 
+    def serve_local(self, source: AdapterSource) -> None:
+        """Make an adapter from a run folder the default model; its key resolves without the registry."""
+        self.local.add(source.key)
+        self._sources[source.key] = source
+        self.default = source.key
+
     def source(self, key: str) -> AdapterSource:
         return self._sources[key]
 
@@ -302,10 +308,7 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         device,
     )
     if run_folder is not None:
-        source = source_from_run(run_folder)
-        pool.local.add(source.key)
-        pool._sources[source.key] = source
-        pool.default = source.key
+        pool.serve_local(source_from_run(run_folder))
     batcher = Batcher(pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH)
     resolver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolve")
     app = FastAPI(

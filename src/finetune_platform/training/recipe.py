@@ -23,6 +23,7 @@ from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.errors import ConfigError
 from finetune_platform.training.checkpoints import (
+    META_FILE,
     list_checkpoints,
     newest_checkpoint,
     remove_incomplete,
@@ -115,7 +116,7 @@ def select_engine(config: TrainConfig, device: Device, precision: Precision, che
     if requested is Engine.AUTO:
         newest = newest_checkpoint(checkpoints_dir)
         if newest is not None:
-            meta = json.loads((newest.path / "checkpoint_meta.json").read_text(encoding="utf-8"))
+            meta = json.loads((newest.path / META_FILE).read_text(encoding="utf-8"))
             engine = Engine(meta.get("engine", "trainer"))
         elif device is Device.CUDA and precision is not Precision.FP16:
             engine = Engine.FAST
