@@ -23,6 +23,7 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,20 +94,25 @@ def make_run_folder(model_dir: Path, data: Path, folder: Path, device_name: str,
     return {"train_seconds": result.seconds, "fast_path_dev_accuracy": dev_accuracy}
 
 
+SERVERS = ("baseline", "platform-eager", "platform")  # platform-eager: SERVE_CUDA_GRAPHS=false
+
+
 # -- the servers -------------------------------------------------------------------------------------------
-def serve_platform(run_folder: Path, port: int, device: str) -> None:
+def serve_platform(run_folder: Path, port: int, device: str, graphs: str) -> None:
     import uvicorn
 
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.inference.server import create_serve_app, freeze_heap
     from finetune_platform.settings import Settings
 
     home = run_folder.parent / "home"
     settings = Settings(FINETUNE_HOME=home, ENVIRONMENT="local", METRICS_ENABLED=False, SERVE_DEVICE=device,
-                        SERVE_RUNTIME="torch", SERVE_MAX_BATCH=256)  # fmt: skip
+                        SERVE_RUNTIME="torch", SERVE_MAX_BATCH=256,
+                        SERVE_CUDA_GRAPHS=graphs == "on")  # fmt: skip
     app = create_serve_app(settings, run_folder=run_folder)
     app.state.pool.load(
         app.state.pool.key_for(None)
     )  # load before accepting requests, as finetune serve does
+    freeze_heap()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -130,16 +136,9 @@ def start(kind: str, run_folder: Path, port: int, device: str) -> subprocess.Pop
         env.update(
             BASELINE_MODEL_DIR=str(run_folder / "merged"), BASELINE_DEVICE="0" if device == "cuda" else "-1"
         )
-    command = [
-        sys.executable,
-        __file__,
-        f"--{kind}",
-        str(run_folder),
-        "--port",
-        str(port),
-        "--device",
-        device,
-    ]
+    server = "--baseline" if kind == "baseline" else "--platform"
+    command = [sys.executable, __file__, server, str(run_folder), "--port", str(port), "--device", device,
+               "--graphs", "off" if kind == "platform-eager" else "on"]  # fmt: skip
     process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -154,15 +153,21 @@ def start(kind: str, run_folder: Path, port: int, device: str) -> subprocess.Pop
 
 
 # -- the load ------------------------------------------------------------------------------------------------
-async def _client(port: int, bodies: list[bytes], offset: int, until: float, latencies: list[float]) -> None:
+def request_bytes(path: str, body: bytes | None) -> bytes:
+    if body is None:
+        return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+
+
+async def _client(
+    port: int, requests: list[bytes], offset: int, until: float, latencies: list[float]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = offset
     while time.perf_counter() < until:
-        index = i % len(bodies)
-        body = bodies[index]
         started = time.perf_counter()
-        writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-                     + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+        writer.write(requests[i % len(requests)])
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length")))  # fmt: skip
@@ -175,37 +180,63 @@ async def _client(port: int, bodies: list[bytes], offset: int, until: float, lat
 
 
 def _load_process(
-    port: int, bodies: list[bytes], connections: int, first: int, seconds: float, queue
+    port: int, requests: list[bytes], connections: int, first: int, seconds: float, queue
 ) -> None:
     async def main() -> list[float]:
         latencies: list[float] = []
         until = time.perf_counter() + seconds
-        await asyncio.gather(*(_client(port, bodies, first + 97 * c, until, latencies)
+        await asyncio.gather(*(_client(port, requests, first + 97 * c, until, latencies)
                                for c in range(connections)))  # fmt: skip
         return latencies
 
     queue.put(asyncio.run(main()))
 
 
-def load(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict:
+def batches_so_far(port: int) -> int | None:
+    """The platform server's count of batches run (GET /models); None for the baseline."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=10) as response:
+            return json.loads(response.read())["batches"]
+    except Exception:
+        return None
+
+
+def load(port: int, requests: list[bytes], clients: int, seconds: float, profile: Path | None = None,
+         pid: int | None = None) -> dict:  # fmt: skip
     processes = min(clients, 8)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     shares = [clients // processes + (1 if p < clients % processes else 0) for p in range(processes)]
-    workers = [context.Process(target=_load_process, args=(port, bodies, n, 1000 * p, seconds, queue))
+    workers = [context.Process(target=_load_process, args=(port, requests, n, 1000 * p, seconds, queue))
                for p, n in enumerate(shares)]  # fmt: skip
+    batches = batches_so_far(port)
     for worker in workers:
         worker.start()
+    spy = None
+    if profile is not None and pid is not None and shutil.which("py-spy"):
+        # who holds the GIL during the middle of the point, by thread
+        command = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, int(seconds) - 2)),
+                   "--rate", "250", "--gil", "--threads", "--nonblocking", "--format", "raw",
+                   "--output", str(profile)]  # fmt: skip
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     latencies = sorted(x for _ in workers for x in queue.get())
     for worker in workers:
         worker.join()
-    return {
+    if spy is not None:
+        spy.wait(timeout=60)
+    point = {
         "clients": clients,
         "requests_per_second": len(latencies) / seconds,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
         "requests": len(latencies),
     }
+    if batches is not None:
+        # /models itself is not a prediction; any batch count change comes from this point's requests
+        point["texts_per_batch"] = len(latencies) / max(1, batches_so_far(port) - batches)
+    return point
 
 
 def classify_all(port: int, texts: list[str]) -> list[str]:
@@ -246,12 +277,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="*", default=[1, 64])
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a quick check of the script.")
     parser.add_argument("--train-rows", type=int, default=None, help="Train the adapter on the first N rows.")
+    parser.add_argument("--note", default="", help="What changed since the last run (kept with the results).")
+    parser.add_argument(
+        "--profile", type=Path, help="Folder for py-spy GIL profiles of the largest load point."
+    )
     parser.add_argument("--platform", type=Path, help=argparse.SUPPRESS)  # internal: run one server
     parser.add_argument("--baseline", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--graphs", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.platform:
-        serve_platform(args.platform, args.port, args.device)
+        serve_platform(args.platform, args.port, args.device, args.graphs)
         return
     if args.baseline:
         serve_baseline(args.port)
@@ -260,15 +296,19 @@ def main() -> None:
 
     run_folder = args.work / "run"
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    record: dict = {"gpu": gpu, "torch": torch.__version__, "seconds": args.seconds}
+    record: dict = {"gpu": gpu, "torch": torch.__version__, "seconds": args.seconds, "change": args.note}
     record["adapter"] = make_run_folder(args.model_dir, args.data, run_folder, args.device, args.train_rows)
     print(f"{record['gpu']}: adapter trained, fast-path dev accuracy {record['adapter']['fast_path_dev_accuracy']:.4f}",
           flush=True)  # fmt: skip
     texts, labels = read_tsv(args.data / "dev.tsv")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    if args.device == "cuda":
+        record["host"] = host_timing(run_folder, texts)
     names = ["negative", "positive"]
-    bodies = [json.dumps({"text": text}).encode() for text in texts]
+    requests = [request_bytes("/predict", json.dumps({"text": text}).encode()) for text in texts]
     predictions = {}
-    for kind in ("baseline", "platform"):
+    for kind in SERVERS:
         port = free_port()
         process = start(kind, run_folder, port, args.device)
         try:
@@ -277,30 +317,75 @@ def main() -> None:
             predictions[kind] = answers
             accuracy = sum(a == names[y] for a, y in zip(answers, labels, strict=True)) / len(labels)
             row = {"dev_accuracy": accuracy}
-            load(port, bodies, 8, 2.0)  # warm-up
+            load(port, requests, 8, 2.0)  # warm-up
             for clients in args.clients:
-                row[str(clients)] = load(port, bodies, clients, args.seconds)
-                point = row[str(clients)]
-                print(f"{kind:<9} {clients:>3} clients: {point['requests_per_second']:>8.0f} req/s  "
-                      f"p50 {point['p50_ms']:.1f} ms  p99 {point['p99_ms']:.1f} ms", flush=True)  # fmt: skip
+                profile = (
+                    args.profile / f"{kind}-{clients}.txt"
+                    if args.profile and clients == max(args.clients)
+                    else None
+                )
+                row[str(clients)] = point = load(port, requests, clients, args.seconds, profile, process.pid)
+                batch = f"  {point['texts_per_batch']:.1f} texts/batch" if "texts_per_batch" in point else ""
+                print(f"{kind:<14} {clients:>3} clients: {point['requests_per_second']:>8.0f} req/s  "
+                      f"p50 {point['p50_ms']:.1f} ms  p99 {point['p99_ms']:.1f} ms{batch}", flush=True)  # fmt: skip
+            if kind != "baseline":  # the HTTP stack's own ceiling: GET /health, no model
+                row["health_64"] = load(port, [request_bytes("/health", None)], 64, 3.0)
+                print(f"{kind:<14} GET /health, 64 clients: {row['health_64']['requests_per_second']:.0f} req/s",
+                      flush=True)  # fmt: skip
             record[kind] = row
         finally:
             process.terminate()
             process.wait()
-    record["agreement"] = sum(
-        a == b for a, b in zip(predictions["baseline"], predictions["platform"], strict=True)
-    ) / len(texts)
-    for clients in args.clients:
-        key = str(clients)
-        record.setdefault("speedup", {})[key] = (
-            record["platform"][key]["requests_per_second"] / record["baseline"][key]["requests_per_second"]
-        )
-    speedup = {key: round(value, 2) for key, value in record["speedup"].items()}
-    print(f"dev accuracy: baseline {record['baseline']['dev_accuracy']:.4f}, "
-          f"platform {record['platform']['dev_accuracy']:.4f}, agreement {record['agreement']:.4f}; "
-          f"speed-up by clients {json.dumps(speedup)}")  # fmt: skip
+    for kind in SERVERS[1:]:
+        record[kind]["agreement"] = sum(
+            a == b for a, b in zip(predictions["baseline"], predictions[kind], strict=True)
+        ) / len(texts)
+        record[kind]["speedup"] = {
+            str(c): record[kind][str(c)]["requests_per_second"]
+            / record["baseline"][str(c)]["requests_per_second"]
+            for c in args.clients
+        }
+        print(f"{kind}: dev accuracy {record[kind]['dev_accuracy']:.4f} (baseline "
+              f"{record['baseline']['dev_accuracy']:.4f}), agreement {record[kind]['agreement']:.4f}; speed-up by "
+              f"clients {json.dumps({k: round(v, 2) for k, v in record[kind]['speedup'].items()})}")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_serve.json").write_text(json.dumps(record, indent=2))
+    path = args.out / "gpu_serve.json"
+    history = json.loads(path.read_text()) if path.is_file() else {}
+    history.setdefault("runs", []).append(record)
+    path.write_text(json.dumps(history, indent=2))
+
+
+def host_timing(run_folder: Path, texts: list[str]) -> dict:
+    """The served host alone, in this process: median seconds per predict call of n dev texts, eager and
+    replayed from CUDA graphs, with the CPU time the calling thread spent (holding the GIL, mostly)."""
+    import statistics
+
+    import torch
+
+    from finetune_platform.inference.hosting import MergedHost
+    from finetune_platform.inference.predictor import source_from_run
+
+    source = source_from_run(run_folder)
+    result: dict = {}
+    for name, graphs in (("eager", False), ("cuda_graphs", True)):
+        started = time.perf_counter()
+        host = MergedHost(source, "cuda", max_rows=256, cuda_graphs=graphs)
+        result[f"{name}_load_seconds"] = time.perf_counter() - started
+        for n in (1, 8, 64, 256):
+            walls, cpus = [], []
+            for repeat in range(25):
+                batch = [texts[(repeat * 257 + i) % len(texts)] for i in range(n)]
+                wall, cpu = time.perf_counter(), time.thread_time()
+                host.predict_with(source.key, batch, batch_size=256)
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.thread_time() - cpu)
+            result[f"{name}_{n}"] = {"ms": statistics.median(walls[5:]) * 1000,
+                                      "cpu_ms": statistics.median(cpus[5:]) * 1000}  # fmt: skip
+            print(f"host {name:<11} {n:>3} texts: {result[f'{name}_{n}']['ms']:.2f} ms "
+                  f"(thread CPU {result[f'{name}_{n}']['cpu_ms']:.2f} ms)", flush=True)  # fmt: skip
+        del host
+        torch.cuda.empty_cache()
+    return result
 
 
 if __name__ == "__main__":

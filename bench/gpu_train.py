@@ -178,6 +178,15 @@ def fast(
     return result
 
 
+# scaling configurations: model, torch.compile mode (None: eager), batch per GPU
+SCALING = {
+    f"{kind} {'eager' if mode is None else 'cudagraphs'} b{batch}": (kind, mode, batch)
+    for kind in ("minilm", "bert-base")
+    for mode in (None, "reduce-overhead")
+    for batch in (512, 256)
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=ROOT / ".gpu/minilm")
@@ -186,7 +195,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["throughput", "accuracy", "oom"])
     parser.add_argument("--steps", type=int, default=300, help="Baseline steps timed for throughput.")
     parser.add_argument("--epochs", type=float, default=3.0, help="Epochs of the accuracy and scaling runs.")
-    parser.add_argument("--scaling-graphs", action="store_true", help="Scaling: also time CUDA graphs.")
+    parser.add_argument("--scaling-rows", nargs="*", default=[name for name in SCALING if "eager" in name],
+                        choices=list(SCALING), help="Scaling: the configurations timed (CUDA graphs compile "
+                        "for ~1-2 min each).")  # fmt: skip
+    parser.add_argument("--tag", default="", help="Scaling: suffix of the result file (repeated launches).")
     args = parser.parse_args()
 
     import torch
@@ -207,21 +219,18 @@ def main() -> None:
         if world_size > 1:
             dist.init_process_group("nccl")
         rows = {}
-        for kind in ("minilm", "bert-base"):
-            variants = [("eager b512", 512, None), ("eager b256", 256, None)]
-            if args.scaling_graphs:  # compiling takes ~1-2 min per model and shape set
-                variants.append(("cudagraphs b256", 256, "reduce-overhead"))
-            for name, batch, mode in variants:
-                rows[f"{kind} {name}"] = row = fast(
-                    kind, args.model_dir, tokenizer, texts, labels, batch=batch, epochs=args.epochs, lr=1e-3,
-                    device=torch.device("cuda", local), compile_mode=mode,
-                )  # fmt: skip
-                if rank == 0:
-                    print(f"{world_size} GPU(s) {kind} {name}: {row['samples_per_second']:.0f} samples/s "
-                          f"(all ranks, median of log intervals)", flush=True)  # fmt: skip
+        for name in args.scaling_rows:
+            kind, mode, batch = SCALING[name]
+            rows[name] = row = fast(
+                kind, args.model_dir, tokenizer, texts, labels, batch=batch, epochs=args.epochs, lr=1e-3,
+                device=torch.device("cuda", local), compile_mode=mode,
+            )  # fmt: skip
+            if rank == 0:
+                print(f"{world_size} GPU(s) {name}: {row['samples_per_second']:.0f} samples/s "
+                      f"(all ranks, median of log intervals)", flush=True)  # fmt: skip
         if rank == 0:
             record = {"world_size": world_size, "gpu": torch.cuda.get_device_name(), "rows": rows}
-            (args.out / f"gpu_scaling_{world_size}.json").write_text(json.dumps(record, indent=2))
+            (args.out / f"gpu_scaling_{world_size}{args.tag}.json").write_text(json.dumps(record, indent=2))
         if world_size > 1:
             dist.destroy_process_group()
         return

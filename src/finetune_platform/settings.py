@@ -123,6 +123,14 @@ class Settings(BaseSettings):
             "runtime serves bf16 weights (a lone adapter merged into them), batching requests that arrive together."
         ),
     )
+    SERVE_CUDA_GRAPHS: bool = Field(
+        default=True,
+        description=(
+            "On CUDA, replay a served model's forward pass from CUDA graphs captured at load (one per batch shape "
+            "bucket, ~100 ms each); off: eager PyTorch. A model whose replay disagrees with the eager pass is "
+            "served eagerly, with a warning."
+        ),
+    )
     SERVE_API_KEYS: list[SecretStr] = Field(
         default_factory=list,
         description="API keys accepted by `finetune serve` (JSON list) besides platform tokens.",

@@ -315,7 +315,7 @@ def test_data_parallel_on_two_cpu_processes_equals_one_process_with_the_global_b
     assert logged[0]["step"] == 2 and logged[0]["learning_rate"] == pytest.approx(1e-2 * math.sqrt(2))
     assert parallel.metrics["eval"]["accuracy"] >= 0.9
 
-    # Each rank takes half of every global batch and DDP averages the gradients: the same updates as one
+    # Each rank takes half of every global batch and one all-reduce averages the gradients: the same updates as one
     # process stepping on the whole batch of 16 at the same (scaled) rate.
     assert single.metrics["train"]["global_step"] == 36
     assert_same_history(parallel.metrics["history"], single.metrics["history"], abs=1e-4)
@@ -454,3 +454,56 @@ def test_a_rank_that_cannot_start_fails_the_run_at_once_with_its_log(
     (run,) = (tmp_path / "r" / "tiny").iterdir()
     assert not (run / "ranks" / "train.npz").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def _averager_rank(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from finetune_platform.training.fast_gpu import GradientAverager
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(rank)  # different initial weights on each rank
+        model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+        frozen = model[0].bias
+        frozen.requires_grad_(False)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        averager = GradientAverager(model, trained, world_size=2)
+        start = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        loss = model[0](torch.full((1, 3), float(rank + 1))).sum()  # rank 0: inputs of 1, rank 1: of 2
+        loss.backward()
+        averager.average()
+        gradients = [p.grad.clone() for p in trained]
+        averager.zero()
+        results.put((rank, start, gradients, [p.grad.abs().sum().item() for p in trained]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_gradient_averager_starts_ranks_from_rank_0_and_averages_their_gradients():
+    import torch.multiprocessing as multiprocessing
+
+    from tests.conftest import free_port
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=_averager_rank, args=(rank, port, results)) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    outcome = dict((rank, rest) for rank, *rest in (results.get(timeout=120) for _ in processes))
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    (start0, gradients0, zeroed0), (start1, gradients1, zeroed1) = outcome[0], outcome[1]
+    # every parameter and buffer, trained or frozen, is rank 0's on both ranks
+    assert start0.keys() == start1.keys() and len(start0) == 7
+    for name in start0:
+        torch.testing.assert_close(start0[name], start1[name])
+    # d(sum of outputs)/d(weight) is the input: 1 on rank 0, 2 on rank 1, averaged to 1.5 on both
+    weight_gradient = torch.full((2, 3), 1.5)
+    torch.testing.assert_close(gradients0[0], weight_gradient)
+    torch.testing.assert_close(gradients1[0], weight_gradient)
+    # the BatchNorm's weight and bias took no part in the loss: zero gradients, still averaged
+    assert [g.abs().sum().item() for g in gradients0[1:]] == [0.0, 0.0]
+    assert zeroed0 == zeroed1 == [0.0, 0.0, 0.0]

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from finetune_platform.training import fast_gpu
 from finetune_platform.training.fast_gpu import (
     FastSettings,
     FastTrainer,
@@ -148,10 +149,8 @@ def test_a_resumed_step_iterator_continues_on_the_same_batches_and_rates(tiny_be
     ("world_size", "compile_mode"), [(2, None), (1, "default")], ids=["data-parallel", "compiled"]
 )
 def test_every_epoch_drops_the_partial_global_batch(tiny_bert, monkeypatch, world_size, compile_mode):
-    import torch
-
-    # Planning needs no process group: DDP is replaced by the bare module.
-    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **options: module)
+    # Planning needs no process group: no gradient averager.
+    monkeypatch.setattr(fast_gpu, "GradientAverager", lambda *arguments: None)
     data = _data(tiny_bert, rows=100)
     settings = FastSettings(batch_size=16 // world_size, epochs=8, bf16=False, seed=7, compile=compile_mode)
     trainer = _trainer(tiny_bert, data, settings, world_size=world_size)

@@ -114,7 +114,7 @@ def serve(
     """Serve predictions over HTTP (POST /predict, /predict/batch; GET /models, /health, /metrics)."""
     import uvicorn
 
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.inference.server import create_serve_app, freeze_heap
 
     config = settings()
     if runtime is not None:
@@ -140,4 +140,5 @@ def serve(
         typer.secho(f"warning: {error}; /predict answers 404 until a model is registered", err=True)
     except PlatformError as error:
         raise fail(error) from None
+    freeze_heap()
     uvicorn.run(app, host=host, port=port, log_level="warning")

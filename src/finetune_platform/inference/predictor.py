@@ -145,26 +145,30 @@ class Classifier:
             encoded = [next(replacement) if o else ids for ids, o in zip(encoded, over, strict=True)]
         return encoded, over
 
+    def _padded(self, rows: list[list[int]]) -> tuple[Any, Any]:
+        """Token ids and attention mask (int64 numpy) of ``rows`` padded to the longest."""
+        import numpy as np
+
+        width = max(len(row) for row in rows)
+        ids = np.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for index, row in enumerate(rows):
+            ids[index, : len(row)] = row
+            mask[index, : len(row)] = 1
+        return ids, mask
+
     def _probabilities(self, ids: Any, mask: Any) -> Any:
         """Class probabilities (rows × labels, numpy) for one padded batch of token ids (int64 numpy)."""
         raise NotImplementedError
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
-        import numpy as np
-
         for index, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ConfigError(f"text {index}: empty; give the text to classify")
         encoded, truncated = self._encode(texts)
         probabilities: list[Any] = [None] * len(texts)
-        pad = self.tokenizer.pad_token_id or 0
         for batch in length_groups([len(ids) for ids in encoded], batch_size, self.padding_budget):
-            width = max(len(encoded[i]) for i in batch)
-            ids = np.full((len(batch), width), pad, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                ids[row, : len(encoded[i])] = encoded[i]
-                mask[row, : len(encoded[i])] = 1
+            ids, mask = self._padded([encoded[i] for i in batch])
             for row, values in zip(batch, self._probabilities(ids, mask).tolist(), strict=True):
                 probabilities[row] = values
         names, raw = self.label_map.names, self.label_map.raw_values

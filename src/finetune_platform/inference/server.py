@@ -4,6 +4,7 @@ requests arriving together batched together."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import time
@@ -44,9 +45,12 @@ class ModelPool:
         resolve_seconds: float,
         runtime: str = "onnx",
         device: str = "cpu",
+        max_batch: int = 64,
+        cuda_graphs: bool = True,
     ) -> None:
         self.settings, self.default, self.max_adapters = settings, default, max_adapters
         self.resolve_seconds, self.runtime, self.device = resolve_seconds, runtime, device
+        self.max_batch, self.cuda_graphs = max_batch, cuda_graphs
         self.local: set[str] = set()  # run folders served without the registry (their keys never move)
         self.hosts: list[Any] = []  # one per base model and label count (ONNX: and adapter shape)
         self._resolved: dict[str, tuple[float, str]] = {}  # reference -> (when, name@version)
@@ -152,7 +156,14 @@ class ModelPool:
         return host
 
     def _open(self, source: AdapterSource, merged: bool = False) -> Any:
-        host = open_host(source, self.runtime, self.device, merged=merged)
+        host = open_host(
+            source,
+            self.runtime,
+            self.device,
+            merged=merged,
+            max_rows=self.max_batch,
+            cuda_graphs=self.cuda_graphs,
+        )
         self.hosts.append(host)
         return host
 
@@ -306,6 +317,8 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         settings.SERVE_RESOLVE_SECONDS,
         settings.SERVE_RUNTIME,
         device,
+        settings.SERVE_MAX_BATCH,
+        settings.SERVE_CUDA_GRAPHS,
     )
     if run_folder is not None:
         pool.serve_local(source_from_run(run_folder))
@@ -377,6 +390,14 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         batcher.metrics = InferenceMetrics(registry, pool)
         mount_metrics(app, registry)
     return app
+
+
+def freeze_heap() -> None:
+    """Call once the served models are loaded: what is alive then (torch, transformers, the models: ~430,000
+    objects) stays alive, so the garbage collector stops walking it. A full collection over it takes ~160 ms
+    on 2 CPU cores, a pause that every request in flight waits through."""
+    gc.collect()
+    gc.freeze()
 
 
 def _shape(prediction: Prediction) -> dict[str, Any]:

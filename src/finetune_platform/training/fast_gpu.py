@@ -12,8 +12,9 @@ What it does differently from the HF Trainer path:
   is read every ``log_every`` steps);
 - a CUDA out-of-memory error halves the micro-batch and doubles gradient accumulation, so the effective batch
   and the result stay the same, and says so in the log;
-- under ``torchrun`` (WORLD_SIZE > 1) it is data-parallel over NCCL: each rank takes every WORLD_SIZE-th batch of
-  the same epoch plan, gradients are averaged by DDP.
+- data-parallel (WORLD_SIZE > 1, over NCCL or gloo): each rank takes its share of every length-sorted global
+  batch; the trained parameters' gradients live in one flat buffer, averaged by one all-reduce per optimizer
+  step (``GradientAverager``), which leaves the model itself as on one GPU (and compilable the same way).
 
 It needs only torch, transformers and PEFT, so the GPU benchmark can run it on a machine without the platform's
 services. The recipe uses it for ``training.engine: fast``.
@@ -21,7 +22,6 @@ services. The recipe uses it for ``training.engine: fast``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -208,6 +208,37 @@ class FastResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class GradientAverager:
+    """Data-parallel gradients without DDP's per-parameter hooks: each trained parameter's ``.grad`` is a view
+    into one flat fp32 buffer, so backward accumulates into it and one all-reduce per optimizer step averages it
+    over the ranks. At construction every rank takes rank 0's parameters and buffers (a randomly initialised
+    head or pooler would otherwise differ between ranks)."""
+
+    def __init__(self, model: Any, trained: list[Any], world_size: int) -> None:
+        import torch
+        import torch.distributed as dist
+
+        self.world_size = world_size
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+        self.flat = torch.zeros(
+            sum(p.numel() for p in trained), dtype=torch.float32, device=trained[0].device
+        )
+        offset = 0
+        for parameter in trained:
+            parameter.grad = self.flat[offset : offset + parameter.numel()].view_as(parameter)
+            offset += parameter.numel()
+
+    def average(self) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(self.flat)
+        self.flat.div_(self.world_size)
+
+    def zero(self) -> None:
+        self.flat.zero_()
+
+
 class FastTrainer:
     """Train ``model`` (a PEFT model) on ``train``; ``on_log`` gets {step, loss, lr, samples_per_second}.
 
@@ -232,7 +263,9 @@ class FastTrainer:
         self.rank, self.world_size = (rank, world_size) if world_size is not None else world()
         trainable = [p for p in model.parameters() if p.requires_grad]
         for parameter in trainable:  # fp32 master weights for what is trained, whatever the base dtype
-            parameter.data = parameter.data.float()  # (before DDP, which keeps views of the parameters)
+            parameter.data = (
+                parameter.data.float()
+            )  # (before the averager points their gradients into its buffer)
         self.parameters = trainable
         self.model = self.module = model
         self.multiple = PAD_MULTIPLE
@@ -243,14 +276,7 @@ class FastTrainer:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.multiple = 16
             self.model = torch.compile(self.model, mode=settings.compile, dynamic=False)
-        if self.world_size > 1:  # outside the compiled module: gradients are averaged after its backward
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.model = DistributedDataParallel(
-                self.model,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False,  # the encoder's buffers are constants: no collective per forward pass
-            )
+        self.averager = GradientAverager(model, trainable, self.world_size) if self.world_size > 1 else None
         self.optimizer = torch.optim.AdamW(
             trainable,
             lr=settings.scaled_rate(self.world_size),
@@ -292,15 +318,15 @@ class FastTrainer:
         total = None
         starts = range(0, len(index), self.micro_batch)
         pieces = [(index[i : i + self.micro_batch], rows[i : i + self.micro_batch]) for i in starts]
-        for number, (piece, piece_rows) in enumerate(pieces):
+        for piece, piece_rows in pieces:
             ids, mask, labels = _take(self.train_data, piece, piece_rows, self.multiple)
-            sync = number == len(pieces) - 1 or self.world_size == 1
-            context = self.model.no_sync() if not sync else contextlib.nullcontext()
-            with context, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels) * (len(piece) / len(index))
             loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
+        if self.averager is not None:
+            self.averager.average()
         return total
 
     def steps(self, start_step: int = 0) -> Iterator[FastStep]:
@@ -399,7 +425,10 @@ class FastTrainer:
                 )
         torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm, foreach=True)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.averager is not None:
+            self.averager.zero()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         return loss
 
 
