@@ -102,6 +102,11 @@ bench-observability: $(STAMP) ## API and inference throughput with metrics on an
 bench-gpu: $(STAMP) ## GPU training and serving vs HF Trainer / pipeline on SST-2 (needs CUDA; MODEL_DIR=a MiniLM folder)
 	PYTHONPATH=src $(BIN)/python bench/gpu_train.py --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2
 	PYTHONPATH=src $(BIN)/python bench/gpu_platform_train.py --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2
+	@if [ "$$(nvidia-smi -L | wc -l)" -ge 2 ]; then \
+	  PYTHONPATH=src $(BIN)/python -m torch.distributed.run --nproc-per-node 2 bench/gpu_train.py --only paired \
+	    --epochs 1 --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2 \
+	    --scaling-rows "minilm eager b256" "bert-base eager b512" "minilm cudagraphs b256"; \
+	else echo "one GPU: 2-GPU scaling skipped"; fi
 	PYTHONPATH=src $(BIN)/python bench/gpu_serve.py --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2
 
 GPU_MODEL_DIR = $${MODEL_DIR:-$$($(BIN)/python -c "from finetune_platform.training.models import resolve_base_model as r; print(r('minilm').source)")}

@@ -4,15 +4,18 @@ calling a transformers `pipeline` per request on the same GPU, side by side in o
 Runs on a CUDA machine (the device tool) with torch, transformers, PEFT, FastAPI and uvicorn (no platform services):
     PYTHONPATH=src python bench/gpu_serve.py --model-dir .gpu/minilm --data .gpu/sst2 --out bench/results
 
-1. Trains a MiniLM LoRA adapter on SST-2 with the fast path (1 epoch) and writes it as a run folder.
-2. Starts each server in its own process: the baseline (bench/inference_baseline.py, the fp32 merged model in a
-   `text-classification` pipeline on cuda:0) and the platform's (`create_serve_app(run_folder=...)`, the same
-   app as `finetune serve --run DIR --device cuda`; Prometheus metrics off, since that mount needs the API's
-   database libraries).
-3. Both classify the whole SST-2 dev set (6,735 rows) over HTTP (accuracy, and agreement of the two).
-4. Load: client processes keep 1 or 64 connections busy with POST /predict (one dev sentence each, rotating),
-   `--seconds` per point after a warm-up; throughput and p50/p99 latency.
-Writes gpu_serve.json under --out and prints a table.
+1. Trains a MiniLM LoRA adapter on SST-2 (first 30,000 rows) with the fast path (1 epoch), as a run folder.
+2. Times the served host in this process: predict calls of 1/8/64/256 dev texts, eager and from CUDA graphs.
+3. Starts each server in its own process: the baseline (bench/inference_baseline.py, the fp32 merged model in a
+   `text-classification` pipeline on cuda:0), `platform-eager` and `platform` (`create_serve_app(run_folder=...)`,
+   the same app as `finetune serve --run DIR --device cuda`, with SERVE_CUDA_GRAPHS off and on; Prometheus metrics
+   off, since that mount needs the API's database libraries).
+4. Each classifies the whole SST-2 dev set (6,735 rows) over HTTP (accuracy, and agreement with the baseline).
+5. Load: client processes keep 1, 16 or 64 connections busy with POST /predict (one dev sentence each, rotating),
+   `--seconds` per point after a warm-up: throughput, p50/p99 latency and texts per batch (from GET /models);
+   then GET /health at 64 connections, the HTTP stack's own ceiling. `--profile DIR`: py-spy GIL profiles of the
+   64-client point (py-spy on PATH).
+Appends the run to gpu_serve.json under --out and prints a table.
 """
 
 from __future__ import annotations
@@ -273,10 +276,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / ".gpu/sst2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-serve"))
-    parser.add_argument("--seconds", type=float, default=10.0, help="Seconds per load point.")
-    parser.add_argument("--clients", type=int, nargs="*", default=[1, 64])
+    parser.add_argument("--seconds", type=float, default=6.0, help="Seconds per load point.")
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 16, 64])
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a quick check of the script.")
-    parser.add_argument("--train-rows", type=int, default=None, help="Train the adapter on the first N rows.")
+    parser.add_argument(
+        "--train-rows", type=int, default=30000, help="Train the adapter on the first N rows."
+    )
     parser.add_argument("--note", default="", help="What changed since the last run (kept with the results).")
     parser.add_argument(
         "--profile", type=Path, help="Folder for py-spy GIL profiles of the largest load point."

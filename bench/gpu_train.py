@@ -14,6 +14,8 @@ Parts (``--only`` picks some):
   against the fast path (3 epochs, batch 256, bf16, sqrt-scaled learning rate).
 - ``oom``: a batch that does not fit (the process limited to a few GB) continues with smaller micro-batches.
 - ``scaling``: under torchrun, the fast path's samples/s over all ranks (run it with 1 and with 2 processes).
+- ``paired``: under torchrun with N processes, rank 0 alone (the others waiting) and all N ranks, alternately
+  ``--repeats`` times in the same processes: the scaling as a ratio of medians, free of launch-to-launch drift.
 Writes gpu_train.json (or gpu_scaling_<world>.json) under --out and prints a table.
 """
 
@@ -147,6 +149,7 @@ def fast(
     device=None,
     log=None,
     compile_mode=None,
+    world=None,
 ):
     import torch
 
@@ -158,7 +161,8 @@ def fast(
     settings = FastSettings(
         batch_size=batch, base_learning_rate=lr, epochs=epochs, log_every=20, compile=compile_mode
     )
-    trainer = FastTrainer(model, train, settings, device=device, on_log=log)
+    ranks = {} if world is None else {"rank": int(os.environ.get("RANK", 0)), "world_size": world}
+    trainer = FastTrainer(model, train, settings, device=device, on_log=log, **ranks)
     outcome = trainer.train()
     steady = [h["samples_per_second"] for h in outcome.history[1:]] or [outcome.samples_per_second]
     result = {
@@ -198,6 +202,9 @@ def main() -> None:
     parser.add_argument("--scaling-rows", nargs="*", default=[name for name in SCALING if "eager" in name],
                         choices=list(SCALING), help="Scaling: the configurations timed (CUDA graphs compile "
                         "for ~1-2 min each).")  # fmt: skip
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="Paired scaling: alternations of 1 and N GPUs."
+    )
     parser.add_argument("--tag", default="", help="Scaling: suffix of the result file (repeated launches).")
     args = parser.parse_args()
 
@@ -209,6 +216,41 @@ def main() -> None:
     texts, labels = read_tsv(args.data / "train.tsv")
     dev = read_tsv(args.data / "dev.tsv")
     args.out.mkdir(parents=True, exist_ok=True)
+
+    if "paired" in args.only:  # under torchrun: one GPU and all GPUs alternately, in the same processes
+        import statistics
+
+        import torch.distributed as dist
+
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl")
+        paired = {}
+        for name in args.scaling_rows:
+            kind, mode, batch = SCALING[name]
+            runs = {1: [], world_size: []}
+            for _ in range(args.repeats):
+                for world in (1, world_size):
+                    if world == 1 and rank != 0:  # the other ranks wait while rank 0 trains alone
+                        dist.barrier()
+                        continue
+                    row = fast(kind, args.model_dir, tokenizer, texts, labels, batch=batch, epochs=args.epochs,
+                               lr=1e-3, device=torch.device("cuda", rank), compile_mode=mode, world=world)  # fmt: skip
+                    runs[world].append(row["samples_per_second"])
+                    if world == 1:
+                        dist.barrier()
+            if rank == 0:  # the only rank that trained alone
+                one, many = statistics.median(runs[1]), statistics.median(runs[world_size])
+                paired[name] = {"1": runs[1], str(world_size): runs[world_size], "scaling": many / one}
+                ones, manys = [round(x) for x in runs[1]], [round(x) for x in runs[world_size]]
+                print(f"{name}: 1 GPU {ones}, {world_size} GPUs {manys} samples/s: {many / one:.2f}x (medians)",
+                      flush=True)  # fmt: skip
+        if rank == 0:
+            record = {"world_size": world_size, "gpu": torch.cuda.get_device_name(), "repeats": args.repeats,
+                      "epochs": args.epochs, "rows": paired}  # fmt: skip
+            (args.out / f"gpu_scaling_paired{args.tag}.json").write_text(json.dumps(record, indent=2))
+        dist.destroy_process_group()
+        return
 
     if "scaling" in args.only:
         import torch.distributed as dist
