@@ -7,7 +7,6 @@ and PyTorch with PEFT (``BaseHost``: any PEFT LoRA variant, CUDA/MPS devices).""
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -88,11 +87,8 @@ class MergedHost(Predictor):
         self.adapters: OrderedDict[str, AdapterSource] = OrderedDict({source.key: source})
         self.lock = threading.Lock()
         self.graphs: GraphedForward | None = None
-        if device.startswith("cuda"):
-            # padding costs a GPU next to nothing against another pass: one pass per batch
-            self.padding_budget = sys.maxsize
-            if cuda_graphs:
-                self.graphs = self._capture(source.key, max_rows)
+        if device.startswith("cuda") and cuda_graphs:
+            self.graphs = self._capture(source.key, max_rows)
 
     def _capture(self, key: str, max_rows: int) -> GraphedForward | None:
         graphs = GraphedForward(self.model, max_rows, self.info.max_length, self.tokenizer.pad_token_id or 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,9 @@ class Predictor(Classifier):
         self.model = model
         self.device = device
         self.info = ModelInfo(name, version, base_model, reference.language, names, max_length)
+        if device != "cpu":
+            # padding costs a GPU next to nothing against another forward pass: one pass per batch
+            self.padding_budget = sys.maxsize
 
     def _probabilities(self, ids: Any, mask: Any) -> Any:
         import torch
