@@ -285,14 +285,16 @@ def test_two_workers_on_one_machine_share_a_fresh_tracking_store(envs, tmp_path,
     Both create MLflow's SQLite store on their first job; unguarded, MLflow's own migrations race
     ("table ... already exists") and jobs fail.
     """
-    env = envs(tmp_path / "q")
+    # A long lease: two workers training side by side on 2 cores can miss the 4 s lease of the other tests,
+    # and a requeued job (attempt 2) is not what this test is about.
+    env = envs(tmp_path / "q", JOB_LEASE_SECONDS=60)
     ids = [submit(env, job_config(tiny_bert, job_data, tmp_path, "shared", max_steps=12)) for _ in range(4)]
     env.start_worker("left")
     env.start_worker("right")
     jobs = [env.wait_status(job_id, {"succeeded", "failed"}) for job_id in ids]
-    assert [(job.status, job.attempts) for job in jobs] == [("succeeded", 1)] * 4, [
-        env.events(job.id) for job in jobs
-    ]
+    assert [(job.status, job.attempts) for job in jobs] == [("succeeded", 1)] * 4, "\n".join(
+        f"{job.id}: {env.events(job.id)}" for job in jobs if (job.status, job.attempts) != ("succeeded", 1)
+    )
     assert sorted(job.model_version for job in jobs) == [1, 2, 3, 4]
     assert registered_versions(env, "shared") == [1, 2, 3, 4]
     workers = {env.events(job_id)[1][1].split(" on ")[1].split("@")[0] for job_id in ids}
