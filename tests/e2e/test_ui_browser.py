@@ -69,13 +69,20 @@ def fill(page, label: str, value: str) -> None:
 
 
 def click_button(page, label: str) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    def buttons():
-        return [b for b in page.find_elements(By.TAG_NAME, "button") if b.text.strip() == label]
+    def clicked() -> bool:
+        # Streamlit re-renders while a script runs: a button found a moment ago may be gone; look again
+        try:
+            found = [b for b in page.find_elements(By.TAG_NAME, "button") if b.text.strip() == label]
+            if found:
+                found[0].click()
+            return bool(found)
+        except StaleElementReferenceException:
+            return False
 
-    wait_for(buttons, 60, f"the button {label!r}", interval=0.5)
-    buttons()[0].click()
+    wait_for(clicked, 60, f"the button {label!r}", interval=0.5)
 
 
 def queued_task(page, earlier: str | None = None) -> str:
