@@ -163,6 +163,18 @@ def request_bytes(path: str, body: bytes | None) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
 
 
+async def exchange(reader, writer, request: bytes) -> bytes:
+    """Send one request on a kept-alive connection; the response body (RuntimeError unless 200)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))  # fmt: skip
+    payload = await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"{head[:40]!r} {payload[:200]!r}")
+    return payload
+
+
 async def _client(
     port: int, requests: list[bytes], offset: int, until: float, latencies: list[float]
 ) -> None:
@@ -170,14 +182,8 @@ async def _client(
     i = offset
     while time.perf_counter() < until:
         started = time.perf_counter()
-        writer.write(requests[i % len(requests)])
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))  # fmt: skip
-        payload = await reader.readexactly(length)
+        await exchange(reader, writer, requests[i % len(requests)])
         latencies.append(time.perf_counter() - started)
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"{head[:40]!r} {payload[:200]!r}")
         i += 1
     writer.close()
 
@@ -250,13 +256,8 @@ def classify_all(port: int, texts: list[str]) -> list[str]:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             out = []
             for index in chunk:
-                body = json.dumps({"text": texts[index]}).encode()
-                writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))  # fmt: skip
-                out.append((index, json.loads(await reader.readexactly(length))["label_name"]))
+                request = request_bytes("/predict", json.dumps({"text": texts[index]}).encode())
+                out.append((index, json.loads(await exchange(reader, writer, request))["label_name"]))
             writer.close()
             return out
 

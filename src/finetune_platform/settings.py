@@ -126,9 +126,9 @@ class Settings(BaseSettings):
     SERVE_CUDA_GRAPHS: bool = Field(
         default=True,
         description=(
-            "On CUDA, replay a served model's forward pass from CUDA graphs captured at load (one per batch shape "
-            "bucket, ~100 ms each); off: eager PyTorch. A model whose replay disagrees with the eager pass is "
-            "served eagerly, with a warning."
+            "On CUDA, replay a served model's forward pass from CUDA graphs captured at load (one per batch-shape "
+            "bucket: a few seconds of loading); off: eager PyTorch. A model whose replay disagrees with the eager "
+            "pass is served eagerly, with a warning."
         ),
     )
     SERVE_API_KEYS: list[SecretStr] = Field(

@@ -10,11 +10,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune_platform.errors import ConfigError
-from finetune_platform.inference.graphs import GraphedForward, GraphUnavailable
 from finetune_platform.inference.predictor import AdapterSource, Prediction, Predictor
+
+if TYPE_CHECKING:
+    from finetune_platform.inference.graphs import GraphedForward
 
 logger = logging.getLogger("finetune_platform.inference")
 RUNTIMES = ("onnx", "onnx-int8", "torch")
@@ -91,11 +93,13 @@ class MergedHost(Predictor):
             self.graphs = self._capture(source.key, max_rows)
 
     def _capture(self, key: str, max_rows: int) -> GraphedForward | None:
+        from finetune_platform.inference.graphs import GraphedForward, GraphUnavailable
+
         graphs = GraphedForward(self.model, max_rows, self.info.max_length, self.tokenizer.pad_token_id or 0)
         sample = self._padded(self._encode(list(GRAPH_CHECK_TEXTS))[0])
         started = time.perf_counter()
         try:
-            count = graphs.capture_all(sample)
+            count = graphs.capture_all(sample, expected=super()._probabilities(*sample))
         except GraphUnavailable as exc:
             logger.warning("%s: served without CUDA graphs (%s)", key, exc)
             return None

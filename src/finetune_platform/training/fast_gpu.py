@@ -262,12 +262,12 @@ class FastTrainer:
         self.settings, self.train_data, self.device, self.on_log = settings, train, device, on_log
         self.rank, self.world_size = (rank, world_size) if world_size is not None else world()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        for parameter in trainable:  # fp32 master weights for what is trained, whatever the base dtype
-            parameter.data = (
-                parameter.data.float()
-            )  # (before the averager points their gradients into its buffer)
+        # fp32 master weights for what is trained, whatever the base dtype (before the averager, if any, points
+        # their gradients into its buffer)
+        for parameter in trainable:
+            parameter.data = parameter.data.float()
         self.parameters = trainable
-        self.model = self.module = model
+        self.model = model
         self.multiple = PAD_MULTIPLE
         if settings.compile:
             import torch._dynamo
