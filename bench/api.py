@@ -95,7 +95,7 @@ def prepare(values: dict[str, str], work: Path) -> tuple[str, str, str]:
     from finetune_platform.db.session import session_scope, upgrade
     from finetune_platform.services.datasets import register_upload
     from finetune_platform.services.jobs import submit_job
-    from finetune_platform.services.users import create_user, user_by_id
+    from finetune_platform.services.users import create_user, token_subject
     from finetune_platform.settings import Settings
 
     settings = Settings(**{k: v for k, v in values.items() if k in Settings.model_fields})
@@ -113,8 +113,8 @@ def prepare(values: dict[str, str], work: Path) -> tuple[str, str, str]:
             "output_dir": str(work / "results"),
         }
         task = submit_job(session, user, config).job
-        version = user_by_id(session, user.id)[1]
-    return dataset.id, task.id, Tokens(settings).issue(user.id, version)[0]
+        subject = token_subject(session, user.id)
+    return dataset.id, task.id, Tokens(settings).issue(subject)[0]
 
 
 def main() -> None:

@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
+import math
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, computed_field
+from pydantic import Field, SecretStr, computed_field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+MIN_SECRET_BITS = (
+    80  # estimated from the characters' frequencies (Shannon): `openssl rand -hex 16` gives ~110
+)
+# Words of 5+ letters: a random 43-character token contains one by chance about once in a million.
+PLACEHOLDERS = (
+    "change",
+    "placeholder",
+    "example",
+    "secret",
+    "default",
+    "xxxxx",
+    "dummy",
+    "password",
+    "letmein",
+    "qwerty",
+    "insecure",
+)
+
+
+def secret_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable secret, or None: the one policy every process applies.
+
+    At least 32 bytes; no placeholder word; enough variety (about 80 bits by a per-character entropy
+    estimate, at least 8 distinct characters); not a run such as ``abcdef…`` and not a repeated pattern.
+    `openssl rand -hex 32` and `python -c "import secrets; print(secrets.token_urlsafe(32))"` pass.
+    """
+    size = len(value.encode("utf-8"))
+    if size < MIN_SECRET_BYTES:
+        return f"at least {MIN_SECRET_BYTES} bytes outside local mode (got {size})"
+    lowered = value.lower()
+    if any(word in lowered for word in PLACEHOLDERS):
+        return "looks like a placeholder"
+    counts = Counter(value)
+    bits = -sum(n * math.log2(n / len(value)) for n in counts.values())
+    if len(counts) < 8 or bits < MIN_SECRET_BITS:
+        return (
+            f"looks like a placeholder (too little variety: about {bits:.0f} bits, needs {MIN_SECRET_BITS})"
+        )
+    steps = sum(1 for a, b in itertools.pairwise(value) if abs(ord(b) - ord(a)) == 1)
+    if steps * 2 > len(value):
+        return "looks like a placeholder (a run of neighbouring characters)"
+    for period in range(1, len(value) // 2 + 1):
+        same = sum(1 for i in range(len(value) - period) if value[i] == value[i + period])
+        if same * 2 > len(value) - period:
+            return "looks like a placeholder (a repeated pattern)"
+    return None
 
 
 class Settings(BaseSettings):
@@ -74,17 +126,41 @@ class Settings(BaseSettings):
     )
     JWT_SECRET: SecretStr | None = Field(
         default=None,
-        description="HS256 signing key, at least 32 bytes; unset in local mode: a random key kept in FINETUNE_HOME.",
+        description=(
+            "HS256 signing key; outside local mode required and checked by the secret policy (>= 32 bytes, no "
+            "placeholder, ~80 bits of variety: `openssl rand -hex 32`). Unset in local mode: a random key kept "
+            "in FINETUNE_HOME."
+        ),
     )
     JWT_EXPIRE_MINUTES: int = Field(default=60, ge=1, le=24 * 60, description="Lifetime of an access token.")
     MAX_UPLOAD_BYTES: int = Field(
         default=100 * 1024 * 1024, ge=1, description="Largest dataset upload accepted."
     )
     LOGIN_MAX_FAILURES: int = Field(
-        default=5, ge=1, description="Failed logins per account and address before 429 (per window)."
+        default=5,
+        ge=1,
+        description=(
+            "Failed logins per account and address before 429 (per window). An address with 4x as many failures "
+            "over any accounts is slowed to one try per window/(4 x this), never locked."
+        ),
     )
     LOGIN_WINDOW_SECONDS: int = Field(
         default=300, ge=1, description="Window (and longest wait) of login throttling."
+    )
+    FORWARDED_ALLOW_IPS: str = Field(
+        default="",
+        max_length=4096,
+        description=(
+            "Comma-separated proxy addresses or CIDR ranges whose X-Forwarded-For is believed (the ingress "
+            "controller's range); empty: the client address is the TCP peer and forwarding headers are ignored."
+        ),
+    )
+    METRICS_TOKEN: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token Prometheus sends for /metrics; outside local mode /metrics answers 401 without it "
+            "(unset: 404). Checked by the secret policy."
+        ),
     )
     MLFLOW_UI_URL: str | None = Field(
         default=None, description="Address of the MLflow UI shown by GET /mlflow."
@@ -138,6 +214,95 @@ class Settings(BaseSettings):
     BROKER_TRANSPORT_OPTIONS: dict[str, Any] = Field(
         default_factory=dict,
         description='Extra kombu transport options as JSON, e.g. {"visibility_timeout": 3600}.',
+    )
+
+    @field_validator("FORWARDED_ALLOW_IPS")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"FORWARDED_ALLOW_IPS: {part!r} is not an address or CIDR range") from None
+        return value
+
+    @property
+    def trusted_proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(part, strict=False)
+            for part in filter(None, (p.strip() for p in self.FORWARDED_ALLOW_IPS.split(",")))
+        ]
+
+    def proxy_options(self) -> dict[str, Any]:
+        """uvicorn's forwarding-header options: believed only from FORWARDED_ALLOW_IPS (uvicorn itself would
+        trust any local client, and read its own environment variable)."""
+        return {
+            "proxy_headers": bool(self.trusted_proxies),
+            "forwarded_allow_ips": self.FORWARDED_ALLOW_IPS or "",
+        }
+
+    def secret_problems(self) -> list[str]:
+        """Every configured secret that breaks the policy (``secret_problem``), by variable name. Outside
+        local mode JWT_SECRET is also required. Local mode checks nothing: it is one person's machine."""
+        if self.ENVIRONMENT == "local":
+            return []
+        problems = []
+        if self.JWT_SECRET is None:
+            problems.append(
+                "JWT_SECRET is required outside local mode; generate one with `openssl rand -hex 32`"
+            )
+        named = [("JWT_SECRET", self.JWT_SECRET), ("METRICS_TOKEN", self.METRICS_TOKEN)]
+        named += [(f"SERVE_API_KEYS[{i}]", key) for i, key in enumerate(self.SERVE_API_KEYS)]
+        for name, secret in named:
+            if secret is not None and (problem := secret_problem(secret.get_secret_value())):
+                problems.append(f"{name}: {problem}; generate one with `openssl rand -hex 32`")
+        return problems
+
+    def check_secrets(self) -> None:
+        """Refuse to start (ConfigError naming each variable) when a secret breaks the policy."""
+        from finetune_platform.errors import ConfigError
+
+        problems = self.secret_problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    MAX_JSON_BODY_BYTES: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest request body in bytes of a JSON route (API and finetune serve); a larger one is answered "
+            "413 before it is read, an anonymous one 401 unread. Dataset uploads have MAX_UPLOAD_BYTES, "
+            "/predict/batch SERVE_MAX_BODY_BYTES."
+        ),
+    )
+    SERVE_MAX_BODY_BYTES: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest /predict/batch body in bytes (413 before it is read): room for SERVE_MAX_REQUEST_CHARS "
+            "characters written as JSON \\u escapes."
+        ),
+    )
+    SERVE_MAX_TEXT_CHARS: int = Field(
+        default=20_000,
+        ge=1,
+        description=(
+            "Longest text in characters that finetune serve accepts (422 naming the text). Models read at most "
+            "max_length tokens: a text is cut to 16 characters a token before it is tokenised."
+        ),
+    )
+    SERVE_MAX_REQUEST_CHARS: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Characters of all texts of one /predict/batch request (413 above).",
+    )
+    SERVE_MAX_BATCH_TOKENS: int = Field(
+        default=2048,
+        ge=1,
+        description=(
+            "Tokens finetune serve runs through a model in one go: larger work (a big batch, many requests) is "
+            "split into pieces of this size, and requests that arrive meanwhile are served between the pieces."
+        ),
     )
 
     @computed_field  # type: ignore[prop-decorator]

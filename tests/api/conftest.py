@@ -24,11 +24,11 @@ class Api:
     def token(self, who: str) -> str:
         """A fresh token for the user's current token version (what /login would give)."""
         from finetune_platform.db.session import session_scope
-        from finetune_platform.services.users import user_by_id
+        from finetune_platform.services.users import token_subject
 
         with session_scope(self.settings) as session:
-            user, version = user_by_id(session, self.ids[who])
-        return self.app.state.tokens.issue(user.id, version)[0]
+            subject = token_subject(session, self.ids[who])
+        return self.app.state.tokens.issue(subject)[0]
 
     def as_(self, who: str | None, address: str = "testclient") -> TestClient:
         client = TestClient(self.app, client=(address, 50000))

@@ -37,11 +37,13 @@ def admin_token(schema_api) -> str:
     from finetune_platform.db.session import session_scope
 
     app, settings, admin_id = schema_api
+    from finetune_platform.services.users import TokenSubject
+
     with session_scope(settings) as session:
         user = session.get(User, admin_id)
         user.is_active, user.role = True, "admin"
-        version = user.token_version
-    return app.state.tokens.issue(admin_id, version)[0]
+        subject = TokenSubject(admin_id, user.token_version, user.token_key)
+    return app.state.tokens.issue(subject)[0]
 
 
 def test_every_operation_conforms_to_its_schema(schema_api):

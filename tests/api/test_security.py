@@ -25,9 +25,24 @@ def signed(api, **claims) -> str:
     return jwt.encode(claims, api.app.state.tokens.secret, algorithm="HS256")
 
 
+def token_key(api, who: str) -> str:
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.users import token_subject
+
+    with session_scope(api.settings) as session:
+        return token_subject(session, api.ids[who]).token_key
+
+
 def claims_for(api, who: str, **changes) -> dict:
     now = datetime.now(UTC)
-    base = {"sub": str(api.ids[who]), "iat": now, "exp": now + timedelta(minutes=5), "jti": "j1", "tv": 0}
+    base = {
+        "sub": str(api.ids[who]),
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "jti": "j1",
+        "tv": 0,
+        "tk": token_key(api, who),
+    }
     base.update(changes)
     return {key: value for key, value in base.items() if value is not None}
 
@@ -62,6 +77,10 @@ def test_forged_and_stale_tokens_are_refused(api):
         "no exp": signed(api, **claims_for(api, "alice", tv=version, exp=None)),
         "no jti": signed(api, **claims_for(api, "alice", tv=version, jti=None)),
         "no sub": signed(api, **claims_for(api, "alice", tv=version, sub=None)),
+        "no token key": signed(api, **claims_for(api, "alice", tv=version, tk=None)),
+        "another account's token key": signed(
+            api, **claims_for(api, "alice", tv=version, tk=token_key(api, "bob"))
+        ),
         "unknown user": signed(api, **claims_for(api, "alice", tv=version, sub="999999")),
         "not a token": "garbage",
         "HS512": jwt.encode(
@@ -117,19 +136,69 @@ def test_login_failures_look_alike_and_are_throttled_but_never_lock_for_good(api
     assert login(attacker, "alice").status_code == 200  # and the attacker's wait ends: no permanent lockout
 
 
-def test_one_address_guessing_many_accounts_is_throttled_alone():
-    from finetune_platform.api.auth import LoginThrottle
+@pytest.fixture(params=["memory", "database", "redis"])
+def throttle_of(request, settings):
+    """A factory of login throttles on one shared backend: two calls are two API processes."""
+    from finetune_platform.api import auth
+    from finetune_platform.db.session import upgrade
 
-    throttle = LoginThrottle(max_failures=3, window_seconds=60)
+    if request.param == "memory":
+        shared = auth.MemoryThrottle(3, 60, max_keys=50)
+        return lambda: shared
+    if request.param == "database":
+        upgrade(settings)
+        return lambda: auth.DatabaseThrottle(3, 60, settings, max_rows=200)
+    from tests.integration.queue_harness import require_redis
+
+    url = require_redis()
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    return lambda: auth.RedisThrottle(3, 60, url)
+
+
+def test_one_address_guessing_many_accounts_is_slowed_not_locked(throttle_of):
+    throttle, other_process = throttle_of(), throttle_of()
     for number in range(11):  # per address: 4 × max_failures failures, over any accounts
         throttle.failed(f"user{number}", "203.0.113.7")
-    assert throttle.retry_after("bob", "203.0.113.7") is None
+    assert other_process.retry_after("bob", "203.0.113.7") is None
     throttle.failed("user11", "203.0.113.7")
-    assert 59 <= throttle.retry_after("bob", "203.0.113.7") <= 60
-    assert throttle.retry_after("bob", "198.51.100.1") is None
-    throttle.failed("carol", "198.51.100.1")
+    # Slowed to one try per window / 12 = 5 s, seen by every process; not locked for the window.
+    assert 4 <= other_process.retry_after("bob", "203.0.113.7") <= 5
+    assert other_process.retry_after("bob", "198.51.100.1") is None
+    for _ in range(3):
+        other_process.failed("carol", "198.51.100.1")
+    assert 59 <= throttle.retry_after("CAROL", "198.51.100.1") <= 60  # the account, in any case
     throttle.succeeded("carol", "198.51.100.1")
-    assert throttle.retry_after("carol", "198.51.100.1") is None
+    assert other_process.retry_after("carol", "198.51.100.1") is None
+
+
+def test_login_throttle_state_is_bounded_whatever_clients_send(settings):
+    """The attack: logins with ever new, huge usernames. Keys are fixed-size hashes, entries leave with the
+    window, and each backend keeps at most its cap (oldest evicted)."""
+    from sqlalchemy import func, select
+
+    from finetune_platform.api import auth
+    from finetune_platform.db.models import LoginFailure
+    from finetune_platform.db.session import session_scope, upgrade
+
+    memory = auth.MemoryThrottle(3, 60, max_keys=50)
+    for number in range(300):
+        memory.failed(f"{number}-" + "x" * 100_000, "203.0.113.7")
+    assert len(memory._failures) == 50
+    assert all(len(key) == 64 for key in memory._failures)
+    upgrade(settings)
+    database = auth.DatabaseThrottle(3, 60, settings, max_rows=100)
+    for number in range(120):
+        database.failed(f"{number}-" + "x" * 100_000, f"203.0.113.{number % 7}")
+    with session_scope(settings) as session:
+        assert session.scalar(select(func.count()).select_from(LoginFailure)) == 100
+        assert session.scalar(select(func.max(func.length(LoginFailure.key)))) == 64
+    expiring = auth.DatabaseThrottle(3, 0.2, settings, max_rows=100)
+    time.sleep(0.3)
+    expiring.failed("late", "198.51.100.1")  # a new failure clears everything older than its window
+    with session_scope(settings) as session:
+        assert session.scalar(select(func.count()).select_from(LoginFailure)) == 2
 
 
 def test_uploads_over_the_limit_are_refused_before_the_body_is_read(api):
@@ -199,7 +268,7 @@ def test_local_mode_keeps_a_private_random_secret(tmp_path):
     secret = signing_secret(Settings(FINETUNE_HOME=tmp_path))
     assert len(secret) == 64 and signing_secret(Settings(FINETUNE_HOME=tmp_path)) == secret
     assert oct(os.stat(tmp_path / "jwt_secret").st_mode & 0o777) == "0o600"
-    strong = "9f8e7d6c5b4a39281706f5e4d3c2b1a0" * 2
+    strong = "9f8e7d6c5b4a39281706f5e4d3c2b1a0f1e2d3c4b5a69788a7b6c5d4e3f2a1b0"
     assert (
         signing_secret(Settings(FINETUNE_HOME=tmp_path, ENVIRONMENT="production", JWT_SECRET=strong))
         == strong

@@ -17,7 +17,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
     from alembic.runtime.migration import MigrationContext
 
     assert db.current_revision(db_settings) == "base"
-    assert db.upgrade(db_settings) == "0004"
+    assert db.upgrade(db_settings) == "0005"
     engine = db.engine_for(db_settings.database_url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -28,7 +28,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
         "dataset_versions",
         "audit_events",
     }
-    assert db.upgrade(db_settings) == "0004"  # running it again changes nothing
+    assert db.upgrade(db_settings) == "0005"  # running it again changes nothing
     assert "kind" in {column["name"] for column in inspect(engine).get_columns("jobs")}
     assert db.downgrade(db_settings, "0003") == "0003"
     assert "kind" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
@@ -36,7 +36,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
     assert "enqueued_at" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
     assert db.downgrade(db_settings, "base") == "base"
     assert not set(inspect(engine).get_table_names()) & {"users", "jobs"}
-    assert db.upgrade(db_settings) == "0004"
+    assert db.upgrade(db_settings) == "0005"
 
 
 def test_users_are_created_with_argon2id_hashes_and_checked(db_settings):
@@ -51,12 +51,15 @@ def test_users_are_created_with_argon2id_hashes_and_checked(db_settings):
         assert verify_password(stored.password_hash, "correct horse")
         assert not verify_password(stored.password_hash, "wrong")
         assert [(u.username, u.role) for u in list_users(session)] == [("alice", "admin"), ("bob", "user")]
-    with pytest.raises(PlatformError) as caught, db.session_scope(db_settings) as session:
-        create_user(session, "alice", "another password")
-    assert caught.value.code is ErrorCode.CONFLICT and str(caught.value) == "user 'alice' already exists"
+    for taken in ("alice", "ALICE", "Alice"):  # usernames are case-insensitive unique
+        with pytest.raises(PlatformError) as caught, db.session_scope(db_settings) as session:
+            create_user(session, taken, "another password")
+        assert caught.value.code is ErrorCode.CONFLICT and str(caught.value) == f"user {taken!r} already exists"
     for args, message in (
         (("x", "long enough"), "username 'x': 2-64 letters"),
-        (("carol", "short"), "password: at least 8 characters"),
+        (("carol", "short"), "password: at least 10 characters"),
+        (("carol", "password123"), "password: too common; choose one that is not on lists of leaked passwords"),
+        (("carol", "carol-is-great"), "password: must not contain the username"),
         (("carol", "long enough", "root"), "role 'root': expected one of admin, user"),
     ):
         with pytest.raises(ConfigError, match=message), db.session_scope(db_settings) as session:
@@ -87,7 +90,7 @@ def test_cli_upgrade_and_users(db_settings, monkeypatch):
         before = runner.invoke(app, ["users", "create", "erin", "--password-stdin"], input="long enough\n")
         assert before.exit_code == 2 and "Run `finetune db upgrade` first" in before.output
         upgraded = runner.invoke(app, ["db", "upgrade"])
-        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0004")
+        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0005")
         created = runner.invoke(
             app, ["users", "create", "erin", "--role", "admin", "--password-stdin"], input="long enough\n"
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune_platform.errors import ConfigError, NotFoundError, PlatformError
+from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
 from finetune_platform.settings import Settings
 from finetune_platform.tracking.model_cards import file_checksum
 from finetune_platform.tracking.registry import ModelRegistry, Stage
@@ -186,7 +186,9 @@ def test_loading_accepts_only_matching_platform_safetensors(registry_env, tmp_pa
     original = stored.read_bytes()
     try:
         stored.write_bytes(original[:-8] + b"tampered")
-        with pytest.raises(PlatformError, match=r"adapter checksum sha256:.* does not match its model card"):
+        with pytest.raises(
+            PlatformError, match=r"adapter checksum sha256:.* does not match the one recorded at registration"
+        ):
             registry.verified_adapter("spam-filter@1", cache_dir=tmp_path / "tampered")
     finally:
         stored.write_bytes(original)
@@ -222,6 +224,31 @@ def test_loading_accepts_only_matching_platform_safetensors(registry_env, tmp_pa
             registry.verified_adapter(f"spam-filter@{version.version}", cache_dir=tmp_path / "outside")
     finally:
         registry.cards.delete("spam-filter", int(version.version))
+
+
+def test_a_version_made_in_mlflow_behind_the_platform_is_never_served(registry_env, tmp_path):
+    """The attack: someone who reaches the tracking server registers their own artifact under a platform
+    model (a real run's artifacts, a card copied beside it) and points the production alias at it. The
+    checksums the platform serves against live in its database, so the version is refused."""
+    settings, _, _ = registry_env
+    registry = ModelRegistry(settings)
+    genuine = registry.version("spam-filter", 1)
+    forged = registry.client.create_model_version("spam-filter", source=genuine.source, run_id=genuine.run_id)
+    card = registry.cards.get("spam-filter", 1)
+    registry.cards.save(card.__class__(**{**card.to_json(), "version": int(forged.version)}))
+    registry.client.set_registered_model_alias("spam-filter", "production", forged.version)
+    try:
+        with pytest.raises(PlatformError) as refused:
+            registry.verified_adapter("spam-filter@production", cache_dir=tmp_path / "forged")
+        assert refused.value.code is ErrorCode.PERMISSION_DENIED
+        assert str(refused.value) == (
+            f"spam-filter@{forged.version} was not registered by this platform (no checksum record); an admin "
+            "can adopt versions registered before records existed with `finetune models reconcile`"
+        )
+    finally:
+        registry.client.delete_registered_model_alias("spam-filter", "production")
+        registry.cards.delete("spam-filter", int(forged.version))
+        registry.client.delete_model_version("spam-filter", forged.version)
 
 
 def test_registry_over_a_real_mlflow_server(mlflow_server, tiny_bert, sentiment_data, tmp_path):

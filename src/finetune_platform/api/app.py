@@ -95,7 +95,7 @@ def _audit_denial(request: Request, status_code: int, reason: str) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from finetune_platform.api.auth import LoginThrottle, Tokens
+    from finetune_platform.api.auth import Tokens, login_throttle
     from finetune_platform.api.routes import router
     from finetune_platform.db.session import ensure_database
 
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.tokens = tokens
-    app.state.throttle = LoginThrottle(settings.LOGIN_MAX_FAILURES, settings.LOGIN_WINDOW_SECONDS)
+    app.state.throttle = login_throttle(settings)
     app.include_router(router)
 
     @app.exception_handler(PlatformError)

@@ -22,7 +22,9 @@ def settings_of(request: Request) -> Settings:
 
 
 def db(request: Request) -> Iterator[Session]:
-    """One session per request, committed when the handler returns (in the thread pool, like the handler)."""
+    """One session per request, committed when the handler returns and before the response is sent (the
+    dependency's scope is the handler): a client that saw a logout, password change or demotion succeed
+    can never race past it with its old token."""
     with session_scope(request.app.state.settings) as session:
         yield session
 
@@ -50,7 +52,7 @@ async def current_user(request: Request, token: Annotated[str | None, Depends(be
         claims = request.app.state.tokens.decode(token)
     except InvalidToken as exc:
         raise unauthorized(f"invalid token: {exc}") from None
-    user = user_for_token(request.app.state.settings, claims.user_id, claims.token_version)
+    user = user_for_token(request.app.state.settings, claims.user_id, claims.token_version, claims.token_key)
     if user is None:
         raise unauthorized("invalid token: revoked, or the account is disabled")
     request.state.actor_id = user.id
@@ -65,7 +67,7 @@ async def admin_user(request: Request, user: Annotated[UserPublic, Depends(curre
 
 CurrentUser = Annotated[UserPublic, Depends(current_user)]
 AdminUser = Annotated[UserPublic, Depends(admin_user)]
-DbSession = Annotated[Session, Depends(db)]
+DbSession = Annotated[Session, Depends(db, scope="function")]
 
 
 def audit(
@@ -89,3 +91,20 @@ def audit(
         address=client_address(request),
         detail=detail,
     )
+
+
+def audit_apart(request: Request, action: str, *, target: str | None, outcome: str, **detail: Any) -> None:
+    """Record an entry in its own transaction (the request's will be rolled back: a refusal), once."""
+    from finetune_platform.services.audit import record
+
+    with session_scope(request.app.state.settings) as session:
+        record(
+            session,
+            action,
+            actor_id=getattr(request.state, "actor_id", None),
+            target=target,
+            outcome=outcome,
+            address=client_address(request),
+            detail=detail,
+        )
+    request.state.audited = True

@@ -26,7 +26,15 @@ from fastapi.responses import FileResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from finetune_platform.api import schemas
-from finetune_platform.api.deps import AdminUser, CurrentUser, DbSession, audit, client_address, unauthorized
+from finetune_platform.api.deps import (
+    AdminUser,
+    CurrentUser,
+    DbSession,
+    audit,
+    audit_apart,
+    client_address,
+    unauthorized,
+)
 from finetune_platform.errors import ConfigError, NotFoundError
 
 router = APIRouter(responses=schemas.ERRORS)
@@ -39,7 +47,9 @@ UserId = Annotated[int, PathParam(ge=1, le=2_147_483_647, description="User id."
 # -- accounts --------------------------------------------------------------------------------------
 @router.post("/login", response_model=schemas.Token, tags=["auth"], summary="Log in (OAuth2 password form)")
 def login(request: Request, session: DbSession, form: Annotated[OAuth2PasswordRequestForm, Depends()]):
-    from finetune_platform.services.users import authenticate, user_by_id
+    """A bearer token for a username (any case) and password. Failed logins are throttled per account and
+    address (429 with Retry-After) and slowed per address; every failure is audited."""
+    from finetune_platform.services.users import authenticate, token_subject
 
     address = client_address(request)
     throttle = request.app.state.throttle
@@ -53,13 +63,11 @@ def login(request: Request, session: DbSession, form: Annotated[OAuth2PasswordRe
     user = authenticate(session, form.username, form.password)
     if user is None:
         throttle.failed(form.username, address)
-        audit(
-            session, request, "login", actor=None, target=f"username:{form.username[:64]}", outcome="failed"
-        )
-        request.state.audited = True
+        # Its own transaction: the request's is rolled back with the 401.
+        audit_apart(request, "login", target=f"username:{form.username[:64]}", outcome="failed")
         raise unauthorized(BAD_LOGIN)
     throttle.succeeded(form.username, address)
-    token, lifetime = request.app.state.tokens.issue(user.id, user_by_id(session, user.id)[1])
+    token, lifetime = request.app.state.tokens.issue(token_subject(session, user.id))
     audit(session, request, "login", actor=user, target=f"user:{user.id}")
     return schemas.Token(access_token=token, expires_in=lifetime)
 

@@ -141,4 +141,4 @@ def serve(
     except PlatformError as error:
         raise fail(error) from None
     freeze_heap()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", **config.proxy_options())

@@ -132,6 +132,7 @@ def api(
         port=port,
         workers=workers,
         log_level="warning",
+        **settings().proxy_options(),
     )
 
 

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -46,6 +58,9 @@ class JobKind(StrEnum):
 
 class User(Base):
     __tablename__ = "users"
+    # Ids never come back after a delete (SQLite reuses the largest id without AUTOINCREMENT), and
+    # "Alice" and "alice" are one account.
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True, index=True)
@@ -54,7 +69,17 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     # Raised on logout and password change: tokens carrying an older value are refused.
     token_version: Mapped[int] = mapped_column(Integer, default=0)
+    # Random per account and carried in its tokens: a token can never authenticate another account,
+    # whatever happens to ids.
+    token_key: Mapped[str] = mapped_column(String(32))
+    # Per-user quotas an admin may set; None means the platform default from Settings.
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_job_hours: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+Index("uq_users_username_lower", func.lower(User.username), unique=True)
 
 
 class Job(Base):
@@ -140,8 +165,12 @@ class Dataset(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
-    # One successor per entry: two writers appending at once cannot both extend the same tail.
-    __table_args__ = (UniqueConstraint("prev_hash", name="uq_audit_events_prev_hash"),)
+    # One successor per entry: two writers appending at once cannot both extend the same tail. Ids only
+    # grow (AUTOINCREMENT on SQLite), so a signed checkpoint's id and hash pin the log up to that entry.
+    __table_args__ = (
+        UniqueConstraint("prev_hash", name="uq_audit_events_prev_hash"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -154,3 +183,49 @@ class AuditEvent(Base):
     # Each event hashes the previous one's hash: editing or deleting a past event breaks the chain.
     prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class LoginFailure(Base):
+    """One failed login, kept one throttle window; shared by every API process (without Redis)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # sha256 of the throttle key (address, or account and address): fixed size whatever was sent.
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)  # seconds since the epoch
+
+
+class RegisteredModel(Base):
+    """A registered model name and its owner: only the owner (or an admin) registers versions under it."""
+
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersionRecord(Base):
+    """What the platform wrote for a model version: the checksums it serves against (never MLflow's tags)."""
+
+    __tablename__ = "model_versions"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    adapter_checksum: Mapped[str] = mapped_column(String(80))
+    artifact_checksums: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AllowedBaseModel(Base):
+    """A base model users may train through the API (names only; the admin manages the list)."""
+
+    __tablename__ = "allowed_base_models"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    added_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

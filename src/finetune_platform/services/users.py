@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import Role, User
 from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
-from finetune_platform.security import hash_password
+from finetune_platform.security import MAX_PASSWORD_LENGTH, hash_password, password_problem
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
-MIN_PASSWORD_LENGTH = 8
+MAX_USERNAME_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -31,19 +32,37 @@ class UserPublic:
         return cls(user.id, user.username, user.role, user.is_active, user.created_at)
 
 
+@dataclass(frozen=True)
+class TokenSubject:
+    """What a token binds to: the account's id, its current token version and its random token key."""
+
+    user_id: int
+    token_version: int
+    token_key: str
+
+
+def _named(username: str):
+    """The user row condition for a username, in any case ("Alice" is "alice")."""
+    return func.lower(User.username) == username.lower()
+
+
 def create_user(session: Session, username: str, password: str, role: str = Role.USER.value) -> UserPublic:
     if not USERNAME.match(username):
         raise ConfigError(
             f"username {username!r}: 2-64 letters, digits or . _ @ -, starting with a letter or digit"
         )
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ConfigError(f"password: at least {MIN_PASSWORD_LENGTH} characters")
+    _check_password(password, username)
     if role not in {r.value for r in Role}:
         raise ConfigError(f"role {role!r}: expected one of {', '.join(r.value for r in Role)}")
-    if session.scalar(select(User.id).where(User.username == username)) is not None:
+    if session.scalar(select(User.id).where(_named(username))) is not None:
         raise PlatformError(f"user {username!r} already exists", ErrorCode.CONFLICT)
     user = User(
-        username=username, password_hash=hash_password(password), role=role, is_active=True, token_version=0
+        username=username,
+        password_hash=hash_password(password),
+        role=role,
+        is_active=True,
+        token_version=0,
+        token_key=secrets.token_hex(16),
     )
     session.add(user)
     try:
@@ -55,7 +74,7 @@ def create_user(session: Session, username: str, password: str, role: str = Role
 
 
 def get_user(session: Session, username: str) -> UserPublic:
-    user = session.scalar(select(User).where(User.username == username))
+    user = session.scalar(select(User).where(_named(username)))
     if user is None:
         raise NotFoundError(f"no user {username!r}")
     return UserPublic.of(user)
@@ -70,9 +89,7 @@ LOCAL_USER = "local"
 
 def local_user(session: Session) -> UserPublic:
     """The account the command line acts as: an admin that cannot log in (it has no usable password)."""
-    import secrets
-
-    user = session.scalar(select(User).where(User.username == LOCAL_USER))
+    user = session.scalar(select(User).where(_named(LOCAL_USER)))
     if user is None:
         user = User(
             username=LOCAL_USER,
@@ -80,6 +97,7 @@ def local_user(session: Session) -> UserPublic:
             role=Role.ADMIN.value,
             is_active=True,
             token_version=0,
+            token_key=secrets.token_hex(16),
         )
         session.add(user)
         session.flush()
@@ -92,13 +110,15 @@ _DUMMY_HASH: str | None = None
 
 
 def authenticate(session: Session, username: str, password: str) -> UserPublic | None:
-    """The active user with this password, or None (same work for an unknown name as for a wrong password)."""
-    import secrets
+    """The active user with this password, or None (same work for an unknown name as for a wrong password).
 
+    Names and passwords longer than any account can have are refused before any lookup or hashing."""
     from finetune_platform.security import verify_password
 
     global _DUMMY_HASH
-    user = session.scalar(select(User).where(User.username == username))
+    if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+        return None
+    user = session.scalar(select(User).where(_named(username)))
     if user is None:
         _DUMMY_HASH = _DUMMY_HASH or hash_password(secrets.token_urlsafe(16))
         verify_password(_DUMMY_HASH, password)
@@ -112,6 +132,14 @@ def user_by_id(session: Session, user_id: int) -> tuple[UserPublic, int] | None:
     """The user and their current token version, or None."""
     user = session.get(User, user_id)
     return None if user is None else (UserPublic.of(user), user.token_version)
+
+
+def token_subject(session: Session, user_id: int) -> TokenSubject:
+    """What a new token of the user carries (POST /login issues it)."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"no user {user_id}")
+    return TokenSubject(user.id, user.token_version, user.token_key)
 
 
 def get_user_public(session: Session, user_id: int) -> UserPublic:
@@ -149,7 +177,7 @@ def update_user(
         if not is_active:
             user.token_version += 1
     if password is not None:
-        _check_password(password)
+        _check_password(password, user.username)
         user.password_hash = hash_password(password)
         user.token_version += 1
     session.flush()
@@ -162,26 +190,30 @@ def change_password(session: Session, user_id: int, current: str, new: str) -> N
     user = session.get(User, user_id)
     if user is None or not verify_password(user.password_hash, current):
         raise PlatformError("current password is wrong", ErrorCode.PERMISSION_DENIED)
-    _check_password(new)
+    _check_password(new, user.username)
     user.password_hash = hash_password(new)
     user.token_version += 1
 
 
-def _check_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ConfigError(f"password: at least {MIN_PASSWORD_LENGTH} characters")
+def _check_password(password: str, username: str | None) -> None:
+    problem = password_problem(password, username)
+    if problem:
+        raise ConfigError(problem)
 
 
-def user_for_token(settings, user_id: int, token_version: int) -> UserPublic | None:
-    """The active user whose tokens are at ``token_version``, or None. One indexed read, connection
-    returned at once (the API calls this on every request)."""
+def user_for_token(settings, user_id: int, token_version: int, token_key: str) -> UserPublic | None:
+    """The active user whose tokens are at ``token_version`` with this token key, or None. One indexed read,
+    connection returned at once (the API calls this on every request)."""
     from finetune_platform.db.session import read_engine
 
     users = User.__table__
     with read_engine(settings.database_url).connect() as connection:
         row = connection.execute(
             select(users.c.id, users.c.username, users.c.role, users.c.is_active, users.c.created_at).where(
-                users.c.id == user_id, users.c.token_version == token_version, users.c.is_active.is_(True)
+                users.c.id == user_id,
+                users.c.token_version == token_version,
+                users.c.token_key == token_key,
+                users.c.is_active.is_(True),
             )
         ).first()
     return None if row is None else UserPublic(*row)

@@ -36,6 +36,7 @@ class ModelCard:
     adapter_checksum: str
     labels: list[str] = field(default_factory=list)
     artifact_checksums: dict[str, str] = field(default_factory=dict)  # every file of the registered artifact
+    owner: str | None = None  # username owning the model name (None: registered before names were owned)
     embedding: list[float] = field(default_factory=list)
 
     @property

@@ -10,6 +10,7 @@ and archives the version that held it. Model cards mirror the stage tag.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -24,6 +25,7 @@ logger = logging.getLogger("finetune_platform.registry")
 
 STAGE_TAG = "stage"
 ADAPTER_FILE = "adapter_model.safetensors"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # TrainConfig's model_name, at most 128
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
 
 
@@ -79,6 +81,8 @@ class ModelRegistry:
         return VersionInfo(mv.name, int(mv.version), stage, mv.run_id, mv.source, found, created)
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
+        if name is not None and not MODEL_NAME.match(name):
+            return []  # no model can have this name: nothing user-typed reaches MLflow's filter parser
         query = f"name='{name}'" if name else None
         found = list(self.client.search_model_versions(query))
         # Version searches leave aliases out; the registered model knows which version each alias names.
@@ -102,22 +106,40 @@ class ModelRegistry:
         from mlflow.exceptions import MlflowException
 
         name, _, selector = reference.partition("@")
+        if not MODEL_NAME.match(name):
+            raise NotFoundError(f"no registered model {name[:130]!r}")
         if not selector:
             versions = self.versions(name)
             if not versions:
                 raise NotFoundError(f"no registered model {name!r}")
             return versions[-1]
-        if selector.isdigit():
+        if selector.isascii() and selector.isdigit() and len(selector) <= 9:
             return self.version(name, int(selector))
+        if selector.lower() not in ALIASES.values():
+            raise NotFoundError(
+                f"model {name!r}: {selector[:40]!r} is not a version number, 'production' or 'staging'"
+            )
         try:
             return self._info(self.client.get_model_version_by_alias(name, selector.lower()))
         except MlflowException:
             raise NotFoundError(f"model {name!r} has no version with alias {selector!r}") from None
 
     # -- writing ---------------------------------------------------------------------------------
-    def register(self, *, name: str, run_id: str, artifact_uri: str, card: ModelCard) -> VersionInfo:
-        """A new version from a finished run, in Staging, with its model card."""
+    def register(
+        self, *, name: str, run_id: str, artifact_uri: str, card: ModelCard, owner_id: int | None = None
+    ) -> VersionInfo:
+        """A new version from a finished run, in Staging, with its model card and, in the app database, its
+        owner's claim on the name and the checksums it will be served against."""
         from mlflow.exceptions import MlflowException
+
+        from finetune_platform.db.session import ensure_database, session_scope
+        from finetune_platform.tracking.ownership import claim_name, owner_of, record_version
+
+        ensure_database(self.settings)
+        with session_scope(self.settings) as session:
+            if owner_id is not None:
+                claim_name(session, name, owner_id, is_admin=_is_admin(session, owner_id))
+            card.owner = _username(session, owner_of(session, name))
 
         try:
             self.client.get_registered_model(name)
@@ -132,6 +154,16 @@ class ModelRegistry:
         )
         card.version = int(mv.version)
         card.created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        with session_scope(self.settings) as session:
+            record_version(
+                session,
+                name,
+                card.version,
+                owner_id=owner_id,
+                run_id=run_id,
+                adapter_checksum=card.adapter_checksum,
+                artifact_checksums=card.artifact_checksums,
+            )
         self.cards.save(card)
         self.transition(name, int(mv.version), Stage.STAGING)
         return self.version(name, int(mv.version))
@@ -192,6 +224,7 @@ class ModelRegistry:
                 changes.append(f"{card.key}: stage {card.stage} -> {info.stage.value}")
                 card.stage = info.stage.value
                 self.cards.save(card)
+        changes += self._adopt(name)
         carded = {(c.name, c.version) for c in self.cards.all()}
         for key, info in registered.items():
             if key not in carded:
@@ -200,18 +233,57 @@ class ModelRegistry:
                 )
         return changes
 
+    def _adopt(self, name: str | None) -> list[str]:
+        """Versions registered before the platform kept checksum records: record their cards' checksums
+        (an admin's explicit step, so nothing registered behind the platform's back is adopted silently)."""
+        from finetune_platform.db.session import ensure_database, session_scope
+        from finetune_platform.tracking.ownership import checksums, record_version
+
+        ensure_database(self.settings)
+        adopted = []
+        with session_scope(self.settings) as session:
+            for card in self.cards.all():
+                if (name is None or card.name == name) and checksums(
+                    session, card.name, card.version
+                ) is None:
+                    record_version(
+                        session,
+                        card.name,
+                        card.version,
+                        owner_id=None,
+                        run_id=card.run_id,
+                        adapter_checksum=card.adapter_checksum,
+                        artifact_checksums=card.artifact_checksums,
+                    )
+                    adopted.append(f"{card.key}: checksums recorded from its model card")
+        return adopted
+
     # -- loading ---------------------------------------------------------------------------------
     def verified_adapter(self, reference: str, cache_dir: Path | None = None) -> tuple[Path, ModelCard]:
         """The adapter folder of a version, refusing anything but platform-written, checksum-matching safetensors.
 
         The source must be an artifact of an MLflow run (``runs:``, ``mlflow-artifacts:`` or a file under the
-        artifact root); pickle files are refused; the safetensors checksum must equal the card's.
+        artifact root); pickle files are refused; every file's checksum must equal the one the platform
+        recorded in its own database when it registered the version (a version created or altered in MLflow
+        behind the platform's back has no such record, or other files, and is refused).
         """
         import mlflow
+
+        from finetune_platform.db.session import ensure_database, session_scope
+        from finetune_platform.tracking.ownership import checksums
 
         info = self.resolve(reference)
         card = self.cards.get(info.name, info.version)
         self._check_source(info.source)
+        ensure_database(self.settings)
+        with session_scope(self.settings) as session:
+            recorded = checksums(session, info.name, info.version)
+        if recorded is None:
+            raise PlatformError(
+                f"{info.name}@{info.version} was not registered by this platform (no checksum record); "
+                "an admin can adopt versions registered before records existed with `finetune models reconcile`",
+                ErrorCode.PERMISSION_DENIED,
+            )
         target = Path(cache_dir or (self.settings.FINETUNE_HOME / "models" / f"{info.name}-v{info.version}"))
         target.mkdir(parents=True, exist_ok=True)
         local = Path(
@@ -230,15 +302,16 @@ class ModelRegistry:
         if not adapter.is_file():
             raise PlatformError(f"{reference}: the artifact has no {ADAPTER_FILE}", ErrorCode.NOT_FOUND)
         checksum = file_checksum(adapter)
-        if checksum != card.adapter_checksum:
+        if checksum != recorded.adapter:
             raise PlatformError(
-                f"{reference}: adapter checksum {checksum} does not match its model card ({card.adapter_checksum})",
+                f"{reference}: adapter checksum {checksum} does not match the one recorded at registration "
+                f"({recorded.adapter})",
                 ErrorCode.PERMISSION_DENIED,
             )
-        if card.artifact_checksums:
+        if recorded.artifacts:
             for path in files:
                 name = path.relative_to(local).as_posix()
-                if card.artifact_checksums.get(name) != file_checksum(path):
+                if recorded.artifacts.get(name) != file_checksum(path):
                     raise PlatformError(
                         f"{reference}: {name} is not a file the platform wrote for this version (checksum differs "
                         "or it is not on the model card)",
@@ -267,3 +340,17 @@ class ModelRegistry:
 
 def _quoted(value: str) -> str:
     return value.replace("'", "''")
+
+
+def _is_admin(session: Any, user_id: int) -> bool:
+    from finetune_platform.db.models import Role, User
+
+    user = session.get(User, user_id)
+    return user is not None and user.role == Role.ADMIN.value
+
+
+def _username(session: Any, user_id: int | None) -> str | None:
+    from finetune_platform.db.models import User
+
+    user = session.get(User, user_id) if user_id is not None else None
+    return None if user is None else user.username

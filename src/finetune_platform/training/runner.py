@@ -72,11 +72,13 @@ def run_training(
     show_progress: bool = True,
     callbacks: Sequence[Any] = (),
     on_stage: Callable[[str], None] | None = None,
+    owner_id: int | None = None,
 ) -> RunResult:
     """Train, evaluate, save, track and register one run.
 
     ``callbacks`` are extra Trainer callbacks (the job worker's progress and stop control); ``on_stage``
-    hears "validating", "training", "evaluating" and "registering" as the run reaches them.
+    hears "validating", "training", "evaluating" and "registering" as the run reaches them; ``owner_id`` is
+    the account the model version is registered for (None: the command line's local account).
     """
     from finetune_platform.training.recipe import LoraClassificationRecipe
 
@@ -127,7 +129,9 @@ def run_training(
                 logger.info("MLflow calls took %.2fs in this run", tracker.seconds)
                 if config.registry.enabled:
                     stage("registering")
-                    metrics["model"] = _register(settings, config, run, recipe, metrics, tracker.run_id)
+                    metrics["model"] = _register(
+                        settings, config, run, recipe, metrics, tracker.run_id, owner_id
+                    )
                     run.update_state(model=metrics["model"])
                 # metrics.json as logged to MLflow, plus what only exists after tracking and registration.
                 write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
@@ -159,7 +163,13 @@ def run_training(
 
 
 def _register(
-    settings: Settings, config: TrainConfig, run: RunFolder, recipe: Any, metrics: dict[str, Any], run_id: str
+    settings: Settings,
+    config: TrainConfig,
+    run: RunFolder,
+    recipe: Any,
+    metrics: dict[str, Any],
+    run_id: str,
+    owner_id: int | None,
 ) -> dict[str, Any]:
     """The run's adapter becomes a new version (in Staging) of the registered model, with its card."""
     from finetune_platform.tracking.embeddings import default_embedder
@@ -187,6 +197,13 @@ def _register(
         },
         labels=list(recipe.state.splits.label_map.names),
     )
+    if owner_id is None:  # the command line acts as its local admin account
+        from finetune_platform.db.session import ensure_database, session_scope
+        from finetune_platform.services.users import local_user
+
+        ensure_database(settings)
+        with session_scope(settings) as session:
+            owner_id = local_user(session).id
     registry = ModelRegistry(settings)
     existing = registry.version_for_run(card.name, run_id)
     if existing is not None:  # a retried job that registered before it was interrupted: register once
@@ -194,7 +211,7 @@ def _register(
         return {"name": existing.name, "version": existing.version, "stage": existing.stage.value}
     card.embedding = default_embedder().embed([card.text()])[0].round(6).tolist()
     info = registry.register(
-        name=card.name, run_id=run_id, artifact_uri=f"runs:/{run_id}/artifacts", card=card
+        name=card.name, run_id=run_id, artifact_uri=f"runs:/{run_id}/artifacts", card=card, owner_id=owner_id
     )
     logger.info("registered %s version %d (%s)", info.name, info.version, info.stage.value)
     return {"name": info.name, "version": info.version, "stage": info.stage.value}

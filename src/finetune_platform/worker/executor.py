@@ -191,6 +191,7 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
         show_progress=False,
         callbacks=[reporter, *callbacks],
         on_stage=on_stage,
+        owner_id=job.owner_id,
     )
     evaluation = result.metrics["eval"]
     model = result.metrics.get("model") or {}

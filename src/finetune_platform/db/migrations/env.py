@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 from alembic import context
 from sqlalchemy import create_engine
 
 from finetune_platform.db.models import Base
 
+# SQLite batch mode reflects users, whose lower(username) index it cannot reflect (and keeps anyway).
+warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index")
 config = context.config
 target_metadata = Base.metadata
 
