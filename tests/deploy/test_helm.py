@@ -7,6 +7,7 @@ Each values variant is rendered once per module; the tests then read the objects
 from __future__ import annotations
 
 import base64
+import configparser
 import json
 import os
 import re
@@ -56,7 +57,7 @@ CONVENTIONS = {
         "/_stcore/health",
     ),
     "mlflow": (
-        f"mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri {MLFLOW_URL} "
+        "mlflow server --app-name basic-auth --host 0.0.0.0 --port 5000 "
         "--artifacts-destination /mlflow/artifacts --serve-artifacts --allowed-hosts "
         f"{PREFIX}-mlflow,{PREFIX}-mlflow:5000,localhost,localhost:5000,127.0.0.1:5000",
         5000,
@@ -112,6 +113,23 @@ SERVICE_MONITOR_SCHEMA = {
                             "scheme": {"enum": ["http", "https"]},
                             "interval": {"type": "string", "pattern": DURATION},
                             "scrapeTimeout": {"type": "string", "pattern": DURATION},
+                            "authorization": {  # SafeAuthorization: a header from a Secret's key
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "credentials": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["key"],
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "key": {"type": "string"},
+                                            "optional": {"type": "boolean"},
+                                        },
+                                    },
+                                },
+                            },
                         },
                     },
                 },
@@ -182,9 +200,24 @@ VARIANTS = {
         "secrets.serveApiKeys={SERVE-KEY-must-not-leak}",
         "monitoring.enabled=true",
         "monitoring.grafana.adminPassword=GRAFANA-VALUE-must-not-leak",
+        "secrets.mlflowAdminPassword=MLFLOW-ADMIN-must-not-leak",
+        "secrets.redisPassword=REDIS-VALUE-must-not-leak",
+        "secrets.metricsToken=METRICS-VALUE-must-not-leak-0123456789",
+        "postgresql.appPassword=APP-VALUE-must-not-leak",
     ),
 }
-LEAK_MARKERS = ["jwt-VALUE", "DB-VALUE", "MLFLOW-VALUE", "SERVE-KEY", "GRAFANA-VALUE", "must-not-leak"]
+LEAK_MARKERS = [
+    "jwt-VALUE", "DB-VALUE", "MLFLOW-VALUE", "SERVE-KEY", "GRAFANA-VALUE", "MLFLOW-ADMIN", "REDIS-VALUE",
+    "METRICS-VALUE", "APP-VALUE", "must-not-leak",
+]  # fmt: skip
+# The keys the chart generates when their values are empty.
+GENERATED = [
+    "DATABASE_APP_PASSWORD",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "REDIS_PASSWORD",
+    "METRICS_TOKEN",
+]
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +312,10 @@ def test_service_monitor_schema_rejects_a_wrong_monitor(rendered):
 
 DEFAULT_OBJECTS = {
     ("Secret", PREFIX),
+    ("ConfigMap", f"{PREFIX}-mlflow-auth"),
+    ("NetworkPolicy", f"{PREFIX}-mlflow"),
+    ("NetworkPolicy", f"{PREFIX}-redis"),
+    ("NetworkPolicy", f"{PREFIX}-worker"),
     ("PersistentVolumeClaim", f"{PREFIX}-data"),
     ("Deployment", f"{PREFIX}-api"),
     ("Deployment", f"{PREFIX}-worker"),
@@ -312,20 +349,34 @@ def test_prod_objects(rendered):
     }
 
 
+def decoded_secret(docs: list[dict], name: str) -> dict[str, str]:
+    return {
+        key: base64.b64decode(value).decode() for key, value in find(docs, "Secret", name)["data"].items()
+    }
+
+
 def test_prod_secret_holds_the_values_and_only_there(rendered):
     docs, text = rendered["prod"]
-    secret = find(docs, "Secret", PREFIX)
-    decoded = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    decoded = decoded_secret(docs, PREFIX)
+    generated = {key: decoded.pop(key) for key in GENERATED}
+    app_password = generated["DATABASE_APP_PASSWORD"]
     assert decoded == {
         "JWT_SECRET": JWT_SECRET,
-        "DATABASE_URL": DATABASE_URL,
+        "DATABASE_URL": f"postgresql+psycopg://finetune_app:{app_password}@db.internal:5432/finetune",
         "MLFLOW_BACKEND_STORE_URI": MLFLOW_URL,
     }
-    for value in (JWT_SECRET, DATABASE_URL, MLFLOW_URL, "db-Pass-7Qx2"):
+    for key, value in generated.items():
+        assert re.fullmatch("[A-Za-z0-9]{32}", value), key
+    assert len(set(generated.values())) == len(GENERATED)
+    for value in (JWT_SECRET, DATABASE_URL, MLFLOW_URL, "db-Pass-7Qx2", *generated.values()):
         assert value not in text
+    # The owner's URL goes to the migration hook alone, with the password it gives finetune_app.
     migrate = find(docs, "Secret", f"{PREFIX}-db-migrate")
     assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert base64.b64decode(migrate["data"]["DATABASE_URL"]).decode() == DATABASE_URL
+    assert decoded_secret(docs, f"{PREFIX}-db-migrate") == {
+        "DATABASE_URL": DATABASE_URL,
+        "DATABASE_APP_PASSWORD": app_password,
+    }
 
 
 @pytest.mark.parametrize(
@@ -372,14 +423,37 @@ def test_existing_secret_is_referenced_and_no_value_leaks(rendered):
     }
     assert {ref["name"] for ref in references.values()} == {"platform-secrets"}
     for component in ("api", "worker", "inference"):
-        for key in ("JWT_SECRET", "DATABASE_URL"):
+        for key in (
+            "JWT_SECRET",
+            "DATABASE_URL",
+            "MLFLOW_TRACKING_PASSWORD",
+            "REDIS_PASSWORD",
+            "METRICS_TOKEN",
+        ):
             assert references[component, key] == {"name": "platform-secrets", "key": key, "optional": False}
         assert references[component, "SERVE_API_KEYS"]["optional"] is True
-    assert references["db-migrate", "DATABASE_URL"] == {"name": "platform-secrets", "key": "DATABASE_URL"}
+    # The migration connects as the owner: DATABASE_MIGRATION_URL; the pods' DATABASE_URL is finetune_app's.
+    assert references["db-migrate", "DATABASE_URL"] == {
+        "name": "platform-secrets",
+        "key": "DATABASE_MIGRATION_URL",
+    }
+    assert references["db-migrate", "DATABASE_APP_PASSWORD"] == {
+        "name": "platform-secrets",
+        "key": "DATABASE_APP_PASSWORD",
+    }
     assert references["mlflow", "MLFLOW_BACKEND_STORE_URI"] == {
         "name": "platform-secrets",
         "key": "MLFLOW_BACKEND_STORE_URI",
     }
+    assert references["mlflow", "MLFLOW_AUTH_ADMIN_PASSWORD"] == {
+        "name": "platform-secrets",
+        "key": "MLFLOW_TRACKING_PASSWORD",
+    }
+    assert references["mlflow", "MLFLOW_FLASK_SERVER_SECRET_KEY"]["key"] == "MLFLOW_FLASK_SERVER_SECRET_KEY"
+    assert references["redis", "REDIS_PASSWORD"] == {"name": "platform-secrets", "key": "REDIS_PASSWORD"}
+    prometheus = find(docs, "Deployment", f"{PREFIX}-prometheus")["spec"]["template"]["spec"]
+    (token,) = [volume["secret"] for volume in prometheus["volumes"] if "secret" in volume]
+    assert token["secretName"] == "platform-secrets" and token["items"][0]["key"] == "METRICS_TOKEN"
     assert references["grafana", "GF_SECURITY_ADMIN_PASSWORD"]["name"] == "platform-secrets"
 
 
@@ -474,7 +548,7 @@ def test_shared_volume_and_settings(rendered):
         assert env["FINETUNE_HOME"] == "/data/home"
         assert env["RESULTS_DIR"] == "/data/results"
         assert env["MODEL_REGISTRY_DIR"] == "/data/registry"
-        assert env["REDIS_URL"] == f"redis://{PREFIX}-redis:6379/0"
+        assert env["REDIS_URL"] == f"redis://:$(REDIS_PASSWORD)@{PREFIX}-redis:6379/0"
         assert env["MLFLOW_TRACKING_URI"] == f"http://{PREFIX}-mlflow:5000"
         assert "JWT_SECRET" not in env  # local mode without a secret: the API generates one on /data
     storage_class = template("--set", "persistence.storageClass=nfs-csi")
@@ -622,6 +696,7 @@ def test_bundled_prometheus_and_grafana(rendered):
     [
         ("dashboards/finetune-platform.json", "deploy/grafana/dashboards/finetune-platform.json"),
         ("files/prometheus/alerts.yml", "deploy/prometheus/alerts.yml"),
+        ("files/mlflow/basic_auth.ini", "deploy/mlflow/basic_auth.ini"),
     ],
 )
 def test_copies_inside_the_chart_equal_the_originals(copy, original):
@@ -670,3 +745,321 @@ def test_every_value_is_documented():
         name for name in documented if not any(leaf == name or leaf.startswith(f"{name}.") for leaf in leaves)
     ]
     assert stale == []
+
+
+# --- issue 18: who reaches MLflow, Redis and the workers; where every secret comes from ------------------------
+
+AUTH_INI = ROOT / "deploy" / "mlflow" / "basic_auth.ini"
+PLATFORM_PODS = {f"{PREFIX}-{name}" for name in ("api", "worker", "worker-gpu", "inference")}
+# Env variables that carry a secret: each must come from a Secret (secretKeyRef), never a literal.
+SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEYS|DATABASE_URL|MIGRATION_URL|REDISCLI_AUTH")
+# A URL with a password in it that is not a $(VARIABLE) the kubelet substitutes.
+URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:(?!\$\()[^/@\s]+@")
+
+
+def pod_labels(docs: list[dict]) -> dict[str, dict]:
+    """Labels of each workload's pods, by workload name."""
+    return {
+        doc["metadata"]["name"]: doc["spec"]["template"]["metadata"]["labels"]
+        for doc in docs
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}
+    }
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and matchExpressions) matches ``labels``."""
+    matches = {
+        "In": lambda key, values: labels.get(key) in values,
+        "NotIn": lambda key, values: labels.get(key) not in values,
+        "Exists": lambda key, values: key in labels,
+        "DoesNotExist": lambda key, values: key not in labels,
+    }
+    return selector.get("matchLabels", {}).items() <= labels.items() and all(
+        matches[expression["operator"]](expression["key"], expression.get("values", []))
+        for expression in selector.get("matchExpressions", [])
+    )
+
+
+def admitted_in_namespace(rule: dict, docs: list[dict]) -> set[str]:
+    """The release's workloads whose pods a rule's same-namespace peers (podSelector alone) admit."""
+    peers = [peer["podSelector"] for peer in rule["from"] if set(peer) == {"podSelector"}]
+    return {name for name, labels in pod_labels(docs).items() if any(selects(peer, labels) for peer in peers)}
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+@pytest.mark.parametrize("variant", ["default", "prod", "monitoring", "gpu"])
+def test_mlflow_and_redis_admit_only_the_platforms_pods(rendered, variant):
+    docs = objects(rendered, variant)
+    platform = PLATFORM_PODS & set(pod_labels(docs))
+    assert (f"{PREFIX}-worker-gpu" in platform) == (variant == "gpu")
+    for component, port in (("mlflow", 5000), ("redis", 6379)):
+        policy = find(docs, "NetworkPolicy", f"{PREFIX}-{component}")["spec"]
+        selected = [
+            name for name, labels in pod_labels(docs).items() if selects(policy["podSelector"], labels)
+        ]
+        assert selected == [f"{PREFIX}-{component}"]
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        assert all(
+            set(peer) == {"podSelector"} for peer in rule["from"]
+        )  # this namespace, these pods, nothing else
+        assert admitted_in_namespace(rule, docs) == platform, (
+            component
+        )  # not ui, prometheus, grafana, db-migrate
+
+
+@pytest.mark.parametrize("variant", ["default", "monitoring", "gpu"])
+def test_worker_metrics_port_admits_prometheus_only(rendered, variant):
+    docs = objects(rendered, variant)
+    policy = find(docs, "NetworkPolicy", f"{PREFIX}-worker")["spec"]
+    workers = {name for name, labels in pod_labels(docs).items() if selects(policy["podSelector"], labels)}
+    assert workers == {f"{PREFIX}-worker", f"{PREFIX}-worker-gpu"} & set(pod_labels(docs))
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9100}]
+    bundled = {f"{PREFIX}-prometheus"} if variant == "monitoring" else set()
+    assert admitted_in_namespace(rule, docs) == bundled
+    # Besides: the Prometheus Operator's pods (app.kubernetes.io/name=prometheus) in any namespace, for the
+    # ServiceMonitor; no pod of this release carries that label.
+    others = [peer for peer in rule["from"] if set(peer) != {"podSelector"}]
+    assert others == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    ]
+    assert not [
+        name for name, labels in pod_labels(docs).items() if selects(others[0]["podSelector"], labels)
+    ]
+
+
+def test_worker_metrics_port_admits_no_one_without_prometheus():
+    docs, _ = render("--set-json", "networkPolicy.prometheusPeers=[]")
+    policy = find(docs, "NetworkPolicy", f"{PREFIX}-worker")["spec"]
+    assert policy["ingress"] == [] and policy["policyTypes"] == ["Ingress"]
+    docs, _ = render("--set", "networkPolicy.enabled=false")
+    assert not [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_mlflow_is_a_cluster_ip_service_no_ingress_routes_to(rendered, variant):
+    docs = objects(rendered, variant)
+    service = find(docs, "Service", f"{PREFIX}-mlflow")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [port["port"] for port in service["spec"]["ports"]] == [5000]
+    backends = [
+        path["backend"]["service"]["name"]
+        for doc in docs
+        if doc["kind"] == "Ingress"
+        for rule in doc["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert f"{PREFIX}-mlflow" not in backends
+
+
+def test_an_ingress_path_to_mlflow_is_refused():
+    hosts = [
+        {"host": "mlflow.example.com", "paths": [{"path": "/", "pathType": "Prefix", "service": "mlflow"}]}
+    ]
+    result = template("--set", "ingress.enabled=true", "--set-json", f"ingress.hosts={json.dumps(hosts)}")
+    assert result.returncode == 1
+    assert (
+        "- at '/ingress/hosts/0/paths/0/service': value must be one of 'api', 'ui', 'inference'"
+        in result.stderr
+    )
+
+
+def test_mlflow_asks_for_a_login_with_the_shipped_auth_config(rendered):
+    docs = objects(rendered, "prod")
+    found = containers(docs)
+    mlflow = found["mlflow"]
+    assert mlflow["command"][:4] == ["mlflow", "server", "--app-name", "basic-auth"]
+    env = env_of(mlflow)
+    mounts = {mount["mountPath"]: mount for mount in mlflow["volumeMounts"]}
+    volumes = {
+        volume["name"]: volume
+        for volume in find(docs, "Deployment", f"{PREFIX}-mlflow")["spec"]["template"]["spec"]["volumes"]
+    }
+    # The auth config is the ConfigMap copy of deploy/mlflow/basic_auth.ini, mounted where the variable points.
+    path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    config_map = volumes[mounts[str(path.parent)]["name"]]["configMap"]["name"]
+    assert find(docs, "ConfigMap", config_map)["data"][path.name] == AUTH_INI.read_text()
+    ini = configparser.ConfigParser()
+    ini.read_string(AUTH_INI.read_text())
+    assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert "admin_password" not in ini["mlflow"]  # the password is a secret: MLFLOW_AUTH_ADMIN_PASSWORD
+    # The user database: on its own subPath of the shared volume, outside the artifact root MLflow serves.
+    database = Path(ini["mlflow"]["database_uri"].removeprefix("sqlite:///"))
+    assert mounts[str(database.parent)]["subPath"] == "mlflow-auth"
+    assert not database.is_relative_to("/mlflow/artifacts")
+    admin = env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert admin == {"name": PREFIX, "key": "MLFLOW_TRACKING_PASSWORD"}
+    assert (
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"]
+        == "MLFLOW_FLASK_SERVER_SECRET_KEY"
+    )
+    # The platform's pods log in as that admin, with the same Secret key.
+    for component in ("api", "worker", "inference"):
+        platform = env_of(found[component])
+        assert platform["MLFLOW_TRACKING_USERNAME"]["value"] == ini["mlflow"]["admin_username"], component
+        assert platform["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == admin, component
+    assert len(secret_value(docs, admin)) >= 16  # MLflow refuses an admin password under 12 characters
+    for component in ("ui", "db-migrate"):
+        assert not {"MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"} & set(env_of(found[component])), (
+            component
+        )
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_secrets_come_from_secret_references_only(rendered, variant):
+    docs, text = rendered[variant]
+    for name, spec in pod_specs(docs):
+        for container in spec["containers"]:
+            names = [entry["name"] for entry in container.get("env", [])]
+            for entry in container.get("env", []):
+                if SECRET_ENV.search(entry["name"]):
+                    assert "secretKeyRef" in entry.get("valueFrom", {}), (name, entry["name"])
+                else:
+                    assert not URL_WITH_PASSWORD.search(str(entry.get("value", ""))), (name, entry["name"])
+                for variable in re.findall(r"\$\((\w+)\)", str(entry.get("value", ""))):
+                    # the kubelet substitutes only variables defined earlier in the list
+                    assert names.index(variable) < names.index(entry["name"]), (name, entry["name"])
+            for part in container.get("command", []) + container.get("args", []):
+                assert not URL_WITH_PASSWORD.search(part), name
+    for secret in (doc for doc in docs if doc["kind"] == "Secret"):
+        for key, value in secret["data"].items():
+            plain = base64.b64decode(value).decode()
+            for piece in (plain, *re.findall(r":([^:/@]+)@", plain)):
+                assert piece not in text, (secret["metadata"]["name"], key)
+    for known in ("password1234", "finetune-local", "admin-local", "change-me"):
+        assert known not in text
+
+
+def test_redis_asks_for_the_secrets_password(rendered):
+    docs = objects(rendered, "default")
+    redis = find(docs, "StatefulSet", f"{PREFIX}-redis")["spec"]["template"]["spec"]["containers"][0]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    env = env_of(redis)
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):  # redis-cli (the readiness probe) reads REDISCLI_AUTH
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": PREFIX, "key": "REDIS_PASSWORD"}
+    assert redis["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    for component in ("api", "worker", "inference"):
+        platform = env_of(containers(docs)[component])
+        assert platform["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": PREFIX,
+            "key": "REDIS_PASSWORD",
+        }
+        assert platform["REDIS_URL"]["value"] == f"redis://:$(REDIS_PASSWORD)@{PREFIX}-redis:6379/0"
+    assert re.fullmatch("[A-Za-z0-9]{32}", decoded_secret(docs, PREFIX)["REDIS_PASSWORD"])
+
+
+def test_generated_secrets_are_one_value_per_render_and_new_per_install(rendered):
+    docs = objects(rendered, "prod")
+    main, hook = decoded_secret(docs, PREFIX), decoded_secret(docs, f"{PREFIX}-db-migrate")
+    assert hook["DATABASE_APP_PASSWORD"] == main["DATABASE_APP_PASSWORD"]
+    assert main["DATABASE_URL"].startswith(
+        f"postgresql+psycopg://finetune_app:{main['DATABASE_APP_PASSWORD']}@"
+    )
+    again = decoded_secret(render(*PROD)[0], PREFIX)
+    for key in GENERATED:
+        assert again[key] != main[key], key
+
+
+def test_given_secret_values_are_kept():
+    given = {
+        "secrets.mlflowAdminPassword": "an admin password of mine",
+        "secrets.redisPassword": "redis-Password-0123",
+        "secrets.metricsToken": "metrics-token-0123456789abcdef0123456789",
+        "postgresql.appPassword": "app.Password-0123",
+    }
+    docs, _ = render(*PROD, *sets(*(f"{key}={value}" for key, value in given.items())))
+    decoded = decoded_secret(docs, PREFIX)
+    assert decoded["MLFLOW_TRACKING_PASSWORD"] == given["secrets.mlflowAdminPassword"]
+    assert decoded["REDIS_PASSWORD"] == given["secrets.redisPassword"]
+    assert decoded["METRICS_TOKEN"] == given["secrets.metricsToken"]
+    assert decoded["DATABASE_APP_PASSWORD"] == given["postgresql.appPassword"]
+    assert (
+        decoded["DATABASE_URL"]
+        == "postgresql+psycopg://finetune_app:app.Password-0123@db.internal:5432/finetune"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        (
+            "secrets.redisPassword=short",
+            "- at '/secrets/redisPassword': 'short' does not match pattern '^([A-Za-z0-9._~-]{16,})?$'",
+        ),
+        (
+            "postgresql.appPassword=has@an-at-sign-in-it",
+            "- at '/postgresql/appPassword': 'has@an-at-sign-in-it' does not match pattern",
+        ),
+        ("secrets.mlflowAdminPassword=short", "- at '/secrets/mlflowAdminPassword': 'short' does not match"),
+        ("forwardedAllowIps=*", "- at '/forwardedAllowIps': '*' does not match pattern"),
+    ],
+)
+def test_values_schema_rejects_weak_secrets_and_trusting_everyone(setting, error):
+    result = template("--set", setting)
+    assert result.returncode == 1
+    assert error in result.stderr
+
+
+def test_db_migrate_runs_as_the_owner_and_the_pods_as_finetune_app(rendered):
+    docs = objects(rendered, "prod")
+    job = find(docs, "Job", f"{PREFIX}-db-migrate")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(job)
+    assert secret_value(docs, env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]) == DATABASE_URL
+    app_password = secret_value(docs, env["DATABASE_APP_PASSWORD"]["valueFrom"]["secretKeyRef"])
+    for component in ("api", "worker", "inference"):
+        url = secret_value(
+            docs, env_of(containers(docs)[component])["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        )
+        assert url == f"postgresql+psycopg://finetune_app:{app_password}@db.internal:5432/finetune", component
+    query = decoded_secret(
+        render(*PROD, "--set", "postgresql.url=postgresql+psycopg://o:p-W0rd@db:6432/app?sslmode=require")[0],
+        PREFIX,
+    )
+    assert query["DATABASE_URL"] == (
+        f"postgresql+psycopg://finetune_app:{query['DATABASE_APP_PASSWORD']}@db:6432/app?sslmode=require"
+    )
+
+
+def test_forwarded_headers_are_trusted_only_from_the_configured_proxies(rendered):
+    for variant, expected in (("default", ""), ("prod", "10.244.0.0/16")):
+        found = containers(objects(rendered, variant))
+        for component in ("api", "inference", "ui"):
+            assert env_of(found[component])["FORWARDED_ALLOW_IPS"]["value"] == expected, (variant, component)
+        assert "FORWARDED_ALLOW_IPS" not in env_of(found["worker"])
+
+
+def test_prod_runs_in_production_mode(rendered):
+    for component, container in containers(objects(rendered, "prod")).items():
+        if "ENVIRONMENT" in env_of(container):
+            assert env_of(container)["ENVIRONMENT"]["value"] == "production", component
+
+
+def test_every_scrape_sends_the_metrics_token(rendered):
+    docs = objects(rendered, "monitoring")
+    monitor = find(docs, "ServiceMonitor", PREFIX)
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["authorization"] == {
+            "type": "Bearer",
+            "credentials": {"name": PREFIX, "key": "METRICS_TOKEN"},
+        }
+    prometheus = yaml.safe_load(find(docs, "ConfigMap", f"{PREFIX}-prometheus")["data"]["prometheus.yml"])
+    files = {job["job_name"]: job["authorization"] for job in prometheus["scrape_configs"]}
+    assert set(files) == {"finetune-api", "finetune-worker", "finetune-inference"}
+    spec = find(docs, "Deployment", f"{PREFIX}-prometheus")["spec"]["template"]["spec"]
+    mounts = {mount["name"]: mount for mount in spec["containers"][0]["volumeMounts"]}
+    (volume,) = [volume for volume in spec["volumes"] if "secret" in volume]
+    (item,) = volume["secret"]["items"]
+    token_file = f"{mounts[volume['name']]['mountPath']}/{item['path']}"
+    assert item["key"] == "METRICS_TOKEN" and volume["secret"]["secretName"] == PREFIX
+    assert volume["secret"]["defaultMode"] == 0o440 and mounts[volume["name"]]["readOnly"] is True
+    assert list(files.values()) == [{"type": "Bearer", "credentials_file": token_file}] * 3
+    token = find(docs, "Secret", PREFIX)["data"]["METRICS_TOKEN"]
+    for component in ("api", "worker", "inference"):
+        ref = env_of(containers(docs)[component])["METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert find(docs, "Secret", ref["name"])["data"][ref["key"]] == token

@@ -73,6 +73,64 @@ then to the chart's appVersion. Usage: include "finetune-platform.image" (list $
 {{- default (include "finetune-platform.fullname" .) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/*
+A secret the chart's own Secret holds: the value given in values, else the one the release's Secret already
+holds (so an upgrade keeps it), else 32 random letters and digits. Memoised in .Values for the render, so the
+Secret, the migration hook's Secret and the checksum annotations all see one value. `helm template` cannot look
+the Secret up: every render generates new ones (GitOps tools that render that way: set the values, or use
+secrets.existingSecret). Usage: include "finetune-platform.generatedSecret" (dict "root" $ "key" "REDIS_PASSWORD"
+"value" .Values.secrets.redisPassword)
+*/}}
+{{- define "finetune-platform.generatedSecret" -}}
+{{- $root := .root -}}
+{{- $memo := default (dict) (get $root.Values "_generatedSecrets") -}}
+{{- if not (hasKey $memo .key) -}}
+{{- $value := toString (default "" .value) -}}
+{{- if not $value -}}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "finetune-platform.fullname" $root) -}}
+{{- $value = dig "data" .key "" (default (dict) $existing) | b64dec -}}
+{{- end -}}
+{{- if not $value -}}
+{{- $value = randAlphaNum 32 -}}
+{{- end -}}
+{{- $_ := set $memo .key $value -}}
+{{- $_ := set $root.Values "_generatedSecrets" $memo -}}
+{{- end -}}
+{{- get $memo .key -}}
+{{- end -}}
+
+{{/* The PostgreSQL role the app's pods connect as; the migrations (run as postgresql.url's owner) create it. */}}
+{{- define "finetune-platform.appDatabaseUser" -}}
+finetune_app
+{{- end -}}
+
+{{/* DATABASE_URL of the app's pods: postgresql.url with finetune_app and its password instead of the owner. */}}
+{{- define "finetune-platform.appDatabaseUrl" -}}
+{{- $url := urlParse .Values.postgresql.url -}}
+{{- $password := include "finetune-platform.generatedSecret" (dict "root" . "key" "DATABASE_APP_PASSWORD" "value" .Values.postgresql.appPassword) -}}
+{{- $userinfo := printf "%s:%s" (include "finetune-platform.appDatabaseUser" .) $password -}}
+{{- urlJoin (dict "scheme" $url.scheme "host" $url.host "path" $url.path "query" $url.query "userinfo" $userinfo) -}}
+{{- end -}}
+
+{{/* The MLflow user the platform's pods log in as: admin_username of files/mlflow/basic_auth.ini. */}}
+{{- define "finetune-platform.mlflowUsername" -}}
+finetune-platform
+{{- end -}}
+
+{{/*
+NetworkPolicy peers: the platform's own pods (api, both worker pools, inference) of this release, by label.
+*/}}
+{{- define "finetune-platform.platformPeers" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: {{ include "finetune-platform.name" . }}
+      app.kubernetes.io/instance: {{ .Release.Name }}
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values: [api, worker, inference]
+{{- end -}}
+
 {{/* Name of the shared /data claim. */}}
 {{- define "finetune-platform.dataClaimName" -}}
 {{- default (include "finetune-platform.componentName" (list . "data")) .Values.persistence.existingClaim -}}
@@ -112,8 +170,9 @@ http://{{ include "finetune-platform.componentName" (list . "inference") }}:8080
 {{- define "finetune-platform.mlflowUrl" -}}
 http://{{ include "finetune-platform.componentName" (list . "mlflow") }}:5000
 {{- end -}}
+{{- /* The password is the container's REDIS_PASSWORD variable, which the kubelet substitutes. */}}
 {{- define "finetune-platform.redisUrl" -}}
-redis://{{ include "finetune-platform.componentName" (list . "redis") }}:6379/0
+redis://:$(REDIS_PASSWORD)@{{ include "finetune-platform.componentName" (list . "redis") }}:6379/0
 {{- end -}}
 
 {{/*
@@ -139,10 +198,15 @@ Usage: include "finetune-platform.env" (dict "root" $ "queue" .Values.workers.qu
   value: /data/results
 - name: MODEL_REGISTRY_DIR
   value: /data/registry
+{{- include "finetune-platform.secretEnv" (dict "root" $root "name" "REDIS_PASSWORD" "present" true "required" true) }}
 - name: REDIS_URL
   value: {{ include "finetune-platform.redisUrl" $root | quote }}
 - name: MLFLOW_TRACKING_URI
   value: {{ include "finetune-platform.mlflowUrl" $root | quote }}
+{{- /* MLflow's client reads these two itself: the platform's account on the tracking server. */}}
+- name: MLFLOW_TRACKING_USERNAME
+  value: {{ include "finetune-platform.mlflowUsername" $root | quote }}
+{{- include "finetune-platform.secretEnv" (dict "root" $root "name" "MLFLOW_TRACKING_PASSWORD" "present" true "required" true) }}
 {{- with $values.env.MLFLOW_UI_URL }}
 - name: MLFLOW_UI_URL
   value: {{ . | quote }}
@@ -173,6 +237,16 @@ Usage: include "finetune-platform.env" (dict "root" $ "queue" .Values.workers.qu
 {{- include "finetune-platform.secretEnv" (dict "root" $root "name" "JWT_SECRET" "present" $values.secrets.jwtSecret "required" $strict) }}
 {{- include "finetune-platform.secretEnv" (dict "root" $root "name" "DATABASE_URL" "present" $values.postgresql.url "required" $strict) }}
 {{- include "finetune-platform.secretEnv" (dict "root" $root "name" "SERVE_API_KEYS" "present" $values.secrets.serveApiKeys "required" false) }}
+{{- include "finetune-platform.secretEnv" (dict "root" $root "name" "METRICS_TOKEN" "present" true "required" true) }}
+{{- end -}}
+
+{{/*
+FORWARDED_ALLOW_IPS of the containers that answer HTTP through the ingress (api, inference, ui): the proxies whose
+X-Forwarded-For they trust. Usage: include "finetune-platform.forwardedEnv" $
+*/}}
+{{- define "finetune-platform.forwardedEnv" -}}
+- name: FORWARDED_ALLOW_IPS
+  value: {{ .Values.forwardedAllowIps | quote }}
 {{- end -}}
 
 {{/*
