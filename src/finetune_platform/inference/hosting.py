@@ -10,6 +10,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from finetune_platform.errors import ConfigError
@@ -66,12 +68,18 @@ class BaseHost(Predictor):
         self.model.delete_adapter(key)
         del self.adapters[key]
 
-    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+    @contextmanager
+    def using(self, key: str) -> Iterator[BaseHost]:
+        """This host, alone, with ``key`` the active adapter (for ``encode`` and ``predict_encoded``)."""
         with self.lock:
             source = self.adapters[key]
             self.adapters.move_to_end(key)
             self.model.set_adapter(key)
             self.info, self.label_map = source.info, source.label_map
+            yield self
+
+    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+        with self.using(key):
             return self.predict(texts, batch_size)
 
 
@@ -114,8 +122,13 @@ class MergedHost(Predictor):
     def accepts(self, source: AdapterSource) -> bool:
         return False
 
-    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+    @contextmanager
+    def using(self, key: str) -> Iterator[MergedHost]:
         with self.lock:
+            yield self
+
+    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+        with self.using(key):
             return self.predict(texts, batch_size)
 
 

@@ -20,6 +20,8 @@ import math
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,9 +323,15 @@ class OnnxHost(Classifier):
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return shifted / shifted.sum(axis=-1, keepdims=True)
 
-    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+    @contextmanager
+    def using(self, key: str) -> Iterator[OnnxHost]:
+        """This host, alone, with ``key`` the active adapter (for ``encode`` and ``predict_encoded``)."""
         with self.lock:
             source = self.adapters[key]
             self.adapters.move_to_end(key)
             self._active, self.info, self.label_map = key, source.info, source.label_map
+            yield self
+
+    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+        with self.using(key):
             return self.predict(texts, batch_size)

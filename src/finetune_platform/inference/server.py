@@ -11,15 +11,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from finetune_platform.errors import ErrorCode, PlatformError
+from finetune_platform.http_guard import AUTHENTICATED, BodyLimit, SecurityHeaders
 from finetune_platform.inference.hosting import open_host, serving_device
 from finetune_platform.inference.predictor import (
     AdapterSource,
@@ -32,6 +38,7 @@ from finetune_platform.settings import Settings
 logger = logging.getLogger("finetune_platform.inference")
 BEARER = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
 DEFAULT_SLOT = ""  # the resolution cache's entry for "no model named, no --model given"
+NO_CREDENTIALS = "send a platform token (Authorization: Bearer) or an X-API-Key"
 
 
 class ModelPool:
@@ -202,57 +209,117 @@ class ModelPool:
         ]  # fmt: skip
 
 
-class Batcher:
-    """Requests that arrive while a batch runs are served together by the next one; an idle request runs
-    at once (``wait_ms`` > 0 holds each batch open that long to gather more)."""
+@dataclass(eq=False)
+class _Request:
+    """One request's texts on their way through the model, in one piece or over several."""
 
-    def __init__(self, pool: ModelPool, wait_ms: float, max_batch: int) -> None:
-        self.pool, self.wait, self.max_batch = pool, wait_ms / 1000, max_batch
-        self.pending: list[tuple[str, list[str], asyncio.Future]] = []
+    key: str
+    texts: list[str]
+    future: asyncio.Future
+    rows: list[list[int]] | None = None  # token ids per text, once tokenised
+    truncated: list[bool] = field(default_factory=list)
+    results: list[Prediction] = field(default_factory=list)  # of the first len(results) texts
+    error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or len(self.results) == len(self.texts) or self.future.done()
+
+
+class Batcher:
+    """Requests that arrive while the model runs are served together by its next pass; an idle request runs
+    at once (``wait_ms`` > 0 holds each pass open that long to gather more).
+
+    A pass takes at most ``max_tokens`` tokens, one text from each waiting request in turn, the requests that
+    have had the fewest texts run first: a request bigger than that runs over several passes, and one that
+    arrives meanwhile goes into the next pass instead of waiting for the big one to finish."""
+
+    def __init__(self, pool: ModelPool, wait_ms: float, max_batch: int, max_tokens: int = 2048) -> None:
+        self.pool, self.wait, self.max_batch, self.max_tokens = pool, wait_ms / 1000, max_batch, max_tokens
+        self.pending: list[_Request] = []  # arrived since the last pass began
+        self.active: list[_Request] = []  # with texts left to run
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.running: asyncio.Task | None = None
         self.batches = 0
         self.metrics: InferenceMetrics | None = None
 
     async def predict(self, key: str, texts: list[str]) -> list[Prediction]:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((key, texts, future))
+        request = _Request(key, texts, asyncio.get_running_loop().create_future())
+        self.pending.append(request)
         if self.running is None or self.running.done():
             self.running = asyncio.create_task(self._drain())
-        return await future
+        return await request.future
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.pending:
-            if self.wait:
+        while self.pending or self.active:
+            if self.wait and self.pending:
                 await asyncio.sleep(self.wait)
-            taken, self.pending = self.pending, []
-            groups: dict[str, list[tuple[list[str], asyncio.Future]]] = {}
-            for key, texts, future in taken:
-                groups.setdefault(key, []).append((texts, future))
-            for key, requests in groups.items():
-                texts = [text for batch, _ in requests for text in batch]
-                try:
-                    results = await loop.run_in_executor(self.executor, self._run, key, texts)
-                except Exception as exc:
-                    for _, future in requests:
-                        if not future.done():
-                            future.set_exception(exc)
+            self.active += self.pending
+            self.pending = []
+            for key in dict.fromkeys(request.key for request in self.active):
+                requests = [r for r in self.active if r.key == key and not r.finished]
+                if not requests:
                     continue
-                start = 0
-                for batch, future in requests:
-                    if not future.done():
-                        future.set_result(results[start : start + len(batch)])
-                    start += len(batch)
+                try:
+                    await loop.run_in_executor(self.executor, self._run, key, requests)
+                except Exception as exc:
+                    for request in requests:
+                        request.error = request.error or exc
                 self.batches += 1
+                for request in requests:
+                    if request.finished and not request.future.done():
+                        if request.error is not None:
+                            request.future.set_exception(request.error)
+                        else:
+                            request.future.set_result(request.results)
+            self.active = [request for request in self.active if not request.finished]
 
-    def _run(self, key: str, texts: list[str]) -> list[Prediction]:
+    def _run(self, key: str, requests: list[_Request]) -> None:
+        """One pass (on the inference thread): tokenise the requests new to it, then run the next piece."""
         host, _ = self.pool.load(key)
         started = time.perf_counter()
-        predictions = host.predict_with(key, texts, batch_size=self.max_batch)
+        with host.using(key):
+            for request in requests:
+                if request.rows is None:
+                    try:
+                        request.rows, request.truncated = host.encode(request.texts)
+                    except Exception as exc:  # this request's own problem: the others still run
+                        request.error = exc
+            piece = self._piece([request for request in requests if request.error is None])
+            if not piece:
+                return
+            predictions = host.predict_encoded(
+                [request.rows[i] for request, i in piece],
+                [request.truncated[i] for request, i in piece],
+                batch_size=self.max_batch,
+            )
+        for (request, _), prediction in zip(piece, predictions, strict=True):
+            request.results.append(prediction)
         if self.metrics is not None:
-            self.metrics.observe(key, len(texts), time.perf_counter() - started)
-        return predictions
+            self.metrics.observe(key, len(piece), time.perf_counter() - started)
+
+    def _piece(self, requests: list[_Request]) -> list[tuple[_Request, int]]:
+        """(request, text index) pairs of the next pass: each request's next text in turn, the least served
+        request first (then the oldest), until the next text would take the pass over ``max_tokens`` (a pass
+        always holds at least one text)."""
+        requests = sorted(requests, key=lambda request: len(request.results))  # stable: oldest first on ties
+        piece: list[tuple[_Request, int]] = []
+        cursors = [len(request.results) for request in requests]
+        tokens, more = 0, True
+        while more:
+            more = False
+            for number, request in enumerate(requests):
+                index = cursors[number]
+                if index == len(request.texts):
+                    continue
+                assert request.rows is not None
+                cost = len(request.rows[index])
+                if piece and tokens + cost > self.max_tokens:
+                    return piece
+                piece.append((request, index))
+                tokens, cursors[number], more = tokens + cost, index + 1, True
+        return piece
 
 
 class InferenceMetrics:
@@ -287,7 +354,9 @@ class InferenceMetrics:
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=100_000, description="The text to classify.")
+    text: str = Field(
+        min_length=1, description="The text to classify (at most SERVE_MAX_TEXT_CHARS characters)."
+    )
     model: str | None = Field(
         default=None,
         max_length=200,
@@ -297,7 +366,10 @@ class PredictRequest(BaseModel):
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1, description="Texts to classify (at most SERVE_MAX_BATCH).")
+    texts: list[str] = Field(
+        min_length=1,
+        description="Texts to classify: at most SERVE_MAX_BATCH, SERVE_MAX_REQUEST_CHARS characters in all.",
+    )
     model: str | None = Field(default=None, max_length=200, description="As for /predict.")
 
 
@@ -322,13 +394,24 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
     )
     if run_folder is not None:
         pool.serve_local(source_from_run(run_folder))
-    batcher = Batcher(pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH)
+    batcher = Batcher(
+        pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH, settings.SERVE_MAX_BATCH_TOKENS
+    )
     resolver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolve")
     app = FastAPI(
         title="finetune-platform inference", description="Predictions from registered LoRA adapters."
     )
     app.state.pool, app.state.batcher = pool, batcher
-    authorize = _authorizer(settings)
+    callers = ServeCallers(settings)
+    authorize = callers.dependency()
+    # bodies are capped, and refused unread from an unknown caller, before FastAPI reads them
+    app.add_middleware(
+        BodyLimit,
+        default_limit=settings.MAX_JSON_BODY_BYTES,
+        limits={("POST", "/predict/batch"): settings.SERVE_MAX_BODY_BYTES},
+        authenticate=callers.refusal,
+    )
+    app.add_middleware(SecurityHeaders, environment=settings.ENVIRONMENT, no_store_paths=())
 
     @app.exception_handler(PlatformError)
     async def platform_error(request: Request, exc: PlatformError):
@@ -340,11 +423,23 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         return JSONResponse({"detail": exc.message, "code": exc.code.value}, status_code=code)
 
     async def run(body_model: str | None, texts: list[str]) -> tuple[list[Prediction], dict[str, Any], float]:
+        most = settings.SERVE_MAX_TEXT_CHARS
         for index, text in enumerate(texts):
+            if len(text) > most:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"text {index}: {len(text)} characters, more than the limit of {most} per text",
+                )
             if not text.strip():
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT, f"text {index}: empty; give the text to classify"
                 )
+        total = sum(len(text) for text in texts)
+        if total > settings.SERVE_MAX_REQUEST_CHARS:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"{total} characters in all, more than the limit of {settings.SERVE_MAX_REQUEST_CHARS} per request",
+            )
         started = time.perf_counter()
         key = pool.cached_key(body_model)
         if key is None:  # a registry lookup: on its own thread, never queued behind a running batch
@@ -388,7 +483,7 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
 
         registry = system_registry(settings)
         batcher.metrics = InferenceMetrics(registry, pool)
-        mount_metrics(app, registry)
+        mount_metrics(app, registry, settings)
     return app
 
 
@@ -410,35 +505,60 @@ def _shape(prediction: Prediction) -> dict[str, Any]:
     }
 
 
-def _authorizer(settings: Settings) -> Callable:
-    """Local mode: open. Otherwise a platform JWT (Authorization: Bearer) or an X-API-Key from SERVE_API_KEYS."""
-    keys = [key.get_secret_value() for key in settings.SERVE_API_KEYS]
-    tokens = None
+class ServeCallers:
+    """Who may call the server: anyone in local mode; otherwise an X-API-Key from SERVE_API_KEYS or a platform
+    JWT (Authorization: Bearer) of an active user. One check on the raw headers, so that ``BodyLimit`` runs it
+    before a body is read and the routes without a body run it as a dependency."""
 
-    async def authorize(request: Request, token: Annotated[str | None, Depends(BEARER)]) -> None:
-        nonlocal tokens
-        if settings.ENVIRONMENT == "local":
-            return
-        given = request.headers.get("x-api-key")
-        if given is not None and any(hmac.compare_digest(given, key) for key in keys):
-            return
-        if token:
-            from finetune_platform.api.auth import InvalidToken, Tokens
-            from finetune_platform.services.users import user_for_token
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.open = settings.ENVIRONMENT == "local"
+        self.keys = [key.get_secret_value().encode("utf-8") for key in settings.SERVE_API_KEYS]
+        self._tokens: Any = None
 
-            tokens = tokens or Tokens(settings)
-            try:
-                claims = tokens.decode(token)
-            except InvalidToken as exc:
-                raise HTTPException(
-                    401, f"invalid token: {exc}", headers={"WWW-Authenticate": "Bearer"}
-                ) from None
-            if user_for_token(settings, claims.user_id, claims.token_version) is not None:
+    def _known_key(self, headers: Headers) -> bool:
+        given = headers.get("x-api-key")
+        if given is None:
+            return False
+        given_bytes = given.encode("utf-8")
+        return any(hmac.compare_digest(given_bytes, key) for key in self.keys)
+
+    def _token_refusal(self, authorization: str | None) -> str | None:
+        """Why the bearer token does not identify an active user (a database read: call it off the loop)."""
+        scheme, token = get_authorization_scheme_param(authorization)
+        if scheme.lower() != "bearer" or not token:
+            return NO_CREDENTIALS
+        from finetune_platform.api.auth import InvalidToken, Tokens
+        from finetune_platform.services.users import user_for_token
+
+        try:
+            self._tokens = self._tokens or Tokens(self.settings)
+        except PlatformError:  # no usable JWT_SECRET: this server takes API keys only
+            return NO_CREDENTIALS
+        try:
+            claims = self._tokens.decode(token)
+        except InvalidToken as exc:
+            return f"invalid token: {exc}"
+        if user_for_token(self.settings, claims.user_id, claims.token_version) is None:
+            return NO_CREDENTIALS
+        return None
+
+    async def refusal(self, scope: Scope) -> str | None:
+        """Why the request is refused (401), or None; ``BodyLimit``'s ``authenticate``."""
+        if self.open:
+            return None
+        headers = Headers(scope=scope)
+        if self._known_key(headers):
+            return None
+        return await run_in_threadpool(self._token_refusal, headers.get("authorization"))
+
+    def dependency(self) -> Callable:
+        async def authorize(request: Request, bearer: Annotated[str | None, Depends(BEARER)]) -> None:
+            # ``bearer`` only documents the scheme in the OpenAPI schema; the check reads the headers itself
+            if request.scope.get(AUTHENTICATED):
                 return
-        raise HTTPException(
-            401,
-            "send a platform token (Authorization: Bearer) or an X-API-Key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+            problem = await self.refusal(request.scope)
+            if problem is not None:
+                raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
 
-    return authorize
+        return authorize
