@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -21,6 +22,7 @@ Authenticate = Callable[[Scope], "str | Awaitable[str | None] | None"]
 AUTHENTICATED = "finetune_platform.authenticated"  # scope key: BodyLimit's authenticate passed the request
 Route = tuple[str, str]  # (method or "*", exact path, or a prefix ending in "*")
 T = TypeVar("T")
+logger = logging.getLogger("finetune_platform.http")
 
 
 class RouteTable(Generic[T]):
@@ -47,6 +49,13 @@ class RouteTable(Generic[T]):
             if pattern_method in (method, "*") and path.startswith(prefix):
                 return value
         return None
+
+
+async def _call(function: Callable, *args: object) -> Any:
+    """Await an async callable; run a sync one on a worker thread (it may read a database)."""
+    if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(type(function).__call__):
+        return await function(*args)
+    return await run_in_threadpool(function, *args)
 
 
 class _BodyTooLarge(Exception):
@@ -81,7 +90,10 @@ class BodyLimit:
     ``authenticate(scope)``, sync or async, runs first for every request that carries a body (a positive
     ``Content-Length`` or a ``Transfer-Encoding``) on a route not in ``public``: a message means 401 with
     ``WWW-Authenticate: Bearer``, before a byte is read; None lets it through and sets
-    ``scope[AUTHENTICATED] = True`` so the route's own check may skip a second look-up."""
+    ``scope[AUTHENTICATED] = True`` so the route's own check may skip a second look-up.
+
+    ``on_refusal(scope, status, detail)``, sync or async, hears of every 400/401/413 this answers (an audit
+    log): these never reach the app's exception handlers. Its failure is logged; the refusal stands."""
 
     def __init__(
         self,
@@ -91,6 +103,7 @@ class BodyLimit:
         limits: Mapping[Route, int] | None = None,
         authenticate: Authenticate | None = None,
         public: Iterable[Route] = (),
+        on_refusal: Callable[[Scope, int, str], Awaitable[None] | None] | None = None,
     ) -> None:
         if default_limit < 1 or any(limit < 1 for limit in (limits or {}).values()):
             raise ValueError("body limits are positive byte counts")
@@ -98,13 +111,21 @@ class BodyLimit:
         self.limits: RouteTable[int] = RouteTable(limits or {})
         self.authenticate = authenticate
         self.public: RouteTable[bool] = RouteTable((route, True) for route in public)
+        self.on_refusal = on_refusal
 
     async def _refusal(self, scope: Scope) -> str | None:
-        check = self.authenticate
-        assert check is not None
-        if inspect.iscoroutinefunction(check) or inspect.iscoroutinefunction(type(check).__call__):
-            return await check(scope)  # type: ignore[misc]
-        return await run_in_threadpool(check, scope)  # type: ignore[arg-type]
+        assert self.authenticate is not None
+        return await _call(self.authenticate, scope)
+
+    async def _refuse(
+        self, scope: Scope, send: Send, status: int, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        await answer(send, status, detail, headers)
+        if self.on_refusal is not None:
+            try:
+                await _call(self.on_refusal, scope, status, detail)
+            except Exception:
+                logger.exception("on_refusal failed for a %d answer", status)
 
     def limit_for(self, method: str, path: str) -> int:
         found = self.limits.find(method, path)
@@ -122,7 +143,7 @@ class BodyLimit:
         if declared is not None:
             size = int(declared) if declared.isascii() and declared.strip().isdigit() else -1
             if size < 0:
-                await answer(send, 400, "Content-Length is not a byte count")
+                await self._refuse(scope, send, 400, "Content-Length is not a byte count")
                 return
         if (
             (size or "transfer-encoding" in headers)
@@ -131,12 +152,12 @@ class BodyLimit:
         ):
             problem = await self._refusal(scope)
             if problem is not None:
-                await answer(send, 401, problem, {"WWW-Authenticate": "Bearer"})
+                await self._refuse(scope, send, 401, problem, {"WWW-Authenticate": "Bearer"})
                 return
             scope[AUTHENTICATED] = True
         refusal = f"request body larger than the limit of {limit} bytes for {method} {path[:200]}"
         if size is not None and size > limit:
-            await answer(send, 413, refusal)
+            await self._refuse(scope, send, 413, refusal)
             return
         await self._streamed(scope, receive, send, limit, refusal)
 
@@ -162,7 +183,7 @@ class BodyLimit:
                 # the app answers a body it could not read (FastAPI: 400 "error parsing the body"): say why
                 if not answered:
                     answered = True
-                    await answer(send, 413, refusal)
+                    await self._refuse(scope, send, 413, refusal)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -174,7 +195,7 @@ class BodyLimit:
             if started:
                 raise
         if exceeded and not answered and not started:
-            await answer(send, 413, refusal)
+            await self._refuse(scope, send, 413, refusal)
 
 
 class SecurityHeaders:

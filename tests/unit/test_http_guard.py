@@ -118,7 +118,19 @@ def test_an_anonymous_body_is_refused_unread_and_a_known_caller_passes(asynchron
     async def check_async(scope) -> str | None:
         return check(scope)
 
-    guard, seen = guarded(authenticate=check_async if asynchronous else check, public=[("POST", "/login")])
+    refusals: list[tuple[str, int, str]] = []
+
+    def record(scope, status: int, detail: str) -> None:
+        refusals.append((scope["path"], status, detail))
+
+    async def record_async(scope, status: int, detail: str) -> None:
+        record(scope, status, detail)
+
+    guard, seen = guarded(
+        authenticate=check_async if asynchronous else check,
+        public=[("POST", "/login")],
+        on_refusal=record_async if asynchronous else record,
+    )
     anonymous = call(guard, "POST", "/predict", {"content-length": str(300 * 1024 * 1024)}, [b"x" * CHUNK])
     assert (anonymous["status"], anonymous["json"], anonymous["pulled"]) == (
         401, {"detail": "send an X-API-Key"}, 0
@@ -132,6 +144,9 @@ def test_an_anonymous_body_is_refused_unread_and_a_known_caller_passes(asynchron
     assert call(guard, "POST", "/login", {"content-length": "5"}, [b"hello"])["status"] == 200
     assert call(guard, "GET", "/models", {}, [])["status"] == 200
     assert seen == [5, 5]
+    assert (
+        refusals == [("/predict", 401, "send an X-API-Key")] * 2
+    )  # for an audit log: the app never saw them
 
 
 def test_a_content_length_that_is_not_a_number_is_refused():
