@@ -12,6 +12,7 @@ one worker instead of the default four keeps the server light.
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import os
 import subprocess
 import sys
@@ -98,6 +99,10 @@ def tracking(stack) -> Iterator[dict]:
     """A running server, and what the platform's account recorded on it before anyone else came."""
     from mlflow import MlflowClient
 
+    if importlib.util.find_spec("flask_wtf") is None:
+        pytest.fail(
+            "Flask-WTF is not installed: MLflow's basic-auth app needs it (mlflow[auth], as in the API image)"
+        )
     root, service = stack["root"], stack["services"]["mlflow"]
     port = free_port()
     log = root / "server.log"
