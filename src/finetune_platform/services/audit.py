@@ -5,21 +5,35 @@ or deleting a past entry breaks the chain at that point (``verify_chain`` says w
 the table also refuses UPDATE, DELETE and TRUNCATE. Concurrent writers stay on one chain: appends take
 a lock (an advisory lock on PostgreSQL, the write lock on SQLite) before reading the tail, and
 ``prev_hash`` is unique, so a writer that still extends a stale tail fails and retries on the new one.
+
+The chain alone cannot show everything: deleting the newest entries, or editing an entry and recomputing
+every hash after it, leaves a valid chain. Signed checkpoints anchor it outside the database: ``finetune
+audit checkpoint`` appends the tail's id, hash and entry count, signed with HMAC-SHA256 under
+AUDIT_ANCHOR_KEY (a key the API process never holds), to an append-only file; ``verify_log`` walks the
+chain once and checks every checkpoint against it (its signature, that its entry still exists with its
+hash, and how many entries lie up to it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import AuditEvent, utcnow
+
+if TYPE_CHECKING:
+    from finetune_platform.settings import Settings
 
 GENESIS = "0" * 64
 AUDIT_LOCK = 0x617564697400  # the PostgreSQL advisory lock key of audit appends
@@ -160,3 +174,223 @@ def verify_chain(session: Session) -> ChainReport:
             )
         previous = event.hash
     return ChainReport(count, True)
+
+
+# -- anchoring: signed checkpoints outside the database ----------------------------------------------
+ANCHOR_FIELDS = ("id", "hash", "entries", "at")
+
+
+def anchor_file(settings: Settings) -> Path:
+    return settings.AUDIT_ANCHOR_FILE or settings.FINETUNE_HOME / "audit-anchors.jsonl"
+
+
+def anchor_key(settings: Settings) -> bytes | None:
+    """AUDIT_ANCHOR_KEY as bytes (None when unset); outside local mode it must pass the secret policy."""
+    from finetune_platform.errors import ConfigError
+    from finetune_platform.settings import secret_problem
+
+    if settings.AUDIT_ANCHOR_KEY is None:
+        return None
+    key = settings.AUDIT_ANCHOR_KEY.get_secret_value()
+    if settings.ENVIRONMENT != "local" and (problem := secret_problem(key)):
+        raise ConfigError(f"AUDIT_ANCHOR_KEY: {problem}; generate one with `openssl rand -hex 32`")
+    return key.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The log's state at one moment: its newest entry (id, hash), how many entries it had, and when."""
+
+    id: int
+    hash: str
+    entries: int
+    at: str
+    line: int = 0  # its line in the anchor file (0: not written yet)
+
+    def fields(self) -> dict[str, Any]:
+        return {"id": self.id, "hash": self.hash, "entries": self.entries, "at": self.at}
+
+    def described(self) -> str:
+        return f"the checkpoint of {self.at} (line {self.line})"
+
+
+def sign(fields: dict[str, Any], key: bytes) -> str:
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def read_checkpoints(path: Path, key: bytes) -> tuple[list[Checkpoint], list[str]]:
+    """The correctly signed checkpoints of the anchor file, and a problem for every other line."""
+    if not path.is_file():
+        return [], []
+    found, problems = [], []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                document = json.loads(line)
+                fields = {name: document[name] for name in ANCHOR_FIELDS}
+                checkpoint = Checkpoint(**fields, line=number)
+                signature = document["hmac"]
+                valid = (
+                    isinstance(checkpoint.id, int)
+                    and isinstance(checkpoint.entries, int)
+                    and isinstance(checkpoint.hash, str)
+                    and isinstance(checkpoint.at, str)
+                    and isinstance(signature, str)
+                )
+            except (ValueError, KeyError, TypeError):
+                valid = False
+            if not valid:
+                problems.append(f"unreadable checkpoint: line {number} of {path} is not a checkpoint")
+            elif not hmac.compare_digest(sign(fields, key).encode(), signature.encode("utf-8")):
+                problems.append(
+                    f"forged checkpoint: line {number} of {path} (entry {checkpoint.id}) is not signed "
+                    "with AUDIT_ANCHOR_KEY"
+                )
+            else:
+                found.append(checkpoint)
+    return found, problems
+
+
+def append_checkpoint(path: Path, checkpoint: Checkpoint, key: bytes) -> None:
+    """One signed line appended (O_APPEND: never over an earlier line) and on disk before this returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    line = json.dumps({**checkpoint.fields(), "hmac": sign(checkpoint.fields(), key)}) + "\n"
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        data = line.encode("utf-8")
+        while data:
+            data = data[os.write(descriptor, data) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    if created:  # the new file's name is durable too
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """What ``verify_log`` found: entries, the chain's first break, and what the checkpoints say."""
+
+    entries: int
+    last_id: int
+    last_hash: str | None
+    problems: list[str] = field(default_factory=list)
+    anchors_checked: bool = False
+    checkpoints: int = 0
+    newest: Checkpoint | None = None  # the newest checkpoint that still holds
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def anchored(self) -> int:
+        return self.newest.entries if self.newest else 0
+
+    @property
+    def newer(self) -> int:
+        return self.entries - self.anchored
+
+
+def verify_log(
+    session: Session, checkpoints: Iterable[Checkpoint] | None = None, *, since: Checkpoint | None = None
+) -> LogReport:
+    """Walk the log once, in id order: the first broken link or altered entry, and every checkpoint held
+    against the entry it names (still there, same hash, as many entries up to it).
+
+    ``checkpoints`` None: the chain only. ``since``: start after that checkpoint's entry (whose hash the
+    caller has checked) instead of the first entry: what a new checkpoint needs, at the cost of the new
+    entries only.
+    """
+    anchors = None if checkpoints is None else list(checkpoints)
+    pending: dict[int, list[Checkpoint]] = {}
+    for checkpoint in anchors or ():
+        pending.setdefault(checkpoint.id, []).append(checkpoint)
+    problems: list[str] = []
+    chain_problem: str | None = None
+    rewritten: list[tuple[Checkpoint, str]] = []  # checkpoints whose entry changed, with its hash now
+    intact = since  # the newest checkpoint held so far
+    previous, count, last_id = GENESIS, 0, 0
+    query = select(AuditEvent).order_by(AuditEvent.id)
+    if since is not None:
+        previous, count, last_id = since.hash, since.entries, since.id
+        query = query.where(AuditEvent.id > since.id)
+    for event in session.scalars(query).yield_per(1000):
+        count += 1
+        if chain_problem is None:
+            if event.prev_hash != previous:
+                chain_problem = f"entry {event.id}: the entry before it was deleted or altered (broken link)"
+            elif entry_hash(event) != event.hash:
+                chain_problem = f"entry {event.id}: altered (its content no longer matches its hash)"
+        previous, last_id = event.hash, event.id
+        for checkpoint in pending.pop(event.id, ()):
+            if checkpoint.hash != event.hash:
+                rewritten.append((checkpoint, event.hash))
+            elif checkpoint.entries != count:
+                problems.append(
+                    f"audit log rewritten: {count} entries up to entry {event.id}, {checkpoint.described()} "
+                    f"counted {checkpoint.entries}"
+                )
+            elif not rewritten:
+                intact = checkpoint
+    if chain_problem:
+        problems.insert(0, f"audit log broken at {chain_problem}")
+    if rewritten:
+        checkpoint, now = rewritten[0]
+        after = f"after entry {intact.id}" if intact else "from the first entry"
+        later = (
+            f" ({len(rewritten) - 1} later checkpoints no longer match either)" if len(rewritten) > 1 else ""
+        )
+        problems.append(
+            f"audit log rewritten: entry {checkpoint.id} has hash {now}, {checkpoint.described()} anchored "
+            f"{checkpoint.hash}: an entry {after} up to entry {checkpoint.id} was altered or deleted and the "
+            f"chain recomputed{later}"
+        )
+    missing = sorted((c for group in pending.values() for c in group), key=lambda c: c.id)
+    beyond = [c for c in missing if c.id > last_id]
+    for checkpoint in missing:
+        if checkpoint.id <= last_id:
+            problems.append(
+                f"audit log entry {checkpoint.id} deleted: {checkpoint.described()} anchors it "
+                f"(hash {checkpoint.hash})"
+            )
+    if beyond:
+        newest = beyond[-1]
+        ends = f"ends at entry {last_id}" if count else "is empty"
+        problems.append(
+            f"audit log truncated: checkpoint at entry {newest.id} (hash {newest.hash}) but the log {ends}"
+        )
+    return LogReport(
+        entries=count,
+        last_id=last_id,
+        last_hash=previous if count else None,
+        problems=problems,
+        anchors_checked=anchors is not None,
+        checkpoints=len(anchors or ()),
+        newest=intact,
+    )
+
+
+def next_checkpoint(session: Session, checkpoints: list[Checkpoint]) -> tuple[LogReport, Checkpoint | None]:
+    """Check the log, then the checkpoint of its tail (None when the log is empty or not newer than the
+    newest checkpoint). Only the entries after the newest checkpoint are walked when its entry still holds;
+    otherwise the whole log, so that the report says what changed. A report with problems: sign nothing.
+    """
+    newest = max(checkpoints, key=lambda c: c.id, default=None)
+    holds = (
+        newest is not None
+        and session.scalar(select(AuditEvent.hash).where(AuditEvent.id == newest.id)) == newest.hash
+    )
+    report = verify_log(session, [], since=newest) if holds else verify_log(session, checkpoints)
+    if not report.ok or report.last_hash is None or (newest is not None and report.last_id <= newest.id):
+        return report, None
+    at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return report, Checkpoint(report.last_id, report.last_hash, report.entries, at)
