@@ -64,6 +64,8 @@ CONVENTIONS = {
         "/health",
     ),
     "db-migrate": ("finetune db upgrade", None, None),
+    "audit-checkpoint": ("finetune audit checkpoint", None, None),
+    "audit-verify": ("finetune audit verify", None, None),
 }
 
 # The ServiceMonitor fields this chart uses, after the prometheus-operator CRD (monitoring.coreos.com/v1).
@@ -203,12 +205,16 @@ VARIANTS = {
         "secrets.mlflowAdminPassword=MLFLOW-ADMIN-must-not-leak",
         "secrets.redisPassword=REDIS-VALUE-must-not-leak",
         "secrets.metricsToken=METRICS-VALUE-must-not-leak-0123456789",
-        "postgresql.appPassword=APP-VALUE-must-not-leak",
+        "postgresql.appPassword=APP-VALUE-must-not-leak-0123456789",
+        "audit.existingSecret=audit-key",
+        "audit.existingSecretKey=anchor",
+        "audit.anchorKey=AUDIT-VALUE-must-not-leak-0123456789abcdef",
+        "audit.persistence.existingClaim=audit-anchors",
     ),
 }
 LEAK_MARKERS = [
     "jwt-VALUE", "DB-VALUE", "MLFLOW-VALUE", "SERVE-KEY", "GRAFANA-VALUE", "MLFLOW-ADMIN", "REDIS-VALUE",
-    "METRICS-VALUE", "APP-VALUE", "must-not-leak",
+    "METRICS-VALUE", "APP-VALUE", "AUDIT-VALUE", "must-not-leak",
 ]  # fmt: skip
 # The keys the chart generates when their values are empty.
 GENERATED = [
@@ -235,12 +241,17 @@ def find(docs: list[dict], kind: str, name: str) -> dict:
     return matches[0]
 
 
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob"}
+
+
+def pod_template(doc: dict) -> dict:
+    """The pod template of a workload (a CronJob's is inside its Job template)."""
+    spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    return spec["template"]
+
+
 def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
-    return [
-        (doc["metadata"]["name"], doc["spec"]["template"]["spec"])
-        for doc in docs
-        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}
-    ]
+    return [(doc["metadata"]["name"], pod_template(doc)["spec"]) for doc in docs if doc["kind"] in WORKLOADS]
 
 
 def containers(docs: list[dict]) -> dict[str, dict]:
@@ -329,6 +340,10 @@ DEFAULT_OBJECTS = {
     ("Service", f"{PREFIX}-ui"),
     ("Service", f"{PREFIX}-mlflow"),
     ("Service", f"{PREFIX}-redis"),
+    ("Secret", f"{PREFIX}-audit"),
+    ("PersistentVolumeClaim", f"{PREFIX}-audit-anchors"),
+    ("CronJob", f"{PREFIX}-audit-checkpoint"),
+    ("CronJob", f"{PREFIX}-audit-verify"),
 }
 
 
@@ -421,7 +436,10 @@ def test_existing_secret_is_referenced_and_no_value_leaks(rendered):
         for entry in container.get("env", [])
         if "valueFrom" in entry
     }
-    assert {ref["name"] for ref in references.values()} == {"platform-secrets"}
+    assert {ref["name"] for ref in references.values()} == {"platform-secrets", "audit-key"}
+    for job in ("audit-checkpoint", "audit-verify"):
+        assert references[job, "AUDIT_ANCHOR_KEY"] == {"name": "audit-key", "key": "anchor"}
+        assert references[job, "DATABASE_URL"] == {"name": "platform-secrets", "key": "DATABASE_URL"}
     for component in ("api", "worker", "inference"):
         for key in (
             "JWT_SECRET",
@@ -555,14 +573,16 @@ def test_shared_volume_and_settings(rendered):
     assert 'storageClassName: "nfs-csi"' in storage_class.stdout
     existing = template("--set", "persistence.existingClaim=shared-data")
     docs = [doc for doc in yaml.safe_load_all(existing.stdout) if doc]
-    assert not [doc for doc in docs if doc["kind"] == "PersistentVolumeClaim"]
+    assert [doc["metadata"]["name"] for doc in docs if doc["kind"] == "PersistentVolumeClaim"] == [
+        f"{PREFIX}-audit-anchors"  # the audit Jobs' own volume
+    ]
     claims = {
         volume["persistentVolumeClaim"]["claimName"]
         for _, spec in pod_specs(docs)
         for volume in spec["volumes"]
         if "persistentVolumeClaim" in volume
     }
-    assert claims == {"shared-data"}
+    assert claims == {"shared-data", f"{PREFIX}-audit-anchors"}
 
 
 def test_redis_keeps_every_queued_message(rendered):
@@ -617,12 +637,8 @@ def test_prod_scaling_ingress_and_budgets(rendered):
 
 
 def _pod_labels(docs: list[dict], name: str) -> dict:
-    owner = next(
-        doc
-        for doc in docs
-        if doc["kind"] in {"Deployment", "StatefulSet", "Job"} and doc["metadata"]["name"] == name
-    )
-    return owner["spec"]["template"]["metadata"]["labels"]
+    owner = next(doc for doc in docs if doc["kind"] in WORKLOADS and doc["metadata"]["name"] == name)
+    return pod_template(owner)["metadata"]["labels"]
 
 
 def test_db_migrate_hook(rendered):
@@ -753,6 +769,8 @@ AUTH_INI = ROOT / "deploy" / "mlflow" / "basic_auth.ini"
 PLATFORM_PODS = {f"{PREFIX}-{name}" for name in ("api", "worker", "worker-gpu", "inference")}
 # Env variables that carry a secret: each must come from a Secret (secretKeyRef), never a literal.
 SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEYS|DATABASE_URL|MIGRATION_URL|REDISCLI_AUTH")
+# Local mode's database: a file on the shared volume, no password in it (the audit Jobs name it directly).
+LOCAL_DATABASE_URL = "sqlite:////data/home/finetune.db"
 # A URL with a password in it that is not a $(VARIABLE) the kubelet substitutes.
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:(?!\$\()[^/@\s]+@")
 
@@ -760,9 +778,9 @@ URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:(?!\$\()[^/@\s]+@")
 def pod_labels(docs: list[dict]) -> dict[str, dict]:
     """Labels of each workload's pods, by workload name."""
     return {
-        doc["metadata"]["name"]: doc["spec"]["template"]["metadata"]["labels"]
+        doc["metadata"]["name"]: pod_template(doc)["metadata"]["labels"]
         for doc in docs
-        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}
+        if doc["kind"] in WORKLOADS
     }
 
 
@@ -904,7 +922,7 @@ def test_mlflow_asks_for_a_login_with_the_shipped_auth_config(rendered):
         assert platform["MLFLOW_TRACKING_USERNAME"]["value"] == ini["mlflow"]["admin_username"], component
         assert platform["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == admin, component
     assert len(secret_value(docs, admin)) >= 16  # MLflow refuses an admin password under 12 characters
-    for component in ("ui", "db-migrate"):
+    for component in ("ui", "db-migrate", "audit-checkpoint", "audit-verify"):
         assert not {"MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"} & set(env_of(found[component])), (
             component
         )
@@ -917,7 +935,7 @@ def test_secrets_come_from_secret_references_only(rendered, variant):
         for container in spec["containers"]:
             names = [entry["name"] for entry in container.get("env", [])]
             for entry in container.get("env", []):
-                if SECRET_ENV.search(entry["name"]):
+                if SECRET_ENV.search(entry["name"]) and entry.get("value") != LOCAL_DATABASE_URL:
                     assert "secretKeyRef" in entry.get("valueFrom", {}), (name, entry["name"])
                 else:
                     assert not URL_WITH_PASSWORD.search(str(entry.get("value", ""))), (name, entry["name"])
@@ -971,7 +989,7 @@ def test_given_secret_values_are_kept():
         "secrets.mlflowAdminPassword": "an admin password of mine",
         "secrets.redisPassword": "redis-Password-0123",
         "secrets.metricsToken": "metrics-token-0123456789abcdef0123456789",
-        "postgresql.appPassword": "app.Password-0123",
+        "postgresql.appPassword": "app.Password-0123456789abcdefghijk",
     }
     docs, _ = render(*PROD, *sets(*(f"{key}={value}" for key, value in given.items())))
     decoded = decoded_secret(docs, PREFIX)
@@ -981,7 +999,7 @@ def test_given_secret_values_are_kept():
     assert decoded["DATABASE_APP_PASSWORD"] == given["postgresql.appPassword"]
     assert (
         decoded["DATABASE_URL"]
-        == "postgresql+psycopg://finetune_app:app.Password-0123@db.internal:5432/finetune"
+        == "postgresql+psycopg://finetune_app:app.Password-0123456789abcdefghijk@db.internal:5432/finetune"
     )
 
 
@@ -993,8 +1011,13 @@ def test_given_secret_values_are_kept():
             "- at '/secrets/redisPassword': 'short' does not match pattern '^([A-Za-z0-9._~-]{16,})?$'",
         ),
         (
-            "postgresql.appPassword=has@an-at-sign-in-it",
-            "- at '/postgresql/appPassword': 'has@an-at-sign-in-it' does not match pattern",
+            "postgresql.appPassword=has@an-at-sign-in-it-0123456789abcdef",
+            "- at '/postgresql/appPassword': 'has@an-at-sign-in-it-0123456789abcdef' does not match pattern",
+        ),
+        (  # the secret policy outside local mode: >= 32 bytes
+            "postgresql.appPassword=app.Password-0123456",
+            "- at '/postgresql/appPassword': 'app.Password-0123456' does not match pattern "
+            "'^([A-Za-z0-9._~-]{32,})?$'",
         ),
         ("secrets.mlflowAdminPassword=short", "- at '/secrets/mlflowAdminPassword': 'short' does not match"),
         ("forwardedAllowIps=*", "- at '/forwardedAllowIps': '*' does not match pattern"),
@@ -1063,3 +1086,251 @@ def test_every_scrape_sends_the_metrics_token(rendered):
     for component in ("api", "worker", "inference"):
         ref = env_of(containers(docs)[component])["METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert find(docs, "Secret", ref["name"])["data"][ref["key"]] == token
+
+
+# --- the audit log's anchors: two CronJobs, a key and a volume no other pod gets ---------------------------------
+
+AUDIT_JOBS = {f"{PREFIX}-audit-checkpoint", f"{PREFIX}-audit-verify"}
+AUDIT_SECRET = f"{PREFIX}-audit"
+AUDIT_CLAIM = f"{PREFIX}-audit-anchors"
+
+
+def secret_uses(spec: dict) -> set[tuple[str, str | None]]:
+    """Every (Secret, key) a pod can read: env entries, envFrom (key None: all of it) and secret volumes."""
+    used = set()
+    for container in spec["containers"] + spec.get("initContainers", []):
+        for entry in container.get("env", []):
+            if ref := entry.get("valueFrom", {}).get("secretKeyRef"):
+                used.add((ref["name"], ref["key"]))
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                used.add((source["secretRef"]["name"], None))
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            items = volume["secret"].get("items") or [{"key": None}]
+            used |= {(volume["secret"]["secretName"], item["key"]) for item in items}
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                items = source["secret"].get("items") or [{"key": None}]
+                used |= {(source["secret"]["name"], item["key"]) for item in items}
+    return used
+
+
+def audit_job(docs: list[dict], command: str) -> tuple[dict, dict, dict]:
+    """The CronJob of `finetune audit <command>`, its pod spec and its container."""
+    cron = find(docs, "CronJob", f"{PREFIX}-audit-{command}")
+    spec = pod_template(cron)["spec"]
+    (container,) = spec["containers"]
+    return cron, spec, container
+
+
+def test_audit_cronjobs_run_the_audit_commands_with_the_pods_database(rendered):
+    docs = objects(rendered, "prod")
+    api = containers(docs)["api"]
+    app_url = secret_value(docs, env_of(api)["DATABASE_URL"]["valueFrom"]["secretKeyRef"])
+    assert app_url.startswith("postgresql+psycopg://finetune_app:")
+    for command, schedule, read_only in (
+        ("checkpoint", "*/5 * * * *", False),
+        ("verify", "17 3 * * *", True),
+    ):
+        cron, spec, container = audit_job(docs, command)
+        assert cron["spec"]["schedule"] == schedule
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        assert spec["restartPolicy"] == "Never"
+        assert container["command"] == ["finetune", "audit", command]
+        assert container["image"] == api["image"]  # the image with the CLI and the database drivers
+        env = env_of(container)
+        assert {name: entry.get("value") for name, entry in env.items() if "value" in entry} == {
+            "ENVIRONMENT": "production",
+            "LOG_LEVEL": "INFO",
+            "HOME": "/tmp",
+            "FINETUNE_HOME": "/tmp/finetune",
+            "AUDIT_ANCHOR_FILE": "/anchors/audit-anchors.jsonl",
+        }
+        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": PREFIX, "key": "DATABASE_URL"}
+        assert secret_value(docs, env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]) == app_url
+        assert env["AUDIT_ANCHOR_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": AUDIT_SECRET,
+            "key": "AUDIT_ANCHOR_KEY",
+        }
+        mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        assert set(mounts) == {"/anchors", "/tmp"}  # PostgreSQL: nothing of the shared volume
+        assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+        anchors = volumes[mounts["/anchors"]["name"]]["persistentVolumeClaim"]
+        assert anchors["claimName"] == AUDIT_CLAIM
+        assert mounts["/anchors"].get("readOnly", False) is read_only
+        assert anchors.get("readOnly", False) is read_only
+    claim = find(docs, "PersistentVolumeClaim", AUDIT_CLAIM)
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}  # values.prod.yaml
+    assert "storageClassName" not in claim["spec"]
+
+
+def test_audit_schedules_and_volume_follow_their_values():
+    docs, _ = render(
+        *PROD,
+        *sets(
+            "audit.checkpoint.schedule=@hourly",
+            "audit.verify.schedule=30 4 * * 1",
+            "audit.persistence.size=5Gi",
+            "audit.persistence.storageClass=fast-ssd",
+        ),
+    )
+    assert audit_job(docs, "checkpoint")[0]["spec"]["schedule"] == "@hourly"
+    assert audit_job(docs, "verify")[0]["spec"]["schedule"] == "30 4 * * 1"
+    claim = find(docs, "PersistentVolumeClaim", AUDIT_CLAIM)["spec"]
+    assert claim["resources"]["requests"]["storage"] == "5Gi" and claim["storageClassName"] == "fast-ssd"
+    docs, _ = render(*sets("audit.checkpoint.enabled=false"))
+    assert {name for name, _ in pod_specs(docs)} & AUDIT_JOBS == {f"{PREFIX}-audit-verify"}
+    assert find(docs, "PersistentVolumeClaim", AUDIT_CLAIM) and find(docs, "Secret", AUDIT_SECRET)
+    docs, _ = render(*sets("audit.checkpoint.enabled=false", "audit.verify.enabled=false"))
+    assert not {name for name, _ in pod_specs(docs)} & AUDIT_JOBS
+    assert not [doc for doc in docs if doc["metadata"]["name"] in {AUDIT_SECRET, AUDIT_CLAIM}]
+
+
+def test_local_mode_audit_jobs_read_the_apis_sqlite_file(rendered):
+    docs = objects(rendered, "default")
+    api = containers(docs)["api"]
+    api_home = env_of(api)["FINETUNE_HOME"]["value"]
+    for command in ("checkpoint", "verify"):
+        _, spec, container = audit_job(docs, command)
+        env = env_of(container)
+        assert env["ENVIRONMENT"]["value"] == "local"
+        assert env["DATABASE_URL"]["value"] == f"sqlite:///{api_home}/finetune.db"  # the api's database_url
+        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        assert volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"] == f"{PREFIX}-data"
+        assert env["AUDIT_ANCHOR_KEY"]["valueFrom"]["secretKeyRef"]["name"] == AUDIT_SECRET
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_anchor_key_reaches_the_audit_jobs_only(rendered, variant):
+    docs, text = rendered[variant]
+    key_secret = "audit-key" if variant == "existing-secret" else AUDIT_SECRET
+    readers = {name for name, spec in pod_specs(docs) if any(s == key_secret for s, _ in secret_uses(spec))}
+    assert readers == AUDIT_JOBS
+    for name, spec in pod_specs(docs):
+        for secret, key in secret_uses(spec):
+            assert key not in {"AUDIT_ANCHOR_KEY", "anchor"} or name in AUDIT_JOBS, (name, secret, key)
+        if name not in AUDIT_JOBS:
+            names = {entry["name"] for container in spec["containers"] for entry in container.get("env", [])}
+            assert not {"AUDIT_ANCHOR_KEY", "AUDIT_ANCHOR_FILE"} & names, name
+    secrets_ = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Secret"}
+    if variant == "existing-secret":
+        assert secrets_ == {}  # the key is in audit-key, which the chart does not render
+        return
+    # Its own Secret, kept on uninstall; the platform's Secret (read by api, workers, inference) never holds it.
+    assert list(secrets_[AUDIT_SECRET]["data"]) == ["AUDIT_ANCHOR_KEY"]
+    assert secrets_[AUDIT_SECRET]["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    key = secret_value(docs, {"name": AUDIT_SECRET, "key": "AUDIT_ANCHOR_KEY"})
+    assert re.fullmatch("[A-Za-z0-9]{64}", key)
+    for name, secret in secrets_.items():
+        if name != AUDIT_SECRET:
+            assert "AUDIT_ANCHOR_KEY" not in secret["data"], name
+            assert key not in {base64.b64decode(value).decode() for value in secret["data"].values()}, name
+    assert key not in text
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_anchor_volume_is_mounted_by_the_audit_jobs_only(rendered, variant):
+    docs = objects(rendered, variant)
+    claim = "audit-anchors" if variant == "existing-secret" else AUDIT_CLAIM
+    mounted_by = {
+        name
+        for name, spec in pod_specs(docs)
+        for volume in spec["volumes"]
+        if volume.get("persistentVolumeClaim", {}).get("claimName") == claim
+    }
+    assert mounted_by == AUDIT_JOBS
+    claims = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "PersistentVolumeClaim"]
+    assert (claim in claims) == (variant != "existing-secret")
+
+
+def test_anchor_key_is_generated_once_and_a_given_one_is_kept(rendered):
+    docs = objects(rendered, "prod")
+    first = decoded_secret(docs, AUDIT_SECRET)["AUDIT_ANCHOR_KEY"]
+    again = decoded_secret(render(*PROD)[0], AUDIT_SECRET)["AUDIT_ANCHOR_KEY"]
+    assert re.fullmatch("[A-Za-z0-9]{64}", first) and again != first
+    given = secrets.token_hex(32)
+    docs, text = render(*PROD, "--set", f"audit.anchorKey={given}")
+    assert decoded_secret(docs, AUDIT_SECRET) == {"AUDIT_ANCHOR_KEY": given}
+    assert given not in text
+
+
+def test_audit_existing_secret_and_claim_are_referenced(rendered):
+    docs, text = rendered["existing-secret"]
+    assert not [doc for doc in docs if doc["metadata"]["name"] in {AUDIT_SECRET, AUDIT_CLAIM}]
+    assert "AUDIT-VALUE" not in text
+    for command in ("checkpoint", "verify"):
+        _, spec, container = audit_job(docs, command)
+        assert env_of(container)["AUDIT_ANCHOR_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "audit-key",
+            "key": "anchor",
+        }
+        claims = [
+            volume["persistentVolumeClaim"]["claimName"]
+            for volume in spec["volumes"]
+            if "persistentVolumeClaim" in volume
+        ]
+        assert claims == ["audit-anchors"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ["audit.anchorKey=change-me-0123456789abcdef0123456789"],
+            "ENVIRONMENT=production: audit.anchorKey is a placeholder; every checkpoint run would fail on it.",
+        ),
+        (
+            ["audit.anchorKey=abababababababababababababababab"],
+            "ENVIRONMENT=production: audit.anchorKey repeats fewer than 8 distinct characters;",
+        ),
+        (
+            ["secrets.existingSecret=platform", "audit.existingSecret=platform"],
+            'audit.existingSecret must be a Secret of its own, not secrets.existingSecret ("platform")',
+        ),
+        (
+            [f"audit.persistence.existingClaim={PREFIX}-data"],
+            f'audit.persistence.existingClaim must not be the shared /data claim ("{PREFIX}-data")',
+        ),
+        (
+            ["persistence.existingClaim=shared", "audit.persistence.existingClaim=shared"],
+            'audit.persistence.existingClaim must not be the shared /data claim ("shared")',
+        ),
+    ],
+)
+def test_audit_refuses_a_weak_key_a_shared_secret_or_a_shared_volume(settings, message):
+    result = template(*PROD, *sets(*settings))
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "abababab" not in result.stderr and "0123456789abcdef0123456789" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("audit.anchorKey=short-key", "- at '/audit/anchorKey': 'short-key' does not match pattern"),
+        ("audit.checkpoint.schedule=every five minutes", "- at '/audit/checkpoint/schedule':"),
+        ("audit.verify.schedule=17 3 * *", "- at '/audit/verify/schedule':"),
+        ("audit.persistence.accessMode=ReadOnlyMany", "- at '/audit/persistence/accessMode':"),
+    ],
+)
+def test_values_schema_rejects_bad_audit_values(setting, error):
+    result = template("--set", setting)
+    assert result.returncode == 1
+    assert error in result.stderr
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_no_network_policy_stands_between_the_audit_jobs_and_the_database(rendered, variant):
+    """PostgreSQL is outside the chart, and its policies restrict ingress only, to MLflow, Redis and the workers:
+    none selects the audit Jobs' pods, so their connections to the database are not filtered by the chart."""
+    docs = objects(rendered, variant)
+    labels = pod_labels(docs)
+    for policy in (doc for doc in docs if doc["kind"] == "NetworkPolicy"):
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        for job in AUDIT_JOBS:
+            assert not selects(policy["spec"]["podSelector"], labels[job]), (policy["metadata"]["name"], job)

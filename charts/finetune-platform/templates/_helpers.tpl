@@ -74,29 +74,31 @@ then to the chart's appVersion. Usage: include "finetune-platform.image" (list $
 {{- end -}}
 
 {{/*
-A secret the chart's own Secret holds: the value given in values, else the one the release's Secret already
-holds (so an upgrade keeps it), else 32 random letters and digits. Memoised in .Values for the render, so the
-Secret, the migration hook's Secret and the checksum annotations all see one value. `helm template` cannot look
-the Secret up: every render generates new ones (GitOps tools that render that way: set the values, or use
-secrets.existingSecret). Usage: include "finetune-platform.generatedSecret" (dict "root" $ "key" "REDIS_PASSWORD"
-"value" .Values.secrets.redisPassword)
+A secret one of the chart's Secrets holds: the value given in values, else the one that Secret already holds (so
+an upgrade keeps it), else random letters and digits (32, or "length"). "secret" names the Secret; default: the
+chart's own. Memoised in .Values for the render, so the Secret, the migration hook's Secret and the checksum
+annotations all see one value. `helm template` cannot look the Secret up: every render generates new ones (GitOps
+tools that render that way: set the values, or use secrets.existingSecret). Usage: include
+"finetune-platform.generatedSecret" (dict "root" $ "key" "REDIS_PASSWORD" "value" .Values.secrets.redisPassword)
 */}}
 {{- define "finetune-platform.generatedSecret" -}}
 {{- $root := .root -}}
+{{- $secret := default (include "finetune-platform.fullname" $root) .secret -}}
+{{- $memoKey := printf "%s/%s" $secret .key -}}
 {{- $memo := default (dict) (get $root.Values "_generatedSecrets") -}}
-{{- if not (hasKey $memo .key) -}}
+{{- if not (hasKey $memo $memoKey) -}}
 {{- $value := toString (default "" .value) -}}
 {{- if not $value -}}
-{{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "finetune-platform.fullname" $root) -}}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace $secret -}}
 {{- $value = dig "data" .key "" (default (dict) $existing) | b64dec -}}
 {{- end -}}
 {{- if not $value -}}
-{{- $value = randAlphaNum 32 -}}
+{{- $value = randAlphaNum (int (default 32 .length)) -}}
 {{- end -}}
-{{- $_ := set $memo .key $value -}}
+{{- $_ := set $memo $memoKey $value -}}
 {{- $_ := set $root.Values "_generatedSecrets" $memo -}}
 {{- end -}}
-{{- get $memo .key -}}
+{{- get $memo $memoKey -}}
 {{- end -}}
 
 {{/* The PostgreSQL role the app's pods connect as; the migrations (run as postgresql.url's owner) create it. */}}
@@ -348,7 +350,12 @@ annotations:
 
 {{/* Reason a JWT secret is unsafe outside local mode, or nothing. */}}
 {{- define "finetune-platform.jwtSecretProblem" -}}
-{{- $secret := .Values.secrets.jwtSecret | toString -}}
+{{- include "finetune-platform.secretProblem" (.Values.secrets.jwtSecret | toString) -}}
+{{- end -}}
+
+{{/* Reason a secret (a string) is unsafe outside local mode, or nothing. Usage: include "finetune-platform.secretProblem" $value */}}
+{{- define "finetune-platform.secretProblem" -}}
+{{- $secret := . -}}
 {{- $lowered := lower $secret -}}
 {{- $placeholder := false -}}
 {{- range list "change" "placeholder" "example" "secret" "default" "your" "xxxx" "todo" "dummy" -}}
@@ -397,6 +404,20 @@ JWT secret at start; failing here says so before anything is deployed.
 {{- fail (printf "ingress.hosts: a path routes to %s, but %s.enabled is false." .service .service) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if include "finetune-platform.auditEnabled" . -}}
+{{- if and (ne $environment "local") $values.audit.anchorKey (not $values.audit.existingSecret) -}}
+{{- $problem := include "finetune-platform.secretProblem" ($values.audit.anchorKey | toString) -}}
+{{- if $problem -}}
+{{- fail (printf "ENVIRONMENT=%s: audit.anchorKey %s; every checkpoint run would fail on it. Generate one with `openssl rand -hex 32`, leave it empty (generated), or set audit.existingSecret." $environment $problem) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $values.audit.existingSecret (eq $values.audit.existingSecret $values.secrets.existingSecret) -}}
+{{- fail (printf "audit.existingSecret must be a Secret of its own, not secrets.existingSecret (%q): the anchor key goes to the audit Jobs only." $values.audit.existingSecret) -}}
+{{- end -}}
+{{- if and $values.audit.persistence.existingClaim (eq $values.audit.persistence.existingClaim (include "finetune-platform.dataClaimName" .)) -}}
+{{- fail (printf "audit.persistence.existingClaim must not be the shared /data claim (%q): the api, workers and inference write there, and could rewrite the checkpoints." $values.audit.persistence.existingClaim) -}}
 {{- end -}}
 {{- end -}}
 {{- if and $values.workers.gpu.enabled (eq $values.workers.gpu.queueName $values.workers.queueName) -}}
