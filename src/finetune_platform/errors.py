@@ -12,6 +12,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     PERMISSION_DENIED = "permission_denied"
     UNSUPPORTED = "unsupported"
+    QUOTA_EXCEEDED = "quota_exceeded"  # a per-account limit (queued jobs): 429
     INTERNAL = "internal"
 
 
@@ -44,3 +45,9 @@ class NotFoundError(PlatformError):
 
 class DeviceError(PlatformError):
     code = ErrorCode.UNSUPPORTED
+
+
+class QuotaExceeded(PlatformError):
+    """The account is at one of its limits; the message names the limit and how to get below it."""
+
+    code = ErrorCode.QUOTA_EXCEEDED

@@ -305,6 +305,56 @@ class Settings(BaseSettings):
         ),
     )
 
+    POOL_MAX_DEVICES: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description=(
+            "Most training.devices (data-parallel processes) a job sent to QUEUE_NAME may ask for: what one worker "
+            "of that queue runs (its GPUs, or processes over gloo on the CPU: keep it at or below its cores). A "
+            "submit asking for more is refused with 422 naming training.devices."
+        ),
+    )
+    GPU_POOL_MAX_DEVICES: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description=(
+            "Most training.devices a device: cuda job may ask for when GPU_QUEUE_NAME is set: the GPUs of one GPU "
+            "worker (Helm: workers.gpu.gpusPerPod). A submit asking for more is refused with 422."
+        ),
+    )
+    MAX_QUEUED_JOBS_PER_USER: int = Field(
+        default=20,
+        ge=1,
+        le=100_000,
+        description=(
+            "Jobs one account may have waiting to start (status queued); a further submit or retry is refused "
+            "with 429 naming the limit. An admin may set an account's own (max_queued_jobs: PATCH /users/{id}, "
+            "`finetune users set-quota --queued`)."
+        ),
+    )
+    MAX_RUNNING_JOBS_PER_USER: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        description=(
+            "Jobs of one account that run at once; a worker leaves a further one queued (event 'waiting', no "
+            "attempt counted) and it starts after one of them ends. Per account: max_running_jobs."
+        ),
+    )
+    JOB_MAX_HOURS: float = Field(
+        default=24.0,
+        gt=0,
+        le=8760,
+        allow_inf_nan=False,
+        description=(
+            "Hours a job may run, summed over its attempts (at most 8760). Past it the worker stops the job at "
+            "its next step, saving a checkpoint, and fails it for good: 'stopped: exceeded the job time limit "
+            "of N h (JOB_MAX_HOURS)'. Per account: max_job_hours."
+        ),
+    )
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def mlflow_tracking_uri(self) -> str:

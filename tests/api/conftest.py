@@ -61,6 +61,9 @@ def api_world(request, tmp_path_factory):
         LOGIN_MAX_FAILURES=3,
         LOGIN_WINDOW_SECONDS=2,
         MLFLOW_ENABLED=False,
+        # Every test queues a task of alice's and no worker runs them: the per-account limit is tested in
+        # tests/api/test_quotas.py, with accounts of its own.
+        MAX_QUEUED_JOBS_PER_USER=100_000,
     )
     upgrade(settings)
     with session_scope(settings) as session:

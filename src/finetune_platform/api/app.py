@@ -24,6 +24,7 @@ _STATUS = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.UNSUPPORTED: 422,
+    ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.INTERNAL: 500,
 }
 DENIALS = {401, 403, 404, 413, 429}  # 404: also what another user's object answers

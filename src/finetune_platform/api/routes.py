@@ -122,12 +122,17 @@ def user_detail(user_id: UserId, session: DbSession, admin: AdminUser):
 
 @router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"], summary="Change (admin)")
 def update(user_id: UserId, request: Request, session: DbSession, admin: AdminUser, body: schemas.UserPatch):
+    """A limit sent as null returns the account to the platform default (MAX_QUEUED_JOBS_PER_USER, ...)."""
+    from finetune_platform.services.quotas import SETTING, own_limits
     from finetune_platform.services.users import update_user
 
-    user = update_user(session, user_id, role=body.role, is_active=body.is_active, password=body.password)
-    changed = sorted(body.model_dump(exclude_none=True))
+    limits = {name: getattr(body, name) for name in SETTING if name in body.model_fields_set}
+    user = update_user(
+        session, user_id, role=body.role, is_active=body.is_active, password=body.password, limits=limits
+    )
+    changed = sorted(set(body.model_dump(exclude_none=True)) | set(limits))
     audit(session, request, "user.update", actor=admin, target=f"user:{user_id}", fields=changed)
-    return asdict(user)
+    return {**asdict(user), **own_limits(session, user_id)}
 
 
 # -- datasets --------------------------------------------------------------------------------------
@@ -320,7 +325,12 @@ def train(
     )
     config = _server_config(body.config, train_file, validation, settings.RESULTS_DIR)
     submission = submit_job(
-        session, user, config, idempotency_key=idempotency_key, max_attempts=body.max_attempts
+        session,
+        user,
+        config,
+        idempotency_key=idempotency_key,
+        max_attempts=body.max_attempts,
+        settings=settings,
     )
     return _queued(request, response, session, user, submission, "train.submit", dataset=body.dataset_id)
 

@@ -40,6 +40,15 @@ class UserOut(BaseModel):
     role: str = Field(description="`admin` or `user`.")
     is_active: bool = Field(description="Disabled users cannot log in; their tokens are refused.")
     created_at: Timestamp = Field(description="When the account was created.")
+    max_queued_jobs: int | None = Field(
+        default=None, description="The account's own queued-jobs limit; null: MAX_QUEUED_JOBS_PER_USER."
+    )
+    max_running_jobs: int | None = Field(
+        default=None, description="The account's own running-jobs limit; null: MAX_RUNNING_JOBS_PER_USER."
+    )
+    max_job_hours: float | None = Field(
+        default=None, description="The account's own hours-per-job limit; null: JOB_MAX_HOURS."
+    )
 
 
 class UserCreate(Strict):
@@ -60,6 +69,25 @@ class UserPatch(Strict):
     )
     password: str | None = Field(
         default=None, min_length=8, max_length=256, description="New password (revokes the user's tokens)."
+    )
+    max_queued_jobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="Jobs the account may have queued (0-100,000; 0 stops it submitting); null: the default.",
+    )
+    max_running_jobs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Jobs of the account that run at once (1-10,000); null: the default.",
+    )
+    max_job_hours: float | None = Field(
+        default=None,
+        ge=0.001,
+        le=8760,
+        allow_inf_nan=False,
+        description="Hours one job of the account may run (0.001-8760); null: the default (JOB_MAX_HOURS).",
     )
 
 

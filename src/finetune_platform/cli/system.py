@@ -92,6 +92,50 @@ def users_list() -> None:
             typer.echo(f"{user.id:>4} {user.username:<24} {user.role}{state}")
 
 
+@users_app.command("set-quota")
+def users_set_quota(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    queued: Annotated[
+        int | None, typer.Option("--queued", help="Jobs the account may have queued (0 stops it submitting).")
+    ] = None,
+    running: Annotated[
+        int | None, typer.Option("--running", help="Jobs of the account that run at once.")
+    ] = None,
+    hours: Annotated[
+        float | None, typer.Option("--hours", help="Hours one job of the account may run.")
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="First return every limit to the platform default.")
+    ] = False,
+) -> None:
+    """Set an account's own limits (the platform defaults: MAX_QUEUED_JOBS_PER_USER, MAX_RUNNING_JOBS_PER_USER,
+    JOB_MAX_HOURS) and print the limits it has now."""
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.quotas import SETTING, account_limits
+    from finetune_platform.services.users import get_user, update_user
+
+    limits: dict[str, int | float | None] = dict.fromkeys(SETTING) if reset else {}
+    given = {"max_queued_jobs": queued, "max_running_jobs": running, "max_job_hours": hours}
+    limits.update({name: value for name, value in given.items() if value is not None})
+    if not limits:
+        raise fail(ConfigError("give --queued, --running, --hours or --reset"))
+    try:
+        with session_scope(settings()) as session:
+            user = update_user(session, get_user(session, username).id, limits=limits)
+            now = account_limits(session, user.id, settings())
+    except PlatformError as error:
+        raise fail(error) from None
+    shown = [
+        f"{label} {getattr(now, name):g}" + ("" if name in now.own else " (default)")
+        for label, name in (
+            ("queued", "max_queued_jobs"),
+            ("running", "max_running_jobs"),
+            ("hours", "max_job_hours"),
+        )
+    ]
+    typer.echo(f"{user.username}: " + ", ".join(shown))
+
+
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 
 

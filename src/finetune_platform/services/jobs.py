@@ -1,7 +1,8 @@
 """Training jobs: submit, list, show, cancel, retry. The database owns job state; the queue only carries ids.
 
 Shared by the CLI, the API and the worker. Ownership: a user sees and changes only their own jobs; an admin
-sees all. Someone else's job is reported as not found, so ids do not leak.
+sees all. Someone else's job is reported as not found, so ids do not leak. Every submit and retry holds to the
+account's queued-jobs limit, a claim to its running-jobs limit (``services.quotas``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import Job, JobEvent, JobKind, JobStage, JobStatus, Role, utcnow
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
+from finetune_platform.services import quotas
 from finetune_platform.services.users import UserPublic
+from finetune_platform.settings import Settings, get_settings
 
 FINISHED = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
 
@@ -97,6 +100,7 @@ def _earlier(session: Session, user: UserPublic, idempotency_key: str | None) ->
 
 def _queue(
     session: Session,
+    settings: Settings,
     user: UserPublic,
     kind: JobKind,
     config: dict[str, Any],
@@ -105,7 +109,9 @@ def _queue(
     idempotency_key: str | None,
     max_attempts: int,
 ) -> Submission:
-    """Insert a queued job row (once per idempotency key, even when two requests race)."""
+    """Insert a queued job row (once per idempotency key, even when two requests race), within the account's
+    queued-jobs limit (counted under the account's row lock: two racing submits cannot both take the last slot)."""
+    quotas.check_queue_room(session, user.id, settings, lock=True)
     job = Job(
         id=str(uuid.uuid4()),
         owner_id=user.id,
@@ -141,15 +147,23 @@ def submit_job(
     *,
     idempotency_key: str | None = None,
     max_attempts: int = 3,
+    settings: Settings | None = None,
 ) -> Submission:
-    """Validate the config and its data, then queue a training job (once per idempotency key)."""
+    """Validate the config and its data, then queue a training job (once per idempotency key).
+
+    Refused before anything is written: an invalid config or one asking for more devices than a worker of its
+    pool has (422), an account at its queued-jobs limit (429, checked before the data is read), invalid data.
+    """
     from finetune_platform.data.validation import DatasetValidationError, ValidationOptions, validate_dataset
     from finetune_platform.training.config import config_from_dict
 
+    settings = settings or get_settings()
     earlier = _earlier(session, user, idempotency_key)
     if earlier is not None:
         return earlier
     train_config = config_from_dict(config)  # ConfigError names the field
+    quotas.check_pool_devices(train_config, settings)
+    quotas.check_queue_room(session, user.id, settings, lock=False)
     data = train_config.data
     options = ValidationOptions(
         text_column=data.text_column,
@@ -162,6 +176,7 @@ def submit_job(
         raise DatasetValidationError(report)
     submission = _queue(
         session,
+        settings,
         user,
         JobKind.TRAIN,
         train_config.to_yaml_dict(),
@@ -206,6 +221,7 @@ def submit_prediction_job(
     }
     return _queue(
         session,
+        settings,
         user,
         JobKind.PREDICT,
         config,
@@ -334,13 +350,17 @@ def cancel_job(session: Session, user: UserPublic, job_id: str) -> JobPublic:
     return JobPublic.of(job)
 
 
-def retry_job(session: Session, user: UserPublic, job_id: str) -> JobPublic:
-    """Queue a failed or cancelled job again, with a fresh attempt budget."""
+def retry_job(
+    session: Session, user: UserPublic, job_id: str, *, settings: Settings | None = None
+) -> JobPublic:
+    """Queue a failed or cancelled job again, with a fresh attempt budget (not a fresh time budget: the hours
+    it ran count on), within its owner's queued-jobs limit."""
     job = _visible(session, user, job_id)
     if job.status not in {JobStatus.FAILED.value, JobStatus.CANCELLED.value}:
         raise PlatformError(
             f"job {job_id} is {job.status}: only failed or cancelled jobs can be retried", ErrorCode.CONFLICT
         )
+    quotas.check_queue_room(session, job.owner_id, settings or get_settings(), lock=True)
     job.status, job.error, job.attempts, job.cancel_requested = JobStatus.QUEUED.value, None, 0, False
     job.finished_at = job.enqueued_at = None
     _event(session, job, "retried", f"queued again by {user.username}")
@@ -359,21 +379,57 @@ class Claim:
     lease_owner: str
 
 
-def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> Claim | None:
+@dataclass(frozen=True)
+class Held:
+    """A claim refused because the job's owner already runs as many jobs as the account may: the job stays
+    queued, no attempt counted, unsent (``enqueued_at`` cleared), so the reconciler sends it again later."""
+
+    reason: str
+
+
+def claim_job(
+    session: Session,
+    job_id: str,
+    lease_owner: str,
+    lease_seconds: float,
+    *,
+    running_limit: int | None = None,
+) -> Claim | Held | None:
     """Take the lease of a queued job and count an attempt; None when it is not queued (or someone won).
+
+    ``running_limit`` (the default of MAX_RUNNING_JOBS_PER_USER; the account's own max_running_jobs wins):
+    the claim also needs the owner to run fewer jobs than that, counted under the owner's row lock so two
+    workers claiming two of one account's jobs take turns; else the job is ``Held``. None: no such limit.
 
     Core statements, not the ORM: this is the path from message to training start, run for every job.
     """
     jobs_table, events = Job.__table__, JobEvent.__table__
     now = utcnow()
+    claimable = [
+        jobs_table.c.id == job_id,
+        jobs_table.c.status == JobStatus.QUEUED.value,
+        jobs_table.c.cancel_requested.is_(False),
+    ]
+    limit = None
+    if running_limit is not None:
+        owner = quotas.lock_account(
+            session, select(jobs_table.c.owner_id).where(jobs_table.c.id == job_id).scalar_subquery()
+        )
+        if owner is None:
+            return None
+        limit = running_limit if owner.max_running_jobs is None else owner.max_running_jobs
+        running = jobs_table.alias("running")
+        claimable.append(
+            select(func.count())
+            .select_from(running)
+            .where(running.c.owner_id == owner.id, running.c.status == JobStatus.RUNNING.value)
+            .scalar_subquery()
+            < limit
+        )
     row = (
         session.execute(
             update(jobs_table)
-            .where(
-                jobs_table.c.id == job_id,
-                jobs_table.c.status == JobStatus.QUEUED.value,
-                jobs_table.c.cancel_requested.is_(False),
-            )
+            .where(*claimable)
             .values(
                 status=JobStatus.RUNNING.value,
                 stage=JobStage.VALIDATING.value,
@@ -391,7 +447,9 @@ def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: fl
         .one_or_none()
     )
     if row is None:
-        return None
+        return (
+            None if limit is None else _hold(session, job_id, limit, own=owner.max_running_jobs is not None)
+        )
     job = SimpleNamespace(**row)
     session.execute(
         insert(events).values(
@@ -403,6 +461,36 @@ def claim_job(session: Session, job_id: str, lease_owner: str, lease_seconds: fl
         )
     )
     return Claim(JobPublic.of(job), lease_owner)
+
+
+def _hold(session: Session, job_id: str, limit: int, *, own: bool) -> Held | None:
+    """Leave a queued job (that the running-jobs limit kept from starting) queued and unsent, saying why in its
+    error and, once per reason, in an event. None when the job is not queued any more (that is why)."""
+    jobs_table = Job.__table__
+    source = "the account's max_running_jobs" if own else "MAX_RUNNING_JOBS_PER_USER"
+    reason = (
+        f"waiting: its owner already runs the most jobs one account may run at once ({limit}, {source}); "
+        "it starts after one of them ends"
+    )
+    before = session.execute(
+        update(jobs_table)
+        .where(
+            jobs_table.c.id == job_id,
+            jobs_table.c.status == JobStatus.QUEUED.value,
+            jobs_table.c.cancel_requested.is_(False),
+        )
+        .values(enqueued_at=None, error=reason, updated_at=utcnow())
+        .returning(jobs_table.c.id)
+    ).one_or_none()
+    if before is None:
+        return None
+    last = session.scalar(
+        select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(1)
+    )
+    if last != reason:
+        session.add(JobEvent(job_id=job_id, kind="waiting", message=reason, data={"running_limit": limit}))
+        session.flush()
+    return Held(reason)
 
 
 def _held(session: Session, job_id: str, lease_owner: str) -> Job | None:
@@ -451,13 +539,27 @@ def record_progress(
     return True
 
 
+def _add_run_time(job: Job, run_seconds: float | None) -> None:
+    """Record the seconds the job has run over all its attempts (what JOB_MAX_HOURS limits)."""
+    if run_seconds is not None:
+        job.progress = {**job.progress, "run_seconds": round(run_seconds, 1)}
+
+
 def finish_job(
-    session: Session, job_id: str, lease_owner: str, status: JobStatus, message: str, **fields: Any
+    session: Session,
+    job_id: str,
+    lease_owner: str,
+    status: JobStatus,
+    message: str,
+    *,
+    run_seconds: float | None = None,
+    **fields: Any,
 ) -> JobPublic | None:
     """End the attempt for good: succeeded, failed or cancelled. None when the lease is no longer ours."""
     job = _held(session, job_id, lease_owner)
     if job is None:
         return None
+    _add_run_time(job, run_seconds)
     job.status, job.finished_at = status.value, utcnow()
     job.lease_owner = job.lease_expires_at = None
     if status is JobStatus.FAILED:
@@ -470,7 +572,13 @@ def finish_job(
 
 
 def release_job(
-    session: Session, job_id: str, lease_owner: str, reason: str, *, count_attempt: bool
+    session: Session,
+    job_id: str,
+    lease_owner: str,
+    reason: str,
+    *,
+    count_attempt: bool,
+    run_seconds: float | None = None,
 ) -> JobPublic | None:
     """Hand a running job back to the queue (a retryable failure, or a worker shutting down).
 
@@ -480,6 +588,7 @@ def release_job(
     job = _held(session, job_id, lease_owner)
     if job is None:
         return None
+    _add_run_time(job, run_seconds)
     job.lease_owner = job.lease_expires_at = None
     if not count_attempt:
         job.attempts -= 1
@@ -592,4 +701,11 @@ def _aware(moment: datetime) -> datetime:
 
 
 def count_queued(session: Session) -> int:
-    return session.scalar(select(func.count()).where(Job.status == JobStatus.QUEUED.value)) or 0
+    """Queued jobs that were sent to the broker: each should have a message there. Those not sent (new, or
+    held back by their owner's running-jobs limit) have none; the reconciler sends them anyway."""
+    return (
+        session.scalar(
+            select(func.count()).where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at.is_not(None))
+        )
+        or 0
+    )

@@ -163,11 +163,18 @@ def update_user(
     role: str | None = None,
     is_active: bool | None = None,
     password: str | None = None,
+    limits: dict[str, int | float | None] | None = None,
 ) -> UserPublic:
-    """Admin changes: role, enabled, password. Disabling or a new password revokes the user's tokens."""
+    """Admin changes: role, enabled, password, the account's own limits (``limits``: max_queued_jobs,
+    max_running_jobs, max_job_hours; None resets one to the platform default). Disabling or a new password
+    revokes the user's tokens."""
     user = session.get(User, user_id)
     if user is None:
         raise NotFoundError(f"no user {user_id}")
+    if limits:
+        from finetune_platform.services.quotas import set_account_limits
+
+        set_account_limits(user, limits)
     if role is not None:
         if role not in {r.value for r in Role}:
             raise ConfigError(f"role {role!r}: expected one of {', '.join(r.value for r in Role)}")

@@ -54,8 +54,20 @@ class BestMetric(StrEnum):
         return self is not BestMetric.LOSS
 
 
+# Upper bounds a real run never reaches. They keep a submitted config from taking a worker: a queued job
+# asking for 1e9 epochs, 64 processes on a 2-core host or a seed numpy cannot take must be refused at
+# submit (422 naming the field), not after three failed attempts.
+MAX_ROWS = 100_000_000
+MAX_STEPS = 10_000_000
+MAX_BATCH = 4096
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+    # No float field takes inf or NaN (YAML .inf, JSON Infinity): every number must be finite.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_enum_values=False, allow_inf_nan=False
+    )
 
 
 class ModelSection(_Section):
@@ -72,7 +84,9 @@ class ModelSection(_Section):
         default=128,
         ge=8,
         le=8192,
-        description="Tokens per text; longer texts are truncated. Cost grows with the longest text in a batch.",
+        description=(
+            "Tokens per text (8-8192); longer texts are truncated. Cost grows with the longest text in a batch."
+        ),
     )
 
 
@@ -87,7 +101,9 @@ class DataSection(_Section):
         default=0.1,
         gt=0.0,
         lt=1.0,
-        description="Share of the training rows held out (stratified) when no validation_file is given.",
+        description=(
+            "Share of the training rows held out (stratified) when no validation_file is given; above 0, below 1."
+        ),
     )
     text_column: str = Field(default="text", min_length=1, description="Column holding the input text.")
     label_column: str = Field(default="label", min_length=1, description="Column holding the label.")
@@ -96,10 +112,13 @@ class DataSection(_Section):
         description="Names for integer labels 0..K-1 (e.g. [negative, positive]); string labels name themselves.",
     )
     max_train_rows: int | None = Field(
-        default=None, ge=1, description="Use only the first N training rows (benchmarks, quick experiments)."
+        default=None,
+        ge=1,
+        le=MAX_ROWS,
+        description="Use only the first N training rows (benchmarks, quick experiments); 1 to 100,000,000.",
     )
     max_validation_rows: int | None = Field(
-        default=None, ge=1, description="Use only the first N validation rows."
+        default=None, ge=1, le=MAX_ROWS, description="Use only the first N validation rows; 1 to 100,000,000."
     )
     invalid_rows: Literal["error", "drop"] = Field(
         default="error",
@@ -122,10 +141,17 @@ class DataSection(_Section):
 
 class LoraSection(_Section):
     r: int = Field(
-        default=8, ge=1, le=1024, description="LoRA rank. Higher adds capacity and a little compute."
+        default=8, ge=1, le=256, description="LoRA rank (1-256). Higher adds capacity and a little compute."
     )
-    alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    alpha: float = Field(
+        default=16.0,
+        gt=0,
+        le=4096,
+        description="LoRA scaling numerator (scale = alpha / r); above 0, at most 4096.",
+    )
+    dropout: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input; from 0, below 1."
+    )
     target_modules: list[str] | Literal["auto", "all-linear"] = Field(
         default="auto",
         description="Module names to adapt; 'auto' picks per model family (BERT, RoBERTa, DistilBERT, ALBERT).",
@@ -160,8 +186,10 @@ class TrainingSection(_Section):
         ge=1,
         le=64,
         description=(
-            "Data-parallel processes (fast engine): one per GPU on CUDA (NCCL); on the CPU, processes over gloo. "
-            "batch_size is per process; the global batch is batch_size × devices × gradient_accumulation_steps."
+            "Data-parallel processes (fast engine), 1-64: one per GPU on CUDA (NCCL); on the CPU, processes over "
+            "gloo. batch_size is per process; the global batch is batch_size × devices × "
+            "gradient_accumulation_steps. A queued job may ask for at most what a worker of its pool has "
+            "(POOL_MAX_DEVICES, GPU_POOL_MAX_DEVICES)."
         ),
     )
     compile: Literal["none", "default", "reduce-overhead"] = Field(
@@ -174,45 +202,86 @@ class TrainingSection(_Section):
     learning_rate_reference_batch: int | None = Field(
         default=None,
         ge=1,
+        le=1_048_576,
         description=(
             "Fast engine: scale the learning rate by sqrt(global batch / this); e.g. 32 with batch_size 256 "
-            "trains at learning_rate × 2.83. Unset: learning_rate is used as given."
+            "trains at learning_rate × 2.83. Unset: learning_rate is used as given. 1 to 1,048,576."
         ),
     )
-    epochs: float = Field(default=3.0, gt=0, description="Passes over the training data (fractions allowed).")
+    epochs: float = Field(
+        default=3.0,
+        gt=0,
+        le=1000,
+        description="Passes over the training data (fractions allowed); at most 1000.",
+    )
     max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many optimizer steps; overrides epochs when set."
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        description="Stop after this many optimizer steps (1 to 10,000,000); overrides epochs when set.",
     )
-    batch_size: int = Field(default=32, ge=1, description="Training rows per step on the device (memory).")
-    eval_batch_size: int = Field(default=128, ge=1, description="Rows per evaluation batch (memory).")
-    learning_rate: float = Field(default=1e-3, gt=0, lt=1, description="Peak learning rate of AdamW.")
+    batch_size: int = Field(
+        default=32, ge=1, le=MAX_BATCH, description="Training rows per step on the device (memory); 1-4096."
+    )
+    eval_batch_size: int = Field(
+        default=128, ge=1, le=8192, description="Rows per evaluation batch (memory); 1-8192."
+    )
+    learning_rate: float = Field(
+        default=1e-3, gt=0, lt=1, description="Peak learning rate of AdamW; above 0, below 1."
+    )
     scheduler: Scheduler = Field(default=Scheduler.LINEAR, description="Learning-rate schedule after warmup.")
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
-    gradient_accumulation_steps: int = Field(
-        default=1, ge=1, description="Steps whose gradients add up before an update (bigger effective batch)."
+    warmup_ratio: float = Field(
+        default=0.06, ge=0, lt=1, description="Share of steps spent warming up; from 0, below 1."
     )
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(default=42, ge=0, description="Seed for data order, LoRA init and dropout.")
+    weight_decay: float = Field(default=0.01, ge=0, le=10, description="AdamW weight decay; 0 to 10.")
+    gradient_accumulation_steps: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Steps whose gradients add up before an update (bigger effective batch); 1-1024.",
+    )
+    max_grad_norm: float = Field(
+        default=1.0, gt=0, le=1_000_000, description="Gradient clipping norm; above 0, at most 1,000,000."
+    )
+    seed: int = Field(
+        default=42,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed for data order, LoRA init and dropout; 0 to 4,294,967,295 (2**32 - 1).",
+    )
     group_by_length: bool = Field(
         default=True,
         description="Batch texts of similar length together: far less padding, same data each epoch.",
     )
-    logging_steps: int = Field(default=10, ge=1, description="Steps between loss/learning-rate log lines.")
+    logging_steps: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_STEPS,
+        description="Steps between loss/learning-rate log lines; 1 to 10,000,000.",
+    )
     eval_strategy: EvalStrategy = Field(
         default=EvalStrategy.EPOCH, description="Evaluate (and checkpoint) every epoch or every eval_steps."
     )
     eval_steps: int | None = Field(
-        default=None, ge=1, description="Steps between evaluations when eval_strategy is 'steps'."
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        description="Steps between evaluations when eval_strategy is 'steps'; 1 to 10,000,000.",
     )
     metric_for_best_model: BestMetric = Field(
         default=BestMetric.ACCURACY, description="Validation metric that ranks checkpoints."
     )
     early_stopping_patience: int | None = Field(
-        default=None, ge=1, description="Stop after this many evaluations without improvement; unset = never."
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Stop after this many evaluations without improvement (1-10,000); unset = never.",
     )
     early_stopping_threshold: float = Field(
-        default=0.0, ge=0, description="Minimum improvement of the metric that counts as better."
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="Minimum improvement of the metric that counts as better; 0-1000.",
     )
 
     @model_validator(mode="after")
@@ -226,8 +295,10 @@ class CheckpointSection(_Section):
     fastest_tolerance: float = Field(
         default=0.01,
         ge=0,
+        le=1000,
         description=(
-            "Keep the earliest checkpoint whose metric is within this of the best (0.01 = 1 point of accuracy)."
+            "Keep the earliest checkpoint whose metric is within this of the best (0.01 = 1 point of accuracy); "
+            "0-1000."
         ),
     )
     final_model: Literal["best", "last"] = Field(

@@ -1,4 +1,5 @@
-"""What a running job listens to: a cancel, a worker shutdown, a lost lease; and what it reports back."""
+"""What a running job listens to: a cancel, a worker shutdown, a lost lease, its time limit; and what it
+reports back."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class StopKind(StrEnum):
     CANCEL = "cancel"
     PREEMPT = "preempt"  # the worker is shutting down (SIGTERM): checkpoint, hand the job back
     LEASE_LOST = "lease_lost"  # another worker may own the job now: stop without writing anything
+    TIME_LIMIT = "time_limit"  # the job ran its hours (JOB_MAX_HOURS): checkpoint, fail it for good
 
 
 class JobCancelled(TrainingStopped):
@@ -34,13 +36,32 @@ class LeaseLost(TrainingStopped):
     pass
 
 
-class JobControl:
-    """Stop requests from other threads (heartbeat, signal handler), read by the training loop."""
+class JobTimeLimit(TrainingStopped):
+    """Not retryable: another attempt would only run longer. A retry (by hand) resumes from the checkpoint
+    saved at the stop once an admin has raised the account's max_job_hours."""
 
-    def __init__(self) -> None:
+
+class JobControl:
+    """Stop requests from other threads (heartbeat, signal handler), read by the training loop; and the job's
+    clock: seconds run by earlier attempts plus this one, against ``limit_seconds`` (None: no limit)."""
+
+    def __init__(
+        self, *, used_seconds: float = 0.0, limit_seconds: float | None = None, limit_reason: str = ""
+    ) -> None:
         self._lock = threading.Lock()
         self.kind: StopKind | None = None
         self.reason = ""
+        self._started = time.monotonic()
+        self.used_seconds, self.limit_seconds, self.limit_reason = used_seconds, limit_seconds, limit_reason
+
+    def run_seconds(self) -> float:
+        """Seconds the job has run, over all its attempts so far."""
+        return self.used_seconds + time.monotonic() - self._started
+
+    def check_time(self) -> None:
+        """Ask the job to stop once it has run its time (checked at every step and stage)."""
+        if self.kind is None and self.limit_seconds is not None and self.run_seconds() >= self.limit_seconds:
+            self.request_stop(StopKind.TIME_LIMIT, self.limit_reason)
 
     def request_stop(self, kind: StopKind, reason: str) -> None:
         with self._lock:
@@ -49,6 +70,7 @@ class JobControl:
                 self.kind, self.reason = kind, reason
 
     def raise_if_stopped(self, checkpoints_dir: Any = None) -> None:
+        self.check_time()
         error = self.error(checkpoints_dir)
         if error is not None:
             raise error
@@ -61,6 +83,8 @@ class JobControl:
             return JobPreempted(f"{self.reason}{kept}")
         if self.kind is StopKind.LEASE_LOST:
             return LeaseLost(self.reason)
+        if self.kind is StopKind.TIME_LIMIT:
+            return JobTimeLimit(f"{self.reason}{kept}")
         return None
 
 
@@ -102,7 +126,8 @@ class Heartbeat(threading.Thread):
 class JobCallback(TrainerCallback):
     """Streams progress into the job row and turns stop requests into a clean end of training.
 
-    A preemption saves a checkpoint at the current step first; a cancel or a lost lease does not.
+    A preemption or the time limit saves a checkpoint at the current step first; a cancel or a lost lease does
+    not.
     """
 
     def __init__(self, reporter: Any, control: JobControl, checkpoints_dir: Any, every_seconds: float = 1.0):
@@ -115,6 +140,7 @@ class JobCallback(TrainerCallback):
         self._speed_mark: tuple[float, int] | None = None  # (time, step) of the last speed reading
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.control.check_time()
         if self.control.kind is None or self.stop_error is not None:
             return
         control.should_training_stop = True
@@ -123,6 +149,9 @@ class JobCallback(TrainerCallback):
             self.stop_error = JobPreempted(
                 f"{self.control.reason}; saved checkpoint-{state.global_step} for the next worker"
             )
+        elif self.control.kind is StopKind.TIME_LIMIT:
+            control.should_save = True
+            self.stop_error = JobTimeLimit(f"{self.control.reason}; saved checkpoint-{state.global_step}")
         else:
             control.should_save = control.should_evaluate = False
             self.stop_error = self.control.error(self.checkpoints_dir)

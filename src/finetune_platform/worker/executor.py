@@ -1,5 +1,6 @@
 """Run one job in a worker: claim its lease, keep it alive, train (resuming where the last attempt
-stopped), and write the outcome — each step a compare-and-set on the job row."""
+stopped), and write the outcome — each step a compare-and-set on the job row. The claim holds to the owner's
+running-jobs limit; the job's clock (over all its attempts) to its time limit."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 from finetune_platform.db.models import JobKind, JobStage, JobStatus
 from finetune_platform.db.session import session_scope
 from finetune_platform.errors import PlatformError
-from finetune_platform.services import jobs
+from finetune_platform.services import jobs, quotas
 from finetune_platform.settings import Settings
 from finetune_platform.training.guards import TrainingStopped
 from finetune_platform.worker.control import Heartbeat, JobCallback, JobControl, LeaseLost, StopKind
@@ -46,6 +47,8 @@ class JobContext:
     def report(
         self, *, stage: str | None = None, event: tuple[str, str] | None = None, **fields: Any
     ) -> None:
+        if fields.get("progress"):  # the job's clock travels with its progress: a killed worker loses little
+            fields["progress"] = {**fields["progress"], "run_seconds": round(self.control.run_seconds(), 1)}
         try:
             with session_scope(self.settings) as session:
                 held = jobs.record_progress(
@@ -66,15 +69,34 @@ def execute_job(
     body: Body | None = None,
     callbacks: Sequence[Any] = (),
 ) -> str:
-    """Claim and run one job; returns what happened: succeeded, failed, cancelled, requeued, skipped, lost."""
+    """Claim and run one job; returns what happened: succeeded, failed, cancelled, requeued, skipped, held,
+    lost."""
     global _current
     lease_owner = worker_identity(worker_name)
     with session_scope(settings) as session:
-        claim = jobs.claim_job(session, job_id, lease_owner, settings.JOB_LEASE_SECONDS)
-    if claim is None:
+        claim = jobs.claim_job(
+            session,
+            job_id,
+            lease_owner,
+            settings.JOB_LEASE_SECONDS,
+            running_limit=settings.MAX_RUNNING_JOBS_PER_USER,
+        )
+        limits = (
+            quotas.account_limits(session, claim.job.owner_id, settings)
+            if isinstance(claim, jobs.Claim)
+            else None
+        )
+    if isinstance(claim, jobs.Held):
+        logger.info("job %s stays queued: %s", job_id, claim.reason)
+        return "held"
+    if claim is None or limits is None:
         logger.info("job %s is not queued (finished, cancelled or running elsewhere): skipped", job_id)
         return "skipped"
-    control = JobControl()
+    control = JobControl(
+        used_seconds=float(claim.job.progress.get("run_seconds") or 0.0),
+        limit_seconds=limits.max_job_hours * 3600,
+        limit_reason=quotas.time_limit_reason(limits),
+    )
     heartbeat = Heartbeat(settings, job_id, lease_owner, control)
     heartbeat.start()
     _current = control
@@ -92,35 +114,48 @@ def execute_job(
         logger.error("%s", exc)
         return "lost"
     except TrainingStopped as exc:
-        return _stopped(settings, claim, exc)
+        return _stopped(settings, claim, exc, control.run_seconds())
     except PlatformError as exc:  # bad config or data, missing model: another attempt would fail the same way
-        return _finish(settings, claim, JobStatus.FAILED, str(exc))
+        return _finish(settings, claim, JobStatus.FAILED, str(exc), run_seconds=control.run_seconds())
     except (
         Exception
     ) as exc:  # anything else may be passing (I/O, CUDA out of memory): retry within the budget
         logger.exception("job %s attempt %d failed", job_id, claim.job.attempts)
-        return _release(settings, claim, f"{exc.__class__.__name__}: {exc}", count_attempt=True)
+        reason = f"{exc.__class__.__name__}: {exc}"
+        return _release(settings, claim, reason, count_attempt=True, run_seconds=control.run_seconds())
     finally:
         _current = None
         heartbeat.stop()
-    return _finish(settings, claim, JobStatus.SUCCEEDED, result.pop("message", "finished"), **result)
+    message = result.pop("message", "finished")
+    return _finish(settings, claim, JobStatus.SUCCEEDED, message, run_seconds=control.run_seconds(), **result)
 
 
-def _stopped(settings: Settings, claim: jobs.Claim, exc: TrainingStopped) -> str:
+def _stopped(settings: Settings, claim: jobs.Claim, exc: TrainingStopped, run_seconds: float) -> str:
+    """A training that ended early on purpose; the time limit (JobTimeLimit) is not retryable: it fails."""
     from finetune_platform.worker.control import JobCancelled, JobPreempted
 
     if isinstance(exc, JobCancelled):
-        return _finish(settings, claim, JobStatus.CANCELLED, str(exc))
+        return _finish(settings, claim, JobStatus.CANCELLED, str(exc), run_seconds=run_seconds)
     if isinstance(exc, JobPreempted):
-        return _release(settings, claim, str(exc), count_attempt=False)
+        return _release(settings, claim, str(exc), count_attempt=False, run_seconds=run_seconds)
     if exc.retryable:
-        return _release(settings, claim, str(exc), count_attempt=True)
-    return _finish(settings, claim, JobStatus.FAILED, str(exc))
+        return _release(settings, claim, str(exc), count_attempt=True, run_seconds=run_seconds)
+    return _finish(settings, claim, JobStatus.FAILED, str(exc), run_seconds=run_seconds)
 
 
-def _finish(settings: Settings, claim: jobs.Claim, status: JobStatus, message: str, **fields: Any) -> str:
+def _finish(
+    settings: Settings,
+    claim: jobs.Claim,
+    status: JobStatus,
+    message: str,
+    *,
+    run_seconds: float | None = None,
+    **fields: Any,
+) -> str:
     with session_scope(settings) as session:
-        done = jobs.finish_job(session, claim.job.id, claim.lease_owner, status, message, **fields)
+        done = jobs.finish_job(
+            session, claim.job.id, claim.lease_owner, status, message, run_seconds=run_seconds, **fields
+        )
     if done is None:
         logger.error(
             "job %s: lease lost before the outcome (%s) could be written", claim.job.id, status.value
@@ -130,11 +165,25 @@ def _finish(settings: Settings, claim: jobs.Claim, status: JobStatus, message: s
     return status.value
 
 
-def _release(settings: Settings, claim: jobs.Claim, reason: str, *, count_attempt: bool) -> str:
+def _release(
+    settings: Settings,
+    claim: jobs.Claim,
+    reason: str,
+    *,
+    count_attempt: bool,
+    run_seconds: float | None = None,
+) -> str:
     from finetune_platform.worker.app import enqueue
 
     with session_scope(settings) as session:
-        job = jobs.release_job(session, claim.job.id, claim.lease_owner, reason, count_attempt=count_attempt)
+        job = jobs.release_job(
+            session,
+            claim.job.id,
+            claim.lease_owner,
+            reason,
+            count_attempt=count_attempt,
+            run_seconds=run_seconds,
+        )
     if job is None:
         return "lost"
     if job.status == JobStatus.QUEUED.value:
