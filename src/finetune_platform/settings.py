@@ -216,6 +216,30 @@ class Settings(BaseSettings):
         description='Extra kombu transport options as JSON, e.g. {"visibility_timeout": 3600}.',
     )
 
+    AUDIT_ANCHOR_FILE: Path | None = Field(
+        default=None,
+        description=(
+            "Append-only JSONL of signed audit checkpoints (`finetune audit checkpoint`); unset: "
+            "FINETUNE_HOME/audit-anchors.jsonl. Put it where the API cannot write, and copy it off the host."
+        ),
+    )
+    AUDIT_ANCHOR_KEY: SecretStr | None = Field(
+        default=None,
+        description=(
+            "HMAC-SHA256 key of the audit checkpoints (secret policy; `openssl rand -hex 32`). Give it only to the "
+            "job that runs `finetune audit checkpoint` and `verify`, never to the API; unset: verify checks the "
+            "hash chain only."
+        ),
+    )
+    DATABASE_APP_PASSWORD: SecretStr | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL: `finetune db upgrade`, run as the tables' owner, sets this password on the role "
+            "finetune_app (which owns no table and may only append to the audit log); the platform's "
+            "DATABASE_URL then uses that role. Checked by the secret policy outside local mode."
+        ),
+    )
+
     @field_validator("FORWARDED_ALLOW_IPS")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -241,28 +265,34 @@ class Settings(BaseSettings):
             "forwarded_allow_ips": self.FORWARDED_ALLOW_IPS or "",
         }
 
-    def secret_problems(self) -> list[str]:
+    def secret_problems(self, *, require_jwt: bool = True) -> list[str]:
         """Every configured secret that breaks the policy (``secret_problem``), by variable name. Outside
-        local mode JWT_SECRET is also required. Local mode checks nothing: it is one person's machine."""
+        local mode JWT_SECRET is also required (``require_jwt``: the API; `finetune serve` may run on API keys
+        alone). Local mode checks nothing: it is one person's machine."""
         if self.ENVIRONMENT == "local":
             return []
         problems = []
-        if self.JWT_SECRET is None:
+        if require_jwt and self.JWT_SECRET is None:
             problems.append(
                 "JWT_SECRET is required outside local mode; generate one with `openssl rand -hex 32`"
             )
         named = [("JWT_SECRET", self.JWT_SECRET), ("METRICS_TOKEN", self.METRICS_TOKEN)]
+        named += [
+            ("AUDIT_ANCHOR_KEY", self.AUDIT_ANCHOR_KEY),
+            ("DATABASE_APP_PASSWORD", self.DATABASE_APP_PASSWORD),
+        ]
         named += [(f"SERVE_API_KEYS[{i}]", key) for i, key in enumerate(self.SERVE_API_KEYS)]
         for name, secret in named:
             if secret is not None and (problem := secret_problem(secret.get_secret_value())):
                 problems.append(f"{name}: {problem}; generate one with `openssl rand -hex 32`")
         return problems
 
-    def check_secrets(self) -> None:
-        """Refuse to start (ConfigError naming each variable) when a secret breaks the policy."""
+    def check_secrets(self, *, require_jwt: bool = True) -> None:
+        """Refuse to start (ConfigError naming each variable) when a secret breaks the policy; every process
+        (API, `finetune serve`, workers) calls it at start."""
         from finetune_platform.errors import ConfigError
 
-        problems = self.secret_problems()
+        problems = self.secret_problems(require_jwt=require_jwt)
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -352,6 +382,53 @@ class Settings(BaseSettings):
             "Hours a job may run, summed over its attempts (at most 8760). Past it the worker stops the job at "
             "its next step, saving a checkpoint, and fails it for good: 'stopped: exceeded the job time limit "
             "of N h (JOB_MAX_HOURS)'. Per account: max_job_hours."
+        ),
+    )
+    MAX_DATASET_ROWS: int = Field(
+        default=10_000_000,
+        ge=1,
+        description=(
+            "Data rows a dataset file may hold, counted while it is read (and, for Parquet, from its metadata "
+            "before anything is decoded). A file with more is refused with 422 naming the limit and the row; "
+            "an upload is then not recorded."
+        ),
+    )
+    MAX_DATASET_DECODED_BYTES: int = Field(
+        default=512 << 20,
+        ge=1,
+        description=(
+            "Bytes the text and label cells of a dataset file may decode to (strings as UTF-8, a number as 8), "
+            "512 MiB by default: counted while reading, and for Parquet first from the uncompressed sizes in its "
+            "metadata, then through dictionary pages before they are expanded, so a small compressed file that "
+            "decodes huge is refused with 422 naming the limit and the row."
+        ),
+    )
+    MAX_TEXT_CHARS: int = Field(
+        default=2_000_000,
+        ge=1,
+        description=(
+            "Characters one text or label cell may hold (texts are cut to model.max_length tokens for training "
+            "anyway). A longer cell refuses the file with 422 naming the row, the column and its length."
+        ),
+    )
+    MAX_JSON_DEPTH: int = Field(
+        default=64,
+        ge=3,
+        le=500,
+        description=(
+            "Levels of arrays and objects a JSON dataset, or one JSONL line, may nest (a record in a JSON array "
+            "is level 2); measured before parsing. Deeper: 422 naming the line. At most 500, well inside what "
+            "the parser manages."
+        ),
+    )
+    VALIDATION_MEMORY_MB: int = Field(
+        default=2048,
+        ge=128,
+        description=(
+            "Memory, in MiB, that validating one uploaded dataset may take: validation runs in a child process "
+            "whose address space (RLIMIT_AS) may grow this much past what Python, pandas and pyarrow map at its "
+            "start, so the API process never decodes an upload itself. An upload that needs more is refused with "
+            "422 'validation needed more memory than its limit of N MiB (VALIDATION_MEMORY_MB)'."
         ),
     )
 

@@ -57,6 +57,15 @@ def request_for(route: str, api):
             "/models/transition",
             {"json": {"name": "nothing", "version": 1, "stage": "Production"}},
         ),
+        "GET /models/owners": ("GET", "/models/owners", {}),
+        "PUT /models/{name}/owner": ("PUT", "/models/nothing/owner", {"json": {"owner": "bob"}}),
+        "GET /base-models": ("GET", "/base-models", {}),
+        "POST /base-models": (
+            "POST",
+            "/base-models",
+            {"json": {"name": f"org/model-{secrets.token_hex(4)}"}},
+        ),
+        "DELETE /base-models/{name}": ("DELETE", "/base-models/org/never-allowed", {}),
         "GET /audit/logs": ("GET", "/audit/logs", {}),
         "GET /health": ("GET", "/health", {}),
         "GET /metrics": ("GET", "/metrics", {}),
@@ -92,6 +101,11 @@ MATRIX = {
     "GET /models/search": (401, 200, 200, 200),
     "POST /models/recommend": (401, 200, 200, 200),
     "POST /models/transition": (401, 403, 403, 404),
+    "GET /models/owners": (401, 200, 200, 200),
+    "PUT /models/{name}/owner": (401, 403, 403, 404),  # no such model
+    "GET /base-models": (401, 200, 200, 200),
+    "POST /base-models": (401, 403, 403, 201),
+    "DELETE /base-models/{name}": (401, 403, 403, 404),  # never allowed
     "GET /audit/logs": (401, 403, 403, 200),
     "GET /health": (200, 200, 200, 200),
     "GET /metrics": (200, 200, 200, 200),
@@ -155,7 +169,10 @@ def test_server_owned_fields_are_refused(api):
     for config, message in (
         ({"output_dir": "/etc"}, "config.output_dir: set by the server"),
         ({"data": {"train_file": "/etc/passwd"}}, "config.data.train_file: set by the server"),
-        ({"model": {"base_model": "../../secrets"}}, "a model name, not a path on the server"),
+        ({"model": {"base_model": "../../secrets"}}, "'../../secrets': not an allowed base model"),
+        ({"model": {"base_model": "results/alice-run"}}, "'results/alice-run': not an allowed base model"),
+        ({"model": "minilm"}, "config.model: expected an object of fields, got str"),
+        ({"data": ["a"]}, "config.data: expected an object of fields, got list"),
     ):
         response = alice.post("/train", json={"config": config, "dataset_id": dataset})
         assert response.status_code == 422 and message in response.json()["detail"], response.text

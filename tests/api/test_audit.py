@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import text
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from finetune_platform.db.models import AuditEvent
 from finetune_platform.db.session import engine_for, session_scope
 from finetune_platform.services.audit import record, verify_chain
+from tests.api.conftest import login
 
 
 def entries(api, **filters) -> list[dict]:
@@ -46,6 +49,21 @@ def test_changes_and_denials_are_recorded_with_who_what_where(api):
     assert len(submitted) == 1 and submitted[0]["detail"] == {"dataset": api.ids["dataset"]}
     page = api.as_("root").get("/audit/logs?limit=2&offset=1").json()
     assert len(page["data"]) == 2 and page["count"] >= 5
+
+
+def test_a_failed_login_is_recorded_once_whatever_the_database(api):
+    """The failure is written in its own transaction: the request's is rolled back with the 401 (on
+    PostgreSQL that used to take the entry with it)."""
+    for username, address in (("alice", "192.0.2.41"), ("nobody-here", "192.0.2.42")):
+        with session_scope(api.settings) as session:
+            before = session.scalar(select(func.max(AuditEvent.id))) or 0
+        response = login(TestClient(api.app, client=(address, 1)), username, "wrong password")
+        assert response.status_code == 401
+        with session_scope(api.settings) as session:
+            written = session.scalars(select(AuditEvent).where(AuditEvent.id > before)).all()
+            assert [(e.action, e.outcome, e.target, e.address, e.actor_id) for e in written] == [
+                ("login", "failed", f"username:{username}", address, None)
+            ]
 
 
 def test_concurrent_writers_keep_one_valid_chain(api):

@@ -133,6 +133,14 @@ def test_an_account_at_its_queued_limit_gets_429_and_no_job(api_world):
     assert patched.status_code == 200, patched.text
     shown = patched.json()
     assert (shown["max_queued_jobs"], shown["max_running_jobs"], shown["max_job_hours"]) == (2, None, None)
+    for read in (f"/users/{api_world.ids[carol]}", "/users"):  # every read of the account shows its limits
+        found = root.get(read).json()
+        found = found if isinstance(found, dict) else next(u for u in found if u["username"] == carol)
+        assert (found["max_queued_jobs"], found["max_running_jobs"], found["max_job_hours"]) == (
+            2,
+            None,
+            None,
+        )
     first = train(api_world, carol, **{"Idempotency-Key": "first"})
     assert first.status_code == 201 and train(api_world, carol).status_code == 201
     refused = train(api_world, carol)

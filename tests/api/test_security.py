@@ -107,7 +107,7 @@ def test_logout_password_change_and_disabling_revoke_tokens(api):
     assert changed.status_code == 204
     assert bob.get("/users/me").status_code == 401
     wrong = api.as_("bob").post(
-        "/users/me/password", json={"current_password": "nope", "new_password": "xxxxxxxxx"}
+        "/users/me/password", json={"current_password": "nope", "new_password": "a new passphrase"}
     )
     assert (wrong.status_code, wrong.json()["detail"]) == (403, "current password is wrong")
     root = api.as_("root")
@@ -273,3 +273,54 @@ def test_local_mode_keeps_a_private_random_secret(tmp_path):
         signing_secret(Settings(FINETUNE_HOME=tmp_path, ENVIRONMENT="production", JWT_SECRET=strong))
         == strong
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "variables", "message"),
+    [
+        (
+            ["serve"],
+            {"JWT_SECRET": "twelve-bytes"},
+            "JWT_SECRET: at least 32 bytes outside local mode (got 12)",
+        ),
+        (
+            ["serve"],
+            {"SERVE_API_KEYS": '["changeme"]'},
+            "SERVE_API_KEYS[0]: at least 32 bytes outside local mode",
+        ),
+        (
+            ["serve"],
+            {"SERVE_API_KEYS": '["changeme-changeme-changeme-changeme-changeme"]'},
+            "SERVE_API_KEYS[0]: looks like a placeholder",
+        ),
+        (
+            ["worker"],
+            {"METRICS_TOKEN": "0123456789abcdef0123456789abcdef"},
+            "METRICS_TOKEN: looks like a placeholder",
+        ),
+        (["api"], {"JWT_SECRET": "abcdefghijklmnopqrstuvwxyz012345"}, "JWT_SECRET: looks like a placeholder"),
+    ],
+)
+def test_every_process_refuses_to_start_with_a_weak_secret(tmp_path, command, variables, message):
+    """The attack: `finetune serve` in production started with a 12-byte JWT_SECRET and took the API key
+    `changeme`; the API took guessable 32-byte secrets. One policy, applied by every process at start."""
+    import subprocess
+
+    from tests.conftest import finetune_bin
+
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "SERVE_API_KEYS", "METRICS_TOKEN")},
+        "ENVIRONMENT": "production",
+        "FINETUNE_HOME": str(tmp_path),
+        **variables,
+    }
+    started = subprocess.run(
+        [finetune_bin(), *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert message in started.stderr

@@ -120,11 +120,13 @@ def test_the_api_runs_without_pytorch_on_what_its_image_installs(tmp_path, embed
 
     redis_url = require_redis()
     queue = f"image-{secrets.token_hex(4)}"
+    metrics_token = secrets.token_hex(32)
     env = {
         "PATH": str(Path(sys.executable).parent),
         "HOME": str(tmp_path),
         "ENVIRONMENT": "production",
         "JWT_SECRET": secrets.token_hex(32),
+        "METRICS_TOKEN": metrics_token,
         "FINETUNE_HOME": str(tmp_path / "data/home"),
         "RESULTS_DIR": str(tmp_path / "data/results"),
         "MODEL_REGISTRY_DIR": str(tmp_path / "data/registry"),
@@ -182,7 +184,12 @@ def test_the_api_runs_without_pytorch_on_what_its_image_installs(tmp_path, embed
         expected = float(query @ np.asarray(store.get("reviews", 1).embedding))
         assert ranked[0]["score"] == pytest.approx(expected, abs=1e-4)
         assert client.get("/audit/logs").json()["count"] >= 2
-        assert "finetune_api_requests_total" in client.get("/metrics").text
+        anonymous = httpx.get(f"{url}/metrics", timeout=30)
+        assert anonymous.status_code == 401  # production: Prometheus sends METRICS_TOKEN
+        scraped = httpx.get(
+            f"{url}/metrics", headers={"Authorization": f"Bearer {metrics_token}"}, timeout=30
+        )
+        assert "finetune_api_requests_total" in scraped.text
         wait_for(lambda: "psycopg" in modules.read_text(), 10, "the module list")
     finally:
         process.send_signal(signal.SIGTERM)

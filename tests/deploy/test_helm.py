@@ -489,6 +489,9 @@ def test_gpu_worker_pool_follows_its_values(rendered):
 
     def queues(spec):
         env = {entry["name"]: entry.get("value") for entry in spec["containers"][0]["env"]}
+        assert env["GPU_POOL_MAX_DEVICES"] == str(
+            gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        )
         return env["QUEUE_NAME"], env["GPU_QUEUE_NAME"]
 
     assert queues(cpu) == ("finetune-training", "finetune-training-gpu")

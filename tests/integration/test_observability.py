@@ -48,10 +48,18 @@ def alert_expressions() -> dict[str, str]:
     return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
 
 
-def test_promtool_accepts_the_shipped_config_and_rules():
+def with_metrics_token(root: Path) -> Path:
+    """A copy of the shipped config beside the token file its scrapes send (compose writes it at start)."""
+    shutil.copy(DEPLOY / "prometheus" / "prometheus.yml", root / "prometheus.yml")
+    shutil.copy(ALERTS, root / ALERTS.name)
+    (root / "metrics-token").write_text("a-metrics-token-for-the-scrapes\n")
+    return root / "prometheus.yml"
+
+
+def test_promtool_accepts_the_shipped_config_and_rules(tmp_path):
     promtool = require_binary("promtool")
     config = subprocess.run(
-        [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        [promtool, "check", "config", str(with_metrics_token(tmp_path))],
         capture_output=True,
         text=True,
     )
@@ -86,6 +94,9 @@ class Prometheus:
         for job in config["scrape_configs"]:
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
         (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+        (root / "metrics-token").write_text(
+            "a-metrics-token-for-the-scrapes\n"
+        )  # local-mode targets ignore it
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "prometheus.log"

@@ -219,6 +219,9 @@ Usage: include "finetune-platform.env" (dict "root" $ "queue" .Values.workers.qu
 {{- /* Jobs asking for device: cuda are sent to the GPU pool's queue by whoever enqueues them. */}}
 - name: GPU_QUEUE_NAME
   value: {{ $values.workers.gpu.queueName | quote }}
+{{- /* A submit asking for more devices than one GPU worker has is refused (422). */}}
+- name: GPU_POOL_MAX_DEVICES
+  value: {{ $values.workers.gpu.gpusPerPod | quote }}
 {{- end }}
 - name: JWT_EXPIRE_MINUTES
   value: {{ $values.env.JWT_EXPIRE_MINUTES | quote }}

@@ -88,9 +88,29 @@ def me(user: CurrentUser):
 
 @router.post("/users/me/password", status_code=204, tags=["users"], summary="Change the caller's password")
 def change_my_password(request: Request, session: DbSession, user: CurrentUser, body: schemas.PasswordChange):
+    """Throttled like logins: a stolen token cannot be used to guess the current password."""
+    from finetune_platform.errors import PlatformError
     from finetune_platform.services.users import change_password
 
-    change_password(session, user.id, body.current_password, body.new_password)
+    throttle, account, address = (
+        request.app.state.throttle,
+        f"password-change:{user.id}",
+        client_address(request),
+    )
+    wait = throttle.retry_after(account, address)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many wrong current passwords; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    try:
+        change_password(session, user.id, body.current_password, body.new_password)
+    except PlatformError as error:
+        if str(error) == "current password is wrong":
+            throttle.failed(account, address)
+        raise
+    throttle.succeeded(account, address)
     audit(session, request, "user.password", actor=user, target=f"user:{user.id}")
     return Response(status_code=204)
 
@@ -246,10 +266,18 @@ _SERVER_FIELDS = (("data", "train_file"), ("data", "validation_file"), ("output_
 
 
 def _server_config(
-    raw: dict[str, Any], train: Path, validation: Path | None, results: Path
+    session, raw: dict[str, Any], train: Path, validation: Path | None, results: Path
 ) -> dict[str, Any]:
-    """The client's config with the server's paths; a client cannot point the server at its files."""
+    """The client's config with the server's paths and an allowed base model; a client cannot point the
+    server at its files."""
+    from finetune_platform.services.base_models import check_allowed
+
     config = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
+    for section in ("model", "data"):
+        if section in config and not isinstance(config[section], dict):
+            raise ConfigError(
+                f"config.{section}: expected an object of fields, got {type(config[section]).__name__}"
+            )
     for path in _SERVER_FIELDS:
         node = config
         for part in path[:-1]:
@@ -258,9 +286,14 @@ def _server_config(
             raise ConfigError(
                 f"config.{'.'.join(path)}: set by the server (use dataset_id / validation_dataset_id)"
             )
-    base_model = str((config.get("model") or {}).get("base_model", ""))
-    if base_model.startswith(("/", ".", "~")) or ".." in base_model or "\\" in base_model:
-        raise ConfigError(f"config.model.base_model {base_model!r}: a model name, not a path on the server")
+    from finetune_platform.training.config import ModelSection
+
+    base_model = (config.get("model") or {}).get(
+        "base_model", ModelSection.model_fields["base_model"].default
+    )
+    if not isinstance(base_model, str):
+        raise ConfigError(f"config.model.base_model: expected a name, got {type(base_model).__name__}")
+    check_allowed(session, base_model)
     data = dict(config.get("data") or {})
     data["train_file"] = str(train)
     if validation is not None:
@@ -268,6 +301,18 @@ def _server_config(
     config["data"] = data
     config["output_dir"] = str(results.resolve())
     return config
+
+
+def _claim_model_name(session, user, config: dict[str, Any]) -> None:
+    """The model name a training job will register under is the caller's, or free (then it becomes
+    theirs); another user's name is refused now, not after hours of training."""
+    from finetune_platform.db.models import Role
+    from finetune_platform.tracking.ownership import claim_name
+    from finetune_platform.training.config import config_from_dict
+
+    parsed = config_from_dict(config)  # ConfigError names the field
+    if parsed.registry.enabled:
+        claim_name(session, parsed.model_name, user.id, is_admin=user.role == Role.ADMIN.value)
 
 
 @router.get("/config/schema", tags=["tasks"], summary="JSON schema of a training config (for forms)")
@@ -323,7 +368,8 @@ def train(
     validation = (
         dataset_path(session, user, body.validation_dataset_id) if body.validation_dataset_id else None
     )
-    config = _server_config(body.config, train_file, validation, settings.RESULTS_DIR)
+    config = _server_config(session, body.config, train_file, validation, settings.RESULTS_DIR)
+    _claim_model_name(session, user, config)
     submission = submit_job(
         session,
         user,
@@ -534,8 +580,22 @@ def mlflow_status(request: Request):
     return {
         "backend": "server" if server else "embedded",
         "reachable": reachable,
-        "ui_url": settings.MLFLOW_UI_URL or (uri if server else None),
+        "ui_url": _without_credentials(settings.MLFLOW_UI_URL or (uri if server else None)),
     }
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """An address as users may see it: no user:password@, no query string (tokens travel there too)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _card_out(card) -> dict[str, Any]:
@@ -612,6 +672,72 @@ def models_transition(
         "stage": moved.stage.value,
         "archived": list(moved.archived),
     }
+
+
+@router.get("/models/owners", response_model=list[schemas.ModelOwner], tags=["models"], summary="Name owners")
+def model_owners(session: DbSession, user: CurrentUser):
+    """Every owned model name and its owner: a name listed here is registered only by its owner."""
+    from finetune_platform.tracking.ownership import owners
+
+    return [{"name": name, "owner": owner} for name, owner in sorted(owners(session).items())]
+
+
+@router.put(
+    "/models/{name}/owner", response_model=schemas.ModelOwner, tags=["models"], summary="Transfer (admin)"
+)
+def transfer_model(
+    name: Annotated[str, PathParam(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")],
+    request: Request,
+    session: DbSession,
+    admin: AdminUser,
+    body: schemas.OwnerChange,
+):
+    from finetune_platform.services.users import get_user
+    from finetune_platform.tracking.ownership import transfer_name
+
+    new_owner = get_user(session, body.owner)
+    transfer_name(session, name, new_owner.id)
+    audit(session, request, "model.owner", actor=admin, target=f"model:{name}", owner=new_owner.id)
+    return {"name": name, "owner": new_owner.username}
+
+
+# -- base models -----------------------------------------------------------------------------------
+@router.get(
+    "/base-models", response_model=list[schemas.BaseModelOut], tags=["models"], summary="Allowed base models"
+)
+def base_models(session: DbSession, user: CurrentUser):
+    """What `config.model.base_model` may name in POST /train."""
+    from finetune_platform.services.base_models import allowed_base_models
+
+    return [asdict(model) for model in allowed_base_models(session)]
+
+
+@router.post(
+    "/base-models",
+    response_model=schemas.BaseModelOut,
+    status_code=201,
+    tags=["models"],
+    summary="Allow a base model (admin)",
+)
+def allow_base_model(request: Request, session: DbSession, admin: AdminUser, body: schemas.BaseModelCreate):
+    from finetune_platform.services.base_models import allow_base_model as allow
+
+    model = allow(session, body.name, admin.id)
+    audit(session, request, "base_model.allow", actor=admin, target=f"base_model:{body.name}")
+    return asdict(model)
+
+
+@router.delete(
+    "/base-models/{name:path}", status_code=204, tags=["models"], summary="Disallow a base model (admin)"
+)
+def disallow_base_model(
+    name: Annotated[str, PathParam(max_length=255)], request: Request, session: DbSession, admin: AdminUser
+) -> Response:
+    from finetune_platform.services.base_models import disallow_base_model as disallow
+
+    disallow(session, name)
+    audit(session, request, "base_model.disallow", actor=admin, target=f"base_model:{name}")
+    return Response(status_code=204)
 
 
 # -- audit and operations --------------------------------------------------------------------------

@@ -58,7 +58,11 @@ class UserCreate(Strict):
         pattern=USERNAME_PATTERN,
         description="Login name: letters, digits, . _ @ -.",
     )
-    password: str = Field(min_length=8, max_length=256, description="At least 8 characters.")
+    password: str = Field(
+        min_length=10,
+        max_length=256,
+        description="At least 10 characters, not a common password and not containing the username.",
+    )
     role: RoleName = Field(default="user", description="`admin` or `user`.")
 
 
@@ -68,7 +72,10 @@ class UserPatch(Strict):
         default=None, description="false disables the account and revokes its tokens."
     )
     password: str | None = Field(
-        default=None, min_length=8, max_length=256, description="New password (revokes the user's tokens)."
+        default=None,
+        min_length=10,
+        max_length=256,
+        description="New password (revokes the user's tokens): at least 10 characters, not a common one.",
     )
     max_queued_jobs: int | None = Field(
         default=None,
@@ -93,7 +100,11 @@ class UserPatch(Strict):
 
 class PasswordChange(Strict):
     current_password: str = Field(max_length=256, description="The password in use now.")
-    new_password: str = Field(min_length=8, max_length=256, description="At least 8 characters.")
+    new_password: str = Field(
+        min_length=10,
+        max_length=256,
+        description="At least 10 characters, not a common password and not containing the username.",
+    )
 
 
 class TrainRequest(Strict):
@@ -205,6 +216,9 @@ class ModelCardOut(BaseModel):
     labels: list[str] = Field(description="Class labels.")
     dataset_version: str | None = Field(description="Version of the training data.")
     created_at: str = Field(description="Registration time.")
+    owner: str | None = Field(
+        default=None, description="Username owning the model name (None: registered before names were owned)."
+    )
 
 
 class Recommended(BaseModel):
@@ -255,6 +269,31 @@ class AuditPage(BaseModel):
     count: int = Field(description="Entries matching the filters, in all pages.")
 
 
+class BaseModelOut(BaseModel):
+    name: str = Field(description="What `config.model.base_model` may name in POST /train.")
+    added_by: int | None = Field(description="Admin who allowed it (None: allowed by the platform itself).")
+    created_at: Timestamp = Field(description="When it was allowed.")
+
+
+class BaseModelCreate(Strict):
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        description="A bundled alias (minilm), a Hugging Face id (org/name) or an absolute folder on the workers.",
+    )
+
+
+class ModelOwner(BaseModel):
+    name: str = Field(description="Registered model name.")
+    owner: str = Field(description="Username owning it: only they (or an admin) register versions under it.")
+
+
+class OwnerChange(Strict):
+    owner: str = Field(
+        min_length=2, max_length=64, pattern=USERNAME_PATTERN, description="The new owner's username."
+    )
+
+
 class MlflowStatus(BaseModel):
     backend: str = Field(description="`server` or `embedded` (a SQLite store beside the API).")
     reachable: bool = Field(description="Whether the tracking store answered.")
@@ -290,6 +329,6 @@ ERRORS = {
         (409, "Conflicts with the current state (e.g. the task already finished)."),
         (413, "The upload is larger than the limit."),
         (422, "Invalid request: the fields named in `problems`, or an invalid config or dataset."),
-        (429, "Too many failed logins from this address; retry after `Retry-After` seconds."),
+        (429, "Too many failed logins (or password checks); retry after `Retry-After` seconds."),
     )
 }

@@ -9,6 +9,7 @@ from finetune_platform.cli.data import data_app
 from finetune_platform.cli.inference import predict, serve
 from finetune_platform.cli.jobs import jobs_app, worker
 from finetune_platform.cli.registry import experiments_app, models_app
+from finetune_platform.cli.security import security_check
 from finetune_platform.cli.system import api, audit_app, db_app, ui, users_app
 from finetune_platform.cli.training import config_app, runs_app, train
 
@@ -34,6 +35,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
 app.command()(api)
 app.command()(ui)
+app.command("security-check")(security_check)
 
 
 @app.command()

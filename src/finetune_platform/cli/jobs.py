@@ -307,8 +307,13 @@ def worker(
         ),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option("--metrics-host", help="Address of the metrics port.")
-    ] = "0.0.0.0",
+        str,
+        typer.Option(
+            "--metrics-host",
+            help="Address of the metrics port: loopback unless Prometheus scrapes it over a network (the images "
+            "pass 0.0.0.0; the chart lets only Prometheus reach it).",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Run queued training jobs, one at a time (start one worker per GPU or per core group).
 
@@ -322,6 +327,7 @@ def worker(
 
     current = settings()
     try:
+        current.check_secrets(require_jwt=False)  # the platform's secret policy, in every process
         ensure_database(current)
     except PlatformError as error:
         raise fail(error) from None

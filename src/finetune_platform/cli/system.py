@@ -1,4 +1,4 @@
-"""`finetune db …` and `finetune users …`: the app database and its accounts."""
+"""`finetune db …`, `finetune users …` and `finetune audit …`: the app database, its accounts and audit log."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ users_app = typer.Typer(help="Accounts of the platform (roles admin and user).",
 def db_upgrade(
     revision: Annotated[str, typer.Option("--revision", help="Target migration revision.")] = "head",
 ) -> None:
-    """Create or migrate the app database to the latest schema (safe to run again)."""
+    """Create or migrate the app database to the latest schema (safe to run again). On PostgreSQL with
+    DATABASE_APP_PASSWORD, also set the password of the application role finetune_app."""
     from finetune_platform.db.session import upgrade
 
-    current = upgrade(settings(), revision)
+    try:
+        current = upgrade(settings(), revision)
+    except PlatformError as error:
+        raise fail(error) from None
     typer.echo(f"database {_safe_url(settings().database_url)} at revision {current}")
 
 
@@ -136,23 +140,120 @@ def users_set_quota(
     typer.echo(f"{user.username}: " + ", ".join(shown))
 
 
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log and its signed checkpoints.", no_args_is_help=True)
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the audit chain; name the first altered entry, or the one after a deleted entry (exit 1)."""
+    """Check the audit chain and, with AUDIT_ANCHOR_KEY, every signed checkpoint in AUDIT_ANCHOR_FILE: name
+    the altered or deleted entry, a truncated log or a forged checkpoint (exit 1)."""
     from finetune_platform.db.session import ensure_database, session_scope
-    from finetune_platform.services.audit import verify_chain
+    from finetune_platform.services.audit import anchor_file, anchor_key, read_checkpoints, verify_log
 
-    ensure_database(settings())
-    with session_scope(settings()) as session:
-        report = verify_chain(session)
-    if report.ok:
-        typer.echo(f"audit log intact: {report.entries} entries")
+    config = settings()
+    try:
+        key = anchor_key(config)
+        ensure_database(config)
+    except PlatformError as error:
+        raise fail(error) from None
+    path = anchor_file(config)
+    checkpoints, problems = read_checkpoints(path, key) if key else (None, [])
+    with session_scope(config) as session:
+        report = verify_log(session, checkpoints)
+    problems = report.problems + problems
+    typer.echo(f"audit log {'intact' if not problems else 'NOT intact'}: {report.entries} entries")
+    if key is None:
+        typer.echo(
+            "anchors not checked: AUDIT_ANCHOR_KEY is not set (the chain alone shows neither deleted newest "
+            "entries nor a recomputed chain)"
+        )
+    elif report.newest is not None:
+        typer.echo(
+            f"anchored: {report.anchored} entries, up to entry {report.newest.id}, by {report.checkpoints} "
+            f"signed checkpoints in {path} (newest holding: {report.newest.at}); {report.newer} entries "
+            "newer than the newest checkpoint"
+        )
+    else:
+        why = "none still holds" if report.checkpoints else "none yet: run `finetune audit checkpoint`"
+        typer.echo(f"anchored: none of the {report.entries} entries (checkpoints in {path}: {why})")
+    for problem in problems:
+        typer.secho(problem, fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    every: Annotated[
+        float | None,
+        typer.Option(
+            "--every",
+            min=1.0,
+            help="Repeat every SECONDS (a sidecar or long-running job); stops at the first problem found.",
+        ),
+    ] = None,
+) -> None:
+    """Check the entries since the newest checkpoint (the whole log the first time), then append a signed
+    checkpoint of the newest entry to AUDIT_ANCHOR_FILE (needs AUDIT_ANCHOR_KEY). A log that fails gets no
+    checkpoint (exit 1); nothing new, nothing written. `finetune audit verify` checks everything."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from finetune_platform.db.session import ensure_database
+    from finetune_platform.services.audit import anchor_key
+
+    config = settings()
+    try:
+        key = anchor_key(config)
+        if key is None:
+            raise ConfigError(
+                "AUDIT_ANCHOR_KEY is not set: checkpoints are signed with it (`openssl rand -hex 32`; give it "
+                "to the checkpoint job only, never to the API)"
+            )
+        ensure_database(config)
+    except PlatformError as error:
+        raise fail(error) from None
+    while True:
+        try:
+            _checkpoint_once(config, key)
+        except OperationalError as error:  # the database is away for a moment: try again next round
+            if every is None:
+                raise
+            typer.secho(f"checkpoint skipped: {error.__class__.__name__}: {error}", err=True)
+        if every is None:
+            return
+        time.sleep(every)
+
+
+def _checkpoint_once(config, key: bytes) -> None:
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.audit import (
+        anchor_file,
+        append_checkpoint,
+        next_checkpoint,
+        read_checkpoints,
+    )
+
+    path = anchor_file(config)
+    checkpoints, problems = read_checkpoints(path, key)
+    with session_scope(config) as session:
+        report, checkpoint = next_checkpoint(session, checkpoints)
+    problems = report.problems + problems
+    if problems:
+        for problem in problems:
+            typer.secho(problem, fg=typer.colors.RED, err=True)
+        typer.secho("no checkpoint written: the audit log fails verification", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    if checkpoint is None:
+        state = f"nothing new after entry {report.last_id}" if report.entries else "the log is empty"
+        typer.echo(f"no checkpoint needed: {state}")
         return
-    typer.secho(f"audit log broken at {report.problem}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
+    append_checkpoint(path, checkpoint, key)
+    typer.echo(
+        f"checkpoint: entry {checkpoint.id} (hash {checkpoint.hash}), {checkpoint.entries} entries, "
+        f"appended to {path}"
+    )
 
 
 def api(
@@ -195,7 +296,8 @@ def ui(
 
     import finetune_platform.ui
 
-    script = Path(finetune_platform.ui.__file__).parent / "app.py"
+    # The ASGI wrapper of ui/app.py: Streamlit's server with the platform's security headers in front.
+    script = Path(finetune_platform.ui.__file__).parent / "asgi.py"
     command = [
         sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",

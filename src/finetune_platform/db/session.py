@@ -94,8 +94,57 @@ def _migrate(settings: Settings, direction: str, revision: str) -> str:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> str:
-    """Apply migrations up to ``revision``; return the revision the database is at."""
-    return _migrate(settings, "upgrade", revision)
+    """Apply migrations up to ``revision``; return the revision the database is at. On PostgreSQL with
+    DATABASE_APP_PASSWORD, also set the password of the application role."""
+    password = app_password(settings)  # refused before anything changes
+    current = _migrate(settings, "upgrade", revision)
+    if password is not None:
+        set_app_password(settings, password)
+    return current
+
+
+APP_ROLE = "finetune_app"  # created by migration 0005 (PostgreSQL): owns no table, appends to the audit log
+
+
+def app_password(settings: Settings) -> str | None:
+    """DATABASE_APP_PASSWORD when the database is PostgreSQL (None otherwise); outside local mode it must
+    pass the secret policy."""
+    from finetune_platform.errors import ConfigError
+    from finetune_platform.settings import secret_problem
+
+    if settings.DATABASE_APP_PASSWORD is None or not settings.database_url.startswith("postgresql"):
+        return None
+    password = settings.DATABASE_APP_PASSWORD.get_secret_value()
+    if settings.ENVIRONMENT != "local" and (problem := secret_problem(password)):
+        raise ConfigError(f"DATABASE_APP_PASSWORD: {problem}; generate one with `openssl rand -hex 32`")
+    return password
+
+
+def set_app_password(settings: Settings, password: str) -> None:
+    """``ALTER ROLE finetune_app PASSWORD <verifier>``: libpq hashes the password here (SCRAM, as psql's
+    \\password does), so the clear text reaches neither the server nor its statement log, and the verifier
+    goes in as a quoted literal, never pasted into the statement."""
+    from psycopg import sql
+    from sqlalchemy import text
+
+    from finetune_platform.errors import ConfigError
+
+    with engine_for(settings.database_url).begin() as connection:
+        role = text("SELECT 1 FROM pg_roles WHERE rolname = :role")
+        if connection.execute(role, {"role": APP_ROLE}).first() is None:
+            raise ConfigError(
+                f"DATABASE_APP_PASSWORD is set but the role {APP_ROLE} does not exist yet: upgrade to revision "
+                "0005 or later"
+            )
+        algorithm = connection.execute(text("SHOW password_encryption")).scalar_one()
+        driver = connection.connection.driver_connection
+        verifier = driver.pgconn.encrypt_password(
+            password.encode("utf-8"), APP_ROLE.encode(), algorithm.encode()
+        ).decode("ascii")
+        statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(APP_ROLE), sql.Literal(verifier)
+        )
+        driver.cursor().execute(statement)
 
 
 def downgrade(settings: Settings, revision: str) -> str:

@@ -374,7 +374,9 @@ class BatchRequest(BaseModel):
 
 
 def create_serve_app(settings: Settings, model: str | None = None, run_folder: Path | None = None) -> FastAPI:
-    """The inference app. ``run_folder``: serve that run's adapter as the default model, without the registry."""
+    """The inference app. ``run_folder``: serve that run's adapter as the default model, without the registry.
+    Outside local mode a weak JWT_SECRET or API key refuses the start (the platform's secret policy)."""
+    settings.check_secrets(require_jwt=False)
     device = serving_device(settings.SERVE_DEVICE)
     if device != "cpu" and settings.SERVE_RUNTIME != "torch":
         logger.info(
@@ -539,7 +541,7 @@ class ServeCallers:
             claims = self._tokens.decode(token)
         except InvalidToken as exc:
             return f"invalid token: {exc}"
-        if user_for_token(self.settings, claims.user_id, claims.token_version) is None:
+        if user_for_token(self.settings, claims.user_id, claims.token_version, claims.token_key) is None:
             return NO_CREDENTIALS
         return None
 

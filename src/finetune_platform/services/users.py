@@ -26,10 +26,23 @@ class UserPublic:
     role: str
     is_active: bool
     created_at: datetime
+    # The account's own limits (None: the platform default from Settings).
+    max_queued_jobs: int | None = None
+    max_running_jobs: int | None = None
+    max_job_hours: float | None = None
 
     @classmethod
     def of(cls, user: User) -> UserPublic:
-        return cls(user.id, user.username, user.role, user.is_active, user.created_at)
+        return cls(
+            user.id,
+            user.username,
+            user.role,
+            user.is_active,
+            user.created_at,
+            user.max_queued_jobs,
+            user.max_running_jobs,
+            user.max_job_hours,
+        )
 
 
 @dataclass(frozen=True)
@@ -216,7 +229,16 @@ def user_for_token(settings, user_id: int, token_version: int, token_key: str) -
     users = User.__table__
     with read_engine(settings.database_url).connect() as connection:
         row = connection.execute(
-            select(users.c.id, users.c.username, users.c.role, users.c.is_active, users.c.created_at).where(
+            select(
+                users.c.id,
+                users.c.username,
+                users.c.role,
+                users.c.is_active,
+                users.c.created_at,
+                users.c.max_queued_jobs,
+                users.c.max_running_jobs,
+                users.c.max_job_hours,
+            ).where(
                 users.c.id == user_id,
                 users.c.token_version == token_version,
                 users.c.token_key == token_key,

@@ -80,7 +80,7 @@ def upgrade() -> None:
     keyed = sa.table("users", sa.column("id", sa.Integer), sa.column("token_key", sa.String))
     for (user_id,) in bind.execute(sa.select(keyed.c.id)).all():
         bind.execute(keyed.update().where(keyed.c.id == user_id).values(token_key=secrets.token_hex(16)))
-    with op.batch_alter_table("users") as batch:
+    with op.batch_alter_table("users", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.alter_column("token_key", existing_type=sa.String(32), nullable=False)
     op.create_index("uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
     if bind.dialect.name == "sqlite":

@@ -1,0 +1,157 @@
+"""Attacks that need `finetune api` as a real server process: spoofed X-Forwarded-For from a local client,
+memory growth from unauthenticated logins, and the race between revoking a token and using it."""
+
+from __future__ import annotations
+
+import subprocess
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.api.conftest import PASSWORD
+from tests.conftest import finetune_bin, free_port
+from tests.integration.queue_harness import queue_env, wait_for
+
+
+@contextmanager
+def api_server(tmp_path, **settings: str):
+    env = queue_env(tmp_path, LOGIN_MAX_FAILURES="3", LOGIN_WINDOW_SECONDS="60", **settings)
+    env.cli("db", "upgrade")
+    for name in ("alice", "bob"):
+        created = subprocess.run(
+            [finetune_bin(), "users", "create", name, "--password-stdin"],
+            input=f"{PASSWORD}\n", env=env.env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+    port = free_port()
+    log = tmp_path / "api.log"
+    server = subprocess.Popen(
+        [finetune_bin(), "api", "--port", str(port)],
+        env=env.env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def answers():
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(answers, 60, "the API to answer /health")
+        yield base, server, env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def audit_addresses(env) -> list[str | None]:
+    """The client address of every audit entry the server wrote (read from its database)."""
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.audit import list_entries
+    from finetune_platform.settings import Settings
+
+    with session_scope(Settings(FINETUNE_HOME=env.root / "home")) as session:
+        entries, _ = list_entries(session, limit=100)
+    return [entry.address for entry in entries]
+
+
+def test_forwarded_for_from_a_local_client_is_not_believed(tmp_path):
+    """The attack: rotate X-Forwarded-For from 127.0.0.1 to dodge the login throttle, write spoofed
+    addresses into the audit log and lock out a victim's address. Without FORWARDED_ALLOW_IPS the header is
+    ignored: the throttle counts the real peer and the audit log records it."""
+    with api_server(tmp_path) as (base, _, env), httpx.Client(base_url=base, timeout=30) as client:
+        answers = [
+            client.post(
+                "/login",
+                data={"username": "alice", "password": "wrong guess"},
+                headers={"X-Forwarded-For": f"198.51.100.{number}"},
+            ).status_code
+            for number in range(5)
+        ]
+        assert answers == [401, 401, 401, 429, 429]
+        victim = client.post(
+            "/login",
+            data={"username": "bob", "password": PASSWORD},
+            headers={"X-Forwarded-For": "203.0.113.9"},
+        )
+        assert victim.status_code == 200  # bob logs in: nobody could lock "his" spoofed address
+        addresses = set(audit_addresses(env))
+        assert addresses == {"127.0.0.1"}, addresses
+
+
+def test_forwarded_for_is_believed_from_a_trusted_proxy(tmp_path):
+    with api_server(tmp_path, FORWARDED_ALLOW_IPS="127.0.0.1/32") as (base, _, env):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for number in range(3):
+                response = client.post(
+                    "/login",
+                    data={"username": "alice", "password": "wrong guess"},
+                    headers={"X-Forwarded-For": f"198.51.100.{number}"},
+                )
+                assert response.status_code == 401
+        assert {"198.51.100.0", "198.51.100.1", "198.51.100.2"} <= set(audit_addresses(env))
+
+
+def test_unauthenticated_logins_with_huge_usernames_do_not_grow_the_server(tmp_path):
+    """The attack: 300 logins with new 1 MB usernames grew the API by ~290 MiB, never freed."""
+    psutil = pytest.importorskip("psutil")
+    with api_server(tmp_path) as (base, server, _), httpx.Client(base_url=base, timeout=60) as client:
+        process = psutil.Process(server.pid)
+        client.post("/login", data={"username": "warm-up", "password": "whatever1"})
+        before = process.memory_info().rss
+        statuses = {
+            client.post(
+                "/login", data={"username": f"{number}-" + "u" * 1_000_000, "password": "whatever1"}
+            ).status_code
+            for number in range(120)
+        }
+        grown = process.memory_info().rss - before
+        assert grown < 40 * 2**20, f"the API grew by {grown / 2**20:.0f} MiB"
+        assert statuses == {413}
+
+
+def test_revocation_holds_for_the_very_next_request(tmp_path):
+    """The attack: right after logout, a password change or a demotion the old token still passed in about
+    a third of tries (the change committed after the response was sent)."""
+    with api_server(tmp_path) as (base, _, _), httpx.Client(base_url=base, timeout=30) as client:
+        passed = 0
+        for _ in range(25):
+            token = client.post("/login", data={"username": "alice", "password": PASSWORD}).json()[
+                "access_token"
+            ]
+            headers = {"Authorization": f"Bearer {token}"}
+            assert client.post("/logout", headers=headers).status_code == 204
+            passed += client.get("/users/me", headers=headers).status_code == 200
+        assert passed == 0, f"a revoked token passed {passed} of 25 times"
+
+
+def test_a_deleted_accounts_token_never_authenticates_the_next_account(tmp_path):
+    """The attack on SQLite: ids were reused, so a deleted user's token authenticated as the next user."""
+    from sqlalchemy import delete, select
+
+    from finetune_platform.api.auth import Tokens
+    from finetune_platform.db.models import User
+    from finetune_platform.db.session import session_scope, upgrade
+    from finetune_platform.services.users import create_user, token_subject, user_for_token
+    from finetune_platform.settings import Settings
+
+    settings = Settings(FINETUNE_HOME=tmp_path)
+    upgrade(settings)
+    with session_scope(settings) as session:
+        create_user(session, "keeper", "a long passphrase")
+        leaving = create_user(session, "leaving", "a long passphrase")
+        token, _ = Tokens(settings).issue(token_subject(session, leaving.id))
+    with session_scope(settings) as session:
+        session.execute(delete(User).where(User.id == leaving.id))
+    with session_scope(settings) as session:
+        newcomer = create_user(session, "newcomer", "a long passphrase")
+        assert newcomer.id != leaving.id
+        assert session.scalar(select(User.token_key).where(User.id == newcomer.id)) is not None
+    claims = Tokens(settings).decode(token)
+    assert user_for_token(settings, claims.user_id, claims.token_version, claims.token_key) is None
+    # even if an id came back (a restored backup, an operator's insert), the token key differs
+    assert user_for_token(settings, newcomer.id, claims.token_version, claims.token_key) is None
