@@ -52,6 +52,7 @@ COMMANDS = [
     ["users"],
     ["users", "create"],
     ["users", "list"],
+    ["users", "set-quota"],
     ["jobs"],
     ["jobs", "submit"],
     ["jobs", "list"],
@@ -68,6 +69,8 @@ COMMANDS = [
     ["serve"],
     ["audit"],
     ["audit", "verify"],
+    ["audit", "checkpoint"],
+    ["security-check"],
 ]
 
 
