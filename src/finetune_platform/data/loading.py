@@ -4,6 +4,11 @@ Every reader yields ``Chunk`` objects: a frame with ``row`` (1-based data row nu
 ``label`` columns, plus the malformed lines it had to skip. Problems that make the whole file unreadable
 (not UTF-8, empty, no header, a missing or duplicated column, a quote that never closes) raise
 ``DatasetFileError`` with a message that names the line, byte offset or column.
+
+A file is also what a user uploads, so reading it is bounded by ``DatasetLimits`` while it is read: rows,
+decoded bytes, characters per cell and JSON nesting. A file over a limit raises ``DatasetLimitError``
+naming the limit, the value and the row (or line) as soon as it is seen: a 1 KB Parquet file of one
+dictionary-encoded string repeated a million times is refused from its sizes, never decoded.
 """
 
 from __future__ import annotations
@@ -12,21 +17,33 @@ import codecs
 import csv
 import json
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from finetune_platform.errors import DatasetError
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from finetune_platform.settings import Settings
+
 DEFAULT_CHUNK_ROWS = 100_000
 MAX_ROWS_NAMED = 10
 _BOM = codecs.BOM_UTF8
+# Decoded bytes of the text and label cells handed on in one Parquet chunk: a batch whose cells are long
+# (one dictionary entry repeated) is cut into slices this size before its strings are materialised;
+# validating a chunk holds a few copies of it.
+CHUNK_DECODED_BYTES = 16 << 20
+# Decoded bytes one batch of delta-encoded Parquet strings may reach with every cell at MAX_TEXT_CHARS.
+_DELTA_BATCH_BYTES = 64 << 20
 
 
 class DatasetFormat(StrEnum):
@@ -58,6 +75,89 @@ class DatasetFileError(DatasetError):
         self.fix = fix
 
 
+class DatasetLimitError(DatasetError):
+    """Reading the file would pass a limit of ``DatasetLimits``: the whole file is refused (an upload is not
+    recorded), unlike a file error, which a validation report lists."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(f"dataset refused: {message} ({setting})")
+        self.detail = message
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    """What reading one dataset file may cost; the defaults are the Settings fields of the same names."""
+
+    max_rows: int
+    max_decoded_bytes: int
+    max_text_chars: int
+    max_json_depth: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> DatasetLimits:
+        if settings is None:
+            from finetune_platform.settings import get_settings
+
+            settings = get_settings()
+        return cls(
+            max_rows=settings.MAX_DATASET_ROWS,
+            max_decoded_bytes=settings.MAX_DATASET_DECODED_BYTES,
+            max_text_chars=settings.MAX_TEXT_CHARS,
+            max_json_depth=settings.MAX_JSON_DEPTH,
+        )
+
+
+class _Budget:
+    """Counts one file's rows and decoded bytes (text and label cells: strings as UTF-8, a number as 8
+    bytes) against its limits."""
+
+    def __init__(self, limits: DatasetLimits) -> None:
+        self.limits = limits
+        self.decoded = 0
+
+    def rows(self, last_row: int) -> None:
+        limit = self.limits.max_rows
+        if last_row > limit:
+            raise DatasetLimitError(
+                f"row {limit + 1:,} is one more than the limit of {limit:,} rows", "MAX_DATASET_ROWS"
+            )
+
+    def cell(self, row: int, column: str, chars: int, size: int) -> None:
+        """One cell (the JSON readers check each record as they decode it)."""
+        if chars > self.limits.max_text_chars:
+            self._too_long(row, column, chars)
+        self.decoded += size
+        if self.decoded > self.limits.max_decoded_bytes:
+            self._too_big(row)
+
+    def cells(self, rows: np.ndarray, column: str, chars: np.ndarray, sizes: np.ndarray) -> None:
+        """A column of a chunk, before its cells are handed on."""
+        over = np.flatnonzero(chars > self.limits.max_text_chars)
+        if over.size:
+            self._too_long(int(rows[over[0]]), column, int(chars[over[0]]))
+        running = self.decoded + np.cumsum(sizes, dtype=np.int64)
+        if running.size and running[-1] > self.limits.max_decoded_bytes:
+            first = int(np.argmax(running > self.limits.max_decoded_bytes))
+            self.decoded = int(running[first])
+            self._too_big(int(rows[first]))
+        self.decoded = int(running[-1]) if running.size else self.decoded
+
+    def _too_long(self, row: int, column: str, chars: int) -> None:
+        raise DatasetLimitError(
+            f"row {row:,}, column {column!r}: {chars:,} characters, more than the limit of "
+            f"{self.limits.max_text_chars:,} per cell",
+            "MAX_TEXT_CHARS",
+        )
+
+    def _too_big(self, row: int) -> None:
+        raise DatasetLimitError(
+            f"by row {row:,} the text and label cells decode to {self.decoded:,} bytes, more than the limit "
+            f"of {self.limits.max_decoded_bytes:,}",
+            "MAX_DATASET_DECODED_BYTES",
+        )
+
+
 @dataclass(frozen=True)
 class MalformedLine:
     line: int
@@ -68,6 +168,8 @@ class MalformedLine:
 class Chunk:
     frame: pd.DataFrame  # columns: row, text, label (text/label may be missing -> NaN)
     malformed: list[MalformedLine] = field(default_factory=list)
+    # (row, "text" or "label") of JSON cells that held an object or array: NaN in the frame
+    nested: list[tuple[int, str]] = field(default_factory=list)
 
 
 def detect_format(path: Path) -> DatasetFormat:
@@ -153,15 +255,35 @@ _MAPPING_HINT = (
 _SKIPPED = re.compile(r"Skipping line (\d+): (.+)")
 
 
+def _series_sizes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Characters and UTF-8 bytes of each cell of a column as read (missing: 0; a number: 8 bytes)."""
+    if not (pd.api.types.is_string_dtype(values.dtype) or pd.api.types.is_object_dtype(values.dtype)):
+        return np.zeros(len(values), np.int64), np.full(len(values), 8, np.int64)
+    import pyarrow as pa
+
+    try:
+        return _arrow_sizes(pa.array(values, type=pa.large_string(), from_pandas=True))
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # pandas may mix numbers into a column of words
+        texts = values.map(_scalar_to_str, na_action="ignore")
+        return _arrow_sizes(pa.array(texts, type=pa.large_string(), from_pandas=True))
+
+
 def _read_delimited(
-    path: Path, text_column: str, label_column: str, chunk_rows: int, sep: str
+    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits, sep: str
 ) -> Iterator[Chunk]:
     has_bom = check_utf8(path)
     encoding = "utf-8-sig" if has_bom else "utf-8"
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     with Path(path).open(encoding=encoding, newline="") as handle:
         header_line = handle.readline()
-    raw_header = next(csv.reader([header_line], delimiter=sep, quoting=quoting), [])
+    try:
+        raw_header = next(csv.reader([header_line], delimiter=sep, quoting=quoting), [])
+    except csv.Error as exc:  # e.g. a column name longer than csv.field_size_limit()
+        raise DatasetFileError(
+            f"{path}: the header row cannot be read ({exc})",
+            "no_header",
+            "put the column names on the first line",
+        ) from None
     header = [name.strip() for name in raw_header]
     if not any(header):
         raise DatasetFileError(
@@ -192,6 +314,7 @@ def _read_delimited(
     )
     next_row = 1
     saw_rows = False
+    budget = _Budget(limits)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
         try:
@@ -212,6 +335,9 @@ def _read_delimited(
                     }
                 )
                 next_row = int(numbers[-1]) + 1 if len(numbers) else next_row + len(skipped)
+                budget.rows(next_row - 1)
+                for column, name in (("text", text_column), ("label", label_column)):
+                    budget.cells(numbers, name, *_series_sizes(frame[column]))
                 yield Chunk(frame, malformed)
         except pd.errors.ParserError as exc:
             message = str(exc)
@@ -246,50 +372,261 @@ def _drain_bad_lines(caught: list[warnings.WarningMessage]) -> list[MalformedLin
     return malformed
 
 
-def _read_jsonl(path: Path, text_column: str, label_column: str, chunk_rows: int) -> Iterator[Chunk]:
+# -- JSON and JSONL ---------------------------------------------------------------------------------
+_JSON_STEP = np.zeros(256, np.int8)
+_JSON_STEP[[ord("["), ord("{")]] = 1
+_JSON_STEP[[ord("]"), ord("}")]] = -1
+_JSON_SPECIAL = _JSON_STEP != 0
+_JSON_SPECIAL[ord('"')] = True
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def json_too_deep(data: bytes, limit: int, block: int = 1 << 22) -> int | None:
+    """Byte offset where arrays and objects first nest deeper than ``limit``, or None.
+
+    The json module recurses once per level and fails near 1,000 levels (RecursionError), so the depth is
+    measured before parsing, with numpy over blocks of the bytes: brackets inside strings do not count
+    (escaped backslashes and quotes are blanked first, keeping every offset).
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:  # most lines and files: nothing to measure
+        return None
+    data = data.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    depth, in_string = 0, 0
+    for start in range(0, len(data), block):
+        part = np.frombuffer(data, np.uint8, count=min(block, len(data) - start), offset=start)
+        where = np.flatnonzero(_JSON_SPECIAL[part])
+        kinds = part[where]
+        quotes = kinds == ord('"')
+        inside = (np.cumsum(quotes) + in_string) % 2 == 1
+        levels = depth + np.cumsum(np.where(quotes | inside, 0, _JSON_STEP[kinds]), dtype=np.int64)
+        over = np.flatnonzero(levels > limit)
+        if over.size:
+            return start + int(where[over[0]])
+        if levels.size:
+            depth = int(levels[-1])
+        in_string = (in_string + int(quotes.sum())) % 2
+    return None
+
+
+def _check_depth(data: bytes, limits: DatasetLimits, first_line: int = 1) -> None:
+    offset = json_too_deep(data, limits.max_json_depth)
+    if offset is not None:
+        line = first_line + data.count(b"\n", 0, offset)
+        raise DatasetLimitError(
+            f"line {line:,}: JSON nested more than {limits.max_json_depth} levels deep", "MAX_JSON_DEPTH"
+        )
+
+
+def _decode(decoder: json.JSONDecoder, document: str, position: int) -> tuple[Any, int]:
+    """One JSON value at ``position``; every way it can fail is a JSONDecodeError or a limit error."""
+    try:
+        return decoder.raw_decode(document, position)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:  # only when the depth limit is set above what the parser manages
+        line = document.count("\n", 0, position) + 1
+        raise DatasetLimitError(f"line {line:,}: JSON nested too deep to parse", "MAX_JSON_DEPTH") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise json.JSONDecodeError(
+            f"a number of more than {sys.get_int_max_str_digits():,} digits", document, position
+        ) from None
+
+
+def _skip(document: str, position: int) -> int:
+    return _JSON_WHITESPACE.match(document, position).end()  # type: ignore[union-attr]
+
+
+class _NotAnArray(Exception):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _json_records(document: str) -> Iterator[Any]:
+    """The elements of the document's array, or of its ``{"data": [...]}`` member, decoded one at a time
+    (json.loads would hold them all at once); syntax errors raise JSONDecodeError as json.loads does."""
+    decoder = json.JSONDecoder()
+    position = _skip(document, 0)
+    if document.startswith("[", position):
+        position = yield from _array_items(decoder, document, position)
+    elif document.startswith("{", position):
+        position, found = yield from _data_member(decoder, document, position)
+        if not found:
+            _end(document, position)
+            raise _NotAnArray("dict")
+    else:
+        value, position = _decode(decoder, document, position)
+        _end(document, position)
+        raise _NotAnArray(type(value).__name__)
+    _end(document, position)
+
+
+def _end(document: str, position: int) -> None:
+    position = _skip(document, position)
+    if position != len(document):
+        raise json.JSONDecodeError("Extra data", document, position)
+
+
+def _array_items(decoder: json.JSONDecoder, document: str, position: int) -> Iterator[Any]:
+    position = _skip(document, position + 1)
+    if document.startswith("]", position):
+        return position + 1
+    while True:
+        value, position = _decode(decoder, document, position)
+        yield value
+        position = _skip(document, position)
+        if document.startswith(",", position):
+            position = _skip(document, position + 1)
+        elif document.startswith("]", position):
+            return position + 1
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", document, position)
+
+
+def _data_member(decoder: json.JSONDecoder, document: str, position: int) -> Iterator[Any]:
+    """Walk an object's members, streaming the records of its "data" array; returns (end, found)."""
+    found = False
+    position = _skip(document, position + 1)
+    if document.startswith("}", position):
+        return position + 1, found
+    while True:
+        if not document.startswith('"', position):
+            raise json.JSONDecodeError(
+                "Expecting property name enclosed in double quotes", document, position
+            )
+        key, position = _decode(decoder, document, position)
+        position = _skip(document, position)
+        if not document.startswith(":", position):
+            raise json.JSONDecodeError("Expecting ':' delimiter", document, position)
+        position = _skip(document, position + 1)
+        if key == "data" and not found and document.startswith("[", position):
+            found = True
+            position = yield from _array_items(decoder, document, position)
+        else:
+            _, position = _decode(decoder, document, position)
+        position = _skip(document, position)
+        if document.startswith(",", position):
+            position = _skip(document, position + 1)
+        elif document.startswith("}", position):
+            return position + 1, found
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", document, position)
+
+
+_NESTED = object()  # a cell that held an object or an array
+_NOT_UNICODE = object()  # a string with a lone surrogate
+
+
+class _JsonRows:
+    """JSON records as rows of chunks: each text and label cell is checked against the limits as it is
+    decoded; an object or array in a cell is a row error (``Chunk.nested``), never a crash."""
+
+    def __init__(self, text_column: str, label_column: str, limits: DatasetLimits) -> None:
+        self.text_column, self.label_column = text_column, label_column
+        self.budget = _Budget(limits)
+        self.rows: list[tuple[int, Any, Any]] = []
+        self.nested: list[tuple[int, str]] = []
+        self.malformed: list[MalformedLine] = []
+        self.row = 0
+        self.seen = {text_column: False, label_column: False}
+        self.all_seen = False
+
+    def add(self, record: dict[str, Any], line: int) -> None:
+        if not self.all_seen:
+            self.seen = {name: seen or name in record for name, seen in self.seen.items()}
+            self.all_seen = all(self.seen.values())
+        text, text_chars, text_size = self._cell(record.get(self.text_column))
+        label, label_chars, label_size = self._cell(record.get(self.label_column))
+        if text is _NOT_UNICODE or label is _NOT_UNICODE:  # JSON may escape a lone surrogate (\ud800)
+            name = self.text_column if text is _NOT_UNICODE else self.label_column
+            self.malformed.append(
+                MalformedLine(line, f"field {name!r} is not valid Unicode (a lone surrogate)")
+            )
+            return
+        self.row += 1
+        budget = self.budget
+        if self.row > budget.limits.max_rows:
+            budget.rows(self.row)
+        budget.cell(self.row, self.text_column, text_chars, text_size)
+        budget.cell(self.row, self.label_column, label_chars, label_size)
+        if text is _NESTED:
+            self.nested.append((self.row, "text"))
+            text = float("nan")
+        if label is _NESTED:
+            self.nested.append((self.row, "label"))
+            label = float("nan")
+        self.rows.append((self.row, text, label))
+
+    @staticmethod
+    def _cell(value: Any) -> tuple[Any, int, int]:
+        """(the cell as text, characters, UTF-8 bytes); NaN for a missing value or NaN (a JSON extension)."""
+        if type(value) is str:
+            if value.isascii():
+                return value, len(value), len(value)
+            try:
+                return value, len(value), len(value.encode("utf-8"))
+            except UnicodeEncodeError:
+                return _NOT_UNICODE, 0, 0
+        if isinstance(value, dict | list):
+            return _NESTED, 0, 0
+        if value is None or value != value:
+            return float("nan"), 0, 0
+        text = _scalar_to_str(value)  # a number or a boolean: 8 bytes, as in the other formats
+        return text, len(text), 8
+
+    def chunk(self) -> Chunk:
+        frame = pd.DataFrame(self.rows, columns=["row", "text", "label"], dtype=object)
+        chunk = Chunk(frame, self.malformed, self.nested)
+        self.rows, self.malformed, self.nested = [], [], []
+        return chunk
+
+
+def _read_jsonl(
+    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits
+) -> Iterator[Chunk]:
     has_bom = check_utf8(path)
-    rows: list[tuple[int, Any, Any]] = []
-    malformed: list[MalformedLine] = []
-    seen = {text_column: False, label_column: False}
-    row = 0
+    records = _JsonRows(text_column, label_column, limits)
+    depth = limits.max_json_depth
     with Path(path).open(encoding="utf-8-sig" if has_bom else "utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if line.count("[") + line.count("{") > depth:
+                _check_depth(line.encode("utf-8", "surrogatepass"), limits, line_number)
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                malformed.append(
+                records.malformed.append(
                     MalformedLine(line_number, f"not valid JSON ({exc.msg} at column {exc.colno})")
                 )
                 continue
-            if not isinstance(record, dict):
-                malformed.append(MalformedLine(line_number, f"not a JSON object ({type(record).__name__})"))
+            except RecursionError:  # only when the depth limit is set above what the parser manages
+                raise DatasetLimitError(
+                    f"line {line_number:,}: JSON nested too deep to parse", "MAX_JSON_DEPTH"
+                ) from None
+            except ValueError:  # an integer of more digits than Python converts
+                records.malformed.append(
+                    MalformedLine(
+                        line_number, f"a number of more than {sys.get_int_max_str_digits():,} digits"
+                    )
+                )
                 continue
-            row += 1
-            seen[text_column] = seen[text_column] or text_column in record
-            seen[label_column] = seen[label_column] or label_column in record
-            rows.append((row, record.get(text_column), record.get(label_column)))
-            if len(rows) >= chunk_rows:
-                yield _records_chunk(rows, malformed)
-                rows, malformed = [], []
-    if row == 0 and not malformed:
+            if not isinstance(record, dict):
+                records.malformed.append(
+                    MalformedLine(line_number, f"not a JSON object ({type(record).__name__})")
+                )
+                continue
+            records.add(record, line_number)
+            if len(records.rows) >= chunk_rows:
+                yield records.chunk()
+    if records.row == 0 and not records.malformed:
         raise DatasetFileError(
             f"{path}: no records (only blank lines)", "no_rows", "add one JSON object per line"
         )
-    if row and not all(seen.values()):
-        _missing_columns(
-            path, [name for name, found in seen.items() if found], (text_column, label_column), _MAPPING_HINT
-        )
-    if rows or malformed:
-        yield _records_chunk(rows, malformed)
-
-
-def _records_chunk(rows: list[tuple[int, Any, Any]], malformed: list[MalformedLine]) -> Chunk:
-    frame = pd.DataFrame(rows, columns=["row", "text", "label"])
-    for column in ("text", "label"):
-        frame[column] = frame[column].map(_scalar_to_str, na_action="ignore")
-    return Chunk(frame, malformed)
+    if records.row and not all(records.seen.values()):
+        found = [name for name, seen in records.seen.items() if seen]
+        _missing_columns(path, found, (text_column, label_column), _MAPPING_HINT)
+    if records.rows or records.malformed:
+        yield records.chunk()
 
 
 def _scalar_to_str(value: Any) -> Any:
@@ -303,65 +640,299 @@ def _scalar_to_str(value: Any) -> Any:
     return float("nan")
 
 
-def _read_json(path: Path, text_column: str, label_column: str, chunk_rows: int) -> Iterator[Chunk]:
+def _read_json(
+    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits
+) -> Iterator[Chunk]:
     has_bom = check_utf8(path)
+    data = Path(path).read_bytes()[len(_BOM) if has_bom else 0 :]
+    _check_depth(data, limits)
+    document = data.decode("utf-8")
+    del data
+    records = _JsonRows(text_column, label_column, limits)
+    keys: dict[str, None] = {}  # the first keys seen, for the missing-column message
+    index = 0
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8-sig" if has_bom else "utf-8"))
+        for index, record in enumerate(_json_records(document), start=1):
+            if not isinstance(record, dict):
+                records.malformed.append(MalformedLine(index, f"record {index} is not a JSON object"))
+                continue
+            if not records.all_seen and len(keys) < 100:
+                keys.update(dict.fromkeys(map(str, record)))
+            records.add(record, index)
+            if len(records.rows) >= chunk_rows:
+                yield records.chunk()
     except json.JSONDecodeError as exc:
         raise DatasetFileError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
             "parse_error",
             "fix the JSON, or use JSONL (one object per line) for large files",
         ) from None
-    if isinstance(document, dict) and isinstance(document.get("data"), list):
-        document = document["data"]
-    if not isinstance(document, list):
+    except _NotAnArray as exc:
         raise DatasetFileError(
-            f'{path}: expected a JSON array of objects (or {{"data": [...]}}), got {type(document).__name__}',
+            f'{path}: expected a JSON array of objects (or {{"data": [...]}}), got {exc.kind}',
             "parse_error",
             "wrap the records in a list",
-        )
-    if not document:
+        ) from None
+    if index == 0:
         raise DatasetFileError(f"{path}: the array holds no records", "no_rows", "add records")
-    malformed = [
-        MalformedLine(index + 1, f"record {index + 1} is not a JSON object")
-        for index, record in enumerate(document)
-        if not isinstance(record, dict)
-    ]
-    records = [record for record in document if isinstance(record, dict)]
-    keys = set().union(*(record.keys() for record in records)) if records else set()
-    _missing_columns(path, sorted(keys), (text_column, label_column), _MAPPING_HINT)
-    rows = [(i + 1, r.get(text_column), r.get(label_column)) for i, r in enumerate(records)]
-    for start in range(0, max(len(rows), 1), chunk_rows):
-        yield _records_chunk(rows[start : start + chunk_rows], malformed if start == 0 else [])
+    if records.row and not all(records.seen.values()):
+        _missing_columns(path, sorted(keys), (text_column, label_column), _MAPPING_HINT)
+    if records.rows or records.malformed:
+        yield records.chunk()
 
 
-def _read_parquet(path: Path, text_column: str, label_column: str, chunk_rows: int) -> Iterator[Chunk]:
+# -- Parquet ----------------------------------------------------------------------------------------
+def _arrow_sizes(array: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Characters and UTF-8 bytes of each cell of an Arrow array (missing: 0; a number: 8 bytes).
+
+    A dictionary array is measured through its dictionary and indices, without decoding it.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        chars, sizes = _arrow_sizes(array.dictionary)
+        present = array.indices.is_valid().to_numpy(zero_copy_only=False)
+        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False)
+        if not len(chars):
+            return np.zeros(len(array), np.int64), np.zeros(len(array), np.int64)
+        return chars[indices] * present, sizes[indices] * present
+    if _is_text_type(array.type):
+
+        def measure(kernel: Any) -> np.ndarray:
+            return kernel(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+        return measure(pc.utf8_length), measure(pc.binary_length)
+    present = array.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.zeros(len(array), np.int64), present * 8
+
+
+def _is_text_type(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def _parquet_column_ok(kind: Any) -> bool:
+    """Text, numbers, booleans or all-missing; anything else (lists, structs, binary, dates) is refused."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return _is_text_type(kind) or any(
+        check(kind)
+        for check in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
+    )
+
+
+def _check_parquet_utf8(path: Path, array: Any, rows: np.ndarray, column: str) -> None:
+    """Parquet strings are not checked for UTF-8 on read; a bad one would fail deep in pandas."""
+    import pyarrow as pa
+
+    values = array.dictionary if pa.types.is_dictionary(array.type) else array
+    if not _is_text_type(values.type):
+        return
+    try:
+        values.validate(full=True)
+        return
+    except pa.ArrowInvalid:
+        pass
+    raw = values.cast(pa.large_binary())
+    bad = next(i for i in range(len(raw)) if raw[i].is_valid and not _is_utf8(raw[i].as_py()))
+    position = bad
+    if pa.types.is_dictionary(array.type):
+        position = int(np.flatnonzero(array.indices.fill_null(-1).to_numpy(zero_copy_only=False) == bad)[0])
+    raise DatasetFileError(
+        f"{path}: row {int(rows[position])}, column {column!r}: not UTF-8 text",
+        "not_utf8",
+        "write the column as UTF-8 strings",
+    )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_parquet(
+    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits
+) -> Iterator[Chunk]:
+    """Refuse from the metadata what it shows (rows, uncompressed sizes), then read batches with text kept
+    dictionary-encoded, measure them and hand on slices of at most CHUNK_DECODED_BYTES decoded."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
+    except MemoryError:  # under the validation child's memory cap: not the file's fault
+        raise
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise DatasetFileError(
             f"{path}: not a readable Parquet file ({exc})", "parse_error", "export the data again"
         ) from None
-    _missing_columns(path, parquet.schema_arrow.names, (text_column, label_column), _MAPPING_HINT)
-    if parquet.metadata.num_rows == 0:
+    schema = parquet.schema_arrow
+    duplicates = sorted({name for name in schema.names if schema.names.count(name) > 1})
+    if duplicates:
+        raise DatasetFileError(
+            f"{path}: duplicate column name(s): {', '.join(map(repr, duplicates))}",
+            "duplicate_column",
+            "give every column a unique name",
+        )
+    _missing_columns(path, schema.names, (text_column, label_column), _MAPPING_HINT)
+    for name in (text_column, label_column):
+        kind = schema.field(name).type
+        if not _parquet_column_ok(kind):
+            raise DatasetFileError(
+                f"{path}: column {name!r} holds {kind} values; text and label columns hold strings or numbers",
+                "column_type",
+                "store the column as strings (labels may also be integers)",
+            )
+    metadata = parquet.metadata
+    if metadata.num_rows == 0:
         raise DatasetFileError(f"{path}: no data rows", "no_rows", "add data rows")
+    if metadata.num_rows > limits.max_rows:
+        raise DatasetLimitError(
+            f"the Parquet metadata declares {metadata.num_rows:,} rows, more than the limit of {limits.max_rows:,}",
+            "MAX_DATASET_ROWS",
+        )
+    wanted = {text_column, label_column}
+    declared = sum(
+        group.column(i).total_uncompressed_size
+        for group in map(metadata.row_group, range(metadata.num_row_groups))
+        for i in range(group.num_columns)
+        if group.column(i).path_in_schema in wanted
+    )
+    if declared > limits.max_decoded_bytes:
+        raise DatasetLimitError(
+            f"the Parquet metadata says columns {text_column!r} and {label_column!r} hold {declared:,} bytes "
+            f"uncompressed, more than the limit of {limits.max_decoded_bytes:,}",
+            "MAX_DATASET_DECODED_BYTES",
+        )
+    # Strings stay dictionary-encoded in each batch: measured through the dictionary, decoded per slice.
+    # Arrow cannot keep delta-encoded strings as a dictionary (where one repeated string also costs next to
+    # nothing): those are read a few rows at a time, as many as _DELTA_BATCH_BYTES holds at the cell limit.
+    strings = [
+        name for name in (text_column, label_column) if _is_text_type(_value_type(schema.field(name).type))
+    ]
+    encodings = _encodings(metadata, strings)
+    as_dictionary = [name for name in strings if encodings[name] <= _DICTIONARY_READABLE]
+    batch_rows = chunk_rows
+    if len(as_dictionary) < len(strings):
+        batch_rows = max(1, min(chunk_rows, _DELTA_BATCH_BYTES // limits.max_text_chars))
+    # No reading threads (pre-buffering, column threads): each reserves address space, and validation of
+    # uploads runs under an address-space cap (VALIDATION_MEMORY_MB) where a failed thread start aborts.
+    parquet = pq.ParquetFile(path, read_dictionary=as_dictionary, pre_buffer=False)
+    budget = _Budget(limits)
+    pending = _PendingRows(text_column, label_column)
     next_row = 1
-    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=[text_column, label_column]):
-        frame = batch.to_pandas()
-        frame = frame.rename(columns={text_column: "text", label_column: "label"})
-        for column in ("text", "label"):
-            frame[column] = frame[column].map(_scalar_to_str, na_action="ignore").astype(object)
-        frame.insert(0, "row", range(next_row, next_row + len(frame)))
-        next_row += len(frame)
-        yield Chunk(frame, [])
+    try:
+        batches = parquet.iter_batches(
+            batch_size=batch_rows, columns=[text_column, label_column], use_threads=False
+        )
+        for batch in batches:
+            rows = np.arange(next_row, next_row + batch.num_rows)
+            next_row += batch.num_rows
+            budget.rows(next_row - 1)
+            sizes = np.zeros(batch.num_rows, np.int64)
+            for name in (text_column, label_column):
+                column = batch.column(name)
+                _check_parquet_utf8(path, column, rows, name)
+                chars, cell_bytes = _arrow_sizes(column)
+                budget.cells(rows, name, chars, cell_bytes)
+                sizes += cell_bytes
+            for start, stop in _slices(sizes, CHUNK_DECODED_BYTES):
+                part_bytes = int(sizes[start:stop].sum())
+                if (
+                    pending.rows + stop - start > chunk_rows
+                    or pending.size + part_bytes > CHUNK_DECODED_BYTES
+                ):
+                    yield from pending.flush()
+                pending.add(batch.slice(start, stop - start), rows[start:stop], part_bytes)
+        yield from pending.flush()
+    except MemoryError:
+        raise
+    except (OSError, pa.ArrowException) as exc:  # a page that does not decode
+        raise DatasetFileError(
+            f"{path}: not a readable Parquet file ({exc})", "parse_error", "export the data again"
+        ) from None
+
+
+_DICTIONARY_READABLE = frozenset({"PLAIN", "PLAIN_DICTIONARY", "RLE_DICTIONARY", "RLE", "BIT_PACKED"})
+
+
+def _encodings(metadata: Any, columns: list[str]) -> dict[str, set[str]]:
+    """The page encodings each of ``columns`` uses, over all row groups."""
+    found: dict[str, set[str]] = {name: set() for name in columns}
+    for group in map(metadata.row_group, range(metadata.num_row_groups)):
+        for i in range(group.num_columns):
+            chunk = group.column(i)
+            if chunk.path_in_schema in found:
+                found[chunk.path_in_schema].update(chunk.encodings)
+    return found
+
+
+def _value_type(kind: Any) -> Any:
+    import pyarrow as pa
+
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
+
+
+def _slices(sizes: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive rows whose sizes add up to at most ``budget`` (one row at least)."""
+    total = np.cumsum(sizes, dtype=np.int64)
+    start = 0
+    while start < len(sizes):
+        base = int(total[start - 1]) if start else 0
+        stop = max(int(np.searchsorted(total, base + budget, side="right")), start + 1)
+        yield start, stop
+        start = stop
+
+
+class _PendingRows:
+    """Measured Parquet rows gathered into one chunk (small batches merged, big ones arrive sliced)."""
+
+    def __init__(self, text_column: str, label_column: str) -> None:
+        self.columns = (text_column, label_column)
+        self.parts: list[tuple[Any, np.ndarray]] = []
+        self.rows = 0
+        self.size = 0
+
+    def add(self, part: Any, rows: np.ndarray, size: int) -> None:
+        self.parts.append((part, rows))
+        self.rows += len(rows)
+        self.size += size
+
+    def flush(self) -> Iterator[Chunk]:
+        if not self.parts:
+            return
+        text, label = (
+            np.concatenate([_cells(part.column(name)) for part, _ in self.parts]) for name in self.columns
+        )
+        rows = np.concatenate([rows for _, rows in self.parts])
+        self.parts, self.rows, self.size = [], 0, 0
+        yield Chunk(pd.DataFrame({"row": rows, "text": text, "label": label}))
+
+
+def _cells(array: pa.Array) -> np.ndarray:
+    """An Arrow column as the object array of texts a CSV reader would give (a number as its text)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    values = array.to_numpy(zero_copy_only=False).astype(object, copy=False)
+    if _is_text_type(array.type):
+        return values
+    return pd.Series(values, dtype=object).map(_scalar_to_str, na_action="ignore").to_numpy(dtype=object)
 
 
 READERS: dict[DatasetFormat, Callable[..., Iterator[Chunk]]] = {
-    DatasetFormat.CSV: lambda p, t, lab, n: _read_delimited(p, t, lab, n, ","),
-    DatasetFormat.TSV: lambda p, t, lab, n: _read_delimited(p, t, lab, n, "\t"),
+    DatasetFormat.CSV: lambda p, t, lab, n, lim: _read_delimited(p, t, lab, n, lim, ","),
+    DatasetFormat.TSV: lambda p, t, lab, n, lim: _read_delimited(p, t, lab, n, lim, "\t"),
     DatasetFormat.JSONL: _read_jsonl,
     DatasetFormat.JSON: _read_json,
     DatasetFormat.PARQUET: _read_parquet,
@@ -369,16 +940,29 @@ READERS: dict[DatasetFormat, Callable[..., Iterator[Chunk]]] = {
 
 
 def iter_chunks(
-    path: Path, text_column: str, label_column: str, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    path: Path,
+    text_column: str,
+    label_column: str,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    limits: DatasetLimits | None = None,
 ) -> Iterator[Chunk]:
-    """Stream a dataset file as chunks; memory stays bounded by ``chunk_rows``, not by the file."""
+    """Stream a dataset file as chunks; memory stays bounded by ``chunk_rows``, not by the file, and the
+    file is refused (DatasetLimitError) as soon as it passes one of ``limits`` (default: the settings)."""
     path = Path(path)
     if not path.exists():
         raise DatasetFileError(f"dataset file not found: {path}", "not_found", "check the path")
     if not path.is_file():
         raise DatasetFileError(f"{path}: is not a file", "not_found", "give the path of a dataset file")
+    if text_column == label_column:
+        raise DatasetFileError(
+            f"the text column and the label column are both {text_column!r}",
+            "same_column",
+            "name two different columns (--text-column / --label-column)",
+        )
     fmt = detect_format(path)
-    yield from READERS[fmt](path, text_column, label_column, chunk_rows)
+    yield from READERS[fmt](
+        path, text_column, label_column, chunk_rows, limits or DatasetLimits.from_settings()
+    )
 
 
 def rows_text(numbers: list[int], total: int | None = None, noun: str = "rows") -> str:
@@ -393,8 +977,12 @@ _INTEGER = re.compile(r"[-+]?[0-9]+")
 
 
 def is_integer_text(text: str) -> bool:
-    """'12', '-3' (ASCII digits only: '²' or '①' are words here, not numbers)."""
-    return _INTEGER.fullmatch(text) is not None
+    """'12', '-3' (ASCII digits only: '²' or '①' are words here, not numbers; so is a run of more digits
+    than Python converts to an int, sys.get_int_max_str_digits())."""
+    if _INTEGER.fullmatch(text) is None:
+        return False
+    longest = sys.get_int_max_str_digits()
+    return longest == 0 or len(text.lstrip("+-")) <= longest
 
 
 def normalise_label(value: Any) -> int | str:

@@ -2,13 +2,21 @@
 
 Each problem is an ``Issue`` (error or warning) that names its rows (the first few row numbers), counts
 them and says how to fix it. Row-level errors can be dropped instead of stopping the run; file-level
-errors (unreadable file, a single class, mixed label types, no valid rows) always stop it.
+errors (unreadable file, a single class, mixed label types, no valid rows) always stop it. A file over a
+reading limit (``DatasetLimits``) is not reported on: ``DatasetLimitError`` refuses it outright.
+
+``validate_in_child`` runs the same validation in a fresh interpreter whose address space is capped, so
+that an upload which decodes to more than the counters catch costs that process, never the API's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import signal
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -22,15 +30,18 @@ from finetune_platform.data.loading import (
     DEFAULT_CHUNK_ROWS,
     MAX_ROWS_NAMED,
     DatasetFileError,
+    DatasetLimitError,
+    DatasetLimits,
     detect_format,
     is_integer_text,
     iter_chunks,
     normalise_label,
     rows_text,
 )
-from finetune_platform.errors import DatasetError
+from finetune_platform.errors import ConfigError, DatasetError, ErrorCode, PlatformError
 
 HASH_SCHEME = "finetune-dataset-v1"
+logger = logging.getLogger(__name__)
 
 
 class Severity(StrEnum):
@@ -41,6 +52,7 @@ class Severity(StrEnum):
 class Check(StrEnum):
     FILE = "file"
     MALFORMED_LINE = "malformed_line"
+    NESTED_VALUE = "nested_value"
     EMPTY_TEXT = "empty_text"
     NULL_LABEL = "null_label"
     UNKNOWN_LABEL = "unknown_label"
@@ -59,6 +71,7 @@ class Check(StrEnum):
 # Row-level errors: with drop_invalid the rows go and the run continues.
 DROPPABLE = {
     Check.MALFORMED_LINE,
+    Check.NESTED_VALUE,
     Check.EMPTY_TEXT,
     Check.NULL_LABEL,
     Check.UNKNOWN_LABEL,
@@ -95,6 +108,13 @@ class ValidationOptions:
     drop_invalid: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     collect_rows: bool = False  # keep the valid rows in memory (training needs them)
+    limits: DatasetLimits | None = None  # reading limits; None: the settings' (DatasetLimits.from_settings)
+
+    def __post_init__(self) -> None:
+        if self.text_column == self.label_column:
+            raise ConfigError(
+                f"the text column and the label column are both {self.text_column!r}: name two different columns"
+            )
 
 
 @dataclass
@@ -285,6 +305,9 @@ class _FileScan:
         self.problem_counts: dict[Check, int] = {}
         self.malformed: list[tuple[int, str]] = []
         self.malformed_count = 0
+        # "text" / "label" -> the first rows whose cell held an object or array, and how many did
+        self.nested_rows: dict[str, list[int]] = {}
+        self.nested_counts: dict[str, int] = {}
         self.unknown_values: dict[str, int] = {}
         self.label_types: set[type] = set()
         self.long_rows: list[int] = []
@@ -317,7 +340,13 @@ class _FileScan:
             listed.extend(rows[: MAX_ROWS_NAMED - len(listed)].tolist())
         self.problem_counts[check] = self.problem_counts.get(check, 0) + int(rows.size)
 
-    def feed(self, frame: pd.DataFrame, malformed: list[Any]) -> None:
+    def _note_nested(self, role: str, rows: np.ndarray) -> None:
+        if rows.size:
+            listed = self.nested_rows.setdefault(role, [])
+            listed.extend(rows[: MAX_ROWS_NAMED - len(listed)].tolist())
+            self.nested_counts[role] = self.nested_counts.get(role, 0) + int(rows.size)
+
+    def feed(self, frame: pd.DataFrame, malformed: list[Any], nested: list[tuple[int, str]] = ()) -> None:
         self.report.rows_read += len(frame)
         for bad in malformed:
             if len(self.malformed) < MAX_ROWS_NAMED:
@@ -339,8 +368,13 @@ class _FileScan:
         blank = {value for value, norm in normalised_of.items() if norm == ""}
         if blank:
             null_label |= label_raw.isin(blank).to_numpy()
-        self._note(Check.EMPTY_TEXT, rows[empty_text])
-        self._note(Check.NULL_LABEL, rows[null_label & ~empty_text])
+        # A nested JSON value is NaN in the frame: invalid like a missing one, reported as what it is.
+        nested_text = np.isin(rows, [row for row, role in nested if role == "text"])
+        nested_label = np.isin(rows, [row for row, role in nested if role == "label"]) & ~empty_text
+        self._note_nested("text", rows[nested_text])
+        self._note_nested("label", rows[nested_label])
+        self._note(Check.EMPTY_TEXT, rows[empty_text & ~nested_text])
+        self._note(Check.NULL_LABEL, rows[null_label & ~empty_text & ~nested_label])
         self.label_types.update(type(v) for v in normalised_of.values() if v != "")
         codes_of = {value: self._code(norm) for value, norm in normalised_of.items() if norm != ""}
         codes = label_raw.map(codes_of).fillna(-1).to_numpy(dtype=np.int64)
@@ -421,6 +455,18 @@ class _FileScan:
                 [line for line, _ in self.malformed],
                 self.malformed_count,
             )
+        for role, name in (("text", options.text_column), ("label", options.label_column)):
+            if role in self.nested_counts:
+                count = self.nested_counts[role]
+                report.add(
+                    Check.NESTED_VALUE,
+                    Severity.ERROR,
+                    f"column {name!r} holds a JSON object or array instead of a value in {count} row(s): "
+                    f"{rows_text(self.nested_rows[role], count)}",
+                    f"put the {role} itself in the field, not an object or a list" + fix_drop,
+                    self.nested_rows[role],
+                    count,
+                )
         for check, what in (
             (Check.EMPTY_TEXT, f"column {options.text_column!r} is empty or whitespace"),
             (Check.NULL_LABEL, f"column {options.label_column!r} is empty"),
@@ -635,8 +681,11 @@ def validate_file(path: Path, options: ValidationOptions, role: str = "train") -
     scan = _FileScan(report, options)
     try:
         report.format = detect_format(Path(path)).value
-        for chunk in iter_chunks(Path(path), options.text_column, options.label_column, options.chunk_rows):
-            scan.feed(chunk.frame, chunk.malformed)
+        chunks = iter_chunks(
+            Path(path), options.text_column, options.label_column, options.chunk_rows, options.limits
+        )
+        for chunk in chunks:  # DatasetLimitError goes through: the file is refused, not reported on
+            scan.feed(chunk.frame, chunk.malformed, chunk.nested)
     except DatasetFileError as exc:
         report.issues = [Issue(Check.FILE, Severity.ERROR, exc.message, exc.fix or "fix the file", 0, [])]
         report.rows_valid = 0
@@ -710,3 +759,102 @@ def _cross_checks(train: FileReport, validation: FileReport, options: Validation
                     "no valid validation rows are left",
                     "fix the validation labels",
                 )
+
+
+# -- validation in a memory-capped child process -----------------------------------------------------
+_CHILD_MODULE = "finetune_platform.data.validation"
+_CHILD_OPTIONS = ("text_column", "label_column", "label_names", "min_rows_per_class", "long_text_chars")
+
+
+def validate_in_child(train: Path, options: ValidationOptions, memory_mb: int) -> dict[str, Any]:
+    """``validate_dataset(train, options).to_json()``, computed by ``python -m finetune_platform.data.validation``
+    whose address space may grow by ``memory_mb`` MiB past what it maps at start (RLIMIT_AS, set in the
+    child once Python, pandas and pyarrow are loaded: those map about 0.4 GiB whatever the file).
+
+    An upload that decodes to more memory than that stops the child (MemoryError, or a signal where a
+    library aborts on a failed allocation) and comes back as DatasetLimitError naming VALIDATION_MEMORY_MB;
+    the calling process only ever holds the report. Errors the child raises on purpose come back with their
+    message and code. Starting the child (pandas, pyarrow) costs about a second per upload.
+    """
+    limits = options.limits or DatasetLimits.from_settings()
+    request = {
+        "train": str(Path(train).resolve()),
+        "memory_mb": memory_mb,
+        "options": {name: getattr(options, name) for name in _CHILD_OPTIONS},
+        "limits": asdict(limits),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", _CHILD_MODULE],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    answer: dict[str, Any] | None = None
+    if completed.returncode == 0:
+        try:
+            answer = json.loads(completed.stdout)
+        except json.JSONDecodeError:
+            answer = None
+    over_memory = DatasetLimitError(
+        f"validation needed more memory than its limit of {memory_mb:,} MiB", "VALIDATION_MEMORY_MB"
+    )
+    if answer is None:
+        if completed.returncode < 0:
+            name = signal.Signals(-completed.returncode).name
+            logger.warning("upload validation ended with %s: %s", name, completed.stderr[-2000:])
+            raise DatasetLimitError(
+                f"validation ended with {name}, most likely over its memory limit of {memory_mb:,} MiB",
+                "VALIDATION_MEMORY_MB",
+            )
+        logger.error("upload validation failed (exit %s): %s", completed.returncode, completed.stderr[-4000:])
+        if "MemoryError" in completed.stderr:
+            raise over_memory
+        raise PlatformError("validation of the upload failed unexpectedly; the server log has the cause")
+    if "report" in answer:
+        return answer["report"]
+    if answer.get("memory"):
+        raise over_memory
+    if answer.get("setting"):
+        raise DatasetLimitError(answer["detail"], answer["setting"])
+    raise PlatformError(answer["error"], ErrorCode(answer["code"]))
+
+
+def _child_main() -> None:
+    """The child's side: read the request on stdin, cap memory, validate, answer one JSON object."""
+    import resource
+
+    # Loaded before the start is measured: their libraries map a few hundred MiB, whatever the file.
+    import pyarrow as pa
+    import pyarrow.compute
+    import pyarrow.parquet
+
+    # Arrow allocates through malloc here: mimalloc would reserve a large arena up front, so the address
+    # space would no longer track the memory used.
+    pa.set_memory_pool(pa.system_memory_pool())
+    request = json.loads(sys.stdin.read())
+    cap = _address_space() + (int(request["memory_mb"]) << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        options = ValidationOptions(**request["options"], limits=DatasetLimits(**request["limits"]))
+        answer: dict[str, Any] = {"report": validate_dataset(Path(request["train"]), options).to_json()}
+    except MemoryError:
+        answer = {"memory": True}
+    except DatasetLimitError as exc:
+        answer = {"detail": exc.detail, "setting": exc.setting}
+    except PlatformError as exc:
+        answer = {"error": exc.message, "code": exc.code.value}
+    sys.stdout.write(json.dumps(answer))
+
+
+def _address_space() -> int:
+    """Bytes of address space this process maps now (Linux; 0 where /proc does not say)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    return int(status.split("VmSize:")[1].split()[0]) << 10
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -77,24 +77,32 @@ def register_upload(
 ) -> tuple[DatasetPublic, dict[str, Any]]:
     """Move a fully received upload to its server-named place, validate it and record it.
 
-    The file is kept and recorded even when validation finds errors: the report says what to fix.
+    The file is kept and recorded even when validation finds errors: the report says what to fix. A file
+    over a reading limit (rows, decoded size, cell length, JSON depth, the validating process's memory) is
+    refused instead: DatasetLimitError (422), nothing recorded, the file removed. Validation runs in a
+    child process capped at VALIDATION_MEMORY_MB, so an upload that decodes huge never grows this process.
     """
-    from finetune_platform.data.validation import ValidationOptions, validate_dataset
+    from finetune_platform.data.loading import DatasetLimits
+    from finetune_platform.data.validation import ValidationOptions, validate_in_child
 
     label, suffix = check_name(name)
+    options = ValidationOptions(
+        text_column=text_column, label_column=label_column, limits=DatasetLimits.from_settings(settings)
+    )
     dataset_id = str(uuid.uuid4())
     folder = settings.uploads_dir / str(user.id)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{dataset_id}{suffix}"
     os.replace(received, path)
     try:
-        report = validate_dataset(path, ValidationOptions(text_column=text_column, label_column=label_column))
+        document = validate_in_child(path, options, settings.VALIDATION_MEMORY_MB)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    file_report = report.file("train")
-    document = report.to_json()
-    document["files"][0]["path"] = label  # the server path stays private
+    file_report = document["files"][0]
+    file_report["path"] = label  # the server path stays private, in the messages too
+    for issue in file_report["issues"]:
+        issue["message"] = issue["message"].replace(str(path.resolve()), label)
     row = Dataset(
         id=dataset_id,
         owner_id=user.id,
@@ -102,9 +110,9 @@ def register_upload(
         path=str(path.resolve()),
         format=FORMATS[suffix],
         size_bytes=size,
-        rows=file_report.rows_read,
-        version=file_report.version,
-        valid=report.ok,
+        rows=file_report["rows_read"],
+        version=file_report["version"],
+        valid=document["ok"],
         report=document,
         created_at=utcnow(),
     )
