@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,18 @@ from finetune_platform.errors import ConfigError
 
 READERS = {".csv": ",", ".tsv": "\t"}
 FORMATS = ".csv, .tsv, .jsonl, .json or .parquet"
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, with a leading ' (OWASP): label names come
+    from whoever trained the model, possibly another user. Numbers stay numbers, and so does a label
+    name that is only a number ('-1'): a spreadsheet reads it as that number, nothing runs."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,8 @@ def predict_file(
     batch_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> FileSummary:
-    """Every input row gets an output row (an empty text gets an error instead of a label).
+    """Every input row gets an output row (an empty text gets an error instead of a label). Text cells
+    that a spreadsheet would run as formulas are written with a leading ' (``spreadsheet_safe``).
 
     ``on_progress(done, total)`` runs after each chunk; it may raise to stop (nothing is written then).
     """
@@ -121,16 +135,18 @@ def predict_file(
         encoding="utf-8",
     ) as handle:  # fmt: skip
         writer = csv.writer(handle)
-        writer.writerow(
-            ["row", "label", "label_name", "probability", "truncated", *[f"p_{n}" for n in names], "error"]
-        )
+
+        def write(cells: list[Any]) -> None:
+            writer.writerow([spreadsheet_safe(cell) for cell in cells])
+
+        write(["row", "label", "label_name", "probability", "truncated", *[f"p_{n}" for n in names], "error"])
         for i in range(len(texts)):
             found = results.get(i)
             if found is None:
-                writer.writerow([i + 1, "", "", "", "", *[""] * len(names), "empty text"])
+                write([i + 1, "", "", "", "", *[""] * len(names), "empty text"])
                 continue
             probabilities = [found.probabilities[n] for n in names]
-            writer.writerow(
+            write(
                 [i + 1, found.label, found.label_name, found.probability, found.truncated, *probabilities, ""]
             )
     os.replace(handle.name, output)
