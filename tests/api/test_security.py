@@ -154,7 +154,7 @@ def throttle_of(request, settings):
     import redis
 
     redis.Redis.from_url(url).flushdb()
-    return lambda: auth.RedisThrottle(3, 60, url)
+    return lambda: auth.RedisThrottle(3, 60, url, fallback=auth.MemoryThrottle(3, 60))
 
 
 def test_one_address_guessing_many_accounts_is_slowed_not_locked(throttle_of):
@@ -171,6 +171,36 @@ def test_one_address_guessing_many_accounts_is_slowed_not_locked(throttle_of):
     assert 59 <= throttle.retry_after("CAROL", "198.51.100.1") <= 60  # the account, in any case
     throttle.succeeded("carol", "198.51.100.1")
     assert other_process.retry_after("carol", "198.51.100.1") is None
+
+
+def test_parallel_guesses_cannot_all_pass_the_check(throttle_of):
+    """The attack: many guesses at once all passed a check that ran before any of them was recorded. Each
+    attempt is counted first and decided on a count that includes it: at most max_failures go ahead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    throttle = throttle_of()
+    with ThreadPoolExecutor(12) as pool:
+        attempts = list(pool.map(lambda _: throttle.attempt("alice", "203.0.113.50"), range(12)))
+    assert sum(attempt.wait is None for attempt in attempts) == 3  # LOGIN_MAX_FAILURES here
+    assert throttle.retry_after("alice", "203.0.113.50") is not None
+    succeeded = throttle_of().attempt("bob", "203.0.113.51")
+    throttle.succeeded("bob", "203.0.113.51", succeeded)  # a good login does not count against the address
+    assert throttle.retry_after("bob", "203.0.113.51") is None
+
+
+def test_a_redis_outage_falls_back_to_the_database(settings):
+    """With Redis gone the throttle keeps counting in the database: logins neither fail with 500 nor go
+    unthrottled."""
+    from finetune_platform.api import auth
+    from finetune_platform.db.session import upgrade
+    from tests.conftest import free_port
+
+    upgrade(settings)
+    fallback = auth.DatabaseThrottle(3, 60, settings)
+    gone = auth.RedisThrottle(3, 60, f"redis://127.0.0.1:{free_port()}/0", fallback=fallback)
+    passed = [gone.attempt("erin", "198.51.100.60").wait is None for _ in range(5)]
+    assert passed == [True, True, True, False, False]
+    assert fallback.retry_after("erin", "198.51.100.60") is not None
 
 
 def test_login_throttle_state_is_bounded_whatever_clients_send(settings):
@@ -207,7 +237,10 @@ def test_uploads_over_the_limit_are_refused_before_the_body_is_read(api):
     declared = alice.post("/datasets?name=big.csv", content=b"x" * 10, headers={"Content-Length": str(10**9)})
     assert declared.status_code == 413
     # the guard in front of the API answers from the header (the route's own check stays as a second line)
-    assert declared.json()["detail"] == f"request body larger than the limit of {64 * 1024} bytes for POST /datasets"
+    assert (
+        declared.json()["detail"]
+        == f"request body larger than the limit of {64 * 1024} bytes for POST /datasets"
+    )
 
     def chunks():  # no Content-Length: counted while streaming, stopped at the limit
         for _ in range(100):

@@ -96,6 +96,22 @@ def test_forwarded_for_is_believed_from_a_trusted_proxy(tmp_path):
         assert {"198.51.100.0", "198.51.100.1", "198.51.100.2"} <= set(audit_addresses(env))
 
 
+def test_parallel_password_guesses_are_throttled(tmp_path):
+    """The attack: 12 wrong passwords at once all got 401 (every one passed the throttle before any failure
+    was recorded), so the limit of 3 per window did not hold."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with api_server(tmp_path) as (base, _, _), httpx.Client(base_url=base, timeout=60) as client:
+
+        def guess(number: int) -> int:
+            form = {"username": "alice", "password": f"guess number {number}"}
+            return client.post("/login", data=form).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = sorted(pool.map(guess, range(12)))
+        assert answers == [401] * 3 + [429] * 9
+
+
 def test_unauthenticated_logins_with_huge_usernames_do_not_grow_the_server(tmp_path):
     """The attack: 300 logins with new 1 MB usernames grew the API by ~290 MiB, never freed."""
     psutil = pytest.importorskip("psutil")

@@ -212,6 +212,9 @@ CRAFTED = [
     ("POST", "/train", {"config": {"model": {"base_model": 5}}}, 422,
      "config.model.base_model: expected a name, got int"),
     ("GET", "/experiments/runs?experiment=a'b", None, 404, "no experiment \"a'b\" in the tracking store"),
+    ("POST", "/train", {"config": {"registry": {"model_name": "m" * 129}}}, 422,
+     "invalid training config:\n  registry.model_name: String should have at most 128 characters (got '" + "m" * 129
+     + "')"),
 ]  # fmt: skip
 
 

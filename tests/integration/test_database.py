@@ -54,11 +54,16 @@ def test_users_are_created_with_argon2id_hashes_and_checked(db_settings):
     for taken in ("alice", "ALICE", "Alice"):  # usernames are case-insensitive unique
         with pytest.raises(PlatformError) as caught, db.session_scope(db_settings) as session:
             create_user(session, taken, "another password")
-        assert caught.value.code is ErrorCode.CONFLICT and str(caught.value) == f"user {taken!r} already exists"
+        assert (
+            caught.value.code is ErrorCode.CONFLICT and str(caught.value) == f"user {taken!r} already exists"
+        )
     for args, message in (
         (("x", "long enough"), "username 'x': 2-64 letters"),
         (("carol", "short"), "password: at least 10 characters"),
-        (("carol", "password123"), "password: too common; choose one that is not on lists of leaked passwords"),
+        (
+            ("carol", "password123"),
+            "password: too common; choose one that is not on lists of leaked passwords",
+        ),
         (("carol", "carol-is-great"), "password: must not contain the username"),
         (("carol", "long enough", "root"), "role 'root': expected one of admin, user"),
     ):
@@ -100,3 +105,44 @@ def test_cli_upgrade_and_users(db_settings, monkeypatch):
         assert "erin" in runner.invoke(app, ["users", "list"]).output
     finally:
         get_settings.cache_clear()
+
+
+def test_0005_migrates_a_database_with_data_both_ways(db_settings):
+    """A 0004 database whose user owns a dataset, a job and audit entries: the users table is rebuilt on
+    SQLite (AUTOINCREMENT) while rows point at it; the data and its links survive, in both directions."""
+    from sqlalchemy import text
+
+    assert db.upgrade(db_settings, "0004") == "0004"
+    engine = db.engine_for(db_settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, username, password_hash, role, is_active, token_version, created_at) "
+                "VALUES (1, 'alice', 'x', 'user', true, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO datasets (id, owner_id, name, path, format, size_bytes, rows, valid, report, created_at) "
+                "VALUES ('d1', 1, 'train.csv', '/x', 'csv', 1, 1, true, '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, owner_id, kind, status, config, attempts, max_attempts, progress, "
+                "cancel_requested, preemptions, created_at, updated_at) VALUES ('j1', 1, 'train', 'queued', '{}', 0, "
+                "3, '{}', false, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+    assert db.upgrade(db_settings) == "0005"
+    with db.session_scope(db_settings) as session:
+        alice = session.scalar(select(User).where(User.username == "alice"))
+        assert alice.id == 1 and len(alice.token_key) == 32
+        owners = session.execute(
+            text("SELECT owner_id FROM datasets UNION ALL SELECT owner_id FROM jobs")
+        ).all()
+        assert [row[0] for row in owners] == [1, 1]
+    assert db.downgrade(db_settings, "0004") == "0004"
+    assert db.upgrade(db_settings) == "0005"
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM jobs WHERE owner_id = 1")).scalar_one() == 1

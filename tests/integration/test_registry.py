@@ -241,14 +241,26 @@ def test_a_version_made_in_mlflow_behind_the_platform_is_never_served(registry_e
         with pytest.raises(PlatformError) as refused:
             registry.verified_adapter("spam-filter@production", cache_dir=tmp_path / "forged")
         assert refused.value.code is ErrorCode.PERMISSION_DENIED
+        registry.reconcile("spam-filter")  # a routine reconcile never adopts a version
+        with pytest.raises(PlatformError, match="was not registered by this platform"):
+            registry.verified_adapter("spam-filter@production", cache_dir=tmp_path / "forged-2")
+        adopted = registry.reconcile("spam-filter", adopt=True)  # only the admin's explicit step does
+        assert f"spam-filter@{forged.version}: checksums recorded from its model card" in adopted
         assert str(refused.value) == (
             f"spam-filter@{forged.version} was not registered by this platform (no checksum record); an admin "
-            "can adopt versions registered before records existed with `finetune models reconcile`"
+            "can adopt versions registered before records existed with `finetune models reconcile --adopt`"
         )
     finally:
         registry.client.delete_registered_model_alias("spam-filter", "production")
         registry.cards.delete("spam-filter", int(forged.version))
         registry.client.delete_model_version("spam-filter", forged.version)
+        from finetune_platform.db.models import ModelVersionRecord
+        from finetune_platform.db.session import session_scope
+
+        with session_scope(settings) as session:
+            record = session.get(ModelVersionRecord, ("spam-filter", int(forged.version)))
+            if record is not None:
+                session.delete(record)
 
 
 def test_registry_over_a_real_mlflow_server(mlflow_server, tiny_bert, sentiment_data, tmp_path):

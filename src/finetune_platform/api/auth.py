@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import secrets
 import threading
@@ -20,6 +21,7 @@ from finetune_platform.services.users import TokenSubject
 from finetune_platform.settings import Settings
 
 ALGORITHM = "HS256"
+logger = logging.getLogger("finetune_platform.api")
 
 
 def signing_secret(settings: Settings) -> str:
@@ -89,6 +91,15 @@ def throttle_key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A login attempt as counted: ``wait`` (seconds, or None when it may go ahead) and the entries it
+    added, which a refused or successful attempt takes back."""
+
+    wait: int | None
+    entries: tuple[str, str]  # (account key entry, address key entry)
+
+
 class LoginThrottle(ABC):
     """Sliding-window limits on failed logins, shared by every API process.
 
@@ -98,6 +109,9 @@ class LoginThrottle(ABC):
     ``window / (4 × max_failures)`` seconds, never locked, so people behind one NAT still get in. Entries
     expire with the window; keys are hashes, so the state is bounded by the failure rate, not by what
     clients send.
+
+    An attempt is counted before the password is checked (``attempt``), and decided on a count that
+    includes it: parallel guesses cannot all pass a check that ran before any of them was recorded.
     """
 
     def __init__(self, max_failures: int, window_seconds: float) -> None:
@@ -106,36 +120,61 @@ class LoginThrottle(ABC):
         self.address_interval = self.window / self.address_limit
 
     @abstractmethod
-    def _times(self, key: str, now: float) -> list[float]:
-        """The failure times of ``key`` within the window ending at ``now``, oldest first."""
+    def _entries(self, key: str, now: float) -> list[tuple[float, str]]:
+        """(time, entry id) of ``key`` within the window ending at ``now``, oldest first."""
 
     @abstractmethod
-    def _add(self, keys: list[str], now: float) -> None: ...
+    def _add(self, keys: list[str], now: float) -> list[str]:
+        """Record one entry under each key; their ids, in order."""
+
+    @abstractmethod
+    def _remove(self, key: str, entry: str) -> None: ...
 
     @abstractmethod
     def _clear(self, key: str) -> None: ...
 
-    def retry_after(self, username: str, address: str) -> int | None:
-        """Seconds to wait before another try is accepted, or None."""
-        now = time.time()
+    @staticmethod
+    def _keys(username: str, address: str) -> list[str]:
+        return [throttle_key("account", username.lower(), address), throttle_key("address", address)]
+
+    def _wait(self, username: str, address: str, now: float, own: tuple[str, ...] = ()) -> int | None:
         waits = []
-        account = self._times(throttle_key("account", username.lower(), address), now)
+        account_key, address_key = self._keys(username, address)
+        account = [at for at, entry in self._entries(account_key, now) if entry not in own]
         if len(account) >= self.max_failures:
             waits.append(account[len(account) - self.max_failures] + self.window - now)
-        by_address = self._times(throttle_key("address", address), now)
+        by_address = [at for at, entry in self._entries(address_key, now) if entry not in own]
         if len(by_address) >= self.address_limit:
             waits.append(by_address[-1] + self.address_interval - now)
         waits = [wait for wait in waits if wait > 0]
         return max(1, math.ceil(max(waits))) if waits else None
 
-    def failed(self, username: str, address: str) -> None:
-        self._add(
-            [throttle_key("account", username.lower(), address), throttle_key("address", address)],
-            time.time(),
-        )
+    def retry_after(self, username: str, address: str) -> int | None:
+        """Seconds to wait before another try is accepted, or None."""
+        return self._wait(username, address, time.time())
 
-    def succeeded(self, username: str, address: str) -> None:
-        self._clear(throttle_key("account", username.lower(), address))
+    def attempt(self, username: str, address: str) -> Attempt:
+        """Count a try, then decide on the failures recorded before it (its own excluded). A refused try is
+        taken back; an accepted one stays as a failure unless ``succeeded`` takes it back."""
+        now = time.time()
+        keys = self._keys(username, address)
+        entries = tuple(self._add(keys, now))
+        wait = self._wait(username, address, now, own=entries)
+        if wait is not None:
+            for key, entry in zip(keys, entries, strict=True):
+                self._remove(key, entry)
+        return Attempt(wait, (entries[0], entries[1]))
+
+    def failed(self, username: str, address: str) -> None:
+        self._add(self._keys(username, address), time.time())
+
+    def succeeded(self, username: str, address: str, attempt: Attempt | None = None) -> None:
+        """The account's failures from this address are forgotten, and the successful try does not count
+        against the address."""
+        account_key, address_key = self._keys(username, address)
+        self._clear(account_key)
+        if attempt is not None:
+            self._remove(address_key, attempt.entries[1])
 
 
 class MemoryThrottle(LoginThrottle):
@@ -144,27 +183,35 @@ class MemoryThrottle(LoginThrottle):
     def __init__(self, max_failures: int, window_seconds: float, max_keys: int = 100_000) -> None:
         super().__init__(max_failures, window_seconds)
         self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _times(self, key: str, now: float) -> list[float]:
+    def _entries(self, key: str, now: float) -> list[tuple[float, str]]:
         with self._lock:
-            times = self._failures.get(key)
-            if times is None:
+            entries = self._failures.get(key)
+            if entries is None:
                 return []
-            while times and times[0] <= now - self.window:
-                times.popleft()
-            if not times:
+            while entries and entries[0][0] <= now - self.window:
+                entries.popleft()
+            if not entries:
                 del self._failures[key]
-            return list(times)
+            return list(entries)
 
-    def _add(self, keys: list[str], now: float) -> None:
+    def _add(self, keys: list[str], now: float) -> list[str]:
+        ids = [uuid.uuid4().hex for _ in keys]
         with self._lock:
-            for key in keys:
-                self._failures.setdefault(key, deque()).append(now)
+            for key, entry in zip(keys, ids, strict=True):
+                self._failures.setdefault(key, deque()).append((now, entry))
                 self._failures.move_to_end(key)
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
+        return ids
+
+    def _remove(self, key: str, entry: str) -> None:
+        with self._lock:
+            entries = self._failures.get(key)
+            if entries is not None:
+                self._failures[key] = deque(item for item in entries if item[1] != entry)
 
     def _clear(self, key: str) -> None:
         with self._lock:
@@ -172,58 +219,85 @@ class MemoryThrottle(LoginThrottle):
 
 
 class RedisThrottle(LoginThrottle):
-    """Counts in Redis sorted sets that expire with the window (REDIS_URL set)."""
+    """Counts in Redis sorted sets that expire with the window (REDIS_URL set). While Redis does not
+    answer, the app database keeps the counts (``fallback``): a broker outage never opens the door, nor
+    turns every login into an error."""
 
-    def __init__(self, max_failures: int, window_seconds: float, url: str) -> None:
+    def __init__(self, max_failures: int, window_seconds: float, url: str, fallback: LoginThrottle) -> None:
         import redis
 
         super().__init__(max_failures, window_seconds)
-        self.redis = redis.Redis.from_url(url, socket_timeout=5)
+        self.redis, self.fallback = (
+            redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2),
+            fallback,
+        )
+        self._errors = redis.RedisError
 
-    def _times(self, key: str, now: float) -> list[float]:
+    def _degraded(self, exc: Exception) -> LoginThrottle:
+        logger.warning("login throttle: Redis did not answer (%s); counting in the database", exc)
+        return self.fallback
+
+    def _entries(self, key: str, now: float) -> list[tuple[float, str]]:
         name = f"finetune:login:{key}"
-        pipe = self.redis.pipeline()
-        pipe.zremrangebyscore(name, "-inf", now - self.window)
-        pipe.zrange(name, 0, -1, withscores=True)
-        return [score for _, score in pipe.execute()[1]]
-
-    def _add(self, keys: list[str], now: float) -> None:
-        pipe = self.redis.pipeline()
-        for key in keys:
-            name = f"finetune:login:{key}"
-            pipe.zadd(name, {uuid.uuid4().hex: now})
+        try:
+            pipe = self.redis.pipeline()
             pipe.zremrangebyscore(name, "-inf", now - self.window)
-            pipe.expire(name, math.ceil(self.window))
-        pipe.execute()
+            pipe.zrange(name, 0, -1, withscores=True)
+            return [(score, member.decode()) for member, score in pipe.execute()[1]]
+        except self._errors as exc:
+            return self._degraded(exc)._entries(key, now)
+
+    def _add(self, keys: list[str], now: float) -> list[str]:
+        ids = [uuid.uuid4().hex for _ in keys]
+        try:
+            pipe = self.redis.pipeline()
+            for key, entry in zip(keys, ids, strict=True):
+                name = f"finetune:login:{key}"
+                pipe.zadd(name, {entry: now})
+                pipe.zremrangebyscore(name, "-inf", now - self.window)
+                pipe.expire(name, math.ceil(self.window))
+            pipe.execute()
+            return ids
+        except self._errors as exc:
+            return self._degraded(exc)._add(keys, now)
+
+    def _remove(self, key: str, entry: str) -> None:
+        try:
+            self.redis.zrem(f"finetune:login:{key}", entry)
+        except self._errors as exc:
+            self._degraded(exc)._remove(key, entry)
 
     def _clear(self, key: str) -> None:
-        self.redis.delete(f"finetune:login:{key}")
+        try:
+            self.redis.delete(f"finetune:login:{key}")
+        except self._errors as exc:
+            self._degraded(exc)._clear(key)
 
 
 class DatabaseThrottle(LoginThrottle):
     """Counts in the app database's login_failures table (no Redis); rows older than the window are
-    deleted as new ones arrive, and at most ``max_rows`` are kept (oldest first out)."""
+    deleted as new ones arrive, and at most ``max_rows`` are kept (oldest first out). Each new entry is
+    committed before the count that decides on it."""
 
     def __init__(self, max_failures: int, window_seconds: float, settings: Settings, max_rows: int = 100_000):
         super().__init__(max_failures, window_seconds)
         self.settings, self.max_rows = settings, max_rows
 
-    def _times(self, key: str, now: float) -> list[float]:
+    def _entries(self, key: str, now: float) -> list[tuple[float, str]]:
         from sqlalchemy import select
 
         from finetune_platform.db.models import LoginFailure
         from finetune_platform.db.session import read_scope
 
         with read_scope(self.settings) as session:
-            return list(
-                session.scalars(
-                    select(LoginFailure.at)
-                    .where(LoginFailure.key == key, LoginFailure.at > now - self.window)
-                    .order_by(LoginFailure.at)
-                )
+            rows = session.execute(
+                select(LoginFailure.at, LoginFailure.id)
+                .where(LoginFailure.key == key, LoginFailure.at > now - self.window)
+                .order_by(LoginFailure.at, LoginFailure.id)
             )
+            return [(at, str(entry)) for at, entry in rows]
 
-    def _add(self, keys: list[str], now: float) -> None:
+    def _add(self, keys: list[str], now: float) -> list[str]:
         from sqlalchemy import delete, func, select
 
         from finetune_platform.db.models import LoginFailure
@@ -231,12 +305,25 @@ class DatabaseThrottle(LoginThrottle):
 
         with session_scope(self.settings) as session:
             session.execute(delete(LoginFailure).where(LoginFailure.at <= now - self.window))
-            session.add_all(LoginFailure(key=key, at=now) for key in keys)
+            rows = [LoginFailure(key=key, at=now) for key in keys]
+            session.add_all(rows)
             session.flush()
             excess = (session.scalar(select(func.count()).select_from(LoginFailure)) or 0) - self.max_rows
             if excess > 0:
                 oldest = select(LoginFailure.id).order_by(LoginFailure.id).limit(excess).scalar_subquery()
                 session.execute(delete(LoginFailure).where(LoginFailure.id.in_(oldest)))
+            return [str(row.id) for row in rows]
+
+    def _remove(self, key: str, entry: str) -> None:
+        from sqlalchemy import delete
+
+        from finetune_platform.db.models import LoginFailure
+        from finetune_platform.db.session import session_scope
+
+        with session_scope(self.settings) as session:
+            session.execute(
+                delete(LoginFailure).where(LoginFailure.key == key, LoginFailure.id == int(entry))
+            )
 
     def _clear(self, key: str) -> None:
         from sqlalchemy import delete
@@ -250,6 +337,9 @@ class DatabaseThrottle(LoginThrottle):
 
 def login_throttle(settings: Settings) -> LoginThrottle:
     """Redis when configured, the app database otherwise: every API process sees the same counts."""
+    database = DatabaseThrottle(settings.LOGIN_MAX_FAILURES, settings.LOGIN_WINDOW_SECONDS, settings)
     if settings.REDIS_URL:
-        return RedisThrottle(settings.LOGIN_MAX_FAILURES, settings.LOGIN_WINDOW_SECONDS, settings.REDIS_URL)
-    return DatabaseThrottle(settings.LOGIN_MAX_FAILURES, settings.LOGIN_WINDOW_SECONDS, settings)
+        return RedisThrottle(
+            settings.LOGIN_MAX_FAILURES, settings.LOGIN_WINDOW_SECONDS, settings.REDIS_URL, fallback=database
+        )
+    return database

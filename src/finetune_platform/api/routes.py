@@ -53,20 +53,19 @@ def login(request: Request, session: DbSession, form: Annotated[OAuth2PasswordRe
 
     address = client_address(request)
     throttle = request.app.state.throttle
-    wait = throttle.retry_after(form.username, address)
-    if wait is not None:
+    attempt = throttle.attempt(form.username, address)  # counted before the password is checked
+    if attempt.wait is not None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"too many failed logins; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
+            f"too many failed logins; try again in {attempt.wait} s",
+            headers={"Retry-After": str(attempt.wait)},
         )
     user = authenticate(session, form.username, form.password)
-    if user is None:
-        throttle.failed(form.username, address)
+    if user is None:  # the attempt stays counted as a failure
         # Its own transaction: the request's is rolled back with the 401.
         audit_apart(request, "login", target=f"username:{form.username[:64]}", outcome="failed")
         raise unauthorized(BAD_LOGIN)
-    throttle.succeeded(form.username, address)
+    throttle.succeeded(form.username, address, attempt)
     token, lifetime = request.app.state.tokens.issue(token_subject(session, user.id))
     audit(session, request, "login", actor=user, target=f"user:{user.id}")
     return schemas.Token(access_token=token, expires_in=lifetime)
@@ -89,28 +88,28 @@ def me(user: CurrentUser):
 @router.post("/users/me/password", status_code=204, tags=["users"], summary="Change the caller's password")
 def change_my_password(request: Request, session: DbSession, user: CurrentUser, body: schemas.PasswordChange):
     """Throttled like logins: a stolen token cannot be used to guess the current password."""
-    from finetune_platform.errors import PlatformError
-    from finetune_platform.services.users import change_password
+    from finetune_platform.services.users import WrongPassword, change_password
 
     throttle, account, address = (
         request.app.state.throttle,
         f"password-change:{user.id}",
         client_address(request),
     )
-    wait = throttle.retry_after(account, address)
-    if wait is not None:
+    attempt = throttle.attempt(account, address)
+    if attempt.wait is not None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"too many wrong current passwords; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
+            f"too many wrong current passwords; try again in {attempt.wait} s",
+            headers={"Retry-After": str(attempt.wait)},
         )
     try:
         change_password(session, user.id, body.current_password, body.new_password)
-    except PlatformError as error:
-        if str(error) == "current password is wrong":
-            throttle.failed(account, address)
+    except WrongPassword:
+        raise  # counted
+    except BaseException:
+        throttle.succeeded(account, address, attempt)  # the current password was right
         raise
-    throttle.succeeded(account, address)
+    throttle.succeeded(account, address, attempt)
     audit(session, request, "user.password", actor=user, target=f"user:{user.id}")
     return Response(status_code=204)
 

@@ -187,9 +187,18 @@ def models_transition(
 @models_app.command("reconcile")
 def models_reconcile(
     name: Annotated[str | None, typer.Option("--name", help="Only this model's cards.")] = None,
+    adopt: Annotated[
+        bool,
+        typer.Option(
+            "--adopt",
+            help="Also record, as the checksums to serve against, the model cards of versions that have no "
+            "record in the platform database (versions registered before records existed). Only when you trust "
+            "every card in MODEL_REGISTRY_DIR.",
+        ),
+    ] = False,
 ) -> None:
     """Make every model card's stage match the registry; print what changed."""
-    changes = _registry().reconcile(name)
+    changes = _registry().reconcile(name, adopt=adopt)
     typer.echo("\n".join(changes) if changes else "cards match the registry: nothing to change")
 
 

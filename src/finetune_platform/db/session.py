@@ -84,12 +84,34 @@ def read_scope(settings: Settings) -> Iterator[Session]:
 
 
 def _migrate(settings: Settings, direction: str, revision: str) -> str:
+    """Run alembic on the platform's own engine (and its SQLite settings). On SQLite, batch mode rebuilds a
+    table by dropping it, which foreign keys would refuse once other rows point at it: they are off while the
+    migration runs (SQLite ignores the switch inside a transaction), checked before it commits, then on again."""
     from alembic import command
 
-    with engine_for(settings.database_url).begin() as connection:
-        config = _alembic_config(settings.database_url)
-        config.attributes["connection"] = connection  # one engine (and its SQLite settings) for everything
-        getattr(command, direction)(config, revision)
+    from finetune_platform.errors import ConfigError
+
+    engine = engine_for(settings.database_url)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                config = _alembic_config(settings.database_url)
+                config.attributes["connection"] = connection
+                getattr(command, direction)(config, revision)
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise ConfigError(
+                            f"migration left rows pointing nowhere (first: {tuple(broken[0])}); undone"
+                        )
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
     return current_revision(settings)
 
 

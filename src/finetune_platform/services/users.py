@@ -45,6 +45,10 @@ class UserPublic:
         )
 
 
+class WrongPassword(PlatformError):
+    """The current password given to change it is wrong (the route counts these like failed logins)."""
+
+
 @dataclass(frozen=True)
 class TokenSubject:
     """What a token binds to: the account's id, its current token version and its random token key."""
@@ -209,7 +213,7 @@ def change_password(session: Session, user_id: int, current: str, new: str) -> N
 
     user = session.get(User, user_id)
     if user is None or not verify_password(user.password_hash, current):
-        raise PlatformError("current password is wrong", ErrorCode.PERMISSION_DENIED)
+        raise WrongPassword("current password is wrong", ErrorCode.PERMISSION_DENIED)
     _check_password(new, user.username)
     user.password_hash = hash_password(new)
     user.token_version += 1

@@ -209,8 +209,9 @@ class ModelRegistry:
             card.stage = stage.value
             self.cards.save(card)
 
-    def reconcile(self, name: str | None = None) -> list[str]:
-        """Make the cards (of one model, or all) match the registry; return one line per change."""
+    def reconcile(self, name: str | None = None, *, adopt: bool = False) -> list[str]:
+        """Make the cards (of one model, or all) match the registry; return one line per change. ``adopt``:
+        also take the checksums of cards without a record in the app database (an admin's explicit step)."""
         changes = []
         registered = {(v.name, v.version): v for v in self.versions(name)}
         for card in self.cards.all():
@@ -224,7 +225,8 @@ class ModelRegistry:
                 changes.append(f"{card.key}: stage {card.stage} -> {info.stage.value}")
                 card.stage = info.stage.value
                 self.cards.save(card)
-        changes += self._adopt(name)
+        if adopt:
+            changes += self._adopt(name)
         carded = {(c.name, c.version) for c in self.cards.all()}
         for key, info in registered.items():
             if key not in carded:
@@ -280,8 +282,8 @@ class ModelRegistry:
             recorded = checksums(session, info.name, info.version)
         if recorded is None:
             raise PlatformError(
-                f"{info.name}@{info.version} was not registered by this platform (no checksum record); "
-                "an admin can adopt versions registered before records existed with `finetune models reconcile`",
+                f"{info.name}@{info.version} was not registered by this platform (no checksum record); an admin "
+                "can adopt versions registered before records existed with `finetune models reconcile --adopt`",
                 ErrorCode.PERMISSION_DENIED,
             )
         target = Path(cache_dir or (self.settings.FINETUNE_HOME / "models" / f"{info.name}-v{info.version}"))

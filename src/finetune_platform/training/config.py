@@ -310,8 +310,10 @@ class RegistrySection(_Section):
     enabled: bool = Field(default=True, description="Register the run's adapter as a new model version.")
     model_name: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=128,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Registered model name; default: the experiment name.",
+        description="Registered model name (at most 128 characters); default: the experiment name.",
     )
     task: str = Field(default="text-classification", description="Task recorded on the model card.")
     description: str = Field(default="", description="What the model is for; embedded for recommendation.")
