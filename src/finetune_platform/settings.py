@@ -216,6 +216,21 @@ class Settings(BaseSettings):
         description='Extra kombu transport options as JSON, e.g. {"visibility_timeout": 3600}.',
     )
 
+    VALIDATION_CONCURRENCY: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description=(
+            "Uploads validated at once per API process, each in its own child of up to VALIDATION_MEMORY_MB; a "
+            "further upload waits up to 30 s for a slot, then answers 429."
+        ),
+    )
+    VALIDATION_TIMEOUT_SECONDS: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="Seconds the validation of one upload may take; past it the child is killed and 422 answered.",
+    )
     AUDIT_ANCHOR_FILE: Path | None = Field(
         default=None,
         description=(

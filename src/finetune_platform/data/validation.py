@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -38,7 +40,7 @@ from finetune_platform.data.loading import (
     normalise_label,
     rows_text,
 )
-from finetune_platform.errors import ConfigError, DatasetError, ErrorCode, PlatformError
+from finetune_platform.errors import ConfigError, DatasetError, ErrorCode, PlatformError, QuotaExceeded
 
 HASH_SCHEME = "finetune-dataset-v1"
 logger = logging.getLogger(__name__)
@@ -766,7 +768,24 @@ _CHILD_MODULE = "finetune_platform.data.validation"
 _CHILD_OPTIONS = ("text_column", "label_column", "label_names", "min_rows_per_class", "long_text_chars")
 
 
-def validate_in_child(train: Path, options: ValidationOptions, memory_mb: int) -> dict[str, Any]:
+_CHILD_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_CHILD_SLOTS_LOCK = threading.Lock()
+SLOT_WAIT_SECONDS = 30.0
+
+
+def _child_slot(concurrency: int) -> threading.BoundedSemaphore:
+    with _CHILD_SLOTS_LOCK:
+        return _CHILD_SLOTS.setdefault(concurrency, threading.BoundedSemaphore(concurrency))
+
+
+def validate_in_child(
+    train: Path,
+    options: ValidationOptions,
+    memory_mb: int,
+    *,
+    concurrency: int = 2,
+    timeout_seconds: float = 600.0,
+) -> dict[str, Any]:
     """``validate_dataset(train, options).to_json()``, computed by ``python -m finetune_platform.data.validation``
     whose address space may grow by ``memory_mb`` MiB past what it maps at start (RLIMIT_AS, set in the
     child once Python, pandas and pyarrow are loaded: those map about 0.4 GiB whatever the file).
@@ -776,6 +795,22 @@ def validate_in_child(train: Path, options: ValidationOptions, memory_mb: int) -
     the calling process only ever holds the report. Errors the child raises on purpose come back with their
     message and code. Starting the child (pandas, pyarrow) costs about a second per upload.
     """
+    slot = _child_slot(concurrency)
+    if not slot.acquire(
+        timeout=SLOT_WAIT_SECONDS
+    ):  # at most ``concurrency`` children (and their memory) at once
+        raise QuotaExceeded(
+            f"the server is validating {concurrency} uploads already (VALIDATION_CONCURRENCY); try again shortly"
+        )
+    try:
+        return _validate_in_child(train, options, memory_mb, timeout_seconds)
+    finally:
+        slot.release()
+
+
+def _validate_in_child(
+    train: Path, options: ValidationOptions, memory_mb: int, timeout_seconds: float
+) -> dict[str, Any]:
     limits = options.limits or DatasetLimits.from_settings()
     request = {
         "train": str(Path(train).resolve()),
@@ -783,13 +818,21 @@ def validate_in_child(train: Path, options: ValidationOptions, memory_mb: int) -
         "options": {name: getattr(options, name) for name in _CHILD_OPTIONS},
         "limits": asdict(limits),
     }
-    completed = subprocess.run(
-        [sys.executable, "-m", _CHILD_MODULE],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", _CHILD_MODULE],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_seconds,  # subprocess.run kills the child when it runs out
+            # glibc reserves address space per thread arena, which RLIMIT_AS counts: two arenas are plenty
+            env={**os.environ, "MALLOC_ARENA_MAX": "2"},
+        )
+    except subprocess.TimeoutExpired:
+        raise DatasetLimitError(
+            f"validation took longer than its limit of {timeout_seconds:g} s", "VALIDATION_TIMEOUT_SECONDS"
+        ) from None
     answer: dict[str, Any] | None = None
     if completed.returncode == 0:
         try:

@@ -95,7 +95,13 @@ def register_upload(
     path = folder / f"{dataset_id}{suffix}"
     os.replace(received, path)
     try:
-        document = validate_in_child(path, options, settings.VALIDATION_MEMORY_MB)
+        document = validate_in_child(
+            path,
+            options,
+            settings.VALIDATION_MEMORY_MB,
+            concurrency=settings.VALIDATION_CONCURRENCY,
+            timeout_seconds=settings.VALIDATION_TIMEOUT_SECONDS,
+        )
     except BaseException:
         path.unlink(missing_ok=True)
         raise
