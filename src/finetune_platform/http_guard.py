@@ -234,3 +234,15 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+MAX_PROBLEMS = 20  # a 422 lists at most this many fields: an answer never grows with what a client sent
+
+
+def invalid_fields(exc: Any) -> list[dict[str, str]]:
+    """The first MAX_PROBLEMS invalid fields of a request (a FastAPI RequestValidationError), each named
+    with pydantic's message, without echoing what was sent (FastAPI's default answer repeats every input)."""
+    return [
+        {"field": ".".join(str(part) for part in error["loc"])[:200], "message": str(error["msg"])[:200]}
+        for error in exc.errors()[:MAX_PROBLEMS]
+    ]

@@ -40,9 +40,14 @@ def test_model_names_are_owned_and_admins_transfer_them(api):
     assert taken.json()["detail"] == (
         f"model name {name!r} belongs to another user; choose another name (an admin can transfer it)"
     )
-    assert (
-        train(api, "bob", registry={"model_name": name, "enabled": False}).status_code == 201
-    )  # no register
+    unregistered = train(api, "bob", registry={"model_name": name, "enabled": False})
+    assert unregistered.status_code == 201  # a job that registers nothing claims no name
+    for lookalike in (name.upper(), f"{name}_", name.replace("-", ".")):
+        refused = train(api, "bob", registry={"model_name": lookalike})
+        assert (refused.status_code, refused.json()["detail"]) == (
+            403,
+            f"model name {lookalike!r} reads like {name!r}, which belongs to another user; choose another name",
+        )
     assert train(api, "root", registry={"model_name": name}).status_code == 201  # an admin registers for her
     with session_scope(api.settings) as session:
         assert owner_of(session, name) == api.ids["alice"]
@@ -212,9 +217,17 @@ CRAFTED = [
     ("POST", "/train", {"config": {"model": {"base_model": 5}}}, 422,
      "config.model.base_model: expected a name, got int"),
     ("GET", "/experiments/runs?experiment=a'b", None, 404, "no experiment \"a'b\" in the tracking store"),
+    # NUL characters, which PostgreSQL cannot store or compare (they gave 500 there, even anonymously)
+    ("GET", "/task/ab%00cd", None, 404, "no job 'ab\\x00cd'"),
+    ("GET", "/datasets/ab%00cd/report", None, 404, "no dataset 'ab\\x00cd'"),
+    ("DELETE", "/base-models/a%00b", None, 404, "no allowed base model 'a\\x00b'"),
+    ("POST", "/base-models", {"name": "x\n"}, 422,
+     "name 'x\\n': a bundled alias, a Hugging Face id (org/name) or an absolute folder path"),
+    ("POST", "/base-models", {"name": "/" + "b" * 250}, 201, None),
+    ("GET", "/no-such-route", None, 404, "Not Found"),
     ("POST", "/train", {"config": {"registry": {"model_name": "m" * 129}}}, 422,
-     "invalid training config:\n  registry.model_name: String should have at most 128 characters (got '" + "m" * 129
-     + "')"),
+     "invalid training config:\n  registry.model_name: String should have at most 128 characters (got '" + "m" * 116
+     + "...)"),  # the value shown is cut: an error never grows with the input
 ]  # fmt: skip
 
 
@@ -224,4 +237,34 @@ def test_crafted_inputs_are_answered_4xx(api):
         if body is not None and url in ("/predictions", "/train"):
             body = {**body, "dataset_id": dataset_of(api, "root")}
         response = root.request(method, url, json=body)
+        if detail is None:
+            assert response.status_code == status, (method, url, response.text)
+            continue
         assert (response.status_code, response.json()["detail"]) == (status, detail), (method, url, body)
+
+
+def test_nul_characters_and_unknown_paths_are_refused_and_audited(api):
+    """An anonymous login with a NUL in the name answered 500 on PostgreSQL and wrote nothing; unknown paths
+    and bodies the parser refuses were not audited either."""
+    from sqlalchemy import func, select
+
+    from finetune_platform.db.models import AuditEvent
+    from finetune_platform.db.session import session_scope
+
+    def entries() -> int:
+        with session_scope(api.settings) as session:
+            return session.scalar(select(func.count()).select_from(AuditEvent))
+
+    anonymous = TestClient(api.app, client=("192.0.2.77", 1))
+    for send in (
+        lambda: anonymous.post("/login", data={"username": "al\x00ice", "password": "whatever1"}),
+        lambda: anonymous.get("/.env"),
+        lambda: anonymous.put("/users/me"),
+        lambda: api.as_("alice").post(
+            "/train", content=b"[" * 5000, headers={"Content-Type": "application/json"}
+        ),
+    ):
+        before = entries()
+        response = send()
+        assert response.status_code in (400, 401, 404, 405, 422), response.text
+        assert entries() == before + 1, response.text

@@ -64,8 +64,12 @@ def test_weak_secrets_and_an_open_tracking_server_fail_production(tmp_path, mlfl
     assert (
         rows["mlflow"]["status"] == "fail" and "answers anonymous requests (200)" in rows["mlflow"]["message"]
     )
-    assert rows["forwarded headers"]["status"] == "warn"
+    assert rows["forwarded headers"]["status"] == "fail"  # 0.0.0.0/0: every client could spoof its address
     assert rows["metrics"]["message"].startswith("/metrics answers 404")
+    assert (
+        rows["audit anchors"]["status"] == "warn"
+        and "no signed checkpoints" in rows["audit anchors"]["message"]
+    )
 
 
 def test_a_locked_tracking_server_and_strong_secrets_pass(tmp_path):
@@ -106,6 +110,22 @@ def test_the_database_role_that_owns_the_audit_log_fails(tmp_path):
         assert code == 1
         assert rows["database"]["status"] == "fail"
         assert rows["database"]["message"].startswith("connected as 'postgres', which is a superuser")
+        # A role that merely inherits the owner's rights (no superuser, owns nothing itself) can disable the
+        # triggers too; so can the database owner, through the schema it owns.
+        with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={name}", autocommit=True) as c:
+            c.execute("DROP ROLE IF EXISTS sc_member")
+            c.execute("CREATE ROLE sc_member LOGIN IN ROLE postgres")
+        try:
+            member = f"postgresql+psycopg://sc_member@127.0.0.1:5432/{name}"
+            code, rows = check(tmp_path, ENVIRONMENT="production", JWT_SECRET=STRONG, DATABASE_URL=member)
+            assert code == 1 and rows["database"]["status"] == "fail"
+            assert "owns audit_events, or has its owner's rights" in rows["database"]["message"]
+        finally:
+            with psycopg.connect(
+                f"host=127.0.0.1 port=5432 user=postgres dbname={name}", autocommit=True
+            ) as c:
+                c.execute("DROP OWNED BY sc_member")
+                c.execute("DROP ROLE sc_member")
         app = f"postgresql+psycopg://finetune_app@127.0.0.1:5432/{name}"
         code, rows = check(tmp_path, ENVIRONMENT="production", JWT_SECRET=STRONG, DATABASE_URL=app)
         assert rows["database"] == {

@@ -9,12 +9,15 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.exc import DataError
+from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from finetune_platform import __version__
 from finetune_platform.errors import ErrorCode, PlatformError
-from finetune_platform.http_guard import BodyLimit, SecurityHeaders
+from finetune_platform.http_guard import BodyLimit, SecurityHeaders, invalid_fields
 from finetune_platform.settings import Settings, get_settings
 
 logger = logging.getLogger("finetune_platform.api")
@@ -29,8 +32,8 @@ _STATUS = {
     ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.INTERNAL: 500,
 }
-DENIALS = {401, 403, 404, 413, 429}  # 404: also what another user's object answers
-AUDITED = DENIALS | {422}  # refused input too ("rejected"): a client probing the API shows in the log
+DENIALS = {401, 403, 404, 405, 413, 429}  # 404: also what another user's object answers
+AUDITED = DENIALS | {400, 422}  # refused input too ("rejected"): a client probing the API shows in the log
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -96,7 +99,7 @@ def _audit_denial(request: Request, status_code: int, reason: str) -> None:
                 address=request.client.host if request.client else None,
                 detail={"status": status_code, "reason": reason[:200]},
             )
-        request.state.audited = True  # once: the guard middleware sees this refusal's answer too
+        request.state.audited = True  # once: a route's refusal may also end in the guard's answer
     except Exception as exc:  # the refusal stands even if the log cannot be written
         logger.error("audit: could not record a denial: %s", exc)
 
@@ -107,46 +110,26 @@ LOGIN_BODY_BYTES = 4096  # a login form: a username of at most 64 characters and
 def _body_caller(scope: Scope) -> str | None:
     """Why a request with a body is refused before it is read (401), or None: the same token check as the
     routes' ``current_user`` (signature, expiry, revocation, an active account)."""
-    from finetune_platform.api.auth import InvalidToken
-    from finetune_platform.services.users import user_for_token
+    from finetune_platform.api.auth import NOT_AUTHENTICATED, InvalidToken, token_caller
 
     app = scope["app"]
     scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return "not authenticated: send Authorization: Bearer <token> (POST /login gives one)"
+        return NOT_AUTHENTICATED
     try:
-        claims = app.state.tokens.decode(token.strip())
+        user = token_caller(app.state.tokens, app.state.settings, token.strip())
     except InvalidToken as exc:
-        return f"invalid token: {exc}"
-    user = user_for_token(app.state.settings, claims.user_id, claims.token_version, claims.token_key)
-    if user is None:
-        return "invalid token: revoked, or the account is disabled"
+        return str(exc)
     scope.setdefault("state", {})["actor_id"] = user.id
     return None
 
 
-class AuditGuardRefusals:
-    """Audits the refusals the body guard answers itself (401 unread, 413 declared or while the route reads),
-    which never reach FastAPI's exception handlers (those audit everything else). A refusal already audited
-    (``request.state.audited``) is not written twice."""
+async def _audit_guard_refusal(scope: Scope, status_code: int, detail: str) -> None:
+    """The body guard's own answers (400, 401 unread, 413) never reach FastAPI's exception handlers, which
+    audit every other refusal: the guard reports them here. One already audited is not written twice."""
+    from fastapi.concurrency import run_in_threadpool
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def watching(message):
-            if message["type"] == "http.response.start" and message["status"] in (401, 413):
-                from fastapi.concurrency import run_in_threadpool
-
-                reason = "request body refused (anonymous, or over the limit)"
-                await run_in_threadpool(_audit_denial, Request(scope), message["status"], reason)
-            await send(message)
-
-        await self.app(scope, receive, watching)
+    await run_in_threadpool(_audit_denial, Request(scope), status_code, detail)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -177,8 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits={("POST", "/datasets"): settings.MAX_UPLOAD_BYTES, ("POST", "/login"): LOGIN_BODY_BYTES},
         authenticate=_body_caller,
         public=[("POST", "/login")],
+        on_refusal=_audit_guard_refusal,
     )
-    app.add_middleware(AuditGuardRefusals)
     app.add_middleware(SecurityHeaders, environment=settings.ENVIRONMENT, no_store_paths=("/login",))
 
     @app.exception_handler(PlatformError)
@@ -197,8 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(_audit_denial, request, code, exc.message)
         return JSONResponse(body, status_code=code)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (unknown path: 404, 405)
+    async def http_error(request: Request, exc: StarletteHTTPException):
         from fastapi.concurrency import run_in_threadpool
 
         if exc.status_code in AUDITED:
@@ -209,13 +192,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError):
         from fastapi.concurrency import run_in_threadpool
 
-        problems = [
-            {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
-            for error in exc.errors()
-        ]
+        problems = invalid_fields(exc)
         first = f": {problems[0]['field']}: {problems[0]['message']}" if problems else ""
         await run_in_threadpool(_audit_denial, request, 422, f"invalid request{first}")
         return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+
+    @app.exception_handler(DataError)
+    async def unstorable(request: Request, exc: DataError):
+        """A value the database cannot hold (PostgreSQL: a NUL character, a string past its column): the
+        client's input, never a server fault."""
+        from fastapi.concurrency import run_in_threadpool
+
+        detail = "invalid request: a value the database cannot store (a NUL character, or too long)"
+        await run_in_threadpool(_audit_denial, request, 422, detail)
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(SqlTimeoutError)
+    async def busy(request: Request, exc: SqlTimeoutError):
+        logger.warning("database connection pool exhausted: %s", exc)
+        return JSONResponse(
+            {"detail": "the server is busy; retry shortly"}, status_code=503, headers={"Retry-After": "2"}
+        )
 
     if settings.METRICS_ENABLED:
         from finetune_platform.observability import JobCollector, system_registry

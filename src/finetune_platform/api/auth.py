@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 
-from finetune_platform.services.users import TokenSubject
+from finetune_platform.services.users import TokenSubject, UserPublic
 from finetune_platform.settings import Settings
 
 ALGORITHM = "HS256"
@@ -84,6 +84,25 @@ class Tokens:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(str(exc)) from None
+
+
+NOT_AUTHENTICATED = "not authenticated: send Authorization: Bearer <token> (POST /login gives one)"
+
+
+def token_caller(tokens: Tokens, settings: Settings, token: str) -> UserPublic:
+    """The active user a token was issued to, at their current token version and token key; InvalidToken
+    (its message safe to show) otherwise. The one token check of the API's routes, its body guard and
+    `finetune serve`: one indexed read on a connection returned at once."""
+    from finetune_platform.services.users import user_for_token
+
+    try:
+        claims = tokens.decode(token)
+    except InvalidToken as exc:
+        raise InvalidToken(f"invalid token: {exc}") from None
+    user = user_for_token(settings, claims.user_id, claims.token_version, claims.token_key)
+    if user is None:
+        raise InvalidToken("invalid token: revoked, or the account is disabled")
+    return user
 
 
 def throttle_key(*parts: str) -> str:

@@ -43,18 +43,14 @@ async def current_user(request: Request, token: Annotated[str | None, Depends(be
     Runs on the event loop with one primary-key lookup on a connection it returns at once: no thread
     hop and no connection held across an await.
     """
-    from finetune_platform.api.auth import InvalidToken
-    from finetune_platform.services.users import user_for_token
+    from finetune_platform.api.auth import NOT_AUTHENTICATED, InvalidToken, token_caller
 
     if not token:
-        raise unauthorized("not authenticated: send Authorization: Bearer <token> (POST /login gives one)")
+        raise unauthorized(NOT_AUTHENTICATED)
     try:
-        claims = request.app.state.tokens.decode(token)
+        user = token_caller(request.app.state.tokens, request.app.state.settings, token)
     except InvalidToken as exc:
-        raise unauthorized(f"invalid token: {exc}") from None
-    user = user_for_token(request.app.state.settings, claims.user_id, claims.token_version, claims.token_key)
-    if user is None:
-        raise unauthorized("invalid token: revoked, or the account is disabled")
+        raise unauthorized(str(exc)) from None
     request.state.actor_id = user.id
     return user
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer
 from fastapi.security.utils import get_authorization_scheme_param
@@ -25,7 +26,7 @@ from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from finetune_platform.errors import ErrorCode, PlatformError
-from finetune_platform.http_guard import AUTHENTICATED, BodyLimit, SecurityHeaders
+from finetune_platform.http_guard import AUTHENTICATED, BodyLimit, SecurityHeaders, invalid_fields
 from finetune_platform.inference.hosting import open_host, serving_device
 from finetune_platform.inference.predictor import (
     AdapterSource,
@@ -424,6 +425,11 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         }.get(exc.code, 500)
         return JSONResponse({"detail": exc.message, "code": exc.code.value}, status_code=code)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # the fields named, the input never echoed: a 422 does not grow with what a client sent
+        return JSONResponse({"detail": "invalid request", "problems": invalid_fields(exc)}, status_code=422)
+
     async def run(body_model: str | None, texts: list[str]) -> tuple[list[Prediction], dict[str, Any], float]:
         most = settings.SERVE_MAX_TEXT_CHARS
         for index, text in enumerate(texts):
@@ -530,19 +536,16 @@ class ServeCallers:
         scheme, token = get_authorization_scheme_param(authorization)
         if scheme.lower() != "bearer" or not token:
             return NO_CREDENTIALS
-        from finetune_platform.api.auth import InvalidToken, Tokens
-        from finetune_platform.services.users import user_for_token
+        from finetune_platform.api.auth import InvalidToken, Tokens, token_caller
 
         try:
             self._tokens = self._tokens or Tokens(self.settings)
         except PlatformError:  # no usable JWT_SECRET: this server takes API keys only
             return NO_CREDENTIALS
         try:
-            claims = self._tokens.decode(token)
+            token_caller(self._tokens, self.settings, token)
         except InvalidToken as exc:
-            return f"invalid token: {exc}"
-        if user_for_token(self.settings, claims.user_id, claims.token_version, claims.token_key) is None:
-            return NO_CREDENTIALS
+            return str(exc)
         return None
 
     async def refusal(self, scope: Scope) -> str | None:

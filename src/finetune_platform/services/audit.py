@@ -62,6 +62,10 @@ def entry_hash(event: AuditEvent) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _storable(value: str, length: int) -> str:
+    return value.replace("\x00", "\\x00")[:length]
+
+
 def record(
     session: Session,
     action: str,
@@ -72,7 +76,10 @@ def record(
     address: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Append one entry in the caller's transaction (a savepoint, retried when another writer won the tail)."""
+    """Append one entry in the caller's transaction (a savepoint, retried when another writer won the tail).
+    Client-given text (targets, addresses) is made storable: NUL characters spelled out, cut to the column."""
+    target = None if target is None else _storable(target, 255)
+    address = None if address is None else _storable(address, 64)
     dialect = session.get_bind().dialect.name
     for _ in range(20):
         savepoint = session.begin_nested()

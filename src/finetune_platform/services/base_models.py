@@ -36,7 +36,7 @@ def allowed_base_models(session: Session) -> list[BaseModelPublic]:
 
 def check_allowed(session: Session, name: str) -> None:
     """Refuse (422, naming the field) a base model that is not on the allow-list."""
-    if session.get(AllowedBaseModel, name) is None:
+    if "\x00" in name or len(name) > 255 or session.get(AllowedBaseModel, name) is None:
         allowed = ", ".join(model.name for model in allowed_base_models(session)) or "none"
         raise ConfigError(
             f"config.model.base_model {name[:200]!r}: not an allowed base model (allowed: {allowed}); "
@@ -45,7 +45,7 @@ def check_allowed(session: Session, name: str) -> None:
 
 
 def allow_base_model(session: Session, name: str, admin_id: int) -> BaseModelPublic:
-    if not BASE_MODEL_NAME.match(name) or ".." in name.split("/"):
+    if not BASE_MODEL_NAME.fullmatch(name) or ".." in name.split("/"):
         raise ConfigError(
             f"name {name[:200]!r}: a bundled alias, a Hugging Face id (org/name) or an absolute folder path"
         )
@@ -58,7 +58,7 @@ def allow_base_model(session: Session, name: str, admin_id: int) -> BaseModelPub
 
 
 def disallow_base_model(session: Session, name: str) -> None:
-    row = session.get(AllowedBaseModel, name)
+    row = session.get(AllowedBaseModel, name) if "\x00" not in name else None
     if row is None:
         raise NotFoundError(f"no allowed base model {name!r}")
     session.delete(row)

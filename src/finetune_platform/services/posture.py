@@ -7,7 +7,6 @@ fail means a guarantee of the README's security section does not hold for this d
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +28,8 @@ def posture(settings: Settings, *, probe_mlflow: bool = True) -> list[Check]:
     checks = [Check("environment", "ok" if not local else "warn", _environment(settings))]
     checks += _secrets(settings, bad)
     checks.append(_mlflow(settings, bad, probe_mlflow))
-    checks.append(_forwarding(settings))
+    checks.append(_forwarding(settings, bad))
+    checks.append(_anchors(settings))
     checks.append(_metrics(settings, bad))
     checks += _limits(settings)
     checks.append(_database(settings, bad))
@@ -48,9 +48,10 @@ def _secrets(settings: Settings, bad: Status) -> list[Check]:
     checks = []
     named = [("JWT_SECRET", settings.JWT_SECRET), ("METRICS_TOKEN", settings.METRICS_TOKEN)]
     named += [(f"SERVE_API_KEYS[{i}]", key) for i, key in enumerate(settings.SERVE_API_KEYS)]
-    anchor = getattr(settings, "AUDIT_ANCHOR_KEY", None)
-    if anchor is not None:
-        named.append(("AUDIT_ANCHOR_KEY", anchor))
+    named += [
+        ("AUDIT_ANCHOR_KEY", settings.AUDIT_ANCHOR_KEY),
+        ("DATABASE_APP_PASSWORD", settings.DATABASE_APP_PASSWORD),
+    ]
     for name, secret in named:
         if secret is None:
             if name == "JWT_SECRET":
@@ -101,18 +102,42 @@ def _mlflow(settings: Settings, bad: Status, probe: bool) -> Check:
     )
 
 
-def _forwarding(settings: Settings) -> Check:
+def _forwarding(settings: Settings, bad: Status) -> Check:
     networks = settings.trusted_proxies
     if not networks:
         return Check("forwarded headers", "ok", "X-Forwarded-For ignored: the client address is the TCP peer")
-    widest = max(networks, key=lambda network: network.num_addresses)
-    everyone = widest.num_addresses >= ipaddress.ip_network("0.0.0.0/8").num_addresses
-    return Check(
-        "forwarded headers",
-        "warn" if everyone else "ok",
-        f"X-Forwarded-For believed from {settings.FORWARDED_ALLOW_IPS}"
-        + (" (a very wide range: clients there can spoof addresses)" if everyone else ""),
-    )
+    wide = [network for network in networks if network.num_addresses >= 2**24 or network.is_loopback]
+    if wide:
+        return Check(
+            "forwarded headers",
+            bad,
+            f"X-Forwarded-For believed from {settings.FORWARDED_ALLOW_IPS}: {', '.join(map(str, wide))} holds clients "
+            "(or every local process), who can then spoof their address to the throttle and the audit log; "
+            "list only the ingress controller's addresses",
+        )
+    return Check("forwarded headers", "ok", f"X-Forwarded-For believed from {settings.FORWARDED_ALLOW_IPS}")
+
+
+def _anchors(settings: Settings) -> Check:
+    """Signed checkpoints are what shows truncation; the API itself must not hold their key."""
+    from finetune_platform.services.audit import anchor_file
+
+    if settings.AUDIT_ANCHOR_KEY is not None:
+        return Check(
+            "audit anchors",
+            "warn",
+            "AUDIT_ANCHOR_KEY is set for this process: fine for the checkpoint/verify job, wrong for the API, "
+            "workers or UI (whoever holds it can sign a rewritten log)",
+        )
+    path = anchor_file(settings)
+    if settings.ENVIRONMENT != "local" and not (path.is_file() and path.stat().st_size):
+        return Check(
+            "audit anchors",
+            "warn",
+            f"no signed checkpoints in {path.name}: run `finetune audit checkpoint` from a job that holds "
+            "AUDIT_ANCHOR_KEY (the chart's CronJob does), or truncation of the log goes unseen",
+        )
+    return Check("audit anchors", "ok", "signed checkpoints present" if path.is_file() else "local mode")
 
 
 def _metrics(settings: Settings, bad: Status) -> Check:
@@ -155,20 +180,29 @@ def _database(settings: Settings, bad: Status) -> Check:
         with engine_for(url).connect() as connection:
             row = connection.execute(
                 text(
-                    "SELECT current_user, t.tableowner, r.rolsuper FROM pg_tables t JOIN pg_roles r "
-                    "ON r.rolname = current_user WHERE t.tablename = 'audit_events'"
+                    "SELECT current_user, t.tableowner, r.rolsuper, pg_has_role(current_user, t.tableowner, 'MEMBER'), "
+                    "pg_has_role(current_user, n.nspowner, 'MEMBER') FROM pg_tables t "
+                    "JOIN pg_namespace n ON n.nspname = t.schemaname JOIN pg_roles r ON r.rolname = current_user "
+                    "WHERE t.tablename = 'audit_events'"
                 )
             ).first()
     except Exception as exc:
         return Check("database", "warn", f"could not inspect PostgreSQL: {exc.__class__.__name__}")
     if row is None:
         return Check("database", "warn", "no audit_events table (run `finetune db upgrade`)")
-    user, owner, superuser = row
-    if superuser or user == owner:
+    user, owner, superuser, owner_member, schema_member = row
+    if superuser or owner_member or schema_member:
+        why = (
+            "is a superuser"
+            if superuser
+            else "owns audit_events, or has its owner's rights"
+            if owner_member
+            else "owns its schema (a database owner does), so it can drop the table"
+        )
         return Check(
             "database",
             bad,
-            f"connected as {user!r}, which {'is a superuser' if superuser else 'owns audit_events'}: it can disable "
-            "the audit log's triggers; connect the application as finetune_app (DATABASE_URL)",
+            f"connected as {user!r}, which {why}: it can disable the audit log's triggers or drop it; connect the "
+            "application as finetune_app (DATABASE_URL)",
         )
     return Check("database", "ok", f"connected as {user!r}: does not own audit_events (owner {owner!r})")

@@ -133,7 +133,7 @@ def authenticate(session: Session, username: str, password: str) -> UserPublic |
     from finetune_platform.security import verify_password
 
     global _DUMMY_HASH
-    if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+    if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH or "\x00" in username:
         return None
     user = session.scalar(select(User).where(_named(username)))
     if user is None:

@@ -7,6 +7,7 @@ and a version is served only when its files match the checksums recorded here wh
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -33,6 +34,7 @@ def claim_name(session: Session, name: str, user_id: int, *, is_admin: bool = Fa
     is refused (403) unless the caller is an admin (who registers under the owner's name, keeping it)."""
     owner = owner_of(session, name)
     if owner is None:
+        _refuse_lookalike(session, name, user_id, is_admin)
         savepoint = session.begin_nested()
         try:
             session.add(RegisteredModel(name=name, owner_id=user_id))
@@ -48,6 +50,25 @@ def claim_name(session: Session, name: str, user_id: int, *, is_admin: bool = Fa
             ErrorCode.PERMISSION_DENIED,
         )
     return owner  # type: ignore[return-value]
+
+
+def canonical(name: str) -> str:
+    """What two names look like to a person: case, and runs of '.', '_' and '-', do not tell them apart."""
+    return re.sub(r"[._-]+", "-", name.lower()).strip("-")
+
+
+def _refuse_lookalike(session: Session, name: str, user_id: int, is_admin: bool) -> None:
+    """A new name that reads like another user's (``SHAREDX``, ``sharedx_`` for ``sharedx``) is refused:
+    predictions by name must not land on a lookalike someone else registered."""
+    if is_admin:
+        return
+    wanted = canonical(name)
+    for other, owner in session.execute(select(RegisteredModel.name, RegisteredModel.owner_id)):
+        if owner != user_id and canonical(other) == wanted:
+            raise PlatformError(
+                f"model name {name!r} reads like {other!r}, which belongs to another user; choose another name",
+                ErrorCode.PERMISSION_DENIED,
+            )
 
 
 def transfer_name(session: Session, name: str, new_owner_id: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -105,11 +105,25 @@ class DataSection(_Section):
             "Share of the training rows held out (stratified) when no validation_file is given; above 0, below 1."
         ),
     )
-    text_column: str = Field(default="text", min_length=1, description="Column holding the input text.")
-    label_column: str = Field(default="label", min_length=1, description="Column holding the label.")
-    label_names: list[str] | None = Field(
+    text_column: str = Field(
+        default="text",
+        min_length=1,
+        max_length=128,
+        description="Column holding the input text (128 characters).",
+    )
+    label_column: str = Field(
+        default="label",
+        min_length=1,
+        max_length=128,
+        description="Column holding the label (128 characters).",
+    )
+    label_names: list[Annotated[str, Field(max_length=256)]] | None = Field(
         default=None,
-        description="Names for integer labels 0..K-1 (e.g. [negative, positive]); string labels name themselves.",
+        max_length=10_000,
+        description=(
+            "Names for integer labels 0..K-1 (e.g. [negative, positive]); string labels name themselves. At most "
+            "10,000 names of 256 characters."
+        ),
     )
     max_train_rows: int | None = Field(
         default=None,
@@ -152,9 +166,12 @@ class LoraSection(_Section):
     dropout: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input; from 0, below 1."
     )
-    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+    target_modules: list[Annotated[str, Field(max_length=128)]] | Literal["auto", "all-linear"] = Field(
         default="auto",
-        description="Module names to adapt; 'auto' picks per model family (BERT, RoBERTa, DistilBERT, ALBERT).",
+        max_length=64,
+        description=(
+            "Module names to adapt (at most 64); 'auto' picks per model family (BERT, RoBERTa, DistilBERT, ALBERT)."
+        ),
     )
 
     @field_validator("target_modules")
@@ -317,8 +334,10 @@ class RegistrySection(_Section):
     )
     task: str = Field(default="text-classification", description="Task recorded on the model card.")
     description: str = Field(default="", description="What the model is for; embedded for recommendation.")
-    tags: list[str] = Field(
-        default_factory=list, description="Free-form tags for search, e.g. [sentiment, small]."
+    tags: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Free-form tags for search, e.g. [sentiment, small]; at most 50 of 64 characters.",
     )
 
 
@@ -393,10 +412,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+MAX_REPORTED_PROBLEMS = 20  # an error message never grows with what a client sent
+
+
 def format_validation_error(error: ValidationError) -> str:
     """One line per problem, each naming the dotted field and the offending value."""
     lines = []
-    for problem in error.errors():
+    problems = error.errors()
+    for problem in problems[:MAX_REPORTED_PROBLEMS]:
         field = ".".join(str(part) for part in problem["loc"]) or "(config)"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
@@ -409,8 +432,11 @@ def format_validation_error(error: ValidationError) -> str:
             and "input" in problem
             and not isinstance(problem["input"], dict)
         ):
-            line += f" (got {problem['input']!r})"
+            shown = repr(problem["input"])
+            line += f" (got {shown if len(shown) <= 120 else shown[:117] + '...'})"
         lines.append(line)
+    if len(problems) > MAX_REPORTED_PROBLEMS:
+        lines.append(f"… and {len(problems) - MAX_REPORTED_PROBLEMS} more")
     return "invalid training config:\n  " + "\n  ".join(lines)
 
 
