@@ -307,15 +307,11 @@ class LogReport:
         return self.entries - self.anchored
 
 
-def verify_log(
-    session: Session, checkpoints: Iterable[Checkpoint] | None = None, *, since: Checkpoint | None = None
-) -> LogReport:
+def verify_log(session: Session, checkpoints: Iterable[Checkpoint] | None = None) -> LogReport:
     """Walk the log once, in id order: the first broken link or altered entry, and every checkpoint held
     against the entry it names (still there, same hash, as many entries up to it).
 
-    ``checkpoints`` None: the chain only. ``since``: start after that checkpoint's entry (whose hash the
-    caller has checked) instead of the first entry: what a new checkpoint needs, at the cost of the new
-    entries only.
+    ``checkpoints`` None: the chain only.
     """
     anchors = None if checkpoints is None else list(checkpoints)
     pending: dict[int, list[Checkpoint]] = {}
@@ -324,12 +320,9 @@ def verify_log(
     problems: list[str] = []
     chain_problem: str | None = None
     rewritten: list[tuple[Checkpoint, str]] = []  # checkpoints whose entry changed, with its hash now
-    intact = since  # the newest checkpoint held so far
+    intact: Checkpoint | None = None  # the newest checkpoint held so far
     previous, count, last_id = GENESIS, 0, 0
     query = select(AuditEvent).order_by(AuditEvent.id)
-    if since is not None:
-        previous, count, last_id = since.hash, since.entries, since.id
-        query = query.where(AuditEvent.id > since.id)
     for event in session.scalars(query).yield_per(1000):
         count += 1
         if chain_problem is None:
@@ -387,16 +380,12 @@ def verify_log(
 
 
 def next_checkpoint(session: Session, checkpoints: list[Checkpoint]) -> tuple[LogReport, Checkpoint | None]:
-    """Check the log, then the checkpoint of its tail (None when the log is empty or not newer than the
-    newest checkpoint). Only the entries after the newest checkpoint are walked when its entry still holds;
-    otherwise the whole log, so that the report says what changed. A report with problems: sign nothing.
-    """
+    """Check the whole log against every checkpoint, then the checkpoint of its tail (None when the log is
+    empty or not newer than the newest checkpoint). A report with problems: sign nothing. The whole log,
+    always: an entry edited below the newest checkpoint without recomputing its hash leaves that checkpoint
+    holding, and must still stop the signing."""
     newest = max(checkpoints, key=lambda c: c.id, default=None)
-    holds = (
-        newest is not None
-        and session.scalar(select(AuditEvent.hash).where(AuditEvent.id == newest.id)) == newest.hash
-    )
-    report = verify_log(session, [], since=newest) if holds else verify_log(session, checkpoints)
+    report = verify_log(session, checkpoints)
     if not report.ok or report.last_hash is None or (newest is not None and report.last_id <= newest.id):
         return report, None
     at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
