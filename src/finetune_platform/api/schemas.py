@@ -278,7 +278,8 @@ class BaseModelOut(BaseModel):
 class BaseModelCreate(Strict):
     name: str = Field(
         min_length=1,
-        max_length=255,
+        max_length=201,
+        pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(?:/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?|/[A-Za-z0-9_./-]{1,200})$",
         description="A bundled alias (minilm), a Hugging Face id (org/name) or an absolute folder on the workers.",
     )
 

@@ -18,7 +18,7 @@ from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, Plat
 
 # A bundled alias (minilm), a hub id (org/name) or, for an admin, an absolute folder on the workers.
 BASE_MODEL_NAME = re.compile(
-    r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(?:/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?|/[\w./-]{1,250})$"
+    r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(?:/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?|/[A-Za-z0-9_./-]{1,200})$"
 )
 
 
