@@ -566,16 +566,25 @@ def mlflow_run(run_id: str, request: Request, user: CurrentUser, session: DbSess
     "/mlflow", response_model=schemas.MlflowStatus, tags=["experiments"], summary="Tracking server status"
 )
 def mlflow_status(request: Request):
+    """The tracking store's kind, whether it answers, and the address of its UI (never with credentials)."""
     from finetune_platform.tracking.client import mlflow_client
 
     settings = request.app.state.settings
     uri = settings.mlflow_tracking_uri
     server = uri.startswith(("http://", "https://"))
-    try:
-        mlflow_client(settings).search_experiments(max_results=1)
-        reachable = True
-    except Exception:
-        reachable = False
+    if server:  # one short probe: MLflow's client retries a dead server for minutes
+        import httpx
+
+        try:
+            reachable = httpx.get(f"{_without_credentials(uri).rstrip('/')}/health", timeout=3).status_code < 500
+        except httpx.HTTPError:
+            reachable = False
+    else:
+        try:
+            mlflow_client(settings).search_experiments(max_results=1)
+            reachable = True
+        except Exception:
+            reachable = False
     return {
         "backend": "server" if server else "embedded",
         "reachable": reachable,
