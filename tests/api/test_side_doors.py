@@ -79,7 +79,7 @@ def test_base_models_come_from_the_admins_allow_list(api, tmp_path):
     assert [row["name"] for row in api.as_("alice").get("/base-models").json()] == ["minilm"]
     assert api.as_("alice").post("/base-models", json={"name": "org/unlisted"}).status_code == 403
     bad = api.as_("root").post("/base-models", json={"name": "../up"})
-    assert bad.status_code == 422 and "a bundled alias" in bad.json()["detail"]
+    assert bad.status_code == 422 and bad.json()["problems"][0]["field"] == "body.name"
     assert api.as_("root").post("/base-models", json={"name": "org/unlisted"}).status_code == 201
     assert api.as_("root").post("/base-models", json={"name": "org/unlisted"}).status_code == 409
     assert train(api, "alice", model={"base_model": "org/unlisted"}).status_code == 201
@@ -221,9 +221,8 @@ CRAFTED = [
     ("GET", "/task/ab%00cd", None, 404, "no job 'ab\\x00cd'"),
     ("GET", "/datasets/ab%00cd/report", None, 404, "no dataset 'ab\\x00cd'"),
     ("DELETE", "/base-models/a%00b", None, 404, "no allowed base model 'a\\x00b'"),
-    ("POST", "/base-models", {"name": "x\n"}, 422,
-     "name 'x\\n': a bundled alias, a Hugging Face id (org/name) or an absolute folder path"),
-    ("POST", "/base-models", {"name": "/" + "b" * 250}, 201, None),
+    ("POST", "/base-models", {"name": "x\n"}, 422, "invalid request"),
+    ("POST", "/base-models", {"name": "/" + "b" * 200}, 201, None),  # the longest name allowed
     ("GET", "/no-such-route", None, 404, "Not Found"),
     ("POST", "/train", {"config": {"registry": {"model_name": "m" * 129}}}, 422,
      "invalid training config:\n  registry.model_name: String should have at most 128 characters (got '" + "m" * 116

@@ -573,11 +573,15 @@ def mlflow_status(request: Request):
     uri = settings.mlflow_tracking_uri
     server = uri.startswith(("http://", "https://"))
     if server:  # one short probe: MLflow's client retries a dead server for minutes
-        import httpx
+        import urllib.error
+        import urllib.request
 
         try:
-            reachable = httpx.get(f"{_without_credentials(uri).rstrip('/')}/health", timeout=3).status_code < 500
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"{_without_credentials(uri).rstrip('/')}/health", timeout=3):
+                reachable = True
+        except urllib.error.HTTPError as answer:  # it answered: behind basic auth, 401
+            reachable = answer.code < 500
+        except (urllib.error.URLError, OSError):
             reachable = False
     else:
         try:
