@@ -3,6 +3,9 @@ and backend (Argon2 hashing is deliberately slow), a fresh task of alice's per t
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +99,43 @@ def api(api_world) -> Api:
 
 def results_dir(api: Api) -> Path:
     return Path(api.settings.RESULTS_DIR)
+
+
+@contextmanager
+def running_api(root: Path, users: tuple[str, ...] = ("alice",), **settings: object) -> Iterator[tuple]:
+    """`finetune api` as a real process on a free port (its log in ``root/api.log``), its database upgraded and
+    ``users`` created with PASSWORD; yields (base URL, the server process, its QueueEnv)."""
+    import httpx
+
+    from tests.conftest import finetune_bin, free_port
+    from tests.integration.queue_harness import queue_env, wait_for
+
+    env = queue_env(root, **settings)
+    env.cli("db", "upgrade")
+    for name in users:
+        created = subprocess.run(
+            [finetune_bin(), "users", "create", name, "--password-stdin"],
+            input=f"{PASSWORD}\n", env=env.env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        [finetune_bin(), "api", "--port", str(port)],
+        env=env.env(),
+        stdout=(root / "api.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(answers, 60, "the API to answer /health")
+        yield base, server, env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

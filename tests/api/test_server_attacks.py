@@ -3,49 +3,16 @@ memory growth from unauthenticated logins, and the race between revoking a token
 
 from __future__ import annotations
 
-import subprocess
-from contextlib import contextmanager
-
 import httpx
 import pytest
 
-from tests.api.conftest import PASSWORD
-from tests.conftest import finetune_bin, free_port
-from tests.integration.queue_harness import queue_env, wait_for
+from tests.api.conftest import PASSWORD, running_api
 
 
-@contextmanager
 def api_server(tmp_path, **settings: str):
-    env = queue_env(tmp_path, LOGIN_MAX_FAILURES="3", LOGIN_WINDOW_SECONDS="60", **settings)
-    env.cli("db", "upgrade")
-    for name in ("alice", "bob"):
-        created = subprocess.run(
-            [finetune_bin(), "users", "create", name, "--password-stdin"],
-            input=f"{PASSWORD}\n", env=env.env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert created.returncode == 0, created.stderr
-    port = free_port()
-    log = tmp_path / "api.log"
-    server = subprocess.Popen(
-        [finetune_bin(), "api", "--port", str(port)],
-        env=env.env(),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
+    return running_api(
+        tmp_path, ("alice", "bob"), LOGIN_MAX_FAILURES="3", LOGIN_WINDOW_SECONDS="60", **settings
     )
-    base = f"http://127.0.0.1:{port}"
-
-    def answers():
-        try:
-            return httpx.get(f"{base}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(answers, 60, "the API to answer /health")
-        yield base, server, env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def audit_addresses(env) -> list[str | None]:

@@ -18,9 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.api.conftest import PASSWORD, SAMPLE, Api
-from tests.conftest import finetune_bin, free_port
-from tests.integration.queue_harness import queue_env, wait_for
+from tests.api.conftest import PASSWORD, SAMPLE, Api, running_api
 
 
 @pytest.fixture(scope="module")
@@ -204,44 +202,17 @@ def peak_memory(pid: int) -> int:
 def test_an_upload_needing_more_memory_than_the_cap_stops_the_child_not_the_api(tmp_path):
     """The counters opened up (a 100-million-character cell passes them), VALIDATION_MEMORY_MB=128: the
     API process's peak memory does not grow by the cell; the answer names the memory limit."""
-    env = queue_env(
+    bomb = tmp_path / "one_cell.parquet"
+    subprocess.run([sys.executable, "-c", BUILD_ONE_CELL, str(bomb), "100000000"], check=True, timeout=300)
+    log = tmp_path / "api.log"
+    with running_api(
         tmp_path,
         VALIDATION_MEMORY_MB=128,
         MAX_TEXT_CHARS=10**9,
         MAX_DATASET_DECODED_BYTES=10**10,
         MAX_UPLOAD_BYTES=1 << 20,
         MLFLOW_ENABLED="false",
-    )
-    env.cli("db", "upgrade")
-    created = subprocess.run(
-        [finetune_bin(), "users", "create", "alice", "--password-stdin"],
-        input=f"{PASSWORD}\n",
-        env=env.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
-    bomb = tmp_path / "one_cell.parquet"
-    subprocess.run([sys.executable, "-c", BUILD_ONE_CELL, str(bomb), "100000000"], check=True, timeout=300)
-    port = free_port()
-    log = tmp_path / "api.log"
-    server = subprocess.Popen(
-        [finetune_bin(), "api", "--port", str(port)],
-        env=env.env(),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(answers, 60, "the API to answer /health")
+    ) as (base, server, env):
         with httpx.Client(base_url=base, timeout=120) as client:
             login = client.post("/login", data={"username": "alice", "password": PASSWORD})
             client.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
@@ -264,6 +235,3 @@ def test_an_upload_needing_more_memory_than_the_cap_stops_the_child_not_the_api(
             assert client.get("/datasets").json()["count"] == 1
         uploads = Path(env.values["FINETUNE_HOME"]) / "uploads"
         assert [path.suffix for path in uploads.rglob("*") if path.is_file()] == [".csv"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
