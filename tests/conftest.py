@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -272,12 +273,13 @@ def _postgres_database():
     return name
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_settings(request, tmp_path):
-    """The app database on SQLite, then on a fresh database of the local PostgreSQL server."""
+@contextlib.contextmanager
+def database_settings(kind: str, tmp_path: Path):
+    """Settings whose app database is a SQLite file (``kind`` "sqlite") or a fresh database of the local
+    PostgreSQL server ("postgresql"), dropped afterwards."""
     from finetune_platform.settings import Settings
 
-    if request.param == "sqlite":
+    if kind == "sqlite":
         yield Settings(FINETUNE_HOME=tmp_path / "home", MODEL_REGISTRY_DIR=tmp_path / "cards")
         return
     import psycopg
@@ -293,3 +295,10 @@ def db_settings(request, tmp_path):
         "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
     ) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(request, tmp_path):
+    """The app database on SQLite, then on a fresh database of the local PostgreSQL server."""
+    with database_settings(request.param, tmp_path) as settings:
+        yield settings

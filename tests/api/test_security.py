@@ -136,8 +136,8 @@ def test_login_failures_look_alike_and_are_throttled_but_never_lock_for_good(api
     assert login(attacker, "alice").status_code == 200  # and the attacker's wait ends: no permanent lockout
 
 
-@pytest.fixture(params=["memory", "database", "redis"])
-def throttle_of(request, settings):
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])
+def throttle_of(request, tmp_path):
     """A factory of login throttles on one shared backend: two calls are two API processes."""
     from finetune_platform.api import auth
     from finetune_platform.db.session import upgrade
@@ -145,7 +145,12 @@ def throttle_of(request, settings):
     if request.param == "memory":
         shared = auth.MemoryThrottle(3, 60, max_keys=50)
         return lambda: shared
-    if request.param == "database":
+    if request.param in ("sqlite", "postgresql"):
+        from tests.conftest import database_settings
+
+        context = database_settings(request.param, tmp_path)
+        settings = context.__enter__()
+        request.addfinalizer(lambda: context.__exit__(None, None, None))
         upgrade(settings)
         return lambda: auth.DatabaseThrottle(3, 60, settings, max_rows=200)
     from tests.integration.queue_harness import require_redis
@@ -179,13 +184,17 @@ def test_parallel_guesses_cannot_all_pass_the_check(throttle_of):
     from concurrent.futures import ThreadPoolExecutor
 
     throttle = throttle_of()
-    with ThreadPoolExecutor(12) as pool:
-        attempts = list(pool.map(lambda _: throttle.attempt("alice", "203.0.113.50"), range(12)))
-    assert sum(attempt.wait is None for attempt in attempts) == 3  # LOGIN_MAX_FAILURES here
-    assert throttle.retry_after("alice", "203.0.113.50") is not None
-    succeeded = throttle_of().attempt("bob", "203.0.113.51")
-    throttle.succeeded("bob", "203.0.113.51", succeeded)  # a good login does not count against the address
-    assert throttle.retry_after("bob", "203.0.113.51") is None
+    for burst in range(5):  # exactly the first 3 of each burst, not fewer (over-refusal) nor more
+        address = f"203.0.113.{50 + burst}"
+        with ThreadPoolExecutor(12) as pool:
+            attempts = list(
+                pool.map(lambda _, address=address: throttle.attempt("alice", address), range(12))
+            )
+        assert sum(attempt.wait is None for attempt in attempts) == 3  # LOGIN_MAX_FAILURES here
+        assert throttle.retry_after("alice", address) is not None
+    succeeded = throttle_of().attempt("bob", "203.0.113.61")
+    throttle.succeeded("bob", "203.0.113.61", succeeded)  # a good login does not count against the address
+    assert throttle.retry_after("bob", "203.0.113.61") is None
 
 
 def test_a_redis_outage_falls_back_to_the_database(settings):

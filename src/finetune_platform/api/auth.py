@@ -147,6 +147,11 @@ class LoginThrottle(ABC):
         """Record one entry under each key; their ids, in order."""
 
     @abstractmethod
+    def _record(self, keys: list[str], now: float) -> tuple[list[str], list[list[tuple[float, str]]]]:
+        """Record one entry under each key and read each key's entries in one atomic step: the ids, and
+        the entries of every key as they stood just after (own included, later attempts' not)."""
+
+    @abstractmethod
     def _remove(self, key: str, entry: str) -> None: ...
 
     @abstractmethod
@@ -156,29 +161,36 @@ class LoginThrottle(ABC):
     def _keys(username: str, address: str) -> list[str]:
         return [throttle_key("account", username.lower(), address), throttle_key("address", address)]
 
-    def _wait(self, username: str, address: str, now: float, own: tuple[str, ...] = ()) -> int | None:
+    def _decide(
+        self, account: list[tuple[float, str]], by_address: list[tuple[float, str]], now: float
+    ) -> int | None:
         waits = []
-        account_key, address_key = self._keys(username, address)
-        account = [at for at, entry in self._entries(account_key, now) if entry not in own]
         if len(account) >= self.max_failures:
-            waits.append(account[len(account) - self.max_failures] + self.window - now)
-        by_address = [at for at, entry in self._entries(address_key, now) if entry not in own]
+            waits.append(account[len(account) - self.max_failures][0] + self.window - now)
         if len(by_address) >= self.address_limit:
-            waits.append(by_address[-1] + self.address_interval - now)
+            waits.append(by_address[-1][0] + self.address_interval - now)
         waits = [wait for wait in waits if wait > 0]
         return max(1, math.ceil(max(waits))) if waits else None
 
     def retry_after(self, username: str, address: str) -> int | None:
         """Seconds to wait before another try is accepted, or None."""
-        return self._wait(username, address, time.time())
+        now = time.time()
+        account_key, address_key = self._keys(username, address)
+        return self._decide(self._entries(account_key, now), self._entries(address_key, now), now)
 
     def attempt(self, username: str, address: str) -> Attempt:
-        """Count a try, then decide on the failures recorded before it (its own excluded). A refused try is
-        taken back; an accepted one stays as a failure unless ``succeeded`` takes it back."""
+        """Count a try and read the counts in one atomic step, then decide on the failures recorded before
+        it: of parallel tries, exactly the first ``max_failures`` go ahead. A refused try is taken back;
+        an accepted one stays as a failure unless ``succeeded`` takes it back."""
         now = time.time()
         keys = self._keys(username, address)
-        entries = tuple(self._add(keys, now))
-        wait = self._wait(username, address, now, own=entries)
+        entries, (account, by_address) = self._record(keys, now)
+        own = set(entries)
+        wait = self._decide(
+            [item for item in account if item[1] not in own],
+            [item for item in by_address if item[1] not in own],
+            now,
+        )
         if wait is not None:
             for key, entry in zip(keys, entries, strict=True):
                 self._remove(key, entry)
@@ -203,7 +215,7 @@ class MemoryThrottle(LoginThrottle):
         super().__init__(max_failures, window_seconds)
         self.max_keys = max_keys
         self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _entries(self, key: str, now: float) -> list[tuple[float, str]]:
         with self._lock:
@@ -225,6 +237,11 @@ class MemoryThrottle(LoginThrottle):
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
         return ids
+
+    def _record(self, keys: list[str], now: float) -> tuple[list[str], list[list[tuple[float, str]]]]:
+        with self._lock:
+            ids = self._add(keys, now)
+            return ids, [self._entries(key, now) for key in keys]
 
     def _remove(self, key: str, entry: str) -> None:
         with self._lock:
@@ -267,18 +284,23 @@ class RedisThrottle(LoginThrottle):
             return self._degraded(exc)._entries(key, now)
 
     def _add(self, keys: list[str], now: float) -> list[str]:
+        return self._record(keys, now)[0]
+
+    def _record(self, keys: list[str], now: float) -> tuple[list[str], list[list[tuple[float, str]]]]:
         ids = [uuid.uuid4().hex for _ in keys]
         try:
-            pipe = self.redis.pipeline()
+            pipe = self.redis.pipeline(transaction=True)  # MULTI/EXEC: no other attempt runs in between
             for key, entry in zip(keys, ids, strict=True):
                 name = f"finetune:login:{key}"
                 pipe.zadd(name, {entry: now})
                 pipe.zremrangebyscore(name, "-inf", now - self.window)
                 pipe.expire(name, math.ceil(self.window))
-            pipe.execute()
-            return ids
+                pipe.zrange(name, 0, -1, withscores=True)
+            replies = pipe.execute()
         except self._errors as exc:
-            return self._degraded(exc)._add(keys, now)
+            return self._degraded(exc)._record(keys, now)
+        read = [replies[index] for index in range(3, len(replies), 4)]
+        return ids, [sorted((score, member.decode()) for member, score in entries) for entries in read]
 
     def _remove(self, key: str, entry: str) -> None:
         try:
@@ -317,21 +339,47 @@ class DatabaseThrottle(LoginThrottle):
             return [(at, str(entry)) for at, entry in rows]
 
     def _add(self, keys: list[str], now: float) -> list[str]:
+        from finetune_platform.db.session import session_scope
+
+        with session_scope(self.settings) as session:
+            return self._insert(session, keys, now)
+
+    def _insert(self, session, keys: list[str], now: float) -> list[str]:
         from sqlalchemy import delete, func, select
+
+        from finetune_platform.db.models import LoginFailure
+
+        session.execute(delete(LoginFailure).where(LoginFailure.at <= now - self.window))
+        rows = [LoginFailure(key=key, at=now) for key in keys]
+        session.add_all(rows)
+        session.flush()
+        excess = (session.scalar(select(func.count()).select_from(LoginFailure)) or 0) - self.max_rows
+        if excess > 0:
+            oldest = select(LoginFailure.id).order_by(LoginFailure.id).limit(excess).scalar_subquery()
+            session.execute(delete(LoginFailure).where(LoginFailure.id.in_(oldest)))
+        return [str(row.id) for row in rows]
+
+    def _record(self, keys: list[str], now: float) -> tuple[list[str], list[list[tuple[float, str]]]]:
+        from sqlalchemy import select, text
 
         from finetune_platform.db.models import LoginFailure
         from finetune_platform.db.session import session_scope
 
         with session_scope(self.settings) as session:
-            session.execute(delete(LoginFailure).where(LoginFailure.at <= now - self.window))
-            rows = [LoginFailure(key=key, at=now) for key in keys]
-            session.add_all(rows)
-            session.flush()
-            excess = (session.scalar(select(func.count()).select_from(LoginFailure)) or 0) - self.max_rows
-            if excess > 0:
-                oldest = select(LoginFailure.id).order_by(LoginFailure.id).limit(excess).scalar_subquery()
-                session.execute(delete(LoginFailure).where(LoginFailure.id.in_(oldest)))
-            return [str(row.id) for row in rows]
+            if session.get_bind().dialect.name == "postgresql":
+                # Self-conflicting: one attempt at a time records and reads (plain reads are not blocked).
+                # SQLite already serialises writers from the first write to the commit.
+                session.execute(text("LOCK TABLE login_failures IN SHARE ROW EXCLUSIVE MODE"))
+            ids = self._insert(session, keys, now)
+            read = []
+            for key in keys:
+                rows = session.execute(
+                    select(LoginFailure.at, LoginFailure.id)
+                    .where(LoginFailure.key == key, LoginFailure.at > now - self.window)
+                    .order_by(LoginFailure.at, LoginFailure.id)
+                )
+                read.append([(at, str(entry)) for at, entry in rows])
+            return ids, read
 
     def _remove(self, key: str, entry: str) -> None:
         from sqlalchemy import delete
