@@ -241,7 +241,12 @@ def test_a_version_made_in_mlflow_behind_the_platform_is_never_served(registry_e
         with pytest.raises(PlatformError) as refused:
             registry.verified_adapter("spam-filter@production", cache_dir=tmp_path / "forged")
         assert refused.value.code is ErrorCode.PERMISSION_DENIED
-        registry.reconcile("spam-filter")  # a routine reconcile never adopts a version
+        # A routine reconcile never adopts a version; it takes the production alias off one not in Production.
+        assert (
+            f"spam-filter: alias production on version {forged.version} -> removed (no version in "
+            "Production)" in registry.reconcile("spam-filter")
+        )
+        registry.client.set_registered_model_alias("spam-filter", "production", forged.version)
         with pytest.raises(PlatformError, match="was not registered by this platform"):
             registry.verified_adapter("spam-filter@production", cache_dir=tmp_path / "forged-2")
         adopted = registry.reconcile("spam-filter", adopt=True)  # only the admin's explicit step does
@@ -276,14 +281,20 @@ def test_registry_over_a_real_mlflow_server(mlflow_server, tiny_bert, sentiment_
         raw["registry"] = {"model_name": "served-model"}
         run_training(config_from_dict(raw), settings=settings, show_progress=False)
     registry = ModelRegistry(settings)
-    registry.transition("served-model", 1, Stage.PRODUCTION)
+    assert_stages_in_step(registry, "served-model", {1: "Staging", 2: "Staging"}, {"staging": 2})
+    assert registry.transition("served-model", 1, Stage.PRODUCTION).archived == ()
+    assert_stages_in_step(
+        registry, "served-model", {1: "Production", 2: "Staging"}, {"production": 1, "staging": 2}
+    )
     assert registry.transition("served-model", 2, Stage.PRODUCTION).archived == (1,)
     assert [(v.version, v.stage.value) for v in registry.versions("served-model")] == [
         (1, "Archived"),
         (2, "Production"),
     ]
+    assert_stages_in_step(registry, "served-model", {1: "Archived", 2: "Production"}, {"production": 2})
     folder, card = registry.verified_adapter("served-model@production", cache_dir=tmp_path / "download")
     assert card.version == 2 and (folder / "adapter_model.safetensors").is_file()
+    break_by_hand_and_reconcile(registry, "served-model")
 
 
 def test_models_and_experiments_cli(registry_env, monkeypatch, tmp_path):
@@ -328,3 +339,105 @@ def test_models_and_experiments_cli(registry_env, monkeypatch, tmp_path):
         assert one.exit_code == 1 and "compare needs two or more run ids" in one.output
     finally:
         get_settings.cache_clear()
+
+
+def assert_stages_in_step(
+    registry: ModelRegistry, name: str, stages: dict[int, str], aliases: dict[str, int]
+):
+    """MLflow's own stage, the stage tag, the card and MLflow's stage queries agree on ``stages``; the registered
+    model's aliases are exactly ``aliases``. MLflow still warns about stages outside our own calls."""
+    client = registry.client
+    for version, stage in stages.items():
+        mv = client.get_model_version(name, str(version))
+        assert (mv.current_stage, mv.tags["stage"], registry.cards.get(name, version).stage) == (stage,) * 3
+    for stage in ("Staging", "Production", "Archived"):
+        with pytest.warns(FutureWarning, match="Model registry stages will be removed"):
+            latest = client.get_latest_versions(name, stages=[stage])
+        newest = max((v for v, s in stages.items() if s == stage), default=None)
+        assert [(int(mv.version), mv.current_stage) for mv in latest] == ([(newest, stage)] if newest else [])
+    assert {alias: int(v) for alias, v in client.get_registered_model(name).aliases.items()} == aliases
+
+
+def break_by_hand_and_reconcile(registry: ModelRegistry, name: str) -> None:
+    """Someone moves MLflow's stages, drops the production alias and edits a card behind the platform's back
+    (v1 Archived and v2 Production in the platform's record); reconcile puts all four back."""
+    client = registry.client
+    with pytest.warns(FutureWarning):
+        client.transition_model_version_stage(name, "2", "None")
+        client.transition_model_version_stage(name, "1", "Production")
+    client.delete_registered_model_alias(name, "production")
+    card = registry.cards.get(name, 1)
+    card.stage = "Staging"
+    registry.cards.save(card)
+    assert registry.reconcile(name) == [
+        f"{name}@1: MLflow stage Production -> Archived",
+        f"{name}@2: MLflow stage None -> Production",
+        f"{name}: alias production on no version -> version 2",
+        f"{name}@1: stage Staging -> Archived",
+    ]
+    assert_stages_in_step(registry, name, {1: "Archived", 2: "Production"}, {"production": 2})
+    assert registry.reconcile(name) == []
+
+
+def test_stages_are_mlflows_own_and_the_api_audit_lists_what_was_archived(registry_env, tmp_path):
+    """Staging -> Production -> a second Production on the local SQLite store: MLflow's own stage, its stage
+    queries, the aliases, the tags and the cards move together; the API's audit entry names the archived
+    version; reconcile repairs drift in all four. Versions reuse a trained run's adapter (no training)."""
+    import dataclasses
+    import warnings
+
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.api.app import create_app
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.services.users import create_user, token_subject
+
+    settings, results, _ = registry_env
+    trained = ModelRegistry(settings)
+    card, source = trained.cards.get("sentiment-zh", 1), trained.version("sentiment-zh", 1).source
+    settings = settings.model_copy(
+        update={"MODEL_REGISTRY_DIR": tmp_path / "cards"}
+    )  # search tests' cards apart
+    registry = ModelRegistry(settings)
+
+    def register() -> int:
+        copy = dataclasses.replace(card, name="stage-flow", tags=list(card.tags))
+        run_id = results["sentiment-zh"].mlflow_run_id
+        return registry.register(name="stage-flow", run_id=run_id, artifact_uri=source, card=copy).version
+
+    assert register() == 1
+    assert_stages_in_step(registry, "stage-flow", {1: "Staging"}, {"staging": 1})
+
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert registry.transition("stage-flow", 1, Stage.PRODUCTION).archived == ()
+    assert [w for w in caught if issubclass(w.category, FutureWarning)] == []  # silenced in our call...
+    assert warnings.filters == filters  # ...and only there: no filter left behind
+    assert_stages_in_step(registry, "stage-flow", {1: "Production"}, {"production": 1})
+
+    assert register() == 2
+    assert_stages_in_step(
+        registry, "stage-flow", {1: "Production", 2: "Staging"}, {"production": 1, "staging": 2}
+    )
+
+    app = create_app(settings)
+    with session_scope(settings) as session:
+        admin = create_user(session, "stage-admin", "long enough", "admin")
+        token = app.state.tokens.issue(token_subject(session, admin.id))[0]
+    client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
+    moved = client.post(
+        "/models/transition", json={"name": "stage-flow", "version": 2, "stage": "Production"}
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json() == {"name": "stage-flow", "version": 2, "stage": "Production", "archived": [1]}
+    (entry,) = client.get("/audit/logs", params={"target": "model:stage-flow@2"}).json()["data"]
+    assert (entry["action"], entry["actor_id"]) == ("model.transition", admin.id)
+    assert entry["detail"] == {"stage": "Production", "archived": [1]}
+    assert_stages_in_step(registry, "stage-flow", {1: "Archived", 2: "Production"}, {"production": 2})
+    assert [(v.version, v.stage, v.mlflow_stage) for v in registry.versions("stage-flow")] == [
+        (1, Stage.ARCHIVED, Stage.ARCHIVED),
+        (2, Stage.PRODUCTION, Stage.PRODUCTION),
+    ]
+
+    break_by_hand_and_reconcile(registry, "stage-flow")

@@ -677,6 +677,7 @@ def models_transition(
         actor=admin,
         target=f"model:{body.name}@{body.version}",
         stage=stage.value,
+        archived=list(moved.archived),
     )
     return {
         "name": moved.name,

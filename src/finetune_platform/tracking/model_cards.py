@@ -1,7 +1,8 @@
 """Model cards: one JSON file per registered model version, with an embedding of its text.
 
-Cards live under MODEL_REGISTRY_DIR as ``<name>-v<version>.json``. The registry owns the stage; a card
-mirrors it, and ``reconcile`` repairs any drift.
+Cards live under MODEL_REGISTRY_DIR as ``<name>-v<version>.json``. The registry owns the stage (the version's
+stage tag, with MLflow's own stage and the aliases kept in step); a card mirrors it, and ``reconcile`` repairs
+any drift.
 """
 
 from __future__ import annotations

@@ -1,16 +1,20 @@
 """The model registry: MLflow registered models with Staging → Production → Archived stages.
 
-MLflow 3 deprecates model-version stages in favour of aliases, so stages are implemented with what it
-supports: each version carries a ``stage`` tag (None, Staging, Production, Archived), and the aliases
-``production`` and ``staging`` point at the current Production and the newest Staging version. An alias
-names one version at a time, so there is always at most one Production; promoting a version moves the alias
-and archives the version that held it. Model cards mirror the stage tag.
+A version's stage is kept in four places that move together: the ``stage`` tag (None, Staging, Production,
+Archived: the platform's record), MLflow's own model-version stage (what ``get_latest_versions``, the MLflow
+UI's Stage column and clients of the Finetune-30-days README read), the aliases ``production`` and ``staging``
+(the current Production and the version most recently moved to Staging: MLflow 3's replacement for stages),
+and the model card. Promoting a version to Production archives the one that held it, in MLflow too
+(``archive_existing_versions``), so there is exactly one Production per name; ``reconcile`` repairs any drift.
+MLflow 3 deprecates stages; its warning is silenced around our own calls only.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -55,6 +59,8 @@ class VersionInfo:
     source: str
     aliases: tuple[str, ...]
     created_at: str
+    mlflow_stage: Stage = Stage.NONE  # MLflow's own current_stage
+    stage_tagged: bool = True  # False: no stage tag (made outside the platform); ``stage`` is MLflow's
 
 
 @dataclass(frozen=True)
@@ -75,10 +81,22 @@ class ModelRegistry:
 
     # -- reading ---------------------------------------------------------------------------------
     def _info(self, mv: Any, aliases: tuple[str, ...] | None = None) -> VersionInfo:
-        stage = Stage.parse(mv.tags.get(STAGE_TAG, Stage.NONE.value))
+        mlflow_stage = Stage.parse(mv.current_stage or Stage.NONE.value)
+        tag = mv.tags.get(STAGE_TAG)
+        stage = mlflow_stage if tag is None else Stage.parse(tag)
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
         found = tuple(mv.aliases or ()) if aliases is None else aliases
-        return VersionInfo(mv.name, int(mv.version), stage, mv.run_id, mv.source, found, created)
+        return VersionInfo(
+            mv.name,
+            int(mv.version),
+            stage,
+            mv.run_id,
+            mv.source,
+            found,
+            created,
+            mlflow_stage,
+            tag is not None,
+        )
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
         if name is not None and not MODEL_NAME.match(name):
@@ -176,14 +194,20 @@ class ModelRegistry:
         return self.version(name, int(found[0].version)) if found else None
 
     def transition(self, name: str, version: int, stage: Stage) -> Transition:
-        """Move a version to a stage; Production archives the previous Production (exactly one)."""
+        """Move a version to a stage (tag, MLflow stage, aliases, card); Production archives the previous
+        Production (exactly one). The result lists the versions archived, for the audit trail."""
         target = self.version(name, version)
         archived: list[int] = []
         if stage is Stage.PRODUCTION:
-            for other in self.versions(name):
-                if other.version != version and other.stage is Stage.PRODUCTION:
-                    self._set_stage(name, other.version, Stage.ARCHIVED)
-                    archived.append(other.version)
+            archived = [
+                other.version
+                for other in self.versions(name)
+                if other.version != version and Stage.PRODUCTION in (other.stage, other.mlflow_stage)
+            ]
+            # One MLflow call swaps Production in its store (archive_existing_versions); tags and cards follow.
+            self._set_mlflow_stage(name, version, stage, archive_existing=True)
+            for other in archived:
+                self._set_stage(name, other, Stage.ARCHIVED)
         for alias_stage, alias in ALIASES.items():
             if alias in target.aliases and alias_stage is not stage:
                 self.client.delete_registered_model_alias(name, alias)
@@ -200,6 +224,9 @@ class ModelRegistry:
         return Transition(name, version, stage, tuple(archived))
 
     def _set_stage(self, name: str, version: int, stage: Stage) -> None:
+        """The stage of one version in MLflow, in its tag and on its card (aliases are the caller's)."""
+        if self.client.get_model_version(name, str(version)).current_stage != stage.value:
+            self._set_mlflow_stage(name, version, stage)
         self.client.set_model_version_tag(name, str(version), STAGE_TAG, stage.value)
         try:
             card = self.cards.get(name, version)
@@ -209,10 +236,24 @@ class ModelRegistry:
             card.stage = stage.value
             self.cards.save(card)
 
+    def _set_mlflow_stage(
+        self, name: str, version: int, stage: Stage, *, archive_existing: bool = False
+    ) -> None:
+        """MLflow's own stage. MLflow 3 deprecates stages with a FutureWarning on every call: silenced here,
+        for this call only (the lock keeps concurrent requests from restoring each other's filter lists)."""
+        with _STAGE_CALLS, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_STAGES_DEPRECATED, category=FutureWarning)
+            self.client.transition_model_version_stage(
+                name, str(version), stage.value, archive_existing_versions=archive_existing
+            )
+
     def reconcile(self, name: str | None = None, *, adopt: bool = False) -> list[str]:
-        """Make the cards (of one model, or all) match the registry; return one line per change. ``adopt``:
-        also take the checksums of cards without a record in the app database (an admin's explicit step)."""
+        """Make MLflow's stages, the aliases and the cards (of one model, or all) match the stage tags, with one
+        Production per name; return one line per change. ``adopt``: also take the checksums of cards without a
+        record in the app database (an admin's explicit step)."""
         changes = []
+        for model_name in sorted({v.name for v in self.versions(name)}):
+            changes += self._reconcile_stages(model_name)
         registered = {(v.name, v.version): v for v in self.versions(name)}
         for card in self.cards.all():
             if name is not None and card.name != name:
@@ -233,6 +274,59 @@ class ModelRegistry:
                 changes.append(
                     f"{info.name}@{info.version}: no card (register again from its run to create one)"
                 )
+        return changes
+
+    def _reconcile_stages(self, name: str) -> list[str]:
+        """One model's MLflow stages and aliases brought in step with its stage tags, the platform's record (a
+        version without a tag, made in MLflow directly, is recorded with the stage MLflow gives it). Of several
+        Production versions the one the ``production`` alias names stays (else the newest); the rest are
+        archived. The ``production`` alias names the Production version; a ``staging`` alias on a version no
+        longer in Staging is removed (as a transition out of Staging does)."""
+        changes = []
+        versions = self.versions(name)
+        for info in versions:
+            if not info.stage_tagged:
+                self.client.set_model_version_tag(name, str(info.version), STAGE_TAG, info.stage.value)
+                changes.append(f"{name}@{info.version}: stage tag set to {info.stage.value} (MLflow's stage)")
+        production = [v for v in versions if v.stage is Stage.PRODUCTION]
+        if len(production) > 1:
+            alias = ALIASES[Stage.PRODUCTION]
+            keep = next((v for v in production if alias in v.aliases), production[-1])
+            for info in production:
+                if info is not keep:
+                    self.client.set_model_version_tag(
+                        name, str(info.version), STAGE_TAG, Stage.ARCHIVED.value
+                    )
+                    changes.append(
+                        f"{name}@{info.version}: stage Production -> Archived "
+                        f"(version {keep.version} stays Production)"
+                    )
+        versions = self.versions(name)
+        for info in versions:
+            if info.mlflow_stage is not info.stage:
+                self._set_mlflow_stage(name, info.version, info.stage)
+                changes.append(
+                    f"{name}@{info.version}: MLflow stage {info.mlflow_stage.value} -> {info.stage.value}"
+                )
+        holders = {alias: v for v in versions for alias in v.aliases}
+        alias = ALIASES[Stage.PRODUCTION]
+        current = holders.get(alias)
+        wanted = next((v for v in versions if v.stage is Stage.PRODUCTION), None)
+        if (current and current.version) != (wanted and wanted.version):
+            if wanted is not None:
+                self.client.set_registered_model_alias(name, alias, str(wanted.version))
+            else:
+                self.client.delete_registered_model_alias(name, alias)
+            was = f"version {current.version}" if current else "no version"
+            now = f"version {wanted.version}" if wanted else "removed (no version in Production)"
+            changes.append(f"{name}: alias {alias} on {was} -> {now}")
+        alias = ALIASES[Stage.STAGING]
+        current = holders.get(alias)
+        if current is not None and current.stage is not Stage.STAGING:
+            self.client.delete_registered_model_alias(name, alias)
+            changes.append(
+                f"{name}: alias {alias} on version {current.version} -> removed (it is {current.stage.value})"
+            )
         return changes
 
     def _adopt(self, name: str | None) -> list[str]:
@@ -338,6 +432,10 @@ class ModelRegistry:
         raise PlatformError(
             f"model source {source!r} is outside the artifact root {root}", ErrorCode.PERMISSION_DENIED
         )
+
+
+_STAGES_DEPRECATED = r".*[Mm]odel registry stages"  # MLflow's FutureWarning on every stage call
+_STAGE_CALLS = threading.Lock()
 
 
 def _quoted(value: str) -> str:
