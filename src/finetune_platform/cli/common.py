@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -74,3 +74,62 @@ def settings():
 
 def fmt(value: float | None) -> str:
     return "" if value is None or value != value else f"{value:.4f}"
+
+
+def migrate_database():
+    """The app database brought to the current schema before a command uses it: a fresh local install is
+    created here, as `finetune db upgrade` would; elsewhere a stale schema is a ConfigError naming the fix. An
+    unreachable database is a ConfigError too, never a traceback. Returns the settings it used."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from finetune_platform.db.session import ensure_database
+
+    config = settings()
+    try:
+        ensure_database(config)
+    except SQLAlchemyError as error:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(config.database_url).render_as_string(hide_password=True)
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        raise ConfigError(f"cannot open the app database {url}: {reason}") from None
+    return config
+
+
+def open_database():
+    """A transaction on the app database (``session_scope``: commit, or roll back on error), migrated first."""
+    from finetune_platform.db.session import session_scope
+
+    return session_scope(migrate_database())
+
+
+def cli_actor() -> str:
+    """Who acts from this command line, as the audit log names them: ``cli:<login name>``."""
+    import getpass
+    import os
+
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no LOGNAME/USER and no passwd entry (some containers)
+        name = f"uid-{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"cli:{name}"
+
+
+CLI_ADDRESS = "local"  # the audit log's address of every command-line entry
+
+
+def audit(session, action: str, *, target: str, **detail: Any) -> None:
+    """Append one audit entry for a change made from the command line, in the caller's transaction, on the
+    same hash chain as the API's: the actor is the local account (actor_id) and ``detail.actor`` names the
+    login (``cli:<login name>``), the address is ``local``."""
+    from finetune_platform.services.audit import record
+    from finetune_platform.services.users import local_user
+
+    record(
+        session,
+        action,
+        actor_id=local_user(session).id,
+        target=target,
+        address=CLI_ADDRESS,
+        detail={"actor": cli_actor(), **detail},
+    )

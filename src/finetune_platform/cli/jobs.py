@@ -10,7 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
-from finetune_platform.cli.common import ConfigPath, JsonFlag, Overrides, fail, load, settings
+from finetune_platform.cli.common import (
+    ConfigPath,
+    JsonFlag,
+    Overrides,
+    audit,
+    fail,
+    load,
+    migrate_database,
+    open_database,
+    settings,
+)
 from finetune_platform.errors import PlatformError
 
 jobs_app = typer.Typer(
@@ -18,13 +28,6 @@ jobs_app = typer.Typer(
     no_args_is_help=True,
 )
 JobId = Annotated[str, typer.Argument(help="Job id (from `finetune jobs submit` or `finetune jobs list`).")]
-
-
-def _session():
-    from finetune_platform.db.session import ensure_database, session_scope
-
-    ensure_database(settings())
-    return session_scope(settings())
 
 
 def _as_json(value: Any) -> str:
@@ -74,7 +77,7 @@ def jobs_submit(
 
     try:
         config = load(config_path, overrides).with_absolute_paths()
-        with _session() as session:
+        with open_database() as session:
             submission = submit_job(
                 session,
                 local_user(session),
@@ -82,6 +85,14 @@ def jobs_submit(
                 idempotency_key=idempotency_key,
                 max_attempts=max_attempts,
             )
+            if submission.created:  # a repeated idempotency key changes nothing: no entry
+                audit(
+                    session,
+                    "train.submit",
+                    target=f"task:{submission.job.id}",
+                    config=str(config_path),
+                    dataset_version=submission.job.dataset_version,
+                )
     except PlatformError as error:
         raise fail(error) from None
     _queued(submission, f"(dataset version {submission.job.dataset_version})", as_json, wait)
@@ -111,7 +122,7 @@ def jobs_predict(
     from finetune_platform.services.users import local_user
 
     try:
-        with _session() as session:
+        with open_database() as session:
             submission = submit_prediction_job(
                 session,
                 settings(),
@@ -122,6 +133,14 @@ def jobs_predict(
                 label_column=label_column,
                 idempotency_key=idempotency_key,
             )
+            if submission.created:
+                audit(
+                    session,
+                    "predict.submit",
+                    target=f"task:{submission.job.id}",
+                    input=str(input_file),
+                    model=submission.job.config["model"],
+                )
     except PlatformError as error:
         raise fail(error) from None
     _queued(submission, f"(prediction with {submission.job.config['model']})", as_json, wait)
@@ -149,7 +168,7 @@ def _follow(job_id: str, interval: float = 2.0) -> None:
 
     last = ""
     while True:
-        with _session() as session:
+        with open_database() as session:
             job = get_job(session, local_user(session), job_id)
         line = _summary(job)
         if line != last:
@@ -174,8 +193,11 @@ def jobs_list(
     from finetune_platform.services.jobs import list_jobs
     from finetune_platform.services.users import local_user
 
-    with _session() as session:
-        page = list_jobs(session, local_user(session), status=status, limit=limit)
+    try:
+        with open_database() as session:
+            page = list_jobs(session, local_user(session), status=status, limit=limit)
+    except PlatformError as error:
+        raise fail(error) from None
     if as_json:
         typer.echo(_as_json({"count": page.count, "data": [asdict(job) for job in page.data]}))
         return
@@ -192,7 +214,7 @@ def jobs_show(job_id: JobId, as_json: JsonFlag = False) -> None:
     from finetune_platform.services.users import local_user
 
     try:
-        with _session() as session:
+        with open_database() as session:
             job = get_job(session, local_user(session), job_id)
     except PlatformError as error:
         raise fail(error) from None
@@ -215,8 +237,9 @@ def jobs_cancel(job_id: JobId) -> None:
     from finetune_platform.services.users import local_user
 
     try:
-        with _session() as session:
+        with open_database() as session:
             job = cancel_job(session, local_user(session), job_id)
+            audit(session, "task.cancel", target=f"task:{job.id}", status=job.status)
     except PlatformError as error:
         raise fail(error) from None
     typer.echo(f"job {job.id}: " + ("cancelled" if job.status == "cancelled" else "cancel requested"))
@@ -230,8 +253,9 @@ def jobs_retry(job_id: JobId) -> None:
     from finetune_platform.worker.app import enqueue
 
     try:
-        with _session() as session:
+        with open_database() as session:
             job = retry_job(session, local_user(session), job_id)
+            audit(session, "task.retry", target=f"task:{job.id}", status=job.status)
     except PlatformError as error:
         raise fail(error) from None
     enqueue(settings(), [job.id])
@@ -253,7 +277,7 @@ def jobs_logs(
     seen_events, seen_bytes = 0, 0
     while True:
         try:
-            with _session() as session:
+            with open_database() as session:
                 user = local_user(session)
                 job = get_job(session, user, job_id)
                 events = job_events(session, user, job_id)
@@ -280,8 +304,10 @@ def jobs_reconcile() -> None:
     """One reconciler pass now: requeue jobs of dead workers, re-send messages the broker lost."""
     from finetune_platform.worker.reconciler import reconcile_once
 
-    with _session():
-        pass
+    try:
+        migrate_database()
+    except PlatformError as error:
+        raise fail(error) from None
     sweep = reconcile_once(settings())
     typer.echo(
         f"{len(sweep.expired)} requeued from silent workers, {len(sweep.abandoned)} given up or cancelled, "
@@ -321,14 +347,13 @@ def worker(
     """
     import os
 
-    from finetune_platform.db.session import ensure_database
     from finetune_platform.worker.app import broker_url, create_app
     from finetune_platform.worker.reconciler import ReconcilerThread
 
     current = settings()
     try:
         current.check_secrets(require_jwt=False)  # the platform's secret policy, in every process
-        ensure_database(current)
+        migrate_database()
     except PlatformError as error:
         raise fail(error) from None
     # Load the training stack now, not inside the first task: a message received is then claimed at once.

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from finetune_platform.cli.common import JsonFlag, fail, fmt, settings
+from finetune_platform.cli.common import (
+    JsonFlag,
+    audit,
+    fail,
+    fmt,
+    migrate_database,
+    open_database,
+    settings,
+)
 from finetune_platform.errors import ConfigError, PlatformError
 
 experiments_app = typer.Typer(help="Experiments and runs in the tracking store.", no_args_is_help=True)
@@ -59,20 +67,37 @@ def experiments_show(
 @experiments_app.command("compare")
 def experiments_compare(
     run_ids: Annotated[list[str], typer.Argument(help="Two or more MLflow run ids.")],
-    plot: Annotated[Path, typer.Option("--plot", help="Where to write the loss curves PNG.")] = Path(
-        "compare_loss.png"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "--plot",
+            help="Where to write the loss curves PNG (a file, or an existing folder to hold compare_loss.png). "
+            "Default: <results>/comparisons/<run ids>/compare_loss.png beside the run folders, never the "
+            "working directory.",
+        ),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Runs side by side: final metrics, the config fields that differ, and loss curves as a PNG."""
     from dataclasses import asdict
 
     from finetune_platform.tracking.experiments import ExperimentStore
+    from finetune_platform.tracking.plots import COMPARE_PLOT, comparison_plot_path, loss_curves_png
 
     try:
-        comparison = ExperimentStore(settings()).compare(run_ids, plot)
+        store = ExperimentStore(settings())
+        comparison = store.compare(run_ids)
     except PlatformError as error:
         raise fail(error) from None
+    if out is None:
+        folders = [
+            store.client.get_run(r.run_id).data.tags.get("finetune.run_folder") for r in comparison.runs
+        ]
+        out = comparison_plot_path(run_ids, folders, settings().FINETUNE_HOME)
+    elif out.is_dir():
+        out = out / COMPARE_PLOT
+    comparison.plot = str(loss_curves_png(comparison.loss_curves, out, "Training loss by run"))
     if json_output:
         document = asdict(comparison)
         document.pop("loss_curves")
@@ -172,11 +197,22 @@ def models_transition(
     version: Annotated[int, typer.Argument(help="Version number.")],
     stage: Annotated[str, typer.Argument(help="Staging, Production, Archived or None.")],
 ) -> None:
-    """Move a version to a stage; promoting to Production archives the previous Production version."""
+    """Move a version to a stage; promoting to Production archives the previous Production version. The
+    move is written to the audit log (action model.transition, with the versions it archived)."""
     from finetune_platform.tracking.registry import Stage
 
     try:
-        result = _registry().transition(name, version, Stage.parse(stage))
+        target = Stage.parse(stage)
+        migrate_database()  # the audit entry has somewhere to go before anything moves
+        result = _registry().transition(name, version, target)
+        with open_database() as session:
+            audit(
+                session,
+                "model.transition",
+                target=f"model:{name}@{version}",
+                stage=result.stage.value,
+                archived=list(result.archived),
+            )
     except PlatformError as error:
         raise fail(error) from None
     typer.echo(f"{name} version {version} -> {result.stage.value}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from finetune_platform.cli.common import fail, settings
+from finetune_platform.cli.common import audit, fail, migrate_database, open_database, settings
 from finetune_platform.errors import ConfigError, PlatformError
 
 db_app = typer.Typer(
@@ -59,10 +59,9 @@ def users_create(
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,
 ) -> None:
-    """Create an account (the database must be upgraded first)."""
+    """Create an account (a fresh local install's database is created first)."""
     import sys
 
-    from finetune_platform.db.session import session_scope
     from finetune_platform.services.users import create_user
 
     if password_stdin:
@@ -70,30 +69,29 @@ def users_create(
     elif password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     try:
-        with session_scope(settings()) as session:
+        with open_database() as session:
             user = create_user(session, username, password, role)
+            audit(session, "user.create", target=f"user:{user.id}", role=user.role)
     except PlatformError as error:
         raise fail(error) from None
-    except Exception as error:  # no tables yet, database unreachable
-        raise fail(
-            ConfigError(
-                f"cannot create the user: {error.__class__.__name__}: {error}. "
-                "Run `finetune db upgrade` first"
-            )
-        ) from None
     typer.echo(f"created {user.role} {user.username} (id {user.id})")
 
 
 @users_app.command("list")
 def users_list() -> None:
-    """List accounts with their roles."""
-    from finetune_platform.db.session import session_scope
+    """List accounts with their roles (a fresh local install's database is created first)."""
     from finetune_platform.services.users import list_users
 
-    with session_scope(settings()) as session:
-        for user in list_users(session):
-            state = "" if user.is_active else " (disabled)"
-            typer.echo(f"{user.id:>4} {user.username:<24} {user.role}{state}")
+    try:
+        with open_database() as session:
+            users = list_users(session)
+    except PlatformError as error:
+        raise fail(error) from None
+    if not users:
+        typer.echo("no accounts yet (finetune users create NAME --role admin)")
+    for user in users:
+        state = "" if user.is_active else " (disabled)"
+        typer.echo(f"{user.id:>4} {user.username:<24} {user.role}{state}")
 
 
 @users_app.command("set-quota")
@@ -114,7 +112,6 @@ def users_set_quota(
 ) -> None:
     """Set an account's own limits (the platform defaults: MAX_QUEUED_JOBS_PER_USER, MAX_RUNNING_JOBS_PER_USER,
     JOB_MAX_HOURS) and print the limits it has now."""
-    from finetune_platform.db.session import session_scope
     from finetune_platform.services.quotas import SETTING, account_limits
     from finetune_platform.services.users import get_user, update_user
 
@@ -124,8 +121,9 @@ def users_set_quota(
     if not limits:
         raise fail(ConfigError("give --queued, --running, --hours or --reset"))
     try:
-        with session_scope(settings()) as session:
+        with open_database() as session:
             user = update_user(session, get_user(session, username).id, limits=limits)
+            audit(session, "user.update", target=f"user:{user.id}", fields=sorted(limits))
             now = account_limits(session, user.id, settings())
     except PlatformError as error:
         raise fail(error) from None
@@ -147,18 +145,17 @@ audit_app = typer.Typer(help="The hash-chained audit log and its signed checkpoi
 def audit_verify() -> None:
     """Check the audit chain and, with AUDIT_ANCHOR_KEY, every signed checkpoint in AUDIT_ANCHOR_FILE: name
     the altered or deleted entry, a truncated log or a forged checkpoint (exit 1)."""
-    from finetune_platform.db.session import ensure_database, session_scope
     from finetune_platform.services.audit import anchor_file, anchor_key, read_checkpoints, verify_log
 
     config = settings()
     try:
         key = anchor_key(config)
-        ensure_database(config)
+        database = open_database()
     except PlatformError as error:
         raise fail(error) from None
     path = anchor_file(config)
     checkpoints, problems = read_checkpoints(path, key) if key else (None, [])
-    with session_scope(config) as session:
+    with database as session:
         report = verify_log(session, checkpoints)
     problems = report.problems + problems
     typer.echo(f"audit log {'intact' if not problems else 'NOT intact'}: {report.entries} entries")
@@ -200,7 +197,6 @@ def audit_checkpoint(
 
     from sqlalchemy.exc import OperationalError
 
-    from finetune_platform.db.session import ensure_database
     from finetune_platform.services.audit import anchor_key
 
     config = settings()
@@ -211,7 +207,7 @@ def audit_checkpoint(
                 "AUDIT_ANCHOR_KEY is not set: checkpoints are signed with it (`openssl rand -hex 32`; give it "
                 "to the checkpoint job only, never to the API)"
             )
-        ensure_database(config)
+        migrate_database()
     except PlatformError as error:
         raise fail(error) from None
     while True:

@@ -52,6 +52,25 @@ def loss_curves_png(
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+COMPARE_PLOT = "compare_loss.png"
+
+
+def comparison_plot_path(run_ids: list[str], run_folders: list[str | None], fallback_root: Path) -> Path:
+    """Where a comparison's loss curves go by default: beside the run folders, in
+    ``<results>/comparisons/<short run ids>/compare_loss.png`` (``<results>`` holding the first compared run
+    that has a run folder), else under ``fallback_root``; never the working directory."""
+    import hashlib
+
+    folders = [Path(folder) for folder in run_folders if folder]
+    # A run folder is <results>/<experiment>/<run>: comparisons live next to the experiments.
+    root = folders[0].parent.parent if folders else fallback_root
+    name = "-".join(run_id[:8] for run_id in run_ids)
+    if len(name) > 120:  # many runs: a short stable name instead of a file name too long for the disk
+        name = f"{len(run_ids)}-runs-" + hashlib.sha256(",".join(run_ids).encode()).hexdigest()[:12]
+    return root.resolve() / "comparisons" / name / COMPARE_PLOT

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finetune_platform.errors import DeviceError
-from finetune_platform.training.config import Device, Precision
+from finetune_platform.training.config import Device, Precision, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,12 @@ def select_precision(
     if requested is Precision.BF16 and device is Device.CUDA and not available.cuda_bf16:
         raise DeviceError("precision: this CUDA device has no bf16 support; use 'fp16' or 'fp32'")
     return requested
+
+
+def check_device(config: TrainConfig, available: Accelerators | None = None) -> Device:
+    """The device a config trains on, or a DeviceError naming the device (and precision) this machine lacks:
+    called before anything is written for a run."""
+    available = available or Accelerators.detect()
+    device = select_device(config.device, available)
+    select_precision(config.precision, device, available)
+    return device

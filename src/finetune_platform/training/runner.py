@@ -14,6 +14,7 @@ from typing import Any
 from finetune_platform.atomic import write_atomic
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
+from finetune_platform.training.devices import check_device
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
@@ -52,14 +53,17 @@ class _RunLog:
 def prepare_run(
     config: TrainConfig, *, resume: bool = False, run_id: str | None = None
 ) -> tuple[TrainConfig, RunFolder, Path | None]:
-    """Pick the run folder (new, or the one to resume) and the checkpoint to resume from."""
+    """Pick the run folder (new, or the one to resume) and the checkpoint to resume from. A device or
+    precision this machine cannot give fails here, before a run folder is created."""
     if not resume:
+        check_device(config)
         run = RunFolder.create(config.output_dir, config.experiment, run_id)
         dump_config(config, run.config_path)
         return config, run, None
     run = RunFolder.find_resumable(config.output_dir, config.experiment, run_id)
     # The run's own config wins: resuming with different settings would not continue the same run.
     saved = read_run_config(run.config_path)
+    check_device(saved)
     return saved, run, run.newest_checkpoint()
 
 
