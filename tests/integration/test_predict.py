@@ -41,10 +41,11 @@ def test_predictions_reproduce_the_runs_evaluation(trained):
     for merge in (True, False):  # merged LoRA weights and the adapter kept separate agree
         predictor = Predictor.from_run(result.run.root, merge=merge)
         predictions = predictor.predict([row["text"] for row in rows], batch_size=5)
-        correct = sum(p.label == row["label"] for p, row in zip(predictions, rows, strict=True))
+        correct = sum(p.label_name == row["label"] for p, row in zip(predictions, rows, strict=True))
         assert correct / len(rows) == pytest.approx(result.metrics["eval"]["accuracy"])
         assert all(abs(sum(p.probabilities.values()) - 1) < 1e-4 for p in predictions)
         assert {p.label_name for p in predictions} <= {"neg", "pos"}
+        assert all(predictor.info.labels[p.label] == p.label_name for p in predictions)  # label: the class id
     assert predictor.info.labels == ("neg", "pos") and predictor.info.max_length == 32
 
 
@@ -122,8 +123,12 @@ def test_predict_command_writes_a_row_for_every_input_row(trained, tmp_path):
     with output.open(encoding="utf-8") as handle:
         written = list(csv.DictReader(handle))
     assert [row["row"] for row in written] == ["1", "2", "3"]
-    assert written[1]["error"] == "empty text" and written[1]["label"] == ""
-    assert written[2]["truncated"] == "True" and written[0]["label"] in {"pos", "neg"}
+    assert list(written[0])[:5] == ["row", "label", "label_name", "probability", "truncated"]
+    assert written[1]["error"] == "empty text" and written[1]["label"] == written[1]["label_name"] == ""
+    assert written[2]["truncated"] == "True"
+    labels = ["neg", "pos"]  # the model's labels (id2label): a CSV's label is the class id of label_name
+    for row in (written[0], written[2]):
+        assert row["label_name"] in labels and row["label"] == str(labels.index(row["label_name"]))
     one = subprocess.run(
         [finetune_bin(), "predict", "--run", str(result.run.root), "--text", "wonderful concert"],
         capture_output=True,
@@ -131,13 +136,22 @@ def test_predict_command_writes_a_row_for_every_input_row(trained, tmp_path):
         timeout=300,
     )
     assert one.returncode == 0, one.stderr
-    assert set(json.loads(one.stdout)[0]) == {
-        "label",
-        "label_name",
-        "probability",
-        "probabilities",
-        "truncated",
-    }
+    (answer,) = json.loads(one.stdout)
+    # the seed README's answer first (label: the class id), then ours, as POST /predict answers
+    assert list(answer) == [
+        "label", "probability", "latency_ms", "base_model", "language",
+        "label_name", "probabilities", "truncated", "model", "version",
+    ]  # fmt: skip
+    assert type(answer["label"]) is int and labels[answer["label"]] == answer["label_name"]
+    info = source_from_run(result.run.root).info
+    assert (answer["base_model"], answer["language"], answer["model"], answer["version"]) == (
+        info.base_model,
+        "English",
+        info.name,
+        None,
+    )
+    assert answer["probability"] == max(answer["probabilities"].values())
+    assert isinstance(answer["latency_ms"], float) and answer["latency_ms"] > 0
     bad = subprocess.run(
         [finetune_bin(), "predict", "--run", str(result.run.root), "--input", str(source)],
         capture_output=True,

@@ -17,15 +17,16 @@ from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
 from tests.integration.queue_harness import queue_env
 
 pytestmark = pytest.mark.slow
+LABELS = ("pos", "neg")  # words, so that a class id and a label differ
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_bert):
-    """A queue on the filesystem transport with one registered model, pj-model version 1."""
+    """A queue on the filesystem transport with one registered model, pj-model version 1 (labels neg, pos)."""
     root = tmp_path_factory.mktemp("prediction-jobs")
     env = queue_env(root, RESULTS_DIR=str(root / "results"))
-    train = write_csv(root / "train.csv", sentiment_rows(96, 1))
-    validation = write_csv(root / "validation.csv", sentiment_rows(32, 2))
+    train = write_csv(root / "train.csv", sentiment_rows(96, 1, LABELS))
+    validation = write_csv(root / "validation.csv", sentiment_rows(32, 2, LABELS))
     raw = tiny_config_dict(tiny_bert, train, validation, root / "runs", max_steps=24, eval_steps=12)
     raw["registry"] = {"model_name": "pj-model"}
     run_training(config_from_dict(raw), settings=env.settings, show_progress=False)
@@ -35,8 +36,8 @@ def env(tmp_path_factory, tiny_bert):
 
 @pytest.fixture(scope="module")
 def texts_file(env):
-    rows = sentiment_rows(150, 9)
-    rows[7] = ("   ", 1)  # an empty text: a row with an error, not a failed job
+    rows = sentiment_rows(150, 9, LABELS)
+    rows[7] = ("   ", "pos")  # an empty text: a row with an error, not a failed job
     return write_csv(
         env.root / "to-predict.csv", [(text, label) for text, label in rows], ("review", "label")
     )
@@ -61,15 +62,30 @@ def test_a_prediction_job_writes_every_row_with_the_models_own_answers(env, text
     with output.open(encoding="utf-8") as handle:
         written = list(csv.DictReader(handle))
     assert len(written) == 150
-    assert written[7]["error"] == "empty text" and written[7]["label"] == ""
+    assert list(written[0]) == [
+        "row",
+        "label",
+        "label_name",
+        "probability",
+        "truncated",
+        "p_neg",
+        "p_pos",
+        "error",
+    ]
+    assert written[7]["error"] == "empty text" and written[7]["label"] == written[7]["label_name"] == ""
     with texts_file.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     predictor = load_predictor(source_from_registry(env.settings, "pj-model@1"))
     kept = [i for i in range(150) if i != 7]
     expected = predictor.predict([rows[i]["review"] for i in kept])
     assert [written[i]["label_name"] for i in kept] == [p.label_name for p in expected]
+    # label: the class id, the index of label_name in the model's labels (id2label)
+    assert predictor.info.labels == ("neg", "pos")
+    assert [written[i]["label"] for i in kept] == [
+        str(predictor.info.labels.index(p.label_name)) for p in expected
+    ]
     assert [float(written[i]["probability"]) for i in kept] == [p.probability for p in expected]
-    correct = sum(written[i]["label"] == rows[i]["label"] for i in kept)
+    correct = sum(written[i]["label_name"] == rows[i]["label"] for i in kept)
     progress = job.progress
     assert (progress["rows"], progress["predicted"], progress["empty"], progress["percent"]) == (
         150,

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from finetune_platform.inference.predictor import Predictor
+from finetune_platform.inference.predictor import Predictor, source_from_registry
 from finetune_platform.settings import Settings
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
@@ -79,12 +79,89 @@ def test_one_prediction_in_the_seed_format(server, registry):
     assert (body["model"], body["version"], body["language"]) == ("served-a", 2, "English")
     expected = direct(registry, "served-a@2", ["great film"])[0]
     assert (body["label"], body["label_name"]) == (expected.label, expected.label_name)
+    assert type(body["label"]) is int
     assert body["probability"] == pytest.approx(expected.probability, abs=1e-4)
     loaded = httpx.get(f"{url}/models", timeout=30).json()["loaded"]
     # the only adapter of its base model: merged into it
     assert [(m["model"], m["version"], m["runtime"], m["merged"]) for m in loaded] == [
         ("served-a", 2, "onnx", True)
     ]
+
+
+SEED_FIELDS = ["label", "probability", "latency_ms", "base_model", "language"]  # the seed README's answer
+
+
+def test_the_label_is_the_class_id_of_its_name(server, registry):
+    """served-b's labels are words (negative, neutral, positive): ``label`` is the index of ``label_name`` in
+    the model's labels (its id2label), first in the README's order, with our fields after."""
+    url, _ = server
+    source = source_from_registry(registry, "served-b@1")
+    names = list(source.label_map.names)
+    assert names == ["negative", "neutral", "positive"]
+    expected = direct(registry, "served-b@1", TEXTS)
+    for text, want in zip(TEXTS, expected, strict=True):
+        body = httpx.post(f"{url}/predict", json={"text": text, "model": "served-b@1"}, timeout=60).json()
+        assert list(body)[:5] == SEED_FIELDS
+        assert type(body["label"]) is int and names[body["label"]] == body["label_name"] == want.label_name
+        assert (body["base_model"], body["language"]) == (source.info.base_model, "English")
+        assert body["probability"] == pytest.approx(body["probabilities"][body["label_name"]])
+        assert isinstance(body["latency_ms"], float) and body["latency_ms"] > 0
+    batch = httpx.post(
+        f"{url}/predict/batch", json={"texts": TEXTS, "model": "served-b@1"}, timeout=60
+    ).json()
+    assert (batch["model"], batch["version"], batch["language"]) == ("served-b", 1, "English")
+    assert [p["label"] for p in batch["predictions"]] == [names.index(p.label_name) for p in expected]
+    assert [p["label_name"] for p in batch["predictions"]] == [p.label_name for p in expected]
+    assert {type(p["label"]) for p in batch["predictions"]} == {int}
+    assert list(batch["predictions"][0]) == [
+        "label",
+        "probability",
+        "label_name",
+        "probabilities",
+        "truncated",
+    ]
+
+
+def test_every_response_field_is_described_in_the_openapi_schema(server):
+    url, _ = server
+    spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+
+    def described(name: str, seen: set[str]) -> None:
+        seen.add(name)
+        for field, prop in schemas[name]["properties"].items():
+            assert prop.get("description"), f"{name}.{field} has no description"
+            for ref in _refs(prop):
+                if ref not in seen:
+                    described(ref, seen)
+
+    answers = {
+        ("/predict", "post"): "PredictResponse",
+        ("/predict/batch", "post"): "BatchResponse",
+        ("/models", "get"): "ModelsResponse",
+        ("/health", "get"): "ServeHealth",
+    }
+    seen: set[str] = set()
+    for (path, method), name in answers.items():
+        responses = spec["paths"][path][method]["responses"]
+        assert _refs(responses["200"]) == [name], path
+        for response in responses.values():
+            for ref in _refs(response):
+                described(ref, seen)
+    assert {"PredictResponse", "TextPrediction", "BatchResponse", "ResidentAdapter", "ServeError"} <= seen
+    label = schemas["PredictResponse"]["properties"]["label"]
+    assert label["type"] == "integer" and "Class id" in label["description"]
+    assert list(schemas["PredictResponse"]["properties"])[:5] == SEED_FIELDS
+
+
+def _refs(node) -> list[str]:
+    """The schema names a part of an OpenAPI document refers to."""
+    if isinstance(node, dict):
+        own = [node["$ref"].rsplit("/", 1)[-1]] if "$ref" in node else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
 
 
 def test_each_adapter_answers_with_its_own_predictions(server, registry):

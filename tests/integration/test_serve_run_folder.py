@@ -40,11 +40,16 @@ def test_a_run_folder_is_served_without_a_registry(run_folder, tmp_path):
     with TestClient(app) as client:
         answers = [client.post("/predict", json={"text": text}).json() for text in TEXTS]
         models = client.get("/models").json()
+    loaded_labels = models["loaded"][0]["labels"]
     assert [a["label_name"] for a in answers] == [p.label_name for p in expected]
     np.testing.assert_allclose(
         [a["probability"] for a in answers], [p.probability for p in expected], atol=1e-4
     )
     assert {(a["model"], a["version"]) for a in answers} == {("local-run", None)}
+    # the seed README's fields: label the class id, the language resolved from the base model ("auto")
+    assert [a["label"] for a in answers] == [p.label for p in expected]
+    assert all(type(a["label"]) is int and loaded_labels[a["label"]] == a["label_name"] for a in answers)
+    assert {a["language"] for a in answers} == {"English"}
     (loaded,) = models["loaded"]
     assert (loaded["model"], loaded["runtime"], loaded["merged"]) == ("local-run", "onnx", True)
     assert not (tmp_path / "empty-home" / "mlflow.db").exists()

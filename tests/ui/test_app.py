@@ -249,8 +249,15 @@ def test_the_playground_classifies_a_text(app, api_url):
     app.text_input(key="play_model").input("ui-model@1")
     app.button(key="play").click()
     app.run()
-    expected = Predictor.from_registry(api_url[1], "ui-model@1").predict(["great film"])[0]
+    predictor = Predictor.from_registry(api_url[1], "ui-model@1")
+    expected = predictor.predict(["great film"])[0]
     assert [(m.label, m.value) for m in app.metric] == [("ui-model v1", expected.label_name)]
+    # the class id beside its name, and the seed README's base_model and language
+    assert predictor.info.labels[expected.label] == expected.label_name
+    (caption,) = [c.value for c in app.caption]
+    shown, _, latency = caption.rpartition(" · ")
+    assert shown == f"label {expected.label} ({expected.label_name}) · {predictor.info.base_model}, English"
+    assert re.fullmatch(r"[0-9.]+ ms on the server", latency), caption
     app.text_input(key="play_model").input("no-such-model")
     app.button(key="play").click()
     app.run()

@@ -50,7 +50,7 @@ def test_formula_labels_come_back_quoted_and_numbers_stay_numbers(hostile_run, t
     ]
     quoted = {"'" + label for label in HOSTILE.values()}
     for row in rows[:3]:
-        assert row[1] in quoted and row[2] in quoted  # the label as trained, and its name
+        assert row[2] in quoted and row[1] == str(names.index(row[2][1:]))  # the name, quoted; its class id
         assert 0 < float(row[3]) <= 1 and row[4] == "False"
         assert sum(float(cell) for cell in row[5:-1]) == pytest.approx(1, abs=1e-4)
         assert row[-1] == ""

@@ -46,12 +46,18 @@ def predict(
     ] = 64,
     runtime: RuntimeOption = "onnx",
 ) -> None:
-    """Classify texts: --text for a few (JSON out), or --input FILE --output predictions.csv for many."""
+    """Classify texts: --text for a few (JSON out), or --input FILE --output predictions.csv for many.
+
+    JSON as POST /predict answers: `label` (the class id), `probability`, `latency_ms`, `base_model`,
+    `language`, then `label_name`, `probabilities`, `truncated`, `model`, `version`.
+    A CSV has a `label` column (the class id) and a `label_name` column."""
+    import time
+
     from tqdm import tqdm
 
     from finetune_platform.inference.batch import predict_file, read_texts
     from finetune_platform.inference.hosting import load_predictor
-    from finetune_platform.inference.predictor import source_from_registry, source_from_run
+    from finetune_platform.inference.predictor import answer, source_from_registry, source_from_run
 
     try:
         if (model is None) == (run is None):
@@ -63,8 +69,11 @@ def predict(
         source = source_from_run(run) if run is not None else source_from_registry(settings(), model)
         predictor = load_predictor(source, runtime)
         if text:
+            started = time.perf_counter()
             rows = predictor.predict(list(text), batch_size)
-            typer.echo(json.dumps([prediction.__dict__ for prediction in rows], indent=2, default=str))
+            latency = round((time.perf_counter() - started) * 1000, 2)  # all the texts, classified together
+            answers = [answer(prediction, predictor.info, latency) for prediction in rows]
+            typer.echo(json.dumps(answers, indent=2))
             return
         texts, labels = read_texts(input_file, text_column, label_column)
         with tqdm(total=len(texts), desc="predicting", unit="text", dynamic_ncols=True) as bar:

@@ -112,7 +112,8 @@ def predict_file(
     batch_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> FileSummary:
-    """Every input row gets an output row (an empty text gets an error instead of a label). Text cells
+    """Every input row gets an output row (an empty text gets an error instead of a label): ``label`` the
+    class id (the index in the model's labels), ``label_name`` its name, the probabilities. Text cells
     that a spreadsheet would run as formulas are written with a leading ' (``spreadsheet_safe``).
 
     ``on_progress(done, total)`` runs after each chunk; it may raise to stop (nothing is written then).
@@ -152,10 +153,12 @@ def predict_file(
     os.replace(handle.name, output)
     accuracy = None
     if labels is not None and valid:
+        # a label column holds the values the model was trained on (or their names), not class ids
+        trained_as = predictor.label_map.raw_values
         correct = sum(
             1
             for i in valid
-            if str(normalise_label(labels[i])) in {str(results[i].label), results[i].label_name}
+            if str(normalise_label(labels[i])) in {str(trained_as[results[i].label]), results[i].label_name}
         )
         accuracy = correct / len(valid)
     return FileSummary(

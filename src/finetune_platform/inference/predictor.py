@@ -46,8 +46,8 @@ def card_max_length(card: Any) -> int:
 
 @dataclass(frozen=True)
 class Prediction:
-    label: int | str  # the label as it appeared in the training data
-    label_name: str
+    label: int  # the class id: the index of the class in the model's labels (id2label)
+    label_name: str  # that class's name, id2label[label]
     probability: float
     probabilities: dict[str, float]
     truncated: bool
@@ -77,6 +77,31 @@ class AdapterSource:
         return cls(key, Path(adapter_dir), info, read_label_map(adapter_dir))
 
 
+def run_language(base_model: str, language: str | None) -> str:
+    """The language a run recorded, 'auto' (or none) resolved from the base model as the recipe does."""
+    from finetune_platform.training.models import resolve_base_model
+
+    return resolve_base_model(base_model, language or "auto").language
+
+
+def answer(prediction: Prediction, info: ModelInfo, latency_ms: float) -> dict[str, Any]:
+    """One prediction in the seed README's shape (``label`` the class id, ``probability``, ``latency_ms``,
+    ``base_model``, ``language``), then ours: ``label_name``, ``probabilities``, ``truncated``, ``model``,
+    ``version``. The server's /predict and `finetune predict --text` answer this."""
+    return {
+        "label": prediction.label,
+        "probability": prediction.probability,
+        "latency_ms": latency_ms,
+        "base_model": info.base_model,
+        "language": info.language,
+        "label_name": prediction.label_name,
+        "probabilities": prediction.probabilities,
+        "truncated": prediction.truncated,
+        "model": info.name,
+        "version": info.version,
+    }
+
+
 def source_from_run(run_folder: Path) -> AdapterSource:
     """The adapter a run folder holds (artifacts/), described by its config.yaml."""
     from finetune_platform.training.config import read_run_config
@@ -91,7 +116,7 @@ def source_from_run(run_folder: Path) -> AdapterSource:
         config.model_name,
         None,
         config.model.base_model,
-        config.model.language or "",
+        run_language(config.model.base_model, config.model.language),
         tuple(label_map.names),
         config.model.max_length,
     )
@@ -188,13 +213,13 @@ class Classifier:
             ids, mask = self._padded([encoded[i] for i in batch])
             for row, values in zip(batch, self._probabilities(ids, mask).tolist(), strict=True):
                 probabilities[row] = values
-        names, raw = self.label_map.names, self.label_map.raw_values
+        names = self.label_map.names
         predictions = []
         for values, cut in zip(probabilities, truncated, strict=True):
             best = max(range(len(values)), key=values.__getitem__)
             predictions.append(
                 Prediction(
-                    label=raw[best],
+                    label=best,
                     label_name=names[best],
                     probability=round(values[best], 6),
                     probabilities={name: round(v, 6) for name, v in zip(names, values, strict=True)},
@@ -230,7 +255,7 @@ class Predictor(Classifier):
         quiet_libraries()
         adapter_dir = Path(adapter_dir)
         self.label_map = read_label_map(adapter_dir)
-        reference = resolve_base_model(base_model, language or None)
+        reference = resolve_base_model(base_model, language or "auto")
         self.tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
         names = self.label_map.names
         model = AutoModelForSequenceClassification.from_pretrained(

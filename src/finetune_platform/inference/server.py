@@ -31,6 +31,7 @@ from finetune_platform.inference.hosting import open_host, serving_device
 from finetune_platform.inference.predictor import (
     AdapterSource,
     Prediction,
+    answer,
     source_from_registry,
     source_from_run,
 )
@@ -374,6 +375,100 @@ class BatchRequest(BaseModel):
     model: str | None = Field(default=None, max_length=200, description="As for /predict.")
 
 
+LABEL = (
+    "Class id: the index of the predicted class in the model's labels (its id2label), as in the seed README."
+)
+PROBABILITY = "Probability of the predicted class (softmax, 0 to 1)."
+LABEL_NAME = "Name of the predicted class: the model's labels[label] (GET /models lists them)."
+PROBABILITIES = "Probability of every class, by class name."
+TRUNCATED = "Whether the text was cut to the model's max length (in tokens) before it was classified."
+LATENCY = (
+    "Milliseconds the server spent on the request: model lookup, queueing, tokenising, the forward pass."
+)
+BASE_MODEL = "Base model the adapter was trained on (a catalogue name, Hugging Face id or path)."
+LANGUAGE = "Language of the model and its training data (e.g. English)."
+MODEL = "Registered model name (the run's model name for a run folder served with --run)."
+VERSION = "Registered version; null for a run folder served with --run."
+
+
+class PredictResponse(BaseModel):
+    """The seed README's answer (label id, probability, latency_ms, base_model, language), then ours."""
+
+    label: int = Field(description=LABEL)
+    probability: float = Field(description=PROBABILITY)
+    latency_ms: float = Field(description=LATENCY)
+    base_model: str = Field(description=BASE_MODEL)
+    language: str = Field(description=LANGUAGE)
+    label_name: str = Field(description=LABEL_NAME)
+    probabilities: dict[str, float] = Field(description=PROBABILITIES)
+    truncated: bool = Field(description=TRUNCATED)
+    model: str = Field(description=MODEL)
+    version: int | None = Field(description=VERSION)
+
+
+class TextPrediction(BaseModel):
+    label: int = Field(description=LABEL)
+    probability: float = Field(description=PROBABILITY)
+    label_name: str = Field(description=LABEL_NAME)
+    probabilities: dict[str, float] = Field(description=PROBABILITIES)
+    truncated: bool = Field(description=TRUNCATED)
+
+
+class BatchResponse(BaseModel):
+    predictions: list[TextPrediction] = Field(description="One prediction per text, in the order sent.")
+    latency_ms: float = Field(description=LATENCY)
+    base_model: str = Field(description=BASE_MODEL)
+    language: str = Field(description=LANGUAGE)
+    model: str = Field(description=MODEL)
+    version: int | None = Field(description=VERSION)
+
+
+class ResidentAdapter(BaseModel):
+    model: str = Field(description=MODEL)
+    version: int | None = Field(description=VERSION)
+    base_model: str = Field(description=BASE_MODEL)
+    language: str = Field(description=LANGUAGE)
+    labels: list[str] = Field(description="Class names; a prediction's label is an index into this list.")
+    max_length: int = Field(description="Tokens per text; longer texts are truncated.")
+    runtime: str = Field(description="onnx, onnx-int8 or torch.")
+    merged: bool = Field(description="Whether the adapter is folded into its base model (alone on it).")
+
+
+class ModelsResponse(BaseModel):
+    loaded: list[ResidentAdapter] = Field(description="Adapters resident now.")
+    max_adapters: int = Field(description="Adapters kept resident at most (SERVE_MAX_ADAPTERS).")
+    batches: int = Field(description="Forward passes run since the start.")
+
+
+class ServeHealth(BaseModel):
+    status: str = Field(description="`ok` while the server answers.")
+    resident_adapters: int = Field(description="Adapters loaded now.")
+
+
+class ServeProblem(BaseModel):
+    field: str = Field(description="Where: body.<field>, query.<name>, path.<name> or header.<name>.")
+    message: str = Field(description="What is wrong with it.")
+
+
+class ServeError(BaseModel):
+    detail: str = Field(description="What went wrong, safe to show.")
+    code: str | None = Field(
+        default=None, description="Machine-readable error code, when the platform raised it."
+    )
+    problems: list[ServeProblem] | None = Field(default=None, description="Each invalid field (422).")
+
+
+SERVE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ServeError, "description": description}
+    for code, description in (
+        (401, "No credentials, or an unknown API key or invalid token (outside local mode)."),
+        (404, "No such registered model or version (or none registered yet)."),
+        (413, "The body, a request's texts or their characters in all are over the limit."),
+        (422, "Invalid request: an empty or too long text, or the fields named in `problems`."),
+    )
+}
+
+
 def create_serve_app(settings: Settings, model: str | None = None, run_folder: Path | None = None) -> FastAPI:
     """The inference app. ``run_folder``: serve that run's adapter as the default model, without the registry.
     Outside local mode a weak JWT_SECRET or API key refuses the start (the platform's secret policy)."""
@@ -430,7 +525,7 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         # the fields named, the input never echoed: a 422 does not grow with what a client sent
         return JSONResponse({"detail": "invalid request", "problems": invalid_fields(exc)}, status_code=422)
 
-    async def run(body_model: str | None, texts: list[str]) -> tuple[list[Prediction], dict[str, Any], float]:
+    async def run(body_model: str | None, texts: list[str]) -> tuple[list[Prediction], AdapterSource, float]:
         most = settings.SERVE_MAX_TEXT_CHARS
         for index, text in enumerate(texts):
             if len(text) > most:
@@ -453,35 +548,53 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         if key is None:  # a registry lookup: on its own thread, never queued behind a running batch
             key = await asyncio.get_running_loop().run_in_executor(resolver, pool.key_for, body_model)
         predictions = await batcher.predict(key, texts)
-        source = pool.source(key)
-        about = {
-            "base_model": source.info.base_model,
-            "language": source.info.language,
-            "model": source.info.name,
-            "version": source.info.version,
-        }
-        return predictions, about, round((time.perf_counter() - started) * 1000, 2)
+        return predictions, pool.source(key), round((time.perf_counter() - started) * 1000, 2)
 
-    @app.post("/predict", dependencies=[Depends(authorize)], summary="Classify one text")
+    @app.post(
+        "/predict",
+        dependencies=[Depends(authorize)],
+        summary="Classify one text",
+        response_model=PredictResponse,
+        responses=SERVE_ERRORS,
+    )
     async def predict(body: PredictRequest) -> dict[str, Any]:
-        predictions, about, latency = await run(body.model, [body.text])
-        return {**_shape(predictions[0]), "latency_ms": latency, **about}
+        """The seed README's answer: `label` (the class id), `probability`, `latency_ms`, `base_model`,
+        `language`; and `label_name`, `probabilities`, `truncated`, `model`, `version`."""
+        predictions, source, latency = await run(body.model, [body.text])
+        return answer(predictions[0], source.info, latency)
 
-    @app.post("/predict/batch", dependencies=[Depends(authorize)], summary="Classify a list of texts")
+    @app.post(
+        "/predict/batch",
+        dependencies=[Depends(authorize)],
+        summary="Classify a list of texts",
+        response_model=BatchResponse,
+        responses=SERVE_ERRORS,
+    )
     async def predict_batch(body: BatchRequest) -> dict[str, Any]:
+        """One prediction per text (`label` the class id, as for /predict), and the model that answered."""
         if len(body.texts) > settings.SERVE_MAX_BATCH:
             raise HTTPException(
                 status.HTTP_413_CONTENT_TOO_LARGE,
                 f"{len(body.texts)} texts: at most {settings.SERVE_MAX_BATCH} per request",
             )
-        predictions, about, latency = await run(body.model, body.texts)
-        return {"predictions": [_shape(p) for p in predictions], "latency_ms": latency, **about}
+        predictions, source, latency = await run(body.model, body.texts)
+        info = source.info
+        return {
+            "predictions": [_shape(p) for p in predictions], "latency_ms": latency, "base_model": info.base_model,
+            "language": info.language, "model": info.name, "version": info.version,
+        }  # fmt: skip
 
-    @app.get("/models", dependencies=[Depends(authorize)], summary="Adapters resident now")
+    @app.get(
+        "/models",
+        dependencies=[Depends(authorize)],
+        summary="Adapters resident now",
+        response_model=ModelsResponse,
+        responses={401: SERVE_ERRORS[401]},
+    )
     async def models() -> dict[str, Any]:
         return {"loaded": pool.loaded(), "max_adapters": pool.max_adapters, "batches": batcher.batches}
 
-    @app.get("/health", summary="Liveness")
+    @app.get("/health", summary="Liveness", response_model=ServeHealth)
     async def health() -> dict[str, Any]:
         return {"status": "ok", "resident_adapters": len(pool.loaded())}
 
@@ -506,8 +619,8 @@ def freeze_heap() -> None:
 def _shape(prediction: Prediction) -> dict[str, Any]:
     return {
         "label": prediction.label,
-        "label_name": prediction.label_name,
         "probability": prediction.probability,
+        "label_name": prediction.label_name,
         "probabilities": prediction.probabilities,
         "truncated": prediction.truncated,
     }

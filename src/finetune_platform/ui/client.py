@@ -171,6 +171,8 @@ class PlatformClient:
 
     # -- inference server (a client whose base URL is `finetune serve`) -----------------------------------
     def predict(self, text: str, model: str | None = None) -> dict[str, Any]:
+        """POST /predict: ``label`` (the class id), ``probability``, ``latency_ms``, ``base_model``,
+        ``language``, ``label_name`` (the class's name), ``probabilities``, ``truncated``, ``model``, ``version``."""
         body: dict[str, Any] = {"text": text}
         if model:
             body["model"] = model

@@ -386,6 +386,7 @@ def playground_page(inference: PlatformClient) -> None:
         st.metric(f"{answer['model']} v{answer['version']}", answer["label_name"],
                   f"p = {answer['probability']:.3f}", delta_color="off")  # fmt: skip
         st.caption(
+            f"label {answer['label']} ({answer['label_name']}) · {answer['base_model']}, {answer['language']} · "
             f"{answer['latency_ms']} ms on the server" + (" (text truncated)" if answer["truncated"] else "")
         )
         st.bar_chart(answer["probabilities"])
