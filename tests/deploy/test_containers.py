@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,6 +277,15 @@ def test_what_the_images_copy_exists_and_is_sent_to_the_builder(image):
 # --- the compose stack, resolved by the compose tool ---------------------------------------------------------
 
 MLFLOW_DEBUG_FILE = ROOT / "deploy" / "docker-compose.mlflow-debug.yml"
+REDIS_DEBUG_FILE = ROOT / "deploy" / "docker-compose.redis-debug.yml"
+COMPOSE_FILES = (COMPOSE_FILE, MLFLOW_DEBUG_FILE, REDIS_DEBUG_FILE)
+# The host port of each published service that .env sets, and its default (the seed README: ".env sets the
+# Redis / API / UI ports"); Redis and MLflow are published by their debug overrides only.
+HOST_PORTS = {
+    "API_PORT": ("api", "8000"), "UI_PORT": ("ui", "8501"), "SERVE_PORT": ("inference", "8080"),
+    "PROMETHEUS_PORT": ("prometheus", "9090"), "GRAFANA_PORT": ("grafana", "3000"),
+    "MLFLOW_PORT": ("mlflow", "5000"), "REDIS_PORT": ("redis", "6379"),
+}  # fmt: skip
 # What `make env` generates, and each one's length in characters (hex digits; the API keys are a JSON list).
 SECRETS = {
     "JWT_SECRET": 64, "POSTGRES_PASSWORD": 48, "DATABASE_APP_PASSWORD": 48, "REDIS_PASSWORD": 48,
@@ -298,7 +308,8 @@ def compose_config(env_file: Path, *compose_files: Path) -> subprocess.Completed
 
 
 def compose_variables() -> set[str]:
-    return set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
+    """Every variable the stack and its opt-in overrides interpolate."""
+    return {name for path in COMPOSE_FILES for name in re.findall(r"\$\{(\w+)", path.read_text())}
 
 
 def env_variables(path: Path) -> dict[str, str]:
@@ -420,6 +431,53 @@ def test_make_env_keeps_an_existing_file_unless_forced(tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert re.fullmatch("[0-9a-f]{64}", env_variables(path)["JWT_SECRET"])
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_make_env_fills_the_empty_secrets_of_a_copied_example(tmp_path):
+    """The seed's quick start copies .env.example: `make env` (and `make start-services`) fill its empty secrets and
+    keep every other line; a second run has nothing left to fill and keeps the file."""
+    path = tmp_path / ".env"
+    shutil.copy(ENV_EXAMPLE, path)
+    done = make_env(path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"make env: filled 9 empty secrets in {path} (readable by you only)\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    filled, example = env_variables(path), env_example_variables()
+    assert {n: v for n, v in filled.items() if n not in SECRETS} == {
+        n: v for n, v in example.items() if n not in SECRETS
+    }
+    assert [line for line in path.read_text().splitlines() if line.startswith("#")] == [
+        line for line in ENV_EXAMPLE.read_text().splitlines() if line.startswith("#")
+    ]
+    for name, length in SECRETS.items():
+        if length is not None:
+            assert re.fullmatch(f"[0-9a-f]{{{length}}}", filled[name]), name
+    assert len(json.loads(filled["SERVE_API_KEYS"])) == 1
+    again = make_env(path)
+    assert again.returncode != 0 and f"make env: {path} exists; it is kept" in again.stderr
+    assert env_variables(path) == filled
+    # what start-services runs first: nothing to fill is no error, and the file stays as it is
+    fill = [sys.executable, str(ROOT / "deploy/tools/make_env.py"), "--output", str(path), "--fill"]
+    quiet = subprocess.run(fill, capture_output=True, text=True, timeout=60)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert env_variables(path) == filled
+    path.unlink()
+    missing = subprocess.run(fill, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert missing.stderr == f"make env: no {path}: make env writes one (every secret random)\n"
+
+
+def test_start_services_fills_empty_secrets_before_compose_reads_them():
+    make = require_tool("make", [], "GNU make")
+    done = subprocess.run(
+        [make, "-n", "--no-print-directory", "start-services"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    (fill,) = [
+        number for number, line in enumerate(lines) if "deploy/tools/make_env.py --output .env --fill" in line
+    ]
+    (up,) = [number for number, line in enumerate(lines) if " up -d --build" in line]
+    assert fill < up
 
 
 def test_compose_refuses_to_start_without_any_secret():
@@ -611,6 +669,38 @@ def test_ports_are_published_on_loopback_only(resolved):
     assert {host for found in ports.values() for host, _ in found} == {"127.0.0.1"}
     # No MLflow, no worker metrics port (Prometheus scrapes it over the compose network).
     assert "expose" not in resolved["services"]["worker"]
+
+
+def test_env_example_names_each_host_port_with_its_default():
+    assert {name: env_example_variables()[name] for name in HOST_PORTS} == {
+        name: default for name, (_, default) in HOST_PORTS.items()
+    }
+
+
+def test_dotenv_sets_the_host_port_of_each_service_with_the_debug_overrides(env_file, tmp_path):
+    """The seed's ".env sets the ports": each published service, MLflow and Redis included (their overrides),
+    answers on the host port .env names, on 127.0.0.1 only."""
+    chosen = {name: str(20000 + number) for number, name in enumerate(HOST_PORTS)}
+    text = env_file.read_text()
+    for name, port in chosen.items():
+        text = re.sub(rf"(?m)^{name}=.*$", f"{name}={port}", text)
+    moved = tmp_path / ".env"
+    moved.write_text(text)
+    for path, ports in [(env_file, {n: d for n, (_, d) in HOST_PORTS.items()}), (moved, chosen)]:
+        done = compose_config(path, *COMPOSE_FILES)
+        assert done.returncode == 0, done.stderr
+        services = yaml.safe_load(done.stdout)["services"]
+        for name, (service, _) in HOST_PORTS.items():
+            assert published(services[service]) == [("127.0.0.1", ports[name])], (path, name)
+        allowed = services["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+        assert allowed == [
+            "mlflow:5000",
+            f"127.0.0.1:{ports['MLFLOW_PORT']}",
+            f"localhost:{ports['MLFLOW_PORT']}",
+        ]
+        # Redis still asks for its password, and still sits on the internal network the platform uses
+        assert "--requirepass" in services["redis"]["command"]
+        assert networks_of(services["redis"]) == {"backend", "redis-debug"}
 
 
 def test_forwarded_headers_are_trusted_from_no_one_by_default(resolved):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -119,6 +119,15 @@ def serve(
             file_okay=False,
         ),
     ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment",
+            "-e",
+            help="Serve the newest successful run of this experiment: its registered version, else its run "
+            "folder (`make serve exp=NAME`).",
+        ),
+    ] = None,
 ) -> None:
     """Serve predictions over HTTP (POST /predict, /predict/batch; GET /models, /health, /metrics)."""
     import uvicorn
@@ -134,7 +143,12 @@ def serve(
         config = config.model_copy(update={"SERVE_DEVICE": device})
     if run is not None and model is not None:
         raise fail(ConfigError("give --model or --run, not both"))
+    if experiment is not None and (model is not None or run is not None):
+        raise fail(ConfigError("give --experiment alone, without --model or --run"))
     try:
+        if experiment is not None:
+            model, run = experiment_default(config, experiment)
+            typer.echo(f"experiment {experiment!r}: serving {model or run}", err=True)
         app = create_serve_app(config, model, run_folder=run)
     except PlatformError as error:
         raise fail(error) from None
@@ -151,3 +165,26 @@ def serve(
         raise fail(error) from None
     freeze_heap()
     uvicorn.run(app, host=host, port=port, log_level="warning", **config.proxy_options())
+
+
+def experiment_default(config: Any, experiment: str) -> tuple[str | None, Path | None]:
+    """(model reference, run folder) for `serve --experiment`: the newest successful run's registered version
+    (name@version), else that run's folder when it is on this machine."""
+    from finetune_platform.tracking.experiments import ExperimentStore
+    from finetune_platform.tracking.registry import ModelRegistry
+
+    if not config.MLFLOW_ENABLED:
+        raise ConfigError(
+            f"--experiment {experiment!r} looks runs up in the tracking store, and MLFLOW_ENABLED is false: "
+            "serve a run folder with --run results/<experiment>/<run-id>"
+        )
+    newest, folder = ExperimentStore(config).newest_successful_run(experiment)
+    registered = [v for v in ModelRegistry(config).versions() if v.run_id == newest.run_id]
+    if registered:
+        return f"{registered[0].name}@{registered[0].version}", None
+    if folder and (Path(folder) / "config.yaml").is_file():
+        return None, Path(folder)
+    raise NotFoundError(
+        f"experiment {experiment!r}: its newest successful run {newest.run_name} ({newest.run_id}) registered "
+        f"no model, and its run folder {folder or '(not recorded)'} is not on this machine"
+    )

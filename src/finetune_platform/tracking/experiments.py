@@ -82,6 +82,24 @@ class ExperimentStore:
                 raise missing
         return [self._summary(run, experiment) for run in runs]
 
+    def newest_successful_run(self, experiment: str) -> tuple[RunSummary, str | None]:
+        """The experiment's newest run (by start) that finished successfully, with its run folder as the run
+        recorded it (None if it did not); NotFoundError naming the experiment when it has no such run."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            raise NotFoundError(f"no experiment {experiment!r} in the tracking store")
+        runs = self.client.search_runs(
+            [found.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            statuses = [run.info.status for run in self.client.search_runs([found.experiment_id])]
+            counts = ", ".join(f"{statuses.count(s)} {s.lower()}" for s in sorted(set(statuses))) or "none"
+            raise NotFoundError(f"experiment {experiment!r} has no successful run (its runs: {counts})")
+        return self._summary(runs[0], experiment), runs[0].data.tags.get("finetune.run_folder")
+
     def run(self, run_id: str, only: set[str] | None = None) -> RunSummary:
         from mlflow.exceptions import MlflowException
 
