@@ -447,6 +447,22 @@ class Settings(BaseSettings):
         ),
     )
 
+    MLFLOW_PUBLIC_SUMMARY: bool = Field(
+        default=True,
+        description=(
+            "GET /mlflow (public, no sign-in) also lists experiment names with their run counts and newest run "
+            "time (at most 50 experiments; never params, metrics, artifacts, run names or owners). false: "
+            "status only, for servers where experiment names are private."
+        ),
+    )
+    EXPERIMENTS_ADMIN_ONLY: bool = Field(
+        default=False,
+        description=(
+            "true: GET /experiments and its sub-routes (runs, compare, mlflow/{run_id}) answer 403 to non-admins, "
+            "the Finetune-30-days README's rule. false: every user sees the runs of their own jobs, admins all."
+        ),
+    )
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def mlflow_tracking_uri(self) -> str:

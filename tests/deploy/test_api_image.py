@@ -172,11 +172,13 @@ def test_the_api_runs_without_pytorch_on_what_its_image_installs(tmp_path, embed
         assert [t["id"] for t in client.get("/tasks").json()["data"]] == [task.json()["id"]]
         assert client.get("/config/schema").json()["title"] == "TrainConfig"
         assert client.get("/experiments").status_code == 200
-        assert client.get("/mlflow").json() == {
+        tracking = client.get("/mlflow").json()
+        assert {key: tracking[key] for key in ("backend", "reachable", "ui_url")} == {
             "backend": "server",
             "reachable": True,
             "ui_url": mlflow_server[0],
         }
+        assert tracking["summary"] is None or isinstance(tracking["summary"]["experiments"], list)
         assert [c["name"] for c in client.get("/models/search").json()] == ["reviews", "topics"]
         ranked = client.post("/models/recommend", json={"query": "sentiment of film reviews"}).json()
         assert [r["card"]["name"] for r in ranked] == ["reviews", "topics"]

@@ -35,7 +35,9 @@ from finetune_platform.api.deps import (
     client_address,
     unauthorized,
 )
+from finetune_platform.db.models import Role
 from finetune_platform.errors import ConfigError, NotFoundError
+from finetune_platform.services.users import UserPublic
 
 router = APIRouter(responses=schemas.ERRORS)
 PageLimit = Annotated[int, Query(ge=1, le=schemas.MAX_PAGE, description="Page size (at most 100).")]
@@ -253,12 +255,13 @@ def dataset_report(dataset_id: str, session: DbSession, user: CurrentUser) -> di
 
 
 # -- training tasks --------------------------------------------------------------------------------
-_TASK_FIELDS = tuple(schemas.TaskOut.model_fields)
+_TASK_FIELDS = tuple(name for name in schemas.TaskOut.model_fields if name != "task_id")
 
 
 def task_out(job) -> dict[str, Any]:
-    """The response fields of a job, shallow (``asdict`` would deep-copy its whole config)."""
-    return {name: getattr(job, name) for name in _TASK_FIELDS}
+    """The response fields of a job, shallow (``asdict`` would deep-copy its whole config); ``task_id`` repeats
+    ``id`` under the name the Finetune-30-days README's clients read."""
+    return {**{name: getattr(job, name) for name in _TASK_FIELDS}, "task_id": job.id}
 
 
 _SERVER_FIELDS = (("data", "train_file"), ("data", "validation_file"), ("output_dir",))
@@ -497,10 +500,26 @@ def logs(
 
 # -- experiments and models ------------------------------------------------------------------------
 # Everyone signed in sees experiments; a user sees only the runs of their own jobs (an admin, all runs), and
-# another user's run answers like one that does not exist.
+# another user's run answers like one that does not exist. This widens the Finetune-30-days README's rule
+# (GET /experiments: admin) on purpose; EXPERIMENTS_ADMIN_ONLY=true restores it for every route below.
+EXPERIMENTS_FOR_ADMINS = (
+    "admin role required: experiments are for admins on this server (EXPERIMENTS_ADMIN_ONLY)"
+)
+
+
+async def experiments_reader(request: Request, user: CurrentUser) -> UserPublic:
+    if request.app.state.settings.EXPERIMENTS_ADMIN_ONLY and user.role != Role.ADMIN.value:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, EXPERIMENTS_FOR_ADMINS)
+    return user
+
+
+ExperimentsReader = Annotated[UserPublic, Depends(experiments_reader)]
+
+
 @router.get("/experiments", tags=["experiments"], summary="Experiments in the tracking store")
-def experiments(request: Request, user: CurrentUser, session: DbSession) -> list[dict[str, Any]]:
-    """Each experiment with the runs you may see: their count, the last start and the best accuracy."""
+def experiments(request: Request, user: ExperimentsReader, session: DbSession) -> list[dict[str, Any]]:
+    """Each experiment with the runs you may see: their count, the last start and the best accuracy. With
+    EXPERIMENTS_ADMIN_ONLY=true, admins only (403 for others), here and on every /experiments route."""
     from finetune_platform.services.jobs import visible_runs
     from finetune_platform.tracking.experiments import ExperimentStore
 
@@ -510,7 +529,7 @@ def experiments(request: Request, user: CurrentUser, session: DbSession) -> list
 @router.get("/experiments/runs", tags=["experiments"], summary="An experiment's runs")
 def experiment_runs(
     request: Request,
-    user: CurrentUser,
+    user: ExperimentsReader,
     session: DbSession,
     experiment: Annotated[str, Query(min_length=1, max_length=200, description="Experiment name.")],
 ) -> list[dict[str, Any]]:
@@ -524,7 +543,7 @@ def experiment_runs(
 
 @router.post("/experiments/compare", tags=["experiments"], summary="Compare runs")
 def experiments_compare(
-    request: Request, user: CurrentUser, session: DbSession, body: schemas.CompareRequest
+    request: Request, user: ExperimentsReader, session: DbSession, body: schemas.CompareRequest
 ) -> dict[str, Any]:
     """Final metrics side by side, the params that differ, and each run's training-loss curve."""
     from mlflow.exceptions import MlflowException
@@ -548,7 +567,7 @@ def experiments_compare(
 
 
 @router.get("/experiments/mlflow/{run_id}", tags=["experiments"], summary="One MLflow run")
-def mlflow_run(run_id: str, request: Request, user: CurrentUser, session: DbSession) -> dict[str, Any]:
+def mlflow_run(run_id: str, request: Request, user: ExperimentsReader, session: DbSession) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     from finetune_platform.services.jobs import visible_runs
@@ -566,7 +585,9 @@ def mlflow_run(run_id: str, request: Request, user: CurrentUser, session: DbSess
     "/mlflow", response_model=schemas.MlflowStatus, tags=["experiments"], summary="Tracking server status"
 )
 def mlflow_status(request: Request):
-    """The tracking store's kind, whether it answers, and the address of its UI (never with credentials)."""
+    """Public (no sign-in). The tracking store's kind, whether it answers, the address of its UI (never with
+    credentials) and, unless MLFLOW_PUBLIC_SUMMARY=false, its experiments' names, run counts and newest run
+    times: nothing about a run itself."""
     from finetune_platform.tracking.client import mlflow_client
 
     settings = request.app.state.settings
@@ -589,10 +610,16 @@ def mlflow_status(request: Request):
             reachable = True
         except Exception:
             reachable = False
+    summary = None
+    if reachable and settings.MLFLOW_PUBLIC_SUMMARY:
+        from finetune_platform.tracking.summary import public_summary
+
+        summary = public_summary(settings)
     return {
         "backend": "server" if server else "embedded",
         "reachable": reachable,
         "ui_url": _without_credentials(settings.MLFLOW_UI_URL or (uri if server else None)),
+        "summary": asdict(summary) if summary is not None else None,
     }
 
 
@@ -651,12 +678,25 @@ def models_search(
     "/models/recommend", response_model=list[schemas.Recommended], tags=["models"], summary="Recommend"
 )
 def models_recommend(request: Request, user: CurrentUser, body: schemas.RecommendRequest):
+    """Model versions ranked by the similarity of their card's embedding to exactly one of: `query` (words,
+    embedded like the cards), `embedding` (a vector of the cards' size) or `like` (another version's card)."""
     from finetune_platform.tracking.model_cards import CardStore
-    from finetune_platform.tracking.search import CardFilter, recommend_for_query
+    from finetune_platform.tracking.search import CardFilter, recommend, recommend_for_query, recommend_like
 
+    given = [name for name in ("query", "embedding", "like") if getattr(body, name) is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"give exactly one of query, embedding or like (got {', '.join(given) if given else 'none'})"
+        )
     card_filter = CardFilter(language=body.language, task=body.task, stage=body.stage)
     store = CardStore(request.app.state.settings.MODEL_REGISTRY_DIR)
-    found = recommend_for_query(store, body.query, body.top_k, card_filter)
+    if body.query is not None:
+        found = recommend_for_query(store, body.query, body.top_k, card_filter)
+    elif body.embedding is not None:
+        found = recommend(store, body.embedding, body.top_k, card_filter, field_name="embedding")
+    else:
+        name, _, version = body.like.rpartition("@")
+        found = recommend_like(store, name, int(version), body.top_k, card_filter)
     return [{"card": _card_out(item.card), "score": item.score} for item in found]
 
 

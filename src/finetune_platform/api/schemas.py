@@ -142,6 +142,9 @@ class PredictionJobRequest(Strict):
 
 class TaskOut(BaseModel):
     id: str = Field(description="Task (job) id.")
+    task_id: str = Field(
+        description="The same id as `id`, under the name the Finetune-30-days README reads (GET /task/{task_id})."
+    )
     owner_id: int = Field(description="Id of the user who submitted it.")
     kind: str = Field(description="train (POST /train) or predict (POST /predictions).")
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
@@ -226,8 +229,30 @@ class Recommended(BaseModel):
     score: float = Field(description="Cosine similarity to the query, -1 to 1.")
 
 
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}@[0-9]{1,9}$"
+
+
 class RecommendRequest(Strict):
-    query: str = Field(min_length=1, max_length=2000, description="What the model should do, in words.")
+    """Exactly one of `query`, `embedding` or `like` (422 naming them otherwise)."""
+
+    query: str | None = Field(
+        default=None, min_length=1, max_length=2000, description="What the model should do, in words."
+    )
+    embedding: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "A vector of finite numbers the size of the model cards' embeddings (384, all-MiniLM-L6-v2 mean "
+            "pooled); another size answers 422 naming the expected one. Need not be normalised."
+        ),
+    )
+    like: str | None = Field(
+        default=None,
+        max_length=140,
+        pattern=MODEL_VERSION_PATTERN,
+        description="Models similar to this registered version, as name@version (itself left out).",
+    )
     top_k: int = Field(default=5, ge=1, le=50, description="How many to return.")
     language: str | None = Field(default=None, max_length=32, description="Only models for this language.")
     task: str | None = Field(default=None, max_length=64, description="Only models for this task.")
@@ -295,10 +320,36 @@ class OwnerChange(Strict):
     )
 
 
+class ExperimentActivity(BaseModel):
+    name: str = Field(description="Experiment name.")
+    runs: int = Field(description="Its active runs (a lower bound when the summary is not complete).")
+    last_run: Timestamp | None = Field(description="Start of its newest run; null: no runs.")
+
+
+class TrackingSummary(BaseModel):
+    experiments: list[ExperimentActivity] = Field(
+        description="At most 50 active experiments, the most recently run first (MLflow's unused Default left out)."
+    )
+    experiment_count: int = Field(description="Active experiments in all, listed or not.")
+    run_count: int = Field(description="Active runs counted over all of them.")
+    complete: bool = Field(
+        description="false: the store holds more than the 2,000 runs or 1,000 experiments counted."
+    )
+    as_of: Timestamp = Field(description="When the store was read (summaries are kept 30 s).")
+
+
 class MlflowStatus(BaseModel):
     backend: str = Field(description="`server` or `embedded` (a SQLite store beside the API).")
     reachable: bool = Field(description="Whether the tracking store answered.")
     ui_url: str | None = Field(description="Where to open the MLflow UI, if known.")
+    summary: TrackingSummary | None = Field(
+        default=None,
+        description=(
+            "What a dashboard may show without credentials: experiment names, run counts and newest run "
+            "times, never run names, params, metrics, artifacts or owners. null when MLFLOW_PUBLIC_SUMMARY "
+            "is false or the store could not be read within 3 s."
+        ),
+    )
 
 
 class Health(BaseModel):

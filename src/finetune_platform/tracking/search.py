@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from finetune_platform.errors import ConfigError
+from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.tracking.model_cards import CardStore, ModelCard
 
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
@@ -78,24 +78,28 @@ def recommend(
     top_k: int = 5,
     card_filter: CardFilter | None = None,
     exclude: str | None = None,
+    field_name: str = "vector",
 ) -> list[Recommendation]:
-    """Cards ranked by cosine similarity to ``vector`` (card embeddings are unit vectors)."""
+    """Cards ranked by cosine similarity to ``vector`` (card embeddings are unit vectors); ``field_name`` names
+    the vector in errors. The vector is checked even when there are no cards to rank."""
     cards, matrix = store.matrix()
-    if not cards:
-        return []
     try:
-        query = np.asarray(vector, dtype=np.float32)
+        query = np.asarray(vector, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ConfigError("vector: expected a list of numbers") from None
+        raise ConfigError(f"{field_name}: expected a list of numbers") from None
     if not np.isfinite(query).all():
-        raise ConfigError("vector: every number must be finite")
+        raise ConfigError(f"{field_name}: every number must be finite")
     if query.shape != (matrix.shape[1],):
-        raise ConfigError(f"vector: expected {matrix.shape[1]} numbers, got {query.size}")
-    norm = float(np.linalg.norm(query))
-    if norm == 0:
-        raise ConfigError("vector: a zero vector has no direction")
-    scores = matrix @ (query / norm)
-    ranked = []
+        raise ConfigError(
+            f"{field_name}: expected {matrix.shape[1]} numbers, got {query.size} "
+            "(the size of the model cards' embeddings)"
+        )
+    largest = float(np.abs(query).max())
+    if largest == 0:
+        raise ConfigError(f"{field_name}: a zero vector has no direction")
+    query = query / largest  # scaled first: the norm of huge finite numbers would overflow
+    scores = matrix @ (query / np.linalg.norm(query)).astype(np.float32)
+    ranked: list[Recommendation] = []
     for index in np.argsort(-scores, kind="stable"):
         card = cards[index]
         if card.key == exclude or (card_filter is not None and not card_filter.matches(card)):
@@ -122,5 +126,16 @@ def recommend_for_query(
 def recommend_like(
     store: CardStore, name: str, version: int, top_k: int = 5, card_filter: CardFilter | None = None
 ) -> list[Recommendation]:
-    card = store.get(name, version)
-    return recommend(store, np.asarray(card.embedding), top_k, card_filter, exclude=card.key)
+    """Cards ranked by similarity to the card of ``name`` version ``version`` (which is left out)."""
+    try:
+        card = store.get(name, version)
+    except NotFoundError:  # its message names the server's card folder
+        raise NotFoundError(f"no model card for {name}@{version}") from None
+    return recommend(
+        store,
+        np.asarray(card.embedding),
+        top_k,
+        card_filter,
+        exclude=card.key,
+        field_name=f"{card.key} embedding",
+    )
