@@ -12,6 +12,7 @@ RELEASE ?= finetune
 TORCH_VERSION ?= 2.13.0
 exp ?=
 model ?=
+set ?=
 CONDA ?= conda
 CONDA_ENV := finetune-platform
 ENV_FILE ?= .env
@@ -76,8 +77,8 @@ format: $(STAMP) ## ruff format and autofix
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-run-local: $(STAMP) ## Train locally (exp=NAME picks configs/NAME.yaml; default quickstart)
-	$(BIN)/finetune train configs/$(or $(exp),quickstart).yaml
+run-local: $(STAMP) ## Train locally (exp=NAME picks configs/NAME.yaml; default quickstart; set='training.epochs=2 ...' overrides fields)
+	$(BIN)/finetune train configs/$(or $(exp),quickstart).yaml$(if $(set), $(foreach field,$(set),--set "$(field)"))
 
 logs-local: $(STAMP) ## Show the newest run's logs.txt (exp=NAME for one experiment)
 	$(BIN)/finetune runs logs $(if $(exp),--experiment $(exp),)
