@@ -28,7 +28,7 @@ UI_PORT ?= 8501
 SERVE_PORT ?= 8080
 MLFLOW_PORT ?= 5000
 
-.PHONY: help install setup-conda demo test test-v test-fast lint format run-local logs-local db-list worker api ui serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
+.PHONY: help install setup-conda demo test test-v test-all test-fast lint format run-local logs-local db-list worker api ui serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,12 +60,15 @@ demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), r
 	$(BIN)/finetune models list --name quickstart-sentiment
 	$(BIN)/finetune predict --model quickstart-sentiment --text "A wonderful, moving film." --text "Dull and far too long."
 
-test: $(STAMP) $(HELM) ## Lint, then run the whole test suite
+test: $(STAMP) $(HELM) ## Lint, then run the test suite (extended variants skipped: make test-all)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
 test-v: $(STAMP) $(HELM) lint ## Lint, then run the whole test suite verbosely, a line per test (TESTS=PATH for part of it)
 	$(BIN)/python -m pytest -v $(TESTS)
+
+test-all: $(STAMP) $(HELM) lint ## Lint, then the whole suite including the extended tests (~10 more minutes)
+	$(BIN)/python -m pytest -q --extended
 
 test-fast: $(STAMP) ## Run the tests that train no model
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -54,7 +54,9 @@ def schema_valid_requests_pass_the_schema(ctx, response, case):
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive or response.status_code != 422:
         return None
-    if case.operation.label == "POST /login":  # OAuth2's form reads an empty field as a missing one (as before)
+    if (
+        case.operation.label == "POST /login"
+    ):  # OAuth2's form reads an empty field as a missing one (as before)
         return None
     body = response.json()
     if "code" not in body:
@@ -62,7 +64,7 @@ def schema_valid_requests_pass_the_schema(ctx, response, case):
     return None
 
 
-def test_every_operation_conforms_to_its_schema(schema_api):
+def test_every_operation_conforms_to_its_schema(schema_api, request):
     """Each operation: generated requests (valid and edge cases) with an admin token; every response
     checked by schemathesis (no 5xx, documented status, headers and body shape). Driven through
     Hypothesis directly: schemathesis' pytest plugin does not load under pytest 9."""
@@ -79,7 +81,7 @@ def test_every_operation_conforms_to_its_schema(schema_api):
 
         @given(case=operation.as_strategy())
         @hypothesis_settings(
-            max_examples=25,
+            max_examples=25 if request.config.getoption("--extended") else 10,  # make test-all: 25
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,

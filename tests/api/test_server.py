@@ -18,7 +18,9 @@ from tests.api.conftest import PASSWORD, SAMPLE
 from tests.conftest import ROOT, finetune_bin, free_port
 from tests.integration.queue_harness import queue_env, require_redis, wait_for
 
-pytestmark = pytest.mark.slow
+# Default run: tests/e2e/test_seed_readme.py makes the same trip (upload, train by a worker, logs, a prediction
+# task whose CSV equals the model's answers) on the filesystem queue; this one on Redis.
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def test_a_task_submitted_over_http_is_trained_by_a_worker(tmp_path):

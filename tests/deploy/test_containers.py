@@ -558,6 +558,7 @@ def test_migrations_and_mlflow_run_from_the_api_image(resolved, env_file):
         services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
         == f"postgresql+psycopg://{owner}/mlflow"
     )
+    assert services["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     # The migrations run as the owner and set the app role's password; the platform connects as that role.
     migrate = services["migrate"]["environment"]
     assert migrate["DATABASE_URL"] == f"postgresql+psycopg://{owner}/finetune"

@@ -896,6 +896,7 @@ def test_mlflow_asks_for_a_login_with_the_shipped_auth_config(rendered):
     mlflow = found["mlflow"]
     assert mlflow["command"][:4] == ["mlflow", "server", "--app-name", "basic-auth"]
     env = env_of(mlflow)
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"  # no idle GenAI job runners
     mounts = {mount["mountPath"]: mount for mount in mlflow["volumeMounts"]}
     volumes = {
         volume["name"]: volume

@@ -12,6 +12,8 @@ store, model cards, queue) lives in a platform home under tmp_path too."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -23,6 +25,8 @@ import httpx
 import pytest
 import yaml
 
+from finetune_platform.inference.hosting import load_predictor
+from finetune_platform.inference.predictor import source_from_registry
 from tests.api.conftest import PASSWORD, running_api
 from tests.conftest import ROOT, finetune_bin, free_port
 from tests.deploy.test_containers import require_tool
@@ -237,6 +241,42 @@ def test_a_new_user_follows_the_seed_readme(tmp_path, monkeypatch):
             "readme-api-sentiment",
             1,
         ), task
+        assert task["progress"]["step"] == 4
+        assert set(task["progress"]["metrics"]) == {"accuracy", "macro_f1", "loss"}
+        logs = alice.get(f"/task/{task_id}/logs").json()
+        assert [event["kind"] for event in logs["events"]][-1] == "succeeded"
+        assert any("training: 4 steps" in line for line in logs["log_lines"])
+
+        # the registered model classifies an uploaded file as a queued prediction task (the UI's batch page)
+        predicting = alice.post(
+            "/predictions",
+            json={"model": "readme-api-sentiment@staging", "dataset_id": datasets["validation.csv"]},
+        )
+        assert predicting.status_code == 201, predicting.text
+        assert (predicting.json()["kind"], predicting.json()["status"]) == ("predict", "queued")
+        predict_id = predicting.json()["task_id"]
+        predicted_task = wait_for_task(alice, predict_id, timeout=120)
+        assert (predicted_task["status"], predicted_task["model_name"], predicted_task["model_version"]) == (
+            "succeeded",
+            "readme-api-sentiment",
+            1,
+        ), predicted_task
+        download = alice.get(f"/task/{predict_id}/predictions")
+        assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+        written = list(csv.DictReader(io.StringIO(download.text)))
+        validation_text = (ROOT / "data" / "sample" / "validation.csv").read_text(encoding="utf-8")
+        texts = [row["text"] for row in csv.DictReader(io.StringIO(validation_text))]
+        expected = load_predictor(source_from_registry(env.settings, "readme-api-sentiment@1")).predict(texts)
+        assert [(int(row["label"]), row["label_name"]) for row in written] == [
+            (p.label, p.label_name) for p in expected
+        ]
+        assert predicted_task["progress"]["rows"] == len(texts) == 80
+        refused = alice.get(f"/task/{task_id}/predictions")
+        assert refused.status_code == 409
+        assert (
+            refused.json()["detail"]
+            == f"task {task_id} is a train task: only prediction tasks have predictions"
+        )
 
         # GET /experiments: admins see every run; a user only their own (our deliberate widening)
         everything = root.get("/experiments")

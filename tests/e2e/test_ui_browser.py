@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import ROOT, finetune_bin, free_port
 from tests.integration.queue_harness import http_answers, queue_env, stop_processes, wait_for
 
-pytestmark = pytest.mark.slow
+# Default run: the same pages through Streamlit's AppTest (tests/ui) and the UI's API client (tests/api).
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 PASSWORD = "long enough password"
 
 

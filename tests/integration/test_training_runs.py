@@ -226,6 +226,16 @@ def test_mlflow_has_params_metric_history_and_artifacts(settings, tiny_bert, sen
     assert [m.step for m in loss_history] == list(range(2, 97, 2))
     assert len(client.get_metric_history(result.mlflow_run_id, "eval_accuracy")) == 8
     assert run.data.metrics["final_accuracy"] == pytest.approx(result.metrics["eval"]["accuracy"])
+    # The seed README's names too: params batch_size, learning_rate, epochs; metrics accuracy, loss, runtime.
+    config = yaml.safe_load(result.run.config_path.read_text())
+    assert {key: run.data.params[key] for key in ("batch_size", "learning_rate", "epochs")} == {
+        "batch_size": str(config["training"]["batch_size"]),
+        "learning_rate": "0.01",
+        "epochs": str(config["training"]["epochs"]),
+    }
+    assert run.data.metrics["accuracy"] == pytest.approx(result.metrics["eval"]["accuracy"])
+    assert run.data.metrics["loss"] == pytest.approx(result.metrics["eval"]["loss"])
+    assert run.data.metrics["runtime"] == pytest.approx(result.metrics["train"]["runtime_seconds"])
     assert 0 < result.metrics["tracking_seconds"] < result.wall_seconds
     assert (
         json.loads(result.run.metrics_path.read_text())["tracking_seconds"]

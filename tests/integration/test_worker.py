@@ -134,6 +134,7 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint_and_registers_onc
     assert registered_versions(env, "killed-model") == [1]
 
 
+@pytest.mark.extended  # default run: the fast engine's SIGTERM handover below (2 ranks)
 def test_sigterm_checkpoints_the_running_job_and_hands_it_to_another_worker(
     envs, tmp_path, tiny_bert, job_data
 ):
@@ -159,7 +160,10 @@ def test_sigterm_checkpoints_the_running_job_and_hands_it_to_another_worker(
     assert [m for k, m in env.events(job_id) if k == "resumed"] == [f"resuming from checkpoint-{saved_step}"]
 
 
-@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize(
+    "devices",
+    [pytest.param(1, marks=pytest.mark.extended), 2],  # the default run: 2 ranks, the harder case
+)
 def test_a_fast_engine_job_is_preempted_and_finished_by_another_worker(
     envs, tmp_path, tiny_bert, job_data, devices
 ):

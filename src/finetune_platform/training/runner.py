@@ -260,13 +260,29 @@ def _start_tracker(
             }
         )
         params.update({f"resolved.dataset.{key}": value for key, value in resolved["dataset"].items()})
+        params.update(seed_readme_params(config))
         tracker.log_params(params)
     return tracker
+
+
+def seed_readme_params(config: Any) -> dict[str, Any]:
+    """The seed README's short parameter names, logged beside the config's field paths."""
+    return {
+        "batch_size": config.training.batch_size,
+        "learning_rate": config.training.learning_rate,
+        "epochs": config.training.epochs,
+    }
 
 
 def _finish_tracker(tracker: Any, run: RunFolder, metrics: dict[str, Any]) -> None:
     evaluation = metrics["eval"]
     final = {f"final_{key}": float(evaluation[key]) for key in ("accuracy", "macro_f1", "loss")}
+    # The seed README's names, beside ours: accuracy and loss of the final evaluation, training wall time.
+    final.update(
+        accuracy=float(evaluation["accuracy"]),
+        loss=float(evaluation["loss"]),
+        runtime=float(metrics["train"]["runtime_seconds"]),
+    )
     for name, scores in evaluation["per_class"].items():
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         final[f"final_precision.{safe}"] = scores["precision"]
