@@ -233,9 +233,12 @@ def models_reconcile(
         ),
     ] = False,
 ) -> None:
-    """Make every model card's stage match the registry; print what changed."""
+    """Bring each version's four records of its stage into step (the stage tag wins): MLflow's own stage, the
+    production/staging aliases and the model card; print what changed. Run once after upgrading."""
     changes = _registry().reconcile(name, adopt=adopt)
-    typer.echo("\n".join(changes) if changes else "cards match the registry: nothing to change")
+    typer.echo(
+        "\n".join(changes) if changes else "stages, aliases and cards match the registry: nothing to change"
+    )
 
 
 def _card_filter(base_model, language, task, stage, tags, metric):
