@@ -1,0 +1,1 @@
+"""Training: the typed config, model builders, the recipe and its engines, checkpoints, progress."""
