@@ -48,6 +48,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_console_logging_left_behind():
+    """An in-process `finetune train` (CliRunner) adds the CLI's console handler to the package logger; a later
+    test's CLI output must not depend on whether one ran before it."""
+    import logging
+
+    package = logging.getLogger("finetune_platform")
+    handlers, level = list(package.handlers), package.level
+    yield
+    package.handlers[:] = handlers
+    package.setLevel(level)
+
+
 def write_csv(
     path: Path, rows: list[tuple[str, object]], header: tuple[str, str] = ("text", "label")
 ) -> Path:
@@ -94,7 +107,7 @@ def chinese_rows(count: int, seed: int) -> list[tuple[str, int]]:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    from finetune_platform.training.models import resolve_base_model
+    from finetune_platform.catalogue import resolve_base_model
 
     return Path(resolve_base_model("minilm").source)
 
