@@ -21,6 +21,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The job vocabulary lives apart (no SQLAlchemy) and is re-exported here with the table that stores it.
+from finetune_platform.db.job_vocabulary import JobKind, JobStage, JobStatus  # noqa: F401
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -33,27 +36,6 @@ class Base(DeclarativeBase):
 class Role(StrEnum):
     ADMIN = "admin"
     USER = "user"
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class JobStage(StrEnum):
-    VALIDATING = "validating"
-    TRAINING = "training"
-    EVALUATING = "evaluating"
-    REGISTERING = "registering"
-    PREDICTING = "predicting"
-
-
-class JobKind(StrEnum):
-    TRAIN = "train"  # config: a TrainConfig
-    PREDICT = "predict"  # config: model, input_file, text/label column, output_dir
 
 
 class User(Base):

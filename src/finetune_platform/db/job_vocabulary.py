@@ -1,0 +1,32 @@
+"""The words the jobs table stores: a job's status, its stage while running, its kind.
+
+``str`` enums with no dependencies, so a face that only reads or compares them (the CLI, the UI) does not
+import SQLAlchemy. Which status follows which lives in ``services.job_states``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobStage(StrEnum):
+    """Where a running job is; the stage stays on the row once the job has ended, to say how far it got."""
+
+    VALIDATING = "validating"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    REGISTERING = "registering"
+    PREDICTING = "predicting"
+
+
+class JobKind(StrEnum):
+    TRAIN = "train"  # config: a TrainConfig
+    PREDICT = "predict"  # config: model, input_file, text/label column, output_dir
