@@ -50,7 +50,10 @@ def test_upload_train_follow_and_cancel(api):
     assert alice.cancel(task["id"])["status"] == "cancelled"
     with pytest.raises(ApiError) as caught:
         alice.cancel(task["id"])
-    assert (caught.value.status, str(caught.value)) == (409, f"job {task['id']} is already cancelled")
+    assert (caught.value.status, str(caught.value)) == (
+        409,
+        f"job {task['id']} is already cancelled: only queued or running jobs can be cancelled",
+    )
     with pytest.raises(ApiError) as caught:
         alice.predictions_csv(task["id"])
     assert str(caught.value) == f"task {task['id']} is a train task: only prediction tasks have predictions"

@@ -125,7 +125,8 @@ def test_cancel_queued_and_running_jobs_and_retry(db_settings, people):
         jobs.cancel_job(session, alice, queued.id)
     assert (
         caught.value.code is ErrorCode.CONFLICT
-        and str(caught.value) == f"job {queued.id} is already cancelled"
+        and str(caught.value)
+        == f"job {queued.id} is already cancelled: only queued or running jobs can be cancelled"
     )
     with pytest.raises(NotFoundError), db.session_scope(db_settings) as session:
         jobs.cancel_job(session, bob, running.id)

@@ -22,6 +22,7 @@ from finetune_platform.cli.common import (
     settings,
 )
 from finetune_platform.errors import PlatformError
+from finetune_platform.services.job_states import FINISHED, JobKind, JobStatus
 
 jobs_app = typer.Typer(
     help="Queue training and prediction jobs and follow them (workers run them: `finetune worker`).",
@@ -37,22 +38,22 @@ def _as_json(value: Any) -> str:
 def _summary(job) -> str:
     progress = job.progress or {}
     parts = [f"{job.id}  {job.kind}  {job.status}"]
-    if job.stage and job.status == "running":
+    if job.stage and job.status == JobStatus.RUNNING:
         parts.append(f"({job.stage})")
-    if job.kind == "predict" and "total" in progress and job.status == "running":
+    if job.kind == JobKind.PREDICT and "total" in progress and job.status == JobStatus.RUNNING:
         parts.append(f"{progress.get('done', 0)}/{progress['total']} texts ({progress.get('percent', 0)}%)")
-    if job.kind == "predict" and job.status == "succeeded" and progress.get("output"):
+    if job.kind == JobKind.PREDICT and job.status == JobStatus.SUCCEEDED and progress.get("output"):
         parts.append(f"-> {progress['output']}")
     if "step" in progress:
         parts.append(
             f"step {progress['step']}/{progress.get('max_steps', '?')} ({progress.get('percent', 0)}%)"
         )
-    if progress.get("loss") is not None and job.status == "running":
+    if progress.get("loss") is not None and job.status == JobStatus.RUNNING:
         parts.append(f"loss {progress['loss']:.4f}")
     parts.append(f"attempt {job.attempts}/{job.max_attempts}")
     if job.model_name:
         parts.append(f"model {job.model_name} v{job.model_version}")
-    if job.error and job.status != "succeeded":
+    if job.error and job.status != JobStatus.SUCCEEDED:
         parts.append(f"- {job.error}")
     return "  ".join(parts)
 
@@ -163,7 +164,7 @@ def _queued(submission, about: str, as_json: bool, wait: bool) -> None:
 
 
 def _follow(job_id: str, interval: float = 2.0) -> None:
-    from finetune_platform.services.jobs import FINISHED, get_job
+    from finetune_platform.services.jobs import get_job
     from finetune_platform.services.users import local_user
 
     last = ""
@@ -175,7 +176,7 @@ def _follow(job_id: str, interval: float = 2.0) -> None:
             typer.echo(line)
             last = line
         if job.status in FINISHED:
-            raise typer.Exit(code=0 if job.status == "succeeded" else 1)
+            raise typer.Exit(code=0 if job.status == JobStatus.SUCCEEDED else 1)
         time.sleep(interval)
 
 
@@ -242,7 +243,7 @@ def jobs_cancel(job_id: JobId) -> None:
             audit(session, "task.cancel", target=f"task:{job.id}", status=job.status)
     except PlatformError as error:
         raise fail(error) from None
-    typer.echo(f"job {job.id}: " + ("cancelled" if job.status == "cancelled" else "cancel requested"))
+    typer.echo(f"job {job.id}: " + ("cancelled" if job.status == JobStatus.CANCELLED else "cancel requested"))
 
 
 @jobs_app.command("retry")
@@ -271,7 +272,7 @@ def jobs_logs(
 ) -> None:
     """The job's events (attempts, stages, outcome), then its run's logs.txt."""
 
-    from finetune_platform.services.jobs import FINISHED, get_job, job_events, job_log_path
+    from finetune_platform.services.jobs import get_job, job_events, job_log_path
     from finetune_platform.services.users import local_user
 
     seen_events, seen_bytes = 0, 0

@@ -8,23 +8,23 @@ account's queued-jobs limit, a claim to its running-jobs limit (``services.quota
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from finetune_platform.db.models import Job, JobEvent, JobKind, JobStage, JobStatus, Role, utcnow
+from finetune_platform.db.models import Job, JobEvent, Role, utcnow
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
-from finetune_platform.services import quotas
+from finetune_platform.services import job_states, quotas
+from finetune_platform.services.job_states import JobKind, JobStage, JobStatus, LifecycleEvent
 from finetune_platform.services.users import UserPublic
 from finetune_platform.settings import Settings, get_settings
-
-FINISHED = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,63 @@ class Submission:
     created: bool  # False when the idempotency key matched an earlier submission
 
 
-def _event(session: Session, job: Job, kind: str, message: str = "", **data: Any) -> None:
-    session.add(JobEvent(job_id=job.id, kind=kind, message=message, data=data))
+# A line of a job's history: (kind, message, data), written as a JobEvent row.
+History = tuple[str, str, dict[str, Any]]
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    event: LifecycleEvent,
+    *,
+    state: JobStatus | str | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
+    values: dict[str, Any] | None = None,
+    history: Sequence[History] | Callable[[RowMapping], Sequence[History]] = (),
+) -> RowMapping | None:
+    """Move a job by ``event`` from ``state`` (what the caller read; by default the one state the event leaves)
+    to the state the lifecycle table names, in one conditional UPDATE: ``WHERE id = job_id AND status = state``
+    plus the caller's ``where`` (the lease holder, the attempt read). Writes ``values`` with it and appends
+    ``history`` (or what it makes of the moved row) to the job's events.
+
+    Returns the moved row, or None when the row is not in ``state`` (or fails ``where``) any more: someone else
+    moved it first, and nothing was written. Raises IllegalTransition when the table has no such move.
+    This is the only place that writes a job's status once the job exists (``_queue`` inserts it).
+    """
+    if state is None:
+        (state,) = job_states.sources(event)  # an event with several sources needs the state read
+    current = JobStatus(state)
+    target = job_states.next_state(current, event, job_id=job_id)
+    jobs_table = Job.__table__
+    now = utcnow()
+    changes = {**(values or {}), "updated_at": now}
+    if target != current:
+        changes["status"] = target.value
+    row = (
+        session.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job_id, jobs_table.c.status == current.value, *where)
+            .values(**changes)
+            .returning(*jobs_table.c)  # one round trip: the move and the moved row
+        )
+        .mappings()
+        .one_or_none()
+    )
+    loaded = session.identity_map.get(session.identity_key(Job, job_id))
+    if loaded is not None:  # a Job the session read before (``_visible``, ``_held``) is stale now
+        session.expire(loaded)
+    if row is None:
+        return None
+    lines = history(row) if callable(history) else history
+    if lines:
+        session.execute(
+            insert(JobEvent.__table__),
+            [
+                {"job_id": job_id, "at": now, "kind": kind, "message": message, "data": data}
+                for kind, message, data in lines
+            ],
+        )
+    return row
 
 
 def _earlier(session: Session, user: UserPublic, idempotency_key: str | None) -> Submission | None:
@@ -116,7 +171,7 @@ def _queue(
         id=str(uuid.uuid4()),
         owner_id=user.id,
         kind=kind.value,
-        status=JobStatus.QUEUED.value,
+        status=job_states.next_state(None, LifecycleEvent.SUBMIT).value,
         config=config,
         dataset_version=dataset_version,
         idempotency_key=idempotency_key,
@@ -136,7 +191,14 @@ def _queue(
         if earlier is None:
             raise
         return earlier
-    _event(session, job, "submitted", f"queued by {user.username}", dataset_version=job.dataset_version)
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            kind="submitted",
+            message=f"queued by {user.username}",
+            data={"dataset_version": job.dataset_version},
+        )
+    )
     return Submission(JobPublic.of(job), created=True)
 
 
@@ -339,16 +401,18 @@ def job_events(session: Session, user: UserPublic, job_id: str) -> list[dict[str
 def cancel_job(session: Session, user: UserPublic, job_id: str) -> JobPublic:
     """A queued job is cancelled at once; a running one is asked to stop (its worker does, at the next step)."""
     job = _visible(session, user, job_id)
-    if job.status in FINISHED:
-        raise PlatformError(f"job {job_id} is already {job.status}", ErrorCode.CONFLICT)
-    if job.status == JobStatus.QUEUED.value:
-        job.status, job.finished_at = JobStatus.CANCELLED.value, utcnow()
-        _event(session, job, "cancelled", f"cancelled by {user.username} while queued")
-    else:
-        job.cancel_requested = True
-        _event(session, job, "cancel_requested", f"cancel requested by {user.username}")
-    session.flush()
-    return JobPublic.of(job)
+    while True:  # a worker may claim the job between the read and the write: then decide again
+        state = job.status
+        if state == JobStatus.QUEUED.value:
+            values = {"finished_at": utcnow()}
+            line = ("cancelled", f"cancelled by {user.username} while queued", {})
+        else:
+            values = {"cancel_requested": True}
+            line = ("cancel_requested", f"cancel requested by {user.username}", {})
+        row = transition(session, job_id, LifecycleEvent.CANCEL, state=state, values=values, history=[line])
+        if row is not None:
+            return JobPublic.of(SimpleNamespace(**row))
+        session.refresh(job)
 
 
 def retry_job(
@@ -357,21 +421,32 @@ def retry_job(
     """Queue a failed or cancelled job again, with a fresh attempt budget (not a fresh time budget: the hours
     it ran count on), within its owner's queued-jobs limit."""
     job = _visible(session, user, job_id)
-    if job.status not in {JobStatus.FAILED.value, JobStatus.CANCELLED.value}:
-        raise PlatformError(
-            f"job {job_id} is {job.status}: only failed or cancelled jobs can be retried", ErrorCode.CONFLICT
-        )
+    # Refused before the quota is asked: a running job is not retried, whatever the account's room.
+    job_states.next_state(job.status, LifecycleEvent.RETRY, job_id=job_id)
     quotas.check_queue_room(session, job.owner_id, settings or get_settings(), lock=True)
-    job.status, job.error, job.attempts, job.cancel_requested = JobStatus.QUEUED.value, None, 0, False
-    job.finished_at = job.enqueued_at = None
-    _event(session, job, "retried", f"queued again by {user.username}")
-    session.flush()
-    return JobPublic.of(job)
+    while True:  # retried by someone else meanwhile: the next pass refuses it as queued
+        row = transition(
+            session,
+            job_id,
+            LifecycleEvent.RETRY,
+            state=job.status,
+            values={
+                "error": None,
+                "attempts": 0,
+                "cancel_requested": False,
+                "finished_at": None,
+                "enqueued_at": None,
+            },
+            history=[("retried", f"queued again by {user.username}", {})],
+        )
+        if row is not None:
+            return JobPublic.of(SimpleNamespace(**row))
+        session.refresh(job)
 
 
 # -- the worker's side: claim, heartbeat, progress, outcome ----------------------------------------
-# Every write below is a compare-and-set on (id, status, lease_owner): a worker that lost its lease
-# cannot overwrite the state written by the worker that holds it now.
+# Every write below is a transition: a compare-and-set on (id, status, lease_owner): a worker that lost
+# its lease cannot overwrite the state written by the worker that holds it now.
 
 
 @dataclass(frozen=True)
@@ -404,13 +479,9 @@ def claim_job(
 
     Core statements, not the ORM: this is the path from message to training start, run for every job.
     """
-    jobs_table, events = Job.__table__, JobEvent.__table__
+    jobs_table = Job.__table__
     now = utcnow()
-    claimable = [
-        jobs_table.c.id == job_id,
-        jobs_table.c.status == JobStatus.QUEUED.value,
-        jobs_table.c.cancel_requested.is_(False),
-    ]
+    claimable = [jobs_table.c.cancel_requested.is_(False)]
     limit = None
     if running_limit is not None:
         owner = quotas.lock_account(
@@ -427,71 +498,55 @@ def claim_job(
             .scalar_subquery()
             < limit
         )
-    row = (
-        session.execute(
-            update(jobs_table)
-            .where(*claimable)
-            .values(
-                status=JobStatus.RUNNING.value,
-                stage=JobStage.VALIDATING.value,
-                lease_owner=lease_owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                heartbeat_at=now,
-                attempts=jobs_table.c.attempts + 1,
-                started_at=func.coalesce(jobs_table.c.started_at, now),
-                error=None,
-                updated_at=now,
+    row = transition(
+        session,
+        job_id,
+        LifecycleEvent.CLAIM,
+        where=claimable,
+        values={
+            "stage": JobStage.VALIDATING.value,
+            "lease_owner": lease_owner,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "heartbeat_at": now,
+            "attempts": jobs_table.c.attempts + 1,
+            "started_at": func.coalesce(jobs_table.c.started_at, now),
+            "error": None,
+        },
+        history=lambda job: [
+            (
+                "started",
+                f"attempt {job['attempts']} of {job['max_attempts']} on {lease_owner}",
+                {"attempt": job["attempts"], "worker": lease_owner},
             )
-            .returning(*jobs_table.c)  # one round trip: the claim and the claimed row
-        )
-        .mappings()
-        .one_or_none()
+        ],
     )
     if row is None:
         return (
             None if limit is None else _hold(session, job_id, limit, own=owner.max_running_jobs is not None)
         )
-    job = SimpleNamespace(**row)
-    session.execute(
-        insert(events).values(
-            job_id=job_id,
-            at=now,
-            kind="started",
-            message=f"attempt {job.attempts} of {job.max_attempts} on {lease_owner}",
-            data={"attempt": job.attempts, "worker": lease_owner},
-        )
-    )
-    return Claim(JobPublic.of(job), lease_owner)
+    return Claim(JobPublic.of(SimpleNamespace(**row)), lease_owner)
 
 
 def _hold(session: Session, job_id: str, limit: int, *, own: bool) -> Held | None:
     """Leave a queued job (that the running-jobs limit kept from starting) queued and unsent, saying why in its
     error and, once per reason, in an event. None when the job is not queued any more (that is why)."""
-    jobs_table = Job.__table__
     source = "the account's max_running_jobs" if own else "MAX_RUNNING_JOBS_PER_USER"
     reason = (
         f"waiting: its owner already runs the most jobs one account may run at once ({limit}, {source}); "
         "it starts after one of them ends"
     )
-    before = session.execute(
-        update(jobs_table)
-        .where(
-            jobs_table.c.id == job_id,
-            jobs_table.c.status == JobStatus.QUEUED.value,
-            jobs_table.c.cancel_requested.is_(False),
-        )
-        .values(enqueued_at=None, error=reason, updated_at=utcnow())
-        .returning(jobs_table.c.id)
-    ).one_or_none()
-    if before is None:
-        return None
     last = session.scalar(
         select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(1)
     )
-    if last != reason:
-        session.add(JobEvent(job_id=job_id, kind="waiting", message=reason, data={"running_limit": limit}))
-        session.flush()
-    return Held(reason)
+    held = transition(
+        session,
+        job_id,
+        LifecycleEvent.HOLD,
+        where=[Job.__table__.c.cancel_requested.is_(False)],
+        values={"enqueued_at": None, "error": reason},
+        history=[] if last == reason else [("waiting", reason, {"running_limit": limit})],
+    )
+    return None if held is None else Held(reason)
 
 
 def _held(session: Session, job_id: str, lease_owner: str) -> Job | None:
@@ -504,14 +559,14 @@ def _held(session: Session, job_id: str, lease_owner: str) -> Job | None:
 def renew_lease(session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> bool | None:
     """Extend the lease. Returns whether a cancel was requested, or None when the lease is no longer ours."""
     now = utcnow()
-    cancel = session.scalars(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.lease_owner == lease_owner)
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
-        .returning(Job.cancel_requested),
-        execution_options={"synchronize_session": False},
-    ).one_or_none()
-    return None if cancel is None else bool(cancel)
+    row = transition(
+        session,
+        job_id,
+        LifecycleEvent.HEARTBEAT,
+        where=[Job.__table__.c.lease_owner == lease_owner],
+        values={"lease_expires_at": now + timedelta(seconds=lease_seconds), "heartbeat_at": now},
+    )
+    return None if row is None else bool(row["cancel_requested"])
 
 
 def record_progress(
@@ -528,22 +583,44 @@ def record_progress(
     job = _held(session, job_id, lease_owner)
     if job is None:
         return False
+    values, history = dict(fields), []
     if stage is not None and stage != job.stage:
-        job.stage = stage
-        _event(session, job, "stage", stage)
+        values["stage"] = stage
+        history.append(("stage", stage, {}))
     if progress:
-        job.progress = {**job.progress, **progress}
-    for name, value in fields.items():
-        setattr(job, name, value)
+        values["progress"] = {**job.progress, **progress}
     if event is not None:
-        _event(session, job, *event)
-    return True
+        history.append((*event, {}))
+    return _as_holder(session, job, LifecycleEvent.PROGRESS, values, history) is not None
 
 
-def _add_run_time(job: Job, run_seconds: float | None) -> None:
+def _as_holder(
+    session: Session, job: Job, event: LifecycleEvent, values: dict[str, Any], history: list[History]
+) -> RowMapping | None:
+    """A transition of the running job ``job`` (read under ``_held``) by its lease holder, on the lease and
+    attempt it read."""
+    table = Job.__table__
+    return transition(
+        session,
+        job.id,
+        event,
+        where=[table.c.lease_owner == job.lease_owner, table.c.attempts == job.attempts],
+        values=values,
+        history=history,
+    )
+
+
+def _with_run_time(job: Job, run_seconds: float | None) -> dict[str, Any]:
     """Record the seconds the job has run over all its attempts (what JOB_MAX_HOURS limits)."""
-    if run_seconds is not None:
-        job.progress = {**job.progress, "run_seconds": round(run_seconds, 1)}
+    return {} if run_seconds is None else {"progress": {**job.progress, "run_seconds": round(run_seconds, 1)}}
+
+
+# The event that ends an attempt with each final status.
+_ENDING = {
+    JobStatus.SUCCEEDED: LifecycleEvent.FINISH,
+    JobStatus.FAILED: LifecycleEvent.FAIL,
+    JobStatus.CANCELLED: LifecycleEvent.STOP,
+}
 
 
 def finish_job(
@@ -560,16 +637,16 @@ def finish_job(
     job = _held(session, job_id, lease_owner)
     if job is None:
         return None
-    _add_run_time(job, run_seconds)
-    job.status, job.finished_at = status.value, utcnow()
-    job.lease_owner = job.lease_expires_at = None
-    if status is JobStatus.FAILED:
-        job.error = message
-    for name, value in fields.items():
-        setattr(job, name, value)
-    _event(session, job, status.value, message)
-    session.flush()
-    return JobPublic.of(job)
+    values = {
+        **_with_run_time(job, run_seconds),
+        "finished_at": utcnow(),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        **({"error": message} if status is JobStatus.FAILED else {}),
+        **fields,
+    }
+    row = _as_holder(session, job, _ENDING[status], values, [(status.value, message, {})])
+    return None if row is None else JobPublic.of(SimpleNamespace(**row))
 
 
 def release_job(
@@ -583,32 +660,33 @@ def release_job(
 ) -> JobPublic | None:
     """Hand a running job back to the queue (a retryable failure, or a worker shutting down).
 
-    A failed attempt with no attempts left fails the job instead. A preemption (``count_attempt``
-    False) gives the attempt back. Returns the job (queued or failed), or None when the lease is not ours.
+    A failed attempt with no attempts left fails the job instead (``job_states.after_failed_attempt``). A
+    preemption (``count_attempt`` False) gives the attempt back. Returns the job (queued or failed), or None
+    when the lease is not ours.
     """
     job = _held(session, job_id, lease_owner)
     if job is None:
         return None
-    _add_run_time(job, run_seconds)
-    job.lease_owner = job.lease_expires_at = None
+    values: dict[str, Any] = {
+        **_with_run_time(job, run_seconds),
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
     if not count_attempt:
-        job.attempts -= 1
-        job.preemptions += 1
-        job.status, job.enqueued_at = JobStatus.QUEUED.value, None
-        _event(session, job, "preempted", reason)
-    elif job.attempts >= job.max_attempts:
-        _give_up(session, job, reason)
+        event = LifecycleEvent.PREEMPT
+        values.update(attempts=job.attempts - 1, preemptions=job.preemptions + 1, enqueued_at=None)
+        history = [("preempted", reason, {})]
     else:
-        job.status, job.error, job.enqueued_at = JobStatus.QUEUED.value, reason, None
-        _event(session, job, "retrying", f"attempt {job.attempts} of {job.max_attempts} failed: {reason}")
-    session.flush()
-    return JobPublic.of(job)
-
-
-def _give_up(session: Session, job: Job, reason: str) -> None:
-    job.status, job.finished_at = JobStatus.FAILED.value, utcnow()
-    job.error = f"gave up after {job.attempts} attempts; last: {reason}"
-    _event(session, job, "failed", job.error)
+        event = job_states.after_failed_attempt(job.attempts, job.max_attempts)
+        if event is LifecycleEvent.FAIL:
+            error = job_states.gave_up(job.attempts, reason)
+            values.update(finished_at=utcnow(), error=error)
+            history = [("failed", error, {})]
+        else:
+            values.update(error=reason, enqueued_at=None)
+            history = [("retrying", f"attempt {job.attempts} of {job.max_attempts} failed: {reason}", {})]
+    row = _as_holder(session, job, event, values, history)
+    return None if row is None else JobPublic.of(SimpleNamespace(**row))
 
 
 def mark_enqueued(session: Session, job_ids: list[str], sent: bool = True) -> None:
@@ -654,37 +732,32 @@ def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: b
     for job in stale:
         silent = f"worker {job.lease_owner} stopped renewing its lease (last heartbeat {job.heartbeat_at:%H:%M:%S})"
         reason = f"{silent}: the process was killed (for example by the out-of-memory killer) or its host went away"
-        if job.cancel_requested:
-            values, event = (
-                {"status": JobStatus.CANCELLED.value, "finished_at": now},
-                ("cancelled", f"cancelled; {silent}"),
-            )
-        elif job.attempts >= job.max_attempts:
-            error = f"gave up after {job.attempts} attempts; last: {reason}"
-            values, event = (
-                {"status": JobStatus.FAILED.value, "finished_at": now, "error": error},
-                ("failed", error),
-            )
+        event = job_states.after_lost_worker(
+            cancel_requested=job.cancel_requested, attempts=job.attempts, max_attempts=job.max_attempts
+        )
+        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if event is LifecycleEvent.STOP:
+            values["finished_at"] = now
+            line = ("cancelled", f"cancelled; {silent}", {})
+        elif event is LifecycleEvent.FAIL:
+            error = job_states.gave_up(job.attempts, reason)
+            values.update(finished_at=now, error=error)
+            line = ("failed", error, {})
         else:
-            values = {"status": JobStatus.QUEUED.value, "error": reason, "enqueued_at": None}
-            event = ("worker_lost", f"attempt {job.attempts} of {job.max_attempts} lost: {reason}")
+            values.update(error=reason, enqueued_at=None)
+            line = ("worker_lost", f"attempt {job.attempts} of {job.max_attempts} lost: {reason}", {})
         # Compare-and-set on what was read: SQLite has no row locks, so another worker's reconciler may
         # have moved this job on (and a new attempt claimed it) since the select; then this one does nothing.
-        moved = session.execute(
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.status == JobStatus.RUNNING.value,
-                Job.lease_owner == job.lease_owner,
-                Job.attempts == job.attempts,
-            )
-            .values(lease_owner=None, lease_expires_at=None, updated_at=now, **values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not moved:
-            continue
-        session.add(JobEvent(job_id=job.id, kind=event[0], message=event[1], data={}))
-        (expired if values["status"] == JobStatus.QUEUED.value else abandoned).append(job.id)
+        moved = transition(
+            session,
+            job.id,
+            event,
+            where=[Job.lease_owner == job.lease_owner, Job.attempts == job.attempts],
+            values=values,
+            history=[line],
+        )
+        if moved is not None:
+            (expired if event is LifecycleEvent.RECONCILE else abandoned).append(job.id)
     session.flush()
     queued = session.scalars(select(Job).where(Job.status == JobStatus.QUEUED.value)).all()
     cutoff = now - timedelta(seconds=requeue_after)
