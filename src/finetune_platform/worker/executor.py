@@ -16,7 +16,7 @@ from typing import Any
 from finetune_platform.db.models import JobKind, JobStage, JobStatus
 from finetune_platform.db.session import session_scope
 from finetune_platform.errors import PlatformError
-from finetune_platform.services import jobs, quotas
+from finetune_platform.services import job_states, jobs, quotas
 from finetune_platform.settings import Settings
 from finetune_platform.training.guards import TrainingStopped
 from finetune_platform.worker.control import Heartbeat, JobCallback, JobControl, LeaseLost, StopKind
@@ -115,14 +115,10 @@ def execute_job(
         return "lost"
     except TrainingStopped as exc:
         return _stopped(settings, claim, exc, control.run_seconds())
-    except PlatformError as exc:  # bad config or data, missing model: another attempt would fail the same way
-        return _finish(settings, claim, JobStatus.FAILED, str(exc), run_seconds=control.run_seconds())
-    except (
-        Exception
-    ) as exc:  # anything else may be passing (I/O, CUDA out of memory): retry within the budget
-        logger.exception("job %s attempt %d failed", job_id, claim.job.attempts)
-        reason = f"{exc.__class__.__name__}: {exc}"
-        return _release(settings, claim, reason, count_attempt=True, run_seconds=control.run_seconds())
+    except Exception as exc:  # another attempt or failed for good: the domain's retry policy decides
+        if not isinstance(exc, PlatformError):  # not raised on purpose: the traceback is worth the log
+            logger.exception("job %s attempt %d failed", job_id, claim.job.attempts)
+        return _failed(settings, claim, exc, control.run_seconds())
     finally:
         _current = None
         heartbeat.stop()
@@ -138,9 +134,16 @@ def _stopped(settings: Settings, claim: jobs.Claim, exc: TrainingStopped, run_se
         return _finish(settings, claim, JobStatus.CANCELLED, str(exc), run_seconds=run_seconds)
     if isinstance(exc, JobPreempted):
         return _release(settings, claim, str(exc), count_attempt=False, run_seconds=run_seconds)
-    if exc.retryable:
-        return _release(settings, claim, str(exc), count_attempt=True, run_seconds=run_seconds)
-    return _finish(settings, claim, JobStatus.FAILED, str(exc), run_seconds=run_seconds)
+    return _failed(settings, claim, exc, run_seconds)
+
+
+def _failed(settings: Settings, claim: jobs.Claim, exc: Exception, run_seconds: float) -> str:
+    """A failed attempt: handed back for another one when the retry policy (``services.job_states``) says it
+    could succeed (the attempt budget then decides), else failed for good."""
+    reason = job_states.failure_reason(exc)
+    if job_states.retries(exc):
+        return _release(settings, claim, reason, count_attempt=True, run_seconds=run_seconds)
+    return _finish(settings, claim, JobStatus.FAILED, reason, run_seconds=run_seconds)
 
 
 def _finish(
@@ -205,7 +208,7 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
     run = RunFolder(jobs.run_folder_path(config.output_dir, config.experiment, job.id))
     resume = run.config_path.is_file()
     state = run.read_state() if resume else {}
-    if state.get("status") == "succeeded" and state.get("model"):
+    if state.get("status") == JobStatus.SUCCEEDED and state.get("model"):
         # The last attempt finished and registered, then died before telling the database.
         model = state["model"]
         return {
