@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from finetune_platform.services.job_states import ACTIVE, JobKind, JobStage, JobStatus
 from finetune_platform.ui.client import ApiError, PlatformClient
 
 STEP_LINE = re.compile(r"step (\d+)/(\d+) epoch [\d.]+ loss ([\d.]+) .* eta (\S+)")
@@ -28,8 +29,16 @@ def curves(log_lines: list[str]) -> tuple[dict[int, float], dict[str, dict[int, 
     return loss, evaluation, eta
 
 
-STEPS = ("queued", "validating", "training", "evaluating", "registering", "done")
-PREDICT_STEPS = ("queued", "validating", "predicting", "done")
+DONE = "done"  # the last step: the job succeeded
+STEPS = (
+    JobStatus.QUEUED,
+    JobStage.VALIDATING,
+    JobStage.TRAINING,
+    JobStage.EVALUATING,
+    JobStage.REGISTERING,
+    DONE,
+)
+PREDICT_STEPS = (JobStatus.QUEUED, JobStage.VALIDATING, JobStage.PREDICTING, DONE)
 
 
 def login_page(client: PlatformClient) -> None:
@@ -52,19 +61,19 @@ def login_page(client: PlatformClient) -> None:
 def stepper(task: dict[str, Any]) -> str:
     """The task's place in its steps, as one line: done steps ✓, the current one ▶, the rest ·; a failed or
     cancelled task shows ✗ on the step it stopped at."""
-    steps = PREDICT_STEPS if task.get("kind") == "predict" else STEPS
+    steps = PREDICT_STEPS if task.get("kind") == JobKind.PREDICT else STEPS
     status, stage = task["status"], task.get("stage")
-    stopped = status in {"failed", "cancelled"}
-    if status == "queued" or (stopped and stage not in steps):
-        current = "queued"
-    elif status == "running" or stopped:
-        current = stage if stage in steps else "validating"
+    stopped = status in {JobStatus.FAILED, JobStatus.CANCELLED}
+    if status == JobStatus.QUEUED or (stopped and stage not in steps):
+        current = JobStatus.QUEUED
+    elif status == JobStatus.RUNNING or stopped:
+        current = stage if stage in steps else JobStage.VALIDATING
     else:
-        current = "done"
+        current = DONE
     index = steps.index(current)
     marks = []
     for position, step in enumerate(steps):
-        if position < index or (step == "done" and status == "succeeded"):
+        if position < index or (step == DONE and status == JobStatus.SUCCEEDED):
             marks.append(f"✓ {step}")
         elif position == index:
             marks.append(f"✗ {step} ({status})" if stopped else f"▶ {step}")
@@ -97,9 +106,9 @@ def jobs_page(client: PlatformClient) -> None:
     chosen = st.selectbox("Job", [t["id"] for t in tasks], key="job")
     live = st.toggle("Live (refresh every 2 s while the job runs)", value=True, key="live")
     task = next(t for t in tasks if t["id"] == chosen)
-    running = task["status"] in {"queued", "running"}
+    running = task["status"] in ACTIVE
     st.fragment(run_every=2.0 if live and running else None)(job_view)(client, chosen, running)
-    if task["status"] == "succeeded" and task["run_id"]:
+    if task["status"] == JobStatus.SUCCEEDED and task["run_id"]:
         st.button(
             "Compare with other runs",
             key="compare_job",
@@ -130,13 +139,13 @@ def job_view(client: PlatformClient, chosen: str, was_running: bool = False) -> 
     except ApiError as error:
         st.error(str(error))
         return
-    if was_running and task["status"] not in {"queued", "running"}:
+    if was_running and task["status"] not in ACTIVE:
         st.rerun(scope="app")  # the job ended: redraw the page (no more refresh, the finished job's actions)
     st.markdown(f"**{stepper(task)}**")
     progress = task.get("progress") or {}
-    percent = float(progress.get("percent") or (100.0 if task["status"] == "succeeded" else 0.0))
+    percent = float(progress.get("percent") or (100.0 if task["status"] == JobStatus.SUCCEEDED else 0.0))
     loss, evaluation, eta = curves(logs["log_lines"])
-    remaining = f", ETA {eta}" if eta and task["status"] == "running" else ""
+    remaining = f", ETA {eta}" if eta and task["status"] == JobStatus.RUNNING else ""
     st.progress(min(percent, 100.0) / 100.0, text=f"{percent:.0f}%{remaining}")
     if progress.get("loss") is not None:
         st.metric("loss", f"{progress['loss']:.4f}")
@@ -146,9 +155,9 @@ def job_view(client: PlatformClient, chosen: str, was_running: bool = False) -> 
     if evaluation["eval accuracy"]:
         st.subheader("Evaluation")
         st.line_chart(evaluation)
-    if task["status"] == "failed":
+    if task["status"] == JobStatus.FAILED:
         st.error(f"Failed: {task['error']}")
-    if task["status"] in {"queued", "running"} and st.button("Cancel job", key="cancel"):
+    if task["status"] in ACTIVE and st.button("Cancel job", key="cancel"):
         try:
             task = client.cancel(chosen)
             st.success(
