@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
@@ -51,3 +53,17 @@ def test_latest_run(tmp_path):
     newest = make_run(tmp_path, "b", "r2", "succeeded")
     assert latest_run(tmp_path) == newest
     assert latest_run(tmp_path, "a").run_id == "r1"
+
+
+def test_run_json_speaks_the_job_rows_words_and_reads_older_folders(tmp_path):
+    """run.json's status is a JobStatus; a folder from before, stopped with Ctrl-C ("interrupted"), reads as
+    cancelled and still resumes."""
+    from finetune_platform.db.job_vocabulary import JobStatus
+
+    assert RunFolder.create(tmp_path, "exp", "new").status is None
+    older = make_run(tmp_path, "exp", "20260101-000000-aaaaaa", "interrupted")
+    make_run(tmp_path, "exp", "20260102-000000-bbbbbb", JobStatus.SUCCEEDED)
+    assert older.status is JobStatus.CANCELLED
+    assert RunFolder.find_resumable(tmp_path, "exp").run_id == older.run_id
+    older.update_state(status=JobStatus.RUNNING)
+    assert json.loads(older.state_path.read_text())["status"] == "running"

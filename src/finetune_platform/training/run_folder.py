@@ -1,4 +1,8 @@
-"""Run folders: results/<experiment>/<run-id>/ with config.yaml, metrics.json, logs.txt and artifacts/."""
+"""Run folders: results/<experiment>/<run-id>/ with config.yaml, metrics.json, logs.txt and artifacts/.
+
+``run.json`` holds the run's state; its status is in the job row's words (``JobStatus``): running, succeeded,
+failed, or cancelled for a run its user stopped (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from finetune_platform.atomic import write_atomic
+from finetune_platform.db.job_vocabulary import JobStatus
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
 from finetune_platform.training.checkpoints import STAGING_DIR, newest_checkpoint
 
 STATE_FILE = "run.json"
+# Statuses that run.json files written before it shared the job row's words may hold.
+_EARLIER_STATUS = {"interrupted": JobStatus.CANCELLED}
 
 
 def new_run_id() -> str:
@@ -76,6 +83,12 @@ class RunFolder:
             return {}
         return json.loads(self.state_path.read_text(encoding="utf-8"))
 
+    @property
+    def status(self) -> JobStatus | None:
+        """The run's status, None before it first started; an older run folder's words are read as today's."""
+        status = self.read_state().get("status")
+        return None if status is None else _EARLIER_STATUS.get(status) or JobStatus(status)
+
     def update_state(self, **changes: Any) -> dict[str, Any]:
         state = {**self.read_state(), **changes, "updated_at": datetime.now(UTC).isoformat()}
         write_atomic(self.state_path, json.dumps(state, indent=2))
@@ -94,7 +107,7 @@ class RunFolder:
             (cls(path) for path in experiment_dir.glob("*/") if (path / "config.yaml").is_file()),
             key=lambda folder: folder.run_id,
         )
-        unfinished = [folder for folder in candidates if folder.read_state().get("status") != "succeeded"]
+        unfinished = [folder for folder in candidates if folder.status is not JobStatus.SUCCEEDED]
         if not unfinished:
             raise NotFoundError(
                 f"nothing to resume: no unfinished run of experiment {experiment!r} in {experiment_dir}"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_platform.atomic import write_atomic
+from finetune_platform.db.job_vocabulary import JobStatus
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
 from finetune_platform.training.devices import check_device
@@ -92,7 +93,7 @@ def run_training(
     config, run, checkpoint = prepare_run(config, resume=resume, run_id=run_id)
     previous = run.read_state()
     run.update_state(
-        status="running",
+        status=JobStatus.RUNNING,
         started_at=previous.get("started_at") or datetime.now(UTC).isoformat(),
         attempts=int(previous.get("attempts", 0)) + 1,
     )
@@ -140,19 +141,20 @@ def run_training(
                 # metrics.json as logged to MLflow, plus what only exists after tracking and registration.
                 write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            # Ctrl-C is its user stopping the run: cancelled, in the job row's words.
+            status = JobStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
             logger.error("run %s %s: %s", run.run_id, status, exc)
             try:  # the disk may be the reason we are here: recording the failure must not hide it
                 run.update_state(status=status, error=str(exc))
             except OSError as state_error:
                 logger.error("could not record the failure in %s: %s", run.state_path, state_error)
             if tracker is not None:
-                tracker.end("KILLED" if status == "interrupted" else "FAILED")
+                tracker.end("KILLED" if status is JobStatus.CANCELLED else "FAILED")
             raise
         finally:
             recipe.cleanup()
         wall = time.perf_counter() - started
-        run.update_state(status="succeeded", finished_at=datetime.now(UTC).isoformat(), error=None)
+        run.update_state(status=JobStatus.SUCCEEDED, finished_at=datetime.now(UTC).isoformat(), error=None)
         logger.info(
             "run %s succeeded in %.1fs: accuracy %.4f, macro_f1 %.4f -> %s",
             run.run_id,
