@@ -146,7 +146,7 @@ bench-gpu: $(STAMP) ## GPU training and serving vs HF Trainer / pipeline on SST-
 	else echo "one GPU: 2-GPU scaling skipped"; fi
 	PYTHONPATH=src $(BIN)/python bench/gpu_serve.py --model-dir $(GPU_MODEL_DIR) --data ../shared/data/sst2
 
-GPU_MODEL_DIR = $${MODEL_DIR:-$$($(BIN)/python -c "from finetune_platform.training.models import resolve_base_model as r; print(r('minilm').source)")}
+GPU_MODEL_DIR = $${MODEL_DIR:-$$($(BIN)/python -c "from finetune_platform.catalogue import resolve_base_model as r; print(r('minilm').source)")}
 
 check-monitoring: ## promtool on the Prometheus config and alert rules (Debian package prometheus)
 	@d=$$(mktemp -d) && cp deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yml $$d/ && echo placeholder-token > $$d/metrics-token && \

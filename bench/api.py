@@ -91,8 +91,8 @@ def platform_values(work: Path, database: str) -> dict[str, str]:
 
 def prepare(values: dict[str, str], work: Path) -> tuple[str, str, str]:
     """A user with an uploaded dataset and one queued task: (dataset id, task id, the user's token)."""
-    from finetune_platform.api.auth import Tokens
     from finetune_platform.db.session import session_scope, upgrade
+    from finetune_platform.security import Tokens
     from finetune_platform.services.datasets import register_upload
     from finetune_platform.services.jobs import submit_job
     from finetune_platform.services.users import create_user, token_subject

@@ -83,8 +83,8 @@ def sst2_seconds() -> dict[str, float] | None:
         return None
     from transformers import AutoTokenizer
 
+    from finetune_platform.catalogue import resolve_base_model
     from finetune_platform.data.validation import ValidationOptions, validate_file
-    from finetune_platform.training.models import resolve_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm").source)
     options = ValidationOptions(

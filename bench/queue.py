@@ -133,7 +133,7 @@ def measure(pair: Pair, kind: str, latency_jobs: int, throughput_jobs: int) -> d
 
         from finetune_platform.db.models import Job
         from finetune_platform.db.session import session_scope
-        from finetune_platform.worker.app import enqueue
+        from finetune_platform.services.dispatch import enqueue
 
         def make_tokens(count: int) -> list[str]:
             return create_noop_jobs(settings, count)
@@ -214,7 +214,7 @@ def tiny_model(root: Path) -> Path:
     import torch
     from transformers import AutoModel, AutoTokenizer, BertConfig
 
-    from finetune_platform.training.models import resolve_base_model
+    from finetune_platform.catalogue import resolve_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm").source)
     torch.manual_seed(0)
@@ -238,9 +238,9 @@ def training_jobs(pair: Pair, count: int) -> dict[str, Any]:
 
     from finetune_platform.db.models import Job, JobEvent
     from finetune_platform.db.session import session_scope
+    from finetune_platform.services.dispatch import enqueue
     from finetune_platform.services.jobs import submit_job
     from finetune_platform.services.users import local_user
-    from finetune_platform.worker.app import enqueue
 
     pair.values["MLFLOW_ENABLED"] = "true"  # registration included: each job becomes one model version
     settings = pair.settings()

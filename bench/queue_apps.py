@@ -13,8 +13,9 @@ import time
 
 from celery import Celery
 
+from finetune_platform.broker import broker_url, transport_options
 from finetune_platform.settings import Settings
-from finetune_platform.worker.app import broker_url, create_app, transport_options
+from finetune_platform.worker.app import create_app
 
 
 def record(token: str) -> None:

@@ -43,7 +43,7 @@ def run_baseline(
         set_seed,
     )
 
-    from finetune_platform.training.models import resolve_base_model
+    from finetune_platform.catalogue import resolve_base_model
 
     set_seed(seed)
     source = resolve_base_model(base_model).source

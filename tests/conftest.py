@@ -107,7 +107,7 @@ def chinese_rows(count: int, seed: int) -> list[tuple[str, int]]:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    from finetune_platform.training.models import resolve_base_model
+    from finetune_platform.catalogue import resolve_base_model
 
     return Path(resolve_base_model("minilm").source)
 

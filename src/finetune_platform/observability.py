@@ -1,111 +1,39 @@
-"""Prometheus metrics of the platform.
+"""Prometheus metrics every exporter shares: the host's, the HTTP requests', and a worker's own.
 
-Job metrics come from the database at scrape time (served by the API's /metrics), so they are exact across any
-number of workers and survive restarts: ``task_success_total``, ``task_failure_total``, ``task_cancelled_total``,
-``task_duration_seconds`` (histogram of finished jobs), ``task_running``, the running jobs' training speed and loss,
-and each worker's last heartbeat. ``task_queue_length`` is read from the broker. Every exporter (API, worker,
-inference server) adds the host's ``system_cpu_percent``, ``system_memory_usage_gigabytes`` and
-``system_disk_free_ratio``; workers serve theirs on their own port (``finetune worker --metrics-port``).
+Every exporter (API, worker, inference server) adds the host's ``system_cpu_percent``,
+``system_memory_usage_gigabytes`` and ``system_disk_free_ratio``; the API and the inference server serve
+``/metrics`` with request counts and latencies by route template (``mount_metrics``); workers serve theirs on
+their own port (``finetune worker --metrics-port``). Job metrics come from the database at scrape time
+(``services.job_metrics``, served by the API's /metrics).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC
 from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.observability")
-OUTCOMES = (("succeeded", "task_success"), ("failed", "task_failure"), ("cancelled", "task_cancelled"))
-DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
-
-
-class JobCollector:
-    """Job counts, durations and live progress from the database; the queue length from the broker."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def collect(self) -> Iterator[Metric]:
-        from sqlalchemy import func, select
-
-        from finetune_platform.db.models import Job, JobStatus
-        from finetune_platform.db.session import read_scope
-
-        with read_scope(self.settings) as session:
-            counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            finished = session.execute(
-                select(Job.started_at, Job.finished_at).where(
-                    Job.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
-                    Job.started_at.is_not(None),
-                    Job.finished_at.is_not(None),
-                )
-            ).all()
-            running = session.execute(
-                select(Job.id, Job.kind, Job.progress, Job.lease_owner, Job.heartbeat_at).where(
-                    Job.status == JobStatus.RUNNING.value
-                )
-            ).all()
-        for status, name in (
-            ("succeeded", "task_success"),
-            ("failed", "task_failure"),
-            ("cancelled", "task_cancelled"),
-        ):
-            yield CounterMetricFamily(
-                name, f"Jobs {status} so far (after their last attempt)", counts.get(status, 0)
-            )
-        yield GaugeMetricFamily(
-            "task_queued", "Jobs waiting in the database for a worker", counts.get("queued", 0)
-        )
-        yield GaugeMetricFamily("task_running", "Jobs running now", len(running))
-        from finetune_platform.worker.app import queue_size
-
-        waiting = queue_size(self.settings)
-        if waiting is not None:
-            yield GaugeMetricFamily("task_queue_length", "Messages waiting in the broker's queue", waiting)
-        yield _duration_histogram([(end - start).total_seconds() for start, end in finished])
-        speed = GaugeMetricFamily(
-            "task_training_samples_per_second", "Training speed of running jobs", labels=["job_id", "worker"]
-        )
-        loss = GaugeMetricFamily(
-            "task_training_loss", "Latest training loss of running jobs", labels=["job_id"]
-        )
-        progress = GaugeMetricFamily(
-            "task_progress_percent", "Progress of running jobs", labels=["job_id", "kind"]
-        )
-        heartbeat = GaugeMetricFamily(
-            "worker_last_heartbeat_timestamp_seconds",
-            "When a busy worker last renewed its lease",
-            labels=["worker"],
-        )
-        for job_id, kind, state, owner, beat in running:
-            worker = (owner or "").split(":")[0]  # lease owners are name:pid:nonce
-            state = state or {}
-            if state.get("samples_per_second") is not None:
-                speed.add_metric([job_id, worker], float(state["samples_per_second"]))
-            if state.get("loss") is not None:
-                loss.add_metric([job_id], float(state["loss"]))
-            progress.add_metric([job_id, kind], float(state.get("percent") or 0.0))
-            if beat is not None:  # SQLite hands back naive UTC times
-                heartbeat.add_metric(
-                    [worker], (beat if beat.tzinfo else beat.replace(tzinfo=UTC)).timestamp()
-                )
-        yield from (speed, loss, progress, heartbeat)
-
-
-def _duration_histogram(durations: list[float]) -> HistogramMetricFamily:
-    buckets = [(str(bound), sum(1 for d in durations if d <= bound)) for bound in DURATION_BUCKETS]
-    buckets.append(("+Inf", len(durations)))
-    return HistogramMetricFamily(
-        "task_duration_seconds", "Wall time of finished jobs, first start to end", buckets=buckets,
-        sum_value=sum(durations),
-    )  # fmt: skip
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class SystemCollector:
@@ -145,12 +73,90 @@ def system_registry(settings: Settings) -> CollectorRegistry:
     return registry
 
 
+class RequestMetrics:
+    """Counts and times requests per route template and status (pure ASGI: no per-request task)."""
+
+    def __init__(self, app: ASGIApp, registry: Any = None) -> None:
+        self.app = app
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "finetune_api_requests", "API requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "finetune_api_request_seconds",
+            "API request latency",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        code = 500
+
+        async def sending(message):
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.requests.labels(scope["method"], template, str(code)).inc()
+            self.latency.labels(scope["method"], template, str(code)).observe(time.perf_counter() - started)
+
+
+def mount_metrics(app: FastAPI, registry: Any, settings: Settings) -> RequestMetrics:
+    """GET /metrics serving ``registry``, and request counts and latencies by route template and status."""
+    metrics = RequestMetrics(app.router, registry)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus_metrics(request: Request) -> PlainTextResponse:
+        """Open in local mode; elsewhere only with `Authorization: Bearer <METRICS_TOKEN>` (404 when no token
+        is configured): job counts, queue depth and latencies are not for every client."""
+        refusal = metrics_refusal(settings, request.headers.get("authorization"))
+        if refusal is not None:
+            raise HTTPException(refusal[0], refusal[1], headers={"WWW-Authenticate": "Bearer"})
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(_Wrap, metrics=metrics)
+    return metrics
+
+
+def metrics_refusal(settings: Settings, authorization: str | None) -> tuple[int, str] | None:
+    """Why a /metrics request is refused (status, detail), or None."""
+    if settings.ENVIRONMENT == "local":
+        return None
+    if settings.METRICS_TOKEN is None:
+        return 404, "Not Found"
+    scheme, _, credentials = (authorization or "").partition(" ")
+    expected = settings.METRICS_TOKEN.get_secret_value().encode("utf-8")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode("utf-8"), expected):
+        return 401, "metrics need Authorization: Bearer <METRICS_TOKEN>"
+    return None
+
+
+class _Wrap:
+    """Put the metrics middleware (created above, holding the registry /metrics reads) in the stack."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        metrics.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.metrics(scope, receive, send)
+
+
 class WorkerMetrics:
     """What a worker serves on its own port: that it is up, whether it is busy, its outcomes, the host."""
 
     def __init__(self, settings: Settings, name: str) -> None:
-        from prometheus_client import Counter, Gauge
-
         self.registry = system_registry(settings)
         labels = {"worker": name}
         self.up = Gauge("worker_up", "1 while the worker process runs", ["worker"], registry=self.registry)
@@ -169,8 +175,6 @@ class WorkerMetrics:
         self.name = name
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        from prometheus_client import start_http_server
-
         start_http_server(port, addr=address, registry=self.registry)
         logger.info("worker metrics on http://%s:%d/metrics", address, port)
 

@@ -1,8 +1,17 @@
-"""Password hashing (Argon2id) and the password policy."""
+"""Password hashing (Argon2id), the password policy, and the JWTs every process signs and checks."""
 
 from __future__ import annotations
 
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
+
+import jwt
+
+from finetune_platform.settings import Settings
 
 
 @lru_cache(maxsize=1)
@@ -62,3 +71,77 @@ def password_problem(password: str, username: str | None = None) -> str | None:
     if username and username.lower() in lowered:
         return "password: must not contain the username"
     return None
+
+
+ALGORITHM = "HS256"
+
+
+def signing_secret(settings: Settings) -> str:
+    """JWT_SECRET, checked by the settings' secret policy; in local mode without one, a random key kept
+    (0600) in FINETUNE_HOME."""
+    settings.check_secrets()
+    if settings.JWT_SECRET is not None:
+        return settings.JWT_SECRET.get_secret_value()
+    path = settings.FINETUNE_HOME / "jwt_secret"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "x", encoding="utf-8") as handle:
+                path.chmod(0o600)
+                handle.write(secrets.token_hex(32))
+        except FileExistsError:  # another process wrote it first
+            pass
+    return path.read_text(encoding="utf-8").strip()
+
+
+class InvalidToken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TokenSubject:
+    """What a token binds to: the account's id, its current token version and its random token key."""
+
+    user_id: int
+    token_version: int
+    token_key: str
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: int
+    token_version: int
+    token_key: str
+    jti: str
+
+
+class Tokens:
+    def __init__(self, settings: Settings) -> None:
+        self.secret = signing_secret(settings)
+        self.lifetime = timedelta(minutes=settings.JWT_EXPIRE_MINUTES)
+
+    def issue(self, subject: TokenSubject) -> tuple[str, int]:
+        now = datetime.now(UTC)
+        claims = {
+            "sub": str(subject.user_id),
+            "iat": now,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+            "tv": subject.token_version,
+            "tk": subject.token_key,  # binds the token to this account, whatever happens to its id
+        }
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM), int(self.lifetime.total_seconds())
+
+    def decode(self, token: str) -> TokenClaims:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],  # never "none", never what the token's header asks for
+                options={"require": ["exp", "iat", "sub", "jti", "tk"]},
+            )
+            return TokenClaims(
+                int(claims["sub"]), int(claims.get("tv", -1)), str(claims["tk"]), str(claims["jti"])
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidToken(str(exc)) from None

@@ -305,7 +305,7 @@ def test_the_service_refuses_to_start_without_a_real_secret(tmp_path, environmen
 
 
 def test_local_mode_keeps_a_private_random_secret(tmp_path):
-    from finetune_platform.api.auth import signing_secret
+    from finetune_platform.security import signing_secret
     from finetune_platform.settings import Settings
 
     secret = signing_secret(Settings(FINETUNE_HOME=tmp_path))

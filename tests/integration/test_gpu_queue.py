@@ -7,9 +7,9 @@ import secrets
 
 from finetune_platform.db import session as db
 from finetune_platform.services import jobs
+from finetune_platform.services.dispatch import enqueue
 from finetune_platform.services.users import create_user
 from finetune_platform.settings import Settings
-from finetune_platform.worker.app import enqueue
 from tests.conftest import ROOT
 from tests.integration.queue_harness import require_redis
 

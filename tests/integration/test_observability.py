@@ -334,9 +334,10 @@ def test_running_jobs_show_their_speed_loss_progress_and_heartbeat(tmp_path):
 
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from finetune_platform.broker import queue_size
     from finetune_platform.db.models import Job
     from finetune_platform.db.session import session_scope, upgrade
-    from finetune_platform.observability import JobCollector
+    from finetune_platform.services.job_metrics import JobCollector
     from finetune_platform.services.users import create_user
     from finetune_platform.settings import Settings
 
@@ -354,7 +355,7 @@ def test_running_jobs_show_their_speed_loss_progress_and_heartbeat(tmp_path):
                             lease_owner="gpu-1:77:abc" if status == "running" else None,
                             heartbeat_at=beat if status == "running" else None))  # fmt: skip
     registry = CollectorRegistry()
-    registry.register(JobCollector(settings))
+    registry.register(JobCollector(settings, queue_depth=lambda: queue_size(settings)))
     text = generate_latest(registry).decode()
     assert 'task_training_samples_per_second{job_id="job-a",worker="gpu-1"} 123.5' in text
     assert 'task_training_loss{job_id="job-a"} 0.25' in text

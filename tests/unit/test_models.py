@@ -2,14 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from finetune_platform.catalogue import infer_language, resolve_base_model
 from finetune_platform.errors import ConfigError
-from finetune_platform.training.models import (
-    ModelFamily,
-    default_target_modules,
-    family_of,
-    infer_language,
-    resolve_base_model,
-)
+from finetune_platform.training.models import ModelFamily, default_target_modules, family_of
 
 
 @pytest.mark.parametrize(

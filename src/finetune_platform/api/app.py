@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
+from functools import partial
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from finetune_platform import __version__
+from finetune_platform.api.auth import NOT_AUTHENTICATED, login_throttle
+from finetune_platform.broker import queue_size
 from finetune_platform.errors import ErrorCode, PlatformError
 from finetune_platform.http_guard import BodyLimit, SecurityHeaders, invalid_fields
+from finetune_platform.observability import mount_metrics, system_registry
+from finetune_platform.security import InvalidToken, Tokens
+from finetune_platform.services.job_metrics import JobCollector
+from finetune_platform.services.users import token_caller
 from finetune_platform.settings import Settings, get_settings
 
 logger = logging.getLogger("finetune_platform.api")
@@ -34,48 +39,6 @@ _STATUS = {
 }
 DENIALS = {401, 403, 404, 405, 413, 429}  # 404: also what another user's object answers
 AUDITED = DENIALS | {400, 422}  # refused input too ("rejected"): a client probing the API shows in the log
-LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class RequestMetrics:
-    """Counts and times requests per route template and status (pure ASGI: no per-request task)."""
-
-    def __init__(self, app: ASGIApp, registry: Any = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
-        self.app = app
-        self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "finetune_api_requests", "API requests", ["method", "route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "finetune_api_request_seconds",
-            "API request latency",
-            ["method", "route", "status"],
-            registry=self.registry,
-            buckets=LATENCY_BUCKETS,
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        code = 500
-
-        async def sending(message):
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.requests.labels(scope["method"], template, str(code)).inc()
-            self.latency.labels(scope["method"], template, str(code)).observe(time.perf_counter() - started)
 
 
 def _audit_denial(request: Request, status_code: int, reason: str) -> None:
@@ -110,8 +73,6 @@ LOGIN_BODY_BYTES = 4096  # a login form: a username of at most 64 characters and
 def _body_caller(scope: Scope) -> str | None:
     """Why a request with a body is refused before it is read (401), or None: the same token check as the
     routes' ``current_user`` (signature, expiry, revocation, an active account)."""
-    from finetune_platform.api.auth import NOT_AUTHENTICATED, InvalidToken, token_caller
-
     app = scope["app"]
     scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -133,7 +94,6 @@ async def _audit_guard_refusal(scope: Scope, status_code: int, detail: str) -> N
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from finetune_platform.api.auth import Tokens, login_throttle
     from finetune_platform.api.routes import router
     from finetune_platform.db.session import ensure_database
 
@@ -215,10 +175,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     if settings.METRICS_ENABLED:
-        from finetune_platform.observability import JobCollector, system_registry
-
         registry = system_registry(settings)
-        registry.register(JobCollector(settings))
+        registry.register(JobCollector(settings, queue_depth=partial(queue_size, settings)))
         mount_metrics(app, registry, settings)
     return app
 
@@ -257,48 +215,3 @@ def mount_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
             with_google_fonts=False,
         )
-
-
-def mount_metrics(app: FastAPI, registry: Any, settings: Settings) -> RequestMetrics:
-    """GET /metrics serving ``registry``, and request counts and latencies by route template and status."""
-    metrics = RequestMetrics(app.router, registry)
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    def prometheus_metrics(request: Request) -> PlainTextResponse:
-        """Open in local mode; elsewhere only with `Authorization: Bearer <METRICS_TOKEN>` (404 when no token
-        is configured): job counts, queue depth and latencies are not for every client."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        refusal = metrics_refusal(settings, request.headers.get("authorization"))
-        if refusal is not None:
-            raise HTTPException(refusal[0], refusal[1], headers={"WWW-Authenticate": "Bearer"})
-        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_middleware(_Wrap, metrics=metrics)
-    return metrics
-
-
-def metrics_refusal(settings: Settings, authorization: str | None) -> tuple[int, str] | None:
-    """Why a /metrics request is refused (status, detail), or None."""
-    import hmac
-
-    if settings.ENVIRONMENT == "local":
-        return None
-    if settings.METRICS_TOKEN is None:
-        return 404, "Not Found"
-    scheme, _, credentials = (authorization or "").partition(" ")
-    expected = settings.METRICS_TOKEN.get_secret_value().encode("utf-8")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode("utf-8"), expected):
-        return 401, "metrics need Authorization: Bearer <METRICS_TOKEN>"
-    return None
-
-
-class _Wrap:
-    """Put the metrics middleware (created above, holding the registry /metrics reads) in the stack."""
-
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
-        metrics.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.metrics(scope, receive, send)

@@ -1,108 +1,28 @@
-"""Tokens, the signing secret, and login throttling shared by every API process."""
+"""The API's login throttling, shared by every API process (tokens: ``security``; the token check:
+``services.users.token_caller``)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
-import secrets
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import jwt
+import redis
+from sqlalchemy import delete, func, select, text
 
-from finetune_platform.services.users import TokenSubject, UserPublic
+from finetune_platform.db.models import LoginFailure
+from finetune_platform.db.session import read_scope, session_scope
 from finetune_platform.settings import Settings
 
-ALGORITHM = "HS256"
 logger = logging.getLogger("finetune_platform.api")
 
-
-def signing_secret(settings: Settings) -> str:
-    """JWT_SECRET, checked by the settings' secret policy; in local mode without one, a random key kept
-    (0600) in FINETUNE_HOME."""
-    settings.check_secrets()
-    if settings.JWT_SECRET is not None:
-        return settings.JWT_SECRET.get_secret_value()
-    path = settings.FINETUNE_HOME / "jwt_secret"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(path, "x", encoding="utf-8") as handle:
-                path.chmod(0o600)
-                handle.write(secrets.token_hex(32))
-        except FileExistsError:  # another process wrote it first
-            pass
-    return path.read_text(encoding="utf-8").strip()
-
-
-class InvalidToken(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class TokenClaims:
-    user_id: int
-    token_version: int
-    token_key: str
-    jti: str
-
-
-class Tokens:
-    def __init__(self, settings: Settings) -> None:
-        self.secret = signing_secret(settings)
-        self.lifetime = timedelta(minutes=settings.JWT_EXPIRE_MINUTES)
-
-    def issue(self, subject: TokenSubject) -> tuple[str, int]:
-        now = datetime.now(UTC)
-        claims = {
-            "sub": str(subject.user_id),
-            "iat": now,
-            "exp": now + self.lifetime,
-            "jti": uuid.uuid4().hex,
-            "tv": subject.token_version,
-            "tk": subject.token_key,  # binds the token to this account, whatever happens to its id
-        }
-        return jwt.encode(claims, self.secret, algorithm=ALGORITHM), int(self.lifetime.total_seconds())
-
-    def decode(self, token: str) -> TokenClaims:
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self.secret,
-                algorithms=[ALGORITHM],  # never "none", never what the token's header asks for
-                options={"require": ["exp", "iat", "sub", "jti", "tk"]},
-            )
-            return TokenClaims(
-                int(claims["sub"]), int(claims.get("tv", -1)), str(claims["tk"]), str(claims["jti"])
-            )
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise InvalidToken(str(exc)) from None
-
-
 NOT_AUTHENTICATED = "not authenticated: send Authorization: Bearer <token> (POST /login gives one)"
-
-
-def token_caller(tokens: Tokens, settings: Settings, token: str) -> UserPublic:
-    """The active user a token was issued to, at their current token version and token key; InvalidToken
-    (its message safe to show) otherwise. The one token check of the API's routes, its body guard and
-    `finetune serve`: one indexed read on a connection returned at once."""
-    from finetune_platform.services.users import user_for_token
-
-    try:
-        claims = tokens.decode(token)
-    except InvalidToken as exc:
-        raise InvalidToken(f"invalid token: {exc}") from None
-    user = user_for_token(settings, claims.user_id, claims.token_version, claims.token_key)
-    if user is None:
-        raise InvalidToken("invalid token: revoked, or the account is disabled")
-    return user
 
 
 def throttle_key(*parts: str) -> str:
@@ -260,8 +180,6 @@ class RedisThrottle(LoginThrottle):
     turns every login into an error."""
 
     def __init__(self, max_failures: int, window_seconds: float, url: str, fallback: LoginThrottle) -> None:
-        import redis
-
         super().__init__(max_failures, window_seconds)
         self.redis, self.fallback = (
             redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2),
@@ -325,11 +243,6 @@ class DatabaseThrottle(LoginThrottle):
         self.settings, self.max_rows = settings, max_rows
 
     def _entries(self, key: str, now: float) -> list[tuple[float, str]]:
-        from sqlalchemy import select
-
-        from finetune_platform.db.models import LoginFailure
-        from finetune_platform.db.session import read_scope
-
         with read_scope(self.settings) as session:
             rows = session.execute(
                 select(LoginFailure.at, LoginFailure.id)
@@ -339,16 +252,10 @@ class DatabaseThrottle(LoginThrottle):
             return [(at, str(entry)) for at, entry in rows]
 
     def _add(self, keys: list[str], now: float) -> list[str]:
-        from finetune_platform.db.session import session_scope
-
         with session_scope(self.settings) as session:
             return self._insert(session, keys, now)
 
     def _insert(self, session, keys: list[str], now: float) -> list[str]:
-        from sqlalchemy import delete, func, select
-
-        from finetune_platform.db.models import LoginFailure
-
         session.execute(delete(LoginFailure).where(LoginFailure.at <= now - self.window))
         rows = [LoginFailure(key=key, at=now) for key in keys]
         session.add_all(rows)
@@ -360,11 +267,6 @@ class DatabaseThrottle(LoginThrottle):
         return [str(row.id) for row in rows]
 
     def _record(self, keys: list[str], now: float) -> tuple[list[str], list[list[tuple[float, str]]]]:
-        from sqlalchemy import select, text
-
-        from finetune_platform.db.models import LoginFailure
-        from finetune_platform.db.session import session_scope
-
         with session_scope(self.settings) as session:
             if session.get_bind().dialect.name == "postgresql":
                 # Self-conflicting: one attempt at a time records and reads (plain reads are not blocked).
@@ -382,22 +284,12 @@ class DatabaseThrottle(LoginThrottle):
             return ids, read
 
     def _remove(self, key: str, entry: str) -> None:
-        from sqlalchemy import delete
-
-        from finetune_platform.db.models import LoginFailure
-        from finetune_platform.db.session import session_scope
-
         with session_scope(self.settings) as session:
             session.execute(
                 delete(LoginFailure).where(LoginFailure.key == key, LoginFailure.id == int(entry))
             )
 
     def _clear(self, key: str) -> None:
-        from sqlalchemy import delete
-
-        from finetune_platform.db.models import LoginFailure
-        from finetune_platform.db.session import session_scope
-
         with session_scope(self.settings) as session:
             session.execute(delete(LoginFailure).where(LoginFailure.key == key))
 

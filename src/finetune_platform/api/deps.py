@@ -9,9 +9,11 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
+from finetune_platform.api.auth import NOT_AUTHENTICATED
 from finetune_platform.db.models import Role
 from finetune_platform.db.session import session_scope
-from finetune_platform.services.users import UserPublic
+from finetune_platform.security import InvalidToken
+from finetune_platform.services.users import UserPublic, token_caller
 from finetune_platform.settings import Settings
 
 bearer = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
@@ -43,8 +45,6 @@ async def current_user(request: Request, token: Annotated[str | None, Depends(be
     Runs on the event loop with one primary-key lookup on a connection it returns at once: no thread
     hop and no connection held across an await.
     """
-    from finetune_platform.api.auth import NOT_AUTHENTICATED, InvalidToken, token_caller
-
     if not token:
         raise unauthorized(NOT_AUTHENTICATED)
     try:

@@ -37,6 +37,7 @@ from finetune_platform.api.deps import (
 )
 from finetune_platform.db.models import Role
 from finetune_platform.errors import ConfigError, NotFoundError
+from finetune_platform.services.dispatch import enqueue
 from finetune_platform.services.users import UserPublic
 
 router = APIRouter(responses=schemas.ERRORS)
@@ -340,8 +341,6 @@ def _queued(request, response, session, user, submission, action: str, **details
         return task_out(job)
     audit(session, request, action, actor=user, target=f"task:{job.id}", **details)
     session.commit()  # the worker must find the row before the message arrives
-    from finetune_platform.worker.app import enqueue
-
     enqueue(request.app.state.settings, [job.id], mark=False)
     return task_out(job)
 

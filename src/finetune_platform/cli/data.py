@@ -33,7 +33,7 @@ def _tokenizer(model: str | None):
         return None
     from transformers import AutoTokenizer
 
-    from finetune_platform.training.models import resolve_base_model
+    from finetune_platform.catalogue import resolve_base_model
 
     try:
         return AutoTokenizer.from_pretrained(resolve_base_model(model).source)

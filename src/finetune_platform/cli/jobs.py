@@ -149,7 +149,7 @@ def jobs_predict(
 
 def _queued(submission, about: str, as_json: bool, wait: bool) -> None:
     """Send a new job to the broker, say what happened, and follow it if asked."""
-    from finetune_platform.worker.app import enqueue
+    from finetune_platform.services.dispatch import enqueue
 
     job = submission.job
     if submission.created:
@@ -249,9 +249,9 @@ def jobs_cancel(job_id: JobId) -> None:
 @jobs_app.command("retry")
 def jobs_retry(job_id: JobId) -> None:
     """Queue a failed or cancelled job again with a fresh attempt budget (it resumes its checkpoints)."""
+    from finetune_platform.services.dispatch import enqueue
     from finetune_platform.services.jobs import retry_job
     from finetune_platform.services.users import local_user
-    from finetune_platform.worker.app import enqueue
 
     try:
         with open_database() as session:
@@ -348,7 +348,8 @@ def worker(
     """
     import os
 
-    from finetune_platform.worker.app import broker_url, create_app
+    from finetune_platform.broker import broker_url
+    from finetune_platform.worker.app import create_app
     from finetune_platform.worker.reconciler import ReconcilerThread
 
     current = settings()

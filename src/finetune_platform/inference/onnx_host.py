@@ -260,7 +260,7 @@ class OnnxHost(Classifier):
         import torch
         from transformers import AutoTokenizer
 
-        from finetune_platform.training.models import resolve_base_model
+        from finetune_platform.catalogue import resolve_base_model
         from finetune_platform.training.recipe import quiet_libraries
 
         quiet_libraries()

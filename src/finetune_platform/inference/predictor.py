@@ -79,7 +79,7 @@ class AdapterSource:
 
 def run_language(base_model: str, language: str | None) -> str:
     """The language a run recorded, 'auto' (or none) resolved from the base model as the recipe does."""
-    from finetune_platform.training.models import resolve_base_model
+    from finetune_platform.catalogue import resolve_base_model
 
     return resolve_base_model(base_model, language or "auto").language
 
@@ -249,7 +249,7 @@ class Predictor(Classifier):
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from finetune_platform.training.models import resolve_base_model
+        from finetune_platform.catalogue import resolve_base_model
         from finetune_platform.training.recipe import quiet_libraries
 
         quiet_libraries()

@@ -35,6 +35,9 @@ from finetune_platform.inference.predictor import (
     source_from_registry,
     source_from_run,
 )
+from finetune_platform.observability import mount_metrics, system_registry
+from finetune_platform.security import InvalidToken, Tokens
+from finetune_platform.services.users import token_caller
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.inference")
@@ -599,9 +602,6 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         return {"status": "ok", "resident_adapters": len(pool.loaded())}
 
     if settings.METRICS_ENABLED:
-        from finetune_platform.api.app import mount_metrics
-        from finetune_platform.observability import system_registry
-
         registry = system_registry(settings)
         batcher.metrics = InferenceMetrics(registry, pool)
         mount_metrics(app, registry, settings)
@@ -649,8 +649,6 @@ class ServeCallers:
         scheme, token = get_authorization_scheme_param(authorization)
         if scheme.lower() != "bearer" or not token:
             return NO_CREDENTIALS
-        from finetune_platform.api.auth import InvalidToken, Tokens, token_caller
-
         try:
             self._tokens = self._tokens or Tokens(self.settings)
         except PlatformError:  # no usable JWT_SECRET: this server takes API keys only

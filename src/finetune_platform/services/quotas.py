@@ -117,7 +117,7 @@ def check_queue_room(session: Session, user_id: int, settings: Settings, *, lock
 def pool_limit(settings: Settings, device: str) -> tuple[str, int, str]:
     """(queue, most devices one of its workers has, the setting that says so) for a job on ``device``.
 
-    Mirrors the routing of ``worker.app.enqueue``: ``device: cuda`` goes to GPU_QUEUE_NAME when it is set.
+    Mirrors the routing of ``broker.send``: ``device: cuda`` goes to GPU_QUEUE_NAME when it is set.
     """
     if settings.GPU_QUEUE_NAME and device.startswith("cuda"):
         return settings.GPU_QUEUE_NAME, settings.GPU_POOL_MAX_DEVICES, "GPU_POOL_MAX_DEVICES"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.errors import ConfigError
 
 EMBEDDING_MODEL = "minilm"
@@ -32,8 +33,6 @@ class TextEmbedder:
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-        from finetune_platform.training.models import resolve_base_model
-
         source = resolve_base_model(model).source
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModel.from_pretrained(source).eval()

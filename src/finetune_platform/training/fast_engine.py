@@ -544,8 +544,8 @@ def run_rank(folder: Path, rank: int) -> None:
     """One data-parallel rank other than 0: the same data, model and steps; rank 0 decides when to stop."""
     import torch
 
+    from finetune_platform.catalogue import resolve_base_model
     from finetune_platform.data.loading import LabelMap
-    from finetune_platform.training.models import resolve_base_model
     from finetune_platform.training.recipe import RecipeState, build_model, quiet_libraries
 
     # Rank 0 owns the run: a Ctrl-C or a worker's SIGTERM is its to handle (it ends the ranks when it stops); a

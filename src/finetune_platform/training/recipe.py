@@ -19,6 +19,7 @@ import numpy as np
 
 from finetune_platform import __version__
 from finetune_platform.atomic import file_sha256, write_atomic
+from finetune_platform.catalogue import ResolvedModel, resolve_base_model
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.errors import ConfigError
@@ -32,7 +33,7 @@ from finetune_platform.training.checkpoints import (
 from finetune_platform.training.config import Device, Engine, Precision, TrainConfig, dump_config
 from finetune_platform.training.devices import select_device, select_precision
 from finetune_platform.training.metrics import classification_report, trainer_compute_metrics
-from finetune_platform.training.models import ResolvedModel, default_target_modules, resolve_base_model
+from finetune_platform.training.models import default_target_modules
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")

@@ -17,6 +17,7 @@ from finetune_platform.db.models import JobKind, JobStage, JobStatus
 from finetune_platform.db.session import session_scope
 from finetune_platform.errors import PlatformError
 from finetune_platform.services import job_states, jobs, quotas
+from finetune_platform.services.dispatch import enqueue
 from finetune_platform.settings import Settings
 from finetune_platform.training.guards import TrainingStopped
 from finetune_platform.worker.control import Heartbeat, JobCallback, JobControl, LeaseLost, StopKind
@@ -176,8 +177,6 @@ def _release(
     count_attempt: bool,
     run_seconds: float | None = None,
 ) -> str:
-    from finetune_platform.worker.app import enqueue
-
     with session_scope(settings) as session:
         job = jobs.release_job(
             session,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
+from finetune_platform.broker import queue_size
 from finetune_platform.db.session import session_scope
 from finetune_platform.services import jobs
+from finetune_platform.services.dispatch import enqueue
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.worker")
@@ -14,8 +16,6 @@ logger = logging.getLogger("finetune_platform.worker")
 
 def reconcile_once(settings: Settings) -> jobs.Sweep:
     """One pass: requeue jobs of dead workers, give up on those out of attempts, re-send lost messages."""
-    from finetune_platform.worker.app import enqueue, queue_size
-
     waiting = queue_size(settings)
     with session_scope(settings) as session:
         queued = jobs.count_queued(session)

@@ -7,19 +7,18 @@ import logging
 from celery import Celery
 from celery.signals import worker_shutting_down
 
+from finetune_platform.broker import RUN_JOB
+from finetune_platform.observability import worker_metrics
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.worker")
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
-    from finetune_platform.worker.app import RUN_JOB
-
     @app.task(name=RUN_JOB, bind=True)
     def run_job(task, job_id: str) -> str:
         """Claim job ``job_id`` in the database and run it; a job not queued any more is skipped."""
-        from finetune_platform.observability import worker_metrics
-        from finetune_platform.worker.executor import execute_job
+        from finetune_platform.worker.executor import execute_job  # lazy: it loads transformers
 
         metrics = worker_metrics()
         if metrics is None:
