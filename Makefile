@@ -62,6 +62,7 @@ demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), r
 
 test: $(STAMP) $(HELM) ## Lint, then run the test suite (extended variants skipped: make test-all)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-v: $(STAMP) $(HELM) lint ## Lint, then run the whole test suite verbosely, a line per test (TESTS=PATH for part of it)
@@ -73,8 +74,9 @@ test-all: $(STAMP) $(HELM) lint ## Lint, then the whole suite including the exte
 test-fast: $(STAMP) ## Run the tests that train no model
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: $(STAMP) ## ruff check
+lint: $(STAMP) ## ruff check, and the import contract of DESIGN.md's layers (pyproject.toml)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## ruff format and autofix
 	$(BIN)/ruff format src tests bench

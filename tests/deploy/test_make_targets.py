@@ -140,6 +140,7 @@ def test_make_test_v_lints_then_names_each_test_with_its_outcome(tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines() == [
         ".venv/bin/ruff check src tests bench",
+        ".venv/bin/lint-imports",
         ".venv/bin/python -m pytest -v ",
     ]
     # the lint step is left out here: other work in progress must not fail this test
