@@ -1,0 +1,130 @@
+"""The import contract of pyproject.toml ([tool.importlinter], run by `make test` as `lint-imports`): it holds for
+the package, it places every module in a layer, and it is not a formality: an upward import, an import from one
+face into another, a cycle, or PyTorch in the API each break it."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGE = "finetune_platform"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+# Packages whose __init__ holds only a docstring, and so belong to no layer: the root (the layers are its
+# children), and inference (its modules are domain, but its server is a face).
+UNLAYERED = {PACKAGE, f"{PACKAGE}.inference"}
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` on the package under ``root``/src with the contract of ``root``/pyproject.toml."""
+    environment = {**os.environ, "PYTHONPATH": str(root / "src"), "NO_COLOR": "1"}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root, env=environment, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def contract(contract_id: str) -> dict:
+    return next(item for item in CONFIG["contracts"] if item["id"] == contract_id)
+
+
+def layer_modules() -> list[str]:
+    """Every module named by the layers contract (optional ones, in parentheses, included)."""
+    layers = contract("layers")
+    (container,) = layers["containers"]
+    names = []
+    for layer in layers["layers"]:
+        for tail in re.split(r"[|:]", layer):
+            names.append(f"{container}.{tail.strip().strip('()')}")
+    return names
+
+
+def package_modules(source: Path) -> list[str]:
+    modules = []
+    for path in sorted((source / PACKAGE).rglob("*.py")):
+        parts = path.relative_to(source).with_suffix("").parts
+        modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return modules
+
+
+def test_the_package_keeps_the_import_contract():
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_every_module_sits_in_exactly_one_layer():
+    layers = layer_modules()
+    assert len(layers) == len(set(layers)), "a module is named twice in the layers"
+    for module in package_modules(ROOT / "src"):
+        if module in UNLAYERED:
+            continue
+        homes = [layer for layer in layers if module == layer or module.startswith(layer + ".")]
+        assert len(homes) == 1, (
+            f"{module} is in {len(homes)} layers {homes}: name it (or its package) in exactly one layer of "
+            "pyproject.toml's layers contract (DESIGN.md's 'Layers' says which)"
+        )
+
+
+def test_the_unlayered_packages_hold_no_code():
+    """The root and inference/ belong to no layer, so nothing may hide in them: a docstring and the version only."""
+    for package in UNLAYERED:
+        init = ROOT / "src" / Path(*package.split(".")) / "__init__.py"
+        for statement in ast.parse(init.read_text(encoding="utf-8")).body:
+            docstring = isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            version = isinstance(statement, ast.Assign) and [ast.unparse(t) for t in statement.targets] == [
+                "__version__"
+            ]
+            assert docstring or version, f"{init}: {ast.unparse(statement)}"
+
+
+def collapsed(text: str) -> str:
+    """lint-imports wraps its lines at 80 columns: compare with runs of white space as one space."""
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        # base imports a face: the kind of import that hid in observability.py
+        ("settings.py", "from finetune_platform.worker import app as _worker", "layers"),
+        # a foundation imports the domain: tracking.embeddings once took the model catalogue from training
+        ("tracking/summary.py", "from finetune_platform.training import models as _models", "layers"),
+        # a face imports another face: the inference server once took its metrics and tokens from the API
+        ("inference/server.py", "from finetune_platform.api import auth as _auth", "layers"),
+        # inside a function it is still an import: hiding one there changes nothing
+        (
+            "errors.py",
+            "def _later():\n    from finetune_platform.services import jobs\n\n    return jobs",
+            "layers",
+        ),
+        # two sibling modules that import each other (data.splits imports data.loading)
+        ("data/loading.py", "from finetune_platform.data import splits as _splits", "no-cycles"),
+        # the API image has no PyTorch
+        ("api/schemas.py", "import torch as _torch", "api-without-torch"),
+    ],
+)
+def test_a_broken_rule_fails_the_contract(tmp_path, module, line, broken):
+    """A copy of the package with one bad import added: lint-imports fails, naming the contract and the import."""
+    shutil.copytree(
+        ROOT / "src" / PACKAGE, tmp_path / "src" / PACKAGE, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    path = tmp_path / "src" / PACKAGE / module
+    path.write_text(path.read_text() + f"\n\n{line}\n")
+    result = lint_imports(tmp_path)
+    output = collapsed(result.stdout)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{collapsed(contract(broken)['name'])} BROKEN" in output, result.stdout
+    stem = module.removesuffix(".py").replace("/", ".")
+    assert f"{PACKAGE}.{stem}" in output or f".{stem.split('.')[-1]} ->" in output, result.stdout
