@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from finetune_platform.inference.softmax import softmax
+
 WIDTH_MULTIPLE = 16
 AGREEMENT_TOLERANCE = 0.02  # largest difference of a probability between a replay and the eager pass (bf16)
 
@@ -57,13 +59,10 @@ def forward_probabilities(model: Any, ids: Any, mask: Any, ready_mask: bool = Tr
     ``ready_mask``: the mask is handed over in 4-D, which most encoders use as given instead of inspecting its
     values (a check that waits for the GPU, which a capture forbids). Families that build their own mask
     (DeBERTa) refuse a 4-D one and get the 2-D mask."""
-    import torch
-
     if ready_mask:
         width = mask.shape[1]
         mask = mask.bool()[:, None, None, :].expand(-1, 1, width, -1)
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return torch.softmax(logits.float(), dim=-1)
+    return softmax(model(input_ids=ids, attention_mask=mask).logits)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_platform.inference.predictor import AdapterSource, Classifier, Prediction
+from finetune_platform.inference.softmax import softmax
 
 logger = logging.getLogger("finetune_platform.inference")
 PREFIX = "base_model.model."
@@ -311,7 +312,6 @@ class OnnxHost(Classifier):
         del self._feeds[key], self.adapters[key]
 
     def _probabilities(self, ids: Any, mask: Any) -> Any:
-        import numpy as np
         import onnxruntime
 
         feeds = {
@@ -319,9 +319,7 @@ class OnnxHost(Classifier):
             "attention_mask": onnxruntime.OrtValue.ortvalue_from_numpy(mask),
             **self._feeds[self._active],
         }
-        logits = self.session.run_with_ort_values(["logits"], feeds)[0].numpy()
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+        return softmax(self.session.run_with_ort_values(["logits"], feeds)[0].numpy())
 
     @contextmanager
     def using(self, key: str) -> Iterator[OnnxHost]:

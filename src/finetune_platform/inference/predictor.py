@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_platform.errors import ConfigError, NotFoundError
+from finetune_platform.inference.softmax import softmax
 
 logger = logging.getLogger("finetune_platform.inference")
 DEFAULT_MAX_LENGTH = 128
@@ -286,7 +287,7 @@ class Predictor(Classifier):
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=torch.from_numpy(mask).to(self.device),
             ).logits
-            return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            return softmax(logits).cpu().numpy()
 
     # -- construction from a run folder or the registry --------------------------------------------
     @classmethod
