@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class ErrorCode(StrEnum):
@@ -14,6 +16,22 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "unsupported"
     QUOTA_EXCEEDED = "quota_exceeded"  # a per-account limit (queued jobs): 429
     INTERNAL = "internal"
+
+
+# The HTTP status of each code, answered by the REST API and the inference server alike: a client's mistake is
+# 4xx, never 500, and a permission problem is 403, never 400.
+HTTP_STATUS: Mapping[ErrorCode, int] = MappingProxyType(
+    {
+        ErrorCode.INVALID_CONFIG: 422,
+        ErrorCode.INVALID_DATASET: 422,
+        ErrorCode.NOT_FOUND: 404,
+        ErrorCode.CONFLICT: 409,
+        ErrorCode.PERMISSION_DENIED: 403,
+        ErrorCode.UNSUPPORTED: 422,
+        ErrorCode.QUOTA_EXCEEDED: 429,
+        ErrorCode.INTERNAL: 500,
+    }
+)
 
 
 class PlatformError(Exception):
@@ -29,6 +47,10 @@ class PlatformError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
 
 
 class ConfigError(PlatformError):

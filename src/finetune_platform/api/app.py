@@ -17,7 +17,7 @@ from starlette.types import Scope
 from finetune_platform import __version__
 from finetune_platform.api.auth import NOT_AUTHENTICATED, login_throttle
 from finetune_platform.broker import queue_size
-from finetune_platform.errors import ErrorCode, PlatformError
+from finetune_platform.errors import PlatformError
 from finetune_platform.http_guard import BodyLimit, SecurityHeaders, invalid_fields
 from finetune_platform.observability import mount_metrics, system_registry
 from finetune_platform.security import InvalidToken, Tokens
@@ -27,16 +27,6 @@ from finetune_platform.settings import Settings, get_settings
 
 logger = logging.getLogger("finetune_platform.api")
 
-_STATUS = {
-    ErrorCode.INVALID_CONFIG: 422,
-    ErrorCode.INVALID_DATASET: 422,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.CONFLICT: 409,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.UNSUPPORTED: 422,
-    ErrorCode.QUOTA_EXCEEDED: 429,
-    ErrorCode.INTERNAL: 500,
-}
 DENIALS = {401, 403, 404, 405, 413, 429}  # 404: also what another user's object answers
 AUDITED = DENIALS | {400, 422}  # refused input too ("rejected"): a client probing the API shows in the log
 
@@ -130,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         from finetune_platform.data.validation import DatasetValidationError
 
-        code = _STATUS.get(exc.code, 500)
+        code = exc.http_status  # the table in errors.py, shared with the inference server
         body: dict = {"detail": exc.message, "code": exc.code.value}
         if isinstance(exc, DatasetValidationError):
             body["report"] = exc.report.to_json()

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
-from finetune_platform.errors import ErrorCode, PlatformError
+from finetune_platform.errors import PlatformError
 from finetune_platform.http_guard import AUTHENTICATED, BodyLimit, SecurityHeaders, invalid_fields
 from finetune_platform.inference.hosting import open_host, serving_device
 from finetune_platform.inference.predictor import (
@@ -516,12 +516,8 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
 
     @app.exception_handler(PlatformError)
     async def platform_error(request: Request, exc: PlatformError):
-        code = {
-            ErrorCode.NOT_FOUND: 404,
-            ErrorCode.INVALID_CONFIG: 422,
-            ErrorCode.PERMISSION_DENIED: 403,
-        }.get(exc.code, 500)
-        return JSONResponse({"detail": exc.message, "code": exc.code.value}, status_code=code)
+        # the table in errors.py, shared with the REST API
+        return JSONResponse({"detail": exc.message, "code": exc.code.value}, status_code=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
