@@ -35,6 +35,7 @@ from finetune_platform.api.deps import (
     client_address,
     unauthorized,
 )
+from finetune_platform.data.formats import NAME_PATTERN, SUFFIXES_TEXT
 from finetune_platform.db.models import Role
 from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.services.dispatch import enqueue
@@ -179,8 +180,8 @@ async def upload_dataset(
         Query(
             min_length=5,
             max_length=255,
-            pattern=schemas.DATASET_NAME_PATTERN,
-            description="File name ending in .csv, .tsv, .jsonl, .json or .parquet (a label only).",
+            pattern=NAME_PATTERN,
+            description=f"File name ending in one of {SUFFIXES_TEXT} (a label only).",
         ),
     ],
     text_column: Annotated[str, Query(max_length=128, description="Column with the text.")] = "text",

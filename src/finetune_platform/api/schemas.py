@@ -14,9 +14,6 @@ Timestamp = Annotated[
 
 MAX_PAGE = 100
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$"
-DATASET_NAME_PATTERN = (
-    r"^.*[.]([cC][sS][vV]|[tT][sS][vV]|[jJ][sS][oO][nN][lL]?|[pP][aA][rR][qQ][uU][eE][tT])$"
-)
 THRESHOLD_PATTERN = (
     r"^\s*[A-Za-z_][A-Za-z0-9_.]*\s*(>=|<=|==|=|>|<)\s*[-+]?[0-9]*[.]?[0-9]+([eE][-+]?[0-9]+)?\s*$"
 )

@@ -21,13 +21,14 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from finetune_platform.data.formats import SUFFIXES_TEXT, DatasetFormat, format_of
 from finetune_platform.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -44,26 +45,6 @@ _BOM = codecs.BOM_UTF8
 CHUNK_DECODED_BYTES = 16 << 20
 # Decoded bytes one batch of delta-encoded Parquet strings may reach with every cell at MAX_TEXT_CHARS.
 _DELTA_BATCH_BYTES = 64 << 20
-
-
-class DatasetFormat(StrEnum):
-    CSV = "csv"
-    TSV = "tsv"
-    JSONL = "jsonl"
-    JSON = "json"
-    PARQUET = "parquet"
-
-
-_SUFFIXES = {
-    ".csv": DatasetFormat.CSV,
-    ".tsv": DatasetFormat.TSV,
-    ".tab": DatasetFormat.TSV,
-    ".jsonl": DatasetFormat.JSONL,
-    ".ndjson": DatasetFormat.JSONL,
-    ".json": DatasetFormat.JSON,
-    ".parquet": DatasetFormat.PARQUET,
-    ".pq": DatasetFormat.PARQUET,
-}
 
 
 class DatasetFileError(DatasetError):
@@ -173,15 +154,14 @@ class Chunk:
 
 
 def detect_format(path: Path) -> DatasetFormat:
-    try:
-        return _SUFFIXES[Path(path).suffix.lower()]
-    except KeyError:
-        supported = ", ".join(sorted(_SUFFIXES))
+    found = format_of(Path(path).name)
+    if found is None:
         raise DatasetFileError(
-            f"{path}: unknown dataset format {Path(path).suffix or '(no extension)'!r}; supported: {supported}",
+            f"{path}: unknown dataset format {Path(path).suffix or '(no extension)'!r}; supported: {SUFFIXES_TEXT}",
             "unknown_format",
             "rename the file with the extension of its format",
-        ) from None
+        )
+    return found
 
 
 def resolve_dataset_path(name: str | Path, root: Path | None = None) -> Path:
@@ -930,9 +910,10 @@ def _cells(array: pa.Array) -> np.ndarray:
     return pd.Series(values, dtype=object).map(_scalar_to_str, na_action="ignore").to_numpy(dtype=object)
 
 
+# The reader of each registered format: every format of data.formats has one (tests/unit/test_dataset_formats.py).
 READERS: dict[DatasetFormat, Callable[..., Iterator[Chunk]]] = {
-    DatasetFormat.CSV: lambda p, t, lab, n, lim: _read_delimited(p, t, lab, n, lim, ","),
-    DatasetFormat.TSV: lambda p, t, lab, n, lim: _read_delimited(p, t, lab, n, lim, "\t"),
+    DatasetFormat.CSV: partial(_read_delimited, sep=DatasetFormat.CSV.delimiter),
+    DatasetFormat.TSV: partial(_read_delimited, sep=DatasetFormat.TSV.delimiter),
     DatasetFormat.JSONL: _read_jsonl,
     DatasetFormat.JSON: _read_json,
     DatasetFormat.PARQUET: _read_parquet,

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_platform.data.formats import SUFFIXES_TEXT, DatasetFormat, format_of
 from finetune_platform.errors import ConfigError
 
-READERS = {".csv": ",", ".tsv": "\t"}
-FORMATS = ".csv, .tsv, .jsonl, .json or .parquet"
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
@@ -49,27 +48,61 @@ class FileSummary:
         return text
 
 
+def _delimited(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(path, sep=fmt.delimiter, dtype=str, keep_default_na=False, nrows=1 if head else None)
+
+
+def _json_lines(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    import pandas as pd
+
+    if head:
+        return next(pd.read_json(path, lines=True, dtype=False, chunksize=1))
+    return pd.read_json(path, lines=True, dtype=False)
+
+
+def _json(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    import pandas as pd
+
+    return pd.read_json(path, dtype=False)  # one document: read whole either way
+
+
+def _parquet(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path).empty_table().to_pandas() if head else pd.read_parquet(path)
+
+
+# Prediction's reader of each registered format: every row kept, texts as written (``data.loading.READERS``
+# validate training data instead); with ``head``, the first row only, for its columns.
+READERS: dict[DatasetFormat, Callable[[Path, DatasetFormat, bool], Any]] = {
+    DatasetFormat.CSV: _delimited,
+    DatasetFormat.TSV: _delimited,
+    DatasetFormat.JSONL: _json_lines,
+    DatasetFormat.JSON: _json,
+    DatasetFormat.PARQUET: _parquet,
+}
+
+
+def _read(path: Path, head: bool = False) -> Any:
+    """The file as a frame, read by the reader of its format; ConfigError unless it exists and has one."""
+    if not path.is_file():
+        shown = path.name if head else path  # the columns check answers API clients: no server path
+        raise ConfigError(f"input {shown}: no such file")
+    fmt = format_of(path.name)
+    if fmt is None:
+        raise ConfigError(
+            f"input {path.name}: unknown format {path.suffix.lower()!r}; use one of {SUFFIXES_TEXT}"
+        )
+    return READERS[fmt](path, fmt, head)
+
+
 def check_columns(path: Path, text_column: str) -> list[str]:
     """The file's columns, read from its first rows only; ConfigError unless it exists, has a known
     format and has ``text_column``."""
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise ConfigError(f"input {path.name}: no such file")
-    if suffix in READERS:
-        columns = pd.read_csv(path, sep=READERS[suffix], dtype=str, nrows=1).columns
-    elif suffix in {".jsonl", ".ndjson"}:
-        columns = next(pd.read_json(path, lines=True, dtype=False, chunksize=1)).columns
-    elif suffix == ".json":
-        columns = pd.read_json(path, dtype=False).columns
-    elif suffix in {".parquet", ".pq"}:
-        import pyarrow.parquet as pq
-
-        columns = pq.read_schema(path).names
-    else:
-        raise ConfigError(f"input {path.name}: unknown format {suffix!r}; use {FORMATS}")
-    columns = [str(column) for column in columns]
+    columns = [str(column) for column in _read(path, head=True).columns]
     if text_column not in columns:
         raise ConfigError(
             f"input {path.name}: no column {text_column!r} (columns: {', '.join(columns)}); choose the text column"
@@ -79,21 +112,7 @@ def check_columns(path: Path, text_column: str) -> list[str]:
 
 def read_texts(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[Any] | None]:
     """The text column of a data file (and its label column, if any)."""
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise ConfigError(f"input {path}: no such file")
-    if suffix in READERS:
-        frame = pd.read_csv(path, sep=READERS[suffix], dtype=str, keep_default_na=False)
-    elif suffix in {".jsonl", ".ndjson"}:
-        frame = pd.read_json(path, lines=True, dtype=False)
-    elif suffix == ".json":
-        frame = pd.read_json(path, dtype=False)
-    elif suffix in {".parquet", ".pq"}:
-        frame = pd.read_parquet(path)
-    else:
-        raise ConfigError(f"input {path.name}: unknown format {suffix!r}; use {FORMATS}")
+    frame = _read(path)
     if text_column not in frame.columns:
         raise ConfigError(
             f"input {path.name}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); "

@@ -12,12 +12,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from finetune_platform.data.formats import BY_SUFFIX, SUFFIXES_TEXT, suffix_of
 from finetune_platform.db.models import Dataset, utcnow
 from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.services.users import UserPublic
 from finetune_platform.settings import Settings
-
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,9 @@ class DatasetPublic:
 def check_name(name: str) -> tuple[str, str]:
     """(display label, suffix) of an upload name. The name is a label only: its last path component,
     printable characters only, at most 255; the suffix picks the format."""
-    import re
-
-    found = re.search(r"[.](csv|tsv|jsonl|json|parquet)$", name, re.IGNORECASE)
-    if found is None:
-        supported = ", ".join(FORMATS)
-        raise ConfigError(f"name {name[:100]!r}: unknown format; the name must end in one of {supported}")
-    suffix = found.group(0).lower()
+    suffix = suffix_of(name)
+    if suffix is None:
+        raise ConfigError(f"name {name[:100]!r}: unknown format; the name must end in one of {SUFFIXES_TEXT}")
     base = PurePath(name.replace("\\", "/")).name
     label = "".join(ch for ch in base if ch.isprintable()).strip()[-255:]
     if label.lower() in {"", ".", "..", suffix}:
@@ -114,7 +109,7 @@ def register_upload(
         owner_id=user.id,
         name=label,
         path=str(path.resolve()),
-        format=FORMATS[suffix],
+        format=BY_SUFFIX[suffix].value,
         size_bytes=size,
         rows=file_report["rows_read"],
         version=file_report["version"],

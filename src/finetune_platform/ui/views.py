@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from finetune_platform.data.formats import SUFFIXES, SUFFIXES_TEXT
 from finetune_platform.services.job_states import ACTIVE, JobKind, JobStage, JobStatus
 from finetune_platform.ui.client import ApiError, PlatformClient
 
@@ -272,7 +273,7 @@ def config_form(schema: dict[str, Any]) -> dict[str, Any]:
 
 def new_job_page(client: PlatformClient) -> None:
     st.title("New training job")
-    upload = st.file_uploader("Training data (csv, tsv, jsonl, json, parquet)", key="upload")
+    upload = st.file_uploader(f"Training data ({SUFFIXES_TEXT})", type=list(SUFFIXES), key="upload")
     if upload is not None and st.session_state.get("uploaded_name") != upload.name:
         try:
             dataset = client.upload_dataset(upload.name, upload.getvalue())
