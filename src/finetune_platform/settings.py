@@ -10,7 +10,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, computed_field, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
@@ -302,14 +310,34 @@ class Settings(BaseSettings):
                 problems.append(f"{name}: {problem}; generate one with `openssl rand -hex 32`")
         return problems
 
+    @model_validator(mode="after")
+    def _secret_policy(self, info: ValidationInfo) -> Settings:
+        """The secret policy as a validator: a process that runs on these settings validates them with
+        ``context={"secrets": "enforce", "require_jwt": ...}`` and gets no settings while a secret breaks it.
+
+        Plain construction (``Settings()``, ``get_settings()``) is not refused: `finetune security-check`
+        must build the settings it reports on, and processes that hold no secret (`finetune db upgrade`, the
+        CLI) start whatever the secrets are. ``check_secrets`` is the enforcing entry point."""
+        context = info.context or {}
+        if context.get("secrets") == "enforce":
+            problems = self.secret_problems(require_jwt=context.get("require_jwt", True))
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
     def check_secrets(self, *, require_jwt: bool = True) -> None:
         """Refuse to start (ConfigError naming each variable) when a secret breaks the policy; every process
-        (API, `finetune serve`, workers) calls it at start."""
+        (API, `finetune serve`, workers) calls it at start. It validates these settings again through the
+        ``_secret_policy`` validator, in enforcing mode."""
         from finetune_platform.errors import ConfigError
 
-        problems = self.secret_problems(require_jwt=require_jwt)
-        if problems:
-            raise ConfigError("; ".join(problems))
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        try:
+            type(self).model_validate(values, context={"secrets": "enforce", "require_jwt": require_jwt})
+        except ValidationError as refused:
+            raise ConfigError(
+                "; ".join(str(e.get("ctx", {}).get("error", e["msg"])) for e in refused.errors())
+            ) from None
 
     MAX_JSON_BODY_BYTES: int = Field(
         default=1024 * 1024,
