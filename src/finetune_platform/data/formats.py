@@ -3,6 +3,7 @@ prediction and the UI's upload widget accept (standard library only, so the UI i
 
 from __future__ import annotations
 
+import csv
 from enum import StrEnum
 from pathlib import PurePath
 
@@ -27,6 +28,12 @@ class DatasetFormat(StrEnum):
         """The cell separator of a delimited text format, else None."""
         return _DELIMITERS.get(self)
 
+    @property
+    def quoting(self) -> int | None:
+        """How a delimited text format quotes cells (a ``csv.QUOTE_*`` constant, for ``csv`` and pandas), else
+        None. TSV has no quoting, as GLUE ships it: a ``"`` is part of the text wherever it stands."""
+        return _QUOTING.get(self)
+
 
 _SUFFIXES = {
     DatasetFormat.CSV: (".csv",),
@@ -36,6 +43,7 @@ _SUFFIXES = {
     DatasetFormat.PARQUET: (".parquet", ".pq"),
 }
 _DELIMITERS = {DatasetFormat.CSV: ",", DatasetFormat.TSV: "\t"}
+_QUOTING = {DatasetFormat.CSV: csv.QUOTE_MINIMAL, DatasetFormat.TSV: csv.QUOTE_NONE}
 BY_SUFFIX = {suffix: fmt for fmt, suffixes in _SUFFIXES.items() for suffix in suffixes}
 # In messages and the UI's file picker: sorted, so that a message reads the same however the table grows.
 SUFFIXES: tuple[str, ...] = tuple(sorted(BY_SUFFIX))

@@ -249,11 +249,16 @@ def _series_sizes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_delimited(
-    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits, sep: str
+    path: Path,
+    text_column: str,
+    label_column: str,
+    chunk_rows: int,
+    limits: DatasetLimits,
+    fmt: DatasetFormat,
 ) -> Iterator[Chunk]:
     has_bom = check_utf8(path)
     encoding = "utf-8-sig" if has_bom else "utf-8"
-    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    sep, quoting = fmt.delimiter, fmt.quoting  # the registry's: prediction reads the file the same way
     with Path(path).open(encoding=encoding, newline="") as handle:
         header_line = handle.readline()
     try:
@@ -912,8 +917,8 @@ def _cells(array: pa.Array) -> np.ndarray:
 
 # The reader of each registered format: every format of data.formats has one (tests/unit/test_dataset_formats.py).
 READERS: dict[DatasetFormat, Callable[..., Iterator[Chunk]]] = {
-    DatasetFormat.CSV: partial(_read_delimited, sep=DatasetFormat.CSV.delimiter),
-    DatasetFormat.TSV: partial(_read_delimited, sep=DatasetFormat.TSV.delimiter),
+    DatasetFormat.CSV: partial(_read_delimited, fmt=DatasetFormat.CSV),
+    DatasetFormat.TSV: partial(_read_delimited, fmt=DatasetFormat.TSV),
     DatasetFormat.JSONL: _read_jsonl,
     DatasetFormat.JSON: _read_json,
     DatasetFormat.PARQUET: _read_parquet,

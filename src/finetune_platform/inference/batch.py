@@ -51,7 +51,15 @@ class FileSummary:
 def _delimited(path: Path, fmt: DatasetFormat, head: bool) -> Any:
     import pandas as pd
 
-    return pd.read_csv(path, sep=fmt.delimiter, dtype=str, keep_default_na=False, nrows=1 if head else None)
+    # the registry's delimiter and quoting, as training reads the file (a TSV text may start with ")
+    return pd.read_csv(
+        path,
+        sep=fmt.delimiter,
+        quoting=fmt.quoting,
+        dtype=str,
+        keep_default_na=False,
+        nrows=1 if head else None,
+    )
 
 
 def _json_lines(path: Path, fmt: DatasetFormat, head: bool) -> Any:
