@@ -35,7 +35,7 @@ from finetune_platform.api.deps import (
     client_address,
     unauthorized,
 )
-from finetune_platform.data.formats import NAME_PATTERN, SUFFIXES_TEXT
+from finetune_platform.data.formats import NAME_MIN_LENGTH, NAME_PATTERN, SUFFIXES_TEXT
 from finetune_platform.db.models import Role
 from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.services.dispatch import enqueue
@@ -178,7 +178,7 @@ async def upload_dataset(
     name: Annotated[
         str,
         Query(
-            min_length=5,
+            min_length=NAME_MIN_LENGTH,
             max_length=255,
             pattern=NAME_PATTERN,
             description=f"File name ending in one of {SUFFIXES_TEXT} (a label only).",

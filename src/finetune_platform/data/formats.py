@@ -70,3 +70,5 @@ def _any_case(suffix: str) -> str:
 # A file name ending in a registered suffix, in any case, for a JSON Schema ``pattern``: written without
 # regex flags, which JSON Schema (ECMA-262) readers of the OpenAPI document would not apply.
 NAME_PATTERN = r"^.*[.](" + "|".join(_any_case(suffix) for suffix in SUFFIXES) + r")$"
+# The shortest such name: a one-character stem and the shortest suffix ("a.pq"), the upload query's bound.
+NAME_MIN_LENGTH = min(len(suffix) for suffix in SUFFIXES) + 1
