@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from finetune_platform.cli.common import fail, settings
+from finetune_platform.data.formats import SUFFIXES_TEXT
 from finetune_platform.errors import ConfigError, NotFoundError, PlatformError
 
 RuntimeOption = Annotated[
@@ -32,7 +33,7 @@ def predict(
         list[str] | None, typer.Option("--text", "-t", help="A text to classify (repeatable).")
     ] = None,
     input_file: Annotated[
-        Path | None, typer.Option("--input", "-i", help="File of texts: csv, tsv, jsonl, json, parquet.")
+        Path | None, typer.Option("--input", "-i", help=f"File of texts: {SUFFIXES_TEXT}.")
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Where to write predictions (CSV).")

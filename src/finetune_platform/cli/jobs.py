@@ -21,6 +21,7 @@ from finetune_platform.cli.common import (
     open_database,
     settings,
 )
+from finetune_platform.data.formats import SUFFIXES_TEXT
 from finetune_platform.errors import PlatformError
 from finetune_platform.services.job_states import FINISHED, JobKind, JobStatus
 
@@ -104,9 +105,7 @@ def jobs_predict(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Registered model: name, name@3 or name@production.")
     ],
-    input_file: Annotated[
-        Path, typer.Option("--input", "-i", help="File of texts: csv, tsv, jsonl, json or parquet.")
-    ],
+    input_file: Annotated[Path, typer.Option("--input", "-i", help=f"File of texts: {SUFFIXES_TEXT}.")],
     text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text.")] = "text",
     label_column: Annotated[
         str, typer.Option("--label-column", help="If present, accuracy against this column is reported.")
