@@ -104,7 +104,7 @@ SERVERS = ("baseline", "platform-eager", "platform")  # platform-eager: SERVE_CU
 def serve_platform(run_folder: Path, port: int, device: str, graphs: str) -> None:
     import uvicorn
 
-    from finetune_platform.inference.server import create_serve_app, freeze_heap
+    from finetune_platform.serve.app import create_serve_app, freeze_heap
     from finetune_platform.settings import Settings
 
     home = run_folder.parent / "home"

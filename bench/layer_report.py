@@ -11,8 +11,7 @@ Counts, over `src/finetune_platform` (imports under ``if TYPE_CHECKING:`` never 
   connected components of the module graph), each listed;
 - function-level imports: ``import`` statements inside a function body, by what they import (the
   platform's own modules, heavy optional libraries kept lazy on purpose, or anything else).
-The layer of a module is that of the longest prefix listed in LAYERS (so ``inference.server`` is a
-face while the rest of ``inference`` is domain).
+The layer of a module is that of the longest prefix listed in LAYERS.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ SOURCE = ROOT / "src" / PACKAGE
 # DESIGN.md's "Layers", top to bottom; a module that does not exist yet simply matches nothing.
 LAYERS: dict[str, tuple[str, ...]] = {
     "command line": ("__main__", "cli"),
-    "faces": ("api", "worker", "ui", "inference.server"),
+    "faces": ("api", "worker", "ui", "serve"),
     "domain": ("services", "training", "inference"),
     "foundations": ("data", "tracking", "db", "broker", "catalogue", "security"),
     "base": ("settings", "errors", "observability", "atomic", "http_guard", "__init__"),

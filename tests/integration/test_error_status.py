@@ -65,7 +65,7 @@ def servers(tmp_path_factory):
     """The REST API and the inference server, each with one extra route that raises the code it is given."""
     from finetune_platform.api.app import create_app
     from finetune_platform.db.session import upgrade
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
     from finetune_platform.settings import Settings
 
     root = tmp_path_factory.mktemp("error-status")

@@ -311,7 +311,7 @@ def test_metrics_can_be_turned_off(tmp_path):
     from fastapi.testclient import TestClient
 
     from finetune_platform.api.app import create_app
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
     from finetune_platform.settings import Settings
 
     for enabled, status in ((True, 200), (False, 404)):

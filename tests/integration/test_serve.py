@@ -50,7 +50,7 @@ def registry(tmp_path_factory, tiny_bert):
 def server(registry):
     import uvicorn
 
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
 
     app = create_serve_app(registry, "served-a@2")
     port = free_port()
@@ -206,7 +206,7 @@ def test_concurrent_requests_each_get_their_own_answer(server, registry):
 def test_a_promotion_is_served_without_a_restart(registry):
     from fastapi.testclient import TestClient
 
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
     from finetune_platform.tracking.registry import ModelRegistry, Stage
 
     registry_client = ModelRegistry(registry)
@@ -230,7 +230,7 @@ def test_a_promotion_is_served_without_a_restart(registry):
 def test_bad_requests_get_clear_answers(registry):
     from fastapi.testclient import TestClient
 
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
 
     client = TestClient(create_serve_app(registry, "served-a@2"))
     for body, code, message in (
@@ -250,7 +250,7 @@ def test_bad_requests_get_clear_answers(registry):
 def test_outside_local_mode_a_token_or_api_key_is_required(registry):
     from fastapi.testclient import TestClient
 
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
 
     settings = registry.model_copy(
         update={

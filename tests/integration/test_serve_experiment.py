@@ -127,7 +127,7 @@ def test_make_serve_exp_serves_the_experiment_newest_successful_run(store):
 
 def test_an_unregistered_run_is_served_from_its_run_folder(store):
     from finetune_platform.cli.inference import experiment_default
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
 
     settings, folder = store
     model, run_folder = experiment_default(settings, "folder-exp")

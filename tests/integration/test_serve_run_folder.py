@@ -31,7 +31,7 @@ def run_folder(tmp_path_factory, tiny_bert):
 
 
 def test_a_run_folder_is_served_without_a_registry(run_folder, tmp_path):
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
 
     # a home with no model store at all: nothing may be looked up in the registry
     settings = Settings(FINETUNE_HOME=tmp_path / "empty-home", SERVE_DEVICE="cpu", METRICS_ENABLED=False)

@@ -34,7 +34,7 @@ def api_url(tmp_path_factory, tiny_bert):
     """The API and `finetune serve` on loopback over one registry holding ui-model version 1."""
     from finetune_platform.api.app import create_app
     from finetune_platform.db.session import session_scope, upgrade
-    from finetune_platform.inference.server import create_serve_app
+    from finetune_platform.serve.app import create_serve_app
     from finetune_platform.services.users import create_user
     from finetune_platform.settings import Settings
     from finetune_platform.training.config import config_from_dict

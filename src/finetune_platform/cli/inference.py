@@ -133,7 +133,7 @@ def serve(
     """Serve predictions over HTTP (POST /predict, /predict/batch; GET /models, /health, /metrics)."""
     import uvicorn
 
-    from finetune_platform.inference.server import create_serve_app, freeze_heap
+    from finetune_platform.serve.app import create_serve_app, freeze_heap
 
     config = settings()
     if runtime is not None:
