@@ -67,3 +67,15 @@ def test_run_json_speaks_the_job_rows_words_and_reads_older_folders(tmp_path):
     assert RunFolder.find_resumable(tmp_path, "exp").run_id == older.run_id
     older.update_state(status=JobStatus.RUNNING)
     assert json.loads(older.state_path.read_text())["status"] == "running"
+
+
+def test_runs_list_shows_an_older_folders_status_in_todays_words(tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune_platform.cli import app
+
+    make_run(tmp_path, "exp", "20260101-000000-aaaaaa", "interrupted")
+    listed = CliRunner().invoke(app, ["runs", "list", "--output-dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if "20260101-000000-aaaaaa" in line)
+    assert row.split()[:3] == ["exp", "20260101-000000-aaaaaa", "cancelled"]

@@ -114,15 +114,17 @@ def runs_list(
     output_dir: OutputDir = Path("results"),
 ) -> None:
     """List run folders, newest last, with status and final accuracy."""
+    from finetune_platform.training.run_folder import RunFolder
+
     pattern = f"{experiment}/*/config.yaml" if experiment else "*/*/config.yaml"
     rows = []
     for config_file in sorted(output_dir.glob(pattern), key=lambda p: p.stat().st_mtime):
         folder = config_file.parent
-        state = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        status = RunFolder(folder).status  # an older folder's words ("interrupted") read as today's
         accuracy = ""
         if (folder / "metrics.json").is_file():
             accuracy = f"{json.loads((folder / 'metrics.json').read_text())['eval']['accuracy']:.4f}"
-        rows.append((folder.parent.name, folder.name, state.get("status", "?"), accuracy, str(folder)))
+        rows.append((folder.parent.name, folder.name, status.value if status else "?", accuracy, str(folder)))
     if not rows:
         typer.echo(f"no runs under {output_dir}")
         return
