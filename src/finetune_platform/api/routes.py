@@ -38,7 +38,6 @@ from finetune_platform.api.deps import (
 from finetune_platform.data.formats import NAME_MIN_LENGTH, NAME_PATTERN, SUFFIXES_TEXT
 from finetune_platform.db.models import Role
 from finetune_platform.errors import ConfigError, NotFoundError
-from finetune_platform.services.dispatch import enqueue
 from finetune_platform.services.users import UserPublic
 
 router = APIRouter(responses=schemas.ERRORS)
@@ -335,14 +334,14 @@ IdempotencyKey = Annotated[
 
 
 def _queued(request, response, session, user, submission, action: str, **details: Any) -> dict[str, Any]:
-    """A new task is audited, committed and sent to the broker (201); a repeated key returns the first (200)."""
+    """A new task is audited and committed, which sends it to the broker (the service's outbox) (201); a repeated
+    key returns the first (200)."""
     job = submission.job
     if not submission.created:
         response.status_code = status.HTTP_200_OK
         return task_out(job)
     audit(session, request, action, actor=user, target=f"task:{job.id}", **details)
-    session.commit()  # the worker must find the row before the message arrives
-    enqueue(request.app.state.settings, [job.id], mark=False)
+    session.commit()  # the outbox sends the message once the row is committed
     return task_out(job)
 
 

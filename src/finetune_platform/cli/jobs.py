@@ -97,7 +97,7 @@ def jobs_submit(
                 )
     except PlatformError as error:
         raise fail(error) from None
-    _queued(submission, f"(dataset version {submission.job.dataset_version})", as_json, wait)
+    _queued(submission, session, f"(dataset version {submission.job.dataset_version})", as_json, wait)
 
 
 @jobs_app.command("predict")
@@ -143,17 +143,20 @@ def jobs_predict(
                 )
     except PlatformError as error:
         raise fail(error) from None
-    _queued(submission, f"(prediction with {submission.job.config['model']})", as_json, wait)
+    _queued(submission, session, f"(prediction with {submission.job.config['model']})", as_json, wait)
 
 
-def _queued(submission, about: str, as_json: bool, wait: bool) -> None:
-    """Send a new job to the broker, say what happened, and follow it if asked."""
-    from finetune_platform.services.dispatch import enqueue
+def _queued(submission, session, about: str, as_json: bool, wait: bool) -> None:
+    """Say what happened to a job the committed ``session`` queued (and sent), and follow it if asked."""
+    from finetune_platform.services import outbox
 
     job = submission.job
     if submission.created:
-        sent = enqueue(settings(), [job.id], mark=False)
-        note = "" if sent else " (broker unreachable: a worker's reconciler will send it)"
+        note = (
+            " (broker unreachable: a worker's reconciler will send it)"
+            if job.id in outbox.unsent(session)
+            else ""
+        )
         message = f"queued job {job.id} {about}{note}"
     else:
         message = f"job {job.id} was already submitted with this idempotency key ({job.status})"
@@ -248,7 +251,6 @@ def jobs_cancel(job_id: JobId) -> None:
 @jobs_app.command("retry")
 def jobs_retry(job_id: JobId) -> None:
     """Queue a failed or cancelled job again with a fresh attempt budget (it resumes its checkpoints)."""
-    from finetune_platform.services.dispatch import enqueue
     from finetune_platform.services.jobs import retry_job
     from finetune_platform.services.users import local_user
 
@@ -258,8 +260,7 @@ def jobs_retry(job_id: JobId) -> None:
             audit(session, "task.retry", target=f"task:{job.id}", status=job.status)
     except PlatformError as error:
         raise fail(error) from None
-    enqueue(settings(), [job.id])
-    typer.echo(f"job {job.id} queued again")
+    typer.echo(f"job {job.id} queued again")  # committed: the outbox sent it
 
 
 @jobs_app.command("logs")

@@ -110,6 +110,20 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class JobOutbox(Base):
+    """A broker message owed for a queued job, written in the job's transaction and marked sent once it went
+    (``services.outbox``); the reconciler sends rows left unsent by a process that died after its commit."""
+
+    __tablename__ = "job_outbox"
+    __table_args__ = (Index("ix_job_outbox_unsent", "sent_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    task: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class DatasetVersionRecord(Base):
     __tablename__ = "dataset_versions"
     __table_args__ = (UniqueConstraint("content_hash", "file", name="uq_dataset_versions_hash_file"),)

@@ -1,10 +1,12 @@
-"""Sending jobs to the broker, recording in their rows whether the message went (the reconciler re-sends
-those that did not)."""
+"""Sending jobs to the broker, recording in their rows (and their outbox rows) whether the message went (the
+reconciler re-sends those that did not). A new or retried job is sent by ``services.outbox`` once its transaction
+commits; this module is the reconciler's and the worker's way to send again."""
 
 from __future__ import annotations
 
 from finetune_platform import broker
 from finetune_platform.db.session import session_scope
+from finetune_platform.services import outbox
 from finetune_platform.services.jobs import mark_enqueued
 from finetune_platform.settings import Settings
 
@@ -21,7 +23,15 @@ def enqueue(
         with session_scope(settings) as session:
             mark_enqueued(session, job_ids)
     sent, failed = broker.send(settings, job_ids, task)
-    if failed:
-        with session_scope(settings) as session:
-            mark_enqueued(session, failed, sent=False)
+    with session_scope(settings) as session:
+        outbox.mark_sent(session, sent)  # a message owed by the outbox went too
+        mark_enqueued(session, failed, sent=False)
     return sent
+
+
+def drain(settings: Settings, older_than: float = outbox.DRAIN_AFTER_SECONDS) -> list[str]:
+    """Send the outbox rows left unsent for more than ``older_than`` seconds (their writer died between commit
+    and send, or the broker refused); returns the ids sent. A second drain finds them sent and sends nothing."""
+    with session_scope(settings) as session:
+        due = outbox.due(session, older_than)
+    return enqueue(settings, due) if due else []

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import Job, JobEvent, Role, utcnow
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
-from finetune_platform.services import job_states, quotas
+from finetune_platform.services import job_states, outbox, quotas
 from finetune_platform.services.job_states import JobKind, JobStage, JobStatus, LifecycleEvent
 from finetune_platform.services.users import UserPublic
 from finetune_platform.settings import Settings, get_settings
@@ -179,7 +179,7 @@ def _queue(
         max_attempts=max_attempts,
         progress={},
         cancel_requested=False,
-        # The caller sends the message right after commit; if that fails it clears this again.
+        # The outbox row below is sent once the caller commits; a failed send clears this again.
         enqueued_at=utcnow(),
     )
     session.add(job)
@@ -199,6 +199,7 @@ def _queue(
             data={"dataset_version": job.dataset_version},
         )
     )
+    outbox.add(session, settings, job.id)  # same transaction: the message is owed exactly when the job exists
     return Submission(JobPublic.of(job), created=True)
 
 
@@ -423,7 +424,8 @@ def retry_job(
     job = _visible(session, user, job_id)
     # Refused before the quota is asked: a running job is not retried, whatever the account's room.
     job_states.next_state(job.status, LifecycleEvent.RETRY, job_id=job_id)
-    quotas.check_queue_room(session, job.owner_id, settings or get_settings(), lock=True)
+    settings = settings or get_settings()
+    quotas.check_queue_room(session, job.owner_id, settings, lock=True)
     while True:  # retried by someone else meanwhile: the next pass refuses it as queued
         row = transition(
             session,
@@ -435,11 +437,13 @@ def retry_job(
                 "attempts": 0,
                 "cancel_requested": False,
                 "finished_at": None,
-                "enqueued_at": None,
+                # The outbox row below is sent once the caller commits; a failed send clears this again.
+                "enqueued_at": utcnow(),
             },
             history=[("retried", f"queued again by {user.username}", {})],
         )
         if row is not None:
+            outbox.add(session, settings, job_id)
             return JobPublic.of(SimpleNamespace(**row))
         session.refresh(job)
 

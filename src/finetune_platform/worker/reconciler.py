@@ -8,14 +8,18 @@ import threading
 from finetune_platform.broker import queue_size
 from finetune_platform.db.session import session_scope
 from finetune_platform.services import jobs
-from finetune_platform.services.dispatch import enqueue
+from finetune_platform.services.dispatch import drain, enqueue
 from finetune_platform.settings import Settings
 
 logger = logging.getLogger("finetune_platform.worker")
 
 
 def reconcile_once(settings: Settings) -> jobs.Sweep:
-    """One pass: requeue jobs of dead workers, give up on those out of attempts, re-send lost messages."""
+    """One pass: send outbox rows a crash left unsent, requeue jobs of dead workers, give up on those out of
+    attempts, re-send lost messages."""
+    drained = drain(settings)
+    if drained:
+        logger.info("reconciler: sent %d job(s) left in the outbox: %s", len(drained), drained)
     waiting = queue_size(settings)
     with session_scope(settings) as session:
         queued = jobs.count_queued(session)
