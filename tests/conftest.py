@@ -49,6 +49,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _main_module_left_as_found():
+    """Streamlit's AppTest makes its generated script `__main__`; a later test whose child processes start with
+    multiprocessing's spawn would re-run that script in them (and they die before starting)."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
+@pytest.fixture(autouse=True)
 def _no_console_logging_left_behind():
     """An in-process `finetune train` (CliRunner) adds the CLI's console handler to the package logger; a later
     test's CLI output must not depend on whether one ran before it."""
