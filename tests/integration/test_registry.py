@@ -441,3 +441,34 @@ def test_stages_are_mlflows_own_and_the_api_audit_lists_what_was_archived(regist
     ]
 
     break_by_hand_and_reconcile(registry, "stage-flow")
+
+
+def test_two_registrations_racing_for_a_new_name_both_succeed(registry_env, tmp_path):
+    """Two workers register the first version of one new name at once: both look the name up, both find
+    it missing, both create it. The interleaving is forced on the real store: a second client creates
+    the model between this registry's lookup and its create. Before the fix the loser failed the job
+    with "Registered Model (name=...) already exists"."""
+    import dataclasses
+
+    from mlflow import MlflowClient
+
+    settings, results, _ = registry_env
+    trained = ModelRegistry(settings)
+    card, source = trained.cards.get("topic-news", 1), trained.version("topic-news", 1).source
+    registry = ModelRegistry(settings.model_copy(update={"MODEL_REGISTRY_DIR": tmp_path / "cards"}))
+    other_worker = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    lookup = registry.client.get_registered_model
+
+    def lookup_then_lose_the_race(name):
+        try:
+            return lookup(name)
+        finally:
+            registry.client.get_registered_model = lookup  # once
+            other_worker.create_registered_model(name)  # the other worker's create lands in between
+
+    registry.client.get_registered_model = lookup_then_lose_the_race
+    run_id = results["topic-news"].mlflow_run_id
+    copy = dataclasses.replace(card, name="raced", tags=list(card.tags))
+    info = registry.register(name="raced", run_id=run_id, artifact_uri=source, card=copy)
+    assert (info.version, info.stage) == (1, Stage.STAGING)
+    assert [v.version for v in ModelRegistry(settings).versions("raced")] == [1]

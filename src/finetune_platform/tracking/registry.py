@@ -148,8 +148,6 @@ class ModelRegistry:
     ) -> VersionInfo:
         """A new version from a finished run, in Staging, with its model card and, in the app database, its
         owner's claim on the name and the checksums it will be served against."""
-        from mlflow.exceptions import MlflowException
-
         from finetune_platform.db.session import ensure_database, session_scope
         from finetune_platform.tracking.ownership import claim_name, owner_of, record_version
 
@@ -159,10 +157,7 @@ class ModelRegistry:
                 claim_name(session, name, owner_id, is_admin=_is_admin(session, owner_id))
             card.owner = _username(session, owner_of(session, name))
 
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException:
-            self.client.create_registered_model(name, description=card.description or None)
+        self._ensure_registered_model(name, card.description)
         mv = self.client.create_model_version(
             name,
             source=artifact_uri,
@@ -185,6 +180,22 @@ class ModelRegistry:
         self.cards.save(card)
         self.transition(name, int(mv.version), Stage.STAGING)
         return self.version(name, int(mv.version))
+
+    def _ensure_registered_model(self, name: str, description: str | None) -> None:
+        """Create the registered model unless it exists. Two workers registering the first version of one
+        name at once both see it missing; the one that loses the create finds it made and goes on."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+            return
+        except MlflowException:
+            pass
+        try:
+            self.client.create_registered_model(name, description=description or None)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
     def version_for_run(self, name: str, run_id: str) -> VersionInfo | None:
         """The version of ``name`` registered from MLflow run ``run_id``, if there is one."""
