@@ -37,6 +37,7 @@ def request_for(route: str, api):
         "GET /task/{id}/predictions": ("GET", f"/task/{task}/predictions", {}),
         "GET /datasets": ("GET", "/datasets", {}),
         "GET /datasets/{id}/report": ("GET", f"/datasets/{dataset}/report", {}),
+        "GET /datasets/{id}/versions": ("GET", f"/datasets/{dataset}/versions", {}),
         "GET /task/{id}": ("GET", f"/task/{task}", {}),
         "GET /tasks": ("GET", "/tasks", {}),
         "GET /task/{id}/logs": ("GET", f"/task/{task}/logs", {}),
@@ -89,6 +90,7 @@ MATRIX = {
     "GET /task/{id}/predictions": (401, 409, 404, 409),  # alice's task trains: it has no predictions
     "GET /datasets": (401, 200, 200, 200),
     "GET /datasets/{id}/report": (401, 200, 404, 404),  # datasets are private, admins' included
+    "GET /datasets/{id}/versions": (401, 200, 404, 404),
     "GET /task/{id}": (401, 200, 404, 200),
     "GET /tasks": (401, 200, 200, 200),
     "GET /task/{id}/logs": (401, 200, 404, 200),

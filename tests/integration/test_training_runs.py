@@ -198,7 +198,7 @@ def test_invalid_rows_can_be_dropped_and_lineage_is_recorded(settings, tiny_bert
     assert resolved["validation_version"] == dataset["validation_version"]
     tags = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(result.mlflow_run_id).data.tags
     assert tags["finetune.dataset_version"] == dataset["train_version"]
-    recorded = {v.version: v for v in VersionIndex(settings.FINETUNE_HOME).all()}
+    recorded = {v.version: v for v in VersionIndex(settings).all()}
     assert recorded[dataset["train_version"]].source == "train"
     assert recorded[dataset["train_version"]].file == str(train_file.resolve())
     assert dataset["validation_version"] in recorded

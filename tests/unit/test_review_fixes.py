@@ -72,11 +72,15 @@ def test_retention_ignores_nan_metrics():
 
 
 def test_concurrent_version_records_are_all_kept(tmp_path):
-    index = VersionIndex(tmp_path)
+    from finetune_platform.settings import Settings
+
+    index = VersionIndex(Settings(FINETUNE_HOME=tmp_path))
 
     def record(i: int) -> None:
         index.record(
-            DatasetVersion(f"{i:012x}", f"{i:064x}", f"/data/{i}.csv", "csv", i, {}, "text", "label", "t")
+            DatasetVersion(
+                f"{i:012x}", f"{i:064x}", f"/data/{i}.csv", "csv", i, {}, "text", "label", "2026-01-01T00:00:00"
+            )
         )
 
     threads = [threading.Thread(target=record, args=(i,)) for i in range(12)]

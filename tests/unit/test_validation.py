@@ -110,7 +110,9 @@ def test_report_json_and_summary(tmp_path):
 
 
 def test_version_index_records_once_and_resolves(tmp_path):
-    index = VersionIndex(tmp_path / "home")
+    from finetune_platform.settings import Settings
+
+    index = VersionIndex(Settings(FINETUNE_HOME=tmp_path / "home"))
     path = write_csv(tmp_path / "d.csv", ROWS)
     version, added, _ = version_file(path, ValidationOptions(), index)
     again, added_again, _ = version_file(path, ValidationOptions(), index)

@@ -248,6 +248,19 @@ def datasets(session: DbSession, user: CurrentUser, limit: PageLimit = 50, offse
     return {"data": [asdict(row) for row in rows], "count": total}
 
 
+@router.get(
+    "/datasets/{dataset_id}/versions",
+    response_model=schemas.DatasetVersionsPage,
+    tags=["datasets"],
+    summary="A dataset's recorded versions (lineage)",
+)
+def dataset_versions(dataset_id: str, session: DbSession, user: CurrentUser):
+    from finetune_platform.services.datasets import dataset_versions as versions
+
+    rows = versions(session, user, dataset_id)
+    return {"data": [asdict(row) for row in rows], "count": len(rows)}
+
+
 @router.get("/datasets/{dataset_id}/report", tags=["datasets"], summary="A dataset's validation report")
 def dataset_report(dataset_id: str, session: DbSession, user: CurrentUser) -> dict[str, Any]:
     from finetune_platform.services.datasets import dataset_report as report

@@ -203,6 +203,23 @@ class DatasetPage(BaseModel):
     count: int = Field(description="Datasets in all pages.")
 
 
+class DatasetVersionOut(BaseModel):
+    version: str = Field(description="Content version (first 12 hex digits of its hash).")
+    content_hash: str = Field(description="SHA-256 over the sorted hashes of the normalised rows.")
+    format: str | None = Field(description="csv, tsv, jsonl, json or parquet.")
+    rows: int = Field(description="Rows read.")
+    label_counts: dict[str, int] = Field(description="Rows per label.")
+    text_column: str = Field(description="Column with the text.")
+    label_column: str = Field(description="Column with the label.")
+    source: str = Field(description="Who recorded it: upload, api (a submitted job), train (a run) or cli.")
+    created_at: Timestamp = Field(description="When it was recorded.")
+
+
+class DatasetVersionsPage(BaseModel):
+    data: list[DatasetVersionOut] = Field(description="The dataset's recorded versions, oldest first.")
+    count: int = Field(description="Versions listed.")
+
+
 class ModelCardOut(BaseModel):
     name: str = Field(description="Registered model name.")
     version: int = Field(description="Version number.")

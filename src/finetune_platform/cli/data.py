@@ -171,9 +171,10 @@ def data_analyze(
 
 
 def _version_index():
+    """The dataset versions in the app database (an earlier release's versions.jsonl is imported once)."""
     from finetune_platform.data.versioning import VersionIndex
 
-    return VersionIndex(settings().FINETUNE_HOME)
+    return VersionIndex(settings())
 
 
 @data_app.command("version")
@@ -182,7 +183,7 @@ def data_version(
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
 ) -> None:
-    """Record a dataset version (content hash of the normalised rows) in the version index."""
+    """Record a dataset version (content hash of the normalised rows) in the app database."""
     from finetune_platform.data.validation import ValidationOptions
     from finetune_platform.data.versioning import version_file
 
@@ -198,10 +199,13 @@ def data_version(
 
 @data_app.command("versions")
 def data_versions(json_output: JsonFlag = False) -> None:
-    """List recorded dataset versions, oldest first."""
+    """List recorded dataset versions, oldest first: from the command line, training runs, jobs and uploads."""
     from dataclasses import asdict
 
-    versions = _version_index().all()
+    try:
+        versions = _version_index().all()
+    except PlatformError as error:
+        raise fail(error) from None
     if json_output:
         typer.echo(json.dumps([asdict(v) for v in versions], indent=2))
         return

@@ -1,21 +1,28 @@
-"""Dataset versions: a content hash of the normalised rows, an index of versions, and diffs.
+"""Dataset versions: a content hash of the normalised rows, the lineage store that records them, and diffs.
 
 The hash is order-independent (the same rows in another order are the same version) and ignores
-surrounding and repeated whitespace and label spelling such as '1' versus '1.0'. The index is a JSON
-Lines file under FINETUNE_HOME/datasets/; every training run records its versions there too.
+surrounding and repeated whitespace and label spelling such as '1' versus '1.0'. Versions live in one
+place, the app database's ``dataset_versions`` table: ``finetune data version``, every training run, every
+job submission and every upload record theirs there. The JSON Lines index earlier releases kept under
+FINETUNE_HOME/datasets/ is imported once, then renamed so that nothing reads it again.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import exc, or_, select
+from sqlalchemy.orm import Session
 
-from finetune_platform.atomic import locked, write_atomic
+from finetune_platform.atomic import locked
 from finetune_platform.data.loading import iter_chunks, normalise_label, rows_text
 from finetune_platform.data.validation import (
     FileReport,
@@ -24,9 +31,14 @@ from finetune_platform.data.validation import (
     normalised_text,
     validate_file,
 )
-from finetune_platform.errors import DatasetError, NotFoundError
+from finetune_platform.db.models import DatasetVersionRecord
+from finetune_platform.db.session import ensure_database, session_scope
+from finetune_platform.errors import ConfigError, DatasetError, NotFoundError
+from finetune_platform.settings import Settings
 
-INDEX_NAME = "versions.jsonl"
+LEGACY_INDEX_NAME = "versions.jsonl"  # the JSON Lines index of earlier releases, imported once
+HEX_DIGITS = frozenset("0123456789abcdef")
+SOURCES = ("cli", "train", "api", "upload")  # who recorded a version: data version, a run, a job, an upload
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,8 @@ class DatasetVersion:
     text_column: str
     label_column: str
     created_at: str
-    source: str = "cli"  # cli, train, api
+    source: str = "cli"  # one of SOURCES
+    dataset_id: str | None = None  # the upload it is of
 
     @classmethod
     def from_report(cls, report: FileReport, options: ValidationOptions, source: str) -> DatasetVersion:
@@ -59,44 +72,152 @@ class DatasetVersion:
             source=source,
         )
 
+    @classmethod
+    def of(cls, row: DatasetVersionRecord) -> DatasetVersion:
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)  # SQLite
+        return cls(
+            version=row.version,
+            content_hash=row.content_hash,
+            file=row.file,
+            format=row.format,
+            rows=row.rows,
+            label_counts=dict(row.label_counts or {}),
+            text_column=row.text_column,
+            label_column=row.label_column,
+            created_at=created.isoformat(timespec="seconds"),
+            source=row.source,
+            dataset_id=row.dataset_id,
+        )
+
+
+def _find(session: Session, content_hash: str, file: str) -> DatasetVersionRecord | None:
+    return session.scalar(
+        select(DatasetVersionRecord).where(
+            DatasetVersionRecord.content_hash == content_hash, DatasetVersionRecord.file == file
+        )
+    )
+
+
+def record_version(
+    session: Session, version: DatasetVersion, *, owner_id: int | None = None, dataset_id: str | None = None
+) -> tuple[DatasetVersion, bool]:
+    """Add a version unless the same content from the same file is already there; (entry, added). Part of the
+    caller's transaction; a writer racing this one for the same (content, file) leaves one row."""
+    if version.source not in SOURCES:
+        raise ConfigError(f"dataset version source {version.source!r}: expected one of {', '.join(SOURCES)}")
+    existing = _find(session, version.content_hash, version.file)
+    if existing is not None:
+        return DatasetVersion.of(existing), False
+    row = DatasetVersionRecord(
+        version=version.version,
+        content_hash=version.content_hash,
+        file=version.file,
+        format=version.format,
+        rows=version.rows,
+        label_counts=dict(version.label_counts),
+        text_column=version.text_column,
+        label_column=version.label_column,
+        owner_id=owner_id,
+        source=version.source,
+        dataset_id=dataset_id or version.dataset_id,
+        created_at=datetime.fromisoformat(version.created_at),
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except exc.IntegrityError:  # recorded meanwhile by another writer
+        existing = _find(session, version.content_hash, version.file)
+        if existing is None:
+            raise
+        return DatasetVersion.of(existing), False
+    return DatasetVersion.of(row), True
+
+
+def list_versions(
+    session: Session, *, dataset_id: str | None = None, file: str | None = None
+) -> list[DatasetVersion]:
+    """Recorded versions, oldest first; only those of one upload (its id, or its stored file) when given."""
+    query = select(DatasetVersionRecord)
+    if dataset_id is not None or file is not None:
+        query = query.where(
+            or_(DatasetVersionRecord.dataset_id == dataset_id, DatasetVersionRecord.file == file)
+        )
+    rows = session.scalars(query.order_by(DatasetVersionRecord.created_at, DatasetVersionRecord.id))
+    return [DatasetVersion.of(row) for row in rows]
+
+
+def find_version(session: Session, reference: str) -> DatasetVersion:
+    """A version by id or hash prefix (at least 6 characters), the newest entry if recorded twice."""
+    if len(reference) < 6:
+        raise NotFoundError(f"dataset version {reference!r}: give at least 6 characters of the version id")
+    rows = []
+    if all(ch in HEX_DIGITS for ch in reference):  # anything else is no hash prefix (and no LIKE pattern)
+        rows = session.scalars(
+            select(DatasetVersionRecord)
+            .where(DatasetVersionRecord.content_hash.startswith(reference))
+            .order_by(DatasetVersionRecord.created_at, DatasetVersionRecord.id)
+        ).all()
+    if not rows:
+        raise NotFoundError(f"no dataset version {reference!r} recorded")
+    hashes = {row.content_hash for row in rows}
+    if len(hashes) > 1:
+        raise NotFoundError(f"dataset version {reference!r} is ambiguous: {', '.join(sorted(hashes))}")
+    return DatasetVersion.of(rows[-1])
+
+
+def import_legacy_index(settings: Settings) -> int:
+    """Record the versions of an earlier release's FINETUNE_HOME/datasets/versions.jsonl that are not
+    recorded yet, once: the file is renamed to versions.jsonl.imported after the rows are committed. Returns
+    how many were added."""
+    path = settings.FINETUNE_HOME / "datasets" / LEGACY_INDEX_NAME
+    if not path.is_file():
+        return 0
+    known = {item.name for item in fields(DatasetVersion)}
+    added = 0
+    with locked(path.with_name(path.name + ".lock")):
+        if not path.is_file():  # another process imported it while this one waited
+            return 0
+        with session_scope(settings) as session:
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    entry = {key: value for key, value in json.loads(line).items() if key in known}
+                    added += record_version(session, DatasetVersion(**entry))[1]
+        path.rename(path.with_name(path.name + ".imported"))
+    return added
+
 
 class VersionIndex:
-    """Append-only index of dataset versions (one JSON object per line)."""
+    """The lineage store as the command line and training runs use it: each call its own transaction. The
+    first call brings the app database to the current schema (local mode; elsewhere a stale schema is a
+    ConfigError) and imports an earlier release's JSON Lines index."""
 
-    def __init__(self, home: Path) -> None:
-        self.path = Path(home) / "datasets" / INDEX_NAME
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ready = False
+        self._preparing = threading.Lock()  # threads sharing an index migrate and import once
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._preparing:
+            if not self._ready:
+                ensure_database(self.settings)
+                import_legacy_index(self.settings)
+                self._ready = True
+        with session_scope(self.settings) as session:
+            yield session
 
     def all(self) -> list[DatasetVersion]:
-        if not self.path.is_file():
-            return []
-        return [
-            DatasetVersion(**json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()
-        ]
+        with self._session() as session:
+            return list_versions(session)
 
-    def record(self, version: DatasetVersion) -> tuple[DatasetVersion, bool]:
-        """Add a version unless the same content from the same file is already there; (entry, added)."""
-        with locked(self.path.with_name(self.path.name + ".lock")):
-            existing = self.all()
-            for entry in existing:
-                if entry.content_hash == version.content_hash and entry.file == version.file:
-                    return entry, False
-            lines = [json.dumps(asdict(entry)) for entry in [*existing, version]]
-            write_atomic(self.path, "\n".join(lines) + "\n")
-        return version, True
+    def record(self, version: DatasetVersion, *, owner_id: int | None = None) -> tuple[DatasetVersion, bool]:
+        with self._session() as session:
+            return record_version(session, version, owner_id=owner_id)
 
     def get(self, reference: str) -> DatasetVersion:
-        """A version by id or hash prefix (at least 6 characters), the newest entry if recorded twice."""
-        if len(reference) < 6:
-            raise NotFoundError(
-                f"dataset version {reference!r}: give at least 6 characters of the version id"
-            )
-        matches = [entry for entry in self.all() if entry.content_hash.startswith(reference)]
-        hashes = {entry.content_hash for entry in matches}
-        if not matches:
-            raise NotFoundError(f"no dataset version {reference!r} in {self.path}")
-        if len(hashes) > 1:
-            raise NotFoundError(f"dataset version {reference!r} is ambiguous: {', '.join(sorted(hashes))}")
-        return matches[-1]
+        with self._session() as session:
+            return find_version(session, reference)
 
 
 def version_file(

@@ -125,6 +125,9 @@ class JobOutbox(Base):
 
 
 class DatasetVersionRecord(Base):
+    """The one dataset-lineage store (``data.versioning``): a version of a file, recorded by ``finetune data
+    version`` (cli), a training run (train), a job submission (api) or an upload (upload, with its dataset)."""
+
     __tablename__ = "dataset_versions"
     __table_args__ = (UniqueConstraint("content_hash", "file", name="uq_dataset_versions_hash_file"),)
 
@@ -138,6 +141,11 @@ class DatasetVersionRecord(Base):
     text_column: Mapped[str] = mapped_column(String(128))
     label_column: Mapped[str] = mapped_column(String(128))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    source: Mapped[str] = mapped_column(String(16), default="cli", server_default="cli")
+    # The upload this version is of; None for files named by path.
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

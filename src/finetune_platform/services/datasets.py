@@ -1,4 +1,5 @@
-"""Uploaded datasets: stored under a server-chosen path, validated once, visible to their owner only."""
+"""Uploaded datasets: stored under a server-chosen path, validated once, recorded as a dataset version, visible
+to their owner only."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from finetune_platform.data.formats import BY_SUFFIX, SUFFIXES_TEXT, suffix_of
+from finetune_platform.data.versioning import DatasetVersion, list_versions, record_version
 from finetune_platform.db.models import Dataset, utcnow
 from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.services.users import UserPublic
@@ -119,6 +121,24 @@ def register_upload(
     )
     session.add(row)
     session.flush()
+    if file_report["content_hash"] is not None:  # lineage: the upload is a version of its stored file
+        record_version(
+            session,
+            DatasetVersion(
+                version=file_report["version"],
+                content_hash=file_report["content_hash"],
+                file=row.path,
+                format=row.format,
+                rows=row.rows,
+                label_counts=file_report["label_counts"],
+                text_column=text_column,
+                label_column=label_column,
+                created_at=row.created_at.isoformat(),
+                source="upload",
+            ),
+            owner_id=user.id,
+            dataset_id=dataset_id,
+        )
     return DatasetPublic.of(row), document
 
 
@@ -136,6 +156,12 @@ def get_dataset(session: Session, user: UserPublic, dataset_id: str) -> DatasetP
 
 def dataset_report(session: Session, user: UserPublic, dataset_id: str) -> dict[str, Any]:
     return dict(_visible(session, user, dataset_id).report)
+
+
+def dataset_versions(session: Session, user: UserPublic, dataset_id: str) -> list[DatasetVersion]:
+    """The recorded versions of a visible upload (its file's, from the upload and from jobs), oldest first."""
+    row = _visible(session, user, dataset_id)
+    return list_versions(session, dataset_id=row.id, file=row.path)
 
 
 def dataset_path(session: Session, user: UserPublic, dataset_id: str) -> Path:

@@ -296,35 +296,14 @@ def submit_prediction_job(
 
 def record_dataset_versions(session: Session, report: Any, options: Any, owner_id: int | None) -> list[str]:
     """Lineage in the database: one row per (content hash, file) a job trains or validates on."""
-    from finetune_platform.db.models import DatasetVersionRecord
+    from finetune_platform.data.versioning import DatasetVersion, record_version
 
     versions = []
     for file_report in report.files:
         if file_report.content_hash is None:
             continue
-        path = str(Path(file_report.path).resolve())
         versions.append(file_report.version)
-        exists = session.scalar(
-            select(DatasetVersionRecord.id).where(
-                DatasetVersionRecord.content_hash == file_report.content_hash,
-                DatasetVersionRecord.file == path,
-            )
-        )
-        if exists is None:
-            session.add(
-                DatasetVersionRecord(
-                    version=file_report.version,
-                    content_hash=file_report.content_hash,
-                    file=path,
-                    format=file_report.format,
-                    rows=file_report.rows_read,
-                    label_counts=dict(file_report.label_counts),
-                    text_column=options.text_column,
-                    label_column=options.label_column,
-                    owner_id=owner_id,
-                )
-            )
-    session.flush()
+        record_version(session, DatasetVersion.from_report(file_report, options, source="api"), owner_id=owner_id)
     return versions
 
 

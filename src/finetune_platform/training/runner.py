@@ -224,11 +224,11 @@ def _register(
 
 
 def _record_dataset_versions(settings: Settings, config: TrainConfig, recipe: Any) -> None:
-    """Lineage: the versions this run trains on go into the dataset version index."""
+    """Lineage: the versions this run trains on go into the app database's dataset versions."""
     from finetune_platform.data.validation import ValidationOptions
     from finetune_platform.data.versioning import DatasetVersion, VersionIndex
 
-    index = VersionIndex(settings.FINETUNE_HOME)
+    index = VersionIndex(settings)
     options = ValidationOptions(text_column=config.data.text_column, label_column=config.data.label_column)
     for report in recipe.state.splits.report.files:
         version, added = index.record(DatasetVersion.from_report(report, options, source="train"))
