@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import exc, or_, select
+from sqlalchemy import or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from finetune_platform.atomic import locked
@@ -37,6 +38,7 @@ from finetune_platform.errors import ConfigError, DatasetError, NotFoundError
 from finetune_platform.settings import Settings
 
 LEGACY_INDEX_NAME = "versions.jsonl"  # the JSON Lines index of earlier releases, imported once
+_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # the app database's two backends
 HEX_DIGITS = frozenset("0123456789abcdef")
 SOURCES = ("cli", "train", "api", "upload")  # who recorded a version: data version, a run, a job, an upload
 
@@ -102,36 +104,38 @@ def record_version(
     session: Session, version: DatasetVersion, *, owner_id: int | None = None, dataset_id: str | None = None
 ) -> tuple[DatasetVersion, bool]:
     """Add a version unless the same content from the same file is already there; (entry, added). Part of the
-    caller's transaction; a writer racing this one for the same (content, file) leaves one row."""
+    caller's transaction; of writers racing for the same (content, file), one adds the row."""
     if version.source not in SOURCES:
         raise ConfigError(f"dataset version source {version.source!r}: expected one of {', '.join(SOURCES)}")
     existing = _find(session, version.content_hash, version.file)
     if existing is not None:
         return DatasetVersion.of(existing), False
-    row = DatasetVersionRecord(
-        version=version.version,
-        content_hash=version.content_hash,
-        file=version.file,
-        format=version.format,
-        rows=version.rows,
-        label_counts=dict(version.label_counts),
-        text_column=version.text_column,
-        label_column=version.label_column,
-        owner_id=owner_id,
-        source=version.source,
-        dataset_id=dataset_id or version.dataset_id,
-        created_at=datetime.fromisoformat(version.created_at),
-    )
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except exc.IntegrityError:  # recorded meanwhile by another writer
-        existing = _find(session, version.content_hash, version.file)
-        if existing is None:
-            raise
-        return DatasetVersion.of(existing), False
-    return DatasetVersion.of(row), True
+    values = {
+        "version": version.version,
+        "content_hash": version.content_hash,
+        "file": version.file,
+        "format": version.format,
+        "rows": version.rows,
+        "label_counts": dict(version.label_counts),
+        "text_column": version.text_column,
+        "label_column": version.label_column,
+        "owner_id": owner_id,
+        "source": version.source,
+        "dataset_id": dataset_id or version.dataset_id,
+        "created_at": datetime.fromisoformat(version.created_at),
+    }
+    # INSERT … ON CONFLICT DO NOTHING, not a savepoint: a writer that raced this one leaves its row, and the
+    # caller's transaction (which may carry a job and its outbox row) sees no inner commit.
+    insert = _INSERT[session.get_bind().dialect.name](DatasetVersionRecord).values(**values)
+    added = session.execute(
+        insert.on_conflict_do_nothing(index_elements=["content_hash", "file"]).returning(
+            DatasetVersionRecord.id
+        )
+    ).first()
+    row = _find(session, version.content_hash, version.file)
+    if row is None:  # pragma: no cover - the row was there or went in
+        raise DatasetError(f"dataset version {version.version} of {version.file} could not be recorded")
+    return DatasetVersion.of(row), added is not None
 
 
 def list_versions(
