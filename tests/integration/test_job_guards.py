@@ -17,45 +17,46 @@ from finetune_platform.db.models import Job
 from finetune_platform.services import jobs
 from finetune_platform.services.users import local_user
 from finetune_platform.settings import Settings
+from finetune_platform.training.callbacks import Callback
 from finetune_platform.training.checkpoints import list_checkpoints
+from finetune_platform.training.driver import Driver
 from finetune_platform.worker.executor import execute_job
 from tests.conftest import tiny_config_dict
 
 pytestmark = pytest.mark.slow
 
 
-class PoisonWeights:
-    """At the end of step ``at_step`` every trainable weight becomes NaN, as a divergence would leave them."""
+class PoisonWeights(Callback):
+    """At the end of step ``at_step`` every trainable weight becomes NaN, as a divergence would leave them (the
+    model is the driver's, taken as its training starts)."""
 
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
+    def __init__(self, at_step: int, monkeypatch) -> None:
+        self.at_step, self.model = at_step, None
+        original = Driver.train
 
-    def __getattr__(self, name):  # the other TrainerCallback events: nothing to do
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
+        def train(driver, resume_from=None):
+            self.model = driver.model
+            return original(driver, resume_from)
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step == self.at_step:
+        monkeypatch.setattr(Driver, "train", train)
+
+    def on_step(self, state, control):
+        if state.step == self.at_step:
             import torch
 
             with torch.no_grad():
-                for parameter in model.parameters():
+                for parameter in self.model.parameters():
                     if parameter.requires_grad:
                         parameter.fill_(float("nan"))
 
 
-class FillDisk(PoisonWeights):
+class FillDisk(Callback):
     """After the first checkpoint is saved, fill the disk it lives on to the last byte."""
 
     def __init__(self, filler) -> None:
-        super().__init__(0)
         self.filler = filler
 
-    def on_step_end(self, args, state, control, **kwargs):
-        pass
-
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, state, checkpoint):
         if self.filler.exists():
             return
         with self.filler.open("wb", buffering=0) as handle:
@@ -80,14 +81,14 @@ def queued_job(settings: Settings, config: dict) -> str:
 
 
 def test_nan_loss_stops_the_job_and_keeps_the_last_good_checkpoint(
-    job_settings, tmp_path, tiny_bert, sentiment_data
+    job_settings, tmp_path, tiny_bert, sentiment_data, monkeypatch
 ):
     config = tiny_config_dict(
         tiny_bert, *sentiment_data, tmp_path / "results", max_steps=40, logging_steps=1, eval_steps=4
     )
     config["precision"] = "fp32"
     job_id = queued_job(job_settings, config)
-    assert execute_job(job_settings, job_id, callbacks=[PoisonWeights(at_step=6)]) == "failed"
+    assert execute_job(job_settings, job_id, callbacks=[PoisonWeights(at_step=6, monkeypatch=monkeypatch)]) == "failed"
     with db.session_scope(job_settings) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempts, job.stage) == ("failed", 1, "training")
@@ -138,7 +139,10 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(
         "checkpoint-4",
         "retention.json",
     ]  # no partial copy
-    filler.unlink()  # space again: the next attempt resumes from checkpoint-4
+    filler.unlink()  # space again: the next attempt resumes from checkpoint-4, once its retry backoff is over
+    assert execute_job(job_settings, job_id) == "held"
+    with db.session_scope(job_settings) as session:
+        session.get(Job, job_id).not_before = None  # as if RETRY_BACKOFF_SECONDS had gone by
     assert execute_job(job_settings, job_id) == "succeeded"
     with db.session_scope(job_settings) as session:
         job = session.get(Job, job_id)

@@ -173,21 +173,20 @@ def test_submit_and_retry_stop_at_the_queued_limit(db_settings, people):
 
 
 def test_the_step_after_the_time_limit_saves_a_checkpoint_and_fails_the_job_for_good():
-    from transformers import TrainerControl, TrainerState
-
+    from finetune_platform.training.callbacks import Control, RunState
     from finetune_platform.worker.control import JobCallback, JobControl, JobTimeLimit
 
     reason = "stopped: exceeded the job time limit of 0.5 h (JOB_MAX_HOURS)"
     within = JobControl(used_seconds=100.0, limit_seconds=1800.0, limit_reason=reason)
-    callback, control = JobCallback(lambda **_: None, within, None), TrainerControl()
-    callback.on_step_end(None, TrainerState(global_step=6), control)
-    assert (control.should_training_stop, callback.stop_error) == (False, None)
+    callback, control = JobCallback(lambda **_: None, within, None), Control(evaluate=True)
+    callback.on_step(RunState(step=6), control)
+    assert (control.stop, control.evaluate, callback.stop_error) == (False, True, None)
     spent = JobControl(
         used_seconds=1800.0, limit_seconds=1800.0, limit_reason=reason
     )  # earlier attempts ran it
-    callback, control = JobCallback(lambda **_: None, spent, None), TrainerControl()
-    callback.on_step_end(None, TrainerState(global_step=7), control)
-    assert control.should_training_stop and control.should_save and not control.should_evaluate
+    callback, control = JobCallback(lambda **_: None, spent, None), Control()
+    callback.on_step(RunState(step=7), control)
+    assert control.stop and control.save and not control.evaluate
     assert isinstance(callback.stop_error, JobTimeLimit) and not callback.stop_error.retryable
     assert str(callback.stop_error) == f"{reason}; saved checkpoint-7"
 

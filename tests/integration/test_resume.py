@@ -22,17 +22,18 @@ pytestmark = pytest.mark.slow
 # Runs the real CLI in a child process that SIGKILLs itself right after checkpoint-<step> is complete.
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from finetune_platform.training.trainer import PlatformTrainer
+    from finetune_platform.training.driver import Driver
 
     kill_at = int(sys.argv[1])
-    original = PlatformTrainer._save_checkpoint
+    original = Driver.save
 
-    def save_then_die(self, model, trial):
-        original(self, model, trial)
-        if self.state.global_step == kill_at:
+    def save_then_die(self, loop):
+        saved = original(self, loop)
+        if self.state.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        return saved
 
-    PlatformTrainer._save_checkpoint = save_then_die
+    Driver.save = save_then_die
     from finetune_platform.cli import app
     sys.argv = ["finetune", *sys.argv[2:]]
     app()

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from finetune_platform.settings import Settings
-from finetune_platform.training.trainer import EarlyStopping, TrackingCallback
+from finetune_platform.training.callbacks import EarlyStopping, TrackingCallback
 
 
 def test_early_stopping_counts_evaluations_since_the_best():

@@ -184,7 +184,6 @@ class LoraSection(_Section):
 
 class Engine(StrEnum):
     AUTO = "auto"
-    TRAINER = "trainer"
     FAST = "fast"
 
 
@@ -192,18 +191,30 @@ class TrainingSection(_Section):
     engine: Engine = Field(
         default=Engine.AUTO,
         description=(
-            "trainer: the Hugging Face Trainer. fast: data kept on the device, length-bucketed batches, no host "
-            "sync per step, fused AdamW, optional CUDA graphs, data-parallel over training.devices (10-40x "
-            "faster on a GPU for short texts). auto: fast on CUDA (bf16/fp32), trainer elsewhere; a resumed run "
-            "keeps the engine of its checkpoints."
+            "Kept for older configs: every run trains on the platform's one loop (data kept on the device, "
+            "length-bucketed batches, no host sync per step, fused AdamW, bf16/fp16 autocast, optional CUDA "
+            "graphs, data parallel over training.devices). 'auto' and 'fast' both mean it; 'trainer' (the "
+            "Hugging Face Trainer) was removed and is refused."
         ),
     )
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _removed_engine(cls, value: Any) -> Any:
+        if value == "trainer":
+            raise ValueError(
+                "'trainer' (the Hugging Face Trainer engine) was removed: every run trains on the platform's "
+                "driver, on every device; remove training.engine or set it to 'auto'"
+            )
+        return value
+
     devices: int = Field(
         default=1,
         ge=1,
         le=64,
         description=(
-            "Data-parallel processes (fast engine), 1-64: one per GPU on CUDA (NCCL); on the CPU, processes over "
+            "Data-parallel processes, 1-64, started by torch's elastic launcher: one per GPU on CUDA (NCCL); "
+            "on the CPU, processes over "
             "gloo. batch_size is per process; the global batch is batch_size × devices × "
             "gradient_accumulation_steps. A queued job may ask for at most what a worker of its pool has "
             "(POOL_MAX_DEVICES, GPU_POOL_MAX_DEVICES)."
@@ -212,7 +223,7 @@ class TrainingSection(_Section):
     compile: Literal["none", "default", "reduce-overhead"] = Field(
         default="none",
         description=(
-            "torch.compile for the fast engine: 'default' fuses kernels, 'reduce-overhead' also replays them as "
+            "torch.compile of the training loop: 'default' fuses kernels, 'reduce-overhead' also replays them as "
             "CUDA graphs (fastest for short texts on a GPU; ~1-2 min of compiling first, so for long runs)."
         ),
     )
@@ -221,7 +232,7 @@ class TrainingSection(_Section):
         ge=1,
         le=1_048_576,
         description=(
-            "Fast engine: scale the learning rate by sqrt(global batch / this); e.g. 32 with batch_size 256 "
+            "Scale the learning rate by sqrt(global batch / this); e.g. 32 with batch_size 256 "
             "trains at learning_rate × 2.83. Unset: learning_rate is used as given. 1 to 1,048,576."
         ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finetune_platform.errors import DeviceError
+from finetune_platform.errors import ConfigError, DeviceError
 from finetune_platform.training.config import Device, Precision, TrainConfig
 
 
@@ -71,4 +71,23 @@ def check_device(config: TrainConfig, available: Accelerators | None = None) -> 
     available = available or Accelerators.detect()
     device = select_device(config.device, available)
     select_precision(config.precision, device, available)
+    check_devices(config, device)
     return device
+
+
+def check_devices(config: TrainConfig, device: Device) -> None:
+    """``training.devices`` processes fit this machine: one per visible GPU on CUDA, any number on the CPU."""
+    wanted = config.training.devices
+    if wanted == 1:
+        return
+    if device is Device.MPS:
+        raise ConfigError(f"training.devices: {wanted} processes need CUDA GPUs (or the CPU); MPS runs one")
+    if device is Device.CUDA:
+        import torch
+
+        visible = torch.cuda.device_count()
+        if visible < wanted:
+            raise ConfigError(
+                f"training.devices: {wanted} GPUs requested but {visible} CUDA device(s) visible "
+                "(check CUDA_VISIBLE_DEVICES)"
+            )

@@ -17,7 +17,7 @@ What it does differently from the HF Trainer path:
   step (``GradientAverager``), which leaves the model itself as on one GPU (and compilable the same way).
 
 It needs only torch, transformers and PEFT, so the GPU benchmark can run it on a machine without the platform's
-services. The recipe uses it for ``training.engine: fast``.
+services. ``training.driver`` runs it for every platform run, on every device.
 """
 
 from __future__ import annotations
@@ -58,12 +58,21 @@ class FastSettings:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 42
+    group_by_length: bool = True  # length buckets; off: batches of random rows (more padding)
     bf16: bool = True
+    fp16: bool = False  # fp16 autocast with a gradient scaler (GPUs without bf16)
     log_every: int = 50
     # torch.compile mode: None (eager), "default" (fused kernels) or "reduce-overhead" (fused kernels replayed
     # as CUDA graphs: no per-kernel launch cost). Compiled runs pad to multiples of 16 and drop the last
     # partial batch of an epoch, so a handful of shapes is compiled once each.
     compile: str | None = None
+
+    @property
+    def autocast(self) -> Any:
+        """The autocast dtype, or None for fp32."""
+        import torch
+
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
 
     @property
     def learning_rate(self) -> float:
@@ -128,15 +137,18 @@ def load_data(path: Any, device: Any) -> DeviceData:
     )
 
 
-def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
-    """Row indices of each batch of one epoch: every row exactly once, similar lengths together."""
+def batch_plan(
+    lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True, bucket: bool = True
+) -> list[np.ndarray]:
+    """Row indices of each batch of one epoch: every row exactly once, similar lengths together (``bucket``)."""
     rows = len(lengths)
     order = np.random.default_rng(seed).permutation(rows) if shuffle else np.arange(rows)
     batches = []
     chunk = batch_size * CHUNK_BATCHES
     for start in range(0, rows, chunk):
         part = order[start : start + chunk]
-        part = part[np.argsort(-lengths[part], kind="stable")]
+        if bucket:
+            part = part[np.argsort(-lengths[part], kind="stable")]
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
     if shuffle:
         batches = [batches[i] for i in np.random.default_rng(seed + 1).permutation(len(batches))]
@@ -283,6 +295,10 @@ class FastTrainer:
             weight_decay=settings.weight_decay,
             fused=device.type == "cuda",
         )
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        self.scaler = torch.amp.GradScaler(device.type) if settings.fp16 else None
+        self._autocast = settings.autocast
+        self.grad_norm: Any = None  # the last step's gradient norm, on the device (read at logging steps)
         self.micro_batch = min(settings.micro_batch or settings.batch_size, settings.batch_size)
         self.accumulation = -(-settings.batch_size // self.micro_batch)
         self.steps_per_epoch = len(self._global_plan(0))
@@ -297,7 +313,12 @@ class FastTrainer:
     def _global_plan(self, epoch: int) -> list[np.ndarray]:
         """The epoch's batches over all ranks (the same on every rank: same seed)."""
         size = self.settings.batch_size * self.world_size
-        plan = batch_plan(self.train_data.host_lengths, size, self.settings.seed + epoch)
+        plan = batch_plan(
+            self.train_data.host_lengths,
+            size,
+            self.settings.seed + epoch,
+            bucket=self.settings.group_by_length,
+        )
         if len(plan) > 1 and (self.settings.compile or self.world_size > 1):
             # compiled: one batch shape; data-parallel: every rank a full share of every step. The one partial
             # batch of an epoch can be anywhere in the (shuffled) plan.
@@ -320,10 +341,11 @@ class FastTrainer:
         pieces = [(index[i : i + self.micro_batch], rows[i : i + self.micro_batch]) for i in starts]
         for piece, piece_rows in pieces:
             ids, mask, labels = _take(self.train_data, piece, piece_rows, self.multiple)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16):
+            dtype = self._autocast
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels) * (len(piece) / len(index))
-            loss.backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             total = loss.detach() if total is None else total + loss.detach()
         if self.averager is not None:
             self.averager.average()
@@ -423,8 +445,16 @@ class FastTrainer:
                     self.accumulation,
                     self.settings.batch_size,
                 )
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm, foreach=True)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.parameters, self.settings.max_grad_norm, foreach=True
+        )
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when the scaled gradients overflowed, and lowers the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if self.averager is not None:
             self.averager.zero()
         else:
@@ -454,14 +484,17 @@ def schedule(name: str, total_steps: int, warmup_ratio: float) -> Callable[[int]
     return factor
 
 
-def predict(model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = True) -> np.ndarray:
-    """Logits for every row, in row order (batched by length, bf16 on CUDA)."""
+def predict(
+    model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = True, *, fp16: bool = False
+) -> np.ndarray:
+    """Logits for every row, in row order (batched by length; bf16 or fp16 autocast when asked)."""
     import torch
 
     model.eval()
     device = data.ids.device
     out = torch.empty((len(data), model.config.num_labels), dtype=torch.float32, device=device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=bf16 or fp16):
         for index, rows in on_device(
             batch_plan(data.host_lengths, batch_size, seed=0, shuffle=False), device
         ):
@@ -470,6 +503,8 @@ def predict(model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = T
     return out.cpu().numpy()
 
 
-def accuracy(model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = True) -> float:
-    logits = predict(model, data, batch_size, bf16)
+def accuracy(
+    model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = True, *, fp16: bool = False
+) -> float:
+    logits = predict(model, data, batch_size, bf16, fp16=fp16)
     return float((logits.argmax(-1) == data.labels.cpu().numpy()).mean())

@@ -18,10 +18,6 @@ def summary_metrics(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, floa
     }
 
 
-def trainer_compute_metrics(eval_prediction: Any) -> dict[str, float]:
-    return summary_metrics(eval_prediction.predictions, eval_prediction.label_ids)
-
-
 def classification_report(
     logits: np.ndarray, label_ids: np.ndarray, names: tuple[str, ...]
 ) -> dict[str, Any]:

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from finetune_platform.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from finetune_platform.training.config import TrainConfig
 
 
 class ModelFamily(StrEnum):
@@ -85,3 +89,73 @@ def default_target_modules(model: nn.Module, model_type: str) -> list[str]:
         f"lora.target_modules: cannot pick defaults for model type {model_type!r} (no Linear layers found); "
         "list the module names to adapt"
     )
+
+
+@contextlib.contextmanager
+def _model_loading(name: str) -> Iterator[None]:
+    """Turn a hub or disk failure while loading the base model into an error that names the field."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(
+            f"model.base_model: cannot load {name!r} ({exc}). Offline, use 'minilm' or a local folder "
+            "saved with save_pretrained"
+        ) from exc
+
+
+def build_model(config: TrainConfig, state: Any, label_map: Any = None) -> Any:
+    """The base model with a ``label_map``-sized head (default: the data's labels) and LoRA attached.
+
+    ``state`` (a ``recipe.RecipeState``) names the resolved base model and receives what was built: model type,
+    target modules, parameter counts."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    label_map = label_map or state.splits.label_map
+    with _model_loading(state.model.name):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            state.model.source,
+            num_labels=label_map.num_labels,
+            id2label=dict(enumerate(label_map.names)),
+            label2id={name: i for i, name in enumerate(label_map.names)},
+            torch_dtype=torch.float32,
+        )
+    state.model_type = model.config.model_type
+    if config.lora.target_modules == "auto":
+        state.target_modules = default_target_modules(model, state.model_type)
+    elif config.lora.target_modules == "all-linear":
+        state.target_modules = ["all-linear"]
+    else:
+        state.target_modules = list(config.lora.target_modules)
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules="all-linear" if state.target_modules == ["all-linear"] else state.target_modules,
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ConfigError(f"lora.target_modules: {exc}") from exc
+    trainable, total = model.get_nb_trainable_parameters()
+    state.trainable_parameters, state.total_parameters = int(trainable), int(total)
+    return model
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (load reports, map bars) out of the progress display and logs."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|pyarrow)\.")
+    try:  # tokenizers and PEFT may use it
+        import datasets
+    except ImportError:
+        return
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()

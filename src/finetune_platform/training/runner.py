@@ -81,7 +81,7 @@ def run_training(
 ) -> RunResult:
     """Train, evaluate, save, track and register one run.
 
-    ``callbacks`` are extra Trainer callbacks (the job worker's progress and stop control); ``on_stage``
+    ``callbacks`` are extra ``training.callbacks.Callback``s (the job worker's progress and stop control); ``on_stage``
     hears "validating", "training", "evaluating" and "registering" as the run reaches them; ``owner_id`` is
     the account the model version is registered for (None: the command line's local account).
     """
@@ -112,14 +112,14 @@ def run_training(
             stage("validating")
             recipe.setup()
             for callback in callbacks:
-                recipe.trainer.add_callback(callback)
+                recipe.driver.add_callback(callback)
             _record_dataset_versions(settings, config, recipe)
             if settings.MLFLOW_ENABLED:
                 tracker = _start_tracker(settings, config, run, recipe, previous.get("mlflow_run_id"))
                 recipe.tracker = tracker
-                from finetune_platform.training.trainer import TrackingCallback
+                from finetune_platform.training.callbacks import TrackingCallback
 
-                recipe.trainer.add_callback(TrackingCallback(tracker))
+                recipe.driver.add_callback(TrackingCallback(tracker))
             stage("training")
             recipe.train(resume_from=checkpoint)
             stage("evaluating")

@@ -9,9 +9,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from transformers import TrainerCallback
-
 from finetune_platform.settings import Settings
+from finetune_platform.training.callbacks import Callback, Control, RunState
 from finetune_platform.training.guards import TrainingStopped, kept_checkpoint
 
 logger = logging.getLogger("finetune_platform.worker")
@@ -123,7 +122,7 @@ class Heartbeat(threading.Thread):
             self.join(timeout=10)
 
 
-class JobCallback(TrainerCallback):
+class JobCallback(Callback):
     """Streams progress into the job row and turns stop requests into a clean end of training.
 
     A preemption or the time limit saves a checkpoint at the current step first; a cancel or a lost lease does
@@ -138,60 +137,54 @@ class JobCallback(TrainerCallback):
         self.stop_error: TrainingStopped | None = None
         self._last_write = 0.0
         self._speed_mark: tuple[float, int] | None = None  # (time, step) of the last speed reading
+        self.samples_per_step = 0
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_train_begin(self, state: RunState) -> None:
+        self.samples_per_step = state.samples_per_step
+
+    def on_step(self, state: RunState, control: Control) -> None:
         self.control.check_time()
         if self.control.kind is None or self.stop_error is not None:
             return
-        control.should_training_stop = True
         if self.control.kind is StopKind.PREEMPT:
-            control.should_save = True
+            control.halt(save=True)
             self.stop_error = JobPreempted(
-                f"{self.control.reason}; saved checkpoint-{state.global_step} for the next worker"
+                f"{self.control.reason}; saved checkpoint-{state.step} for the next worker"
             )
         elif self.control.kind is StopKind.TIME_LIMIT:
-            control.should_save = True
-            self.stop_error = JobTimeLimit(f"{self.control.reason}; saved checkpoint-{state.global_step}")
+            control.halt(save=True)
+            self.stop_error = JobTimeLimit(f"{self.control.reason}; saved checkpoint-{state.step}")
         else:
-            control.should_save = control.should_evaluate = False
+            control.halt(save=False)
             self.stop_error = self.control.error(self.checkpoints_dir)
 
-    @staticmethod
-    def _progress(state) -> dict[str, Any]:
-        total = state.max_steps or 0
-        return {
-            "step": state.global_step,
-            "max_steps": total,
-            "epoch": round(float(state.epoch or 0.0), 4),
-            "percent": round(100.0 * state.global_step / total, 1) if total else 0.0,
-        }
-
-    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
-        logs = logs or {}
+    def on_log(self, state: RunState, control: Control, logs: dict[str, Any]) -> None:
         if "loss" not in logs or time.monotonic() - self._last_write < self.every_seconds:
             return
         now = time.monotonic()
         self._last_write = now
-        progress = self._progress(state)
+        progress = state.progress()
         progress.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"))
         if self._speed_mark is not None and now > self._speed_mark[0]:
-            samples = (
-                (state.global_step - self._speed_mark[1])
-                * args.train_batch_size
-                * args.gradient_accumulation_steps
-            )
+            samples = (state.step - self._speed_mark[1]) * (self.samples_per_step or state.samples_per_step)
             progress["samples_per_second"] = round(samples / (now - self._speed_mark[0]), 2)
-        self._speed_mark = (now, state.global_step)
+        self._speed_mark = (now, state.step)
         self.reporter(progress=progress)
 
-    def on_evaluate(self, args, state, control, metrics: dict[str, float] | None = None, **kwargs):
+    def on_evaluate(self, state: RunState, control: Control, metrics: dict[str, float]) -> None:
         shown = {
             key.removeprefix("eval_"): round(float(value), 6)
-            for key, value in (metrics or {}).items()
+            for key, value in metrics.items()
             if key in {"eval_loss", "eval_accuracy", "eval_macro_f1"}
         }
         self._last_write = time.monotonic()
-        self.reporter(progress={**self._progress(state), "metrics": shown})
+        self.reporter(progress={**state.progress(), "metrics": shown})
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.reporter(progress=self._progress(state))
+    def on_train_end(self, state: RunState) -> None:
+        # The checkpoint is the one written where training actually stopped: in a data-parallel run rank 0 reads
+        # the stop request at its next sync point, a few steps after the step that asked.
+        if isinstance(self.stop_error, JobPreempted):
+            self.stop_error = JobPreempted(f"{self.control.reason}; saved checkpoint-{state.step} for the next worker")
+        elif isinstance(self.stop_error, JobTimeLimit):
+            self.stop_error = JobTimeLimit(f"{self.control.reason}; saved checkpoint-{state.step}")
+        self.reporter(progress=state.progress())
