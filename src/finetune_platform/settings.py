@@ -132,6 +132,17 @@ class Settings(BaseSettings):
         ge=0,
         description="A queued job whose message the broker lost is sent again once it has waited this long.",
     )
+    RETRY_BACKOFF_SECONDS: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "A job released after a retryable failure may be claimed again only after this many seconds, doubled "
+            "for each further failed attempt (attempt n waits RETRY_BACKOFF_SECONDS * 2**(n-1)); 0: at once."
+        ),
+    )
+    RETRY_BACKOFF_MAX_SECONDS: float = Field(
+        default=300.0, ge=0, description="The longest retry backoff, however many attempts have failed."
+    )
     JWT_SECRET: SecretStr | None = Field(
         default=None,
         description=(

@@ -91,6 +91,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     # Last time a message for this job went to the broker; the reconciler re-sends lost ones.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A job released after a retryable failure is not claimed before this (its retry backoff).
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Times a worker shutdown (SIGTERM) handed the job back; these do not use up attempts.
     preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

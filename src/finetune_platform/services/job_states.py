@@ -11,16 +11,23 @@ module without loading the database layer.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from finetune_platform.db.job_vocabulary import JobKind, JobStage, JobStatus
 from finetune_platform.errors import ErrorCode, PlatformError
 
+if TYPE_CHECKING:  # the UI reads this module's vocabulary and needs no settings class
+    from finetune_platform.settings import Settings
+
 __all__ = [
     "ACTIVE",
     "FINISHED",
+    "NO_BACKOFF",
     "TABLE",
+    "Backoff",
     "IllegalTransition",
     "JobKind",
     "JobStage",
@@ -39,7 +46,7 @@ __all__ = [
 class LifecycleEvent(StrEnum):
     SUBMIT = "submit"  # a new job is queued
     CLAIM = "claim"  # a worker takes the lease of a queued job and counts an attempt
-    HOLD = "hold"  # a claim refused by the owner's running-jobs limit: the job waits, queued and unsent
+    HOLD = "hold"  # a claim refused (the owner's running-jobs limit, the retry backoff): queued and unsent
     HEARTBEAT = "heartbeat"  # the lease holder renews its lease
     PROGRESS = "progress"  # the lease holder writes stage, progress or run fields
     FINISH = "finish"  # the attempt succeeded
@@ -138,9 +145,33 @@ def next_state(state: JobStatus | str | None, event: LifecycleEvent, *, job_id: 
 # -- the retry policy: which failures retry, the attempt budget, the backoff ------------------------------------
 # Budget: a job gets ``max_attempts`` attempts (3 unless the submit says otherwise; a retry by hand starts a fresh
 # budget). A failed attempt (RELEASE) and a worker that went silent (RECONCILE) count; a preemption gives its
-# attempt back. Backoff: none. A released job is sent again at once and the next free worker claims it (the
-# reconciler re-sends it if that send fails); a job that cannot run yet for its owner's running-jobs limit is
-# HELD, not failed, so waiting costs no attempt.
+# attempt back. Backoff: a job RELEASEd after failed attempt n may be claimed again only after
+# RETRY_BACKOFF_SECONDS * 2**(n-1) seconds, at most RETRY_BACKOFF_MAX_SECONDS (``Backoff``; the row's
+# ``not_before``). A claim before then is HELD (the message dropped, the job left unsent) and the reconciler sends
+# the job once its backoff ends; a preemption, a lost worker (its lease expiry was the wait) and a retry by hand
+# wait for nothing. A job that cannot run yet for its owner's running-jobs limit is HELD too, not failed, so
+# waiting costs no attempt.
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a job released after a retryable failure waits before it may be claimed again."""
+
+    base_seconds: float = 0.0
+    max_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Backoff:
+        return cls(settings.RETRY_BACKOFF_SECONDS, settings.RETRY_BACKOFF_MAX_SECONDS)
+
+    def after(self, attempts: int) -> float:
+        """Seconds to wait after failed attempt ``attempts`` (1, 2, ...): the base doubled per further attempt."""
+        if self.base_seconds <= 0:
+            return 0.0
+        return min(self.max_seconds, self.base_seconds * 2.0 ** min(max(attempts - 1, 0), 62))
+
+
+NO_BACKOFF = Backoff()
 
 
 def retries(error: BaseException) -> bool:

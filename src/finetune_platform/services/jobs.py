@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, func, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,7 @@ class JobPublic:
     started_at: datetime | None
     finished_at: datetime | None
     config: dict[str, Any] = field(repr=False)
+    not_before: datetime | None = None  # a retry backoff: not claimed before then
 
     @classmethod
     def of(cls, job: Any) -> JobPublic:
@@ -70,6 +71,7 @@ class JobPublic:
             job.started_at,
             job.finished_at,
             dict(job.config),
+            getattr(job, "not_before", None),
         )
 
 
@@ -303,7 +305,9 @@ def record_dataset_versions(session: Session, report: Any, options: Any, owner_i
         if file_report.content_hash is None:
             continue
         versions.append(file_report.version)
-        record_version(session, DatasetVersion.from_report(file_report, options, source="api"), owner_id=owner_id)
+        record_version(
+            session, DatasetVersion.from_report(file_report, options, source="api"), owner_id=owner_id
+        )
     return versions
 
 
@@ -416,6 +420,7 @@ def retry_job(
                 "attempts": 0,
                 "cancel_requested": False,
                 "finished_at": None,
+                "not_before": None,
                 # The outbox row below is sent once the caller commits; a failed send clears this again.
                 "enqueued_at": utcnow(),
             },
@@ -464,7 +469,10 @@ def claim_job(
     """
     jobs_table = Job.__table__
     now = utcnow()
-    claimable = [jobs_table.c.cancel_requested.is_(False)]
+    claimable = [
+        jobs_table.c.cancel_requested.is_(False),
+        or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),  # its retry backoff is over
+    ]
     limit = None
     if running_limit is not None:
         owner = quotas.lock_account(
@@ -494,6 +502,7 @@ def claim_job(
             "attempts": jobs_table.c.attempts + 1,
             "started_at": func.coalesce(jobs_table.c.started_at, now),
             "error": None,
+            "not_before": None,
         },
         history=lambda job: [
             (
@@ -504,10 +513,27 @@ def claim_job(
         ],
     )
     if row is None:
-        return (
-            None if limit is None else _hold(session, job_id, limit, own=owner.max_running_jobs is not None)
-        )
+        deferred = _defer(session, job_id, now)
+        if deferred is not None or limit is None:
+            return deferred
+        return _hold(session, job_id, limit, own=owner.max_running_jobs is not None)
     return Claim(JobPublic.of(SimpleNamespace(**row)), lease_owner)
+
+
+def _defer(session: Session, job_id: str, now: datetime) -> Held | None:
+    """A message that came before the job's retry backoff ended: the job stays queued and unsent, and the
+    reconciler sends it once the backoff is over. None when the job is not backing off (not why it was refused)."""
+    table = Job.__table__
+    row = transition(
+        session,
+        job_id,
+        LifecycleEvent.HOLD,
+        where=[table.c.cancel_requested.is_(False), table.c.not_before > now],
+        values={"enqueued_at": None},
+    )
+    if row is None:
+        return None
+    return Held(f"retry backoff: not claimed before {_aware(row['not_before']):%Y-%m-%d %H:%M:%S} UTC")
 
 
 def _hold(session: Session, job_id: str, limit: int, *, own: bool) -> Held | None:
@@ -640,12 +666,14 @@ def release_job(
     *,
     count_attempt: bool,
     run_seconds: float | None = None,
+    backoff: job_states.Backoff = job_states.NO_BACKOFF,
 ) -> JobPublic | None:
     """Hand a running job back to the queue (a retryable failure, or a worker shutting down).
 
-    A failed attempt with no attempts left fails the job instead (``job_states.after_failed_attempt``). A
-    preemption (``count_attempt`` False) gives the attempt back. Returns the job (queued or failed), or None
-    when the lease is not ours.
+    A failed attempt with no attempts left fails the job instead (``job_states.after_failed_attempt``); one with
+    attempts left is not claimed again before its ``backoff`` (``not_before`` on the row). A preemption
+    (``count_attempt`` False) gives the attempt back and waits for nothing. Returns the job (queued or failed),
+    or None when the lease is not ours.
     """
     job = _held(session, job_id, lease_owner)
     if job is None:
@@ -666,8 +694,14 @@ def release_job(
             values.update(finished_at=utcnow(), error=error)
             history = [("failed", error, {})]
         else:
-            values.update(error=reason, enqueued_at=None)
-            history = [("retrying", f"attempt {job.attempts} of {job.max_attempts} failed: {reason}", {})]
+            wait = backoff.after(job.attempts)
+            values.update(
+                error=reason,
+                enqueued_at=None,
+                not_before=utcnow() + timedelta(seconds=wait) if wait else None,
+            )
+            retrying = f"attempt {job.attempts} of {job.max_attempts} failed: {reason}"
+            history = [("retrying", retrying, {"backoff_seconds": wait} if wait else {})]
     row = _as_holder(session, job, event, values, history)
     return None if row is None else JobPublic.of(SimpleNamespace(**row))
 
@@ -691,6 +725,7 @@ class Sweep:
     abandoned: list[str]  # of those, the ones out of attempts (now failed) or cancelled
     to_enqueue: list[str]  # queued jobs that need a (new) broker message
     queued_total: int
+    next_due: datetime | None = None  # when the earliest retry backoff of a queued job ends
 
 
 def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: bool) -> Sweep:
@@ -744,12 +779,16 @@ def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: b
     session.flush()
     queued = session.scalars(select(Job).where(Job.status == JobStatus.QUEUED.value)).all()
     cutoff = now - timedelta(seconds=requeue_after)
+    backing_off = [
+        _aware(job.not_before) for job in queued if job.not_before and _aware(job.not_before) > now
+    ]
     to_enqueue = [
         job.id
         for job in queued
-        if job.enqueued_at is None or (broker_lost_messages and _aware(job.enqueued_at) <= cutoff)
+        if not (job.not_before and _aware(job.not_before) > now)  # sent once its retry backoff is over
+        and (job.enqueued_at is None or (broker_lost_messages and _aware(job.enqueued_at) <= cutoff))
     ]
-    return Sweep(expired, abandoned, to_enqueue, len(queued))
+    return Sweep(expired, abandoned, to_enqueue, len(queued), min(backing_off, default=None))
 
 
 def _aware(moment: datetime) -> datetime:

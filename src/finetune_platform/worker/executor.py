@@ -185,11 +185,13 @@ def _release(
             reason,
             count_attempt=count_attempt,
             run_seconds=run_seconds,
+            backoff=job_states.Backoff.of(settings),
         )
     if job is None:
         return "lost"
     if job.status == JobStatus.QUEUED.value:
-        enqueue(settings, [job.id])
+        if job.not_before is None:  # else the reconciler sends it when its retry backoff ends
+            enqueue(settings, [job.id])
         logger.info("job %s handed back to the queue: %s", job.id, reason)
         return "requeued"
     logger.info("job %s failed: %s", job.id, job.error)

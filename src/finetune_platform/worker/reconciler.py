@@ -6,6 +6,7 @@ import logging
 import threading
 
 from finetune_platform.broker import queue_size
+from finetune_platform.db.models import utcnow
 from finetune_platform.db.session import session_scope
 from finetune_platform.services import jobs
 from finetune_platform.services.dispatch import drain, enqueue
@@ -16,7 +17,7 @@ logger = logging.getLogger("finetune_platform.worker")
 
 def reconcile_once(settings: Settings) -> jobs.Sweep:
     """One pass: send outbox rows a crash left unsent, requeue jobs of dead workers, give up on those out of
-    attempts, re-send lost messages."""
+    attempts, re-send lost messages, send jobs whose retry backoff is over."""
     drained = drain(settings)
     if drained:
         logger.info("reconciler: sent %d job(s) left in the outbox: %s", len(drained), drained)
@@ -57,12 +58,15 @@ class ReconcilerThread(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        while True:  # a pass at start-up, then one per interval
+        while True:  # a pass at start-up, then one per interval, or sooner when a retry backoff ends first
+            wait = self.settings.RECONCILE_SECONDS
             try:
-                reconcile_once(self.settings)
+                sweep = reconcile_once(self.settings)
+                if sweep.next_due is not None:
+                    wait = min(wait, max((sweep.next_due - utcnow()).total_seconds(), 0.0) + 0.1)
             except Exception as exc:  # database or broker away: try again next round
                 logger.warning("reconciler pass failed: %s", exc)
-            if self._stopped.wait(self.settings.RECONCILE_SECONDS):
+            if self._stopped.wait(wait):
                 return
 
     def stop(self) -> None:
