@@ -368,14 +368,15 @@ def host_timing(run_folder: Path, texts: list[str]) -> dict:
 
     import torch
 
-    from finetune_platform.inference.hosting import MergedHost
     from finetune_platform.inference.predictor import source_from_run
+    from finetune_platform.inference.runtimes import Placement, open_runtime
 
     source = source_from_run(run_folder)
     result: dict = {}
     for name, graphs in (("eager", False), ("cuda_graphs", True)):
         started = time.perf_counter()
-        host = MergedHost(source, "cuda", max_rows=256, cuda_graphs=graphs)
+        host = open_runtime(source, "torch", Placement("cuda", cuda_graphs=graphs, max_rows=256), merged=True)
+        result[f"{name}_runtime"] = host.runtime
         result[f"{name}_load_seconds"] = time.perf_counter() - started
         for n in (1, 8, 64, 256):
             walls, cpus = [], []

@@ -12,7 +12,7 @@ import subprocess
 import httpx
 import pytest
 
-from finetune_platform.inference.hosting import load_predictor
+from finetune_platform.inference.pool import open_one
 from finetune_platform.inference.predictor import source_from_registry
 from tests.api.conftest import PASSWORD, SAMPLE
 from tests.conftest import ROOT, finetune_bin, free_port
@@ -127,7 +127,7 @@ def test_a_task_submitted_over_http_is_trained_by_a_worker(tmp_path):
             assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
             written = list(csv.DictReader(io.StringIO(download.text)))
             texts = [row["text"] for row in csv.DictReader(io.StringIO(validation_text))]
-            expected = load_predictor(source_from_registry(env.settings, "http-sentiment@1")).predict(texts)
+            expected = open_one(env.settings, source_from_registry(env.settings, "http-sentiment@1")).predict(texts)
             assert [row["label_name"] for row in written] == [p.label_name for p in expected]
             assert task["progress"]["rows"] == len(texts) == 80
             refused = client.get(f"/task/{task_id}/predictions")

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from finetune_platform.inference.hosting import load_predictor
+from finetune_platform.inference.pool import open_one
 from finetune_platform.inference.predictor import source_from_registry
 from tests.api.conftest import PASSWORD, running_api
 from tests.conftest import ROOT, finetune_bin, free_port
@@ -266,7 +266,7 @@ def test_a_new_user_follows_the_seed_readme(tmp_path, monkeypatch):
         written = list(csv.DictReader(io.StringIO(download.text)))
         validation_text = (ROOT / "data" / "sample" / "validation.csv").read_text(encoding="utf-8")
         texts = [row["text"] for row in csv.DictReader(io.StringIO(validation_text))]
-        expected = load_predictor(source_from_registry(env.settings, "readme-api-sentiment@1")).predict(texts)
+        expected = open_one(env.settings, source_from_registry(env.settings, "readme-api-sentiment@1")).predict(texts)
         assert [(int(row["label"]), row["label_name"]) for row in written] == [
             (p.label, p.label_name) for p in expected
         ]

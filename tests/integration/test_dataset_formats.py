@@ -147,10 +147,10 @@ def test_upload_refuses_a_suffix_outside_the_registry_before_reading(uploader, f
 def predicted_csv(trained, files, tmp_path_factory) -> tuple[object, bytes]:
     """The trained predictor, and its predictions file for the `.csv` input."""
     from finetune_platform.inference.batch import predict_file, read_texts
-    from finetune_platform.inference.hosting import load_predictor
     from finetune_platform.inference.predictor import source_from_run
+    from finetune_platform.inference.runtimes import open_runtime
 
-    predictor = load_predictor(source_from_run(trained[0].run.root))
+    predictor = open_runtime(source_from_run(trained[0].run.root), merged=True)
     output = tmp_path_factory.mktemp("predicted") / "from-csv.csv"
     predict_file(predictor, *read_texts(files[".csv"], "text", "label"), output)
     return predictor, output.read_bytes()

@@ -10,9 +10,10 @@ import subprocess
 import pytest
 
 from finetune_platform.errors import ConfigError
-from finetune_platform.inference.hosting import BaseHost, load_predictor, open_host
 from finetune_platform.inference.onnx_host import AdapterTensors, OnnxHost, UnsupportedAdapter
 from finetune_platform.inference.predictor import Predictor, source_from_run
+from finetune_platform.inference.runtimes import open_runtime
+from finetune_platform.inference.torch_host import TorchHost
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
 from tests.conftest import finetune_bin, sentiment_rows, tiny_config_dict, write_csv
@@ -56,18 +57,18 @@ def test_every_runtime_reproduces_the_runs_evaluation(trained):
         texts = [row["text"] for row in csv.DictReader(handle)]
     source = source_from_run(result.run.root)
     reference = Predictor.from_run(result.run.root).predict(texts)
-    onnx = load_predictor(source, "onnx")
+    onnx = open_runtime(source, "onnx", merged=True)
     assert isinstance(onnx, OnnxHost) and onnx.runtime == "onnx"
     exact = onnx.predict(texts, batch_size=7)
     assert [p.label for p in exact] == [p.label for p in reference]
     for ours, theirs in zip(exact, reference, strict=True):
         assert ours.probabilities == pytest.approx(theirs.probabilities, abs=2e-5)
-    quantized = load_predictor(source, "onnx-int8")
+    quantized = open_runtime(source, "onnx-int8", merged=True)
     assert quantized.runtime == "onnx-int8"
     agree = sum(a.label == b.label for a, b in zip(quantized.predict(texts), reference, strict=True))
     assert agree / len(texts) >= 0.9
-    with pytest.raises(ConfigError, match="runtime 'tensorrt': choose one of onnx, onnx-int8, torch"):
-        load_predictor(source, "tensorrt")
+    with pytest.raises(ConfigError, match="SERVE_RUNTIME 'tensorrt': choose one of onnx, onnx-int8, torch"):
+        open_runtime(source, "tensorrt")
 
 
 def test_an_adapter_onnx_cannot_express_is_served_by_pytorch(trained, tmp_path, caplog):
@@ -83,8 +84,8 @@ def test_an_adapter_onnx_cannot_express_is_served_by_pytorch(trained, tmp_path, 
     with pytest.raises(UnsupportedAdapter, match="use_dora=True"):
         AdapterTensors.read(source.adapter_dir)
     with caplog.at_level("WARNING", logger="finetune_platform.inference"):
-        host = open_host(source, "onnx")
-    assert isinstance(host, BaseHost) and host.runtime == "torch"
+        host = open_runtime(source, "onnx")
+    assert isinstance(host, TorchHost) and host.runtime == "torch" and not host.merged
     assert f"{source.key}: served with PyTorch, not ONNX Runtime (use_dora=True)" in caplog.text
 
 

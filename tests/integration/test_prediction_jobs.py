@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from finetune_platform.inference.hosting import load_predictor
+from finetune_platform.inference.pool import open_one
 from finetune_platform.inference.predictor import source_from_registry
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
@@ -75,7 +75,7 @@ def test_a_prediction_job_writes_every_row_with_the_models_own_answers(env, text
     assert written[7]["error"] == "empty text" and written[7]["label"] == written[7]["label_name"] == ""
     with texts_file.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    predictor = load_predictor(source_from_registry(env.settings, "pj-model@1"))
+    predictor = open_one(env.settings, source_from_registry(env.settings, "pj-model@1"))
     kept = [i for i in range(150) if i != 7]
     expected = predictor.predict([rows[i]["review"] for i in kept])
     assert [written[i]["label_name"] for i in kept] == [p.label_name for p in expected]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from finetune_platform.inference.hosting import MergedHost
 from finetune_platform.inference.predictor import Predictor, source_from_run
+from finetune_platform.inference.torch_host import TorchHost
 from finetune_platform.settings import Settings
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
@@ -73,7 +73,7 @@ def test_serve_refuses_bad_options(run_folder, cli_env, options, message):
 
 def test_the_merged_host_answers_as_the_merged_predictor(run_folder):
     source = source_from_run(run_folder)
-    host = MergedHost(source, "cpu")
+    host = TorchHost(source, "cpu", merged=True)
     assert (host.runtime, host.merged, list(host.adapters)) == ("torch", True, [source.key])
     assert not host.accepts(source)  # a second adapter needs the shared (unmerged) host
     got = host.predict_with(source.key, TEXTS)

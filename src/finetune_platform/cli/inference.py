@@ -57,8 +57,9 @@ def predict(
     from tqdm import tqdm
 
     from finetune_platform.inference.batch import predict_file, read_texts
-    from finetune_platform.inference.hosting import load_predictor
+    from finetune_platform.inference.pool import open_one
     from finetune_platform.inference.predictor import answer, source_from_registry, source_from_run
+    from finetune_platform.inference.runtimes import checked_choice
 
     try:
         if (model is None) == (run is None):
@@ -67,8 +68,10 @@ def predict(
             raise ConfigError("give either --text (repeatable) or --input FILE with --output FILE")
         if input_file is not None and output is None:
             raise ConfigError("--input needs --output (a .csv path for the predictions)")
-        source = source_from_run(run) if run is not None else source_from_registry(settings(), model)
-        predictor = load_predictor(source, runtime)
+        checked_choice(runtime, "--runtime")
+        config = settings()
+        source = source_from_run(run) if run is not None else source_from_registry(config, model)
+        predictor = open_one(config, source, runtime, setting="--runtime")
         if text:
             started = time.perf_counter()
             rows = predictor.predict(list(text), batch_size)
@@ -133,10 +136,15 @@ def serve(
     """Serve predictions over HTTP (POST /predict, /predict/batch; GET /models, /health, /metrics)."""
     import uvicorn
 
+    from finetune_platform.inference.runtimes import checked_choice
     from finetune_platform.serve.app import create_serve_app, freeze_heap
 
     config = settings()
     if runtime is not None:
+        try:
+            checked_choice(runtime, "--runtime")
+        except PlatformError as error:
+            raise fail(error) from None
         config = config.model_copy(update={"SERVE_RUNTIME": runtime})
     if device is not None:
         if device not in ("auto", "cpu", "cuda", "mps"):

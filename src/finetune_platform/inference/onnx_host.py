@@ -247,7 +247,7 @@ def _quantized(model_bytes: bytes) -> bytes:
 
 
 class OnnxHost(Classifier):
-    """A base model's ONNX session and the adapters resident on it; the same interface as ``BaseHost``.
+    """A base model's ONNX session and the adapters resident on it (a ``runtimes.Runtime``).
 
     ``merged``: the one adapter folded into the base weights, for a server's default model: one sentence in
     ~2 ms instead of ~4 ms on 2 CPU cores; such a host accepts no other adapter.
@@ -288,8 +288,14 @@ class OnnxHost(Classifier):
         self._active, self.info, self.label_map = first.key, first.info, first.label_map
 
     def accepts(self, source: AdapterSource) -> bool:
-        """Whether ``source`` has this graph's shape (same modules adapted, same ranks, same labels)."""
-        return not self.merged and AdapterTensors.read(source.adapter_dir).signature == self.signature
+        """Whether ``source`` has this graph's shape (same modules adapted, same ranks, same labels); an
+        adapter the graph cannot express at all (DoRA, ...) is not accepted, and goes to a torch host."""
+        if self.merged:
+            return False
+        try:
+            return AdapterTensors.read(source.adapter_dir).signature == self.signature
+        except UnsupportedAdapter:
+            return False
 
     def attach(self, source: AdapterSource) -> None:
         tensors = AdapterTensors.read(source.adapter_dir)

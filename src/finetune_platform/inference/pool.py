@@ -1,5 +1,7 @@
-"""The adapter pool behind `finetune serve`: references resolved to verified adapters, kept attached to shared
-base models, the least recently used dropped past a limit."""
+"""The adapter pool: references resolved to verified adapters, kept attached to shared base models on the runtime
+``inference.runtimes`` picks, the least recently used dropped past a limit. `finetune serve` holds one for its
+life; `finetune predict` and prediction jobs open a pool of one (``open_one``), so that every path makes the same
+runtime, merge and fallback decisions."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from collections import OrderedDict
 from typing import Any
 
 from finetune_platform.errors import NotFoundError
-from finetune_platform.inference.hosting import open_host
 from finetune_platform.inference.predictor import AdapterSource, source_from_registry
+from finetune_platform.inference.runtimes import Placement, Runtime, checked_choice, open_runtime
 from finetune_platform.settings import Settings
 from finetune_platform.tracking.registry import ModelRegistry, Stage
 
@@ -31,12 +33,15 @@ class ModelPool:
         device: str = "cpu",
         max_batch: int = 64,
         cuda_graphs: bool = True,
+        runtime_setting: str = "SERVE_RUNTIME",
     ) -> None:
         self.settings, self.default, self.max_adapters = settings, default, max_adapters
-        self.resolve_seconds, self.runtime, self.device = resolve_seconds, runtime, device
-        self.max_batch, self.cuda_graphs = max_batch, cuda_graphs
+        self.resolve_seconds, self.device = resolve_seconds, device
+        self.runtime = checked_choice(runtime, runtime_setting).value
+        self.placement = Placement(device, cuda_graphs, max_batch)
+        self.runtime_setting = runtime_setting
         self.local: set[str] = set()  # run folders served without the registry (their keys never move)
-        self.hosts: list[Any] = []  # one per base model and label count (ONNX: and adapter shape)
+        self.hosts: list[Runtime] = []  # one per base model and label count (ONNX: and adapter shape)
         self._resolved: dict[str, tuple[float, str]] = {}  # reference -> (when, name@version)
         self.default_key: str | None = None  # what the default model resolves to now
         self._recent: OrderedDict[str, None] = OrderedDict()  # resident adapters, least recently used first
@@ -99,7 +104,7 @@ class ModelPool:
     def source(self, key: str) -> AdapterSource:
         return self._sources[key]
 
-    def load(self, key: str) -> tuple[Any, AdapterSource]:
+    def load(self, key: str) -> tuple[Runtime, AdapterSource]:
         """The host with ``key`` attached (downloaded, verified, attached on first use)."""
         source = self._sources.get(key)
         if source is None:
@@ -112,10 +117,11 @@ class ModelPool:
         self._evict(keep=key)
         return host, source
 
-    def _host_for(self, key: str, source: AdapterSource) -> Any:
-        """Where a new adapter goes. Alone on its base model it is merged into it (the single-model case:
-        ~3 ms instead of ~4 ms a sentence on 2 cores). A second adapter of that base moves both to the shared
-        graph with adapters as inputs, unless it is a new default (a promotion): then it replaces the old."""
+    def _host_for(self, key: str, source: AdapterSource) -> Runtime:
+        """Where a new adapter goes. Alone on its base model it is merged into it, on every runtime and device
+        (the single-model case: ONNX ~3 ms instead of ~4 ms a sentence on 2 cores; on CUDA, graph replay). A
+        second adapter of that base moves both to the shared host (ONNX: adapters as graph inputs; torch: PEFT),
+        unless it is a new default (a promotion): then it replaces the old."""
         same_base = [host for host in self.hosts if self._same_base(host, source)]
         merged = next((host for host in same_base if host.merged), None)
         if merged is not None:
@@ -126,7 +132,7 @@ class ModelPool:
                 logger.info("%s replaces %s as the default model", key, earlier.key)
             else:
                 same_base.append(self._open(earlier))
-        if not same_base and (self.runtime != "torch" or self.device != "cpu"):
+        if not same_base:
             return self._open(source, merged=True)
         host = next((host for host in same_base if host.accepts(source)), None)
         if host is None:
@@ -134,20 +140,13 @@ class ModelPool:
         host.attach(source)
         return host
 
-    def _open(self, source: AdapterSource, merged: bool = False) -> Any:
-        host = open_host(
-            source,
-            self.runtime,
-            self.device,
-            merged=merged,
-            max_rows=self.max_batch,
-            cuda_graphs=self.cuda_graphs,
-        )
+    def _open(self, source: AdapterSource, merged: bool = False) -> Runtime:
+        host = open_runtime(source, self.runtime, self.placement, merged=merged, setting=self.runtime_setting)
         self.hosts.append(host)
         return host
 
     @staticmethod
-    def _same_base(host: Any, source: AdapterSource) -> bool:
+    def _same_base(host: Runtime, source: AdapterSource) -> bool:
         first = next(iter(host.adapters.values()))
         return (first.info.base_model, len(first.label_map.names)) == (
             source.info.base_model,
@@ -179,3 +178,20 @@ class ModelPool:
             for host in self.hosts
             for s in host.adapters.values()
         ]  # fmt: skip
+
+
+def open_one(
+    settings: Settings,
+    source: AdapterSource,
+    runtime: str | None = None,
+    device: str = "cpu",
+    setting: str = "SERVE_RUNTIME",
+) -> Runtime:
+    """``source`` as the server would load it alone, in a pool of one: `finetune predict` and prediction jobs.
+    ``runtime``: SERVE_RUNTIME unless given; ``setting``: what a bad one is called in the error."""
+    pool = ModelPool(
+        settings, None, 1, 0.0, runtime or settings.SERVE_RUNTIME, device, runtime_setting=setting
+    )
+    pool.serve_local(source)
+    host, _ = pool.load(source.key)
+    return host

@@ -26,9 +26,9 @@ from starlette.types import Scope
 from finetune_platform.errors import PlatformError
 from finetune_platform.http_guard import AUTHENTICATED, BodyLimit, SecurityHeaders, invalid_fields
 from finetune_platform.inference.batcher import Batcher, InferenceMetrics
-from finetune_platform.inference.hosting import serving_device
 from finetune_platform.inference.pool import ModelPool
 from finetune_platform.inference.predictor import AdapterSource, Prediction, answer, source_from_run
+from finetune_platform.inference.runtimes import serving_device
 from finetune_platform.observability import mount_metrics, system_registry
 from finetune_platform.security import InvalidToken, Tokens
 from finetune_platform.serve.schemas import (

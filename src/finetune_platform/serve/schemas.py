@@ -83,7 +83,7 @@ class ResidentAdapter(BaseModel):
     language: str = Field(description=LANGUAGE)
     labels: list[str] = Field(description="Class names; a prediction's label is an index into this list.")
     max_length: int = Field(description="Tokens per text; longer texts are truncated.")
-    runtime: str = Field(description="onnx, onnx-int8 or torch.")
+    runtime: str = Field(description="onnx, onnx-int8, torch or torch+cuda-graphs.")
     merged: bool = Field(description="Whether the adapter is folded into its base model (alone on it).")
 
 

@@ -269,7 +269,7 @@ def predict_job(context: JobContext) -> dict[str, Any]:
     """The prediction body: the pinned model over the input file, progress per chunk, a cancel or shutdown
     honoured between chunks (a preempted job starts over: predictions are cheap next to training)."""
     from finetune_platform.inference.batch import predict_file, read_texts
-    from finetune_platform.inference.hosting import load_predictor
+    from finetune_platform.inference.pool import open_one
     from finetune_platform.inference.predictor import source_from_registry
 
     job, settings, control = context.job, context.settings, context.control
@@ -286,7 +286,7 @@ def predict_job(context: JobContext) -> dict[str, Any]:
     with log:
         context.report(stage=JobStage.PREDICTING.value, run_folder=str(folder.resolve()))
         source = source_from_registry(settings, config["model"])
-        predictor = load_predictor(source, settings.SERVE_RUNTIME)
+        predictor = open_one(settings, source, settings.SERVE_RUNTIME)
         texts, labels = read_texts(Path(config["input_file"]), config["text_column"], config["label_column"])
         note(f"predicting {len(texts)} rows of {Path(config['input_file']).name} with {config['model']}")
 
