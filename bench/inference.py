@@ -9,6 +9,14 @@ training run's own evaluation; one-sentence p50/p99 unloaded (one client); throu
 32 and 64 clients (requests rotate over 500 dev sentences); resident memory with 1 and with 20 adapters.
 Our server runs with each runtime (onnx, the default; onnx-int8; torch). Needs `wrk`.
 Writes bench/results/inference.json.
+
+Side by side with another checkout (a change against the main it started from), same adapters, same load:
+
+    git worktree add /tmp/base <commit>
+    .venv/bin/python -m bench.inference --baseline-src /tmp/base/src --repeat 3 --seconds 5 --work /tmp/bench-inf
+
+Each round measures every server once, this tree's and the other's `finetune serve` alternating in order from
+round to round; every figure is the median over the rounds. Writes bench/results/inference_side_by_side.json.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,16 +39,18 @@ from bench.common import ROOT, SST2_DIR, print_table, write_result
 
 BIN = Path(sys.executable).parent
 CLIENTS = (1, 8, 32, 64)
+BASELINE_SRC = "baseline-src serve"  # --baseline-src's server, by runtime
 GOALS = {"p50_ms": 10.0, "speedup_at_32": 4.0, "memory_ratio_20": 1.3}
 
 
-def serve_values(work: Path) -> dict[str, str]:
-    """The environment of `finetune serve` over the registry kept in ``work`` (local mode: no auth)."""
+def serve_values(work: Path, src: Path = ROOT / "src") -> dict[str, str]:
+    """The environment of `finetune serve` over the registry kept in ``work`` (local mode: no auth), running
+    the platform from ``src`` (this checkout's, or another's with --baseline-src)."""
     return {
         "FINETUNE_HOME": str(work / ".finetune"),
         "MODEL_REGISTRY_DIR": str(work / "cards"),
         "ENVIRONMENT": "local",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": f"{src}{os.pathsep}{ROOT}",
         "TOKENIZERS_PARALLELISM": "false",
     }
 
@@ -194,6 +205,15 @@ def main() -> None:
         default="onnx,onnx-int8,torch",
         help="Our server's runtimes to measure (comma-separated).",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="Another checkout's src/ folder (`git worktree add`): its `finetune serve` is measured beside this "
+        "tree's, each runtime, alternating, on the same adapters; the naive pipeline server too.",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="Rounds of every measurement; figures are medians over rounds."
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -212,7 +232,14 @@ def main() -> None:
     rows = [line.split("\t") for line in (SST2_DIR / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     texts, labels = [text for text, _ in rows], [int(label) for _, label in rows]
     script = lua_script(work / "predict.lua", texts[:500])
-    results: dict[str, Any] = {"seconds": args.seconds, "clients": list(CLIENTS), "servers": {}}
+    trees = {"finetune serve": ROOT / "src"}
+    if args.baseline_src:
+        trees[BASELINE_SRC] = args.baseline_src.resolve()
+    results: dict[str, Any] = {
+        "seconds": args.seconds, "clients": list(CLIENTS), "repeat": args.repeat,
+        "trees": {name: str(src) for name, src in trees.items()}, "servers": {},
+    }  # fmt: skip
+    rounds: dict[str, list[dict[str, Any]]] = {}
     try:
         trained_file = work / "trained.json"
         if trained_file.is_file():
@@ -226,34 +253,91 @@ def main() -> None:
         results["dev_rows"] = len(texts)
         baseline_dir = work / "merged"
 
-        port = free_port()
-        server = start(
-            [str(BIN / "uvicorn"), "bench.inference_baseline:app", "--port", str(port), "--log-level", "warning",
-             "--no-access-log"],
-            {**env, "BASELINE_MODEL_DIR": str(baseline_dir)}, work / "baseline.log", port,
-        )  # fmt: skip
-        try:
-            results["servers"]["baseline pipeline"] = {"load": load_curve(port, script, args.seconds)}
-        finally:
-            stop(server)
-        for runtime in args.runtimes.split(","):
+        for number in range(args.repeat):
             port = free_port()
             server = start(
-                [str(BIN / "finetune"), "serve", "--model", "sst2-bench@1", "--port", str(port), "--runtime", runtime],
-                env, work / f"serve-{runtime}.log", port,
+                [str(BIN / "uvicorn"), "bench.inference_baseline:app", "--port", str(port), "--log-level",
+                 "warning", "--no-access-log"],
+                {**env, "BASELINE_MODEL_DIR": str(baseline_dir)}, work / "baseline.log", port,
             )  # fmt: skip
             try:
-                entry = {"accuracy": served_accuracy(port, texts, labels)}
-                entry["load"] = load_curve(port, script, args.seconds)
-                entry["memory"] = memory(port, server.pid, args.adapters - 1, texts)
-                results["servers"][f"finetune serve ({runtime})"] = entry
+                rounds.setdefault("baseline pipeline", []).append(
+                    {"load": load_curve(port, script, args.seconds)}
+                )
             finally:
                 stop(server)
+            order = list(trees.items())
+            for runtime in args.runtimes.split(","):
+                for tree, src in order if number % 2 == 0 else order[::-1]:
+                    port = free_port()
+                    server = start(
+                        [str(BIN / "finetune"), "serve", "--model", "sst2-bench@1", "--port", str(port),
+                         "--runtime", runtime],
+                        {**env, **serve_values(work, src)}, work / f"serve-{runtime}.log", port,
+                    )  # fmt: skip
+                    try:
+                        entry = {"accuracy": served_accuracy(port, texts, labels)}
+                        entry["load"] = load_curve(port, script, args.seconds)
+                        entry["memory"] = memory(port, server.pid, args.adapters - 1, texts)
+                        rounds.setdefault(f"{tree} ({runtime})", []).append(entry)
+                    finally:
+                        stop(server)
+        results["servers"] = {name: median_entry(entries) for name, entries in rounds.items()}
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     report(results)
-    print(f"wrote {write_result('inference', results)}")
+    if args.baseline_src:
+        compare(results, args.runtimes.split(","))
+    print(f"wrote {write_result('inference_side_by_side' if args.baseline_src else 'inference', results)}")
+
+
+def median_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's figures, each the median over the rounds (the rounds kept beside them)."""
+
+    def merge(values: list[Any]) -> Any:
+        if isinstance(values[0], dict):
+            return {key: merge([value[key] for value in values]) for key in values[0]}
+        if isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            return statistics.median(values)
+        return values[0]
+
+    merged = merge(entries)
+    if len(entries) > 1:
+        merged["rounds"] = entries
+    return merged
+
+
+def compare(results: dict[str, Any], runtimes: list[str]) -> None:
+    """This tree against --baseline-src, runtime by runtime: p50 and throughput ratios (above 1: this tree's
+    throughput is higher; below 1 for latency: this tree is faster)."""
+    rows = []
+    comparison = {}
+    for runtime in runtimes:
+        ours = results["servers"][f"finetune serve ({runtime})"]
+        theirs = results["servers"][f"{BASELINE_SRC} ({runtime})"]
+        row = [
+            runtime,
+            f"{ours['load']['unloaded']['p50_ms']:.2f} / {theirs['load']['unloaded']['p50_ms']:.2f}",
+        ]
+        ratios = {"unloaded_p50": ours["load"]["unloaded"]["p50_ms"] / theirs["load"]["unloaded"]["p50_ms"]}
+        for clients in CLIENTS:
+            a, b = ours["load"][str(clients)], theirs["load"][str(clients)]
+            ratios[f"rps_{clients}"] = a["requests_per_s"] / b["requests_per_s"]
+            row.append(
+                f"{a['requests_per_s']:.0f} / {b['requests_per_s']:.0f} ({ratios[f'rps_{clients}']:.2f}×)"
+            )
+        ratios["rss_20"] = ours["memory"]["ratio"] / theirs["memory"]["ratio"]
+        row.append(f"{ours['accuracy']:.4f} / {theirs['accuracy']:.4f}")
+        row.append(f"{ours['memory']['ratio']:.2f} / {theirs['memory']['ratio']:.2f}")
+        rows.append(row)
+        comparison[runtime] = ratios
+    results["this_tree_vs_baseline_src"] = comparison
+    print(f"\nthis tree / --baseline-src (medians of {results['repeat']} rounds)")
+    print_table(
+        ["runtime", "p50 ms", *[f"{c} clients req/s" for c in CLIENTS], "dev accuracy", "RSS ratio 1→20"],
+        rows,
+    )
 
 
 def report(results: dict[str, Any]) -> None:
