@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     RETRY_BACKOFF_MAX_SECONDS: float = Field(
         default=300.0, ge=0, description="The longest retry backoff, however many attempts have failed."
     )
+    OUTBOX_RETENTION_SECONDS: float = Field(
+        default=86400.0,
+        gt=0,
+        description="The reconciler deletes dispatch outbox rows sent longer ago than this (unsent rows stay).",
+    )
     JWT_SECRET: SecretStr | None = Field(
         default=None,
         description=(

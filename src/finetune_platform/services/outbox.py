@@ -3,7 +3,8 @@
 ``add`` inserts an outbox row beside the job row (same transaction) and notes it on the session; once that
 session commits, the row's message goes to the broker and the row is marked sent. A process that dies between
 the commit and the send leaves the row unsent: the reconciler's ``drain`` sends it a few seconds later. A
-rolled-back transaction takes its rows with it and sends nothing.
+rolled-back transaction takes its rows with it and sends nothing. A row of a job in its retry backoff waits: it
+is due once the backoff is over. Sent rows are kept a while for the record, then ``prune``d by the reconciler.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from finetune_platform import broker
@@ -26,10 +27,14 @@ _UNSENT = "finetune_outbox_unsent"  # session.info: job ids whose send after com
 DRAIN_AFTER_SECONDS = 5.0  # an unsent row younger than this may still be sent by the process that wrote it
 
 
-def add(session: Session, settings: Settings, job_id: str, task: str = broker.RUN_JOB) -> None:
-    """Queue a message for ``job_id`` in the session's transaction; it is sent when the session commits."""
+def add(
+    session: Session, settings: Settings, job_id: str, task: str = broker.RUN_JOB, *, send: bool = True
+) -> None:
+    """Queue a message for ``job_id`` in the session's transaction; it is sent when the session commits (``send``
+    False: by the reconciler's drain, once the job's retry backoff is over)."""
     session.add(JobOutbox(job_id=job_id, task=task))
-    session.info.setdefault(_PENDING, {})[job_id] = settings
+    if send:
+        session.info.setdefault(_PENDING, {})[job_id] = settings
 
 
 def unsent(session: Session) -> list[str]:
@@ -39,6 +44,8 @@ def unsent(session: Session) -> list[str]:
 
 @event.listens_for(Session, "after_commit")
 def _committed(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint was released: the transaction itself goes on
+        return
     if _PENDING in session.info:
         session.info[_COMMITTED] = session.info.pop(_PENDING)
 
@@ -98,14 +105,31 @@ def unmark_enqueued(session: Session, job_ids: list[str]) -> None:
 
 def due(session: Session, older_than: float = DRAIN_AFTER_SECONDS) -> list[str]:
     """Jobs whose outbox row is unsent and older than ``older_than`` seconds (their writer died before sending, or
-    the send failed). Rows of jobs no longer queued (cancelled meanwhile) need no message: they are closed here."""
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    the send failed), unless the job is in its retry backoff. Rows of jobs no longer queued (cancelled meanwhile)
+    need no message: they are closed here."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than)
     rows = session.execute(
         select(JobOutbox.job_id, Job.status)
         .join(Job, Job.id == JobOutbox.job_id)
-        .where(JobOutbox.sent_at.is_(None), JobOutbox.created_at <= cutoff)
+        .where(
+            JobOutbox.sent_at.is_(None),
+            JobOutbox.created_at <= cutoff,
+            or_(Job.not_before.is_(None), Job.not_before <= now),
+        )
         .with_for_update(of=JobOutbox, skip_locked=True)
     ).all()
     closed = sorted({job_id for job_id, status in rows if status != JobStatus.QUEUED.value})
     mark_sent(session, closed)
     return sorted({job_id for job_id, status in rows if status == JobStatus.QUEUED.value})
+
+
+def prune(session: Session, older_than: float) -> int:
+    """Delete the rows sent more than ``older_than`` seconds ago; returns how many. Unsent rows are never pruned."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    result = session.execute(
+        delete(JobOutbox)
+        .where(JobOutbox.sent_at.is_not(None), JobOutbox.sent_at < cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0

@@ -16,8 +16,7 @@ from typing import Any
 from finetune_platform.db.models import JobKind, JobStage, JobStatus
 from finetune_platform.db.session import session_scope
 from finetune_platform.errors import PlatformError
-from finetune_platform.services import job_states, jobs, quotas
-from finetune_platform.services.dispatch import enqueue
+from finetune_platform.services import job_states, jobs, outbox, quotas
 from finetune_platform.settings import Settings
 from finetune_platform.training.guards import TrainingStopped
 from finetune_platform.worker.control import Heartbeat, JobCallback, JobControl, LeaseLost, StopKind
@@ -187,11 +186,16 @@ def _release(
             run_seconds=run_seconds,
             backoff=job_states.Backoff.of(settings),
         )
+        if job is not None and job.status == JobStatus.QUEUED.value:
+            # Its next message, owed in the release's own transaction: sent once it commits, or by the reconciler
+            # when its retry backoff ends (and by the reconciler too if this process dies before sending it).
+            waits = job.not_before is not None
+            outbox.add(session, settings, job.id, send=not waits)
+            if not waits:
+                jobs.mark_enqueued(session, [job.id])  # a failed send clears it again
     if job is None:
         return "lost"
     if job.status == JobStatus.QUEUED.value:
-        if job.not_before is None:  # else the reconciler sends it when its retry backoff ends
-            enqueue(settings, [job.id])
         logger.info("job %s handed back to the queue: %s", job.id, reason)
         return "requeued"
     logger.info("job %s failed: %s", job.id, job.error)

@@ -8,7 +8,7 @@ import threading
 from finetune_platform.broker import queue_size
 from finetune_platform.db.models import utcnow
 from finetune_platform.db.session import session_scope
-from finetune_platform.services import jobs
+from finetune_platform.services import jobs, outbox
 from finetune_platform.services.dispatch import drain, enqueue
 from finetune_platform.settings import Settings
 
@@ -16,11 +16,16 @@ logger = logging.getLogger("finetune_platform.worker")
 
 
 def reconcile_once(settings: Settings) -> jobs.Sweep:
-    """One pass: send outbox rows a crash left unsent, requeue jobs of dead workers, give up on those out of
-    attempts, re-send lost messages, send jobs whose retry backoff is over."""
+    """One pass: send outbox rows a crash left unsent (or that waited out a retry backoff), prune sent ones past
+    OUTBOX_RETENTION_SECONDS, requeue jobs of dead workers, give up on those out of attempts, re-send lost
+    messages, send jobs whose retry backoff is over."""
     drained = drain(settings)
     if drained:
         logger.info("reconciler: sent %d job(s) left in the outbox: %s", len(drained), drained)
+    with session_scope(settings) as session:
+        pruned = outbox.prune(session, settings.OUTBOX_RETENTION_SECONDS)
+    if pruned:
+        logger.info("reconciler: pruned %d sent outbox row(s)", pruned)
     waiting = queue_size(settings)
     with session_scope(settings) as session:
         queued = jobs.count_queued(session)
