@@ -17,11 +17,24 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ holds queue.py, which would shadow the standard library's queue (torch imports it): common.py by path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import yaml
+import yaml  # noqa: E402
 
-from common import SST2_DIR, median, print_table, write_result
+
+def _common():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).with_name("common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_c = _common()
+ROOT = Path(__file__).resolve().parents[1]
+SST2_DIR, median, print_table, write_result = _c.SST2_DIR, _c.median, _c.print_table, _c.write_result
 
 BASELINE = "baseline: HF Trainer + PEFT (fp32)"
 
@@ -142,6 +155,31 @@ def run_platform(
     }
 
 
+def run_platform_from(
+    src: Path, train_rows: int, eval_rows: int, seed: int, device: str, precision: str, base_model: str
+) -> dict[str, float]:
+    """``run_platform`` in a fresh process that imports the platform from another tree's ``src`` (the baseline:
+    today's main checked out elsewhere)."""
+    import json
+    import os
+    import subprocess
+
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('tt', {str(Path(__file__).resolve())!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        f"print(json.dumps(module.run_platform({train_rows}, {eval_rows}, {seed}, {device!r}, {precision!r}, "
+        f"{base_model!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(src.resolve())},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline tree run failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,6 +195,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="Also run the platform from this src/ folder (e.g. today's main checked out elsewhere), alternating.",
+    )
+    parser.add_argument(
         "--base-model", default="minilm", help="Base model for both sides (default: bundled)."
     )
     args = parser.parse_args()
@@ -169,9 +213,28 @@ def main() -> None:
         ),
     }
     for precision in args.precisions.split(","):
-        variants[f"platform recipe ({precision})"] = functools.partial(
-            run_platform, args.rows, args.eval_rows, args.seed, args.device, precision, args.base_model
+        # Beside a baseline tree, both trees run in fresh processes alike.
+        variants[f"platform recipe ({precision})"] = (
+            functools.partial(
+                run_platform, args.rows, args.eval_rows, args.seed, args.device, precision, args.base_model
+            )
+            if args.baseline_src is None
+            else functools.partial(
+                run_platform_from,
+                ROOT / "src",
+                args.rows,
+                args.eval_rows,
+                args.seed,
+                args.device,
+                precision,
+                args.base_model,
+            )
         )
+        if args.baseline_src is not None:
+            variants[f"platform @ baseline tree ({precision})"] = functools.partial(
+                run_platform_from, args.baseline_src, args.rows, args.eval_rows, args.seed, args.device, precision,
+                args.base_model,
+            )  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for repeat in range(args.repeats):
         for name, run in variants.items():
@@ -213,6 +276,7 @@ def main() -> None:
                 "device": args.device,
                 "repeats": args.repeats,
                 "seed": args.seed,
+                "baseline_src": str(args.baseline_src) if args.baseline_src else None,
             },
             "results": summary,
         },

@@ -502,3 +502,93 @@ def test_the_gradient_averager_starts_ranks_from_rank_0_and_averages_their_gradi
     # the BatchNorm's weight and bias took no part in the loss: zero gradients, still averaged
     assert gradients0[1:] == gradients1[1:] == [[0.0, 0.0], [0.0, 0.0]]
     assert zeroed0 == zeroed1 == [0.0, 0.0, 0.0]
+
+
+def test_two_nodes_meet_at_a_rendezvous_and_train_as_one_run(untracked, tiny_bert, sentiment_data, tmp_path):
+    """Two "nodes" on loopback: `finetune train` with training.nodes: 2 on the first, and on the second the
+    torchrun command it prints (started first here: it waits at the rendezvous). One rank each; whichever becomes
+    rank 0 reports through the shared run folder."""
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    train_file, validation_file = sentiment_data
+    endpoint = f"127.0.0.1:{free_port()}"
+    raw = fast_config(tiny_bert, train_file, validation_file, tmp_path / "r", nodes=2, rendezvous=endpoint)
+    raw["training"].update(eval_strategy="epoch", eval_steps=None, epochs=2)
+    ranks = tmp_path / "r" / "tiny" / "two-nodes" / "ranks"
+    command = (
+        f"torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint {endpoint} "
+        f"--rdzv-id two-nodes -m finetune_platform.training.launch {ranks}"
+    )
+    with (tmp_path / "second-node.log").open("w") as log:
+        second = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", *command.split()[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            result = train(untracked, raw, run_id="two-nodes")
+            assert second.wait(timeout=120) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+    # 96 rows in global batches of 8 × 2 processes: 6 steps an epoch.
+    assert result.metrics["train"]["global_step"] == 12
+    assert [entry["step"] for entry in result.metrics["history"]] == [6, 12]
+    logs = result.run.logs_path.read_text()
+    assert f"waiting for 1 more node(s) at {endpoint}; on each, run: {command}" in logs
+    assert "training: 12 steps, 16 samples per step, starting at step 0" in logs
+    both = (ranks / "agent.log").read_text() + (tmp_path / "second-node.log").read_text()
+    assert "rank 0 finished at step 12" in both and "rank 1 finished at step 12" in both
+    assert result.metrics["eval"]["accuracy"] >= 0.5
+
+
+def _processes_of(folder) -> list[int]:
+    """Live processes whose command line names ``folder`` (the agent and its ranks)."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if str(folder) in command and "State:\tZ" not in status:
+            found.append(int(entry.name))
+    return found
+
+
+def test_ranks_do_not_outlive_a_command_killed_outright(cli_env, tiny_bert, sentiment_data, tmp_path):
+    """SIGKILL to `finetune train` (a worker killed by the OOM killer, say) while two ranks train: the kernel tells
+    the agent, which ends its ranks, so nothing keeps writing into the run folder the next attempt resumes."""
+    import signal
+    import subprocess
+
+    from tests.conftest import finetune_bin
+    from tests.integration.queue_harness import wait_for
+
+    train_file, validation_file = sentiment_data
+    raw = fast_config(tiny_bert, train_file, validation_file, tmp_path / "r", devices=2, max_steps=10_000_000)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    command = subprocess.Popen(
+        [finetune_bin(), "train", str(config_file), "--run-id", "killed", "--no-progress"],
+        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ranks = tmp_path / "r" / "tiny" / "killed" / "ranks"
+    try:
+        wait_for(lambda: (ranks / "events.jsonl").is_file() and b'"log"' in (ranks / "events.jsonl").read_bytes(),
+                 180, "the ranks training")  # fmt: skip
+        assert len(_processes_of(ranks)) == 3  # the agent and two ranks
+        command.send_signal(signal.SIGKILL)
+        command.wait(timeout=30)
+        wait_for(lambda: not _processes_of(ranks), 60, "the agent and its ranks to end")
+    finally:
+        command.kill()
+        for pid in _processes_of(ranks):
+            __import__("os").kill(pid, signal.SIGKILL)

@@ -96,6 +96,16 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
         ("data.label_names=[a,a]", "data.label_names: names must be unique"),
         ("experiment=has space", "experiment: String should match pattern"),
         ("training.eval_strategy=steps", "training: eval_steps must be set when eval_strategy is 'steps'"),
+        (
+            "training.nodes=2",
+            "training: nodes: 2 machines need training.rendezvous (host:port where they meet)",
+        ),
+        ("training.rendezvous=no-port", "training.rendezvous: String should match pattern"),
+        ("training.nodes=65", "training.nodes: Input should be less than or equal to 64 (got 65)"),
+        (
+            "training.engine=trainer",
+            "training.engine: 'trainer' (the Hugging Face Trainer engine) was removed",
+        ),
     ],
 )
 def test_each_invalid_field_is_named(tmp_path, override, message):
@@ -147,3 +157,20 @@ def test_schema_documents_every_field():
     for section in ("ModelSection", "DataSection", "LoraSection", "TrainingSection", "CheckpointSection"):
         for name, field in sections[section]["properties"].items():
             assert field.get("description"), f"{section}.{name} has no help text"
+
+
+def test_a_multi_node_run_is_not_queued():
+    from finetune_platform.services.quotas import check_pool_devices
+    from finetune_platform.settings import Settings
+    from finetune_platform.training.config import config_from_dict
+
+    config = config_from_dict(
+        {"data": {"train_file": "t.csv"}, "training": {"nodes": 2, "rendezvous": "node1:29400"}}
+    )
+    assert config.training.processes == 2
+    with pytest.raises(ConfigError) as caught:
+        check_pool_devices(config, Settings())
+    assert str(caught.value) == (
+        "training.nodes: 2 machines: a queued job runs on one worker; start a multi-node run with `finetune train` "
+        "on the first node"
+    )

@@ -129,6 +129,11 @@ def check_pool_devices(config: Any, settings: Settings) -> None:
 
     The API does not run on the workers, so the pool's size comes from settings, not from this host.
     """
+    if config.training.nodes > 1:
+        raise ConfigError(
+            f"training.nodes: {config.training.nodes} machines: a queued job runs on one worker; start a multi-node "
+            "run with `finetune train` on the first node"
+        )
     requested = config.training.devices
     queue, limit, setting = pool_limit(settings, str(config.device))
     if requested > limit:

@@ -220,6 +220,24 @@ class TrainingSection(_Section):
             "(POOL_MAX_DEVICES, GPU_POOL_MAX_DEVICES)."
         ),
     )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Machines of a data-parallel run, 1-64, each running training.devices processes, meeting at "
+            "training.rendezvous; the run folder must be on storage every node mounts. `finetune train` on the "
+            "first node prints the torchrun command the others run. Queued jobs run on one machine."
+        ),
+    )
+    rendezvous: str | None = Field(
+        default=None,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$",
+        description=(
+            "host:port where the nodes of a multi-node run meet (torch's c10d rendezvous); needed when nodes > 1."
+        ),
+    )
     compile: Literal["none", "default", "reduce-overhead"] = Field(
         default="none",
         description=(
@@ -316,7 +334,16 @@ class TrainingSection(_Section):
     def _eval_steps_needed(self) -> TrainingSection:
         if self.eval_strategy is EvalStrategy.STEPS and self.eval_steps is None:
             raise ValueError("eval_steps must be set when eval_strategy is 'steps'")
+        if self.nodes > 1 and self.rendezvous is None:
+            raise ValueError(
+                f"nodes: {self.nodes} machines need training.rendezvous (host:port where they meet)"
+            )
         return self
+
+    @property
+    def processes(self) -> int:
+        """Data-parallel processes over all nodes (the world size)."""
+        return self.devices * self.nodes
 
 
 class CheckpointSection(_Section):

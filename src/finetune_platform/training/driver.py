@@ -90,11 +90,12 @@ def loop_settings(config: TrainConfig, precision: Precision) -> FastSettings:
 def check_rows(config: TrainConfig, rows: int) -> None:
     """Data-parallel and compiled runs train on full batches only: there must be at least one."""
     t = config.training
-    global_batch = t.batch_size * t.gradient_accumulation_steps * t.devices
-    if (t.devices > 1 or t.compile != "none") and rows < global_batch:
+    global_batch = t.batch_size * t.gradient_accumulation_steps * t.processes
+    if (t.processes > 1 or t.compile != "none") and rows < global_batch:
+        where = f"{t.devices} devices" + (f" × {t.nodes} nodes" if t.nodes > 1 else "")
         raise ConfigError(
             f"training.batch_size: {rows} training rows make no full batch of {t.batch_size} rows × "
-            f"{t.gradient_accumulation_steps} accumulation steps × {t.devices} devices; lower training.batch_size"
+            f"{t.gradient_accumulation_steps} accumulation steps × {where}; lower training.batch_size"
         )
 
 

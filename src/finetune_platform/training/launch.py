@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +54,16 @@ _ERRORS: dict[str, type[PlatformError]] = {
 }
 
 
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux; elsewhere nothing): a worker or
+    command killed outright must not leave its ranks training on in the run folder the next attempt resumes."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -66,12 +77,20 @@ def agent_command(folder: Path, processes: int, *, nnodes: int = 1, endpoint: st
     if nnodes == 1 and endpoint is None:
         endpoint = f"127.0.0.1:{free_port()}"
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "finetune_platform.training.launch", "agent",  # torch.distributed.run, tied to us
         "--nnodes", str(nnodes), "--nproc-per-node", str(processes),
         "--rdzv-backend", "c10d", "--rdzv-endpoint", str(endpoint), "--rdzv-id", run_id,
         "--max-restarts", "0", "--monitor-interval", "0.5",
         "-m", "finetune_platform.training.launch", str(folder),
     ]  # fmt: skip
+
+
+def join_command(folder: Path, processes: int, nnodes: int, endpoint: str, run_id: str) -> str:
+    """What a further node of a multi-node run runs (torchrun is ``python -m torch.distributed.run``)."""
+    return (
+        f"torchrun --nnodes {nnodes} --nproc-per-node {processes} --rdzv-backend c10d --rdzv-endpoint {endpoint} "
+        f"--rdzv-id {run_id} -m finetune_platform.training.launch {folder.resolve()}"
+    )
 
 
 class RemoteDriver:
@@ -87,7 +106,7 @@ class RemoteDriver:
         self.callbacks: list[Callback] = list(callbacks)
         self.settings = loop_settings(config, recipe_state.precision)
         t = config.training
-        self.state = RunState(samples_per_step=t.batch_size * t.gradient_accumulation_steps * t.devices)
+        self.state = RunState(samples_per_step=t.batch_size * t.gradient_accumulation_steps * t.processes)
         self.folder = run.root / "ranks"
 
     def add_callback(self, callback: Callback) -> None:
@@ -127,12 +146,19 @@ class RemoteDriver:
     def train(self, resume_from: Path | None = None) -> Any:
         from finetune_platform.training.driver import TrainSummary
 
-        processes = self.config.training.devices
+        t = self.config.training
         self._prepare(resume_from)
-        command = agent_command(self.folder, processes, run_id=self.run.run_id)
-        logger.info(
-            "data parallel over %d processes under torch's elastic launcher (%s)", processes, self.folder
+        command = agent_command(
+            self.folder, t.devices, nnodes=t.nodes, endpoint=t.rendezvous, run_id=self.run.run_id
         )
+        logger.info(
+            "data parallel over %d processes under torch's elastic launcher (%s)", t.processes, self.folder
+        )
+        if t.nodes > 1:
+            logger.warning(
+                "waiting for %d more node(s) at %s; on each, run: %s",
+                t.nodes - 1, t.rendezvous, join_command(self.folder, t.devices, t.nodes, t.rendezvous, self.run.run_id),
+            )  # fmt: skip
         log = (self.folder / AGENT_LOG).open("w", encoding="utf-8")
         try:
             # A session of its own: a Ctrl-C in the terminal reaches this process, which ends the ranks itself.
@@ -296,6 +322,11 @@ def run_rank(folder: Path) -> None:
     from finetune_platform.training.fast_gpu import load_data
     from finetune_platform.training.models import build_model, quiet_libraries
 
+    die_with_parent(
+        signal.SIGKILL
+    )  # the agent went (killed with its command): nothing of this rank is worth keeping
+    if os.getppid() == 1:  # it went before the line above ran
+        os._exit(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     launch = json.loads((folder / LAUNCH_FILE).read_text(encoding="utf-8"))
@@ -344,7 +375,19 @@ def run_rank(folder: Path) -> None:
     os._exit(0)
 
 
-if __name__ == "__main__":
+def exec_agent(arguments: list[str]) -> None:
+    """Become torch's elastic agent (``python -m torch.distributed.run ARGUMENTS``), first asking the kernel for a
+    SIGTERM when the process that started us dies: the agent then ends its ranks."""
+    parent = os.getppid()
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above ran
+        sys.exit(1)
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", *arguments])
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["agent"]:
+    exec_agent(sys.argv[2:])
+elif __name__ == "__main__":
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s rank " + os.environ.get("RANK", "?") + " %(message)s"
     )

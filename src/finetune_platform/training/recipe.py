@@ -153,7 +153,7 @@ class LoraClassificationRecipe:
         model = build_model(config, state)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        devices = config.training.devices
+        processes = config.training.processes
         logger.info(
             "model: %s (%s, %s) on %s/%s, LoRA on %s: %d of %d parameters trainable%s",
             config.model.base_model,
@@ -164,7 +164,7 @@ class LoraClassificationRecipe:
             ",".join(state.target_modules),
             state.trainable_parameters,
             state.total_parameters,
-            f"; data parallel over {devices} processes" if devices > 1 else "",
+            f"; data parallel over {processes} processes" if processes > 1 else "",
         )
         self.driver = self._build_driver(model, splits)
         return state
@@ -186,7 +186,7 @@ class LoraClassificationRecipe:
 
         train, evaluation = encode(splits.train), encode(splits.validation)
         check_rows(config, len(train))
-        if config.training.devices > 1:
+        if config.training.processes > 1:
             from finetune_platform.training.launch import RemoteDriver
 
             return RemoteDriver(
@@ -219,7 +219,7 @@ class LoraClassificationRecipe:
         t = self.config.training
         return [
             ProgressCallback(
-                t.batch_size * t.gradient_accumulation_steps * t.devices, show_bar=self.show_progress
+                t.batch_size * t.gradient_accumulation_steps * t.processes, show_bar=self.show_progress
             )
         ]
 
