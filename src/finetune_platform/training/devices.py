@@ -19,6 +19,7 @@ class Accelerators:
 
     @classmethod
     def detect(cls) -> Accelerators:
+        # lazy: torch loads only where a model runs
         import torch
 
         cuda = torch.cuda.is_available()
@@ -83,6 +84,7 @@ def check_devices(config: TrainConfig, device: Device) -> None:
     if device is Device.MPS:
         raise ConfigError(f"training.devices: {wanted} processes need CUDA GPUs (or the CPU); MPS runs one")
     if device is Device.CUDA:
+        # lazy: torch loads only where a model runs
         import torch
 
         visible = torch.cuda.device_count()

@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
+from peft import set_peft_model_state_dict
+from peft.utils import load_peft_weights
 
 from finetune_platform.atomic import write_atomic
 from finetune_platform.errors import ConfigError
@@ -42,6 +46,7 @@ from finetune_platform.training.fast_gpu import (
     predict,
 )
 from finetune_platform.training.guards import staging_checkpoint
+from finetune_platform.training.metrics import summary_metrics
 
 logger = logging.getLogger("finetune_platform.training")
 
@@ -100,7 +105,6 @@ def check_rows(config: TrainConfig, rows: int) -> None:
 
 
 def torch_device(device: Device, local_rank: int = 0) -> Any:
-    import torch
 
     if device is Device.CUDA:
         torch.cuda.set_device(local_rank)
@@ -124,8 +128,6 @@ def is_sync_point(step: int, total: int, logging_steps: int, eval_every: int) ->
 
 def agree_to_stop(stop: bool, device: Any) -> bool:
     """Rank 0's decision, known to every rank (one small broadcast and host read per sync point)."""
-    import torch
-    import torch.distributed as dist
 
     flag = torch.tensor([1 if stop else 0], device=device)
     dist.broadcast(flag, src=0)
@@ -134,7 +136,6 @@ def agree_to_stop(stop: bool, device: Any) -> bool:
 
 def mean_over_ranks(value: Any, world_size: int) -> None:
     """In place: the mean of ``value`` over all ranks (every rank calls it at the same steps)."""
-    import torch.distributed as dist
 
     dist.all_reduce(value)
     value /= world_size
@@ -142,7 +143,6 @@ def mean_over_ranks(value: Any, world_size: int) -> None:
 
 # -- checkpoints --------------------------------------------------------------------------------------------------
 def rng_state(device: Any) -> dict[str, Any]:
-    import torch
 
     return {
         "cpu": torch.get_rng_state(),
@@ -151,7 +151,6 @@ def rng_state(device: Any) -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any], device: Any) -> None:
-    import torch
 
     torch.set_rng_state(state["cpu"])
     if state.get("cuda") is not None and device.type == "cuda":
@@ -186,7 +185,6 @@ def _meta(checkpoint: Path) -> dict[str, Any]:
 
 
 def _torch_load(path: Path, device: Any = "cpu") -> Any:
-    import torch
 
     return torch.load(path, map_location=device, weights_only=True)
 
@@ -249,7 +247,6 @@ class Driver:
             raise ConfigError(f"training.batch_size: {exc}") from exc
 
     def _train(self, loop: FastTrainer, start: int) -> TrainSummary:
-        import torch
 
         t = self.config.training
         state, lead = self.state, self.rank == 0
@@ -329,7 +326,6 @@ class Driver:
     # -- evaluation --------------------------------------------------------------------------------------------
     def predict(self, data: DeviceData) -> tuple[np.ndarray, float]:
         """Logits for every row (row order) and the mean cross-entropy loss."""
-        import torch
 
         s = self.settings
         logits = predict(self.model, data, self.config.training.eval_batch_size, s.bf16, fp16=s.fp16)
@@ -338,8 +334,6 @@ class Driver:
         return logits, loss
 
     def _evaluate(self, control: Control) -> None:
-        from finetune_platform.training.metrics import summary_metrics
-
         logits, loss = self.predict(self.eval_data)
         scores = summary_metrics(logits, self.eval_data.labels.cpu().numpy())
         metrics = {"eval_loss": loss, **{f"eval_{key}": value for key, value in scores.items()}}
@@ -350,7 +344,6 @@ class Driver:
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, loop: FastTrainer) -> Path:
         """This step as a checkpoint of ``FORMAT``, committed atomically, then retention."""
-        import torch
 
         step = self.state.step
         staged = self.staging_dir / f"{PREFIX}{step}"
@@ -374,8 +367,6 @@ class Driver:
     def _restore(self, checkpoint: Path, saved: dict[str, Any]) -> int:
         """Continue from ``checkpoint``: weights (rank 0; the others receive them), optimizer, scaler, RNG,
         history. Returns its step."""
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
 
         loop = self.loop
         set_peft_model_state_dict(self.model, load_peft_weights(str(checkpoint), device=str(self.device)))
@@ -394,7 +385,6 @@ class Driver:
 
 def cpu_threads(device: Device, processes: int) -> None:
     """Processes sharing the CPU each take their share of its cores (else they fight over them)."""
-    import torch
 
     if device is Device.CPU and processes > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))

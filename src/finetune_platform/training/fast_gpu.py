@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 logger = logging.getLogger("finetune_platform.training")
 
@@ -70,7 +72,6 @@ class FastSettings:
     @property
     def autocast(self) -> Any:
         """The autocast dtype, or None for fp32."""
-        import torch
 
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
 
@@ -102,7 +103,6 @@ class DeviceData:
 def to_device(
     tokenizer: Any, texts: list[str], labels: list[int], max_length: int, device: Any
 ) -> DeviceData:
-    import torch
 
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
@@ -125,7 +125,6 @@ def save_data(data: DeviceData, path: Any) -> None:
 
 
 def load_data(path: Any, device: Any) -> DeviceData:
-    import torch
 
     with np.load(path) as arrays:
         ids, labels, lengths = arrays["ids"], arrays["labels"], arrays["lengths"]
@@ -170,7 +169,6 @@ def padded_length(longest: int, multiple: int = PAD_MULTIPLE) -> int:
 def on_device(plan: list[np.ndarray], device: Any) -> list[tuple[np.ndarray, Any]]:
     """Each batch's indices also as a slice of one tensor on the device (one upload per epoch: a small copy
     per step from pageable memory would wait for the GPU every step)."""
-    import torch
 
     if not plan:
         return []
@@ -182,7 +180,6 @@ def on_device(plan: list[np.ndarray], device: Any) -> list[tuple[np.ndarray, Any
 def _take(
     data: DeviceData, index: np.ndarray, rows: Any, multiple: int = PAD_MULTIPLE
 ) -> tuple[Any, Any, Any]:
-    import torch
 
     width = min(padded_length(int(data.host_lengths[index].max()), multiple), data.ids.shape[1])
     ids = data.ids.index_select(0, rows)[:, :width]
@@ -227,8 +224,6 @@ class GradientAverager:
     head or pooler would otherwise differ between ranks)."""
 
     def __init__(self, model: Any, trained: list[Any], world_size: int) -> None:
-        import torch
-        import torch.distributed as dist
 
         self.world_size = world_size
         for tensor in [*model.parameters(), *model.buffers()]:
@@ -242,7 +237,6 @@ class GradientAverager:
             offset += parameter.numel()
 
     def average(self) -> None:
-        import torch.distributed as dist
 
         dist.all_reduce(self.flat)
         self.flat.div_(self.world_size)
@@ -269,7 +263,6 @@ class FastTrainer:
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        import torch
 
         self.settings, self.train_data, self.device, self.on_log = settings, train, device, on_log
         self.rank, self.world_size = (rank, world_size) if world_size is not None else world()
@@ -282,10 +275,11 @@ class FastTrainer:
         self.model = model
         self.multiple = PAD_MULTIPLE
         if settings.compile:
-            import torch._dynamo
+            # lazy: dynamo loads only for compiled runs
+            from torch import _dynamo
 
             # one compiled graph per padded width (and micro-batch size after an out-of-memory back-off)
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             self.multiple = 16
             self.model = torch.compile(self.model, mode=settings.compile, dynamic=False)
         self.averager = GradientAverager(model, trainable, self.world_size) if self.world_size > 1 else None
@@ -334,7 +328,6 @@ class FastTrainer:
 
     def _forward_backward(self, index: np.ndarray, rows: Any) -> Any:
         """One optimizer step's gradients for the rows in ``index`` (split into micro-batches)."""
-        import torch
 
         total = None
         starts = range(0, len(index), self.micro_batch)
@@ -376,7 +369,6 @@ class FastTrainer:
             epoch, skip = epoch + 1, 0
 
     def train(self) -> FastResult:
-        import torch
 
         s = self.settings
         samples, tokens, history = 0, 0, []
@@ -418,7 +410,6 @@ class FastTrainer:
         )
 
     def _step(self, index: np.ndarray, rows: Any) -> Any:
-        import torch
 
         while True:
             try:
@@ -488,7 +479,6 @@ def predict(
     model: Any, data: DeviceData, batch_size: int = 1024, bf16: bool = True, *, fp16: bool = False
 ) -> np.ndarray:
     """Logits for every row, in row order (batched by length; bf16 or fp16 autocast when asked)."""
-    import torch
 
     model.eval()
     device = data.ids.device

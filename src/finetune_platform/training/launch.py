@@ -59,6 +59,7 @@ def die_with_parent(sig: int) -> None:
     command killed outright must not leave its ranks training on in the run folder the next attempt resumes."""
     if sys.platform != "linux":
         return
+    # lazy: ctypes only on Linux, for the parent-death signal
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
@@ -99,6 +100,7 @@ class RemoteDriver:
 
     def __init__(self, model: Any, train: Any, evaluation: Any, config: Any, run: Any, recipe_state: Any,
                  tokenizer: Any, callbacks: list[Callback]) -> None:  # fmt: skip
+        # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
         from finetune_platform.training.driver import loop_settings
 
         self.model, self.train_data, self.eval_data = model, train, evaluation
@@ -113,6 +115,7 @@ class RemoteDriver:
         self.callbacks.append(callback)
 
     def predict(self, data: Any) -> Any:
+        # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
         import torch
 
         from finetune_platform.training.fast_gpu import predict
@@ -124,6 +127,7 @@ class RemoteDriver:
 
     # -- the ranks ----------------------------------------------------------------------------------------------
     def _prepare(self, resume_from: Path | None) -> None:
+        # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
         from finetune_platform.training.fast_gpu import save_data
 
         self.folder.mkdir(exist_ok=True)
@@ -144,6 +148,7 @@ class RemoteDriver:
         write_atomic(self.folder / LAUNCH_FILE, json.dumps(launch, indent=2))
 
     def train(self, resume_from: Path | None = None) -> Any:
+        # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
         from finetune_platform.training.driver import TrainSummary
 
         t = self.config.training
@@ -262,6 +267,7 @@ class RemoteDriver:
 
     def _load_last_weights(self) -> None:
         """The weights rank 0 ended with (its last checkpoint) into this process's model."""
+        # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
@@ -312,6 +318,7 @@ def _error_event(exc: BaseException) -> dict[str, Any]:
 
 def run_rank(folder: Path) -> None:
     """One rank under the elastic agent (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous from its environment)."""
+    # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
     import torch
     import torch.distributed as dist
 
@@ -335,6 +342,7 @@ def run_rank(folder: Path) -> None:
     relay = Relay(folder) if rank == 0 else None
     try:
         quiet_libraries()
+        # lazy: transformers loads only where a model runs
         from transformers import set_seed
 
         set_seed(config.training.seed)

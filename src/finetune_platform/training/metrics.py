@@ -9,6 +9,7 @@ import numpy as np
 
 def summary_metrics(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, float]:
     """The scalar metrics logged at every evaluation."""
+    # lazy: scikit-learn loads only when scores are computed
     from sklearn.metrics import accuracy_score, f1_score
 
     predictions = np.asarray(logits).argmax(axis=-1)
@@ -22,6 +23,7 @@ def classification_report(
     logits: np.ndarray, label_ids: np.ndarray, names: tuple[str, ...]
 ) -> dict[str, Any]:
     """Full report for metrics.json: summary, per-class scores and the confusion matrix (rows = truth)."""
+    # lazy: scikit-learn loads only when scores are computed
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     predictions = np.asarray(logits).argmax(axis=-1)

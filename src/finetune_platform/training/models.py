@@ -73,6 +73,7 @@ def default_target_modules(model: nn.Module, model_type: str) -> list[str]:
     family = family_of(model_type)
     if family is not ModelFamily.GENERIC:
         return list(FAMILIES[family].target_modules)
+    # lazy: torch loads only where a model runs
     from torch import nn
 
     linear_names = {
@@ -108,6 +109,7 @@ def build_model(config: TrainConfig, state: Any, label_map: Any = None) -> Any:
 
     ``state`` (a ``recipe.RecipeState``) names the resolved base model and receives what was built: model type,
     target modules, parameter counts."""
+    # lazy: torch, transformers and PEFT load only where a model is built (the family registry needs none)
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
@@ -146,6 +148,7 @@ def build_model(config: TrainConfig, state: Any, label_map: Any = None) -> Any:
 
 def quiet_libraries() -> None:
     """Keep library chatter (load reports, map bars) out of the progress display and logs."""
+    # lazy: transformers loads only where a model runs
     import warnings
 
     import transformers
@@ -154,6 +157,7 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|pyarrow)\.")
     try:  # tokenizers and PEFT may use it
+        # lazy: optional: datasets may be absent
         import datasets
     except ImportError:
         return

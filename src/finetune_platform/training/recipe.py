@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from peft import set_peft_model_state_dict
+from peft.utils import load_peft_weights
+from transformers import AutoTokenizer, set_seed
 
 from finetune_platform import __version__
 from finetune_platform.atomic import file_sha256, write_atomic
 from finetune_platform.catalogue import ResolvedModel, resolve_base_model
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
-from finetune_platform.training.callbacks import training_guards
+from finetune_platform.training.callbacks import stop_error_of, training_guards
 from finetune_platform.training.checkpoints import list_checkpoints, remove_incomplete, select_retained
 from finetune_platform.training.config import Device, Engine, Precision, TrainConfig, dump_config
 from finetune_platform.training.devices import select_device, select_precision
+from finetune_platform.training.driver import Driver, check_rows, torch_device
+from finetune_platform.training.fast_gpu import to_device
+from finetune_platform.training.launch import RemoteDriver
 from finetune_platform.training.metrics import classification_report
 from finetune_platform.training.models import _model_loading, build_model, quiet_libraries
+from finetune_platform.training.progress import ProgressCallback
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
@@ -110,7 +119,6 @@ class LoraClassificationRecipe:
         precision = select_precision(config.precision, device)
         model_ref = resolve_base_model(config.model.base_model, config.model.language)
         quiet_libraries()
-        from transformers import AutoTokenizer, set_seed
 
         with _model_loading(model_ref.name):
             self.tokenizer = AutoTokenizer.from_pretrained(model_ref.source)
@@ -172,8 +180,6 @@ class LoraClassificationRecipe:
     def _build_driver(self, model: Any, splits: DatasetSplits) -> Any:
         """One process: the driver here. Several: the same driver in each rank under torch's elastic launcher,
         this process relaying what rank 0 reports to the callbacks (``launch``)."""
-        from finetune_platform.training.driver import Driver, check_rows, torch_device
-        from finetune_platform.training.fast_gpu import to_device
 
         config, state = self.config, self.state
         device = torch_device(state.device)
@@ -187,8 +193,6 @@ class LoraClassificationRecipe:
         train, evaluation = encode(splits.train), encode(splits.validation)
         check_rows(config, len(train))
         if config.training.processes > 1:
-            from finetune_platform.training.launch import RemoteDriver
-
             return RemoteDriver(
                 model.to(device),
                 train,
@@ -214,7 +218,6 @@ class LoraClassificationRecipe:
     def _callbacks(self) -> list[Any]:
         """What observes a run from this process: the progress bar and log lines (tracking and the job's
         callbacks are added by the runner)."""
-        from finetune_platform.training.progress import ProgressCallback
 
         t = self.config.training
         return [
@@ -225,7 +228,6 @@ class LoraClassificationRecipe:
 
     # -- train -----------------------------------------------------------------------------------
     def train(self, resume_from: Path | None = None) -> Any:
-        from finetune_platform.training.callbacks import stop_error_of
 
         removed = remove_incomplete(self.run.checkpoints_dir)
         if removed:
@@ -265,8 +267,6 @@ class LoraClassificationRecipe:
             return None
         if best.step == self.driver.state.step:
             return best.path.name  # the weights in memory are the best ones
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
 
         set_peft_model_state_dict(self.driver.model, load_peft_weights(str(best.path), device="cpu"))
         return best.path.name
@@ -312,7 +312,6 @@ class LoraClassificationRecipe:
 
     # -- cleanup ---------------------------------------------------------------------------------
     def cleanup(self) -> None:
-        import shutil
 
         shutil.rmtree(self.run.staging_dir, ignore_errors=True)
         self.driver = None

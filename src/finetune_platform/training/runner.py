@@ -14,6 +14,7 @@ from typing import Any
 from finetune_platform.atomic import write_atomic
 from finetune_platform.db.job_vocabulary import JobStatus
 from finetune_platform.settings import Settings, get_settings
+from finetune_platform.training.callbacks import TrackingCallback
 from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
 from finetune_platform.training.devices import check_device
 from finetune_platform.training.run_folder import RunFolder
@@ -85,6 +86,7 @@ def run_training(
     hears "validating", "training", "evaluating" and "registering" as the run reaches them; ``owner_id`` is
     the account the model version is registered for (None: the command line's local account).
     """
+    # lazy: torch loads only when a run starts
     from finetune_platform.training.recipe import LoraClassificationRecipe
 
     settings = settings or get_settings()
@@ -117,8 +119,6 @@ def run_training(
             if settings.MLFLOW_ENABLED:
                 tracker = _start_tracker(settings, config, run, recipe, previous.get("mlflow_run_id"))
                 recipe.tracker = tracker
-                from finetune_platform.training.callbacks import TrackingCallback
-
                 recipe.driver.add_callback(TrackingCallback(tracker))
             stage("training")
             recipe.train(resume_from=checkpoint)
@@ -126,6 +126,7 @@ def run_training(
             recipe.evaluate()
             metrics = recipe.save(tracker.run_id if tracker else None)
             if tracker is not None:
+                # lazy: MLflow loads only for tracked runs
                 from finetune_platform.tracking.plots import confusion_matrix_png
 
                 confusion_matrix_png(metrics["eval"]["confusion_matrix"], run.root / "confusion_matrix.png")
@@ -178,6 +179,7 @@ def _register(
     owner_id: int | None,
 ) -> dict[str, Any]:
     """The run's adapter becomes a new version (in Staging) of the registered model, with its card."""
+    # lazy: MLflow loads only for tracked runs
     from finetune_platform.tracking.embeddings import default_embedder
     from finetune_platform.tracking.model_cards import ModelCard, file_checksum
     from finetune_platform.tracking.registry import ADAPTER_FILE, ModelRegistry
@@ -204,6 +206,7 @@ def _register(
         labels=list(recipe.state.splits.label_map.names),
     )
     if owner_id is None:  # the command line acts as its local admin account
+        # lazy: training asks no service (a contract exception): only a command-line run looks its owner up
         from finetune_platform.db.session import ensure_database, session_scope
         from finetune_platform.services.users import local_user
 
@@ -225,6 +228,7 @@ def _register(
 
 def _record_dataset_versions(settings: Settings, config: TrainConfig, recipe: Any) -> None:
     """Lineage: the versions this run trains on go into the app database's dataset versions."""
+    # lazy: pandas loads only when a run starts
     from finetune_platform.data.validation import ValidationOptions
     from finetune_platform.data.versioning import DatasetVersion, VersionIndex
 
@@ -238,6 +242,7 @@ def _record_dataset_versions(settings: Settings, config: TrainConfig, recipe: An
 def _start_tracker(
     settings: Settings, config: TrainConfig, run: RunFolder, recipe: Any, existing_run_id: str | None
 ) -> Any:
+    # lazy: MLflow loads only for tracked runs
     from finetune_platform.tracking.mlflow_runs import MlflowRunTracker
 
     tracker = MlflowRunTracker(settings, config.experiment)

@@ -9,6 +9,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from finetune_platform.db.session import session_scope
+from finetune_platform.services.jobs import renew_lease
 from finetune_platform.settings import Settings
 from finetune_platform.training.callbacks import Callback, Control, RunState
 from finetune_platform.training.guards import TrainingStopped, kept_checkpoint
@@ -96,9 +98,6 @@ class Heartbeat(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        from finetune_platform.db.session import session_scope
-        from finetune_platform.services.jobs import renew_lease
-
         while not self._stopped.wait(self.settings.heartbeat_seconds):
             try:
                 with session_scope(self.settings) as session:
@@ -184,7 +183,9 @@ class JobCallback(Callback):
         # The checkpoint is the one written where training actually stopped: in a data-parallel run rank 0 reads
         # the stop request at its next sync point, a few steps after the step that asked.
         if isinstance(self.stop_error, JobPreempted):
-            self.stop_error = JobPreempted(f"{self.control.reason}; saved checkpoint-{state.step} for the next worker")
+            self.stop_error = JobPreempted(
+                f"{self.control.reason}; saved checkpoint-{state.step} for the next worker"
+            )
         elif isinstance(self.stop_error, JobTimeLimit):
             self.stop_error = JobTimeLimit(f"{self.control.reason}; saved checkpoint-{state.step}")
         self.reporter(progress=state.progress())
