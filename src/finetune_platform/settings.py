@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from finetune_platform.errors import ConfigError
+
 MIN_SECRET_BYTES = 32
 MIN_SECRET_BITS = (
     80  # estimated from the characters' frequencies (Shannon): `openssl rand -hex 16` gives ~110
@@ -345,8 +347,6 @@ class Settings(BaseSettings):
         """Refuse to start (ConfigError naming each variable) when a secret breaks the policy; every process
         (API, `finetune serve`, workers) calls it at start. It validates these settings again through the
         ``_secret_policy`` validator, in enforcing mode."""
-        from finetune_platform.errors import ConfigError
-
         values = {name: getattr(self, name) for name in type(self).model_fields}
         try:
             type(self).model_validate(values, context={"secrets": "enforce", "require_jwt": require_jwt})
