@@ -106,10 +106,10 @@ def _histogram(values: np.ndarray, bins: int = 20) -> dict[str, Any]:
 def _plot(
     analysis: dict[str, Any], chars: dict[str, np.ndarray], tokens: dict[str, np.ndarray], out_dir: Path
 ) -> list[str]:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only for plots (not in the API image)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib, after choosing the Agg backend
 
     written = []
     labels = list(analysis["labels"])
@@ -160,7 +160,7 @@ def _plot(
 
 
 def _save(fig: Any, path: Path) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib, only for plots (not in the API image)
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -23,18 +23,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa  # pandas imports it (and pyarrow.compute) already
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from finetune_platform.data.formats import SUFFIXES_TEXT, DatasetFormat, format_of
 from finetune_platform.errors import DatasetError
-
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-    from finetune_platform.settings import Settings
+from finetune_platform.settings import Settings, get_settings
 
 DEFAULT_CHUNK_ROWS = 100_000
 MAX_ROWS_NAMED = 10
@@ -78,8 +77,6 @@ class DatasetLimits:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> DatasetLimits:
         if settings is None:
-            from finetune_platform.settings import get_settings
-
             settings = get_settings()
         return cls(
             max_rows=settings.MAX_DATASET_ROWS,
@@ -239,8 +236,6 @@ def _series_sizes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Characters and UTF-8 bytes of each cell of a column as read (missing: 0; a number: 8 bytes)."""
     if not (pd.api.types.is_string_dtype(values.dtype) or pd.api.types.is_object_dtype(values.dtype)):
         return np.zeros(len(values), np.int64), np.full(len(values), 8, np.int64)
-    import pyarrow as pa
-
     try:
         return _arrow_sizes(pa.array(values, type=pa.large_string(), from_pandas=True))
     except (pa.ArrowTypeError, pa.ArrowInvalid):  # pandas may mix numbers into a column of words
@@ -672,9 +667,6 @@ def _arrow_sizes(array: Any) -> tuple[np.ndarray, np.ndarray]:
 
     A dictionary array is measured through its dictionary and indices, without decoding it.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     if pa.types.is_dictionary(array.type):
@@ -695,15 +687,11 @@ def _arrow_sizes(array: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _is_text_type(kind: Any) -> bool:
-    import pyarrow as pa
-
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
 def _parquet_column_ok(kind: Any) -> bool:
     """Text, numbers, booleans or all-missing; anything else (lists, structs, binary, dates) is refused."""
-    import pyarrow as pa
-
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return _is_text_type(kind) or any(
@@ -714,8 +702,6 @@ def _parquet_column_ok(kind: Any) -> bool:
 
 def _check_parquet_utf8(path: Path, array: Any, rows: np.ndarray, column: str) -> None:
     """Parquet strings are not checked for UTF-8 on read; a bad one would fail deep in pandas."""
-    import pyarrow as pa
-
     values = array.dictionary if pa.types.is_dictionary(array.type) else array
     if not _is_text_type(values.type):
         return
@@ -749,9 +735,6 @@ def _read_parquet(
 ) -> Iterator[Chunk]:
     """Refuse from the metadata what it shows (rows, uncompressed sizes), then read batches with text kept
     dictionary-encoded, measure them and hand on slices of at most CHUNK_DECODED_BYTES decoded."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         parquet = pq.ParquetFile(path)
     except MemoryError:  # under the validation child's memory cap: not the file's fault
@@ -862,8 +845,6 @@ def _encodings(metadata: Any, columns: list[str]) -> dict[str, set[str]]:
 
 
 def _value_type(kind: Any) -> Any:
-    import pyarrow as pa
-
     return kind.value_type if pa.types.is_dictionary(kind) else kind
 
 
@@ -905,8 +886,6 @@ class _PendingRows:
 
 def _cells(array: pa.Array) -> np.ndarray:
     """An Arrow column as the object array of texts a CSV reader would give (a number as its text)."""
-    import pyarrow as pa
-
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     values = array.to_numpy(zero_copy_only=False).astype(object, copy=False)

@@ -96,7 +96,7 @@ def _with_ids(frame: pd.DataFrame, label_map: LabelMap, role: str) -> pd.DataFra
 
 
 def _stratified_split(table: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn (slow; not in the API image)
 
     counts = table["label_id"].value_counts()
     n_validation = max(1, round(len(table) * ratio))

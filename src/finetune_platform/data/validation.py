@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa  # with .compute and .parquet (data.loading): loaded before _child_main measures
 import xxhash
 
 from finetune_platform.data.loading import (
@@ -865,13 +867,8 @@ def _validate_in_child(
 
 def _child_main() -> None:
     """The child's side: read the request on stdin, cap memory, validate, answer one JSON object."""
-    import resource
-
-    # Loaded before the start is measured: their libraries map a few hundred MiB, whatever the file.
-    import pyarrow as pa
-    import pyarrow.compute
-    import pyarrow.parquet
-
+    # pyarrow, pyarrow.compute and pyarrow.parquet are loaded (module top, data.loading) before the start is
+    # measured: their libraries map a few hundred MiB, whatever the file.
     # Arrow allocates through malloc here: mimalloc would reserve a large arena up front, so the address
     # space would no longer track the memory used.
     pa.set_memory_pool(pa.system_memory_pool())

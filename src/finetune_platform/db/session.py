@@ -7,10 +7,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from finetune_platform.settings import Settings
+from finetune_platform.errors import ConfigError
+from finetune_platform.settings import Settings, secret_problem
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -54,7 +55,7 @@ def session_scope(settings: Settings) -> Iterator[Session]:
 
 
 def _alembic_config(url: str):
-    from alembic.config import Config
+    from alembic.config import Config  # lazy: alembic, only when migrating or checking the schema
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -87,9 +88,7 @@ def _migrate(settings: Settings, direction: str, revision: str) -> str:
     """Run alembic on the platform's own engine (and its SQLite settings). On SQLite, batch mode rebuilds a
     table by dropping it, which foreign keys would refuse once other rows point at it: they are off while the
     migration runs (SQLite ignores the switch inside a transaction), checked before it commits, then on again."""
-    from alembic import command
-
-    from finetune_platform.errors import ConfigError
+    from alembic import command  # lazy: alembic, only when migrating
 
     engine = engine_for(settings.database_url)
     sqlite = engine.dialect.name == "sqlite"
@@ -131,9 +130,6 @@ APP_ROLE = "finetune_app"  # created by migration 0005 (PostgreSQL): owns no tab
 def app_password(settings: Settings) -> str | None:
     """DATABASE_APP_PASSWORD when the database is PostgreSQL (None otherwise); outside local mode it must
     pass the secret policy."""
-    from finetune_platform.errors import ConfigError
-    from finetune_platform.settings import secret_problem
-
     if settings.DATABASE_APP_PASSWORD is None or not settings.database_url.startswith("postgresql"):
         return None
     password = settings.DATABASE_APP_PASSWORD.get_secret_value()
@@ -146,10 +142,7 @@ def set_app_password(settings: Settings, password: str) -> None:
     """``ALTER ROLE finetune_app PASSWORD <verifier>``: libpq hashes the password here (SCRAM, as psql's
     \\password does), so the clear text reaches neither the server nor its statement log, and the verifier
     goes in as a quoted literal, never pasted into the statement."""
-    from psycopg import sql
-    from sqlalchemy import text
-
-    from finetune_platform.errors import ConfigError
+    from psycopg import sql  # lazy: psycopg, only on PostgreSQL
 
     with engine_for(settings.database_url).begin() as connection:
         role = text("SELECT 1 FROM pg_roles WHERE rolname = :role")
@@ -174,22 +167,20 @@ def downgrade(settings: Settings, revision: str) -> str:
 
 
 def current_revision(settings: Settings) -> str:
-    from alembic.runtime.migration import MigrationContext
+    from alembic.runtime.migration import MigrationContext  # lazy: alembic, only when checking the schema
 
     with engine_for(settings.database_url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision() or "base"
 
 
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory  # lazy: alembic, only when checking the schema
 
     return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
 
 
 def ensure_database(settings: Settings) -> None:
     """Local mode migrates the embedded database on first use; elsewhere a stale schema is an error."""
-    from finetune_platform.errors import ConfigError
-
     current, head = current_revision(settings), head_revision()
     if current == head:
         return

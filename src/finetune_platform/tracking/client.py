@@ -18,7 +18,7 @@ def mlflow_client(settings: Settings) -> Any:
     at once race inside MLflow's migrations ("table ... already exists"), so the first use in each
     process happens under a file lock beside the database.
     """
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # lazy: mlflow, slow to import; only where a store is used
 
     uri = settings.mlflow_tracking_uri
     if not uri.startswith("sqlite:///") or uri in _initialised:

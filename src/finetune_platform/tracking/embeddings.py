@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class TextEmbedder:
     """The PyTorch backend."""
 
     def __init__(self, model: str = EMBEDDING_MODEL) -> None:
+        # lazy: torch and transformers; the API image has neither and uses the ONNX embedder
         import torch
         import transformers
         from transformers import AutoModel, AutoTokenizer
@@ -55,6 +57,7 @@ class OnnxEmbedder:
     """The ONNX Runtime backend over a folder written by :func:`export_embedder` (no PyTorch needed)."""
 
     def __init__(self, folder: Path) -> None:
+        # lazy: onnxruntime and tokenizers, only when recommendations are asked for
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -93,9 +96,7 @@ class OnnxEmbedder:
 
 def export_embedder(output: Path, model: str = EMBEDDING_MODEL) -> Path:
     """Export the embedding model to ``output``/model.onnx with its tokenizer (needs PyTorch, once, at build)."""
-    import warnings
-
-    import torch
+    import torch  # lazy: torch, only to export (the API image has none)
 
     embedder = TextEmbedder(model)
     output = Path(output)
@@ -139,7 +140,7 @@ def default_embedder() -> TextEmbedder | OnnxEmbedder:
     if folder:
         return OnnxEmbedder(Path(folder))
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  # lazy: only checks that PyTorch is installed
     except ImportError:
         raise ConfigError(
             "model recommendations need the sentence embedder: PyTorch is not installed here, so export it "

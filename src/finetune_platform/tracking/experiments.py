@@ -9,6 +9,8 @@ from typing import Any
 
 from finetune_platform.errors import NotFoundError
 from finetune_platform.settings import Settings
+from finetune_platform.tracking.client import mlflow_client
+from finetune_platform.tracking.plots import loss_curves_png
 
 SUMMARY_METRICS = ("final_accuracy", "final_macro_f1", "final_loss", "final_train_samples_per_second")
 
@@ -36,8 +38,6 @@ class Comparison:
 
 class ExperimentStore:
     def __init__(self, settings: Settings) -> None:
-        from finetune_platform.tracking.client import mlflow_client
-
         self.client = mlflow_client(settings)
 
     def experiments(self, only: set[str] | None = None) -> list[dict[str, Any]]:
@@ -101,7 +101,7 @@ class ExperimentStore:
         return self._summary(runs[0], experiment), runs[0].data.tags.get("finetune.run_folder")
 
     def run(self, run_id: str, only: set[str] | None = None) -> RunSummary:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow, only when a store is read
 
         if only is not None and run_id not in only:
             raise NotFoundError(f"no run {run_id!r} in the tracking store")
@@ -147,8 +147,6 @@ class ExperimentStore:
         }
         comparison = Comparison(runs, metrics, differing, curves)
         if plot_path is not None:
-            from finetune_platform.tracking.plots import loss_curves_png
-
             comparison.plot = str(loss_curves_png(curves, Path(plot_path), "Training loss by run"))
         return comparison
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_platform.settings import Settings
+from finetune_platform.tracking.client import mlflow_client
 
 logger = logging.getLogger("finetune_platform.tracking")
 
@@ -42,8 +43,6 @@ class MlflowRunTracker:
     """One MLflow run per training run; buffered so logging costs one call per flush, not per value."""
 
     def __init__(self, settings: Settings, experiment: str, flush_every: int = 200) -> None:
-        from finetune_platform.tracking.client import mlflow_client
-
         self.tracking_uri = settings.mlflow_tracking_uri
         # No mlflow.set_tracking_uri(): it writes MLFLOW_TRACKING_URI into the process environment,
         # which would leak into every Settings object created afterwards.
@@ -76,19 +75,19 @@ class MlflowRunTracker:
         return self.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: mlflow, only when a run is logged
 
         items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
         for start in range(0, len(items), PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + PARAMS_PER_BATCH])
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # lazy: mlflow, only when a run is logged
 
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: mlflow, only when a run is logged
 
         timestamp = int(time.time() * 1000)
         self._buffer.extend(Metric(key, value, timestamp, step) for key, value in metrics.items())

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only for plots (not in the API image)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib, after choosing the Agg backend
 
     return plt
 
@@ -65,8 +66,6 @@ def comparison_plot_path(run_ids: list[str], run_folders: list[str | None], fall
     """Where a comparison's loss curves go by default: beside the run folders, in
     ``<results>/comparisons/<short run ids>/compare_loss.png`` (``<results>`` holding the first compared run
     that has a run folder), else under ``fallback_root``; never the working directory."""
-    import hashlib
-
     folders = [Path(folder) for folder in run_folders if folder]
     # A run folder is <results>/<experiment>/<run>: comparisons live next to the experiments.
     root = folders[0].parent.parent if folders else fallback_root

@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
 from finetune_platform.settings import Settings
+from finetune_platform.tracking.client import mlflow_client
 from finetune_platform.tracking.model_cards import CardStore, ModelCard, file_checksum
 
 logger = logging.getLogger("finetune_platform.registry")
@@ -73,8 +75,6 @@ class Transition:
 
 class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
-        from finetune_platform.tracking.client import mlflow_client
-
         self.settings = settings
         self.client = mlflow_client(settings)
         self.cards = CardStore(settings.MODEL_REGISTRY_DIR)
@@ -112,7 +112,7 @@ class ModelRegistry:
         return sorted(infos, key=lambda v: (v.name, v.version))
 
     def version(self, name: str, version: int) -> VersionInfo:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow, only when the registry is used
 
         try:
             return self._info(self.client.get_model_version(name, str(version)))
@@ -121,7 +121,7 @@ class ModelRegistry:
 
     def resolve(self, reference: str) -> VersionInfo:
         """'name' (newest), 'name@3', 'name@production' or 'name@staging'."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow, only when the registry is used
 
         name, _, selector = reference.partition("@")
         if not MODEL_NAME.match(name):
@@ -148,6 +148,7 @@ class ModelRegistry:
     ) -> VersionInfo:
         """A new version from a finished run, in Staging, with its model card and, in the app database, its
         owner's claim on the name and the checksums it will be served against."""
+        # lazy: sqlalchemy (db), which `finetune predict` and `serve` (inference.pool imports this) never load
         from finetune_platform.db.session import ensure_database, session_scope
         from finetune_platform.tracking.ownership import claim_name, owner_of, record_version
 
@@ -184,7 +185,7 @@ class ModelRegistry:
     def _ensure_registered_model(self, name: str, description: str | None) -> None:
         """Create the registered model unless it exists. Two workers registering the first version of one
         name at once both see it missing; the one that loses the create finds it made and goes on."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow, only when the registry is used
 
         try:
             self.client.get_registered_model(name)
@@ -343,6 +344,7 @@ class ModelRegistry:
     def _adopt(self, name: str | None) -> list[str]:
         """Versions registered before the platform kept checksum records: record their cards' checksums
         (an admin's explicit step, so nothing registered behind the platform's back is adopted silently)."""
+        # lazy: sqlalchemy (db), which `finetune predict` and `serve` (inference.pool imports this) never load
         from finetune_platform.db.session import ensure_database, session_scope
         from finetune_platform.tracking.ownership import checksums, record_version
 
@@ -374,6 +376,7 @@ class ModelRegistry:
         recorded in its own database when it registered the version (a version created or altered in MLflow
         behind the platform's back has no such record, or other files, and is refused).
         """
+        # lazy: mlflow, and sqlalchemy (db), which `finetune predict` and `serve` never load
         import mlflow
 
         from finetune_platform.db.session import ensure_database, session_scope
@@ -427,8 +430,6 @@ class ModelRegistry:
         return local, card
 
     def _check_source(self, source: str) -> None:
-        from urllib.parse import unquote, urlparse
-
         if "%" in source or ".." in source.split("/"):
             raise PlatformError(
                 f"model source {source!r} contains escapes or '..'", ErrorCode.PERMISSION_DENIED
@@ -454,14 +455,14 @@ def _quoted(value: str) -> str:
 
 
 def _is_admin(session: Any, user_id: int) -> bool:
-    from finetune_platform.db.models import Role, User
+    from finetune_platform.db.models import Role, User  # lazy: sqlalchemy (db), as in register
 
     user = session.get(User, user_id)
     return user is not None and user.role == Role.ADMIN.value
 
 
 def _username(session: Any, user_id: int | None) -> str | None:
-    from finetune_platform.db.models import User
+    from finetune_platform.db.models import User  # lazy: sqlalchemy (db), as in register
 
     user = session.get(User, user_id) if user_id is not None else None
     return None if user is None else user.username

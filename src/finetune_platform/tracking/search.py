@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from finetune_platform.errors import ConfigError, NotFoundError
+from finetune_platform.tracking.embeddings import default_embedder
 from finetune_platform.tracking.model_cards import CardStore, ModelCard
 
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
@@ -117,8 +118,6 @@ def recommend_for_query(
     if not query.strip():
         raise ConfigError("query: empty")
     if embedder is None:
-        from finetune_platform.tracking.embeddings import default_embedder
-
         embedder = default_embedder()
     return recommend(store, embedder.embed([query])[0], top_k, card_filter)
 

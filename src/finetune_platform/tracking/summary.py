@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from finetune_platform.settings import Settings
+from finetune_platform.tracking.client import mlflow_client
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class TrackingSummary:
 
 def summarize(client) -> TrackingSummary:
     """Active experiments and their active runs, from one experiment search and one run search."""
-    from mlflow.entities import ViewType
+    from mlflow.entities import ViewType  # lazy: mlflow, only when the summary is refreshed
 
     experiments = client.search_experiments(
         view_type=ViewType.ACTIVE_ONLY, max_results=MAX_EXPERIMENTS_SCANNED
@@ -122,8 +123,6 @@ def public_summary(settings: Settings, wait: float = WAIT_SECONDS) -> TrackingSu
 
 
 def _refresh(settings: Settings, cached: _Cached) -> None:
-    from finetune_platform.tracking.client import mlflow_client
-
     try:
         summary = summarize(mlflow_client(settings))
     except Exception as exc:  # the store is down, refuses us or is broken: no summary for CACHE_SECONDS

@@ -9,6 +9,7 @@ Revises: 0004
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -119,8 +120,6 @@ def upgrade() -> None:
         sa.Column("added_by", sa.Integer(), sa.ForeignKey("users.id"), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
-    from datetime import UTC, datetime
-
     op.bulk_insert(allowed, [{"name": "minilm", "added_by": None, "created_at": datetime.now(UTC)}])
     if bind.dialect.name == "postgresql":
         op.execute(APP_ROLE_GRANTS)
