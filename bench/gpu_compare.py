@@ -52,7 +52,7 @@ def train_once(args: argparse.Namespace, src: Path, compile_mode: str, tag: str)
         **os.environ,
         "FINETUNE_HOME": str(work / "home"),
         "MLFLOW_ENABLED": "false",
-        "PYTHONPATH": str(src),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
     }
     started = time.perf_counter()
     done = subprocess.run(
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-compare"))
     parser.add_argument("--compile", nargs="*", default=["none"], help="Compile modes to compare.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed runs of each tree first (0: none).")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--devices", type=int, default=1)
@@ -92,6 +93,8 @@ def main() -> None:
     trees = {"baseline (main)": args.base_src.resolve(), "this tree": args.src.resolve()}
     runs: dict[str, dict[str, list[dict]]] = {mode: {name: [] for name in trees} for mode in args.compile}
     for mode in args.compile:
+        for name, src in list(trees.items()) * args.warmup:  # untimed: caches, the GPU's clocks
+            print(f"[{mode} warm-up] {name}: {train_once(args, src, mode, f'{mode}-warmup-{name.split()[0]}')}")
         for repeat in range(args.repeats):
             order = list(trees.items()) if repeat % 2 == 0 else list(reversed(trees.items()))
             for name, src in order:

@@ -171,8 +171,9 @@ def run_platform_from(
         f"print(json.dumps(module.run_platform({train_rows}, {eval_rows}, {seed}, {device!r}, {precision!r}, "
         f"{base_model!r})))\n"
     )
+    path = os.pathsep.join(filter(None, [str(src.resolve()), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(src.resolve())},
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path},
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
