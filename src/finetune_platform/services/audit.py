@@ -24,16 +24,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import AuditEvent, utcnow
-
-if TYPE_CHECKING:
-    from finetune_platform.settings import Settings
+from finetune_platform.errors import ConfigError
+from finetune_platform.settings import Settings, secret_problem
 
 GENESIS = "0" * 64
 AUDIT_LOCK = 0x617564697400  # the PostgreSQL advisory lock key of audit appends
@@ -193,9 +192,6 @@ def anchor_file(settings: Settings) -> Path:
 
 def anchor_key(settings: Settings) -> bytes | None:
     """AUDIT_ANCHOR_KEY as bytes (None when unset); outside local mode it must pass the secret policy."""
-    from finetune_platform.errors import ConfigError
-    from finetune_platform.settings import secret_problem
-
     if settings.AUDIT_ANCHOR_KEY is None:
         return None
     key = settings.AUDIT_ANCHOR_KEY.get_secret_value()

@@ -14,6 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from finetune_platform.data.formats import BY_SUFFIX, SUFFIXES_TEXT, suffix_of
+from finetune_platform.data.loading import DatasetLimits
+from finetune_platform.data.validation import ValidationOptions, validate_in_child
 from finetune_platform.data.versioning import DatasetVersion, list_versions, record_version
 from finetune_platform.db.models import Dataset, utcnow
 from finetune_platform.errors import ConfigError, NotFoundError
@@ -79,9 +81,6 @@ def register_upload(
     refused instead: DatasetLimitError (422), nothing recorded, the file removed. Validation runs in a
     child process capped at VALIDATION_MEMORY_MB, so an upload that decodes huge never grows this process.
     """
-    from finetune_platform.data.loading import DatasetLimits
-    from finetune_platform.data.validation import ValidationOptions, validate_in_child
-
     label, suffix = check_name(name)
     options = ValidationOptions(
         text_column=text_column, label_column=label_column, limits=DatasetLimits.from_settings(settings)

@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import Job, JobEvent, Role, utcnow
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
+from finetune_platform.inference.batch import check_columns
 from finetune_platform.services import job_states, outbox, quotas
 from finetune_platform.services.job_states import JobKind, JobStage, JobStatus, LifecycleEvent
 from finetune_platform.services.users import UserPublic
 from finetune_platform.settings import Settings, get_settings
+from finetune_platform.training.config import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -219,8 +221,8 @@ def submit_job(
     Refused before anything is written: an invalid config or one asking for more devices than a worker of its
     pool has (422), an account at its queued-jobs limit (429, checked before the data is read), invalid data.
     """
+    # lazy: pandas and pyarrow (data.validation), which a worker or `finetune jobs list` never needs
     from finetune_platform.data.validation import DatasetValidationError, ValidationOptions, validate_dataset
-    from finetune_platform.training.config import config_from_dict
 
     settings = settings or get_settings()
     earlier = _earlier(session, user, idempotency_key)
@@ -268,8 +270,9 @@ def submit_prediction_job(
 ) -> Submission:
     """Queue prediction over a file with a registered model, pinned now to the version it resolves to
     (so a promotion while the job waits does not change what it runs). The file must have the text column."""
-    from finetune_platform.inference.batch import check_columns
-    from finetune_platform.tracking.registry import ModelRegistry
+    from finetune_platform.tracking.registry import (
+        ModelRegistry,  # lazy: numpy and mlflow, only for prediction
+    )
 
     earlier = _earlier(session, user, idempotency_key)
     if earlier is not None:
@@ -298,7 +301,10 @@ def submit_prediction_job(
 
 def record_dataset_versions(session: Session, report: Any, options: Any, owner_id: int | None) -> list[str]:
     """Lineage in the database: one row per (content hash, file) a job trains or validates on."""
-    from finetune_platform.data.versioning import DatasetVersion, record_version
+    from finetune_platform.data.versioning import (  # lazy: pandas, as in submit_job
+        DatasetVersion,
+        record_version,
+    )
 
     versions = []
     for file_report in report.files:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+from sqlalchemy import text
+
+from finetune_platform.db.session import engine_for
+from finetune_platform.services.audit import anchor_file
 from finetune_platform.settings import Settings, secret_problem
 
 Status = Literal["ok", "warn", "fail"]
@@ -69,8 +75,6 @@ def _secrets(settings: Settings, bad: Status) -> list[Check]:
 
 def _mlflow(settings: Settings, bad: Status, probe: bool) -> Check:
     """A tracking server must refuse anonymous requests: whoever reads it reads every run and adapter."""
-    import httpx
-
     uri = settings.mlflow_tracking_uri
     if not uri.startswith(("http://", "https://")):
         return Check(
@@ -78,8 +82,6 @@ def _mlflow(settings: Settings, bad: Status, probe: bool) -> Check:
         )
     if not probe:
         return Check("mlflow", "warn", "tracking server not probed")
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(uri)
     bare = urlunsplit(
         (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", "")
@@ -120,8 +122,6 @@ def _forwarding(settings: Settings, bad: Status) -> Check:
 
 def _anchors(settings: Settings) -> Check:
     """Signed checkpoints are what shows truncation; the API itself must not hold their key."""
-    from finetune_platform.services.audit import anchor_file
-
     if settings.AUDIT_ANCHOR_KEY is not None:
         return Check(
             "audit anchors",
@@ -167,10 +167,6 @@ def _limits(settings: Settings) -> list[Check]:
 
 def _database(settings: Settings, bad: Status) -> Check:
     """On PostgreSQL the application must not own the audit table (its owner can disable the triggers)."""
-    from sqlalchemy import text
-
-    from finetune_platform.db.session import engine_for
-
     url = settings.database_url
     if not url.startswith("postgresql"):
         return Check(

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import Role, User
+from finetune_platform.db.session import read_engine
 from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
 from finetune_platform.security import (
     MAX_PASSWORD_LENGTH,
@@ -20,7 +21,9 @@ from finetune_platform.security import (
     TokenSubject,
     hash_password,
     password_problem,
+    verify_password,
 )
+from finetune_platform.services.quotas import set_account_limits
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
 MAX_USERNAME_LENGTH = 64
@@ -128,8 +131,6 @@ def authenticate(session: Session, username: str, password: str) -> UserPublic |
     """The active user with this password, or None (same work for an unknown name as for a wrong password).
 
     Names and passwords longer than any account can have are refused before any lookup or hashing."""
-    from finetune_platform.security import verify_password
-
     global _DUMMY_HASH
     if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH or "\x00" in username:
         return None
@@ -187,8 +188,6 @@ def update_user(
     if user is None:
         raise NotFoundError(f"no user {user_id}")
     if limits:
-        from finetune_platform.services.quotas import set_account_limits
-
         set_account_limits(user, limits)
     if role is not None:
         if role not in {r.value for r in Role}:
@@ -207,8 +206,6 @@ def update_user(
 
 
 def change_password(session: Session, user_id: int, current: str, new: str) -> None:
-    from finetune_platform.security import verify_password
-
     user = session.get(User, user_id)
     if user is None or not verify_password(user.password_hash, current):
         raise WrongPassword("current password is wrong", ErrorCode.PERMISSION_DENIED)
@@ -226,8 +223,6 @@ def _check_password(password: str, username: str | None) -> None:
 def user_for_token(settings, user_id: int, token_version: int, token_key: str) -> UserPublic | None:
     """The active user whose tokens are at ``token_version`` with this token key, or None. One indexed read,
     connection returned at once (the API calls this on every request)."""
-    from finetune_platform.db.session import read_engine
-
     users = User.__table__
     with read_engine(settings.database_url).connect() as connection:
         row = connection.execute(

@@ -10,6 +10,8 @@ from celery.signals import worker_shutting_down
 from finetune_platform.broker import RUN_JOB
 from finetune_platform.observability import worker_metrics
 from finetune_platform.settings import Settings
+from finetune_platform.worker.control import StopKind
+from finetune_platform.worker.executor import current_job, execute_job
 
 logger = logging.getLogger("finetune_platform.worker")
 
@@ -18,8 +20,6 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name=RUN_JOB, bind=True)
     def run_job(task, job_id: str) -> str:
         """Claim job ``job_id`` in the database and run it; a job not queued any more is skipped."""
-        from finetune_platform.worker.executor import execute_job  # lazy: it loads transformers
-
         metrics = worker_metrics()
         if metrics is None:
             return execute_job(settings, job_id, worker_name=task.request.hostname)
@@ -40,9 +40,6 @@ def _preempt_running_job(sig: str = "", how: str = "", exitcode: int = 0, **kwar
     Instead the running job saves a checkpoint at its next step and goes back to the queue, and the
     worker exits as soon as that is written; another worker resumes the job from that checkpoint.
     """
-    from finetune_platform.worker.control import StopKind
-    from finetune_platform.worker.executor import current_job
-
     control = current_job()
     if control is not None:
         logger.warning("worker shutting down (%s): checkpointing the running job and handing it back", sig)
