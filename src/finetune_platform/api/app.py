@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from starlette.datastructures import Headers
@@ -16,11 +21,14 @@ from starlette.types import Scope
 
 from finetune_platform import __version__
 from finetune_platform.api.auth import NOT_AUTHENTICATED, login_throttle
+from finetune_platform.api.routes import router
 from finetune_platform.broker import queue_size
+from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.errors import PlatformError
 from finetune_platform.http_guard import BodyLimit, SecurityHeaders, invalid_fields
 from finetune_platform.observability import mount_metrics, system_registry
 from finetune_platform.security import InvalidToken, Tokens
+from finetune_platform.services.audit import record
 from finetune_platform.services.job_metrics import JobCollector
 from finetune_platform.services.users import token_caller
 from finetune_platform.settings import Settings, get_settings
@@ -36,9 +44,6 @@ def _audit_denial(request: Request, status_code: int, reason: str) -> None:
     "denied" (outcome "denied") for DENIALS, "rejected" (outcome "failed") for invalid input (422)."""
     if getattr(request.state, "audited", False):
         return
-    from finetune_platform.db.session import session_scope
-    from finetune_platform.services.audit import record
-
     route = request.scope.get("route")
     try:
         with session_scope(request.app.state.settings) as session:
@@ -78,15 +83,10 @@ def _body_caller(scope: Scope) -> str | None:
 async def _audit_guard_refusal(scope: Scope, status_code: int, detail: str) -> None:
     """The body guard's own answers (400, 401 unread, 413) never reach FastAPI's exception handlers, which
     audit every other refusal: the guard reports them here. One already audited is not written twice."""
-    from fastapi.concurrency import run_in_threadpool
-
     await run_in_threadpool(_audit_denial, Request(scope), status_code, detail)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from finetune_platform.api.routes import router
-    from finetune_platform.db.session import ensure_database
-
     settings = settings or get_settings()
     tokens = Tokens(settings)  # refuses to start without a usable signing secret
     ensure_database(settings)
@@ -116,8 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(PlatformError)
     async def platform_error(request: Request, exc: PlatformError):
-        from fastapi.concurrency import run_in_threadpool
-
+        # lazy: pandas and pyarrow (data.validation), not loaded at API start
         from finetune_platform.data.validation import DatasetValidationError
 
         code = exc.http_status  # the table in errors.py, shared with the inference server
@@ -132,16 +131,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (unknown path: 404, 405)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        from fastapi.concurrency import run_in_threadpool
-
         if exc.status_code in AUDITED:
             await run_in_threadpool(_audit_denial, request, exc.status_code, str(exc.detail))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        from fastapi.concurrency import run_in_threadpool
-
         problems = invalid_fields(exc)
         first = f": {problems[0]['field']}: {problems[0]['message']}" if problems else ""
         await run_in_threadpool(_audit_denial, request, 422, f"invalid request{first}")
@@ -151,8 +146,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def unstorable(request: Request, exc: DataError):
         """A value the database cannot hold (PostgreSQL: a NUL character, a string past its column): the
         client's input, never a server fault."""
-        from fastapi.concurrency import run_in_threadpool
-
         detail = "invalid request: a value the database cannot store (a NUL character, or too long)"
         await run_in_threadpool(_audit_denial, request, 422, detail)
         return JSONResponse({"detail": detail}, status_code=422)
@@ -177,12 +170,6 @@ DOCS_ASSETS = "/docs-assets"
 def mount_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc from the JavaScript and CSS shipped in the fastapi-offline package:
     a browser opening them fetches nothing from a third party (no CDN that could serve altered scripts)."""
-    from pathlib import Path
-
-    import fastapi_offline
-    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
-
     assets = Path(fastapi_offline.__file__).parent / "static"
     app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
 

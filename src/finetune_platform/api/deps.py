@@ -13,6 +13,7 @@ from finetune_platform.api.auth import NOT_AUTHENTICATED
 from finetune_platform.db.models import Role
 from finetune_platform.db.session import session_scope
 from finetune_platform.security import InvalidToken
+from finetune_platform.services.audit import record
 from finetune_platform.services.users import UserPublic, token_caller
 from finetune_platform.settings import Settings
 
@@ -76,8 +77,6 @@ def audit(
     outcome: str = "ok",
     **detail: Any,
 ) -> None:
-    from finetune_platform.services.audit import record
-
     record(
         session,
         action,
@@ -91,8 +90,6 @@ def audit(
 
 def audit_apart(request: Request, action: str, *, target: str | None, outcome: str, **detail: Any) -> None:
     """Record an entry in its own transaction (the request's will be rolled back: a refusal), once."""
-    from finetune_platform.services.audit import record
-
     with session_scope(request.app.state.settings) as session:
         record(
             session,

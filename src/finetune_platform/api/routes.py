@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import (
     APIRouter,
@@ -24,7 +27,9 @@ from fastapi import (
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy import text
 
+from finetune_platform import __version__
 from finetune_platform.api import schemas
 from finetune_platform.api.deps import (
     AdminUser,
@@ -37,8 +42,42 @@ from finetune_platform.api.deps import (
 )
 from finetune_platform.data.formats import NAME_MIN_LENGTH, NAME_PATTERN, SUFFIXES_TEXT
 from finetune_platform.db.models import Role
+from finetune_platform.db.session import engine_for, read_scope, session_scope
 from finetune_platform.errors import ConfigError, NotFoundError
-from finetune_platform.services.users import UserPublic
+from finetune_platform.services.audit import list_entries
+from finetune_platform.services.base_models import allow_base_model as allow_model
+from finetune_platform.services.base_models import allowed_base_models, check_allowed
+from finetune_platform.services.base_models import disallow_base_model as disallow_model
+from finetune_platform.services.jobs import (
+    cancel_job,
+    get_job,
+    job_events,
+    job_log_path,
+    list_jobs,
+    predictions_path,
+    submit_job,
+    submit_prediction_job,
+    visible_runs,
+)
+from finetune_platform.services.quotas import SETTING, own_limits
+from finetune_platform.services.users import (
+    UserPublic,
+    WrongPassword,
+    authenticate,
+    change_password,
+    create_user,
+    get_user,
+    get_user_public,
+    list_users,
+    revoke_tokens,
+    token_subject,
+    update_user,
+)
+from finetune_platform.tracking.client import mlflow_client
+from finetune_platform.tracking.experiments import ExperimentStore
+from finetune_platform.tracking.ownership import claim_name, owners, transfer_name
+from finetune_platform.tracking.summary import public_summary
+from finetune_platform.training.config import ModelSection, TrainConfig, config_from_dict
 
 router = APIRouter(responses=schemas.ERRORS)
 PageLimit = Annotated[int, Query(ge=1, le=schemas.MAX_PAGE, description="Page size (at most 100).")]
@@ -52,8 +91,6 @@ UserId = Annotated[int, PathParam(ge=1, le=2_147_483_647, description="User id."
 def login(request: Request, session: DbSession, form: Annotated[OAuth2PasswordRequestForm, Depends()]):
     """A bearer token for a username (any case) and password. Failed logins are throttled per account and
     address (429 with Retry-After) and slowed per address; every failure is audited."""
-    from finetune_platform.services.users import authenticate, token_subject
-
     address = client_address(request)
     throttle = request.app.state.throttle
     attempt = throttle.attempt(form.username, address)  # counted before the password is checked
@@ -76,8 +113,6 @@ def login(request: Request, session: DbSession, form: Annotated[OAuth2PasswordRe
 
 @router.post("/logout", status_code=204, tags=["auth"], summary="Revoke every token of the caller")
 def logout(request: Request, session: DbSession, user: CurrentUser) -> Response:
-    from finetune_platform.services.users import revoke_tokens
-
     revoke_tokens(session, user.id)
     audit(session, request, "logout", actor=user, target=f"user:{user.id}")
     return Response(status_code=204)
@@ -91,8 +126,6 @@ def me(user: CurrentUser):
 @router.post("/users/me/password", status_code=204, tags=["users"], summary="Change the caller's password")
 def change_my_password(request: Request, session: DbSession, user: CurrentUser, body: schemas.PasswordChange):
     """Throttled like logins: a stolen token cannot be used to guess the current password."""
-    from finetune_platform.services.users import WrongPassword, change_password
-
     throttle, account, address = (
         request.app.state.throttle,
         f"password-change:{user.id}",
@@ -119,8 +152,6 @@ def change_my_password(request: Request, session: DbSession, user: CurrentUser, 
 
 @router.get("/users", response_model=list[schemas.UserOut], tags=["users"], summary="List accounts (admin)")
 def users(session: DbSession, admin: AdminUser, limit: PageLimit = 50, offset: PageOffset = 0):
-    from finetune_platform.services.users import list_users
-
     return [asdict(user) for user in list_users(session)[offset : offset + limit]]
 
 
@@ -128,8 +159,6 @@ def users(session: DbSession, admin: AdminUser, limit: PageLimit = 50, offset: P
     "/users", response_model=schemas.UserOut, status_code=201, tags=["users"], summary="Create (admin)"
 )
 def create(request: Request, session: DbSession, admin: AdminUser, body: schemas.UserCreate):
-    from finetune_platform.services.users import create_user
-
     user = create_user(session, body.username, body.password, body.role)
     audit(session, request, "user.create", actor=admin, target=f"user:{user.id}", role=user.role)
     return asdict(user)
@@ -137,17 +166,12 @@ def create(request: Request, session: DbSession, admin: AdminUser, body: schemas
 
 @router.get("/users/{user_id}", response_model=schemas.UserOut, tags=["users"], summary="One account (admin)")
 def user_detail(user_id: UserId, session: DbSession, admin: AdminUser):
-    from finetune_platform.services.users import get_user_public
-
     return asdict(get_user_public(session, user_id))
 
 
 @router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"], summary="Change (admin)")
 def update(user_id: UserId, request: Request, session: DbSession, admin: AdminUser, body: schemas.UserPatch):
     """A limit sent as null returns the account to the platform default (MAX_QUEUED_JOBS_PER_USER, ...)."""
-    from finetune_platform.services.quotas import SETTING, own_limits
-    from finetune_platform.services.users import update_user
-
     limits = {name: getattr(body, name) for name in SETTING if name in body.model_fields_set}
     user = update_user(
         session, user_id, role=body.role, is_active=body.is_active, password=body.password, limits=limits
@@ -186,7 +210,7 @@ async def upload_dataset(
     text_column: Annotated[str, Query(max_length=128, description="Column with the text.")] = "text",
     label_column: Annotated[str, Query(max_length=128, description="Column with the label.")] = "label",
 ):
-    from finetune_platform.db.session import session_scope
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
     from finetune_platform.services.datasets import check_name, register_upload
 
     settings = request.app.state.settings
@@ -242,6 +266,7 @@ async def upload_dataset(
     "/datasets", response_model=schemas.DatasetPage, tags=["datasets"], summary="The caller's datasets"
 )
 def datasets(session: DbSession, user: CurrentUser, limit: PageLimit = 50, offset: PageOffset = 0):
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
     from finetune_platform.services.datasets import list_datasets
 
     rows, total = list_datasets(session, user, offset=offset, limit=limit)
@@ -255,6 +280,7 @@ def datasets(session: DbSession, user: CurrentUser, limit: PageLimit = 50, offse
     summary="A dataset's recorded versions (lineage)",
 )
 def dataset_versions(dataset_id: str, session: DbSession, user: CurrentUser):
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
     from finetune_platform.services.datasets import dataset_versions as versions
 
     rows = versions(session, user, dataset_id)
@@ -263,6 +289,7 @@ def dataset_versions(dataset_id: str, session: DbSession, user: CurrentUser):
 
 @router.get("/datasets/{dataset_id}/report", tags=["datasets"], summary="A dataset's validation report")
 def dataset_report(dataset_id: str, session: DbSession, user: CurrentUser) -> dict[str, Any]:
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
     from finetune_platform.services.datasets import dataset_report as report
 
     return report(session, user, dataset_id)
@@ -286,8 +313,6 @@ def _server_config(
 ) -> dict[str, Any]:
     """The client's config with the server's paths and an allowed base model; a client cannot point the
     server at its files."""
-    from finetune_platform.services.base_models import check_allowed
-
     config = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
     for section in ("model", "data"):
         if section in config and not isinstance(config[section], dict):
@@ -302,8 +327,6 @@ def _server_config(
             raise ConfigError(
                 f"config.{'.'.join(path)}: set by the server (use dataset_id / validation_dataset_id)"
             )
-    from finetune_platform.training.config import ModelSection
-
     base_model = (config.get("model") or {}).get(
         "base_model", ModelSection.model_fields["base_model"].default
     )
@@ -322,10 +345,6 @@ def _server_config(
 def _claim_model_name(session, user, config: dict[str, Any]) -> None:
     """The model name a training job will register under is the caller's, or free (then it becomes
     theirs); another user's name is refused now, not after hours of training."""
-    from finetune_platform.db.models import Role
-    from finetune_platform.tracking.ownership import claim_name
-    from finetune_platform.training.config import config_from_dict
-
     parsed = config_from_dict(config)  # ConfigError names the field
     if parsed.registry.enabled:
         claim_name(session, parsed.model_name, user.id, is_admin=user.role == Role.ADMIN.value)
@@ -335,8 +354,6 @@ def _claim_model_name(session, user, config: dict[str, Any]) -> None:
 def config_schema(user: CurrentUser) -> dict[str, Any]:
     """The TrainConfig JSON schema: every field with its type, default, bounds and description. POST /train
     takes such a config without data paths or output_dir."""
-    from finetune_platform.training.config import TrainConfig
-
     return TrainConfig.model_json_schema()
 
 
@@ -374,8 +391,8 @@ def train(
     body: schemas.TrainRequest,
     idempotency_key: IdempotencyKey = None,
 ):
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
     from finetune_platform.services.datasets import dataset_path
-    from finetune_platform.services.jobs import submit_job
 
     settings = request.app.state.settings
     train_file = dataset_path(session, user, body.dataset_id)
@@ -413,8 +430,8 @@ def predictions(
 ):
     """A worker classifies every row of the dataset with the model; fetch the CSV from
     GET /task/{id}/predictions once the task has succeeded."""
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
     from finetune_platform.services.datasets import dataset_path
-    from finetune_platform.services.jobs import submit_prediction_job
 
     settings = request.app.state.settings
     submission = submit_prediction_job(
@@ -442,8 +459,6 @@ def predictions(
     responses={200: {"content": {"text/csv": {}}, "description": "One row per input row."}},
 )
 def prediction_file(task_id: str, session: DbSession, user: CurrentUser):
-    from finetune_platform.services.jobs import predictions_path
-
     path = predictions_path(session, user, task_id)
     return FileResponse(path, media_type="text/csv", filename=f"predictions-{task_id}.csv")
 
@@ -451,9 +466,6 @@ def prediction_file(task_id: str, session: DbSession, user: CurrentUser):
 @router.get("/task/{task_id}", response_model=schemas.TaskOut, tags=["tasks"], summary="Status and progress")
 async def task(task_id: str, request: Request, user: CurrentUser):
     """Async with one short read inline: the most frequent call (clients poll it) makes no thread hop."""
-    from finetune_platform.db.session import read_scope
-    from finetune_platform.services.jobs import get_job
-
     with read_scope(request.app.state.settings) as session:
         return task_out(get_job(session, user, task_id))
 
@@ -470,8 +482,6 @@ def tasks(
     limit: PageLimit = 50,
     offset: PageOffset = 0,
 ):
-    from finetune_platform.services.jobs import list_jobs
-
     page = list_jobs(session, user, status=status_filter, offset=offset, limit=limit)
     return {"data": [task_out(job) for job in page.data], "count": page.count}
 
@@ -480,8 +490,6 @@ def tasks(
     "/task/{task_id}/cancel", response_model=schemas.TaskOut, tags=["tasks"], summary="Cancel a task"
 )
 def cancel(task_id: str, request: Request, session: DbSession, user: CurrentUser):
-    from finetune_platform.services.jobs import cancel_job
-
     job = cancel_job(session, user, task_id)
     audit(session, request, "task.cancel", actor=user, target=f"task:{task_id}", status=job.status)
     return task_out(job)
@@ -496,8 +504,6 @@ def logs(
     user: CurrentUser,
     lines: Annotated[int, Query(ge=0, le=1000, description="Last lines of logs.txt to return.")] = 200,
 ):
-    from finetune_platform.services.jobs import get_job, job_events, job_log_path
-
     job = get_job(session, user, task_id)
     events = [
         {"at": e["at"], "kind": e["kind"], "message": e["message"]}
@@ -532,9 +538,6 @@ ExperimentsReader = Annotated[UserPublic, Depends(experiments_reader)]
 def experiments(request: Request, user: ExperimentsReader, session: DbSession) -> list[dict[str, Any]]:
     """Each experiment with the runs you may see: their count, the last start and the best accuracy. With
     EXPERIMENTS_ADMIN_ONLY=true, admins only (403 for others), here and on every /experiments route."""
-    from finetune_platform.services.jobs import visible_runs
-    from finetune_platform.tracking.experiments import ExperimentStore
-
     return ExperimentStore(request.app.state.settings).experiments(visible_runs(session, user))
 
 
@@ -546,9 +549,6 @@ def experiment_runs(
     experiment: Annotated[str, Query(min_length=1, max_length=200, description="Experiment name.")],
 ) -> list[dict[str, Any]]:
     """Every run of the experiment you may see: id, name, status, start, final metrics, params, dataset version."""
-    from finetune_platform.services.jobs import visible_runs
-    from finetune_platform.tracking.experiments import ExperimentStore
-
     store = ExperimentStore(request.app.state.settings)
     return [asdict(run) for run in store.runs(experiment, visible_runs(session, user))]
 
@@ -558,10 +558,8 @@ def experiments_compare(
     request: Request, user: ExperimentsReader, session: DbSession, body: schemas.CompareRequest
 ) -> dict[str, Any]:
     """Final metrics side by side, the params that differ, and each run's training-loss curve."""
+    # lazy: mlflow, not loaded at API start
     from mlflow.exceptions import MlflowException
-
-    from finetune_platform.services.jobs import visible_runs
-    from finetune_platform.tracking.experiments import ExperimentStore
 
     store = ExperimentStore(request.app.state.settings)
     try:
@@ -580,10 +578,8 @@ def experiments_compare(
 
 @router.get("/experiments/mlflow/{run_id}", tags=["experiments"], summary="One MLflow run")
 def mlflow_run(run_id: str, request: Request, user: ExperimentsReader, session: DbSession) -> dict[str, Any]:
+    # lazy: mlflow, not loaded at API start
     from mlflow.exceptions import MlflowException
-
-    from finetune_platform.services.jobs import visible_runs
-    from finetune_platform.tracking.experiments import ExperimentStore
 
     if not run_id.isalnum() or len(run_id) > 64:
         raise NotFoundError(f"no run {run_id!r}")
@@ -600,15 +596,10 @@ def mlflow_status(request: Request):
     """Public (no sign-in). The tracking store's kind, whether it answers, the address of its UI (never with
     credentials) and, unless MLFLOW_PUBLIC_SUMMARY=false, its experiments' names, run counts and newest run
     times: nothing about a run itself."""
-    from finetune_platform.tracking.client import mlflow_client
-
     settings = request.app.state.settings
     uri = settings.mlflow_tracking_uri
     server = uri.startswith(("http://", "https://"))
     if server:  # one short probe: MLflow's client retries a dead server for minutes
-        import urllib.error
-        import urllib.request
-
         try:
             with urllib.request.urlopen(f"{_without_credentials(uri).rstrip('/')}/health", timeout=3):
                 reachable = True
@@ -624,8 +615,6 @@ def mlflow_status(request: Request):
             reachable = False
     summary = None
     if reachable and settings.MLFLOW_PUBLIC_SUMMARY:
-        from finetune_platform.tracking.summary import public_summary
-
         summary = public_summary(settings)
     return {
         "backend": "server" if server else "embedded",
@@ -637,8 +626,6 @@ def mlflow_status(request: Request):
 
 def _without_credentials(url: str | None) -> str | None:
     """An address as users may see it: no user:password@, no query string (tokens travel there too)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     if not url:
         return None
     parts = urlsplit(url)
@@ -671,6 +658,7 @@ def models_search(
     ] = None,
     limit: PageLimit = 50,
 ):
+    # lazy: numpy (model cards), not loaded at API start
     from finetune_platform.tracking.model_cards import CardStore
     from finetune_platform.tracking.search import CardFilter, Threshold, search
 
@@ -692,6 +680,7 @@ def models_search(
 def models_recommend(request: Request, user: CurrentUser, body: schemas.RecommendRequest):
     """Model versions ranked by the similarity of their card's embedding to exactly one of: `query` (words,
     embedded like the cards), `embedding` (a vector of the cards' size) or `like` (another version's card)."""
+    # lazy: numpy (model cards), not loaded at API start
     from finetune_platform.tracking.model_cards import CardStore
     from finetune_platform.tracking.search import CardFilter, recommend, recommend_for_query, recommend_like
 
@@ -718,6 +707,7 @@ def models_recommend(request: Request, user: CurrentUser, body: schemas.Recommen
 def models_transition(
     request: Request, session: DbSession, admin: AdminUser, body: schemas.TransitionRequest
 ):
+    # lazy: numpy (model cards) and mlflow, not loaded at API start
     from finetune_platform.tracking.registry import ModelRegistry, Stage
 
     stage = Stage.parse(body.stage)
@@ -742,8 +732,6 @@ def models_transition(
 @router.get("/models/owners", response_model=list[schemas.ModelOwner], tags=["models"], summary="Name owners")
 def model_owners(session: DbSession, user: CurrentUser):
     """Every owned model name and its owner: a name listed here is registered only by its owner."""
-    from finetune_platform.tracking.ownership import owners
-
     return [{"name": name, "owner": owner} for name, owner in sorted(owners(session).items())]
 
 
@@ -757,9 +745,6 @@ def transfer_model(
     admin: AdminUser,
     body: schemas.OwnerChange,
 ):
-    from finetune_platform.services.users import get_user
-    from finetune_platform.tracking.ownership import transfer_name
-
     new_owner = get_user(session, body.owner)
     transfer_name(session, name, new_owner.id)
     audit(session, request, "model.owner", actor=admin, target=f"model:{name}", owner=new_owner.id)
@@ -772,8 +757,6 @@ def transfer_model(
 )
 def base_models(session: DbSession, user: CurrentUser):
     """What `config.model.base_model` may name in POST /train."""
-    from finetune_platform.services.base_models import allowed_base_models
-
     return [asdict(model) for model in allowed_base_models(session)]
 
 
@@ -785,9 +768,7 @@ def base_models(session: DbSession, user: CurrentUser):
     summary="Allow a base model (admin)",
 )
 def allow_base_model(request: Request, session: DbSession, admin: AdminUser, body: schemas.BaseModelCreate):
-    from finetune_platform.services.base_models import allow_base_model as allow
-
-    model = allow(session, body.name, admin.id)
+    model = allow_model(session, body.name, admin.id)
     audit(session, request, "base_model.allow", actor=admin, target=f"base_model:{body.name}")
     return asdict(model)
 
@@ -798,9 +779,7 @@ def allow_base_model(request: Request, session: DbSession, admin: AdminUser, bod
 def disallow_base_model(
     name: Annotated[str, PathParam(max_length=255)], request: Request, session: DbSession, admin: AdminUser
 ) -> Response:
-    from finetune_platform.services.base_models import disallow_base_model as disallow
-
-    disallow(session, name)
+    disallow_model(session, name)
     audit(session, request, "base_model.disallow", actor=admin, target=f"base_model:{name}")
     return Response(status_code=204)
 
@@ -819,8 +798,6 @@ def audit_logs(
     limit: PageLimit = 50,
     offset: PageOffset = 0,
 ):
-    from finetune_platform.services.audit import list_entries
-
     entries, total = list_entries(
         session,
         actor_id=actor_id,
@@ -839,11 +816,6 @@ def audit_logs(
     "/health", response_model=schemas.Health, tags=["operations"], summary="Liveness and database check"
 )
 def health(request: Request):
-    from sqlalchemy import text
-
-    from finetune_platform import __version__
-    from finetune_platform.db.session import engine_for
-
     try:
         with engine_for(request.app.state.settings.database_url).connect() as connection:
             connection.execute(text("SELECT 1"))

@@ -448,7 +448,7 @@ def experiments_page(client: PlatformClient) -> None:
         if metric.endswith(("accuracy", "f1", "precision", "recall"))
     }
     if any(scores.values()):
-        import pandas as pd
+        import pandas as pd  # lazy: pandas, only for the comparison page's charts and tables
 
         st.subheader("Scores by run")
         st.bar_chart(pd.DataFrame(scores).T, stack=False)
@@ -463,7 +463,7 @@ def experiments_page(client: PlatformClient) -> None:
     if not differing:
         st.info("The runs' configs are identical.")
     else:
-        import pandas as pd
+        import pandas as pd  # lazy: pandas, only for the comparison page's charts and tables
 
         frame = pd.DataFrame({run[:8]: {k: v.get(run) for k, v in differing.items()} for run in chosen})
 
