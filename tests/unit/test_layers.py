@@ -138,7 +138,7 @@ def test_a_broken_rule_fails_the_contract(tmp_path, module, line, broken):
 LAZY_REASONED = [
     "atomic.py", "catalogue.py", "errors.py", "http_guard.py", "observability.py", "security.py", "settings.py",
     "data", "db", "tracking", "broker.py", "services", "worker/app.py", "worker/tasks.py", "worker/reconciler.py",
-    "api", "ui",
+    "api", "ui", "cli",
 ]  # fmt: skip
 # Modules inside a converted package that others are changing today; they join later.
 LAZY_NOT_YET = {"cli/inference.py", "services/quotas.py"}

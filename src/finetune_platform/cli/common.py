@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +32,7 @@ class _TqdmSafeHandler(logging.Handler):
     """Writes log lines above a live progress bar instead of through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        # lazy: tqdm, kept off the start of every finetune command
         from tqdm import tqdm
 
         try:
@@ -39,6 +42,7 @@ class _TqdmSafeHandler(logging.Handler):
 
 
 def configure_console_logging() -> None:
+    # lazy: pydantic-settings, kept off the start of every finetune command
     from finetune_platform.settings import get_settings
 
     root = logging.getLogger("finetune_platform")
@@ -58,6 +62,7 @@ def fail(error: PlatformError) -> typer.Exit:
 
 
 def load(config_path: Path, overrides: list[str] | None):
+    # lazy: pydantic and yaml, kept off the start of every finetune command
     from finetune_platform.training.config import load_config
 
     return load_config(config_path, overrides or [])
@@ -67,6 +72,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of th
 
 
 def settings():
+    # lazy: pydantic-settings, kept off the start of every finetune command
     from finetune_platform.settings import get_settings
 
     return get_settings()
@@ -80,6 +86,7 @@ def migrate_database():
     """The app database brought to the current schema before a command uses it: a fresh local install is
     created here, as `finetune db upgrade` would; elsewhere a stale schema is a ConfigError naming the fix. An
     unreachable database is a ConfigError too, never a traceback. Returns the settings it used."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from sqlalchemy.exc import SQLAlchemyError
 
     from finetune_platform.db.session import ensure_database
@@ -88,6 +95,7 @@ def migrate_database():
     try:
         ensure_database(config)
     except SQLAlchemyError as error:
+        # lazy: sqlalchemy, kept off the start of every finetune command
         from sqlalchemy.engine import make_url
 
         url = make_url(config.database_url).render_as_string(hide_password=True)
@@ -98,6 +106,7 @@ def migrate_database():
 
 def open_database():
     """A transaction on the app database (``session_scope``: commit, or roll back on error), migrated first."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.db.session import session_scope
 
     return session_scope(migrate_database())
@@ -105,9 +114,6 @@ def open_database():
 
 def cli_actor() -> str:
     """Who acts from this command line, as the audit log names them: ``cli:<login name>``."""
-    import getpass
-    import os
-
     try:
         name = getpass.getuser()
     except (OSError, KeyError, ImportError):  # no LOGNAME/USER and no passwd entry (some containers)
@@ -122,6 +128,7 @@ def audit(session, action: str, *, target: str, **detail: Any) -> None:
     """Append one audit entry for a change made from the command line, in the caller's transaction, on the
     same hash chain as the API's: the actor is the local account (actor_id) and ``detail.actor`` names the
     login (``cli:<login name>``), the address is ``local``."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.audit import record
     from finetune_platform.services.users import local_user
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.cli.common import JsonFlag, fail, load, settings
 from finetune_platform.errors import ConfigError, PlatformError
 
@@ -31,9 +33,8 @@ LabelColumn = Annotated[
 def _tokenizer(model: str | None):
     if model is None:
         return None
+    # lazy: transformers, kept off the start of every finetune command
     from transformers import AutoTokenizer
-
-    from finetune_platform.catalogue import resolve_base_model
 
     try:
         return AutoTokenizer.from_pretrained(resolve_base_model(model).source)
@@ -83,6 +84,7 @@ def data_validate(
     json_output: JsonFlag = False,
 ) -> None:
     """Validate a dataset: every problem with its rows and a fix. Exit code 0 when valid, 1 when not."""
+    # lazy: pandas and pyarrow, kept off the start of every finetune command
     from finetune_platform.data.loading import resolve_dataset_path
     from finetune_platform.data.validation import ValidationOptions, validate_dataset
 
@@ -139,6 +141,7 @@ def data_analyze(
     json_output: JsonFlag = False,
 ) -> None:
     """Analyse a dataset: labels, length histograms, vocabulary, top tokens per class (JSON + PNG plots)."""
+    # lazy: pandas and pyarrow, kept off the start of every finetune command
     from finetune_platform.data.analysis import analyze_file
 
     try:
@@ -172,6 +175,7 @@ def data_analyze(
 
 def _version_index():
     """The dataset versions in the app database (an earlier release's versions.jsonl is imported once)."""
+    # lazy: pandas and pyarrow, kept off the start of every finetune command
     from finetune_platform.data.versioning import VersionIndex
 
     return VersionIndex(settings())
@@ -184,6 +188,7 @@ def data_version(
     label_column: LabelColumn = None,
 ) -> None:
     """Record a dataset version (content hash of the normalised rows) in the app database."""
+    # lazy: pandas and pyarrow, kept off the start of every finetune command
     from finetune_platform.data.validation import ValidationOptions
     from finetune_platform.data.versioning import version_file
 
@@ -200,8 +205,6 @@ def data_version(
 @data_app.command("versions")
 def data_versions(json_output: JsonFlag = False) -> None:
     """List recorded dataset versions, oldest first: from the command line, training runs, jobs and uploads."""
-    from dataclasses import asdict
-
     try:
         versions = _version_index().all()
     except PlatformError as error:
@@ -226,6 +229,7 @@ def data_diff(
     json_output: JsonFlag = False,
 ) -> None:
     """Rows added, removed and relabelled between two datasets (rows matched by normalised text)."""
+    # lazy: pandas and pyarrow, kept off the start of every finetune command
     from finetune_platform.data.versioning import diff_files, resolve_reference
 
     try:

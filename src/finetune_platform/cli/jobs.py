@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -74,6 +75,7 @@ def jobs_submit(
     as_json: JsonFlag = False,
 ) -> None:
     """Validate a config and its data, then queue it as a training job."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import submit_job
     from finetune_platform.services.users import local_user
 
@@ -118,6 +120,7 @@ def jobs_predict(
     as_json: JsonFlag = False,
 ) -> None:
     """Queue prediction over a file as a job; a worker writes results/predictions/<job-id>/predictions.csv."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import submit_prediction_job
     from finetune_platform.services.users import local_user
 
@@ -148,6 +151,7 @@ def jobs_predict(
 
 def _queued(submission, session, about: str, as_json: bool, wait: bool) -> None:
     """Say what happened to a job the committed ``session`` queued (and sent), and follow it if asked."""
+    # lazy: celery and sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services import outbox
 
     job = submission.job
@@ -166,6 +170,7 @@ def _queued(submission, session, about: str, as_json: bool, wait: bool) -> None:
 
 
 def _follow(job_id: str, interval: float = 2.0) -> None:
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import get_job
     from finetune_platform.services.users import local_user
 
@@ -193,6 +198,7 @@ def jobs_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List jobs, newest first."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import list_jobs
     from finetune_platform.services.users import local_user
 
@@ -213,6 +219,7 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: JobId, as_json: JsonFlag = False) -> None:
     """Status, stage, progress, attempts, error, run and model of one job."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import get_job
     from finetune_platform.services.users import local_user
 
@@ -236,6 +243,7 @@ def jobs_show(job_id: JobId, as_json: JsonFlag = False) -> None:
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: JobId) -> None:
     """Cancel a queued job at once, or ask a running one to stop at its next step."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import cancel_job
     from finetune_platform.services.users import local_user
 
@@ -251,6 +259,7 @@ def jobs_cancel(job_id: JobId) -> None:
 @jobs_app.command("retry")
 def jobs_retry(job_id: JobId) -> None:
     """Queue a failed or cancelled job again with a fresh attempt budget (it resumes its checkpoints)."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import retry_job
     from finetune_platform.services.users import local_user
 
@@ -272,6 +281,7 @@ def jobs_logs(
 ) -> None:
     """The job's events (attempts, stages, outcome), then its run's logs.txt."""
 
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.jobs import get_job, job_events, job_log_path
     from finetune_platform.services.users import local_user
 
@@ -303,6 +313,7 @@ def jobs_logs(
 @jobs_app.command("reconcile")
 def jobs_reconcile() -> None:
     """One reconciler pass now: requeue jobs of dead workers, re-send messages the broker lost."""
+    # lazy: celery, kept off the start of every finetune command
     from finetune_platform.worker.reconciler import reconcile_once
 
     try:
@@ -346,8 +357,7 @@ def worker(
 
     SIGTERM checkpoints the running job and hands it back to the queue before exiting.
     """
-    import os
-
+    # lazy: celery, kept off the start of every finetune command
     from finetune_platform.broker import broker_url
     from finetune_platform.worker.app import create_app
     from finetune_platform.worker.reconciler import ReconcilerThread
@@ -358,7 +368,7 @@ def worker(
         migrate_database()
     except PlatformError as error:
         raise fail(error) from None
-    # Load the training stack now, not inside the first task: a message received is then claimed at once.
+    # lazy: the training stack, loaded now rather than in the first task: a message is then claimed at once
     import peft  # noqa: F401
 
     import finetune_platform.training.recipe
@@ -368,6 +378,7 @@ def worker(
     hostname = name or f"worker-{os.getpid()}"
     port = metrics_port or current.WORKER_METRICS_PORT
     if port and current.METRICS_ENABLED:
+        # lazy: prometheus-client and fastapi, kept off the start of every finetune command
         from finetune_platform.observability import WorkerMetrics, install_worker_metrics
 
         exporter = WorkerMetrics(current, hostname)

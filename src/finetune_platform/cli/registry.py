@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from finetune_platform.cli.common import (
     settings,
 )
 from finetune_platform.errors import ConfigError, PlatformError
+from finetune_platform.tracking.plots import COMPARE_PLOT, comparison_plot_path, loss_curves_png
 
 experiments_app = typer.Typer(help="Experiments and runs in the tracking store.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: versions, stages, cards, search.", no_args_is_help=True)
@@ -26,6 +28,7 @@ models_app = typer.Typer(help="The model registry: versions, stages, cards, sear
 @experiments_app.command("list")
 def experiments_list(json_output: JsonFlag = False) -> None:
     """Experiments in the tracking store with their run counts and best accuracy."""
+    # lazy: pydantic-settings (mlflow on use), kept off the start of every finetune command
     from finetune_platform.tracking.experiments import ExperimentStore
 
     experiments = ExperimentStore(settings()).experiments()
@@ -45,8 +48,7 @@ def experiments_show(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")], json_output: JsonFlag = False
 ) -> None:
     """Runs of one experiment, newest first, with final metrics and dataset version."""
-    from dataclasses import asdict
-
+    # lazy: pydantic-settings (mlflow on use), kept off the start of every finetune command
     from finetune_platform.tracking.experiments import ExperimentStore
 
     try:
@@ -80,10 +82,8 @@ def experiments_compare(
     json_output: JsonFlag = False,
 ) -> None:
     """Runs side by side: final metrics, the config fields that differ, and loss curves as a PNG."""
-    from dataclasses import asdict
-
+    # lazy: pydantic-settings (mlflow on use), kept off the start of every finetune command
     from finetune_platform.tracking.experiments import ExperimentStore
-    from finetune_platform.tracking.plots import COMPARE_PLOT, comparison_plot_path, loss_curves_png
 
     try:
         store = ExperimentStore(settings())
@@ -117,6 +117,7 @@ def experiments_compare(
 
 
 def _registry():
+    # lazy: numpy and mlflow, kept off the start of every finetune command
     from finetune_platform.tracking.registry import ModelRegistry
 
     return ModelRegistry(settings())
@@ -128,8 +129,6 @@ def models_list(
     json_output: JsonFlag = False,
 ) -> None:
     """Registered model versions with stage, accuracy, base model and language."""
-    from dataclasses import asdict
-
     registry = _registry()
     versions = registry.versions(name)
     cards = {(c.name, c.version): c for c in registry.cards.all()}
@@ -199,6 +198,7 @@ def models_transition(
 ) -> None:
     """Move a version to a stage; promoting to Production archives the previous Production version. The
     move is written to the audit log (action model.transition, with the versions it archived)."""
+    # lazy: numpy and mlflow, kept off the start of every finetune command
     from finetune_platform.tracking.registry import Stage
 
     try:
@@ -242,6 +242,7 @@ def models_reconcile(
 
 
 def _card_filter(base_model, language, task, stage, tags, metric):
+    # lazy: numpy, kept off the start of every finetune command
     from finetune_platform.tracking.search import CardFilter, Threshold
 
     return CardFilter(
@@ -275,6 +276,7 @@ def models_search(
     json_output: JsonFlag = False,
 ) -> None:
     """Model cards matching every given filter."""
+    # lazy: numpy, kept off the start of every finetune command
     from finetune_platform.tracking.search import search
 
     try:
@@ -312,6 +314,7 @@ def models_recommend(
 ) -> None:
     """Models ranked by embedding similarity to a query, another model's card, or a vector."""
 
+    # lazy: numpy, kept off the start of every finetune command
     from finetune_platform.tracking.search import recommend, recommend_for_query, recommend_like
 
     try:
@@ -355,6 +358,7 @@ def models_export_embedder(
 
     Set FINETUNE_EMBEDDER_DIR to the folder where the API runs (the API image does this at build time).
     """
+    # lazy: numpy (torch to export), kept off the start of every finetune command
     from finetune_platform.tracking.embeddings import EMBEDDER_DIR_VARIABLE, export_embedder
 
     written = export_embedder(output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -17,8 +18,7 @@ def security_check(
 ) -> None:
     """Print the posture: secret strength, MLflow reachability and auth, forwarded-header trust, metrics,
     quotas and limits, the database role. Exit 1 when a check fails (never in local mode)."""
-    from dataclasses import asdict
-
+    # lazy: pydantic, httpx and sqlalchemy, pydantic-settings, kept off the start of every finetune command
     from pydantic import ValidationError
 
     from finetune_platform.services.posture import posture

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+import finetune_platform.ui
 from finetune_platform.cli.common import audit, fail, migrate_database, open_database, settings
 from finetune_platform.errors import ConfigError, PlatformError
 
@@ -21,6 +26,7 @@ def db_upgrade(
 ) -> None:
     """Create or migrate the app database to the latest schema (safe to run again). On PostgreSQL with
     DATABASE_APP_PASSWORD, also set the password of the application role finetune_app."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.db.session import upgrade
 
     try:
@@ -33,6 +39,7 @@ def db_upgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Print the migration revision the database is at ('base' when empty)."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.db.session import current_revision
 
     typer.echo(current_revision(settings()))
@@ -40,6 +47,7 @@ def db_current() -> None:
 
 def _safe_url(url: str) -> str:
     """The URL without its password."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
@@ -60,8 +68,7 @@ def users_create(
     ] = False,
 ) -> None:
     """Create an account (a fresh local install's database is created first)."""
-    import sys
-
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.users import create_user
 
     if password_stdin:
@@ -80,6 +87,7 @@ def users_create(
 @users_app.command("list")
 def users_list() -> None:
     """List accounts with their roles (a fresh local install's database is created first)."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.users import list_users
 
     try:
@@ -112,6 +120,7 @@ def users_set_quota(
 ) -> None:
     """Set an account's own limits (the platform defaults: MAX_QUEUED_JOBS_PER_USER, MAX_RUNNING_JOBS_PER_USER,
     JOB_MAX_HOURS) and print the limits it has now."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.quotas import SETTING, account_limits
     from finetune_platform.services.users import get_user, update_user
 
@@ -145,6 +154,7 @@ audit_app = typer.Typer(help="The hash-chained audit log and its signed checkpoi
 def audit_verify() -> None:
     """Check the audit chain and, with AUDIT_ANCHOR_KEY, every signed checkpoint in AUDIT_ANCHOR_FILE: name
     the altered or deleted entry, a truncated log or a forged checkpoint (exit 1)."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.services.audit import anchor_file, anchor_key, read_checkpoints, verify_log
 
     config = settings()
@@ -193,8 +203,7 @@ def audit_checkpoint(
     """Check the entries since the newest checkpoint (the whole log the first time), then append a signed
     checkpoint of the newest entry to AUDIT_ANCHOR_FILE (needs AUDIT_ANCHOR_KEY). A log that fails gets no
     checkpoint (exit 1); nothing new, nothing written. `finetune audit verify` checks everything."""
-    import time
-
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from sqlalchemy.exc import OperationalError
 
     from finetune_platform.services.audit import anchor_key
@@ -223,6 +232,7 @@ def audit_checkpoint(
 
 
 def _checkpoint_once(config, key: bytes) -> None:
+    # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.db.session import session_scope
     from finetune_platform.services.audit import (
         anchor_file,
@@ -258,6 +268,7 @@ def api(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs). Outside local mode JWT_SECRET must be set."""
+    # lazy: uvicorn, fastapi, kept off the start of every finetune command
     import uvicorn
 
     from finetune_platform.api.app import create_app
@@ -286,12 +297,6 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8501,
 ) -> None:
     """Serve the web UI (Streamlit): log in, follow and cancel jobs, administer users and read the audit log."""
-    import os
-    import sys
-    from pathlib import Path
-
-    import finetune_platform.ui
-
     # The ASGI wrapper of ui/app.py: Streamlit's server with the platform's security headers in front.
     script = Path(finetune_platform.ui.__file__).parent / "asgi.py"
     command = [

@@ -17,6 +17,7 @@ from finetune_platform.cli.common import (
     load,
 )
 from finetune_platform.errors import PlatformError
+from finetune_platform.training.run_folder import RunFolder, latest_run
 
 config_app = typer.Typer(help="Inspect and validate training configs.", no_args_is_help=True)
 runs_app = typer.Typer(help="List run folders and read their logs.", no_args_is_help=True)
@@ -52,6 +53,7 @@ def train(
         overrides = []
     try:
         config = load(config_path, overrides)
+        # lazy: the training stack, kept off the start of every finetune command
         from finetune_platform.training.runner import run_training
 
         result = run_training(config, resume=resume, run_id=run_id, show_progress=progress)
@@ -91,6 +93,7 @@ def config_validate(config_path: ConfigPath, overrides: Overrides = None) -> Non
 @config_app.command("show")
 def config_show(config_path: ConfigPath, overrides: Overrides = None) -> None:
     """Print the fully resolved config (defaults filled in, overrides applied) as YAML."""
+    # lazy: yaml, kept off the start of every finetune command
     import yaml
 
     try:
@@ -103,6 +106,7 @@ def config_show(config_path: ConfigPath, overrides: Overrides = None) -> None:
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON Schema of training configs: every field, its default, constraints and help."""
+    # lazy: pydantic and yaml, kept off the start of every finetune command
     from finetune_platform.training.config import TrainConfig
 
     typer.echo(json.dumps(TrainConfig.model_json_schema(), indent=2))
@@ -114,8 +118,6 @@ def runs_list(
     output_dir: OutputDir = Path("results"),
 ) -> None:
     """List run folders, newest last, with status and final accuracy."""
-    from finetune_platform.training.run_folder import RunFolder
-
     pattern = f"{experiment}/*/config.yaml" if experiment else "*/*/config.yaml"
     rows = []
     for config_file in sorted(output_dir.glob(pattern), key=lambda p: p.stat().st_mtime):
@@ -141,8 +143,6 @@ def runs_logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Show the last N lines (0 = all).")] = 0,
 ) -> None:
     """Print a run's logs.txt (the newest run's by default)."""
-    from finetune_platform.training.run_folder import RunFolder, latest_run
-
     if run_id:
         matches = list(output_dir.glob(f"{experiment or '*'}/{run_id}/logs.txt"))
         folder = RunFolder(matches[0].parent) if matches else None
