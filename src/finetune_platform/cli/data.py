@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.cli.common import JsonFlag, fail, load, settings
 from finetune_platform.errors import ConfigError, PlatformError
 
@@ -33,8 +32,10 @@ LabelColumn = Annotated[
 def _tokenizer(model: str | None):
     if model is None:
         return None
-    # lazy: transformers, kept off the start of every finetune command
+    # lazy: transformers (and the catalogue), kept off the start of every finetune command
     from transformers import AutoTokenizer
+
+    from finetune_platform.catalogue import resolve_base_model
 
     try:
         return AutoTokenizer.from_pretrained(resolve_base_model(model).source)

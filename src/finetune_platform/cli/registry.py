@@ -19,7 +19,6 @@ from finetune_platform.cli.common import (
     settings,
 )
 from finetune_platform.errors import ConfigError, PlatformError
-from finetune_platform.tracking.plots import COMPARE_PLOT, comparison_plot_path, loss_curves_png
 
 experiments_app = typer.Typer(help="Experiments and runs in the tracking store.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: versions, stages, cards, search.", no_args_is_help=True)
@@ -82,8 +81,9 @@ def experiments_compare(
     json_output: JsonFlag = False,
 ) -> None:
     """Runs side by side: final metrics, the config fields that differ, and loss curves as a PNG."""
-    # lazy: pydantic-settings (mlflow on use), kept off the start of every finetune command
+    # lazy: pydantic-settings (mlflow on use), hashlib (plots), kept off the start of every finetune command
     from finetune_platform.tracking.experiments import ExperimentStore
+    from finetune_platform.tracking.plots import COMPARE_PLOT, comparison_plot_path, loss_curves_png
 
     try:
         store = ExperimentStore(settings())

@@ -17,7 +17,6 @@ from finetune_platform.cli.common import (
     load,
 )
 from finetune_platform.errors import PlatformError
-from finetune_platform.training.run_folder import RunFolder, latest_run
 
 config_app = typer.Typer(help="Inspect and validate training configs.", no_args_is_help=True)
 runs_app = typer.Typer(help="List run folders and read their logs.", no_args_is_help=True)
@@ -118,6 +117,9 @@ def runs_list(
     output_dir: OutputDir = Path("results"),
 ) -> None:
     """List run folders, newest last, with status and final accuracy."""
+    # lazy: secrets, tempfile and hashlib (run folders), kept off the start of every finetune command
+    from finetune_platform.training.run_folder import RunFolder
+
     pattern = f"{experiment}/*/config.yaml" if experiment else "*/*/config.yaml"
     rows = []
     for config_file in sorted(output_dir.glob(pattern), key=lambda p: p.stat().st_mtime):
@@ -143,6 +145,9 @@ def runs_logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Show the last N lines (0 = all).")] = 0,
 ) -> None:
     """Print a run's logs.txt (the newest run's by default)."""
+    # lazy: secrets, tempfile and hashlib (run folders), kept off the start of every finetune command
+    from finetune_platform.training.run_folder import RunFolder, latest_run
+
     if run_id:
         matches = list(output_dir.glob(f"{experiment or '*'}/{run_id}/logs.txt"))
         folder = RunFolder(matches[0].parent) if matches else None
