@@ -120,6 +120,16 @@ def test_invalid_config_exits_2_naming_the_field(tmp_path, cli_env):
     assert not any(tmp_path.iterdir()), "nothing may be written for an invalid config"
 
 
+@pytest.mark.parametrize("command", [["models", "list"], ["serve", "--model", "any"]])
+def test_a_bad_setting_exits_2_naming_the_variable(cli_env, command):
+    """A bad value in the environment (or .env) is an error that names the variable, not a traceback."""
+    outcome = finetune(*command, env={**cli_env, "SERVE_RUNTIME": "tensorrt"})
+    assert outcome.returncode == 2
+    assert outcome.stderr.strip() == (
+        "error: invalid setting: SERVE_RUNTIME: Input should be 'onnx', 'onnx-int8' or 'torch' (got 'tensorrt')"
+    )
+
+
 @pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="this machine has CUDA")
 def test_unavailable_device_fails_before_loading_a_model(tmp_path, cli_env):
     outcome = finetune(

@@ -42,9 +42,6 @@ class _TqdmSafeHandler(logging.Handler):
 
 
 def configure_console_logging() -> None:
-    # lazy: pydantic-settings, kept off the start of every finetune command
-    from finetune_platform.settings import get_settings
-
     root = logging.getLogger("finetune_platform")
     if any(getattr(h, "_finetune_console", False) for h in root.handlers):
         return
@@ -53,7 +50,7 @@ def configure_console_logging() -> None:
     handler.addFilter(_ConsoleFilter())
     handler._finetune_console = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(get_settings().LOG_LEVEL.upper())
+    root.setLevel(settings().LOG_LEVEL.upper())
 
 
 def fail(error: PlatformError) -> typer.Exit:
@@ -72,10 +69,20 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of th
 
 
 def settings():
+    """The platform's settings; a bad value in the environment or .env is a clear error naming the variable."""
     # lazy: pydantic-settings, kept off the start of every finetune command
+    from pydantic import ValidationError
+
     from finetune_platform.settings import get_settings
 
-    return get_settings()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']} (got {error.get('input')!r})"
+            for error in exc.errors()
+        )
+        raise fail(ConfigError(f"invalid setting: {problems}")) from None
 
 
 def fmt(value: float | None) -> str:
