@@ -262,7 +262,7 @@ class OnnxHost(Classifier):
         from transformers import AutoTokenizer
 
         from finetune_platform.catalogue import resolve_base_model
-        from finetune_platform.training.recipe import quiet_libraries
+        from finetune_platform.training.models import quiet_libraries
 
         quiet_libraries()
         tensors = AdapterTensors.read(first.adapter_dir)

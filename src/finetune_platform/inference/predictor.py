@@ -251,7 +251,7 @@ class Predictor(Classifier):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from finetune_platform.catalogue import resolve_base_model
-        from finetune_platform.training.recipe import quiet_libraries
+        from finetune_platform.training.models import quiet_libraries
 
         quiet_libraries()
         adapter_dir = Path(adapter_dir)
