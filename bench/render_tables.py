@@ -1,6 +1,6 @@
 """Markdown tables for the README from bench/results/*.json (so the docs' numbers are the measured ones).
 
-    python bench/render_tables.py gpu_compare_eager gpu_compare_graphs train_throughput
+    python bench/render_tables.py gpu_compare_eager gpu_compare_graphs train_throughput layer_report
 
 prints one table per result file named (without .json); paste it under the benchmark's section.
 """
@@ -54,7 +54,26 @@ def train_throughput(record: dict) -> str:
     return "\n".join(lines)
 
 
-RENDER = {"gpu_compare": gpu_compare, "train_throughput": train_throughput}
+def layer_report(record: dict) -> str:
+    """This checkout's layer report beside the one before issue 20 (layer_report_before.json)."""
+    before = json.loads((RESULTS / "layer_report_before.json").read_text(encoding="utf-8"))["summary"]
+    after = record["summary"]
+
+    def lazy(summary: dict) -> str:
+        heavy = summary["function_level_imports_by_kind"]["heavy"]
+        return f"{summary['function_level_imports']} ({heavy} of heavy libraries)"
+
+    lines = [
+        "| measure | before issue 20 | after |",
+        "|---|---|---|",
+        f"| upward imports (module pairs) | {before['upward_imports']} | {after['upward_imports']} |",
+        f"| import cycles | {before['import_cycles']} | {after['import_cycles']} |",
+        f"| function-level imports | {lazy(before)} | {lazy(after)}, each with its reason |",
+    ]
+    return "\n".join(lines)
+
+
+RENDER = {"gpu_compare": gpu_compare, "train_throughput": train_throughput, "layer_report": layer_report}
 
 
 def main() -> None:

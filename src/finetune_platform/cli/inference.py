@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,8 +53,7 @@ def predict(
     JSON as POST /predict answers: `label` (the class id), `probability`, `latency_ms`, `base_model`,
     `language`, then `label_name`, `probabilities`, `truncated`, `model`, `version`.
     A CSV has a `label` column (the class id) and a `label_name` column."""
-    import time
-
+    # lazy: tqdm and the inference stack (torch, onnxruntime), kept off the start of every finetune command
     from tqdm import tqdm
 
     from finetune_platform.inference.batch import predict_file, read_texts
@@ -134,6 +134,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve predictions over HTTP (POST /predict, /predict/batch; GET /models, /health, /metrics)."""
+    # lazy: uvicorn, FastAPI and the inference stack, kept off the start of every finetune command
     import uvicorn
 
     from finetune_platform.inference.runtimes import checked_choice
@@ -179,6 +180,7 @@ def serve(
 def experiment_default(config: Any, experiment: str) -> tuple[str | None, Path | None]:
     """(model reference, run folder) for `serve --experiment`: the newest successful run's registered version
     (name@version), else that run's folder when it is on this machine."""
+    # lazy: mlflow, kept off the start of every finetune command
     from finetune_platform.tracking.experiments import ExperimentStore
     from finetune_platform.tracking.registry import ModelRegistry
 

@@ -49,6 +49,7 @@ class FileSummary:
 
 
 def _delimited(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    # lazy: pandas, kept off the API's start (services.jobs imports this module for check_columns)
     import pandas as pd
 
     # the registry's delimiter and quoting, as training reads the file (a TSV text may start with ")
@@ -63,6 +64,7 @@ def _delimited(path: Path, fmt: DatasetFormat, head: bool) -> Any:
 
 
 def _json_lines(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    # lazy: pandas, kept off the API's start (services.jobs imports this module for check_columns)
     import pandas as pd
 
     if head:
@@ -71,12 +73,14 @@ def _json_lines(path: Path, fmt: DatasetFormat, head: bool) -> Any:
 
 
 def _json(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    # lazy: pandas, kept off the API's start (services.jobs imports this module for check_columns)
     import pandas as pd
 
     return pd.read_json(path, dtype=False)  # one document: read whole either way
 
 
 def _parquet(path: Path, fmt: DatasetFormat, head: bool) -> Any:
+    # lazy: pandas and pyarrow, kept off the API's start (services.jobs imports this module)
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -145,7 +149,9 @@ def predict_file(
 
     ``on_progress(done, total)`` runs after each chunk; it may raise to stop (nothing is written then).
     """
-    from finetune_platform.data.loading import normalise_label
+    from finetune_platform.data.loading import (
+        normalise_label,  # lazy: data.loading imports pandas (the API's start)
+    )
 
     valid = [i for i, value in enumerate(texts) if value.strip()]
     results: dict[int, Any] = {}

@@ -85,7 +85,7 @@ class GraphedForward:
     """
 
     def __init__(self, model: Any, max_rows: int, max_width: int, pad_id: int) -> None:
-        import torch
+        import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
@@ -95,7 +95,7 @@ class GraphedForward:
         self.ready_mask = True  # a 4-D mask, else the model's own (2-D): see forward_probabilities
 
     def capture(self, rows: int, width: int) -> Captured:
-        import torch
+        import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
         ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros((rows, width), dtype=torch.long, device=self.device)
@@ -139,7 +139,7 @@ class GraphedForward:
         return len(self.graphs)
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
         n, w = ids.shape
         rows, width = bucket_of(n, self.rows), bucket_of(w, self.widths)

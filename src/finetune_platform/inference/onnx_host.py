@@ -13,12 +13,16 @@ Only plain LoRA is exported (no DoRA, per-layer rank/alpha patterns, LoRA biases
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import io
 import json
 import logging
 import math
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,8 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from safetensors.numpy import load_file
+
+from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.inference.predictor import AdapterSource, Classifier, Prediction
 from finetune_platform.inference.softmax import softmax
+from finetune_platform.training.models import quiet_libraries
 
 logger = logging.getLogger("finetune_platform.inference")
 PREFIX = "base_model.model."
@@ -56,8 +65,6 @@ class AdapterTensors:
 
     @classmethod
     def read(cls, adapter_dir: Path) -> AdapterTensors:
-        from safetensors.numpy import load_file
-
         config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
         if config.get("peft_type") != "LORA":
             raise UnsupportedAdapter(f"peft_type {config.get('peft_type')!r}")
@@ -80,6 +87,7 @@ class AdapterTensors:
 def _slotted_model(base_source: str, num_labels: int, signature: tuple) -> tuple[Any, list[str]]:
     """The base model with each adapted Linear reading its LoRA factors, and each fully trained module
     its weights, from attributes the export wrapper fills with graph inputs."""
+    # lazy: torch and transformers load with a model, not when the runtime registry is imported
     import torch
     from torch import nn
     from torch.nn import functional
@@ -144,6 +152,7 @@ def _slotted_model(base_source: str, num_labels: int, signature: tuple) -> tuple
 
 def _merged_model(base_source: str, num_labels: int, tensors: AdapterTensors) -> Any:
     """The base model with one adapter folded in (W + B·A, trained modules copied): no LoRA ops left."""
+    # lazy: torch and transformers load with a model, not when the runtime registry is imported
     import torch
     from torch import nn
     from transformers import AutoModelForSequenceClassification
@@ -180,9 +189,7 @@ def build_session(
 ) -> tuple[Any, dict[str, str]]:
     """Export to ONNX (in memory) and open an ONNX Runtime session: the adapter merged into the base, or
     the base with every adapter tensor a graph input. Returns the session and the input name per tensor."""
-    import warnings
-
-    import numpy as np
+    # lazy: onnxruntime and torch load with a model, not when the runtime registry is imported
     import onnxruntime
     import torch
 
@@ -226,10 +233,6 @@ def build_session(
 
 
 def _release_freed_memory() -> None:
-    import contextlib
-    import ctypes
-    import gc
-
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -237,7 +240,7 @@ def _release_freed_memory() -> None:
 
 def _quantized(model_bytes: bytes) -> bytes:
     """Dynamic int8 quantization of the base weights (the adapter inputs stay float)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: onnxruntime, with a model
 
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder, "model.onnx"), Path(folder, "model.int8.onnx")
@@ -258,11 +261,9 @@ class OnnxHost(Classifier):
     def __init__(
         self, first: AdapterSource, *, int8: bool = False, merged: bool = False, threads: int | None = None
     ) -> None:
+        # lazy: torch and transformers load with a model, not when the runtime registry is imported
         import torch
         from transformers import AutoTokenizer
-
-        from finetune_platform.catalogue import resolve_base_model
-        from finetune_platform.training.models import quiet_libraries
 
         quiet_libraries()
         tensors = AdapterTensors.read(first.adapter_dir)
@@ -304,8 +305,7 @@ class OnnxHost(Classifier):
         self._attach(source, tensors)
 
     def _attach(self, source: AdapterSource, tensors: AdapterTensors) -> None:
-        import numpy as np
-        import onnxruntime
+        import onnxruntime  # lazy: onnxruntime loads with a model, not when the registry is imported
 
         self._feeds[source.key] = {
             self.inputs[name]: onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
@@ -318,7 +318,7 @@ class OnnxHost(Classifier):
         del self._feeds[key], self.adapters[key]
 
     def _probabilities(self, ids: Any, mask: Any) -> Any:
-        import onnxruntime
+        import onnxruntime  # lazy: onnxruntime loads with a model, not when the registry is imported
 
         feeds = {
             "input_ids": onnxruntime.OrtValue.ortvalue_from_numpy(ids),

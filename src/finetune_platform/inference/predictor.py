@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.inference.softmax import softmax
+from finetune_platform.tracking.registry import ModelRegistry
+from finetune_platform.training.config import read_run_config
+from finetune_platform.training.models import quiet_libraries
+from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.inference")
 DEFAULT_MAX_LENGTH = 128
@@ -27,7 +34,7 @@ CHARS_PER_TOKEN = 16
 
 def read_label_map(adapter_dir: Path) -> Any:
     """The adapter folder's label_map.json (written by the recipe), or NotFoundError."""
-    from finetune_platform.data.loading import LabelMap
+    from finetune_platform.data.loading import LabelMap  # lazy: data.loading imports pandas, unused here
 
     label_file = Path(adapter_dir) / "label_map.json"
     if not label_file.is_file():
@@ -40,8 +47,6 @@ def card_max_length(card: Any) -> int:
     config_path = Path(card.run_folder) / "config.yaml" if card.run_folder else None
     if config_path is None or not config_path.is_file():
         return DEFAULT_MAX_LENGTH
-    from finetune_platform.training.config import read_run_config
-
     return read_run_config(config_path).model.max_length
 
 
@@ -80,8 +85,6 @@ class AdapterSource:
 
 def run_language(base_model: str, language: str | None) -> str:
     """The language a run recorded, 'auto' (or none) resolved from the base model as the recipe does."""
-    from finetune_platform.catalogue import resolve_base_model
-
     return resolve_base_model(base_model, language or "auto").language
 
 
@@ -105,9 +108,6 @@ def answer(prediction: Prediction, info: ModelInfo, latency_ms: float) -> dict[s
 
 def source_from_run(run_folder: Path) -> AdapterSource:
     """The adapter a run folder holds (artifacts/), described by its config.yaml."""
-    from finetune_platform.training.config import read_run_config
-    from finetune_platform.training.run_folder import RunFolder
-
     run = RunFolder(Path(run_folder))
     if not run.config_path.is_file():
         raise NotFoundError(f"{run_folder}: not a run folder (no config.yaml)")
@@ -126,8 +126,6 @@ def source_from_run(run_folder: Path) -> AdapterSource:
 
 def source_from_registry(settings: Any, reference: str) -> AdapterSource:
     """``name``, ``name@version`` or ``name@stage``: the checksum-verified adapter of that version."""
-    from finetune_platform.tracking.registry import ModelRegistry
-
     adapter_dir, card = ModelRegistry(settings).verified_adapter(reference)
     info = ModelInfo(
         card.name, card.version, card.base_model, card.language, tuple(card.labels), card_max_length(card)
@@ -181,8 +179,6 @@ class Classifier:
 
     def _padded(self, rows: list[list[int]]) -> tuple[Any, Any]:
         """Token ids and attention mask (int64 numpy) of ``rows`` padded to the longest."""
-        import numpy as np
-
         width = max(len(row) for row in rows)
         ids = np.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -246,12 +242,10 @@ class Predictor(Classifier):
         merge: bool = True,
         adapter_name: str = "default",
     ) -> None:
+        # lazy: torch, PEFT and transformers load with a model, not when the runtime registry is imported
         import torch
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from finetune_platform.catalogue import resolve_base_model
-        from finetune_platform.training.models import quiet_libraries
 
         quiet_libraries()
         adapter_dir = Path(adapter_dir)
@@ -280,7 +274,7 @@ class Predictor(Classifier):
             self.padding_budget = sys.maxsize
 
     def _probabilities(self, ids: Any, mask: Any) -> Any:
-        import torch
+        import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
         with torch.inference_mode():
             logits = self.model(

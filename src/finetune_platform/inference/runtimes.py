@@ -179,6 +179,6 @@ def serving_device(requested: str) -> str:
     """SERVE_DEVICE resolved: auto is CUDA when present, else the CPU."""
     if requested != "auto":
         return requested
-    import torch
+    import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
     return "cuda" if torch.cuda.is_available() else "cpu"

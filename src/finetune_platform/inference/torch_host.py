@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from finetune_platform.inference.graphs import GraphedForward, GraphUnavailable
 from finetune_platform.inference.predictor import AdapterSource, Prediction, Predictor
 
 if TYPE_CHECKING:
@@ -65,8 +66,6 @@ class TorchHost(Predictor):
         self.runtime = "torch+cuda-graphs" if self.graphs is not None else "torch"
 
     def _capture(self, key: str, max_rows: int) -> GraphedForward | None:
-        from finetune_platform.inference.graphs import GraphedForward, GraphUnavailable
-
         graphs = GraphedForward(self.model, max_rows, self.info.max_length, self.tokenizer.pad_token_id or 0)
         sample = self._padded(self._encode(list(GRAPH_CHECK_TEXTS))[0])
         started = time.perf_counter()

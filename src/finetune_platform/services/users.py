@@ -7,10 +7,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from finetune_platform.db.accounts import local_account, username_is
 from finetune_platform.db.models import Role, User
 from finetune_platform.db.session import read_engine
 from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
@@ -59,9 +60,7 @@ class WrongPassword(PlatformError):
     """The current password given to change it is wrong (the route counts these like failed logins)."""
 
 
-def _named(username: str):
-    """The user row condition for a username, in any case ("Alice" is "alice")."""
-    return func.lower(User.username) == username.lower()
+_named = username_is
 
 
 def create_user(session: Session, username: str, password: str, role: str = Role.USER.value) -> UserPublic:
@@ -102,24 +101,9 @@ def list_users(session: Session) -> list[UserPublic]:
     return [UserPublic.of(user) for user in session.scalars(select(User).order_by(User.id))]
 
 
-LOCAL_USER = "local"
-
-
 def local_user(session: Session) -> UserPublic:
     """The account the command line acts as: an admin that cannot log in (it has no usable password)."""
-    user = session.scalar(select(User).where(_named(LOCAL_USER)))
-    if user is None:
-        user = User(
-            username=LOCAL_USER,
-            password_hash=hash_password(secrets.token_urlsafe(32)),
-            role=Role.ADMIN.value,
-            is_active=True,
-            token_version=0,
-            token_key=secrets.token_hex(16),
-        )
-        session.add(user)
-        session.flush()
-    return UserPublic.of(user)
+    return UserPublic.of(local_account(session))
 
 
 # A real Argon2id hash of a random password: checking against it when the user does not exist takes

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from finetune_platform.atomic import write_atomic
+from finetune_platform.db.accounts import local_account
 from finetune_platform.db.job_vocabulary import JobStatus
+from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.callbacks import TrackingCallback
 from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
@@ -206,13 +208,9 @@ def _register(
         labels=list(recipe.state.splits.label_map.names),
     )
     if owner_id is None:  # the command line acts as its local admin account
-        # lazy: training asks no service (a contract exception): only a command-line run looks its owner up
-        from finetune_platform.db.session import ensure_database, session_scope
-        from finetune_platform.services.users import local_user
-
         ensure_database(settings)
         with session_scope(settings) as session:
-            owner_id = local_user(session).id
+            owner_id = local_account(session).id
     registry = ModelRegistry(settings)
     existing = registry.version_for_run(card.name, run_id)
     if existing is not None:  # a retried job that registered before it was interrupted: register once

@@ -16,10 +16,24 @@ from typing import Any
 from finetune_platform.db.models import JobKind, JobStage, JobStatus
 from finetune_platform.db.session import session_scope
 from finetune_platform.errors import PlatformError
+from finetune_platform.inference.batch import predict_file, read_texts
+from finetune_platform.inference.pool import open_one
+from finetune_platform.inference.predictor import source_from_registry
 from finetune_platform.services import job_states, jobs, outbox, quotas
 from finetune_platform.settings import Settings
+from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.guards import TrainingStopped
-from finetune_platform.worker.control import Heartbeat, JobCallback, JobControl, LeaseLost, StopKind
+from finetune_platform.training.run_folder import RunFolder
+from finetune_platform.training.runner import run_training
+from finetune_platform.worker.control import (
+    Heartbeat,
+    JobCallback,
+    JobCancelled,
+    JobControl,
+    JobPreempted,
+    LeaseLost,
+    StopKind,
+)
 
 logger = logging.getLogger("finetune_platform.worker")
 
@@ -128,8 +142,6 @@ def execute_job(
 
 def _stopped(settings: Settings, claim: jobs.Claim, exc: TrainingStopped, run_seconds: float) -> str:
     """A training that ended early on purpose; the time limit (JobTimeLimit) is not retryable: it fails."""
-    from finetune_platform.worker.control import JobCancelled, JobPreempted
-
     if isinstance(exc, JobCancelled):
         return _finish(settings, claim, JobStatus.CANCELLED, str(exc), run_seconds=run_seconds)
     if isinstance(exc, JobPreempted):
@@ -204,10 +216,6 @@ def _release(
 
 def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """The training body: resume the job's own run folder when an earlier attempt left one."""
-    from finetune_platform.training.config import config_from_dict
-    from finetune_platform.training.run_folder import RunFolder
-    from finetune_platform.training.runner import run_training
-
     job, settings, control = context.job, context.settings, context.control
     config = config_from_dict(job.config)
     run = RunFolder(jobs.run_folder_path(config.output_dir, config.experiment, job.id))
@@ -272,10 +280,6 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
 def predict_job(context: JobContext) -> dict[str, Any]:
     """The prediction body: the pinned model over the input file, progress per chunk, a cancel or shutdown
     honoured between chunks (a preempted job starts over: predictions are cheap next to training)."""
-    from finetune_platform.inference.batch import predict_file, read_texts
-    from finetune_platform.inference.pool import open_one
-    from finetune_platform.inference.predictor import source_from_registry
-
     job, settings, control = context.job, context.settings, context.control
     config = job.config
     folder = jobs.prediction_folder(config["output_dir"], job.id)
