@@ -12,6 +12,7 @@ from finetune_platform.training.fast_gpu import (
     accuracy,
     batch_plan,
     on_device,
+    pad_multiple,
     padded_length,
     to_device,
 )
@@ -101,7 +102,9 @@ def test_fp16_trains_through_a_gradient_scaler(tiny_bert):
     data = _data(tiny_bert)
     model = _model(tiny_bert)
     logged = []
-    settings = FastSettings(batch_size=16, base_learning_rate=1e-2, epochs=4, bf16=False, fp16=True, log_every=8)
+    settings = FastSettings(
+        batch_size=16, base_learning_rate=1e-2, epochs=4, bf16=False, fp16=True, log_every=8
+    )
     trainer = FastTrainer(model, data, settings, device=torch.device("cpu"), on_log=logged.append)
     assert isinstance(trainer.scaler, torch.amp.GradScaler) and trainer.scaler.is_enabled()
     result = trainer.train()
@@ -110,3 +113,28 @@ def test_fp16_trains_through_a_gradient_scaler(tiny_bert):
     assert trainer.scaler.get_scale() > 1.0  # scaled (the first scale is 65536, lowered only on overflow)
     assert 0.0 < float(trainer.grad_norm) < 1e3  # unscaled before clipping: never ~65536 times too large
     assert accuracy(model, data, bf16=False, fp16=True) > 0.75
+
+
+def test_a_cpu_batch_is_as_wide_as_its_longest_text_a_gpu_batch_a_multiple_of_8(tiny_bert):
+    """Padding costs a CPU its share of the time (no tensor cores to feed): each training and evaluation batch
+    is exactly as wide as its longest text there; on a GPU widths round up to 8."""
+    import torch
+
+    assert pad_multiple(torch.device("cpu")) == 1
+    assert pad_multiple("cuda") == 8 and pad_multiple(torch.device("mps")) == 8
+    data = _data(tiny_bert)
+    model = _model(tiny_bert)
+    seen = []  # (width, longest text) of every forward pass
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(
+            (kwargs["input_ids"].shape[1], int(kwargs["attention_mask"].sum(1).max()))
+        ),
+        with_kwargs=True,
+    )
+    FastTrainer(
+        model, data, FastSettings(batch_size=16, epochs=1, bf16=False), device=torch.device("cpu")
+    ).train()
+    accuracy(model, data, bf16=False)
+    assert len(seen) == 128 // 16 + 1  # 8 training steps, one evaluation batch
+    assert all(width == longest for width, longest in seen), seen
+    assert any(width % 8 for width, _ in seen), seen  # the texts' lengths are not all multiples of 8

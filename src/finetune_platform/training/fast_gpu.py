@@ -5,7 +5,8 @@ What it does differently from the HF Trainer path:
 - the whole dataset is tokenised once and kept on the device as one padded id matrix; a batch is an index gather
   on the GPU, never a CPU collate and copy;
 - batches are length-bucketed: each epoch shuffles, sorts chunks of 64 batches by length and pads every batch
-  only to its own longest text (rounded up to a multiple of 8), so almost no compute goes to padding;
+  only to its own longest text (rounded up to a multiple of 8 on a GPU, where tensor cores want it; exactly on
+  a CPU, where every padded token costs its share of the time), so almost no compute goes to padding;
 - large batches (default 256) with the learning rate scaled by sqrt(batch / 32) from the configured one, and a
   linear warmup, which keeps accuracy at the larger batch;
 - bf16 autocast (fp32 master LoRA weights), SDPA attention, the fused AdamW, no host sync in the step (the loss
@@ -37,6 +38,14 @@ import torch.distributed as dist
 logger = logging.getLogger("finetune_platform.training")
 
 PAD_MULTIPLE = 8
+
+
+def pad_multiple(device: Any) -> int:
+    """Batch widths round up to this on ``device``: 8 for a GPU's tensor cores, 1 on a CPU (no such units: a
+    padded token only costs time)."""
+    return 1 if torch.device(device).type == "cpu" else PAD_MULTIPLE
+
+
 CHUNK_BATCHES = 64  # batches sorted by length together: enough to bucket well, few enough to stay random
 
 
@@ -273,7 +282,7 @@ class FastTrainer:
             parameter.data = parameter.data.float()
         self.parameters = trainable
         self.model = model
-        self.multiple = PAD_MULTIPLE
+        self.multiple = pad_multiple(device)
         if settings.compile:
             # lazy: dynamo loads only for compiled runs
             from torch import _dynamo
@@ -488,7 +497,7 @@ def predict(
         for index, rows in on_device(
             batch_plan(data.host_lengths, batch_size, seed=0, shuffle=False), device
         ):
-            ids, mask, _ = _take(data, index, rows)
+            ids, mask, _ = _take(data, index, rows, pad_multiple(device))
             out[rows] = model(input_ids=ids, attention_mask=mask).logits.float()
     return out.cpu().numpy()
 
