@@ -102,7 +102,9 @@ def sst2_minilm(record: dict) -> str:
     history = ", ".join(f"step {step}: {accuracy * 100:.2f}%" for step, accuracy in record["eval_history"])
     return "\n".join(
         [
-            *table(["machine", "precision", "dev accuracy", "macro-F1", "wall time", "train samples/s"], rows),
+            *table(
+                ["machine", "precision", "dev accuracy", "macro-F1", "wall time", "train samples/s"], rows
+            ),
             "",
             f"Accuracy after each evaluation ({day(record)}): {history}; final adapter `{record['final_checkpoint']}`.",
         ]
@@ -115,7 +117,9 @@ GPU_MODELS = {"minilm": "MiniLM", "bert-base": "bert-base size"}
 def _config_label(key: str) -> str:
     """'minilm cudagraphs b256' → 'MiniLM, CUDA graphs, 256'."""
     model, mode, batch = key.split()
-    return f"{GPU_MODELS[model]}, {'CUDA graphs' if mode == 'cudagraphs' else mode}, {batch.removeprefix('b')}"
+    return (
+        f"{GPU_MODELS[model]}, {'CUDA graphs' if mode == 'cudagraphs' else mode}, {batch.removeprefix('b')}"
+    )
 
 
 def gpu_train_throughput(record: dict) -> str:
@@ -150,10 +154,23 @@ def gpu_train_accuracy(record: dict) -> str:
     part = record["accuracy"]
     graphs = record["accuracy_graphs"]["accuracy_graphs"]
     baseline = part["baseline fp32 b32"]["accuracy"]
-    earlier = {key.removeprefix("earlier call, "): value for key, value in part.items() if key.startswith("earlier")}
-    rows = [[_variant_label("baseline fp32 b32"), f"{baseline:.4f}", "–", f"{part['baseline fp32 b32']['seconds']} s"]]
-    for key in ("platform fast b256", "platform fast b256 + CUDA graphs", "platform fast b512",
-                "platform fast b512 + CUDA graphs"):
+    earlier = {
+        key.removeprefix("earlier call, "): value for key, value in part.items() if key.startswith("earlier")
+    }
+    rows = [
+        [
+            _variant_label("baseline fp32 b32"),
+            f"{baseline:.4f}",
+            "–",
+            f"{part['baseline fp32 b32']['seconds']} s",
+        ]
+    ]
+    for key in (
+        "platform fast b256",
+        "platform fast b256 + CUDA graphs",
+        "platform fast b512",
+        "platform fast b512 + CUDA graphs",
+    ):
         result = part.get(key) or graphs[key]
         accuracy = f"{result['accuracy']:.4f}"
         delta = f"{(result['accuracy'] - baseline) * 100:+.2f}"
@@ -162,10 +179,14 @@ def gpu_train_accuracy(record: dict) -> str:
             delta += f" ({(earlier[key]['accuracy'] - earlier[key]['baseline']) * 100:+.2f})"
         wall = f"{result['seconds']:.0f} s"
         if "samples_per_second" in result:
-            wall += f" ({result['samples_per_second']:,.0f} samples/s steady, lr {result['learning_rate']:.2g})"
+            wall += (
+                f" ({result['samples_per_second']:,.0f} samples/s steady, lr {result['learning_rate']:.2g})"
+            )
         rows.append([_variant_label(key), accuracy, delta.replace("-", "−"), wall])
     note = f"*{part['epochs']} epochs; {part['machine']}; CUDA-graph runs: {record['accuracy_graphs']['machine']}*"
-    return "\n".join([note, "", *table(["run", "SST-2 dev accuracy", "vs baseline (points)", "wall time"], rows)])
+    return "\n".join(
+        [note, "", *table(["run", "SST-2 dev accuracy", "vs baseline (points)", "wall time"], rows)]
+    )
 
 
 def gpu_train_paired(record: dict) -> str:
@@ -186,7 +207,12 @@ def gpu_train_paired(record: dict) -> str:
         f"*{part['world_size']}× {part['gpu']}, {part['epochs']:g} epoch, {runs} alternating repeats; "
         f"{record['scaling']['machine']}*"
     )
-    header = ["configuration (batch per GPU)", f"1 GPU, {runs} runs", f"2 GPUs, {runs} runs", "scaling (medians)"]
+    header = [
+        "configuration (batch per GPU)",
+        f"1 GPU, {runs} runs",
+        f"2 GPUs, {runs} runs",
+        "scaling (medians)",
+    ]
     return "\n".join([note, "", *table(header, rows)])
 
 
@@ -369,7 +395,11 @@ def inference(record: dict) -> str:
     rows = []
     for name, server in record["servers"].items():
         load = server["load"]
-        cells = [_server_label(name), f"{load['unloaded']['p50_ms']:.1f} ms", f"{load['unloaded']['p99_ms']:.1f} ms"]
+        cells = [
+            _server_label(name),
+            f"{load['unloaded']['p50_ms']:.1f} ms",
+            f"{load['unloaded']['p99_ms']:.1f} ms",
+        ]
         for count in clients:
             point = load[count]
             text = f"{point['requests_per_s']:.0f} req/s"
@@ -381,12 +411,18 @@ def inference(record: dict) -> str:
         cells.append(f"{server['accuracy']:.4f}" if "accuracy" in server else "–")
         memory = server.get("memory")
         cells.append(
-            f"{memory['rss_1_mb']:.0f} → {memory['rss_20_mb']:.0f} MB ({memory['ratio']:.2f}×)" if memory else "–"
+            f"{memory['rss_1_mb']:.0f} → {memory['rss_20_mb']:.0f} MB ({memory['ratio']:.2f}×)"
+            if memory
+            else "–"
         )
         rows.append(cells)
     header = [
-        "server", "p50 unloaded", "p99 unloaded", *(f"{count} client{'s' * (count != '1')}" for count in clients),
-        "dev accuracy", "RSS 1 → 20 adapters",
+        "server",
+        "p50 unloaded",
+        "p99 unloaded",
+        *(f"{count} client{'s' * (count != '1')}" for count in clients),
+        "dev accuracy",
+        "RSS 1 → 20 adapters",
     ]
     goals = ", ".join(f"`{name}` {'met' if met else '**not met**'}" for name, met in record["goals"].items())
     return "\n".join(
@@ -409,8 +445,12 @@ def inference_side_by_side(record: dict) -> str:
         cells += [times(ratios[f"rps_{count}"]) for count in clients]
         cells.append(times(ratios["rss_20"]))
         rows.append(cells)
-    header = ["runtime", "p50 unloaded", *(f"req/s, {count} client{'s' * (count != '1')}" for count in clients),
-              "RSS, 20 adapters"]
+    header = [
+        "runtime",
+        "p50 unloaded",
+        *(f"req/s, {count} client{'s' * (count != '1')}" for count in clients),
+        "RSS, 20 adapters",
+    ]
     return "\n".join(
         [
             f"*{machine_line(record)}; {record['seconds']} s per point, {record['repeat']} rounds (medians); "
@@ -470,12 +510,18 @@ def gpu_serve(record: dict) -> str:
         cells.append(accuracy)
         rows.append(cells)
     header = [
-        "server", *(f"{point} client{'s' * (point != '1')}" for point in points), f"p50 / p99 at {last}",
-        f"texts per batch at {last}", "dev accuracy",
+        "server",
+        *(f"{point} client{'s' * (point != '1')}" for point in points),
+        f"p50 / p99 at {last}",
+        f"texts per batch at {last}",
+        "dev accuracy",
     ]
     return "\n".join(
-        [f"*{run['gpu']}, torch {run['torch']}; {run['seconds']:g} s per point; {run['change']}*", "",
-         *table(header, rows)]
+        [
+            f"*{run['gpu']}, torch {run['torch']}; {run['seconds']:g} s per point; {run['change']}*",
+            "",
+            *table(header, rows),
+        ]
     )
 
 
@@ -483,11 +529,16 @@ def gpu_serve_host(record: dict) -> str:
     host = record["runs"][-1]["host"]
     sizes = [key.removeprefix("eager_") for key in host if key.startswith("eager_") and key[6:].isdigit()]
     rows = [
-        [f"{size} text{'s' * (size != '1')}", f"{host[f'eager_{size}']['ms']:.1f} ms",
-         f"{host[f'cuda_graphs_{size}']['ms']:.1f} ms"]
+        [
+            f"{size} text{'s' * (size != '1')}",
+            f"{host[f'eager_{size}']['ms']:.1f} ms",
+            f"{host[f'cuda_graphs_{size}']['ms']:.1f} ms",
+        ]
         for size in sizes
     ]
-    rows.append(["loading", f"{host['eager_load_seconds']:.1f} s", f"{host['cuda_graphs_load_seconds']:.1f} s"])
+    rows.append(
+        ["loading", f"{host['eager_load_seconds']:.1f} s", f"{host['cuda_graphs_load_seconds']:.1f} s"]
+    )
     return "\n".join(table(["batch", "eager PyTorch", "CUDA graphs replayed"], rows))
 
 

@@ -31,7 +31,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(
-    r"(?P<open><!-- generated: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)", re.DOTALL
+    r"(?P<open><!-- generated: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)",
+    re.DOTALL,
 )
 
 
@@ -215,7 +216,9 @@ def _param_type(param: Any, context: Any) -> str:
     text = param.display_type(context).strip("<>").removesuffix(" range")
     text = re.sub(r"^list\[(.*)\]$", r"\1", text)  # a repeatable option says so below
     names = {"str": "text", "int": "integer", "float": "number", "bool": "boolean", "dir": "folder"}
-    text = names.get(text, text) if "|" not in text else "one of " + ", ".join(code(c) for c in text.split("|"))
+    text = (
+        names.get(text, text) if "|" not in text else "one of " + ", ".join(code(c) for c in text.split("|"))
+    )
     low, high = getattr(param, "min", None), getattr(param, "max", None)
     if low is not None or high is not None:
         limits = [f"≥ {low}" if low is not None else "", f"≤ {high}" if high is not None else ""]
@@ -282,7 +285,9 @@ def cli_reference() -> str:
             text = (getattr(param, "help", None) or "").strip()
             if not text:
                 missing.append(f"{name} {param.name}")
-            rows.append(f"| {label} | {cell(_param_type(param, context))} | {cell(_param_default(param))} | {cell(text)} |")
+            rows.append(
+                f"| {label} | {cell(_param_type(param, context))} | {cell(_param_default(param))} | {cell(text)} |"
+            )
         if rows:
             out += ["| argument or option | type | default | description |", "|---|---|---|---|", *rows, ""]
     if missing:
@@ -386,18 +391,20 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     root = options.root.resolve()
     render = renderers(root)
-    stale = []
+    updated = {}
     try:
         for page in sorted((root / "docs").rglob("*.md")):
             text = page.read_text(encoding="utf-8")
             new = render_page(text, render, str(page.relative_to(root)))
             if new != text:
-                stale.append(str(page.relative_to(root)))
-                if not options.check:
-                    page.write_text(new, encoding="utf-8")
+                updated[page] = new
     except MissingDescriptions as missing:
         print(f"docs: {missing}", file=sys.stderr)
         return 2
+    stale = [str(page.relative_to(root)) for page in updated]
+    if not options.check:
+        for page, text in updated.items():
+            page.write_text(text, encoding="utf-8")
     if options.check and stale:
         print("stale generated docs (run `make docs`): " + ", ".join(stale), file=sys.stderr)
         return 1
