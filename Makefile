@@ -28,7 +28,7 @@ UI_PORT ?= 8501
 SERVE_PORT ?= 8080
 MLFLOW_PORT ?= 5000
 
-.PHONY: help install setup-conda demo test test-v test-all test-fast lint format run-local logs-local db-list worker api ui serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
+.PHONY: help install setup-conda demo test test-v test-all test-fast lint format run-local logs-local db-list worker api ui serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring docs docs-serve tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,9 +60,10 @@ demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), r
 	$(BIN)/finetune models list --name quickstart-sentiment
 	$(BIN)/finetune predict --model quickstart-sentiment --text "A wonderful, moving film." --text "Dull and far too long."
 
-test: $(STAMP) $(HELM) ## Lint, then run the test suite (extended variants skipped: make test-all)
-	$(BIN)/ruff check src tests bench
+test: $(STAMP) $(HELM) ## Lint, build the docs (strict), then run the test suite (extended variants skipped: make test-all)
+	$(BIN)/ruff check src tests bench docs/gen
 	$(BIN)/lint-imports
+	$(MKDOCS) build --strict --quiet
 	$(BIN)/python -m pytest -q
 
 test-v: $(STAMP) $(HELM) lint ## Lint, then run the whole test suite verbosely, a line per test (TESTS=PATH for part of it)
@@ -75,12 +76,12 @@ test-fast: $(STAMP) ## Run the tests that train no model
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP) ## ruff check, and the import contract of DESIGN.md's layers (pyproject.toml)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs/gen
 	$(BIN)/lint-imports
 
 format: $(STAMP) ## ruff format and autofix
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench docs/gen
+	$(BIN)/ruff check --fix src tests bench docs/gen
 
 run-local: $(STAMP) ## Train locally (exp=NAME picks configs/NAME.yaml; default quickstart; set='training.epochs=2 ...' overrides fields)
 	$(BIN)/finetune train configs/$(or $(exp),quickstart).yaml$(if $(set), $(foreach field,$(set),--set "$(field)"))
@@ -122,6 +123,16 @@ predict-positive: ## Classify a positive review with the running server
 
 predict-negative: ## Classify a negative review with the running server
 	$(call post_text,"$(NEGATIVE_TEXT)")
+
+# MkDocs without Material's notice about MkDocs 2 on every build.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+DOCS_PORT ?= 8001
+
+docs: $(STAMP) ## Regenerate the docs' reference and benchmark tables (settings, config, CLI, Helm values, bench/results)
+	$(BIN)/python docs/gen/generate.py
+
+docs-serve: $(STAMP) ## Serve the docs site on 127.0.0.1:DOCS_PORT (8001), rebuilt on every edit
+	$(MKDOCS) serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 bench-train: $(STAMP) ## Training throughput: platform recipe vs plain HF Trainer + PEFT on SST-2
 	$(BIN)/python bench/train_throughput.py
@@ -183,5 +194,5 @@ k8s-port-forward: ## Forward the release's API, UI, inference and MLflow to loca
 	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-finetune-platform-mlflow $(MLFLOW_PORT):5000 & \
 	wait
 
-clean: ## Remove run folders and embedded state (keeps .venv)
-	rm -rf results .finetune .pytest_cache .ruff_cache
+clean: ## Remove run folders, embedded state and the built docs site (keeps .venv)
+	rm -rf results .finetune .pytest_cache .ruff_cache site

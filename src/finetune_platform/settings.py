@@ -102,7 +102,9 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the app database (postgresql+psycopg://…); unset: SQLite under FINETUNE_HOME.",
     )
-    MLFLOW_ENABLED: bool = Field(default=True, description="Log every training run to MLflow.")
+    MLFLOW_ENABLED: bool = Field(
+        default=True, description="Log every training run to MLflow (the model registry needs it)."
+    )
     LOG_LEVEL: str = Field(default="INFO", description="Log level of the platform's loggers.")
     REDIS_URL: str | None = Field(
         default=None,
@@ -192,12 +194,19 @@ class Settings(BaseSettings):
         default=None, description="Address of the MLflow UI shown by GET /mlflow."
     )
     SERVE_MAX_ADAPTERS: int = Field(
-        default=20, ge=1, description="Adapters kept attached before the least used go."
+        default=20,
+        ge=1,
+        description="Adapters resident in finetune serve before the least recently used is unloaded.",
     )
     SERVE_BATCH_WAIT_MS: float = Field(
         default=0.0, ge=0, le=100, description="Extra time a batch stays open to gather requests (0: none)."
     )
-    SERVE_MAX_BATCH: int = Field(default=64, ge=1, le=4096, description="Largest /predict/batch request.")
+    SERVE_MAX_BATCH: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Largest /predict/batch request (413 above) and the most texts in one forward pass.",
+    )
     SERVE_RESOLVE_SECONDS: float = Field(
         default=5.0, ge=0, description="How often a stage reference (name@production) is looked up again."
     )
@@ -235,7 +244,10 @@ class Settings(BaseSettings):
     )
     SERVE_API_KEYS: list[SecretStr] = Field(
         default_factory=list,
-        description="API keys accepted by `finetune serve` (JSON list) besides platform tokens.",
+        description=(
+            "API keys (JSON list) that `finetune serve` accepts as X-API-Key besides platform tokens outside local "
+            "mode; each is checked by the secret policy."
+        ),
     )
     BROKER_TRANSPORT_OPTIONS: dict[str, Any] = Field(
         default_factory=dict,

@@ -139,7 +139,7 @@ def test_make_test_v_lints_then_names_each_test_with_its_outcome(tmp_path):
     dry = make("-n", "test-v", "-o", ".tools/bin/helm")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines() == [
-        ".venv/bin/ruff check src tests bench",
+        ".venv/bin/ruff check src tests bench docs/gen",
         ".venv/bin/lint-imports",
         ".venv/bin/python -m pytest -v ",
     ]

@@ -398,12 +398,27 @@ class TrainConfig(_Section):
             "(AVX512-BF16/AMX), else fp32. Mixed precision keeps fp32 master weights."
         ),
     )
-    model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection
-    lora: LoraSection = Field(default_factory=LoraSection)
-    training: TrainingSection = Field(default_factory=TrainingSection)
-    checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
-    registry: RegistrySection = Field(default_factory=RegistrySection)
+    model: ModelSection = Field(
+        default_factory=ModelSection, description="The base model: which one, its language, tokens per text."
+    )
+    data: DataSection = Field(
+        description="The dataset: training and validation files, their columns, labels and invalid rows."
+    )
+    lora: LoraSection = Field(
+        default_factory=LoraSection, description="The LoRA adapter: rank, scaling, dropout, adapted modules."
+    )
+    training: TrainingSection = Field(
+        default_factory=TrainingSection,
+        description="The optimisation: epochs or steps, batch, learning rate, devices, evaluation, early stopping.",
+    )
+    checkpoints: CheckpointSection = Field(
+        default_factory=CheckpointSection,
+        description="Which checkpoints are kept (best, last, fastest) and which becomes the final adapter.",
+    )
+    registry: RegistrySection = Field(
+        default_factory=RegistrySection,
+        description="Registration of the final adapter as a model version, and what its model card says.",
+    )
 
     @property
     def model_name(self) -> str:
