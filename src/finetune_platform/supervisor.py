@@ -386,12 +386,7 @@ class Supervisor:
             self.state = "stopping"
         self._write()
         stages = sorted({part.spec.stop_stage for part in self.parts})
-        running = [part.spec.name for part in self.parts if part.running]
-        if running:
-            first = [part.spec.name for part in self.parts if part.spec.stop_stage == stages[0]]
-            why = self.stop_reason or ("giving up" if self.state == "failed" else None)
-            order = f"{', '.join(first)} first, then the rest" if len(stages) > 1 else "all at once"
-            on_events([f"stopping{f' ({why})' if why else ''}: {order}"])
+        announce = any(part.running for part in self.parts)
         for stage in stages:
             group = [part for part in self.parts if part.spec.stop_stage == stage]
             for part in group:
@@ -399,6 +394,12 @@ class Supervisor:
                     part.state = "stopping"
                     _signal_group(part.process.pid, signal.SIGTERM)
             self._write()
+            if announce:  # once, with the first stage's parts already stopping
+                announce = False
+                why = self.stop_reason or ("giving up" if self.state == "failed" else None)
+                first = ", ".join(part.spec.name for part in group)
+                order = f"{first} first, then the rest" if len(stages) > 1 else "all at once"
+                on_events([f"stopping{f' ({why})' if why else ''}: {order}"])
             for part in group:
                 on_events(self._reap(part))
         if self.state != "failed":

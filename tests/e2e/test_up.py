@@ -96,8 +96,10 @@ def test_up_in_the_background_status_restart_down_and_the_admin_created_once(tmp
     assert httpx.get(f"{api}/mlflow", timeout=30).json()["ui_url"] == shown["MLflow UI"]
     answer = httpx.post(f"http://127.0.0.1:{ports[2]}/predict", json={"text": "great"}, timeout=30)
     assert (answer.status_code, answer.json()["detail"]) == (
-        404, "no registered model to serve: train one, or name one with --model"
-    )  # fmt: skip
+        404,
+        "no registered model to serve yet: train one (it is served as soon as it is registered, without a restart), "
+        "or name one with --model",
+    )
 
     state = status(env)
     supervisor = state["pid"]
