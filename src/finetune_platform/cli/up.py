@@ -183,10 +183,8 @@ def up(
     parts = plan_parts(config, home, host=host, ports=chosen, workers=workers, stop_timeout=stop_timeout)
     info = {"detached": detach, "host": host, "urls": _urls(config, host, chosen), "home": str(home.root)}
     typer.echo(f"starting {', '.join(spec.name for spec in parts)} (logs in {home.logs})")
-    if detach:
-        _run_detached(home, lock, parts, info, timeout, restart_limit, login, config)
-        return
-    _run_here(home, lock, parts, info, timeout, restart_limit, login, config)
+    launch = Launch(home, lock, parts, info, timeout, restart_limit, login, config)
+    (_run_detached if detach else _run_here)(launch)
 
 
 def _with_backends(config, database: str | None, redis: str | None):
@@ -282,10 +280,10 @@ def _admin_account(config, username: str, password: str | None) -> Login:
         raise ConfigError(
             f"--admin-user {username!r} is the command line's own account, which cannot log in: choose another name"
         )
-    if config.ENVIRONMENT == "local":
-        signing_secret(
-            config
-        )  # the local JWT key, written once before the API and the inference server read it
+    if (
+        config.ENVIRONMENT == "local"
+    ):  # the local JWT key, written before the API and the inference server read it
+        signing_secret(config)
     with open_database(config) as session:
         try:
             existing = get_user(session, username)
@@ -316,116 +314,54 @@ def _admin_account(config, username: str, password: str | None) -> Login:
 def plan_parts(
     config, home: Home, *, host: str, ports: dict[str, int], workers: int, stop_timeout: float
 ) -> list[PartSpec]:
-    """The processes of the platform: what each runs, its port, its health check and its stop stage (workers
-    first, MLflow's UI last)."""
+    """The processes of the platform: what each runs, its port, its health check and its stop stage (the workers
+    first, so that a running job checkpoints; MLflow's UI last)."""
     local = _probe_host(host)
-    python = (sys.executable, "-m", "finetune_platform")
     shared = {"FINETUNE_HOME": str(home.root)}
-    if config.DATABASE_URL:
-        shared["DATABASE_URL"] = config.DATABASE_URL
-    if config.REDIS_URL:
-        shared["REDIS_URL"] = config.REDIS_URL
-    urls = _urls(config, host, ports)
-    parts = []
-    if "mlflow" in ports:
-        store = config.mlflow_tracking_uri
-        command = (
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            host,
-            "--port",
-            str(ports["mlflow"]),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            store,
-        )
-        if store.startswith("sqlite:///"):
-            command += ("--default-artifact-root", config.mlflow_artifact_root)
-        parts.append(
-            PartSpec(
-                "mlflow",
-                command,
-                home.logs / "mlflow.log",
-                port=ports["mlflow"],
-                env={**shared, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                health_url=f"http://{local}:{ports['mlflow']}/health",
-                stop_stage=2,
-            )
-        )
+    shared.update(
+        {name: getattr(config, name) for name in ("DATABASE_URL", "REDIS_URL") if getattr(config, name)}
+    )
     # A fresh SQLite store is created by whoever opens it first, and two creators at once collide inside MLflow's
     # migrations: on the first start, MLflow's UI creates it before anything else starts.
-    fresh_store = (
-        "mlflow" in ports and not Path(config.mlflow_tracking_uri.removeprefix("sqlite:///")).exists()
-    )
+    store = config.mlflow_tracking_uri
+    fresh_store = "mlflow" in ports and not Path(store.removeprefix("sqlite:///")).exists()
     after = ("mlflow",) if fresh_store else ()
-    api_env = {**shared, "MLFLOW_UI_URL": urls["mlflow"]} if "mlflow" in ports else shared
-    parts.append(
-        PartSpec(
-            "api",
-            (*python, "api", "--host", host, "--port", str(ports["api"])),
-            home.logs / "api.log",
-            env=api_env,
-            port=ports["api"],
-            health_url=f"http://{local}:{ports['api']}/health",
-            after=after,
-        )
-    )
+
+    def url(name: str, path: str = "") -> str:
+        return f"http://{local}:{ports[name]}{path}"
+
+    def platform(
+        name: str, *args: str, health: str | None, env: dict[str, str] = shared, **spec: Any
+    ) -> PartSpec:
+        command = (sys.executable, "-m", "finetune_platform", *args)
+        return PartSpec(name, command, home.logs / f"{name}.log", env=env, port=ports.get(name), health_url=health,
+                        after=after, **spec)  # fmt: skip
+
+    def serving(name: str, command: str) -> tuple[str, ...]:
+        return (command, "--host", host, "--port", str(ports[name]))
+
+    parts = []
+    if "mlflow" in ports:
+        command = (sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(ports["mlflow"]),
+                   "--workers", "1", "--backend-store-uri", store)  # fmt: skip
+        if store.startswith("sqlite:///"):
+            command += ("--default-artifact-root", config.mlflow_artifact_root)
+        env = {**shared, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as deployed: no GenAI job runners
+        parts.append(PartSpec("mlflow", command, home.logs / "mlflow.log", env=env, port=ports["mlflow"],
+                              health_url=url("mlflow", "/health"), stop_stage=2))  # fmt: skip
+    api_env = {**shared, "MLFLOW_UI_URL": url("mlflow")} if "mlflow" in ports else shared
+    parts.append(platform("api", *serving("api", "api"), health=url("api", "/health"), env=api_env))
     for n in range(1, workers + 1):
         name = f"worker-{n}"
-        command = (*python, "worker", "--name", f"up-{name}")
-        metrics = ports.get(name)
-        if metrics is not None:
-            command += ("--metrics-port", str(metrics))
-        parts.append(
-            PartSpec(
-                name,
-                command,
-                home.logs / f"{name}.log",
-                env=shared,
-                port=metrics,
-                health_url=f"http://127.0.0.1:{metrics}/metrics" if metrics else None,
-                stop_stage=0,
-                stop_seconds=stop_timeout,
-                after=after,
-            )
-        )
-    parts.append(
-        PartSpec(
-            "inference",
-            (*python, "serve", "--host", host, "--port", str(ports["inference"])),
-            home.logs / "inference.log",
-            env=shared,
-            port=ports["inference"],
-            health_url=f"http://{local}:{ports['inference']}/health",
-            after=after,
-        )
-    )
+        metrics = ("--metrics-port", str(ports[name])) if name in ports else ()
+        health = f"http://127.0.0.1:{ports[name]}/metrics" if name in ports else None  # its metrics: loopback
+        parts.append(platform(name, "worker", "--name", f"up-{name}", *metrics, health=health, stop_stage=0,
+                              stop_seconds=stop_timeout))  # fmt: skip
+    parts.append(platform("inference", *serving("inference", "serve"), health=url("inference", "/health")))
     if "ui" in ports:
-        command = (
-            *python,
-            "ui",
-            "--host",
-            host,
-            "--port",
-            str(ports["ui"]),
-            "--api-url",
-            f"http://{local}:{ports['api']}",
-        )
-        parts.append(
-            PartSpec(
-                "ui",
-                command,
-                home.logs / "ui.log",
-                port=ports["ui"],
-                env={**shared, "FINETUNE_SERVE_URL": f"http://{local}:{ports['inference']}"},
-                health_url=f"http://{local}:{ports['ui']}/_stcore/health",
-                after=after,
-            )
-        )
+        ui_env = {**shared, "FINETUNE_SERVE_URL": url("inference")}
+        parts.append(platform("ui", *serving("ui", "ui"), "--api-url", url("api"),
+                              health=url("ui", "/_stcore/health"), env=ui_env))  # fmt: skip
     return parts
 
 
@@ -464,8 +400,8 @@ def _table(info: dict[str, Any], login: Login | None, config, workers: int) -> s
         ("API docs", urls["api_docs"]),
         (
             "inference",
-            f"{urls['inference']}  (POST /predict: the Production model, else the newest registered; "
-            "404 until a job registers one)",
+            f"{urls['inference']}  (the Production model, else the newest registered one; none yet: POST "
+            "/predict answers 404 until a job registers one)",
         ),
         ("MLflow UI", urls["mlflow"] or "off (MLFLOW_ENABLED=false)"),
         ("login", login.describe() if login else "-"),
@@ -523,19 +459,29 @@ class Board:
             self.drawn = 0
 
 
-def _run_here(
-    home: Home,
-    lock: GroupLock,
-    parts: list[PartSpec],
-    info: dict[str, Any],
-    timeout: float,
-    restart_limit: int,
-    login: Login,
-    config,
-) -> None:
-    supervisor = Supervisor(parts, home.state, restart_limit=restart_limit, info=info)
+@dataclass(frozen=True)
+class Launch:
+    """A group ready to run, here or in the background: its parts and where it keeps its state."""
+
+    home: Home
+    lock: GroupLock  # held
+    parts: list[PartSpec]
+    info: dict[str, Any]
+    timeout: float
+    restart_limit: int
+    login: Login
+    config: Any
+
+    def table(self) -> str:
+        workers = sum(1 for spec in self.parts if spec.name.startswith("worker-"))
+        return _table(self.info, self.login, self.config, workers)
+
+
+def _run_here(launch: Launch) -> None:
+    supervisor = Supervisor(
+        launch.parts, launch.home.state, restart_limit=launch.restart_limit, info=launch.info
+    )
     board = Board(supervisor)
-    workers = sum(1 for spec in parts if spec.stop_stage == 0)
 
     def stop(number: int, frame: Any) -> None:
         if supervisor.stop_reason is not None:  # asked again while stopping: no more waiting
@@ -546,66 +492,38 @@ def _run_here(
         signal.signal(sig, stop)
 
     def ready() -> None:
-        board.say(
-            [
-                "",
-                f"finetune-platform is up (pid {os.getpid()}); Ctrl-C stops it",
-                "",
-                _table(info, login, config, workers),
-                "",
-            ]
-        )
+        up = f"finetune-platform is up (pid {os.getpid()}); Ctrl-C stops it"
+        board.say(["", up, "", launch.table(), ""])
 
     try:
-        supervisor.run(timeout, on_events=board.say, on_ready=ready, on_tick=board.tick)
+        supervisor.run(launch.timeout, on_events=board.say, on_ready=ready, on_tick=board.tick)
     except SupervisorError as error:
         raise fail(error) from None
     finally:
-        lock.release()
+        launch.lock.release()
     typer.echo(supervisor.message or "stopped")
 
 
 # -- in the background --------------------------------------------------------------------------------------------
-def _run_detached(
-    home: Home,
-    lock: GroupLock,
-    parts: list[PartSpec],
-    info: dict[str, Any],
-    timeout: float,
-    restart_limit: int,
-    login: Login,
-    config,
-) -> None:
+def _run_detached(launch: Launch) -> None:
     """Start the supervisor as a background process holding our lock, follow it until every part is up (or it
     gave up), then print the table and return."""
+    home = launch.home
     home.state.unlink(missing_ok=True)
     home.logs.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "parts": [spec.as_plan() for spec in parts],
-        "state_file": str(home.state),
-        "lock_fd": lock.fd,
-        "restart_limit": restart_limit,
-        "timeout": timeout,
-        "info": info,
-    }
+    plan = {"parts": [spec.as_plan() for spec in launch.parts], "state_file": str(home.state),
+            "lock_fd": launch.lock.fd, "restart_limit": launch.restart_limit, "timeout": launch.timeout,
+            "info": launch.info}  # fmt: skip
     log_path = home.logs / "up.log"
     with log_path.open("ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "finetune_platform.supervisor"],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            pass_fds=(lock.fd,),
-            cwd=os.getcwd(),
-        )
-    child.stdin.write(
-        json.dumps(plan).encode("utf-8")
-    )  # the plan may hold a database password: never on disk
+        child = subprocess.Popen([sys.executable, "-m", "finetune_platform.supervisor"], stdin=subprocess.PIPE,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 pass_fds=(launch.lock.fd,))  # fmt: skip
+    child.stdin.write(json.dumps(plan).encode("utf-8"))  # on a pipe: a database password is never on disk
     child.stdin.close()
-    lock.release()  # the supervisor holds it now
+    launch.lock.release()  # the supervisor holds it now
     shown: dict[str, str] = {}
-    deadline = time.monotonic() + timeout + WORKER_STOP_SECONDS + 60
+    deadline = time.monotonic() + launch.timeout + WORKER_STOP_SECONDS + 60
     while True:
         state = read_state(home.state)
         if state is not None and state.get("pid") == child.pid:
@@ -616,7 +534,7 @@ def _run_detached(
             if state["state"] == "running":
                 break
             if state["state"] in ("failed", "stopped") or child.poll() is not None:
-                child.wait()
+                child.wait()  # until it has stopped what it started
                 raise fail(SupervisorError(state.get("message") or f"stopped; see {log_path}"))
         elif child.poll() is not None:
             raise fail(
@@ -625,12 +543,9 @@ def _run_detached(
         if time.monotonic() > deadline:
             raise fail(SupervisorError(f"no answer from the supervisor (pid {child.pid}); see {log_path}"))
         time.sleep(0.5)
-    workers = sum(1 for spec in parts if spec.stop_stage == 0)
-    typer.echo(
-        f"\nfinetune-platform is up in the background (pid {child.pid}): `finetune status` shows it, "
-        f"`finetune down` stops it\n"
-    )
-    typer.echo(_table(info, login, config, workers))
+    typer.echo(f"\nfinetune-platform is up in the background (pid {child.pid}): `finetune status` shows it, "
+               "`finetune down` stops it\n")  # fmt: skip
+    typer.echo(launch.table())
 
 
 # -- looking at a running group -----------------------------------------------------------------------------------
