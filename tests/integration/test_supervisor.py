@@ -204,6 +204,20 @@ def test_stop_goes_in_stages_and_kills_a_part_that_ignores_sigterm_with_its_grou
     assert not any(port_open(p.port) for p in (worker, api, stubborn))
 
 
+def test_asked_again_while_stopping_it_waits_no_longer(tmp_path):
+    """A second Ctrl-C: a part still inside its stop time (a worker saving a checkpoint) is killed at once."""
+    stubborn = part(tmp_path, "stubborn", "--ignore-term", stop_seconds=600.0)
+    supervisor = Supervisor([stubborn], tmp_path / "up.json")
+    tick_until(supervisor, supervisor.all_healthy)
+    supervisor.request_stop("SIGINT")
+    supervisor.force_stop()
+    heard: list[str] = []
+    supervisor.stop(heard.extend)
+    assert heard[0] == "stopping (SIGINT): all at once"
+    assert heard[1].startswith("stubborn: killed: still running after SIGTERM (stop asked again)")
+    assert records(tmp_path) == ["stubborn TERM"] and not port_open(stubborn.port)
+
+
 def test_the_parts_get_sigterm_when_the_supervisor_itself_is_killed(tmp_path):
     """`python -m finetune_platform.supervisor` (what `finetune up --detach` runs) SIGKILLed: the kernel sends each
     part SIGTERM (PR_SET_PDEATHSIG); they stop and the group's lock is free again."""
