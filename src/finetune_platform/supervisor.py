@@ -106,7 +106,6 @@ class Part:
     quick_crashes: int = 0  # in a row
     due: float = 0.0  # when a crashed part starts again
     probed: float = 0.0
-    ever_healthy: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -211,7 +210,6 @@ class Supervisor:
         restart_limit: int = RESTART_LIMIT,
         quick_seconds: float = QUICK_SECONDS,
         info: dict[str, Any] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
@@ -219,7 +217,6 @@ class Supervisor:
         self.parts = [Part(spec) for spec in specs]
         self.state_file, self.restart_limit, self.quick_seconds = state_file, restart_limit, quick_seconds
         self.info = dict(info or {})
-        self.clock = clock
         self.state = "starting"
         self.message: str | None = None
         self.stop_reason: str | None = None
@@ -263,7 +260,7 @@ class Supervisor:
         """Start the parts, wait (at most ``timeout`` seconds) until each answers its health check, call
         ``on_ready``, then keep them running (restarting crashed ones) until ``request_stop``. Every part is
         stopped before this returns or raises (SupervisorError: a part that never came up or crashed too often)."""
-        deadline = self.clock() + timeout
+        deadline = time.monotonic() + timeout
         try:
             self._write()
             while self.stop_reason is None:
@@ -272,7 +269,7 @@ class Supervisor:
                     self.state = "running"
                     self._write()
                     on_ready()
-                elif self.state == "starting" and self.clock() > deadline:
+                elif self.state == "starting" and time.monotonic() > deadline:
                     raise SupervisorError(self._not_up(timeout))
                 on_tick()
                 time.sleep(TICK_SECONDS)
@@ -289,7 +286,7 @@ class Supervisor:
         """One round: notice exits (restart or give up), start what is due, probe health. Returns what happened,
         one message each."""
         events: list[str] = []
-        now = self.clock()
+        now = time.monotonic()
         for part in self.parts:
             if part.process is not None and part.process.poll() is not None:
                 events.append(self._crashed(part, now))
@@ -323,7 +320,7 @@ class Supervisor:
                 start_new_session=True,
                 preexec_fn=lambda: _tie_to(parent),
             )
-        part.started, part.started_at = self.clock(), time.time()
+        part.started, part.started_at = time.monotonic(), time.time()
         part.state, part.probed = "starting", 0.0
 
     def _probe(self, part: Part, now: float) -> list[str]:
@@ -337,7 +334,7 @@ class Supervisor:
             healthy = answers(spec.health_url, timeout=1.0 if part.state == "starting" else 2.0)
         if healthy and part.state != "healthy":
             took = f" after {_duration(now - part.started)}" if part.state == "starting" else ""
-            part.state, part.ever_healthy = "healthy", True
+            part.state = "healthy"
             where = f" on port {spec.port}" if spec.port else ""
             return [f"{spec.name}: healthy{where} (pid {part.pid}){took}"]
         if not healthy and part.state == "healthy":
@@ -410,9 +407,9 @@ class Supervisor:
         if part.process is None:
             part.state = "failed" if part.state == "failed" else "stopped"
             return []
-        pid, began = part.process.pid, self.clock()
+        pid, began = part.process.pid, time.monotonic()
         deadline = began + part.spec.stop_seconds
-        while part.process.poll() is None and not self.forced and self.clock() < deadline:
+        while part.process.poll() is None and not self.forced and time.monotonic() < deadline:
             time.sleep(0.1)
         code = part.process.poll()
         if code is None:
@@ -424,7 +421,7 @@ class Supervisor:
             how = "stopped" if code in (0, -signal.SIGTERM) else _exit_reason(code)
         _kill_group(pid)
         part.process, part.state = None, "stopped"
-        return [f"{part.spec.name}: {how} ({_duration(self.clock() - began)})"]
+        return [f"{part.spec.name}: {how} ({_duration(time.monotonic() - began)})"]
 
     def _write(self) -> None:
         text = json.dumps(self.snapshot(), indent=2)
