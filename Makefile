@@ -13,6 +13,7 @@ TORCH_VERSION ?= 2.13.0
 exp ?=
 model ?=
 set ?=
+args ?=
 CONDA ?= conda
 CONDA_ENV := finetune-platform
 ENV_FILE ?= .env
@@ -28,7 +29,7 @@ UI_PORT ?= 8501
 SERVE_PORT ?= 8080
 MLFLOW_PORT ?= 5000
 
-.PHONY: help install setup-conda demo test test-v test-all test-fast lint format run-local logs-local db-list worker api ui serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring docs docs-serve tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
+.PHONY: help install setup-conda demo up test test-v test-all test-fast lint format run-local logs-local db-list worker api ui serve predict-health predict-text predict-positive predict-negative bench-train bench-queue bench-api bench-inference bench-observability bench-gpu check-monitoring docs docs-serve tools start-services stop-services k8s-quick-deploy k8s-port-forward clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,6 +60,12 @@ demo: $(STAMP) ## Train the quickstart adapter (bundled MiniLM + sample data), r
 	$(BIN)/finetune train configs/quickstart.yaml
 	$(BIN)/finetune models list --name quickstart-sentiment
 	$(BIN)/finetune predict --model quickstart-sentiment --text "A wonderful, moving film." --text "Dull and far too long."
+	@echo
+	@echo "Next, the whole platform (API, worker, inference server, web UI, MLflow UI) from one command:"
+	@echo "  $(BIN)/finetune up        (or: make up; Ctrl-C stops it, --detach runs it in the background)"
+
+up: $(STAMP) ## The whole platform in one command: API, worker, inference, web UI, MLflow UI on free ports from 8700 (args='--detach --workers 2' adds options)
+	$(BIN)/finetune up$(if $(args), $(args))
 
 test: $(STAMP) $(HELM) ## Lint, build the docs (strict), then run the test suite (extended variants skipped: make test-all)
 	$(BIN)/ruff check src tests bench docs/gen

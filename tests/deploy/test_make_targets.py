@@ -21,7 +21,7 @@ MAKEFILE = ROOT / "Makefile"
 ENVIRONMENT_FILE = ROOT / "environment.yml"
 PORT_VARIABLES = ("API_PORT", "UI_PORT", "SERVE_PORT", "MLFLOW_PORT")
 # make's own knobs that must not leak in from the environment running the tests
-CLEAN = (*PORT_VARIABLES, "JWT_SECRET", "exp", "model", "ENV_FILE", "TESTS", "MAKEFLAGS", "MFLAGS")
+CLEAN = (*PORT_VARIABLES, "JWT_SECRET", "exp", "model", "args", "ENV_FILE", "TESTS", "MAKEFLAGS", "MFLAGS")
 
 
 def make(*arguments: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -100,6 +100,22 @@ def test_make_api_ui_and_serve_listen_on_the_ports_of_dotenv_and_get_none_of_its
     for service, ports in [("api", "18001:8000"), ("ui", "18002:8501"), ("inference", "18003:8080"),
                            ("mlflow", "18004:5000")]:  # fmt: skip
         assert f"svc/finetune-finetune-platform-{service} {ports}" in dry.stdout
+
+
+def test_make_up_starts_finetune_up_with_its_args_and_make_demo_ends_with_that_line(tmp_path):
+    stub = recording_finetune(tmp_path / "bin")
+    done = make("up", f"BIN={stub}")
+    assert done.returncode == 0, done.stderr
+    assert recorded(stub)[0] == ["up"]
+    done = make("up", f"BIN={stub}", "args=--detach --workers 2")
+    assert done.returncode == 0, done.stderr
+    assert recorded(stub)[0] == ["up", "--detach", "--workers", "2"]
+    demo = make("demo", f"BIN={stub}")
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.splitlines()[-2:] == [
+        "Next, the whole platform (API, worker, inference server, web UI, MLflow UI) from one command:",
+        f"  {stub}/finetune up        (or: make up; Ctrl-C stops it, --detach runs it in the background)",
+    ]
 
 
 def test_a_port_on_the_command_line_or_in_the_environment_wins_over_dotenv(tmp_path, dotenv):

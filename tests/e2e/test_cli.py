@@ -53,6 +53,7 @@ COMMANDS = [
     ["users", "create"],
     ["users", "list"],
     ["users", "set-quota"],
+    ["users", "set-password"],
     ["jobs"],
     ["jobs", "submit"],
     ["jobs", "list"],
@@ -71,6 +72,9 @@ COMMANDS = [
     ["audit", "verify"],
     ["audit", "checkpoint"],
     ["security-check"],
+    ["up"],
+    ["status"],
+    ["down"],
 ]
 
 

@@ -159,6 +159,38 @@ def register_version(settings, name: str) -> int:
     return info.version
 
 
+def test_set_password_resets_a_forgotten_password_signs_the_account_out_and_is_audited(cli):
+    """What `finetune up` tells a person who lost the admin password it showed once."""
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.api.app import create_app
+
+    settings, new = cli.settings, "a brand new passphrase"
+    created = cli("users", "create", "root", "--role", "admin", "--password-stdin", input=f"{PASSWORD}\n")
+    root = int(created.stdout.strip().rsplit("id ", 1)[1].rstrip(")"))
+    api = TestClient(create_app(settings))
+    token = api.post("/login", data={"username": "root", "password": PASSWORD}).json()["access_token"]
+    signed_in = {"Authorization": f"Bearer {token}"}
+    assert api.get("/users/me", headers=signed_in).status_code == 200
+
+    mark = last_id(settings)
+    changed = cli("users", "set-password", "root", "--password-stdin", input=f"{new}\n")
+    assert changed.stdout == "new password set for root; its sessions are signed out\n"
+    one_entry(cli, mark, "user.update", f"user:{root}", fields=["password"])
+    assert api.get("/users/me", headers=signed_in).status_code == 401  # the old token stopped working
+    assert api.post("/login", data={"username": "root", "password": PASSWORD}).status_code == 401
+    assert api.post("/login", data={"username": "root", "password": new}).status_code == 200
+
+    mark = last_id(settings)
+    local = cli("users", "set-password", "local", "--password-stdin", input=f"{new}\n", code=2)
+    assert local.output == "error: 'local' is the command line's own account: it has no password to set\n"
+    ghost = cli("users", "set-password", "ghost", "--password-stdin", input=f"{new}\n", code=1)
+    assert ghost.output == "error: no user 'ghost'\n"
+    weak = cli("users", "set-password", "root", "--password-stdin", input="short\n", code=2)
+    assert weak.output.startswith("error: password: at least ")
+    assert entries_after(settings, mark) == []  # refused changes leave no entry
+
+
 def test_model_transitions_and_prediction_jobs_from_the_cli_are_audited(cli, tmp_path):
     settings = cli.settings
     name = f"cli-audit-{secrets.token_hex(3)}"

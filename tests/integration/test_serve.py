@@ -276,6 +276,33 @@ def _secret(value: str):
     return SecretStr(value)
 
 
+def test_a_server_started_with_no_model_serves_the_first_one_registered_without_a_restart(tmp_path, tiny_bert):
+    """What `finetune up` starts on a fresh install: the inference server answers 404 with the reason until a job
+    registers a model, then serves it (a failed lookup of the default is not cached)."""
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.serve.app import create_serve_app
+
+    settings = Settings(FINETUNE_HOME=tmp_path / "home", MODEL_REGISTRY_DIR=tmp_path / "cards")
+    assert settings.SERVE_RESOLVE_SECONDS > 0  # the default: answers are cached, the lack of a model is not
+    client = TestClient(create_serve_app(settings))
+    empty = client.post("/predict", json={"text": "great film"})
+    assert (empty.status_code, empty.json()["detail"]) == (
+        404,
+        "no registered model to serve yet: train one (it is served as soon as it is registered, without a "
+        "restart), or name one with --model",
+    )
+    assert client.get("/health").json() == {"status": "ok", "resident_adapters": 0}
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(64, 1))
+    valid = write_csv(tmp_path / "validation.csv", sentiment_rows(16, 2))
+    raw = tiny_config_dict(tiny_bert, train, valid, tmp_path / "results", max_steps=8, eval_steps=8)
+    raw["registry"] = {"model_name": "first-model"}
+    run_training(config_from_dict(raw), settings=settings, show_progress=False)
+    answer = client.post("/predict", json={"text": "great film"})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["model"], answer.json()["version"]) == ("first-model", 1)
+
+
 def test_a_fresh_deployment_serves_before_any_model_is_registered(tmp_path):
     """`finetune serve` with an empty registry starts (a new stack must not crash-loop) and says why /predict
     cannot answer yet; a model named with --model must exist."""
@@ -308,12 +335,15 @@ def test_a_fresh_deployment_serves_before_any_model_is_registered(tmp_path):
         assert process.poll() is None
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"text": "great"})
         assert (answer.status_code, answer.json()["detail"]) == (
-            404, "no registered model to serve: train one, or name one with --model"
+            404,
+            "no registered model to serve yet: train one (it is served as soon as it is registered, without a "
+            "restart), or name one with --model",
         )  # fmt: skip
     finally:
         process.terminate()
         warning = process.communicate(timeout=30)[1]
     assert (
-        "warning: no registered model to serve: train one, or name one with --model; "
+        "warning: no registered model to serve yet: train one (it is served as soon as it is registered, without "
+        "a restart), or name one with --model; "
         "/predict answers 404 until a model is registered"
     ) in warning

@@ -12,6 +12,7 @@ from finetune_platform.cli.registry import experiments_app, models_app
 from finetune_platform.cli.security import security_check
 from finetune_platform.cli.system import api, audit_app, db_app, ui, users_app
 from finetune_platform.cli.training import config_app, runs_app, train
+from finetune_platform.cli.up import down, status, up
 
 app = typer.Typer(
     name="finetune",
@@ -36,6 +37,9 @@ app.add_typer(audit_app, name="audit")
 app.command()(api)
 app.command()(ui)
 app.command("security-check")(security_check)
+app.command()(up)
+app.command()(status)
+app.command()(down)
 
 
 @app.command()

@@ -89,16 +89,17 @@ def fmt(value: float | None) -> str:
     return "" if value is None or value != value else f"{value:.4f}"
 
 
-def migrate_database():
+def migrate_database(config=None):
     """The app database brought to the current schema before a command uses it: a fresh local install is
     created here, as `finetune db upgrade` would; elsewhere a stale schema is a ConfigError naming the fix. An
-    unreachable database is a ConfigError too, never a traceback. Returns the settings it used."""
+    unreachable database is a ConfigError too, never a traceback. Returns the settings it used (``config``, else
+    the environment's)."""
     # lazy: sqlalchemy, kept off the start of every finetune command
     from sqlalchemy.exc import SQLAlchemyError
 
     from finetune_platform.db.session import ensure_database
 
-    config = settings()
+    config = config or settings()
     try:
         ensure_database(config)
     except SQLAlchemyError as error:
@@ -111,12 +112,12 @@ def migrate_database():
     return config
 
 
-def open_database():
+def open_database(config=None):
     """A transaction on the app database (``session_scope``: commit, or roll back on error), migrated first."""
     # lazy: sqlalchemy, kept off the start of every finetune command
     from finetune_platform.db.session import session_scope
 
-    return session_scope(migrate_database())
+    return session_scope(migrate_database(config))
 
 
 def cli_actor() -> str:

@@ -84,6 +84,34 @@ def users_create(
     typer.echo(f"created {user.role} {user.username} (id {user.id})")
 
 
+@users_app.command("set-password")
+def users_set_password(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the new password from stdin (else: a prompt).")
+    ] = False,
+) -> None:
+    """Set an account's password, e.g. a forgotten admin password (`finetune up` shows it only once). Every
+    token of the account stops working: it logs in again."""
+    # lazy: sqlalchemy, kept off the start of every finetune command
+    from finetune_platform.db.accounts import LOCAL_USER
+    from finetune_platform.services.users import get_user, update_user
+
+    if username.lower() == LOCAL_USER:
+        raise fail(ConfigError(f"{username!r} is the command line's own account: it has no password to set"))
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    try:
+        with open_database() as session:
+            user = update_user(session, get_user(session, username).id, password=password)
+            audit(session, "user.update", target=f"user:{user.id}", fields=["password"])
+    except PlatformError as error:
+        raise fail(error) from None
+    typer.echo(f"new password set for {user.username}; its sessions are signed out")
+
+
 @users_app.command("list")
 def users_list() -> None:
     """List accounts with their roles (a fresh local install's database is created first)."""

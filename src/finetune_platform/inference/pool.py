@@ -54,7 +54,10 @@ class ModelPool:
         production = [v for v in versions if v.stage is Stage.PRODUCTION]
         chosen = production or versions
         if not chosen:
-            raise NotFoundError("no registered model to serve: train one, or name one with --model")
+            raise NotFoundError(
+                "no registered model to serve yet: train one (it is served as soon as it is registered, without a "
+                "restart), or name one with --model"
+            )
         newest = max(chosen, key=lambda v: (v.created_at, v.version))
         return f"{newest.name}@production" if production else newest.name
 

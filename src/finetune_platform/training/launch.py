@@ -34,6 +34,7 @@ from typing import Any
 
 from finetune_platform.atomic import write_atomic
 from finetune_platform.errors import ConfigError, PlatformError
+from finetune_platform.supervisor import die_with_parent
 from finetune_platform.training.callbacks import Callback, Control, RunState
 from finetune_platform.training.config import Device, Precision, config_from_dict
 from finetune_platform.training.guards import CheckpointSaveError, NonFiniteLoss, TrainingStopped
@@ -52,17 +53,6 @@ _ERRORS: dict[str, type[PlatformError]] = {
     "ConfigError": ConfigError,
     "TrainingStopped": TrainingStopped,
 }
-
-
-def die_with_parent(sig: int) -> None:
-    """Have the kernel send ``sig`` to this process when its parent dies (Linux; elsewhere nothing): a worker or
-    command killed outright must not leave its ranks training on in the run folder the next attempt resumes."""
-    if sys.platform != "linux":
-        return
-    # lazy: ctypes only on Linux, for the parent-death signal
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
