@@ -185,3 +185,26 @@ def test_an_interrupted_run_without_its_labels_is_refused_by_name(interrupted, t
         "tokenizer and labels there, so its checkpoints cannot be used; train it to the end "
         "(finetune train CONFIG --resume)"
     )
+
+
+def test_serve_on_an_interrupted_run_serves_its_best_checkpoint_and_says_so(
+    interrupted, tiny_bert, tmp_path, caplog
+):
+    from fastapi.testclient import TestClient
+
+    from finetune_platform.serve.app import create_serve_app
+    from finetune_platform.settings import Settings
+
+    _, folder = interrupted
+    checkpoints = list_checkpoints(folder / "artifacts" / "checkpoints")
+    best = select_retained(checkpoints, greater_is_better=True, tolerance=0.01)["best"]
+    expected = expected_probabilities(folder, best.path, tiny_bert, tmp_path)
+    settings = Settings(FINETUNE_HOME=tmp_path / "home", SERVE_DEVICE="cpu", METRICS_ENABLED=False)
+    with caplog.at_level("WARNING", logger="finetune_platform.inference"):
+        app = create_serve_app(settings, run_folder=folder)
+    assert (
+        f"{folder} has no final adapter: serving its {best.path.name} (step {best.step})" in caplog.messages
+    )
+    with TestClient(app) as client:
+        answers = [client.post("/predict", json={"text": text}).json() for text in TEXTS]
+    assert flat([answer["probabilities"] for answer in answers]) == pytest.approx(expected, abs=1e-4)

@@ -62,11 +62,14 @@ def train(
                 err=True,
             )
         overrides = [item for item in overrides if item not in ignored]
+    try:
+        config = load(config_path, overrides)
+    except PlatformError as error:
+        raise fail(error) from None
     # lazy: the training stack, kept off the start of every finetune command
     from finetune_platform.training.runner import RunInterrupted, run_training
 
     try:
-        config = load(config_path, overrides)
         result = run_training(
             config, resume=resume, run_id=run_id, show_progress=progress, check_data_first=True
         )
