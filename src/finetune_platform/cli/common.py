@@ -24,7 +24,12 @@ OutputDir = Annotated[Path, typer.Option("--output-dir", help="Root of the run f
 
 
 class _ConsoleFilter(logging.Filter):
+    """Per-step lines (the bar shows them) and a run's outcome line (the command prints the error itself) stay
+    in logs.txt only."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "run_outcome", False):
+            return False
         return not record.name.startswith("finetune_platform.training.progress")
 
 

@@ -28,7 +28,19 @@ def predict(
         str | None, typer.Option("--model", "-m", help="Registered model: name, name@3 or name@production.")
     ] = None,
     run: Annotated[
-        Path | None, typer.Option("--run", help="A run folder (results/<experiment>/<run-id>).")
+        Path | None,
+        typer.Option(
+            "--run",
+            help="A run folder (results/<experiment>/<run-id>); one without a final adapter (interrupted) "
+            "predicts with its best complete checkpoint.",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="One complete checkpoint of a run folder: <run folder>/artifacts/checkpoints/checkpoint-N.",
+        ),
     ] = None,
     text: Annotated[
         list[str] | None, typer.Option("--text", "-t", help="A text to classify (repeatable).")
@@ -58,19 +70,30 @@ def predict(
 
     from finetune_platform.inference.batch import predict_file, read_texts
     from finetune_platform.inference.pool import open_one
-    from finetune_platform.inference.predictor import answer, source_from_registry, source_from_run
+    from finetune_platform.inference.predictor import (
+        answer,
+        source_from_checkpoint,
+        source_from_registry,
+        source_from_run,
+    )
     from finetune_platform.inference.runtimes import checked_choice
 
     try:
-        if (model is None) == (run is None):
-            raise ConfigError("give exactly one of --model NAME[@VERSION|@STAGE] or --run RUN_FOLDER")
+        if [model, run, checkpoint].count(None) != 2:
+            raise ConfigError(
+                "give exactly one of --model NAME[@VERSION|@STAGE], --run RUN_FOLDER or --checkpoint CHECKPOINT"
+            )
         if bool(text) == (input_file is not None):
             raise ConfigError("give either --text (repeatable) or --input FILE with --output FILE")
         if input_file is not None and output is None:
             raise ConfigError("--input needs --output (a .csv path for the predictions)")
         checked_choice(runtime, "--runtime")
         config = settings()
-        source = source_from_run(run) if run is not None else source_from_registry(config, model)
+        if model is not None:
+            source = source_from_registry(config, model)
+        else:
+            source = source_from_run(run) if run is not None else source_from_checkpoint(checkpoint)
+            say_checkpoint(source, run)
         predictor = open_one(config, source, runtime, setting="--runtime")
         if text:
             started = time.perf_counter()
@@ -87,6 +110,22 @@ def predict(
         typer.echo(summary.describe(output))
     except PlatformError as error:
         raise fail(error) from None
+
+
+def say_checkpoint(source: Any, run: Path | None) -> None:
+    """On stderr: the checkpoint that predicts, where it is not a run's final adapter."""
+    used = source.checkpoint
+    if used is None:
+        return
+    score = f", {used.metric_name or 'metric'} {used.metric:.4f}" if used.metric is not None else ""
+    what = f"{used.path.name} (step {used.step}{score})"
+    if run is None:
+        typer.echo(f"predicting with {what} of run {used.path.parents[2]}", err=True)
+    else:
+        role = source.checkpoint_role
+        typer.echo(
+            f"{run}: no final adapter; predicting with its {role} complete checkpoint, {what}", err=True
+        )
 
 
 def serve(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,10 @@ from finetune_platform.errors import PlatformError
 
 config_app = typer.Typer(help="Inspect and validate training configs.", no_args_is_help=True)
 runs_app = typer.Typer(help="List run folders and read their logs.", no_args_is_help=True)
+
+# The --set overrides that still apply with --resume: they say where the run to continue is.
+RUN_LOCATION = ("output_dir", "experiment")
+INTERRUPTED_EXIT = 130  # a shell's status for a command ended by SIGINT (Ctrl-C)
 
 
 def train(
@@ -41,23 +46,47 @@ def train(
     ] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON.")] = False,
 ) -> None:
-    """Train a LoRA adapter from a config: validate, train, evaluate, save the run folder, log to MLflow."""
+    """Train a LoRA adapter from a config: validate, train, evaluate, save the run folder, log to MLflow.
+
+    Invalid data is refused before a run folder is created. Ctrl-C stops the run and prints the command that
+    continues it from its last complete checkpoint."""
     configure_console_logging()
-    if resume and overrides:
-        typer.secho(
-            "warning: --set is ignored with --resume: a run continues with its own config.yaml",
-            fg=typer.colors.YELLOW,
-            err=True,
-        )
-        overrides = []
+    overrides = overrides or []
+    if resume:
+        ignored = [item for item in overrides if _override_key(item) not in RUN_LOCATION]
+        if ignored:
+            typer.secho(
+                "warning: --set is ignored with --resume: a run continues with its own config.yaml "
+                f"(only output_dir and experiment apply: they find the run); ignored: {' '.join(ignored)}",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+        overrides = [item for item in overrides if item not in ignored]
     try:
         config = load(config_path, overrides)
-        # lazy: the training stack, kept off the start of every finetune command
-        from finetune_platform.training.runner import run_training
-
-        result = run_training(config, resume=resume, run_id=run_id, show_progress=progress)
     except PlatformError as error:
         raise fail(error) from None
+    # lazy: the training stack, kept off the start of every finetune command
+    from finetune_platform.training.runner import RunInterrupted, run_training
+
+    try:
+        result = run_training(
+            config, resume=resume, run_id=run_id, show_progress=progress, check_data_first=True
+        )
+    except PlatformError as error:
+        raise fail(error) from None
+    except RunInterrupted as interrupted:
+        located = [item for item in overrides if _override_key(item) in RUN_LOCATION]
+        command = ["finetune", "train", str(config_path), *_with_set(located), "--resume"]
+        command += ["--run-id", interrupted.run.run_id]
+        typer.secho(
+            f"interrupted: run {interrupted.run.run_id} {interrupted}", fg=typer.colors.YELLOW, err=True
+        )
+        next_step = (
+            "continue it" if interrupted.saved else "start it again (from step 0) in the same run folder"
+        )
+        typer.echo(f"{next_step} with: {shlex.join(command)}", err=True)
+        raise typer.Exit(code=INTERRUPTED_EXIT) from None
     evaluation = result.metrics["eval"]
     if json_output:
         typer.echo(
@@ -77,6 +106,14 @@ def train(
     typer.echo(f"  run folder       {result.run.root}")
     if result.mlflow_run_id:
         typer.echo(f"  mlflow run       {result.mlflow_run_id}")
+
+
+def _override_key(assignment: str) -> str:
+    return assignment.partition("=")[0].strip()
+
+
+def _with_set(overrides: list[str]) -> list[str]:
+    return [part for item in overrides for part in ("--set", item)]
 
 
 @config_app.command("validate")

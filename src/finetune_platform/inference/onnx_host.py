@@ -268,7 +268,7 @@ class OnnxHost(Classifier):
         quiet_libraries()
         tensors = AdapterTensors.read(first.adapter_dir)
         reference = resolve_base_model(first.info.base_model, first.info.language or None)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(first.adapter_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(first.files_dir))
         self.signature = tensors.signature
         self.merged = merged
         self.session, self.inputs = build_session(

@@ -18,8 +18,15 @@ import numpy as np
 from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.inference.softmax import softmax
-from finetune_platform.tracking.registry import ModelRegistry
-from finetune_platform.training.config import read_run_config
+from finetune_platform.tracking.registry import ADAPTER_FILE, ModelRegistry
+from finetune_platform.training.checkpoints import (
+    PREFIX,
+    CheckpointInfo,
+    is_complete,
+    list_checkpoints,
+    select_retained,
+)
+from finetune_platform.training.config import TrainConfig, read_run_config
 from finetune_platform.training.models import quiet_libraries
 from finetune_platform.training.run_folder import RunFolder
 
@@ -73,14 +80,23 @@ class ModelInfo:
 class AdapterSource:
     """Where a trained adapter lives and what it is: enough to load it on any runtime."""
 
-    key: str  # name@version (name@run-id for a run folder)
+    key: str  # name@version (name@run-id for a run folder, name@run-id:checkpoint-N for one of its checkpoints)
     adapter_dir: Path
     info: ModelInfo
     label_map: Any
+    # The tokenizer and label_map.json, where they are not beside the adapter (a checkpoint: its run's artifacts/).
+    tokenizer_dir: Path | None = None
+    checkpoint: CheckpointInfo | None = None  # the run's checkpoint used, where it is not the final adapter
+    checkpoint_role: str = ""  # why that one: "best" or "last" (of a run without a final adapter), or "named"
 
     @classmethod
     def of(cls, key: str, adapter_dir: Path, info: ModelInfo) -> AdapterSource:
         return cls(key, Path(adapter_dir), info, read_label_map(adapter_dir))
+
+    @property
+    def files_dir(self) -> Path:
+        """Where the tokenizer and label_map.json are."""
+        return self.tokenizer_dir or self.adapter_dir
 
 
 def run_language(base_model: str, language: str | None) -> str:
@@ -107,11 +123,61 @@ def answer(prediction: Prediction, info: ModelInfo, latency_ms: float) -> dict[s
 
 
 def source_from_run(run_folder: Path) -> AdapterSource:
-    """The adapter a run folder holds (artifacts/), described by its config.yaml."""
+    """The adapter a run folder holds (artifacts/), described by its config.yaml. A run without one (interrupted,
+    or still training) lends the complete checkpoint it would end with: its best (its last where the config
+    says ``checkpoints.final_model: last``, or no checkpoint has a metric); ``checkpoint`` says which."""
     run = RunFolder(Path(run_folder))
     if not run.config_path.is_file():
         raise NotFoundError(f"{run_folder}: not a run folder (no config.yaml)")
     config = read_run_config(run.config_path)
+    if (run.artifacts_dir / ADAPTER_FILE).is_file():
+        return _run_source(run, config)
+    checkpoints = list_checkpoints(run.checkpoints_dir)
+    if not checkpoints:
+        status = run.status.value if run.status else "never started"
+        raise NotFoundError(
+            f"{run_folder}: nothing to predict with: the run ({status}) has no final adapter in artifacts/ and "
+            "no complete checkpoint in artifacts/checkpoints/ (the first is written at its first evaluation)"
+        )
+    retained = select_retained(
+        checkpoints,
+        config.training.metric_for_best_model.greater_is_better,
+        config.checkpoints.fastest_tolerance,
+    )
+    role = "best" if config.checkpoints.final_model == "best" and "best" in retained else "last"
+    return _run_source(run, config, retained[role], role)
+
+
+def source_from_checkpoint(checkpoint_dir: Path) -> AdapterSource:
+    """One complete checkpoint of a run folder (``RUN_FOLDER/artifacts/checkpoints/checkpoint-N``), with its
+    run's tokenizer and labels."""
+    path = Path(checkpoint_dir)
+    where = path.resolve()
+    run = RunFolder(where.parent.parent.parent)
+    if not (
+        where.name.startswith(PREFIX) and where.parent == run.checkpoints_dir and run.config_path.is_file()
+    ):
+        raise NotFoundError(
+            f"{checkpoint_dir}: not a checkpoint of a run folder (RUN_FOLDER/artifacts/checkpoints/checkpoint-N)"
+        )
+    complete = list_checkpoints(run.checkpoints_dir)
+    names = ", ".join(info.path.name for info in complete) or "none"
+    if not where.is_dir() or not is_complete(where):
+        state = "is incomplete (its save was cut off)" if where.is_dir() else "does not exist"
+        raise NotFoundError(f"{checkpoint_dir} {state}; the run's complete checkpoints: {names}")
+    info = next(info for info in complete if info.path.name == where.name)
+    return _run_source(run, read_run_config(run.config_path), info, "named")
+
+
+def _run_source(
+    run: RunFolder, config: TrainConfig, checkpoint: CheckpointInfo | None = None, role: str = ""
+) -> AdapterSource:
+    if checkpoint is not None and not (run.artifacts_dir / "label_map.json").is_file():
+        raise NotFoundError(
+            f"{run.root}: no label_map.json in artifacts/: the run was interrupted before this version "
+            "wrote its tokenizer and labels there, so its checkpoints cannot be used; train it to the end "
+            "(finetune train CONFIG --resume)"
+        )
     label_map = read_label_map(run.artifacts_dir)
     info = ModelInfo(
         config.model_name,
@@ -121,7 +187,12 @@ def source_from_run(run_folder: Path) -> AdapterSource:
         tuple(label_map.names),
         config.model.max_length,
     )
-    return AdapterSource(f"{config.model_name}@{run.root.name}", run.artifacts_dir, info, label_map)
+    key = f"{config.model_name}@{run.root.name}"
+    if checkpoint is None:
+        return AdapterSource(key, run.artifacts_dir, info, label_map)
+    return AdapterSource(
+        f"{key}:{checkpoint.path.name}", checkpoint.path, info, label_map, run.artifacts_dir, checkpoint, role
+    )
 
 
 def source_from_registry(settings: Any, reference: str) -> AdapterSource:
@@ -241,6 +312,7 @@ class Predictor(Classifier):
         device: str = "cpu",
         merge: bool = True,
         adapter_name: str = "default",
+        tokenizer_dir: Path | None = None,
     ) -> None:
         # lazy: torch, PEFT and transformers load with a model, not when the runtime registry is imported
         import torch
@@ -249,9 +321,12 @@ class Predictor(Classifier):
 
         quiet_libraries()
         adapter_dir = Path(adapter_dir)
-        self.label_map = read_label_map(adapter_dir)
+        files_dir = (
+            Path(tokenizer_dir) if tokenizer_dir is not None else adapter_dir
+        )  # a checkpoint: its run's
+        self.label_map = read_label_map(files_dir)
         reference = resolve_base_model(base_model, language or "auto")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(files_dir))
         names = self.label_map.names
         model = AutoModelForSequenceClassification.from_pretrained(
             reference.source,
@@ -303,5 +378,6 @@ class Predictor(Classifier):
             version=info.version,
             language=info.language,
             max_length=info.max_length,
+            tokenizer_dir=source.tokenizer_dir,
             **options,
         )

@@ -35,6 +35,7 @@ def _predictor_options(source: AdapterSource) -> dict[str, Any]:
         "version": info.version,
         "language": info.language,
         "max_length": info.max_length,
+        "tokenizer_dir": source.tokenizer_dir,
     }
 
 

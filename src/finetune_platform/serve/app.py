@@ -70,7 +70,15 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         settings.SERVE_CUDA_GRAPHS,
     )
     if run_folder is not None:
-        pool.serve_local(source_from_run(run_folder))
+        source = source_from_run(run_folder)
+        if source.checkpoint is not None:
+            logger.warning(
+                "%s has no final adapter: serving its %s (step %d)",
+                run_folder,
+                source.checkpoint.path.name,
+                source.checkpoint.step,
+            )
+        pool.serve_local(source)
     batcher = Batcher(
         pool, settings.SERVE_BATCH_WAIT_MS, settings.SERVE_MAX_BATCH, settings.SERVE_MAX_BATCH_TOKENS
     )

@@ -222,7 +222,7 @@ def submit_job(
     pool has (422), an account at its queued-jobs limit (429, checked before the data is read), invalid data.
     """
     # lazy: pandas and pyarrow (data.validation), which a worker or `finetune jobs list` never needs
-    from finetune_platform.data.validation import DatasetValidationError, ValidationOptions, validate_dataset
+    from finetune_platform.training.data_check import check_data, validation_options
 
     settings = settings or get_settings()
     earlier = _earlier(session, user, idempotency_key)
@@ -231,16 +231,7 @@ def submit_job(
     train_config = config_from_dict(config)  # ConfigError names the field
     quotas.check_pool_devices(train_config, settings)
     quotas.check_queue_room(session, user.id, settings, lock=False)
-    data = train_config.data
-    options = ValidationOptions(
-        text_column=data.text_column,
-        label_column=data.label_column,
-        label_names=data.label_names,
-        drop_invalid=data.invalid_rows == "drop",
-    )
-    report = validate_dataset(data.train_file, options, data.validation_file)
-    if not report.ok:
-        raise DatasetValidationError(report)
+    report = check_data(train_config)
     submission = _queue(
         session,
         settings,
@@ -252,7 +243,7 @@ def submit_job(
         max_attempts=max_attempts,
     )
     if submission.created:
-        record_dataset_versions(session, report, options, owner_id=user.id)
+        record_dataset_versions(session, report, validation_options(train_config), owner_id=user.id)
     return submission
 
 

@@ -29,6 +29,7 @@ class CheckpointInfo:
     step: int
     epoch: float | None
     metric: float | None
+    metric_name: str | None = None  # e.g. eval_accuracy: what ``metric`` measures
 
 
 def is_complete(path: Path) -> bool:
@@ -44,7 +45,11 @@ def list_checkpoints(root: Path) -> list[CheckpointInfo]:
         if not path.is_dir() or not path.name.startswith(PREFIX) or not is_complete(path):
             continue
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        found.append(CheckpointInfo(path, int(meta["step"]), meta.get("epoch"), meta.get("metric")))
+        found.append(
+            CheckpointInfo(
+                path, int(meta["step"]), meta.get("epoch"), meta.get("metric"), meta.get("metric_name")
+            )
+        )
     return sorted(found, key=lambda info: info.step)
 
 

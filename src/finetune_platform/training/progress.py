@@ -95,6 +95,10 @@ class ProgressCallback(Callback):
         logger.info(message)
 
     def on_train_end(self, state: RunState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the bar (also when training did not end: Ctrl-C), so what is printed next starts a line."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

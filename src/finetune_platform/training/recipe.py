@@ -110,6 +110,7 @@ class LoraClassificationRecipe:
         self.train_output: Any = None
         self.report: dict[str, Any] = {}
         self.final_checkpoint: str | None = None
+        self.progress: ProgressCallback | None = None
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self) -> RecipeState:
@@ -145,6 +146,8 @@ class LoraClassificationRecipe:
             exc.report.write_json(self.run.root / "validation.json")
             raise
         splits.report.write_json(self.run.root / "validation.json")
+        # There before the first checkpoint: an interrupted run's checkpoints predict with them (finetune predict).
+        self._save_prediction_files(splits.label_map)
         for file_report in splits.report.files:
             for issue in file_report.issues:
                 state = "dropped" if issue.dropped else issue.severity.value
@@ -220,11 +223,10 @@ class LoraClassificationRecipe:
         callbacks are added by the runner)."""
 
         t = self.config.training
-        return [
-            ProgressCallback(
-                t.batch_size * t.gradient_accumulation_steps * t.processes, show_bar=self.show_progress
-            )
-        ]
+        self.progress = ProgressCallback(
+            t.batch_size * t.gradient_accumulation_steps * t.processes, show_bar=self.show_progress
+        )
+        return [self.progress]
 
     # -- train -----------------------------------------------------------------------------------
     def train(self, resume_from: Path | None = None) -> Any:
@@ -273,11 +275,8 @@ class LoraClassificationRecipe:
 
     # -- save ------------------------------------------------------------------------------------
     def save(self, mlflow_run_id: str | None) -> dict[str, Any]:
-        artifacts = self.run.artifacts_dir
-        self.driver.model.save_pretrained(str(artifacts), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(artifacts))
-        label_map = self.state.splits.label_map
-        (artifacts / "label_map.json").write_text(json.dumps(label_map.to_json(), indent=2), encoding="utf-8")
+        self.driver.model.save_pretrained(str(self.run.artifacts_dir), safe_serialization=True)
+        self._save_prediction_files(self.state.splits.label_map)
         retained = select_retained(
             list_checkpoints(self.run.checkpoints_dir),
             self.config.training.metric_for_best_model.greater_is_better,
@@ -310,8 +309,16 @@ class LoraClassificationRecipe:
         )
         return metrics
 
+    def _save_prediction_files(self, label_map: Any) -> None:
+        """What predicting needs beside the adapter weights: the tokenizer and the label map, in artifacts/."""
+        artifacts = self.run.artifacts_dir
+        self.tokenizer.save_pretrained(str(artifacts))
+        (artifacts / "label_map.json").write_text(json.dumps(label_map.to_json(), indent=2), encoding="utf-8")
+
     # -- cleanup ---------------------------------------------------------------------------------
     def cleanup(self) -> None:
 
+        if self.progress is not None:
+            self.progress.close()
         shutil.rmtree(self.run.staging_dir, ignore_errors=True)
         self.driver = None

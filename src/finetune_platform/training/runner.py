@@ -17,6 +17,7 @@ from finetune_platform.db.job_vocabulary import JobStatus
 from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.callbacks import TrackingCallback
+from finetune_platform.training.checkpoints import CheckpointInfo, newest_checkpoint
 from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
 from finetune_platform.training.devices import check_device
 from finetune_platform.training.run_folder import RunFolder
@@ -33,6 +34,27 @@ class RunResult:
     metrics: dict[str, Any]
     mlflow_run_id: str | None
     wall_seconds: float
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: where it stood and the newest complete checkpoint it keeps (``saved``), which
+    ``--resume`` continues from."""
+
+    def __init__(
+        self, run: RunFolder, step: int | None, max_steps: int, saved: CheckpointInfo | None
+    ) -> None:
+        self.run, self.step, self.max_steps, self.saved = run, step, max_steps, saved
+        where = (
+            f"stopped at step {step} of {max_steps}"
+            if step is not None
+            else "stopped before training started"
+        )
+        kept = f"{saved.path.name} (step {saved.step}) is saved" if saved else "no checkpoint was saved yet"
+        super().__init__(f"{where}; {kept}")
+
+
+# The run's outcome line: logs.txt keeps it; a face that reports the error itself (the CLI) skips it on its console.
+OUTCOME = {"run_outcome": True}
 
 
 class _RunLog:
@@ -55,11 +77,17 @@ class _RunLog:
 
 
 def prepare_run(
-    config: TrainConfig, *, resume: bool = False, run_id: str | None = None
+    config: TrainConfig, *, resume: bool = False, run_id: str | None = None, check_data_first: bool = False
 ) -> tuple[TrainConfig, RunFolder, Path | None]:
     """Pick the run folder (new, or the one to resume) and the checkpoint to resume from. A device or
-    precision this machine cannot give fails here, before a run folder is created."""
+    precision this machine cannot give fails here, before a run folder is created (or an attempt counted); so
+    does invalid data with ``check_data_first`` (a quick pass that loads no model library)."""
+    # lazy: pandas and pyarrow (data.validation), for the runs that check their data here
+    from finetune_platform.training.data_check import check_data
+
     if not resume:
+        if check_data_first:
+            check_data(config)
         check_device(config)
         run = RunFolder.create(config.output_dir, config.experiment, run_id)
         dump_config(config, run.config_path)
@@ -67,6 +95,8 @@ def prepare_run(
     run = RunFolder.find_resumable(config.output_dir, config.experiment, run_id)
     # The run's own config wins: resuming with different settings would not continue the same run.
     saved = read_run_config(run.config_path)
+    if check_data_first:
+        check_data(saved)
     check_device(saved)
     return saved, run, run.newest_checkpoint()
 
@@ -81,20 +111,26 @@ def run_training(
     callbacks: Sequence[Any] = (),
     on_stage: Callable[[str], None] | None = None,
     owner_id: int | None = None,
+    check_data_first: bool = False,
 ) -> RunResult:
     """Train, evaluate, save, track and register one run.
 
     ``callbacks`` are extra ``training.callbacks.Callback``s (the job worker's progress and stop control); ``on_stage``
     hears "validating", "training", "evaluating" and "registering" as the run reaches them; ``owner_id`` is
     the account the model version is registered for (None: the command line's local account).
+    ``check_data_first`` (the command line): invalid data raises DatasetValidationError before a run folder is
+    created; without it (a job) the run folder records the failure and its validation.json. Ctrl-C raises
+    ``RunInterrupted``.
     """
-    # lazy: torch loads only when a run starts
-    from finetune_platform.training.recipe import LoraClassificationRecipe
-
     settings = settings or get_settings()
     stage = on_stage or (lambda name: None)
     started = time.perf_counter()
-    config, run, checkpoint = prepare_run(config, resume=resume, run_id=run_id)
+    config, run, checkpoint = prepare_run(
+        config, resume=resume, run_id=run_id, check_data_first=check_data_first
+    )
+    # lazy: torch loads only when a run starts
+    from finetune_platform.training.recipe import LoraClassificationRecipe
+
     previous = run.read_state()
     run.update_state(
         status=JobStatus.RUNNING,
@@ -146,13 +182,17 @@ def run_training(
         except BaseException as exc:
             # Ctrl-C is its user stopping the run: cancelled, in the job row's words.
             status = JobStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
-            logger.error("run %s %s: %s", run.run_id, status, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                exc = _interrupted(run, recipe)
+            logger.error("run %s %s: %s", run.run_id, status, exc, extra=OUTCOME)
             try:  # the disk may be the reason we are here: recording the failure must not hide it
                 run.update_state(status=status, error=str(exc))
             except OSError as state_error:
                 logger.error("could not record the failure in %s: %s", run.state_path, state_error)
             if tracker is not None:
                 tracker.end("KILLED" if status is JobStatus.CANCELLED else "FAILED")
+            if isinstance(exc, RunInterrupted):
+                raise exc from None
             raise
         finally:
             recipe.cleanup()
@@ -168,6 +208,17 @@ def run_training(
         )
     return RunResult(
         run=run, metrics=metrics, mlflow_run_id=tracker.run_id if tracker else None, wall_seconds=wall
+    )
+
+
+def _interrupted(run: RunFolder, recipe: Any) -> RunInterrupted:
+    driver = recipe.driver
+    trained = driver is not None and driver.state.max_steps > 0
+    return RunInterrupted(
+        run,
+        driver.state.step if trained else None,
+        driver.state.max_steps if trained else 0,
+        newest_checkpoint(run.checkpoints_dir),
     )
 
 

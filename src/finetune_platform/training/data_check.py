@@ -1,0 +1,36 @@
+"""The data check a run starts with: its dataset validated as training reads it, before anything is written.
+
+One streaming pass of ``data.validation`` with the config's columns, declared labels and invalid-row policy; no
+tokenizer (the token-length checks only warn, and they run again when training loads the data), so no model
+library loads. ``finetune train`` and a job submitted to the API both refuse invalid data here.
+"""
+
+from __future__ import annotations
+
+from finetune_platform.data.validation import (
+    DatasetValidationError,
+    ValidationOptions,
+    ValidationReport,
+    validate_dataset,
+)
+from finetune_platform.training.config import TrainConfig
+
+
+def validation_options(config: TrainConfig) -> ValidationOptions:
+    data = config.data
+    return ValidationOptions(
+        text_column=data.text_column,
+        label_column=data.label_column,
+        label_names=data.label_names,
+        drop_invalid=data.invalid_rows == "drop",
+    )
+
+
+def check_data(config: TrainConfig) -> ValidationReport:
+    """The report on the config's training (and validation) file; DatasetValidationError, carrying it, when it
+    holds an error."""
+    data = config.data
+    report = validate_dataset(data.train_file, validation_options(config), data.validation_file)
+    if not report.ok:
+        raise DatasetValidationError(report)
+    return report
