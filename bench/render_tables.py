@@ -564,10 +564,33 @@ def layer_report(record: dict) -> str:
     return "\n".join(lines)
 
 
+def train_throughput_seeds(record: dict) -> str:
+    setup = record["setup"]
+    seeds = [str(seed) for seed in setup["seeds"]]
+    lines = [
+        f"*{machine_line(record)}; {setup['train_rows']} SST-2 rows, one run per seed*",
+        "",
+        *table(
+            ["variant", *(f"seed {seed}" for seed in seeds), "mean ± sd", "mean vs HF baseline"],
+            [
+                [
+                    name,
+                    *(f"{result['accuracy_by_seed'][seed] * 100:.2f}" for seed in seeds),
+                    f"**{result['mean'] * 100:.2f}** ± {result['stdev'] * 100:.2f}",
+                    f"{result['mean_vs_hf_baseline'] * 100:+.2f}",
+                ]
+                for name, result in record["results"].items()
+            ],
+        ),
+    ]
+    return "\n".join(lines)
+
+
 RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_compare": gpu_compare,
     "train_throughput": train_throughput,
     "train_throughput_cuda": train_throughput,
+    "train_throughput_seeds": train_throughput_seeds,
     "sst2_minilm": sst2_minilm,
     "data_validate": data_validate,
     "tracking_overhead": tracking_overhead,
