@@ -22,7 +22,7 @@ from starlette.types import Scope
 from finetune_platform import __version__
 from finetune_platform.api.auth import NOT_AUTHENTICATED, login_throttle
 from finetune_platform.api.routes import ROUTERS
-from finetune_platform.api.schemas import errors
+from finetune_platform.api.schemas import json_errors
 from finetune_platform.broker import queue_size
 from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.errors import PlatformError
@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.METRICS_ENABLED:
         registry = system_registry(settings)
         registry.register(JobCollector(settings, queue_depth=partial(queue_size, settings)))
-        refusals = errors(
+        refusals = json_errors(
             401,
             404,
             e401="Outside local mode: no `Authorization: Bearer <METRICS_TOKEN>`, or a wrong one.",

@@ -44,3 +44,15 @@ def errors(*statuses: int, **why: str) -> dict[int | str, dict[str, Any]]:
     return {
         status: {"model": ErrorOut, "description": why.get(f"e{status}", WHY[status])} for status in statuses
     }
+
+
+def json_errors(*statuses: int, **why: str) -> dict[int | str, dict[str, Any]]:
+    """``errors`` for a route whose success is not JSON (GET /metrics: text): its refusals still answer the JSON
+    error body, which the app's other routes put in the document's components."""
+    return {
+        status: {
+            "description": why.get(f"e{status}", WHY[status]),
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+        }
+        for status in statuses
+    }
