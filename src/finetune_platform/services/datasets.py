@@ -162,11 +162,6 @@ def dataset_versions(session: Session, user: UserPublic, dataset_id: str) -> Pag
     return Page[DatasetVersionPublic].of(versions)
 
 
-def dataset_path(session: Session, user: UserPublic, dataset_id: str) -> Path:
-    """Where a visible dataset lives (for the training config); only the server ever sees it."""
-    return Path(_visible(session, user, dataset_id).path)
-
-
 def stored_dataset(session: Session, user: UserPublic, dataset_id: str) -> tuple[DatasetPublic, Path]:
     """A visible dataset and where the server keeps it (the path never leaves the server)."""
     row = _visible(session, user, dataset_id)
