@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy.orm import Session
 
 from finetune_platform.api.deps import (
     CurrentUser,
@@ -35,7 +36,7 @@ REPEATED = {
 def answer_submission(
     request: Request,
     response: Response,
-    session: DbSession,
+    session: Session,
     user: UserPublic,
     submission: Submission,
     action: str,
