@@ -104,7 +104,7 @@ def prepare(values: dict[str, str], work: Path) -> tuple[str, str, str]:
         user = create_user(session, "bench", "long enough password")
         sample = work / "incoming.csv"
         shutil.copy(ROOT / "data/sample/train.csv", sample)
-        dataset, _ = register_upload(session, settings, user, "train.csv", sample, sample.stat().st_size)
+        dataset = register_upload(session, settings, user, "train.csv", sample, sample.stat().st_size)
     with session_scope(settings) as session:
         train_file = Path(settings.uploads_dir, str(user.id)).resolve() / f"{dataset.id}.csv"
         config = {

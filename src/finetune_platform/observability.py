@@ -112,11 +112,20 @@ class RequestMetrics:
             self.latency.labels(scope["method"], template, str(code)).observe(time.perf_counter() - started)
 
 
-def mount_metrics(app: FastAPI, registry: Any, settings: Settings) -> RequestMetrics:
-    """GET /metrics serving ``registry``, and request counts and latencies by route template and status."""
+def mount_metrics(
+    app: FastAPI, registry: Any, settings: Settings, responses: dict[int | str, dict[str, Any]] | None = None
+) -> RequestMetrics:
+    """GET /metrics serving ``registry``, and request counts and latencies by route template and status;
+    ``responses`` documents its refusals in the app's error body."""
     metrics = RequestMetrics(app.router, registry)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses=responses,
+    )
     def prometheus_metrics(request: Request) -> PlainTextResponse:
         """Open in local mode; elsewhere only with `Authorization: Bearer <METRICS_TOKEN>` (404 when no token
         is configured): job counts, queue depth and latencies are not for every client."""

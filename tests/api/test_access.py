@@ -42,6 +42,7 @@ def request_for(route: str, api):
         "GET /tasks": ("GET", "/tasks", {}),
         "GET /task/{id}/logs": ("GET", f"/task/{task}/logs", {}),
         "POST /task/{id}/cancel": ("POST", f"/task/{task}/cancel", {}),
+        "POST /task/{id}/retry": ("POST", f"/task/{task}/retry", {}),
         "GET /experiments": ("GET", "/experiments", {}),
         "GET /experiments/mlflow/{run_id}": ("GET", "/experiments/mlflow/0123456789abcdef", {}),
         "GET /mlflow": ("GET", "/mlflow", {}),
@@ -95,6 +96,7 @@ MATRIX = {
     "GET /tasks": (401, 200, 200, 200),
     "GET /task/{id}/logs": (401, 200, 404, 200),
     "POST /task/{id}/cancel": (401, 200, 404, 200),
+    "POST /task/{id}/retry": (401, 409, 404, 409),  # alice's task is queued: only failed or cancelled ones retry
     "GET /experiments": (401, 200, 200, 200),  # each sees the runs of their own jobs (admins: all)
     "GET /experiments/mlflow/{run_id}": (401, 404, 404, 404),
     "GET /mlflow": (200, 200, 200, 200),

@@ -397,7 +397,7 @@ def test_experiments_admin_only_restores_the_readme_rule_on_every_experiments_ro
     everything = {e["name"]: e["runs"] for e in strict.as_("root").get("/experiments").json()}
     assert everything[local_store.experiments["vision"]] == 2
     with session_scope(strict.settings) as session:
-        denied, _ = list_entries(session, actor_id=api_world.ids["alice"], outcome="denied", limit=100)
+        denied = list_entries(session, actor_id=api_world.ids["alice"], outcome="denied", limit=100).data
     assert {entry.detail.get("reason") for entry in denied} >= {
         "admin role required: experiments are for admins on this server (EXPERIMENTS_ADMIN_ONLY)"
     }

@@ -23,7 +23,7 @@ def audit_addresses(env) -> list[str | None]:
     from finetune_platform.settings import Settings
 
     with session_scope(Settings(FINETUNE_HOME=env.root / "home")) as session:
-        entries, _ = list_entries(session, limit=100)
+        entries = list_entries(session, limit=100).data
     return [entry.address for entry in entries if not str(entry.detail.get("actor", "")).startswith("cli:")]
 
 

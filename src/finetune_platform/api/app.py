@@ -21,7 +21,8 @@ from starlette.types import Scope
 
 from finetune_platform import __version__
 from finetune_platform.api.auth import NOT_AUTHENTICATED, login_throttle
-from finetune_platform.api.routes import router
+from finetune_platform.api.routes import ROUTERS
+from finetune_platform.api.schemas import json_errors
 from finetune_platform.broker import queue_size
 from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.errors import PlatformError
@@ -101,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.tokens = tokens
     app.state.throttle = login_throttle(settings)
-    app.include_router(router)
+    for router in ROUTERS:
+        app.include_router(router)
     # Bodies are capped per route and an anonymous body is refused unread, before FastAPI parses it; the
     # refusals these guards answer themselves are audited like every other.
     app.add_middleware(
@@ -160,7 +162,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.METRICS_ENABLED:
         registry = system_registry(settings)
         registry.register(JobCollector(settings, queue_depth=partial(queue_size, settings)))
-        mount_metrics(app, registry, settings)
+        refusals = json_errors(
+            401,
+            404,
+            e401="Outside local mode: no `Authorization: Bearer <METRICS_TOKEN>`, or a wrong one.",
+            e404="Outside local mode with no METRICS_TOKEN configured: the route does not exist.",
+        )
+        mount_metrics(app, registry, settings, responses=refusals)
     return app
 
 

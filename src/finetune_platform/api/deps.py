@@ -1,11 +1,12 @@
-"""Request dependencies: the database session, the caller, their role, and the audit helper."""
+"""Request dependencies: the database session, the settings, the caller and their role, list windows, the
+idempotency key, and the audit helper."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Query, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
@@ -14,7 +15,9 @@ from finetune_platform.db.models import Role
 from finetune_platform.db.session import session_scope
 from finetune_platform.security import InvalidToken
 from finetune_platform.services.audit import record
-from finetune_platform.services.users import UserPublic, token_caller
+from finetune_platform.services.schemas.common import MAX_PAGE
+from finetune_platform.services.schemas.users import UserPublic
+from finetune_platform.services.users import token_caller
 from finetune_platform.settings import Settings
 
 bearer = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
@@ -62,9 +65,40 @@ async def admin_user(request: Request, user: Annotated[UserPublic, Depends(curre
     return user
 
 
+EXPERIMENTS_FOR_ADMINS = (
+    "admin role required: experiments are for admins on this server (EXPERIMENTS_ADMIN_ONLY)"
+)
+
+
+async def experiments_reader(
+    request: Request, user: Annotated[UserPublic, Depends(current_user)]
+) -> UserPublic:
+    """Everyone signed in reads experiments (the runs of their own jobs; an admin, all runs). This widens the
+    Finetune-30-days README's rule (GET /experiments: admin) on purpose; EXPERIMENTS_ADMIN_ONLY=true restores it
+    for every /experiments route."""
+    if request.app.state.settings.EXPERIMENTS_ADMIN_ONLY and user.role != Role.ADMIN.value:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, EXPERIMENTS_FOR_ADMINS)
+    return user
+
+
 CurrentUser = Annotated[UserPublic, Depends(current_user)]
 AdminUser = Annotated[UserPublic, Depends(admin_user)]
+ExperimentsReader = Annotated[UserPublic, Depends(experiments_reader)]
 DbSession = Annotated[Session, Depends(db, scope="function")]
+SettingsDep = Annotated[Settings, Depends(settings_of)]
+
+# A list's window. Lists that always paged answer a page; those that answered a bare list (the Finetune-30-days
+# README's shape for some) still do, and answer a page (`data`, `count`, `limit`, `offset`) with `paged=true`.
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size (at most 100).")]
+PageOffset = Annotated[int, Query(ge=0, le=1_000_000, description="Entries to skip.")]
+Paged = Annotated[
+    bool,
+    Query(description="Answer a page (`data`, `count`, `limit`, `offset`) instead of a bare list."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=128, description="Repeat a submission safely: the same key returns the same task."),
+]
 
 
 def audit(

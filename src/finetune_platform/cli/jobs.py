@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -164,7 +163,7 @@ def _queued(submission, session, about: str, as_json: bool, wait: bool) -> None:
         message = f"queued job {job.id} {about}{note}"
     else:
         message = f"job {job.id} was already submitted with this idempotency key ({job.status})"
-    typer.echo(_as_json({"created": submission.created, **asdict(job)}) if as_json else message)
+    typer.echo(_as_json({"created": submission.created, **job.record()}) if as_json else message)
     if wait:
         _follow(job.id)
 
@@ -208,7 +207,7 @@ def jobs_list(
     except PlatformError as error:
         raise fail(error) from None
     if as_json:
-        typer.echo(_as_json({"count": page.count, "data": [asdict(job) for job in page.data]}))
+        typer.echo(_as_json({"count": page.count, "data": [job.record() for job in page.data]}))
         return
     if not page.data:
         typer.echo("no jobs" + (f" with status {status}" if status else ""))
@@ -229,7 +228,7 @@ def jobs_show(job_id: JobId, as_json: JsonFlag = False) -> None:
     except PlatformError as error:
         raise fail(error) from None
     if as_json:
-        typer.echo(_as_json(asdict(job)))
+        typer.echo(_as_json(job.record()))
         return
     typer.echo(_summary(job))
     for key in ("created_at", "started_at", "finished_at", "dataset_version", "run_id"):

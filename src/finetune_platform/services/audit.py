@@ -32,11 +32,12 @@ from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import AuditEvent, utcnow
 from finetune_platform.errors import ConfigError
+from finetune_platform.services.schemas.audit import AuditEntry
+from finetune_platform.services.schemas.common import MAX_PAGE, Page
 from finetune_platform.settings import Settings, secret_problem
 
 GENESIS = "0" * 64
 AUDIT_LOCK = 0x617564697400  # the PostgreSQL advisory lock key of audit appends
-MAX_PAGE = 100
 
 
 def _utc_text(moment: datetime) -> str:
@@ -109,18 +110,6 @@ def record(
     raise RuntimeError("audit log: could not append after 20 tries (too many concurrent writers)")
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: datetime
-    actor_id: int | None
-    action: str
-    target: str | None
-    outcome: str
-    address: str | None
-    detail: dict[str, Any]
-
-
 def list_entries(
     session: Session,
     *,
@@ -132,7 +121,7 @@ def list_entries(
     until: datetime | None = None,
     offset: int = 0,
     limit: int = 50,
-) -> tuple[list[AuditEntry], int]:
+) -> Page[AuditEntry]:
     query = select(AuditEvent)
     for column, value in (
         (AuditEvent.actor_id, actor_id),
@@ -147,11 +136,22 @@ def list_entries(
     if until is not None:
         query = query.where(AuditEvent.at < until)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(AuditEvent.id.desc()).offset(offset).limit(min(limit, MAX_PAGE)))
-    return [
-        AuditEntry(r.id, r.at, r.actor_id, r.action, r.target, r.outcome, r.address, dict(r.detail))
+    limit = min(limit, MAX_PAGE)
+    rows = session.scalars(query.order_by(AuditEvent.id.desc()).offset(offset).limit(limit))
+    entries = [
+        AuditEntry(
+            id=r.id,
+            at=r.at,
+            actor_id=r.actor_id,
+            action=r.action,
+            target=r.target,
+            outcome=r.outcome,
+            address=r.address,
+            detail=dict(r.detail),
+        )
         for r in rows
-    ], total
+    ]
+    return Page[AuditEntry](data=entries, count=total, limit=limit, offset=offset)
 
 
 @dataclass(frozen=True)

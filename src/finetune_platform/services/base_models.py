@@ -7,14 +7,14 @@ names, including paths on the worker's disk. The command line is the operator's 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import AllowedBaseModel
 from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
+from finetune_platform.services.schemas.common import Page
+from finetune_platform.services.schemas.registry import BaseModelPublic
 
 # A bundled alias (minilm), a hub id (org/name) or, for an admin, an absolute folder on the workers.
 BASE_MODEL_NAME = re.compile(
@@ -22,16 +22,21 @@ BASE_MODEL_NAME = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class BaseModelPublic:
-    name: str
-    added_by: int | None
-    created_at: datetime
+def _public(row: AllowedBaseModel) -> BaseModelPublic:
+    return BaseModelPublic(name=row.name, added_by=row.added_by, created_at=row.created_at)
 
 
 def allowed_base_models(session: Session) -> list[BaseModelPublic]:
-    rows = session.scalars(select(AllowedBaseModel).order_by(AllowedBaseModel.name))
-    return [BaseModelPublic(row.name, row.added_by, row.created_at) for row in rows]
+    return [_public(row) for row in session.scalars(select(AllowedBaseModel).order_by(AllowedBaseModel.name))]
+
+
+def page_base_models(session: Session, *, offset: int = 0, limit: int = 50) -> Page[BaseModelPublic]:
+    """The allow-list by name, one page of it read (and counted) by the database."""
+    count = session.scalar(select(func.count()).select_from(AllowedBaseModel)) or 0
+    rows = session.scalars(
+        select(AllowedBaseModel).order_by(AllowedBaseModel.name).offset(offset).limit(limit)
+    )
+    return Page[BaseModelPublic](data=[_public(row) for row in rows], count=count, limit=limit, offset=offset)
 
 
 def check_allowed(session: Session, name: str) -> None:
@@ -54,7 +59,7 @@ def allow_base_model(session: Session, name: str, admin_id: int) -> BaseModelPub
     row = AllowedBaseModel(name=name, added_by=admin_id)
     session.add(row)
     session.flush()
-    return BaseModelPublic(row.name, row.added_by, row.created_at)
+    return _public(row)
 
 
 def disallow_base_model(session: Session, name: str) -> None:

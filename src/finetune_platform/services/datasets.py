@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path, PurePath
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -19,35 +16,15 @@ from finetune_platform.data.validation import ValidationOptions, validate_in_chi
 from finetune_platform.data.versioning import DatasetVersion, list_versions, record_version
 from finetune_platform.db.models import Dataset, utcnow
 from finetune_platform.errors import ConfigError, NotFoundError
-from finetune_platform.services.users import UserPublic
+from finetune_platform.services.schemas.common import Page
+from finetune_platform.services.schemas.datasets import (
+    DatasetPublic,
+    DatasetReport,
+    DatasetUploaded,
+    DatasetVersionPublic,
+)
+from finetune_platform.services.schemas.users import UserPublic
 from finetune_platform.settings import Settings
-
-
-@dataclass(frozen=True)
-class DatasetPublic:
-    id: str
-    name: str
-    format: str
-    size_bytes: int
-    rows: int
-    version: str | None
-    valid: bool
-    created_at: datetime
-    owner_id: int
-
-    @classmethod
-    def of(cls, row: Dataset) -> DatasetPublic:
-        return cls(
-            row.id,
-            row.name,
-            row.format,
-            row.size_bytes,
-            row.rows,
-            row.version,
-            row.valid,
-            row.created_at,
-            row.owner_id,
-        )
 
 
 def check_name(name: str) -> tuple[str, str]:
@@ -73,7 +50,7 @@ def register_upload(
     *,
     text_column: str = "text",
     label_column: str = "label",
-) -> tuple[DatasetPublic, dict[str, Any]]:
+) -> DatasetUploaded:
     """Move a fully received upload to its server-named place, validate it and record it.
 
     The file is kept and recorded even when validation finds errors: the report says what to fix. A file
@@ -138,7 +115,7 @@ def register_upload(
             owner_id=user.id,
             dataset_id=dataset_id,
         )
-    return DatasetPublic.of(row), document
+    return DatasetUploaded(**_fields(row), report=DatasetReport.of(document))
 
 
 def _visible(session: Session, user: UserPublic, dataset_id: str) -> Dataset:
@@ -149,29 +126,52 @@ def _visible(session: Session, user: UserPublic, dataset_id: str) -> Dataset:
     return row
 
 
+def _fields(row: Dataset) -> dict:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "format": row.format,
+        "size_bytes": row.size_bytes,
+        "rows": row.rows,
+        "version": row.version,
+        "valid": row.valid,
+        "created_at": row.created_at,
+        "owner_id": row.owner_id,
+    }
+
+
+def _public(row: Dataset) -> DatasetPublic:
+    return DatasetPublic(**_fields(row))
+
+
 def get_dataset(session: Session, user: UserPublic, dataset_id: str) -> DatasetPublic:
-    return DatasetPublic.of(_visible(session, user, dataset_id))
+    return _public(_visible(session, user, dataset_id))
 
 
-def dataset_report(session: Session, user: UserPublic, dataset_id: str) -> dict[str, Any]:
-    return dict(_visible(session, user, dataset_id).report)
+def dataset_report(session: Session, user: UserPublic, dataset_id: str) -> DatasetReport:
+    return DatasetReport.of(_visible(session, user, dataset_id).report)
 
 
-def dataset_versions(session: Session, user: UserPublic, dataset_id: str) -> list[DatasetVersion]:
+def dataset_versions(session: Session, user: UserPublic, dataset_id: str) -> Page[DatasetVersionPublic]:
     """The recorded versions of a visible upload (its file's, from the upload and from jobs), oldest first."""
     row = _visible(session, user, dataset_id)
-    return list_versions(session, dataset_id=row.id, file=row.path)
+    versions = [
+        DatasetVersionPublic.of(version)
+        for version in list_versions(session, dataset_id=row.id, file=row.path)
+    ]
+    return Page[DatasetVersionPublic].of(versions)
 
 
-def dataset_path(session: Session, user: UserPublic, dataset_id: str) -> Path:
-    """Where a visible dataset lives (for the training config); only the server ever sees it."""
-    return Path(_visible(session, user, dataset_id).path)
+def stored_dataset(session: Session, user: UserPublic, dataset_id: str) -> tuple[DatasetPublic, Path]:
+    """A visible dataset and where the server keeps it (the path never leaves the server)."""
+    row = _visible(session, user, dataset_id)
+    return _public(row), Path(row.path)
 
 
 def list_datasets(
     session: Session, user: UserPublic, *, offset: int = 0, limit: int = 50
-) -> tuple[list[DatasetPublic], int]:
+) -> Page[DatasetPublic]:
     query = select(Dataset).where(Dataset.owner_id == user.id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id).offset(offset).limit(limit))
-    return [DatasetPublic.of(row) for row in rows], total
+    return Page[DatasetPublic](data=[_public(row) for row in rows], count=total, limit=limit, offset=offset)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,63 +24,11 @@ from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
 from finetune_platform.inference.batch import check_columns
 from finetune_platform.services import job_states, outbox, quotas
 from finetune_platform.services.job_states import JobKind, JobStage, JobStatus, LifecycleEvent
-from finetune_platform.services.users import UserPublic
+from finetune_platform.services.schemas.common import Page
+from finetune_platform.services.schemas.jobs import JobEventPublic, JobLogs, JobPublic
+from finetune_platform.services.schemas.users import UserPublic
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.config import config_from_dict
-
-
-@dataclass(frozen=True)
-class JobPublic:
-    id: str
-    owner_id: int
-    kind: str
-    status: str
-    stage: str | None
-    attempts: int
-    max_attempts: int
-    progress: dict[str, Any]
-    error: str | None
-    dataset_version: str | None
-    run_id: str | None
-    model_name: str | None
-    model_version: int | None
-    cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    config: dict[str, Any] = field(repr=False)
-    not_before: datetime | None = None  # a retry backoff: not claimed before then
-
-    @classmethod
-    def of(cls, job: Any) -> JobPublic:
-        """From a Job row (or anything with its attributes)."""
-        return cls(
-            job.id,
-            job.owner_id,
-            job.kind,
-            job.status,
-            job.stage,
-            job.attempts,
-            job.max_attempts,
-            dict(job.progress),
-            job.error,
-            job.dataset_version,
-            job.run_id,
-            job.model_name,
-            job.model_version,
-            job.cancel_requested,
-            job.created_at,
-            job.started_at,
-            job.finished_at,
-            dict(job.config),
-            getattr(job, "not_before", None),
-        )
-
-
-@dataclass(frozen=True)
-class JobsPublic:
-    data: list[JobPublic]
-    count: int
 
 
 @dataclass(frozen=True)
@@ -355,7 +303,7 @@ def get_job(session: Session, user: UserPublic, job_id: str) -> JobPublic:
 
 def list_jobs(
     session: Session, user: UserPublic, *, status: str | None = None, offset: int = 0, limit: int = 50
-) -> JobsPublic:
+) -> Page[JobPublic]:
     query = select(Job)
     if user.role != Role.ADMIN.value:
         query = query.where(Job.owner_id == user.id)
@@ -363,7 +311,7 @@ def list_jobs(
         query = query.where(Job.status == status)
     count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit))
-    return JobsPublic([JobPublic.of(job) for job in rows], count)
+    return Page[JobPublic](data=[JobPublic.of(job) for job in rows], count=count, limit=limit, offset=offset)
 
 
 def visible_runs(session: Session, user: UserPublic) -> set[str] | None:
@@ -377,6 +325,20 @@ def job_events(session: Session, user: UserPublic, job_id: str) -> list[dict[str
     job = _visible(session, user, job_id)
     events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
     return [{"at": e.at.isoformat(), "kind": e.kind, "message": e.message, "data": e.data} for e in events]
+
+
+def job_logs(session: Session, user: UserPublic, job_id: str, lines: int = 200) -> JobLogs:
+    """The job's events, oldest first, and the last ``lines`` lines of its logs.txt (none before it has one)."""
+    job = get_job(session, user, job_id)
+    events = [
+        JobEventPublic(at=event["at"], kind=event["kind"], message=event["message"])
+        for event in job_events(session, user, job_id)
+    ]
+    log_path = job_log_path(job)
+    tail: list[str] = []
+    if lines and log_path.is_file():
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return JobLogs(events=events, log_lines=tail)
 
 
 def cancel_job(session: Session, user: UserPublic, job_id: str) -> JobPublic:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,35 +23,11 @@ from finetune_platform.security import (
     verify_password,
 )
 from finetune_platform.services.quotas import set_account_limits
+from finetune_platform.services.schemas.common import Page
+from finetune_platform.services.schemas.users import UserPublic
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
 MAX_USERNAME_LENGTH = 64
-
-
-@dataclass(frozen=True)
-class UserPublic:
-    id: int
-    username: str
-    role: str
-    is_active: bool
-    created_at: datetime
-    # The account's own limits (None: the platform default from Settings).
-    max_queued_jobs: int | None = None
-    max_running_jobs: int | None = None
-    max_job_hours: float | None = None
-
-    @classmethod
-    def of(cls, user: User) -> UserPublic:
-        return cls(
-            user.id,
-            user.username,
-            user.role,
-            user.is_active,
-            user.created_at,
-            user.max_queued_jobs,
-            user.max_running_jobs,
-            user.max_job_hours,
-        )
 
 
 class WrongPassword(PlatformError):
@@ -99,6 +73,15 @@ def get_user(session: Session, username: str) -> UserPublic:
 
 def list_users(session: Session) -> list[UserPublic]:
     return [UserPublic.of(user) for user in session.scalars(select(User).order_by(User.id))]
+
+
+def page_users(session: Session, *, offset: int = 0, limit: int = 50) -> Page[UserPublic]:
+    """Accounts in id order, one page of them read (and counted) by the database."""
+    count = session.scalar(select(func.count()).select_from(User)) or 0
+    rows = session.scalars(select(User).order_by(User.id).offset(offset).limit(limit))
+    return Page[UserPublic](
+        data=[UserPublic.of(user) for user in rows], count=count, limit=limit, offset=offset
+    )
 
 
 def local_user(session: Session) -> UserPublic:
@@ -226,7 +209,7 @@ def user_for_token(settings, user_id: int, token_version: int, token_key: str) -
                 users.c.is_active.is_(True),
             )
         ).first()
-    return None if row is None else UserPublic(*row)
+    return None if row is None else UserPublic(**row._mapping)
 
 
 def token_caller(tokens: Tokens, settings, token: str) -> UserPublic:

@@ -1,0 +1,173 @@
+"""Datasets: upload a file (validated once, kept private to its owner), list them, read a report or versions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+
+from finetune_platform.api.deps import CurrentUser, DbSession, PageLimit, PageOffset, audit
+from finetune_platform.api.schemas import errors
+from finetune_platform.data.formats import NAME_MIN_LENGTH, NAME_PATTERN, SUFFIXES_TEXT
+from finetune_platform.db.session import session_scope
+from finetune_platform.services.schemas.common import Page
+from finetune_platform.services.schemas.datasets import (
+    DatasetPublic,
+    DatasetReport,
+    DatasetUploaded,
+    DatasetVersionPublic,
+)
+
+router = APIRouter(tags=["datasets"])
+NOT_YOURS = "No dataset with this id among the caller's (datasets are private, admins' included)."
+SAMPLE_UPLOAD = "text,label\nA wonderful film,positive\nA boring book,negative\n"
+
+
+@router.post(
+    "/datasets",
+    response_model=DatasetUploaded,
+    status_code=201,
+    summary="Upload a dataset (the request body is the file)",
+    description=(
+        f"The body is the file itself (CSV, TSV, JSONL, JSON or Parquet: `name` ends in one of {SUFFIXES_TEXT} "
+        "and is a label only; the server chooses where to keep it). It is validated once, in a child process "
+        "with capped memory, and kept even when validation finds errors: the answer's `report` says which rows "
+        "to fix. A file over a reading limit (rows, decoded size, cell length, JSON depth, memory) is refused "
+        "with 422 naming the limit, and nothing is kept."
+    ),
+    responses=errors(
+        401,
+        413,
+        422,
+        429,
+        e413="The file is larger than MAX_UPLOAD_BYTES.",
+        e422="An invalid name or columns, or a file over a reading limit (the setting is named).",
+        e429="The server is validating as many uploads as it may at once (VALIDATION_CONCURRENCY).",
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "example": SAMPLE_UPLOAD,
+                }
+            },
+        }
+    },
+)
+async def create_dataset(
+    request: Request,
+    user: CurrentUser,
+    name: Annotated[
+        str,
+        Query(
+            min_length=NAME_MIN_LENGTH,
+            max_length=255,
+            pattern=NAME_PATTERN,
+            description=f"File name ending in one of {SUFFIXES_TEXT} (a label only).",
+        ),
+    ],
+    text_column: Annotated[str, Query(max_length=128, description="Column with the text.")] = "text",
+    label_column: Annotated[str, Query(max_length=128, description="Column with the label.")] = "label",
+) -> DatasetUploaded:
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
+    from finetune_platform.services.datasets import check_name, register_upload
+
+    settings = request.app.state.settings
+    limit = settings.MAX_UPLOAD_BYTES
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than the limit of {limit} bytes"
+        )
+    check_name(name)  # before reading the body
+    incoming = settings.uploads_dir / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    received, size = incoming / uuid.uuid4().hex, 0
+    try:
+        with received.open("wb") as handle:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(
+                        status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than the limit of {limit} bytes"
+                    )
+                handle.write(chunk)
+
+        def register() -> DatasetUploaded:
+            with session_scope(settings) as session:
+                uploaded = register_upload(
+                    session,
+                    settings,
+                    user,
+                    name,
+                    received,
+                    size,
+                    text_column=text_column,
+                    label_column=label_column,
+                )
+                audit(
+                    session,
+                    request,
+                    "dataset.upload",
+                    actor=user,
+                    target=f"dataset:{uploaded.id}",
+                    valid=uploaded.valid,
+                )
+                return uploaded
+
+        return await run_in_threadpool(register)
+    finally:
+        received.unlink(missing_ok=True)
+
+
+@router.get(
+    "/datasets",
+    response_model=Page[DatasetPublic],
+    summary="The caller's datasets",
+    description="The caller's uploads, newest first (an admin too sees only their own).",
+    responses=errors(401, 422),
+)
+def list_datasets(
+    session: DbSession, user: CurrentUser, limit: PageLimit = 50, offset: PageOffset = 0
+) -> Page[DatasetPublic]:
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
+    from finetune_platform.services.datasets import list_datasets as page_datasets
+
+    return page_datasets(session, user, offset=offset, limit=limit)
+
+
+@router.get(
+    "/datasets/{dataset_id}/versions",
+    response_model=Page[DatasetVersionPublic],
+    summary="A dataset's recorded versions (lineage)",
+    description=(
+        "Every content version recorded for the dataset's file, oldest first: at upload, and for each job "
+        "submitted on it. All of them in one page (`limit` null)."
+    ),
+    responses=errors(401, 404, 422, e404=NOT_YOURS),
+)
+def list_dataset_versions(
+    dataset_id: str, session: DbSession, user: CurrentUser
+) -> Page[DatasetVersionPublic]:
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
+    from finetune_platform.services.datasets import dataset_versions
+
+    return dataset_versions(session, user, dataset_id)
+
+
+@router.get(
+    "/datasets/{dataset_id}/report",
+    response_model=DatasetReport,
+    summary="A dataset's validation report",
+    description="The report made at upload: the verdict and, per check that failed, the rows and how to fix them.",
+    responses=errors(401, 404, 422, e404=NOT_YOURS),
+)
+def get_dataset_report(dataset_id: str, session: DbSession, user: CurrentUser) -> DatasetReport:
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
+    from finetune_platform.services.datasets import dataset_report
+
+    return dataset_report(session, user, dataset_id)

@@ -1,0 +1,142 @@
+"""Jobs (tasks, in the API's paths): the training and prediction requests a client sends, and what it sees of a
+job, its events and its log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from finetune_platform.services.schemas.common import Public, Strict, Timestamp
+
+
+class JobPublic(Public):
+    """A job as its owner (or an admin) sees it. Its config stays on the server (it holds the server's paths)."""
+
+    id: str = Field(description="Task (job) id.")
+    task_id: str = Field(
+        description="The same id as `id`, under the name the Finetune-30-days README reads (GET /task/{task_id})."
+    )
+    owner_id: int = Field(description="Id of the user who submitted it.")
+    kind: str = Field(description="train (POST /train) or predict (POST /predictions).")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    stage: str | None = Field(
+        description="While running: validating, training, evaluating or registering; predicting for predictions."
+    )
+    progress: dict[str, Any] = Field(
+        description=(
+            "Training: step, max_steps, epoch, percent, loss, learning_rate, metrics (latest evaluation). "
+            "Prediction: done, total, percent; when finished rows, predicted, empty, truncated, accuracy."
+        )
+    )
+    attempts: int = Field(description="Attempts started so far.")
+    max_attempts: int = Field(description="Attempts allowed before the task fails.")
+    error: str | None = Field(description="Why the last attempt failed, or why the task failed.")
+    dataset_version: str | None = Field(description="Content version of the training data.")
+    run_id: str | None = Field(description="MLflow run id.")
+    model_name: str | None = Field(description="Registered model name, once registered.")
+    model_version: int | None = Field(description="Registered model version, once registered.")
+    cancel_requested: bool = Field(description="A cancel was asked while running.")
+    created_at: Timestamp = Field(description="Submission time.")
+    started_at: Timestamp | None = Field(description="First start.")
+    finished_at: Timestamp | None = Field(description="End time, when finished.")
+    # The worker's and the command line's, never a client's: the config names the server's files.
+    config: dict[str, Any] = Field(exclude=True, repr=False)
+    not_before: datetime | None = Field(
+        default=None, exclude=True
+    )  # a retry backoff: not claimed before then
+
+    @classmethod
+    def of(cls, job: Any) -> JobPublic:
+        """From a Job row (or anything with its attributes)."""
+        return cls(
+            id=job.id,
+            task_id=job.id,
+            owner_id=job.owner_id,
+            kind=job.kind,
+            status=job.status,
+            stage=job.stage,
+            progress=dict(job.progress),
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            error=job.error,
+            dataset_version=job.dataset_version,
+            run_id=job.run_id,
+            model_name=job.model_name,
+            model_version=job.model_version,
+            cancel_requested=job.cancel_requested,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            config=dict(job.config),
+            not_before=getattr(job, "not_before", None),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """Every field, the config and the retry backoff included: what the command line prints as JSON."""
+        return {**self.model_dump(), "config": self.config, "not_before": self.not_before}
+
+
+class TrainJobCreate(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "config": {"experiment": "reviews", "training": {"epochs": 1}},
+                    "dataset_id": "3f0c9a52-8d1e-4b7a-9c55-0f6d2e8b1a47",
+                    "max_attempts": 3,
+                }
+            ]
+        }
+    )
+
+    config: dict[str, Any] = Field(
+        description=(
+            "A training config (`finetune config schema`) without data file paths or output_dir: the "
+            "server fills them from the datasets named below."
+        )
+    )
+    dataset_id: str = Field(max_length=36, description="Id of an uploaded training dataset (POST /datasets).")
+    validation_dataset_id: str | None = Field(
+        default=None, max_length=36, description="Id of an uploaded validation dataset (optional)."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the job is failed.")
+
+
+class PredictionJobCreate(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "reviews@production", "dataset_id": "3f0c9a52-8d1e-4b7a-9c55-0f6d2e8b1a47"}
+            ]
+        }
+    )
+
+    model: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Registered model: name, name@version or name@stage; pinned to a version at submission.",
+    )
+    dataset_id: str = Field(max_length=36, description="Id of an uploaded file of texts (POST /datasets).")
+    text_column: str = Field(
+        default="text", min_length=1, max_length=128, description="Column with the texts."
+    )
+    label_column: str = Field(
+        default="label",
+        min_length=1,
+        max_length=128,
+        description="If the file has this column, the task reports accuracy against it.",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the task is failed.")
+
+
+class JobEventPublic(Public):
+    at: str = Field(description="ISO time.")
+    kind: str = Field(description="submitted, started, stage, resumed, retrying, preempted, succeeded, …")
+    message: str = Field(description="What happened.")
+
+
+class JobLogs(Public):
+    events: list[JobEventPublic] = Field(description="The task's events, oldest first.")
+    log_lines: list[str] = Field(description="The last lines of the run's logs.txt.")
