@@ -146,7 +146,10 @@ class TaskOut(BaseModel):
     kind: str = Field(description="train (POST /train) or predict (POST /predictions).")
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
     stage: str | None = Field(
-        description="While running: validating, training, evaluating or registering; predicting for predictions."
+        description=(
+            "While running: validating, training, evaluating or registering; predicting for predictions. "
+            "done once succeeded; a failed or cancelled task keeps the stage it stopped in."
+        )
     )
     progress: dict[str, Any] = Field(
         description=(
