@@ -60,6 +60,7 @@ from finetune_platform.services.jobs import (
     visible_runs,
 )
 from finetune_platform.services.quotas import SETTING, own_limits
+from finetune_platform.services.training_metrics import training_metrics
 from finetune_platform.services.users import (
     UserPublic,
     WrongPassword,
@@ -514,6 +515,19 @@ def logs(
     if lines and log_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
     return {"events": events, "log_lines": tail}
+
+
+@router.get(
+    "/task/{task_id}/metrics",
+    response_model=schemas.TaskMetrics,
+    tags=["tasks"],
+    summary="Training curves and final metrics",
+)
+def task_metrics(task_id: str, session: DbSession, user: CurrentUser):
+    """Loss, learning rate, gradient norm and samples/s per logging step, each evaluation's scores, the ETA while
+    running, and once evaluated the final accuracy, macro F1, loss, per-class scores and confusion matrix. Read
+    from the run's records as it writes them; empty lists before training starts. 409 for a prediction task."""
+    return asdict(training_metrics(session, user, task_id))
 
 
 # -- experiments and models ------------------------------------------------------------------------

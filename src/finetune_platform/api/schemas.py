@@ -186,6 +186,62 @@ class TaskLogs(BaseModel):
     log_lines: list[str] = Field(description="The last lines of the run's logs.txt.")
 
 
+class TrainingPoint(BaseModel):
+    step: int = Field(description="Optimizer step of this logging step.")
+    epoch: float | None = Field(description="Epochs done at this step.")
+    loss: float | None = Field(
+        description="Mean training loss since the previous logging step (null: not finite)."
+    )
+    learning_rate: float | None = Field(description="Learning rate at this step.")
+    grad_norm: float | None = Field(description="Gradient norm at this step (null when not measured).")
+    samples_per_second: float | None = Field(description="Training rows per second since the previous entry.")
+
+
+class EvaluationPoint(BaseModel):
+    step: int = Field(description="Optimizer step the evaluation ran at.")
+    epoch: float | None = Field(description="Epochs done at this step.")
+    loss: float | None = Field(description="Validation loss.")
+    accuracy: float | None = Field(description="Validation accuracy, 0 to 1.")
+    macro_f1: float | None = Field(description="Validation macro-averaged F1, 0 to 1.")
+
+
+class ClassScores(BaseModel):
+    precision: float = Field(description="Of the rows predicted as this class, the share that are.")
+    recall: float = Field(description="Of the rows of this class, the share predicted as it.")
+    f1: float = Field(description="Harmonic mean of precision and recall.")
+    support: int = Field(description="Validation rows of this class.")
+
+
+class ConfusionMatrix(BaseModel):
+    labels: list[str] = Field(description="Class names, in the order of the matrix's rows and columns.")
+    matrix: list[list[int]] = Field(
+        description="Row counts: rows are the true class, columns the predicted one."
+    )
+
+
+class FinalMetrics(BaseModel):
+    accuracy: float = Field(description="Accuracy of the final model on the validation rows, 0 to 1.")
+    macro_f1: float = Field(description="Macro-averaged F1 of the final model, 0 to 1.")
+    loss: float | None = Field(description="Validation loss of the final model.")
+    rows: int | None = Field(description="Validation rows scored.")
+    checkpoint: str | None = Field(
+        description="The checkpoint the final model is (best), or null: the last step."
+    )
+    per_class: dict[str, ClassScores] = Field(description="Precision, recall, F1 and support of each class.")
+    confusion_matrix: ConfusionMatrix = Field(description="True against predicted class counts.")
+
+
+class TaskMetrics(BaseModel):
+    task_id: str = Field(description="Task (job) id.")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    training: list[TrainingPoint] = Field(description="One entry per logging step, oldest first.")
+    evaluations: list[EvaluationPoint] = Field(
+        description="One entry per evaluation during training, oldest first."
+    )
+    eta_seconds: float | None = Field(description="While running: seconds left at the speed so far.")
+    final: FinalMetrics | None = Field(description="Once the run has evaluated its final model; null before.")
+
+
 class DatasetOut(BaseModel):
     id: str = Field(description="Dataset id, for POST /train.")
     name: str = Field(description="The file name given at upload (a label only).")
