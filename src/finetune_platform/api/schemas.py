@@ -153,7 +153,8 @@ class TaskOut(BaseModel):
     )
     progress: dict[str, Any] = Field(
         description=(
-            "Training: step, max_steps, epoch, percent, loss, learning_rate, metrics (latest evaluation). "
+            "Training: step, max_steps, epoch, percent (from the start of training, within seconds), loss, "
+            "learning_rate, samples_per_second (each logging step), metrics (latest evaluation). "
             "Prediction: done, total, percent; when finished rows, predicted, empty, truncated, accuracy."
         )
     )
