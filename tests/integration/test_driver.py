@@ -283,7 +283,7 @@ def test_a_preempted_run_resumes_and_ends_with_the_uninterrupted_weights(
         for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "epoch"):
             assert mine.get(key) == pytest.approx(other.get(key), abs=1e-6), (mine, other)
     assert all(e["samples_per_second"] > 0 and e["eta_seconds"] >= 0 for e in written if "loss" in e)
-    assert [e["step"] for e in written if "loss" in e] == [e["step"] for e in ours]  # the driver's own history
+    assert [e["step"] for e in written if "loss" in e] == [e["step"] for e in ours]  # the driver's history
     assert [e["loss"] for e in ours] == pytest.approx([e["loss"] for e in theirs], abs=1e-4)
     ours, theirs = adapter_weights(resumed.run.artifacts_dir), adapter_weights(straight.run.artifacts_dir)
     assert ours.keys() == theirs.keys()
