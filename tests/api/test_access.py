@@ -41,6 +41,7 @@ def request_for(route: str, api):
         "GET /task/{id}": ("GET", f"/task/{task}", {}),
         "GET /tasks": ("GET", "/tasks", {}),
         "GET /task/{id}/logs": ("GET", f"/task/{task}/logs", {}),
+        "GET /task/{id}/metrics": ("GET", f"/task/{task}/metrics", {}),
         "POST /task/{id}/cancel": ("POST", f"/task/{task}/cancel", {}),
         "POST /task/{id}/retry": ("POST", f"/task/{task}/retry", {}),
         "GET /experiments": ("GET", "/experiments", {}),
@@ -95,6 +96,7 @@ MATRIX = {
     "GET /task/{id}": (401, 200, 404, 200),
     "GET /tasks": (401, 200, 200, 200),
     "GET /task/{id}/logs": (401, 200, 404, 200),
+    "GET /task/{id}/metrics": (401, 200, 404, 200),
     "POST /task/{id}/cancel": (401, 200, 404, 200),
     "POST /task/{id}/retry": (401, 409, 404, 409),  # alice's task is queued: only failed or cancelled ones retry
     "GET /experiments": (401, 200, 200, 200),  # each sees the runs of their own jobs (admins: all)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from finetune_platform.ui.client import ApiError, PlatformClient
+from finetune_platform.ui.client import ApiError, InferenceClient, PlatformClient
 from tests.api.conftest import PASSWORD, SAMPLE
 
 
@@ -87,3 +87,26 @@ def test_an_unreachable_api_is_a_readable_error():
     assert caught.value.status is None
     assert str(caught.value).startswith("the platform API cannot be reached: ")
     assert isinstance(client.http, httpx.Client)
+
+
+def test_a_tasks_metrics_for_its_owner_only(api):
+    task_id = api.ids["task"]
+    assert client_for(api, "alice").task_metrics(task_id) == {
+        "task_id": task_id, "status": "queued", "training": [], "evaluations": [], "eta_seconds": None, "final": None,
+    }  # fmt: skip
+    with pytest.raises(ApiError) as caught:
+        client_for(api, "bob").task_metrics(task_id)
+    assert (caught.value.status, str(caught.value)) == (404, f"no job {task_id!r}")
+
+
+def test_an_unreachable_inference_server_is_named_with_how_to_set_its_address():
+    client = InferenceClient("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(ApiError) as caught:
+        client.predict("a fine film")
+    assert caught.value.status is None
+    message = str(caught.value)
+    assert message.startswith("the inference server at http://127.0.0.1:9 cannot be reached (")
+    assert (
+        message.endswith("`finetune ui --serve-url URL` (FINETUNE_SERVE_URL)")
+        and "platform API" not in message
+    )

@@ -1,7 +1,8 @@
-"""The web UI in a real headless Chromium (Selenium + chromedriver) against a real API and worker: log in,
-upload the sample dataset, submit two tiny jobs, watch them reach succeeded, open the job's comparison view;
-screenshots of each step are saved under the test's output folder. A user without admin sees no admin page and
-none of the admin's runs."""
+"""The web UI in a real headless Chromium (Selenium + chromedriver) against a real API and worker: log in (no
+Streamlit developer chrome: no Deploy button, no main menu; the tab and header name the platform), upload a file
+that is not UTF-8 and then the corrected file under the same name, submit two tiny jobs, watch them reach
+succeeded with their final metrics and confusion matrix, open the job's comparison view; screenshots of each step
+are saved under the test's output folder. A user without admin sees no admin page and none of the admin's runs."""
 
 from __future__ import annotations
 
@@ -149,13 +150,34 @@ def test_log_in_upload_submit_and_watch_a_job_succeed_in_chromium(tmp_path):
 
         log_in(page, url, "root")
         wait_text(page, "New training job")
-        page.save_screenshot(str(shots / "1-new-job.png"))
         from selenium.webdriver.common.by import By
 
+        # For users, not app developers: no Deploy button, no main menu; the tab and the header name the platform.
+        assert not [b for b in page.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Deploy"]
+        for developer_chrome in ("stAppDeployButton", "stMainMenu"):
+            assert not page.find_elements(By.CSS_SELECTOR, f"[data-testid={developer_chrome}]"), (
+                developer_chrome
+            )
+        assert page.title == "New training job · finetune-platform"
+        assert "finetune-platform" in text_of(page)
+        assert "at most 100 MB)" in text_of(page) and "100MB per file" in text_of(
+            page
+        )  # ours and Streamlit's
+        page.save_screenshot(str(shots / "1-new-job.png"))
+
+        # A file that is not UTF-8, then the corrected file under the same name: validated again.
+        latin = tmp_path / "latin" / "train.csv"
+        latin.parent.mkdir()
+        latin.write_bytes(
+            (ROOT / "data/sample/train.csv").read_text().replace("film", "café").encode("latin-1")
+        )
+        page.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(latin))
+        wait_text(page, "UTF-8")
         page.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(
             str(ROOT / "data/sample/train.csv")
         )
         wait_text(page, "train.csv: 320 rows, valid")
+        assert "UTF-8" not in text_of(page)  # the stale error is gone
         fill(page, "experiment", "browser")
         fill(page, "max steps", "6")
         time.sleep(1)
@@ -176,7 +198,14 @@ def test_log_in_upload_submit_and_watch_a_job_succeed_in_chromium(tmp_path):
         )
         assert "✓ done" in text_of(page), text_of(page)[-2000:]
         assert env.job(first).status == env.job(second).status == "succeeded"
+        assert env.job(second).stage == "done"
+        wait_text(page, "Confusion matrix")
+        body = text_of(page)
+        assert "Final metrics" in body and "macro F1" in body and "accuracy" in body
+        page.set_window_size(1400, 2800)  # the whole job view: final metrics, confusion matrix, curves
+        time.sleep(1)
         page.save_screenshot(str(shots / "3-succeeded.png"))
+        page.set_window_size(1400, 1000)
 
         click_button(page, "Compare with other runs")  # the job's comparison view on the Experiments page
         wait_text(page, "Config differences")

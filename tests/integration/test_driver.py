@@ -26,6 +26,7 @@ from finetune_platform.training.devices import check_devices
 from finetune_platform.training.driver import Driver
 from finetune_platform.training.fast_gpu import schedule
 from finetune_platform.training.guards import NonFiniteLoss, TrainingStopped
+from finetune_platform.training.run_folder import read_history
 from finetune_platform.training.runner import run_training
 from finetune_platform.worker.control import JobCallback, JobControl, JobPreempted, StopKind
 from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
@@ -273,6 +274,16 @@ def test_a_preempted_run_resumes_and_ends_with_the_uninterrupted_weights(
     assert [(e["step"], e["learning_rate"]) for e in ours] == [
         (e["step"], e["learning_rate"]) for e in theirs
     ]
+    # history.jsonl (what GET /task/{id}/metrics reads): the steps after checkpoint-30 that the first attempt
+    # logged were dropped when the resumed run began, so every logging and evaluation step is there once.
+    written, expected = read_history(folder / "history.jsonl"), read_history(straight.run.history_path)
+    assert [(e["step"], "loss" in e) for e in written] == [(e["step"], "loss" in e) for e in expected]
+    assert [e["step"] for e in written if "eval_loss" in e] == [12, 24, 36, 48, 60, 72, 84, 96]
+    for mine, other in zip(written, expected, strict=True):
+        for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "epoch"):
+            assert mine.get(key) == pytest.approx(other.get(key), abs=1e-6), (mine, other)
+    assert all(e["samples_per_second"] > 0 and e["eta_seconds"] >= 0 for e in written if "loss" in e)
+    assert [e["step"] for e in written if "loss" in e] == [e["step"] for e in ours]  # the driver's history
     assert [e["loss"] for e in ours] == pytest.approx([e["loss"] for e in theirs], abs=1e-4)
     ours, theirs = adapter_weights(resumed.run.artifacts_dir), adapter_weights(straight.run.artifacts_dir)
     assert ours.keys() == theirs.keys()

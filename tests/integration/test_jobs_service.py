@@ -177,6 +177,24 @@ def test_only_one_worker_claims_a_job_and_only_the_holder_writes(db_settings, pe
     assert kinds == ["submitted", "started", "stage", "cancel_requested", "cancelled"]
 
 
+def test_a_succeeded_job_reads_stage_done_and_a_failed_one_keeps_where_it_stopped(db_settings, people):
+    alice, *_ = people
+    finished, failed = _submitted(db_settings, alice), _submitted(db_settings, alice)
+    for job_id in (finished, failed):
+        with db.session_scope(db_settings) as session:
+            jobs.claim_job(session, job_id, "w1:1:a", 30)
+            assert jobs.record_progress(session, job_id, "w1:1:a", stage="registering")
+    with db.session_scope(db_settings) as session:
+        done = jobs.finish_job(session, finished, "w1:1:a", JobStatus.SUCCEEDED, "registered m version 1")
+        stopped = jobs.finish_job(session, failed, "w1:1:a", JobStatus.FAILED, "registry unreachable")
+    assert (done.status, done.stage) == ("succeeded", "done")
+    assert (stopped.status, stopped.stage, stopped.error) == ("failed", "registering", "registry unreachable")
+    with db.session_scope(db_settings) as session:
+        assert session.get(Job, finished).stage == "done"
+        kinds = [event["kind"] for event in jobs.job_events(session, alice, finished)]
+    assert kinds == ["submitted", "started", "stage", "succeeded"]  # done ends it: no stage event of its own
+
+
 def test_release_counts_failed_attempts_but_not_preemptions(db_settings, people):
     alice, *_ = people
     job_id = _submitted(db_settings, alice, max_attempts=2)

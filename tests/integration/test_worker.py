@@ -284,6 +284,27 @@ def test_cancel_a_queued_and_a_running_job(envs, tmp_path, tiny_bert, job_data):
     assert worker.process.poll() is None
 
 
+def test_a_job_shows_its_first_steps_before_its_first_logging_step(envs, tmp_path, tiny_bert, job_data):
+    """On CPU the first logging step can be minutes away: the job row shows the step (and the total) from the
+    first step on. Here the only logging step is the last one, so a step under it can only come from the step
+    reports."""
+    env = envs(tmp_path / "q", MLFLOW_ENABLED="false")
+    config = job_config(tiny_bert, job_data, tmp_path, "first-steps", max_steps=100_000)
+    config["training"].update(logging_steps=100_000, eval_steps=100_000)
+    job_id = submit(env, config)
+    env.start_worker("steps")
+    seen = wait_for(
+        lambda: (progress := env.job(job_id).progress).get("step", 0) >= 1 and progress, 180, "a first step"
+    )
+    assert 1 <= seen["step"] < 100_000 and seen["max_steps"] == 100_000 and "loss" not in seen, seen
+    assert seen["percent"] == round(100.0 * seen["step"] / 100_000, 1)
+    job = env.job(job_id)
+    assert (job.status, job.stage) == ("running", "training")
+    env.cli("jobs", "cancel", job_id)
+    job = env.wait_status(job_id, {"cancelled", "failed", "succeeded"}, timeout=60)
+    assert job.status == "cancelled" and "loss" not in job.progress  # it never reached a logging step
+
+
 def test_two_workers_on_one_machine_share_a_fresh_tracking_store(envs, tmp_path, tiny_bert, job_data):
     """Local defaults (filesystem queue, SQLite database and MLflow store), two workers starting together.
 

@@ -8,8 +8,10 @@ from finetune_platform.errors import ErrorCode, PlatformError
 from finetune_platform.services.job_states import (
     ACTIVE,
     FINISHED,
+    STAGE_AFTER,
     TABLE,
     IllegalTransition,
+    JobStage,
     JobStatus,
     LifecycleEvent,
     after_failed_attempt,
@@ -45,6 +47,12 @@ LEGAL = {
     ("failed", "retry"): "queued",
     ("cancelled", "retry"): "queued",
 }
+# The stage each event leaves a job in, every event named: None keeps the stage the job had (the worker reports
+# its way through the running stages; a failed or cancelled job keeps the one it stopped in).
+STAGE = {
+    "submit": None, "claim": "validating", "hold": None, "heartbeat": None, "progress": None, "finish": "done",
+    "fail": None, "stop": None, "release": None, "preempt": None, "cancel": None, "retry": None, "reconcile": None,
+}  # fmt: skip
 # What an illegal move says after "only …": the states the event may leave from, and how the event reads.
 ONLY = {
     "submit": "new jobs can be submitted",
@@ -68,6 +76,11 @@ def test_the_vocabulary_is_the_whole_table():
     assert all(isinstance(word, str) for word in (*JobStatus, *LifecycleEvent))
     assert {(state, event.value): target.value for (state, event), target in TABLE.items()} == LEGAL
     assert {"succeeded", "failed", "cancelled"} == FINISHED and {"queued", "running"} == ACTIVE
+    assert list(STAGE) == EVENTS
+    assert {event.value: stage.value for event, stage in STAGE_AFTER.items()} == {
+        event: stage for event, stage in STAGE.items() if stage is not None
+    }
+    assert "done" in list(JobStage) and all(isinstance(stage, JobStage) for stage in STAGE_AFTER.values())
 
 
 @pytest.mark.parametrize("event", EVENTS)

@@ -13,6 +13,7 @@ import typer
 import finetune_platform.ui
 from finetune_platform.cli.common import audit, fail, migrate_database, open_database, settings
 from finetune_platform.errors import ConfigError, PlatformError
+from finetune_platform.ui.uploads import upload_megabytes
 
 db_app = typer.Typer(
     help="The app database (SQLite by default, PostgreSQL with DATABASE_URL).", no_args_is_help=True
@@ -321,15 +322,33 @@ def ui(
         str,
         typer.Option("--api-url", envvar="FINETUNE_API_URL", help="The platform's REST API the UI talks to."),
     ] = "http://127.0.0.1:8000",
+    serve_url: Annotated[
+        str,
+        typer.Option(
+            "--serve-url",
+            envvar="FINETUNE_SERVE_URL",
+            help="The inference server (`finetune serve`) the Playground page asks.",
+        ),
+    ] = "http://127.0.0.1:8080",
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8501,
 ) -> None:
     """Serve the web UI (Streamlit): log in, follow and cancel jobs, administer users and read the audit log."""
-    # The ASGI wrapper of ui/app.py: Streamlit's server with the platform's security headers in front.
-    script = Path(finetune_platform.ui.__file__).parent / "asgi.py"
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
     # Become Streamlit (no child process): a stop signal reaches it directly and leaves nothing orphaned.
-    os.execve(sys.executable, command, {**os.environ, "FINETUNE_API_URL": api_url})
+    os.execve(
+        sys.executable,
+        streamlit_command(host, port, settings().MAX_UPLOAD_BYTES),
+        {**os.environ, "FINETUNE_API_URL": api_url, "FINETUNE_SERVE_URL": serve_url},
+    )
+
+
+def streamlit_command(host: str, port: int, upload_bytes: int) -> list[str]:
+    """How `finetune ui` starts Streamlit: the ASGI wrapper of ui/app.py (Streamlit's server with the platform's
+    security headers in front), for users rather than app developers: no Deploy button, no developer menu
+    (toolbar mode minimal), and the uploader's limit is the API's (MAX_UPLOAD_BYTES, in Streamlit's whole MB)."""
+    script = Path(finetune_platform.ui.__file__).parent / "asgi.py"
+    return [
+        sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+        "--server.maxUploadSize", str(upload_megabytes(upload_bytes)),
+    ]  # fmt: skip

@@ -18,13 +18,15 @@ class JobStatus(StrEnum):
 
 
 class JobStage(StrEnum):
-    """Where a running job is; the stage stays on the row once the job has ended, to say how far it got."""
+    """Where a running job is; the stage stays on the row once the job has ended, to say how far it got: a
+    failed or cancelled job keeps the stage it stopped in, a succeeded one reads ``done``."""
 
     VALIDATING = "validating"
     TRAINING = "training"
     EVALUATING = "evaluating"
     REGISTERING = "registering"
     PREDICTING = "predicting"
+    DONE = "done"
 
 
 class JobKind(StrEnum):

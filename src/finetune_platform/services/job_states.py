@@ -26,6 +26,7 @@ __all__ = [
     "ACTIVE",
     "FINISHED",
     "NO_BACKOFF",
+    "STAGE_AFTER",
     "TABLE",
     "Backoff",
     "IllegalTransition",
@@ -83,6 +84,16 @@ TABLE: Mapping[tuple[JobStatus | None, LifecycleEvent], JobStatus] = MappingProx
     }
 )
 del Q, R, E
+
+# The stage an event leaves a job in. Any other event keeps the stage: while running, the worker reports its way
+# through validating, training, evaluating and registering (or predicting); a failed or cancelled job keeps the
+# stage it stopped in, to say how far it got.
+STAGE_AFTER: Mapping[LifecycleEvent, JobStage] = MappingProxyType(
+    {
+        LifecycleEvent.CLAIM: JobStage.VALIDATING,
+        LifecycleEvent.FINISH: JobStage.DONE,
+    }
+)
 
 # A job has ended when nothing but a retry by hand moves it on.
 FINISHED = frozenset(

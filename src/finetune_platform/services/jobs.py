@@ -23,7 +23,7 @@ from finetune_platform.db.models import Job, JobEvent, Role, utcnow
 from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
 from finetune_platform.inference.batch import check_columns
 from finetune_platform.services import job_states, outbox, quotas
-from finetune_platform.services.job_states import JobKind, JobStage, JobStatus, LifecycleEvent
+from finetune_platform.services.job_states import JobKind, JobStatus, LifecycleEvent
 from finetune_platform.services.schemas.common import Page
 from finetune_platform.services.schemas.jobs import JobEventPublic, JobLogs, JobPublic
 from finetune_platform.services.schemas.users import UserPublic
@@ -53,8 +53,9 @@ def transition(
 ) -> RowMapping | None:
     """Move a job by ``event`` from ``state`` (what the caller read; by default the one state the event leaves)
     to the state the lifecycle table names, in one conditional UPDATE: ``WHERE id = job_id AND status = state``
-    plus the caller's ``where`` (the lease holder, the attempt read). Writes ``values`` with it and appends
-    ``history`` (or what it makes of the moved row) to the job's events.
+    plus the caller's ``where`` (the lease holder, the attempt read). Writes ``values`` with it (and the stage
+    the event leaves the job in, ``job_states.STAGE_AFTER``) and appends ``history`` (or what it makes of the
+    moved row) to the job's events.
 
     Returns the moved row, or None when the row is not in ``state`` (or fails ``where``) any more: someone else
     moved it first, and nothing was written. Raises IllegalTransition when the table has no such move.
@@ -67,6 +68,8 @@ def transition(
     jobs_table = Job.__table__
     now = utcnow()
     changes = {**(values or {}), "updated_at": now}
+    if event in job_states.STAGE_AFTER:
+        changes["stage"] = job_states.STAGE_AFTER[event].value
     if target != current:
         changes["status"] = target.value
     row = (
@@ -454,7 +457,6 @@ def claim_job(
         LifecycleEvent.CLAIM,
         where=claimable,
         values={
-            "stage": JobStage.VALIDATING.value,
             "lease_owner": lease_owner,
             "lease_expires_at": now + timedelta(seconds=lease_seconds),
             "heartbeat_at": now,

@@ -1,15 +1,18 @@
-"""Live progress: a terminal bar (loss, learning rate, samples/s, ETA) and the same lines in logs.txt."""
+"""Live progress: a terminal bar (loss, learning rate, samples/s, ETA), the same lines in logs.txt and the same
+values in the run folder's history.jsonl (what the API's GET /task/{id}/metrics reads)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from finetune_platform.training.callbacks import Callback, Control, RunState
+from finetune_platform.training.run_folder import append_history, truncate_history
 
 logger = logging.getLogger("finetune_platform.training")
 # Per-step lines go to logs.txt; on the terminal the bar shows them, so the console handler skips this logger.
@@ -21,11 +24,15 @@ def _eta(seconds: float) -> str:
 
 
 class ProgressCallback(Callback):
-    """Owns the progress bar; writes a log line per logging step and per evaluation."""
+    """Owns the progress bar; writes a log line per logging step and per evaluation, and the same values as
+    entries of ``history_path`` (history.jsonl) when given."""
 
-    def __init__(self, samples_per_step: int, show_bar: bool = True) -> None:
+    def __init__(
+        self, samples_per_step: int, show_bar: bool = True, history_path: Path | None = None
+    ) -> None:
         self.samples_per_step = samples_per_step
         self.show_bar = show_bar
+        self.history_path = history_path
         self.bar: tqdm | None = None
         self._start_time = 0.0
         self._start_step = 0
@@ -49,6 +56,8 @@ class ProgressCallback(Callback):
             self.samples_per_step,
             state.step,
         )
+        if self.history_path is not None:
+            self._record(truncate_history, self.history_path, state.step)
 
     def on_step(self, state: RunState, control: Control) -> None:
         if self.bar is not None:
@@ -75,6 +84,13 @@ class ProgressCallback(Callback):
             f"lr {lr:.2e} samples/s {samples_per_second:.1f} eta {_eta(remaining)}"
         )
         step_logger.info(line)
+        if self.history_path is not None:
+            entry = {
+                "step": state.step, "epoch": round(float(state.epoch or 0.0), 4), "loss": logs["loss"],
+                "learning_rate": lr, "grad_norm": logs.get("grad_norm"),
+                "samples_per_second": round(samples_per_second, 2), "eta_seconds": round(remaining, 1),
+            }  # fmt: skip
+            self._record(append_history, self.history_path, entry)
         if self.bar is not None:
             self.bar.set_postfix(
                 loss=f"{logs['loss']:.4f}",
@@ -93,6 +109,17 @@ class ProgressCallback(Callback):
         self._last_time, self._last_step = time.perf_counter(), state.step
         message = f"eval at step {state.step} (epoch {state.epoch or 0:.2f}): {shown}"
         logger.info(message)
+        if self.history_path is not None:
+            entry = {"step": state.step, "epoch": round(float(state.epoch or 0.0), 4),
+                     **{key: float(value) for key, value in metrics.items()}}  # fmt: skip
+            self._record(append_history, self.history_path, entry)
+
+    @staticmethod
+    def _record(write: Any, *args: Any) -> None:
+        try:
+            write(*args)
+        except OSError as exc:  # the history is for watching a run: never worth the run itself
+            logger.warning("history.jsonl not written: %s", exc)
 
     def on_train_end(self, state: RunState) -> None:
         self.close()

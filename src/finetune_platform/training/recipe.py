@@ -219,12 +219,14 @@ class LoraClassificationRecipe:
         )
 
     def _callbacks(self) -> list[Any]:
-        """What observes a run from this process: the progress bar and log lines (tracking and the job's
-        callbacks are added by the runner)."""
+        """What observes a run from this process: the progress bar, log lines and history.jsonl (tracking and
+        the job's callbacks are added by the runner)."""
 
         t = self.config.training
         self.progress = ProgressCallback(
-            t.batch_size * t.gradient_accumulation_steps * t.processes, show_bar=self.show_progress
+            t.batch_size * t.gradient_accumulation_steps * t.processes,
+            show_bar=self.show_progress,
+            history_path=self.run.history_path,
         )
         return [self.progress]
 

@@ -1,12 +1,17 @@
-"""Run folders: results/<experiment>/<run-id>/ with config.yaml, metrics.json, logs.txt and artifacts/.
+"""Run folders: results/<experiment>/<run-id>/ with config.yaml, metrics.json, logs.txt, history.jsonl and
+artifacts/.
 
 ``run.json`` holds the run's state; its status is in the job row's words (``JobStatus``): running, succeeded,
-failed, or cancelled for a run its user stopped (Ctrl-C).
+failed, or cancelled for a run its user stopped (Ctrl-C). ``history.jsonl`` is the run's metrics as it trains,
+one JSON object a line: a training entry per logging step (``loss``, ``learning_rate``, ``grad_norm``,
+``samples_per_second``, ``eta_seconds``) and an evaluation entry per evaluation (``eval_loss``,
+``eval_accuracy``, ``eval_macro_f1``), each with its ``step`` and ``epoch``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +24,7 @@ from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
 from finetune_platform.training.checkpoints import STAGING_DIR, newest_checkpoint
 
 STATE_FILE = "run.json"
+HISTORY_FILE = "history.jsonl"
 # Statuses that run.json files written before it shared the job row's words may hold.
 _EARLIER_STATUS = {"interrupted": JobStatus.CANCELLED}
 
@@ -50,6 +56,10 @@ class RunFolder:
     @property
     def logs_path(self) -> Path:
         return self.root / "logs.txt"
+
+    @property
+    def history_path(self) -> Path:
+        return self.root / HISTORY_FILE
 
     @property
     def state_path(self) -> Path:
@@ -117,6 +127,44 @@ class RunFolder:
     def newest_checkpoint(self) -> Path | None:
         info = newest_checkpoint(self.checkpoints_dir)
         return info.path if info else None
+
+
+def append_history(path: Path, entry: dict[str, Any]) -> None:
+    """One entry as a line of ``history.jsonl``; a value that is not a finite number is written as null."""
+    line = json.dumps({key: _finite(value) for key, value in entry.items()}, allow_nan=False)
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The entries of ``history.jsonl`` in file order; none when it does not exist yet. A line still being
+    written (or cut short by a crash) is skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+            entries.append({key: _finite(value) for key, value in entry.items()})
+    return entries
+
+
+def truncate_history(path: Path, step: int) -> None:
+    """Keep the entries up to ``step``: a run resumed from the checkpoint of ``step`` trains the later steps
+    again, and writes their entries anew."""
+    if not Path(path).is_file():
+        return
+    kept = [entry for entry in read_history(path) if entry["step"] <= step]
+    write_atomic(Path(path), "".join(json.dumps(entry, allow_nan=False) + "\n" for entry in kept))
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def latest_run(output_dir: Path, experiment: str | None = None) -> RunFolder | None:

@@ -3,10 +3,11 @@ API at FINETUNE_API_URL (the Playground to `finetune serve` at FINETUNE_SERVE_UR
 the browser session.
 
 Pages: login/logout; a new training job (upload, validation report, a form generated from the config schema,
-submit); the job monitor (stepper, progress, curves, events and log tail, cancel, the failure reason); experiments
-(the runs of your jobs, all runs for admins; comparison); models (search, card, recommendation, stage moves for
-admins); the playground; admin (users, audit log). API errors are shown as their
-readable message, never as a traceback.
+submit); the job monitor (stepper, progress, curves, final metrics and confusion matrix, events and log tail,
+cancel, the failure reason, a prediction task's CSV); prediction over a file; experiments (the runs of your jobs,
+all runs for admins; comparison); models (search, card, recommendation, stage moves for admins); the playground;
+admin (users, audit log). API errors are shown as their readable message, never as a traceback. Uploads hold to
+MAX_UPLOAD_BYTES, the API's own limit.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import os
 
 import streamlit as st
 
-from finetune_platform.ui.client import ApiError, PlatformClient
+from finetune_platform.settings import get_settings
+from finetune_platform.ui.client import ApiError, InferenceClient, PlatformClient
 from finetune_platform.ui.views import (
+    ICON,
+    PLATFORM,
     admin_page,
     experiments_page,
     jobs_page,
@@ -25,9 +29,10 @@ from finetune_platform.ui.views import (
     models_page,
     new_job_page,
     playground_page,
+    predictions_page,
 )
 
-st.set_page_config(page_title="finetune-platform", layout="wide")
+st.set_page_config(page_title=PLATFORM, page_icon=ICON, layout="wide")
 
 
 def client() -> PlatformClient:
@@ -41,7 +46,15 @@ if not st.session_state.get("token"):
 else:
     user = st.session_state.get("user") or {}
     admin = user.get("role") == "admin"
-    pages = ["New job", "Jobs", "Experiments", "Models", "Playground", *(["Admin"] if admin else [])]
+    pages = [
+        "New job",
+        "Jobs",
+        "Predict a file",
+        "Experiments",
+        "Models",
+        "Playground",
+        *(["Admin"] if admin else []),
+    ]
     st.sidebar.write(f"Signed in as **{user.get('username', '?')}** ({user.get('role', '?')})")
     page = st.sidebar.radio("Page", pages, key="page")
     if st.sidebar.button("Log out", key="logout"):
@@ -50,14 +63,16 @@ else:
         st.session_state.clear()
         st.rerun()
     if page == "New job":
-        new_job_page(client())
+        new_job_page(client(), get_settings().MAX_UPLOAD_BYTES)
     elif page == "Jobs":
         jobs_page(client())
+    elif page == "Predict a file":
+        predictions_page(client(), get_settings().MAX_UPLOAD_BYTES)
     elif page == "Models":
         models_page(client(), admin)
     elif page == "Playground":
-        serve_url = os.environ.get("FINETUNE_SERVE_URL", "http://127.0.0.1:8080")
-        playground_page(PlatformClient(serve_url, st.session_state.get("token")))
+        serve_url = os.environ.get("FINETUNE_SERVE_URL", "http://127.0.0.1:8080")  # `finetune ui --serve-url`
+        playground_page(InferenceClient(serve_url, st.session_state.get("token")))
     elif page == "Experiments":
         experiments_page(client())
     elif page == "Admin":

@@ -39,6 +39,10 @@ def _reason(response: httpx.Response) -> str:
 class PlatformClient:
     """Calls the API at ``base_url`` (or through ``http``, an ``httpx.Client``) with the caller's token."""
 
+    def unreachable(self, error: httpx.HTTPError) -> str:
+        """What a person reads when the server does not answer."""
+        return f"the platform API cannot be reached: {error}"
+
     def __init__(
         self, base_url: str = "http://127.0.0.1:8000", token: str | None = None, *, http: Any = None,
         timeout: float = 30.0,
@@ -54,7 +58,7 @@ class PlatformClient:
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            raise ApiError(None, f"the platform API cannot be reached: {exc}") from None
+            raise ApiError(None, self.unreachable(exc)) from None
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -133,6 +137,10 @@ class PlatformClient:
     def task_logs(self, task_id: str, lines: int = 200) -> dict[str, Any]:
         return self._call("GET", f"/task/{task_id}/logs", params={"lines": lines})
 
+    def task_metrics(self, task_id: str) -> dict[str, Any]:
+        """A training task's curves (``training``, ``evaluations``), ``eta_seconds`` and ``final`` metrics."""
+        return self._call("GET", f"/task/{task_id}/metrics")
+
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self._call("POST", f"/task/{task_id}/cancel")
 
@@ -180,3 +188,14 @@ class PlatformClient:
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")
+
+
+class InferenceClient(PlatformClient):
+    """The inference server (`finetune serve`) at ``base_url``: ``predict`` and ``health``."""
+
+    def unreachable(self, error: httpx.HTTPError) -> str:
+        address = str(self.http.base_url).rstrip("/")
+        return (
+            f"the inference server at {address} cannot be reached ({error}): start it with `finetune serve`, or "
+            "give the UI its address with `finetune ui --serve-url URL` (FINETUNE_SERVE_URL)"
+        )

@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
-import re
+from datetime import timedelta
 from typing import Any
 
 import streamlit as st
 
 from finetune_platform.data.formats import SUFFIXES, SUFFIXES_TEXT
 from finetune_platform.services.job_states import ACTIVE, JobKind, JobStage, JobStatus
+from finetune_platform.ui.charts import confusion_rows, confusion_spec, curve_rows, curves_spec
 from finetune_platform.ui.client import ApiError, PlatformClient
+from finetune_platform.ui.uploads import size_text, upload_megabytes
 
-STEP_LINE = re.compile(r"step (\d+)/(\d+) epoch [\d.]+ loss ([\d.]+) .* eta (\S+)")
-EVAL_LINE = re.compile(r"eval at step (\d+) \(epoch [\d.]+\): loss ([\d.]+) accuracy ([\d.]+)")
-
-
-def curves(log_lines: list[str]) -> tuple[dict[int, float], dict[str, dict[int, float]], str | None]:
-    """From a run's log lines: training loss by step, evaluation loss and accuracy by step, the latest ETA."""
-    loss: dict[int, float] = {}
-    evaluation: dict[str, dict[int, float]] = {"eval loss": {}, "eval accuracy": {}}
-    eta = None
-    for line in log_lines:
-        if found := STEP_LINE.search(line):
-            loss[int(found[1])] = float(found[3])
-            eta = found[4]
-        elif found := EVAL_LINE.search(line):
-            evaluation["eval loss"][int(found[1])] = float(found[2])
-            evaluation["eval accuracy"][int(found[1])] = float(found[3])
-    return loss, evaluation, eta
+PLATFORM = "finetune-platform"
+ICON = ":material/tune:"
 
 
-DONE = "done"  # the last step: the job succeeded
+def page_header(title: str) -> None:
+    """Every page: the browser tab names the page and the platform, the same header line names the platform,
+    then the page's title."""
+    st.set_page_config(page_title=f"{title} · {PLATFORM}", page_icon=ICON, layout="wide")
+    st.markdown(f"{ICON} **{PLATFORM}**")
+    st.title(title)
+
+
+DONE = JobStage.DONE  # the last step: the job succeeded
 STEPS = (
     JobStatus.QUEUED,
     JobStage.VALIDATING,
@@ -43,7 +38,7 @@ PREDICT_STEPS = (JobStatus.QUEUED, JobStage.VALIDATING, JobStage.PREDICTING, DON
 
 
 def login_page(client: PlatformClient) -> None:
-    st.title("finetune-platform")
+    page_header("Log in")
     with st.form("login"):
         username = st.text_input("Username", key="username")
         password = st.text_input("Password", type="password", key="password")
@@ -84,7 +79,7 @@ def stepper(task: dict[str, Any]) -> str:
 
 
 def jobs_page(client: PlatformClient) -> None:
-    st.title("Jobs")
+    page_header("Jobs")
     if message := st.session_state.pop("flash", None):  # from a button callback of the last run
         st.error(message)
     try:
@@ -136,7 +131,8 @@ def open_comparison(client: PlatformClient, run_id: str) -> None:
 def job_view(client: PlatformClient, chosen: str, was_running: bool = False) -> None:
     try:
         task = client.task(chosen)
-        logs = client.task_logs(chosen, lines=1000)
+        logs = client.task_logs(chosen, lines=50)
+        metrics = client.task_metrics(chosen) if task["kind"] == JobKind.TRAIN else None
     except ApiError as error:
         st.error(str(error))
         return
@@ -145,17 +141,12 @@ def job_view(client: PlatformClient, chosen: str, was_running: bool = False) -> 
     st.markdown(f"**{stepper(task)}**")
     progress = task.get("progress") or {}
     percent = float(progress.get("percent") or (100.0 if task["status"] == JobStatus.SUCCEEDED else 0.0))
-    loss, evaluation, eta = curves(logs["log_lines"])
-    remaining = f", ETA {eta}" if eta and task["status"] == JobStatus.RUNNING else ""
-    st.progress(min(percent, 100.0) / 100.0, text=f"{percent:.0f}%{remaining}")
-    if progress.get("loss") is not None:
+    eta = (metrics or {}).get("eta_seconds")
+    remaining = f", ETA {timedelta(seconds=round(eta))}" if eta is not None else ""
+    steps = f" · step {progress['step']} of {progress['max_steps']}" if progress.get("max_steps") else ""
+    st.progress(min(percent, 100.0) / 100.0, text=f"{percent:.0f}%{remaining}{steps}")
+    if progress.get("loss") is not None and task["status"] == JobStatus.RUNNING:
         st.metric("loss", f"{progress['loss']:.4f}")
-    if loss:
-        st.subheader("Training loss")
-        st.line_chart({"loss": loss})
-    if evaluation["eval accuracy"]:
-        st.subheader("Evaluation")
-        st.line_chart(evaluation)
     if task["status"] == JobStatus.FAILED:
         st.error(f"Failed: {task['error']}")
     if task["status"] in ACTIVE and st.button("Cancel job", key="cancel"):
@@ -166,15 +157,78 @@ def job_view(client: PlatformClient, chosen: str, was_running: bool = False) -> 
             )
         except ApiError as error:
             st.error(str(error))
+    if metrics is not None:
+        training_results(metrics)
+    elif task["kind"] == JobKind.PREDICT:
+        prediction_results(client, task)
     st.subheader("Events")
     st.text("\n".join(f"{e['at']} [{e['kind']}] {e['message']}" for e in logs["events"]) or "none")
     if logs["log_lines"]:
         st.subheader("Log")
-        st.code("\n".join(logs["log_lines"][-50:]))
+        st.code("\n".join(logs["log_lines"]))
+
+
+def training_results(metrics: dict[str, Any]) -> None:
+    """The final scores and confusion matrix once evaluated; the curves as the run writes them."""
+    final = metrics["final"]
+    if final is not None:
+        st.subheader("Final metrics")
+        accuracy, macro_f1, loss = st.columns(3)
+        accuracy.metric("accuracy", f"{final['accuracy']:.4f}")
+        macro_f1.metric("macro F1", f"{final['macro_f1']:.4f}")
+        loss.metric("loss", "n/a" if final["loss"] is None else f"{final['loss']:.4f}")
+        st.caption(
+            f"On {final['rows']} validation rows, the model of {final['checkpoint'] or 'the last step'}."
+        )
+        st.subheader("Confusion matrix")
+        st.vega_lite_chart(
+            confusion_rows(final["confusion_matrix"]), confusion_spec(final["confusion_matrix"])
+        )
+        st.dataframe(
+            [{"class": name, **scores} for name, scores in final["per_class"].items()], hide_index=True
+        )
+    if metrics["training"]:
+        st.subheader("Training loss")
+        st.vega_lite_chart(curve_rows(metrics["training"], {"loss": "training loss"}), curves_spec("loss"))
+    if metrics["evaluations"]:
+        st.subheader("Evaluation")
+        shown = {"accuracy": "eval accuracy", "macro_f1": "eval macro F1", "loss": "eval loss"}
+        st.vega_lite_chart(curve_rows(metrics["evaluations"], shown), curves_spec("score"))
+    if metrics["training"]:
+        with st.expander("Learning rate, gradient norm, speed"):
+            for key, title in (
+                ("learning_rate", "learning rate"), ("grad_norm", "gradient norm"),
+                ("samples_per_second", "samples/s"),
+            ):  # fmt: skip
+                rows = curve_rows(metrics["training"], {key: title})
+                if rows:
+                    st.vega_lite_chart(rows, curves_spec(title))
+
+
+def prediction_results(client: PlatformClient, task: dict[str, Any]) -> None:
+    """A finished prediction task: what it predicted, and its CSV to download."""
+    if task["status"] != JobStatus.SUCCEEDED:
+        return
+    progress = task.get("progress") or {}
+    accuracy = progress.get("accuracy")
+    st.success(
+        f"{progress.get('predicted', 0)} of {progress.get('rows', 0)} rows predicted with {task['model_name']} "
+        f"version {task['model_version']}"
+        + (f", accuracy {accuracy:.4f} against the file's labels" if accuracy is not None else "")
+    )
+    try:
+        csv = client.predictions_csv(task["id"])
+    except ApiError as error:  # e.g. the file is no longer on the server
+        st.error(str(error))
+        return
+    st.download_button(
+        "Download predictions (CSV)", data=csv, file_name=f"predictions-{task['id']}.csv", mime="text/csv",
+        key="download_predictions",
+    )  # fmt: skip
 
 
 def admin_page(client: PlatformClient) -> None:
-    st.title("Admin")
+    page_header("Admin")
     try:
         users = client.users()
     except ApiError as error:
@@ -271,19 +325,48 @@ def config_form(schema: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def new_job_page(client: PlatformClient) -> None:
-    st.title("New training job")
-    upload = st.file_uploader(f"Training data ({SUFFIXES_TEXT})", type=list(SUFFIXES), key="upload")
-    if upload is not None and st.session_state.get("uploaded_name") != upload.name:
-        try:
-            dataset = client.upload_dataset(upload.name, upload.getvalue())
-        except ApiError as error:
-            st.error(f"Upload failed: {error}")
-            return
-        st.session_state["uploaded_name"], st.session_state["dataset"] = upload.name, dataset
-    dataset = st.session_state.get("dataset")
+def uploaded_dataset(
+    client: PlatformClient, label: str, key: str, limit: int, *, state: str, empty: str
+) -> dict[str, Any] | None:
+    """The uploader ``key`` and the dataset of its file: each new upload (another file, or the same name again
+    with new bytes) is sent to the API and validated once, replacing the last answer and any error. The answer
+    is kept in ``st.session_state[state]`` for the page's next runs; ``empty`` is shown before any upload."""
+    upload = st.file_uploader(
+        f"{label} ({SUFFIXES_TEXT}; at most {size_text(limit)})", type=list(SUFFIXES), key=key,
+        max_upload_size=upload_megabytes(limit),
+    )  # fmt: skip
+    if upload is not None and st.session_state.get(f"{key}.file_id") != upload.file_id:
+        st.session_state[f"{key}.file_id"], st.session_state[f"{key}.error"] = upload.file_id, None
+        st.session_state.pop(state, None)
+        if upload.size > limit:
+            st.session_state[f"{key}.error"] = (
+                f"{upload.name} is {size_text(upload.size)}: over the upload limit of {size_text(limit)}"
+            )
+        else:
+            try:
+                st.session_state[state] = client.upload_dataset(upload.name, upload.getvalue())
+            except ApiError as error:
+                st.session_state[f"{key}.error"] = f"Upload failed: {error}"
+    if error := st.session_state.get(f"{key}.error"):
+        st.error(error)
+        return None
+    dataset = st.session_state.get(state)
     if dataset is None:
-        st.info("Upload a dataset to train on.")
+        st.info(empty)
+    return dataset
+
+
+def new_job_page(client: PlatformClient, upload_limit: int) -> None:
+    page_header("New training job")
+    dataset = uploaded_dataset(
+        client,
+        "Training data",
+        "upload",
+        upload_limit,
+        state="dataset",
+        empty="Upload a dataset to train on.",
+    )
+    if dataset is None:
         return
     findings = [issue for file in dataset["report"]["files"] for issue in file["issues"]]
     errors = [issue for issue in findings if issue["severity"] == "error"]
@@ -309,11 +392,55 @@ def new_job_page(client: PlatformClient) -> None:
         st.success(f"Queued task {task['id']}")
 
 
+def predictions_page(client: PlatformClient, upload_limit: int) -> None:
+    """Classify every row of a file with a registered model, as a queued task; its CSV is on the Jobs page."""
+    page_header("Predict a file")
+    try:
+        cards = client.search_models()
+    except ApiError as error:
+        st.error(str(error))
+        return
+    versions = [card for card in cards if card["stage"] != "Archived"]
+    if not versions:
+        st.info("No registered model yet: train one (New job) first.")
+        return
+    dataset = uploaded_dataset(
+        client, "Texts to classify", "predict_upload", upload_limit, state="predict_dataset",
+        empty="Upload a file with a column of texts.",
+    )  # fmt: skip
+    if dataset is None:
+        return
+    # Its rows are read when the task runs, with the text column chosen below (the upload's report checks a
+    # training dataset's columns).
+    st.success(f"{dataset['name']} uploaded ({size_text(dataset['size_bytes'])})")
+    shown = {
+        f"{c['name']}@{c['version']}": f"{c['name']} version {c['version']} · {c['stage']}" for c in versions
+    }
+    model = st.selectbox("Model", list(shown), format_func=shown.__getitem__, key="predict_model")
+    text_column = st.text_input("Text column", value="text", key="predict_text_column")
+    label_column = st.text_input(
+        "Label column (optional: when the file has it, the task reports accuracy)", value="label",
+        key="predict_label_column",
+    )  # fmt: skip
+    if st.button("Submit", key="predict_submit"):
+        try:
+            task = client.predict_file(
+                model, dataset["id"], text_column.strip(), label_column.strip() or "label"
+            )
+        except ApiError as error:
+            st.error(f"Not submitted: {error}")
+            return
+        st.session_state["job"] = task["id"]
+        st.success(
+            f"Queued prediction task {task['id']}: follow it on the Jobs page, its CSV is there once done"
+        )
+
+
 STAGES = ("None", "Staging", "Production", "Archived")
 
 
 def models_page(client: PlatformClient, admin: bool) -> None:
-    st.title("Models")
+    page_header("Models")
     stage = st.selectbox("Stage", ["any", *STAGES], key="models_stage")
     language = st.text_input("Language", key="models_language")
     threshold = st.text_input("Metric threshold", key="models_metric", placeholder="accuracy>=0.9")
@@ -382,7 +509,7 @@ def _card_row(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def playground_page(inference: PlatformClient) -> None:
-    st.title("Playground")
+    page_header("Playground")
     text = st.text_area("Text", key="play_text", placeholder="A wonderful, moving film.")
     model = st.text_input(
         "Model (name, name@3, name@production; empty: the served default)", key="play_model"
@@ -403,7 +530,7 @@ def playground_page(inference: PlatformClient) -> None:
 
 
 def experiments_page(client: PlatformClient) -> None:
-    st.title("Experiments")
+    page_header("Experiments")
     try:
         experiments = client.experiments()
         tracking = client.mlflow()

@@ -124,6 +124,10 @@ class Heartbeat(threading.Thread):
 class JobCallback(Callback):
     """Streams progress into the job row and turns stop requests into a clean end of training.
 
+    The step and total are written when training begins, at the first step and then every ``every_seconds``
+    (a run whose first logging step is minutes away shows it moving at once); loss, learning rate and speed at
+    logging steps, at most every ``every_seconds``; the scores of each evaluation.
+
     A preemption or the time limit saves a checkpoint at the current step first; a cancel or a lost lease does
     not.
     """
@@ -134,15 +138,26 @@ class JobCallback(Callback):
         self.checkpoints_dir = checkpoints_dir
         self.every_seconds = every_seconds
         self.stop_error: TrainingStopped | None = None
-        self._last_write = 0.0
+        self._last_write = 0.0  # any progress write
+        self._last_log_write = 0.0  # a write of a logging step's values
+        self._first_step: int | None = None  # where this attempt's training began
         self._speed_mark: tuple[float, int] | None = None  # (time, step) of the last speed reading
         self.samples_per_step = 0
 
     def on_train_begin(self, state: RunState) -> None:
         self.samples_per_step = state.samples_per_step
+        self._first_step = state.step
+        self._write(state.progress())
+
+    def _write(self, progress: dict[str, Any]) -> None:
+        self._last_write = time.monotonic()
+        self.reporter(progress=progress)
 
     def on_step(self, state: RunState, control: Control) -> None:
         self.control.check_time()
+        first = state.step == (self._first_step or 0) + 1
+        if first or time.monotonic() - self._last_write >= self.every_seconds:
+            self._write(state.progress())
         if self.control.kind is None or self.stop_error is not None:
             return
         if self.control.kind is StopKind.PREEMPT:
@@ -158,10 +173,10 @@ class JobCallback(Callback):
             self.stop_error = self.control.error(self.checkpoints_dir)
 
     def on_log(self, state: RunState, control: Control, logs: dict[str, Any]) -> None:
-        if "loss" not in logs or time.monotonic() - self._last_write < self.every_seconds:
+        if "loss" not in logs or time.monotonic() - self._last_log_write < self.every_seconds:
             return
         now = time.monotonic()
-        self._last_write = now
+        self._last_log_write = self._last_write = now
         progress = state.progress()
         progress.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"))
         if self._speed_mark is not None and now > self._speed_mark[0]:
@@ -176,7 +191,7 @@ class JobCallback(Callback):
             for key, value in metrics.items()
             if key in {"eval_loss", "eval_accuracy", "eval_macro_f1"}
         }
-        self._last_write = time.monotonic()
+        self._last_log_write = self._last_write = time.monotonic()
         self.reporter(progress={**state.progress(), "metrics": shown})
 
     def on_train_end(self, state: RunState) -> None:

@@ -23,8 +23,9 @@ from finetune_platform.db.session import read_scope
 from finetune_platform.services.job_requests import submit_training
 from finetune_platform.services.jobs import Submission, cancel_job, get_job, job_logs, list_jobs, retry_job
 from finetune_platform.services.schemas.common import Page
-from finetune_platform.services.schemas.jobs import JobLogs, JobPublic, TrainJobCreate
+from finetune_platform.services.schemas.jobs import JobLogs, JobPublic, TrainingMetrics, TrainJobCreate
 from finetune_platform.services.schemas.users import UserPublic
+from finetune_platform.services.training_metrics import training_metrics
 
 router = APIRouter(tags=["tasks"])
 NOT_YOURS = "No task with this id among the caller's (an admin's: among all)."
@@ -189,3 +190,18 @@ def get_task_logs(
     lines: Annotated[int, Query(ge=0, le=1000, description="Last lines of logs.txt to return.")] = 200,
 ) -> JobLogs:
     return job_logs(session, user, task_id, lines)
+
+
+@router.get(
+    "/task/{task_id}/metrics",
+    response_model=TrainingMetrics,
+    summary="Training curves and final metrics",
+    description=(
+        "Loss, learning rate, gradient norm and samples/s per logging step, each evaluation's scores, the ETA while "
+        "running, and once evaluated the final accuracy, macro F1, loss, per-class scores and confusion matrix. "
+        "Read from the run's records as it writes them (never from log lines); empty lists before training starts."
+    ),
+    responses=errors(401, 404, 409, 422, e404=NOT_YOURS, e409="A prediction task has no training metrics."),
+)
+def get_task_metrics(task_id: str, session: DbSession, user: CurrentUser) -> TrainingMetrics:
+    return training_metrics(session, user, task_id)

@@ -22,11 +22,15 @@ class JobPublic(Public):
     kind: str = Field(description="train (POST /train) or predict (POST /predictions).")
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
     stage: str | None = Field(
-        description="While running: validating, training, evaluating or registering; predicting for predictions."
+        description=(
+            "While running: validating, training, evaluating or registering; predicting for predictions. "
+            "done once succeeded; a failed or cancelled task keeps the stage it stopped in."
+        )
     )
     progress: dict[str, Any] = Field(
         description=(
-            "Training: step, max_steps, epoch, percent, loss, learning_rate, metrics (latest evaluation). "
+            "Training: step, max_steps, epoch, percent (from the start of training, within seconds), loss, "
+            "learning_rate, samples_per_second (each logging step), metrics (latest evaluation). "
             "Prediction: done, total, percent; when finished rows, predicted, empty, truncated, accuracy."
         )
     )
@@ -140,3 +144,62 @@ class JobEventPublic(Public):
 class JobLogs(Public):
     events: list[JobEventPublic] = Field(description="The task's events, oldest first.")
     log_lines: list[str] = Field(description="The last lines of the run's logs.txt.")
+
+
+# -- a training task's curves and final scores (GET /task/{task_id}/metrics) --
+
+
+class TrainingPoint(Public):
+    step: int = Field(description="Optimizer step of this logging step.")
+    epoch: float | None = Field(description="Epochs done at this step.")
+    loss: float | None = Field(
+        description="Mean training loss since the previous logging step (null: not finite)."
+    )
+    learning_rate: float | None = Field(description="Learning rate at this step.")
+    grad_norm: float | None = Field(description="Gradient norm at this step (null when not measured).")
+    samples_per_second: float | None = Field(description="Training rows per second since the previous entry.")
+
+
+class EvaluationPoint(Public):
+    step: int = Field(description="Optimizer step the evaluation ran at.")
+    epoch: float | None = Field(description="Epochs done at this step.")
+    loss: float | None = Field(description="Validation loss.")
+    accuracy: float | None = Field(description="Validation accuracy, 0 to 1.")
+    macro_f1: float | None = Field(description="Validation macro-averaged F1, 0 to 1.")
+
+
+class ClassScores(Public):
+    precision: float = Field(description="Of the rows predicted as this class, the share that are.")
+    recall: float = Field(description="Of the rows of this class, the share predicted as it.")
+    f1: float = Field(description="Harmonic mean of precision and recall.")
+    support: int = Field(description="Validation rows of this class.")
+
+
+class ConfusionMatrix(Public):
+    labels: list[str] = Field(description="Class names, in the order of the matrix's rows and columns.")
+    matrix: list[list[int]] = Field(
+        description="Row counts: rows are the true class, columns the predicted one."
+    )
+
+
+class FinalMetrics(Public):
+    accuracy: float = Field(description="Accuracy of the final model on the validation rows, 0 to 1.")
+    macro_f1: float = Field(description="Macro-averaged F1 of the final model, 0 to 1.")
+    loss: float | None = Field(description="Validation loss of the final model.")
+    rows: int | None = Field(description="Validation rows scored.")
+    checkpoint: str | None = Field(
+        description="The checkpoint the final model is (best), or null: the last step."
+    )
+    per_class: dict[str, ClassScores] = Field(description="Precision, recall, F1 and support of each class.")
+    confusion_matrix: ConfusionMatrix = Field(description="True against predicted class counts.")
+
+
+class TrainingMetrics(Public):
+    task_id: str = Field(description="Task (job) id.")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    training: list[TrainingPoint] = Field(description="One entry per logging step, oldest first.")
+    evaluations: list[EvaluationPoint] = Field(
+        description="One entry per evaluation during training, oldest first."
+    )
+    eta_seconds: float | None = Field(description="While running: seconds left at the speed so far.")
+    final: FinalMetrics | None = Field(description="Once the run has evaluated its final model; null before.")
