@@ -41,3 +41,15 @@ def test_a_name_that_is_only_a_suffix_is_refused_before_reading(api_world):
     assert problem["field"] == "query.name"
     assert f"at least {NAME_MIN_LENGTH} characters" in problem["message"]
     assert alice.get("/datasets").json()["count"] == listed
+
+
+def test_a_csv_whose_first_row_opens_a_quote_that_never_closes_is_refused_with_the_line(api_world):
+    """Before: pandas met the unclosed quote while the reader was being built, outside the handler that names
+    it, and the upload answered 500 ("validation of the upload failed unexpectedly")."""
+    alice = api_world.as_("alice")
+    response = alice.post("/datasets?name=quotes.csv", content=b'text,label\n"abc,1\n')
+    assert response.status_code == 201, response.text  # stored, marked invalid, with the report saying why
+    body = response.json()
+    assert body["valid"] is False
+    (issue,) = body["report"]["files"][0]["issues"]
+    assert (issue["code"], issue["message"]) == ("file", "quotes.csv: a quote opened on line 2 never closes")

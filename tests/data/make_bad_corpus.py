@@ -32,6 +32,7 @@ def main() -> None:
     write("duplicate_header.csv", "text,label,label\ngood,1,1\nbad,0,0\n")
     write("ragged_rows.csv", f"text,label\n{GOOD_ROWS}\ntoo,many,fields\n")
     write("unclosed_quote.csv", 'text,label\ngood,1\n"this quote never ends,0\nbad,0\n')
+    write("unclosed_quote_first_row.csv", 'text,label\n"this quote never ends,1\n')
     write(
         "broken_line.jsonl",
         '{"text": "good", "label": 1}\n{"text": "oops", "label": \n'

@@ -34,6 +34,7 @@ CASES = {
     "duplicate_header.csv": (False, ["file"], "duplicate column name(s) in the header: 'label'"),
     "ragged_rows.csv": (False, ["malformed_line"], "line 14: expected 2 fields, saw 3"),
     "unclosed_quote.csv": (False, ["file"], "a quote opened on line 3 never closes"),
+    "unclosed_quote_first_row.csv": (False, ["file"], "a quote opened on line 2 never closes"),
     "broken_line.jsonl": (False, ["malformed_line"], "line 2: not valid JSON (Expecting value at column 1)"),
     "not_an_object.jsonl": (False, ["malformed_line", "rare_class"], "line 2: not a JSON object (list)"),
     "blank_lines_only.jsonl": (False, ["file"], "no records (only blank lines)"),

@@ -279,25 +279,26 @@ def _read_delimited(
             "give every column a unique name",
         )
     _missing_columns(path, header, (text_column, label_column), _MAPPING_HINT)
-    reader = pd.read_csv(
-        path,
-        sep=sep,
-        quoting=quoting,
-        encoding=encoding,
-        keep_default_na=False,  # types are inferred (fast); "NA" or "null" stay texts, only "" is missing
-        na_values=[""],
-        on_bad_lines="warn",  # every column is read: with usecols pandas would not notice ragged rows
-        # Texts stay exactly as written ("007", "1.50"); other columns are inferred, which is much faster.
-        dtype={column: "str" for column in raw_header if column.strip() == text_column},
-        chunksize=chunk_rows,
-        skipinitialspace=False,
-    )
     next_row = 1
     saw_rows = False
     budget = _Budget(limits)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
         try:
+            # built here: pandas reads the first chunk (and may meet an unclosed quote) while it is made
+            reader = pd.read_csv(
+                path,
+                sep=sep,
+                quoting=quoting,
+                encoding=encoding,
+                keep_default_na=False,  # types are inferred (fast); "NA" or "null" stay texts, only "" is missing
+                na_values=[""],
+                on_bad_lines="warn",  # every column is read: with usecols pandas would not notice ragged rows
+                # Texts stay exactly as written ("007", "1.50"); other columns are inferred, which is much faster.
+                dtype={column: "str" for column in raw_header if column.strip() == text_column},
+                chunksize=chunk_rows,
+                skipinitialspace=False,
+            )
             for frame in reader:
                 malformed = _drain_bad_lines(caught)
                 saw_rows = saw_rows or len(frame) > 0 or bool(malformed)
