@@ -190,10 +190,12 @@ def test_the_ui_file_picker_offers_every_registered_suffix():
     def page():
         from finetune_platform.ui.views import new_job_page
 
-        new_job_page(None)  # no upload yet: the page stops before it calls the API
+        new_job_page(None, 100 * 1024 * 1024)  # no upload yet: the page stops before it calls the API
 
     at = streamlit_testing.AppTest.from_function(page, default_timeout=30).run()
     assert not at.exception
     (picker,) = at.get("file_uploader")
     assert tuple(picker.proto.type) == SUFFIXES
-    assert picker.proto.label == "Training data (.csv, .json, .jsonl, .ndjson, .parquet, .pq, .tab, .tsv)"
+    assert picker.proto.label == (
+        "Training data (.csv, .json, .jsonl, .ndjson, .parquet, .pq, .tab, .tsv; at most 100 MB)"
+    )
