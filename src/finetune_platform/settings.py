@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the app database (postgresql+psycopg://…); unset: SQLite under FINETUNE_HOME.",
     )
+    SWEEP_STORAGE_URL: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the sweeps' Optuna studies. Unset: on PostgreSQL the app database itself (schema "
+            "`optuna`, created by the migrations); on SQLite a file beside it (`<name>-optuna.db`), since Optuna's "
+            "tables include an `alembic_version` of their own."
+        ),
+    )
     MLFLOW_ENABLED: bool = Field(
         default=True, description="Log every training run to MLflow (the model registry needs it)."
     )
@@ -532,6 +540,16 @@ class Settings(BaseSettings):
         if self.DATABASE_URL:
             return self.DATABASE_URL
         return f"sqlite:///{(self.FINETUNE_HOME / 'finetune.db').resolve()}"
+
+    @property
+    def sweep_storage_url(self) -> str:
+        if self.SWEEP_STORAGE_URL:
+            return self.SWEEP_STORAGE_URL
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            database = Path(url.removeprefix("sqlite:///"))
+            return f"sqlite:///{database.with_name(f'{database.stem}-optuna.db')}"
+        return url
 
     @property
     def heartbeat_seconds(self) -> float:

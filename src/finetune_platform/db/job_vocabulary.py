@@ -15,6 +15,14 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # a sweep trial its pruner stopped early: ended on purpose, not failed
+
+
+class SweepStatus(StrEnum):
+    RUNNING = "running"  # trials are queued, running, or still to start
+    SUCCEEDED = "succeeded"  # its budget is spent and at least one trial completed
+    FAILED = "failed"  # its budget is spent and no trial completed
+    CANCELLED = "cancelled"
 
 
 class JobStage(StrEnum):

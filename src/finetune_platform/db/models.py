@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The job vocabulary lives apart (no SQLAlchemy) and is re-exported here with the table that stores it.
-from finetune_platform.db.job_vocabulary import JobKind, JobStage, JobStatus  # noqa: F401
+from finetune_platform.db.job_vocabulary import JobKind, JobStage, JobStatus, SweepStatus  # noqa: F401
 
 
 def utcnow() -> datetime:
@@ -97,6 +97,36 @@ class Job(Base):
     preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # A trial of a sweep: the sweep, its Optuna trial number and the values it tries (dotted config fields).
+    sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trial_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Sweep(Base):
+    """A hyperparameter sweep: its spec, base config and budget; its trials are jobs (``Job.sweep_id``) and its
+    sampler's memory is an Optuna study of the same id (``services.sweep_study``)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default=SweepStatus.RUNNING.value, index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    base_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dataset_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # Trials created so far: the compare-and-set that keeps max_trials and parallelism exact across processes.
+    trials_started: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    best_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

@@ -53,6 +53,7 @@ class LifecycleEvent(StrEnum):
     FINISH = "finish"  # the attempt succeeded
     FAIL = "fail"  # failed for good: not retryable, or out of attempts
     STOP = "stop"  # a running job stopped on its cancel request
+    PRUNE = "prune"  # a sweep trial its pruner stopped early (ended on purpose; keeps its run folder and run)
     RELEASE = "release"  # a retryable failure hands the job back to the queue; the attempt counts
     PREEMPT = "preempt"  # a worker shutting down hands the job back; the attempt is given back
     CANCEL = "cancel"  # its owner cancels: a queued job at once, a running one is asked to STOP
@@ -76,6 +77,7 @@ TABLE: Mapping[tuple[JobStatus | None, LifecycleEvent], JobStatus] = MappingProx
         (R, E.FINISH): JobStatus.SUCCEEDED,
         (R, E.FAIL): JobStatus.FAILED,
         (R, E.STOP): JobStatus.CANCELLED,
+        (R, E.PRUNE): JobStatus.PRUNED,
         (R, E.RELEASE): Q,
         (R, E.PREEMPT): Q,
         (R, E.RECONCILE): Q,
@@ -113,6 +115,7 @@ _DONE_TO = {
     LifecycleEvent.FINISH: "finished",
     LifecycleEvent.FAIL: "failed",
     LifecycleEvent.STOP: "stopped",
+    LifecycleEvent.PRUNE: "pruned",
     LifecycleEvent.RELEASE: "released",
     LifecycleEvent.PREEMPT: "preempted",
     LifecycleEvent.CANCEL: "cancelled",

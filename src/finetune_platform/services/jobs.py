@@ -59,7 +59,7 @@ def transition(
 
     Returns the moved row, or None when the row is not in ``state`` (or fails ``where``) any more: someone else
     moved it first, and nothing was written. Raises IllegalTransition when the table has no such move.
-    This is the only place that writes a job's status once the job exists (``_queue`` inserts it).
+    This is the only place that writes a job's status once the job exists (``queue_job`` inserts it).
     """
     if state is None:
         (state,) = job_states.sources(event)  # an event with several sources needs the state read
@@ -108,7 +108,7 @@ def _earlier(session: Session, user: UserPublic, idempotency_key: str | None) ->
     return None if existing is None else Submission(JobPublic.of(existing), created=False)
 
 
-def _queue(
+def queue_job(
     session: Session,
     settings: Settings,
     user: UserPublic,
@@ -118,9 +118,11 @@ def _queue(
     dataset_version: str | None,
     idempotency_key: str | None,
     max_attempts: int,
+    **fields: Any,
 ) -> Submission:
     """Insert a queued job row (once per idempotency key, even when two requests race), within the account's
-    queued-jobs limit (counted under the account's row lock: two racing submits cannot both take the last slot)."""
+    queued-jobs limit (counted under the account's row lock: two racing submits cannot both take the last slot).
+    ``fields``: more columns of the row (a sweep trial's sweep, number and values)."""
     quotas.check_queue_room(session, user.id, settings, lock=True)
     job = Job(
         id=str(uuid.uuid4()),
@@ -136,6 +138,7 @@ def _queue(
         cancel_requested=False,
         # The outbox row below is sent once the caller commits; a failed send clears this again.
         enqueued_at=utcnow(),
+        **fields,
     )
     session.add(job)
     try:
@@ -183,7 +186,7 @@ def submit_job(
     quotas.check_pool_devices(train_config, settings)
     quotas.check_queue_room(session, user.id, settings, lock=False)
     report = check_data(train_config)
-    submission = _queue(
+    submission = queue_job(
         session,
         settings,
         user,
@@ -229,7 +232,7 @@ def submit_prediction_job(
         "label_column": label_column,
         "output_dir": str(Path(settings.RESULTS_DIR).resolve()),
     }
-    return _queue(
+    return queue_job(
         session,
         settings,
         user,
@@ -590,6 +593,7 @@ _ENDING = {
     JobStatus.SUCCEEDED: LifecycleEvent.FINISH,
     JobStatus.FAILED: LifecycleEvent.FAIL,
     JobStatus.CANCELLED: LifecycleEvent.STOP,
+    JobStatus.PRUNED: LifecycleEvent.PRUNE,
 }
 
 
@@ -612,7 +616,7 @@ def finish_job(
         "finished_at": utcnow(),
         "lease_owner": None,
         "lease_expires_at": None,
-        **({"error": message} if status is JobStatus.FAILED else {}),
+        **({"error": message} if status in (JobStatus.FAILED, JobStatus.PRUNED) else {}),
         **fields,
     }
     row = _as_holder(session, job, _ENDING[status], values, [(status.value, message, {})])
@@ -679,7 +683,7 @@ def mark_enqueued(session: Session, job_ids: list[str], sent: bool = True) -> No
 
 
 @dataclass(frozen=True)
-class Sweep:
+class ReconcilePass:
     """What one reconciler pass found and changed."""
 
     expired: list[str]  # running jobs whose worker went silent, now queued again
@@ -689,7 +693,7 @@ class Sweep:
     next_due: datetime | None = None  # when the earliest retry backoff of a queued job ends
 
 
-def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: bool) -> Sweep:
+def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: bool) -> ReconcilePass:
     """Recover from dead workers and lost broker messages, using the database as the truth.
 
     - A running job whose lease expired lost its worker (SIGKILL, OOM killer, host gone): it is queued
@@ -749,7 +753,7 @@ def reconcile(session: Session, *, requeue_after: float, broker_lost_messages: b
         if not (job.not_before and _aware(job.not_before) > now)  # sent once its retry backoff is over
         and (job.enqueued_at is None or (broker_lost_messages and _aware(job.enqueued_at) <= cutoff))
     ]
-    return Sweep(expired, abandoned, to_enqueue, len(queued), min(backing_off, default=None))
+    return ReconcilePass(expired, abandoned, to_enqueue, len(queued), min(backing_off, default=None))
 
 
 def _aware(moment: datetime) -> datetime:

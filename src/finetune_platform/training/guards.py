@@ -26,6 +26,10 @@ class NonFiniteLoss(TrainingStopped):
     pass
 
 
+class TrialPruned(TrainingStopped):
+    """A sweep's pruner judged the trial hopeless at an evaluation: it ends ``pruned``, not failed."""
+
+
 class CheckpointSaveError(TrainingStopped):
     """Writing a checkpoint failed (disk full, quota, I/O error); the previous checkpoints are intact."""
 

@@ -11,15 +11,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from finetune_platform.atomic import write_atomic
 from finetune_platform.db.accounts import local_account
 from finetune_platform.db.job_vocabulary import JobStatus
 from finetune_platform.db.session import ensure_database, session_scope
+from finetune_platform.errors import PlatformError
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.callbacks import TrackingCallback
 from finetune_platform.training.checkpoints import CheckpointInfo, newest_checkpoint
-from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
+from finetune_platform.training.config import TrainConfig, config_from_dict, dump_config, read_run_config
 from finetune_platform.training.devices import check_device
+from finetune_platform.training.guards import TrialPruned
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
@@ -182,6 +186,8 @@ def run_training(
         except BaseException as exc:
             # Ctrl-C is its user stopping the run: cancelled, in the job row's words.
             status = JobStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
+            if isinstance(exc, TrialPruned):  # a sweep's pruner stopped it: ended on purpose
+                status = JobStatus.PRUNED
             if isinstance(exc, KeyboardInterrupt):
                 exc = _interrupted(run, recipe)
             logger.error("run %s %s: %s", run.run_id, status, exc, extra=OUTCOME)
@@ -190,7 +196,7 @@ def run_training(
             except OSError as state_error:
                 logger.error("could not record the failure in %s: %s", run.state_path, state_error)
             if tracker is not None:
-                tracker.end("KILLED" if status is JobStatus.CANCELLED else "FAILED")
+                tracker.end("FAILED" if status is JobStatus.FAILED else "KILLED")
             if isinstance(exc, RunInterrupted):
                 raise exc from None
             raise
@@ -232,6 +238,57 @@ def _register(
     owner_id: int | None,
 ) -> dict[str, Any]:
     """The run's adapter becomes a new version (in Staging) of the registered model, with its card."""
+    return _register_adapter(
+        settings,
+        config,
+        run,
+        language=recipe.state.model.language,
+        labels=list(recipe.state.splits.label_map.names),
+        metrics=metrics,
+        run_id=run_id,
+        owner_id=owner_id,
+    )
+
+
+def register_run(
+    settings: Settings, run_folder: Path | str, *, owner_id: int | None, model_name: str | None = None
+) -> dict[str, Any]:
+    """Register a finished run folder's adapter afterwards (a sweep's winner): as a new version (in Staging) of
+    ``model_name`` (default: the run's registry.model_name or experiment), once per run and name."""
+    run = RunFolder(Path(run_folder))
+    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+    resolved = raw.pop("resolved", None) or {}
+    config = config_from_dict(raw)
+    if model_name:
+        config = config.model_copy(
+            update={"registry": config.registry.model_copy(update={"model_name": model_name})}
+        )
+    if not run.metrics_path.is_file() or not resolved.get("mlflow_run_id"):
+        raise PlatformError(f"run {run.run_id} did not finish with a tracked run: nothing to register")
+    metrics = json.loads(run.metrics_path.read_text(encoding="utf-8"))
+    return _register_adapter(
+        settings,
+        config,
+        run,
+        language=resolved.get("language"),
+        labels=list(resolved.get("labels") or []),
+        metrics=metrics,
+        run_id=resolved["mlflow_run_id"],
+        owner_id=owner_id,
+    )
+
+
+def _register_adapter(
+    settings: Settings,
+    config: TrainConfig,
+    run: RunFolder,
+    *,
+    language: str | None,
+    labels: list[str],
+    metrics: dict[str, Any],
+    run_id: str,
+    owner_id: int | None,
+) -> dict[str, Any]:
     # lazy: MLflow loads only for tracked runs
     from finetune_platform.tracking.embeddings import default_embedder
     from finetune_platform.tracking.model_cards import ModelCard, file_checksum
@@ -242,7 +299,7 @@ def _register(
         name=config.model_name,
         version=0,
         base_model=config.model.base_model,
-        language=recipe.state.model.language,
+        language=language,
         task=config.registry.task,
         description=config.registry.description,
         metrics={key: float(evaluation[key]) for key in ("accuracy", "macro_f1", "loss")},
@@ -256,7 +313,7 @@ def _register(
         artifact_checksums={
             path.name: file_checksum(path) for path in sorted(run.artifacts_dir.iterdir()) if path.is_file()
         },
-        labels=list(recipe.state.splits.label_map.names),
+        labels=labels,
     )
     if owner_id is None:  # the command line acts as its local admin account
         ensure_database(settings)

@@ -22,7 +22,7 @@ from finetune_platform.inference.predictor import source_from_registry
 from finetune_platform.services import job_states, jobs, outbox, quotas
 from finetune_platform.settings import Settings
 from finetune_platform.training.config import config_from_dict
-from finetune_platform.training.guards import TrainingStopped
+from finetune_platform.training.guards import TrainingStopped, TrialPruned
 from finetune_platform.training.run_folder import RunFolder
 from finetune_platform.training.runner import run_training
 from finetune_platform.worker.control import (
@@ -128,22 +128,41 @@ def execute_job(
         logger.error("%s", exc)
         return "lost"
     except TrainingStopped as exc:
-        return _stopped(settings, claim, exc, control.run_seconds())
+        outcome = _stopped(settings, claim, exc, control.run_seconds())
+        _after(settings, claim, outcome)
+        return outcome
     except Exception as exc:  # another attempt or failed for good: the domain's retry policy decides
         if not isinstance(exc, PlatformError):  # not raised on purpose: the traceback is worth the log
             logger.exception("job %s attempt %d failed", job_id, claim.job.attempts)
-        return _failed(settings, claim, exc, control.run_seconds())
+        outcome = _failed(settings, claim, exc, control.run_seconds())
+        _after(settings, claim, outcome)
+        return outcome
     finally:
         _current = None
         heartbeat.stop()
     message = result.pop("message", "finished")
-    return _finish(settings, claim, JobStatus.SUCCEEDED, message, run_seconds=control.run_seconds(), **result)
+    outcome = _finish(
+        settings, claim, JobStatus.SUCCEEDED, message, run_seconds=control.run_seconds(), **result
+    )
+    _after(settings, claim, outcome)
+    return outcome
+
+
+def _after(settings: Settings, claim: jobs.Claim, outcome: str) -> None:
+    """A sweep trial that ended lets its sweep move on now (else the reconciler's next pass does)."""
+    if claim.job.sweep_id is not None and outcome in set(JobStatus) - {JobStatus.QUEUED, JobStatus.RUNNING}:
+        # lazy: Optuna, only for sweep trials
+        from finetune_platform.services.sweeps import trial_ended
+
+        trial_ended(settings, claim.job.id)
 
 
 def _stopped(settings: Settings, claim: jobs.Claim, exc: TrainingStopped, run_seconds: float) -> str:
     """A training that ended early on purpose; the time limit (JobTimeLimit) is not retryable: it fails."""
     if isinstance(exc, JobCancelled):
         return _finish(settings, claim, JobStatus.CANCELLED, str(exc), run_seconds=run_seconds)
+    if isinstance(exc, TrialPruned):
+        return _finish(settings, claim, JobStatus.PRUNED, str(exc), run_seconds=run_seconds)
     if isinstance(exc, JobPreempted):
         return _release(settings, claim, str(exc), count_attempt=False, run_seconds=run_seconds)
     return _failed(settings, claim, exc, run_seconds)
@@ -248,13 +267,14 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
         context.report(stage=stage, run_id=run.read_state().get("mlflow_run_id"))
 
     reporter = JobCallback(lambda **fields: context.report(**fields), control, run.checkpoints_dir)
+    trial = [_pruning(context)] if job.sweep_id is not None else []
     result = run_training(
         config,
         resume=resume,
         run_id=job.id,
         settings=settings,
         show_progress=False,
-        callbacks=[reporter, *callbacks],
+        callbacks=[reporter, *trial, *callbacks],
         on_stage=on_stage,
         owner_id=job.owner_id,
     )
@@ -275,6 +295,20 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
         "model_name": model.get("name"),
         "model_version": model.get("version"),
     }
+
+
+def _pruning(context: JobContext) -> Any:
+    """The pruning callback of a sweep trial, reporting to its sweep's study."""
+    # lazy: Optuna, only for sweep trials
+    from finetune_platform.services.sweep_study import TrialReporter
+    from finetune_platform.services.sweeps import trial_spec
+    from finetune_platform.worker.trials import PruningCallback
+
+    job = context.job
+    with session_scope(context.settings) as session:
+        spec = trial_spec(session, job.sweep_id)
+    reporter = TrialReporter(context.settings, job.sweep_id, spec, job.trial_number)
+    return PruningCallback(reporter, spec, lambda **fields: context.report(**fields))
 
 
 def predict_job(context: JobContext) -> dict[str, Any]:

@@ -20,7 +20,9 @@ class JobPublic(Public):
     )
     owner_id: int = Field(description="Id of the user who submitted it.")
     kind: str = Field(description="train (POST /train) or predict (POST /predictions).")
-    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    status: str = Field(
+        description="queued, running, succeeded, failed, cancelled, or pruned (a sweep trial its pruner stopped)."
+    )
     stage: str | None = Field(
         description=(
             "While running: validating, training, evaluating or registering; predicting for predictions. "
@@ -45,6 +47,8 @@ class JobPublic(Public):
     created_at: Timestamp = Field(description="Submission time.")
     started_at: Timestamp | None = Field(description="First start.")
     finished_at: Timestamp | None = Field(description="End time, when finished.")
+    sweep_id: str | None = Field(default=None, description="The sweep this task is a trial of (GET /sweeps/{id}).")
+    trial_number: int | None = Field(default=None, description="Its trial number in that sweep.")
     # The worker's and the command line's, never a client's: the config names the server's files.
     config: dict[str, Any] = Field(exclude=True, repr=False)
     not_before: datetime | None = Field(
@@ -73,6 +77,8 @@ class JobPublic(Public):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            sweep_id=getattr(job, "sweep_id", None),
+            trial_number=getattr(job, "trial_number", None),
             config=dict(job.config),
             not_before=getattr(job, "not_before", None),
         )
