@@ -85,9 +85,11 @@ def distributions(spec: SweepSpec) -> dict[str, Any]:
 def sampler(spec: SweepSpec, slot: int) -> optuna.samplers.BaseSampler:
     seed = None if spec.seed is None else spec.seed + slot
     if spec.sampler is Sampler.GRID:
+        # The grid's order is shuffled by its seed and trial n takes its n-th point: one seed for every process,
+        # else two processes' shuffles hand two trials the same point.
         return optuna.samplers.GridSampler(
             {name: _choices(space) for name, space in spec.space.items() if isinstance(space, Choice)},
-            seed=seed,
+            seed=spec.seed,
         )
     if spec.sampler is Sampler.RANDOM:
         return optuna.samplers.RandomSampler(seed=seed)

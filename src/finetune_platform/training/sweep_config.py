@@ -336,9 +336,9 @@ def parse_spec(raw: Any, where: str = "sweep") -> SweepSpec:
     except ValidationError as exc:
         message = format_validation_error(exc).replace("invalid training config:", "invalid sweep:")
         lines = message.splitlines()
-        raise ConfigError(
-            lines[0] + "\n" + "\n".join(f"  {where}.{line.strip()}" for line in lines[1:])
-        ) from None
+        # a check of the whole spec names its field at the start of its message
+        named = [f"  {where}.{line.strip().removeprefix('(config): ')}" for line in lines[1:]]
+        raise ConfigError("\n".join([lines[0], *named])) from None
 
 
 def split_sweep(raw: dict[str, Any]) -> tuple[dict[str, Any], SweepSpec]:
