@@ -3,8 +3,8 @@
 Every exporter (API, worker, inference server) adds the host's ``system_cpu_percent``,
 ``system_memory_usage_gigabytes`` and ``system_disk_free_ratio``; the API and the inference server serve
 ``/metrics`` with request counts and latencies by route template (``mount_metrics``); workers serve theirs on
-their own port (``finetune worker --metrics-port``). Job metrics come from the database at scrape time
-(``services.job_metrics``, served by the API's /metrics).
+their own port (``finetune worker --metrics-port``). Job and sweep metrics come from the database at scrape time
+(``services.job_metrics`` and ``services.sweep_metrics``, served by the API's /metrics).
 """
 
 from __future__ import annotations

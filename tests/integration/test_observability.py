@@ -368,3 +368,121 @@ def test_running_jobs_show_their_speed_loss_progress_and_heartbeat(tmp_path):
     assert float(line.split()[-1]) == beat.timestamp()
     assert "task_running 1.0" in text and "task_queued 1.0" in text and "task_success_total 1.0" in text
     assert "task_queue_length 0.0" in text  # the filesystem broker holds no message for these rows
+
+
+def _sweep_rows(settings, trials: dict[str, int]) -> None:
+    """Two running sweeps whose trials are in the given states (7 in the first, the rest in the second), and
+    two jobs of no sweep that the sweep metrics must not count."""
+    from finetune_platform.db.models import Job, Sweep
+    from finetune_platform.db.session import session_scope, upgrade
+    from finetune_platform.services.users import create_user
+
+    upgrade(settings)
+    states = [state for state, count in trials.items() for _ in range(count)]
+    with session_scope(settings) as session:
+        user = create_user(session, "sweeper", "long enough password")
+        for sweep_id in ("sweep-a", "sweep-b"):
+            session.add(Sweep(id=sweep_id, owner_id=user.id, name=sweep_id, status="running", spec={},
+                              base_config={}, trials_started=0))  # fmt: skip
+        session.flush()
+        for number, state in enumerate(states):
+            session.add(Job(id=f"trial-{number}", owner_id=user.id, kind="train", status=state, config={},
+                            progress={}, sweep_id="sweep-a" if number < 7 else "sweep-b",
+                            trial_number=number))  # fmt: skip
+        for state in ("succeeded", "queued"):
+            session.add(Job(id=f"plain-{state}", owner_id=user.id, kind="train", status=state, config={},
+                            progress={}))  # fmt: skip
+
+
+def _end_trials(settings, moves: dict[str, str], finished_sweep: str) -> None:
+    from finetune_platform.db.models import Job, Sweep
+    from finetune_platform.db.session import session_scope
+
+    with session_scope(settings) as session:
+        for job_id, state in moves.items():
+            session.get(Job, job_id).status = state
+        session.get(Sweep, finished_sweep).status = "succeeded"
+
+
+def test_sweep_collector_counts_trials_by_state_on_both_databases(db_settings):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from finetune_platform.services.sweep_metrics import SweepCollector
+
+    _sweep_rows(
+        db_settings, {"queued": 2, "running": 3, "succeeded": 4, "failed": 1, "cancelled": 5, "pruned": 6}
+    )
+    registry = CollectorRegistry()
+    registry.register(SweepCollector(db_settings))
+    lines = [line for line in generate_latest(registry).decode().splitlines() if not line.startswith("#")]
+    assert lines == [
+        'sweep_trials_total{state="succeeded"} 4.0',
+        'sweep_trials_total{state="failed"} 1.0',
+        'sweep_trials_total{state="cancelled"} 5.0',
+        'sweep_trials_total{state="pruned"} 6.0',
+        'sweep_trials_in_flight{state="queued"} 2.0',
+        'sweep_trials_in_flight{state="running"} 3.0',
+        "sweeps_running 2.0",
+    ]
+
+
+def test_prometheus_scrapes_sweep_trials_and_the_dashboard_panels_show_them(tmp_path):
+    """The API's /metrics scraped by a real Prometheus while trials of two sweeps end in every way; the
+    dashboard's sweep panels, read from its JSON, answer with what happened."""
+    binary = require_binary("prometheus")
+    env = queue_env(tmp_path / "q")
+    # 13 trials in flight; then 10 of them end (4 succeed, 3 are pruned, 2 fail, 1 is cancelled) and sweep-b ends
+    _sweep_rows(env.settings, {"queued": 8, "running": 5})
+    ends = ["succeeded"] * 4 + ["pruned"] * 3 + ["failed"] * 2 + ["cancelled"]
+    moves = {
+        f"trial-{number}": state for number, state in zip([*range(1, 8), *range(8, 11)], ends, strict=True)
+    }
+    api_port = free_port()
+    processes: list[subprocess.Popen] = []
+    prometheus = None
+    try:
+        processes.append(start([finetune_bin(), "api", "--port", str(api_port)], env, tmp_path / "api.log",
+                               f"http://127.0.0.1:{api_port}/health"))  # fmt: skip
+        nobody = f"127.0.0.1:{free_port()}"  # the worker and inference jobs scrape nothing here
+        prometheus = Prometheus(binary, tmp_path, {
+            "finetune-api": f"127.0.0.1:{api_port}", "finetune-worker": nobody, "finetune-inference": nobody,
+        })  # fmt: skip
+        wait_for(lambda: prometheus.value("sweeps_running") == 2, 60, "Prometheus to see two running sweeps")
+        assert prometheus.value('sweep_trials_in_flight{state="queued"}') == 8
+        assert prometheus.value('sweep_trials_in_flight{state="running"}') == 5
+        assert prometheus.value("sum(sweep_trials_total)") == 0
+        time.sleep(2)  # a few samples of every counter at zero before any trial ends
+
+        _end_trials(env.settings, moves, finished_sweep="sweep-b")
+        wait_for(
+            lambda: prometheus.value("sum(sweep_trials_total)") == 10, 60, "Prometheus to see 10 trials end"
+        )
+        at = prometheus.value("max(timestamp(sweep_trials_total))")
+        ended = {"succeeded": 4, "pruned": 3, "failed": 2, "cancelled": 1}
+        for state, count in ended.items():
+            assert prometheus.value(f'sweep_trials_total{{state="{state}"}}', at) == count, state
+        assert prometheus.value('sweep_trials_in_flight{state="queued"}', at) == 1
+        assert prometheus.value('sweep_trials_in_flight{state="running"}', at) == 2
+        assert prometheus.value("sweeps_running", at) == 1
+
+        document = json.loads(DASHBOARD.read_text())
+        panels = {
+            panel["title"]: [target["expr"] for target in panel["targets"]] for panel in document["panels"]
+        }
+        (ended_expr,) = panels["Sweep trials ended by state (5m)"]
+        (in_flight_expr,) = panels["Sweep trials in flight"]
+        (running_expr,) = panels["Running sweeps"]
+
+        def by_state(expr: str) -> dict[str, float]:
+            return {
+                series["metric"]["state"]: float(series["value"][1]) for series in prometheus.query(expr, at)
+            }
+
+        # the window opens on zeros and ends on the newest scrape: increase() is exact here
+        assert by_state(ended_expr) == {state: float(count) for state, count in ended.items()}
+        assert by_state(in_flight_expr) == {"queued": 1.0, "running": 2.0}
+        assert prometheus.value(running_expr, at) == 1
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        stop_processes(processes)

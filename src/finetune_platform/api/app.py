@@ -31,6 +31,7 @@ from finetune_platform.observability import mount_metrics, system_registry
 from finetune_platform.security import InvalidToken, Tokens
 from finetune_platform.services.audit import record
 from finetune_platform.services.job_metrics import JobCollector
+from finetune_platform.services.sweep_metrics import SweepCollector
 from finetune_platform.services.users import token_caller
 from finetune_platform.settings import Settings, get_settings
 
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.METRICS_ENABLED:
         registry = system_registry(settings)
         registry.register(JobCollector(settings, queue_depth=partial(queue_size, settings)))
+        registry.register(SweepCollector(settings))
         refusals = json_errors(
             401,
             404,
