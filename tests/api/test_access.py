@@ -15,6 +15,21 @@ def request_for(route: str, api):
 
     dataset, task = api.ids["dataset"], api.ids["task"]
     train_body = {"config": {"experiment": "matrix"}, "dataset_id": dataset}
+    sweep_body = {
+        "config": {"experiment": "matrix"},
+        "sweep": {
+            "sampler": "random",
+            "max_trials": 2,
+            "space": {"lora.r": {"type": "choice", "values": [4, 8]}},
+        },
+        "dataset_id": dataset,
+    }
+    if "/sweeps/" in route:  # a fresh running sweep of alice's (a cancel ends it)
+        created = api.as_("alice").post("/sweeps", json=sweep_body)
+        assert created.status_code == 201, created.text
+        sweep = created.json()["id"]
+    else:
+        sweep = "not-needed"
     return {
         "POST /logout": ("POST", "/logout", {}),
         "GET /users/me": ("GET", "/users/me", {}),
@@ -44,6 +59,12 @@ def request_for(route: str, api):
         "GET /task/{id}/metrics": ("GET", f"/task/{task}/metrics", {}),
         "POST /task/{id}/cancel": ("POST", f"/task/{task}/cancel", {}),
         "POST /task/{id}/retry": ("POST", f"/task/{task}/retry", {}),
+        "POST /sweeps": ("POST", "/sweeps", {"json": sweep_body}),
+        "GET /sweeps": ("GET", "/sweeps", {}),
+        "GET /sweeps/{id}": ("GET", f"/sweeps/{sweep}", {}),
+        "GET /sweeps/{id}/best": ("GET", f"/sweeps/{sweep}/best", {}),
+        "POST /sweeps/{id}/cancel": ("POST", f"/sweeps/{sweep}/cancel", {}),
+        "POST /sweeps/{id}/promote": ("POST", f"/sweeps/{sweep}/promote", {"json": {}}),
         "GET /experiments": ("GET", "/experiments", {}),
         "GET /experiments/mlflow/{run_id}": ("GET", "/experiments/mlflow/0123456789abcdef", {}),
         "GET /mlflow": ("GET", "/mlflow", {}),
@@ -99,6 +120,12 @@ MATRIX = {
     "GET /task/{id}/metrics": (401, 200, 404, 200),
     "POST /task/{id}/cancel": (401, 200, 404, 200),
     "POST /task/{id}/retry": (401, 409, 404, 409),  # alice's task is queued: only failed or cancelled ones retry
+    "POST /sweeps": (401, 201, 404, 404),  # the dataset is alice's, as for POST /train
+    "GET /sweeps": (401, 200, 200, 200),
+    "GET /sweeps/{id}": (401, 200, 404, 200),
+    "GET /sweeps/{id}/best": (401, 409, 404, 409),  # no trial of alice's sweep has run
+    "POST /sweeps/{id}/cancel": (401, 200, 404, 200),
+    "POST /sweeps/{id}/promote": (401, 403, 403, 409),  # admins only; none completed
     "GET /experiments": (401, 200, 200, 200),  # each sees the runs of their own jobs (admins: all)
     "GET /experiments/mlflow/{run_id}": (401, 404, 404, 404),
     "GET /mlflow": (200, 200, 200, 200),
@@ -123,6 +150,7 @@ def test_the_matrix_covers_every_route(api):
         f"{method.upper()} {path}".replace("{user_id}", "{id}")
         .replace("{task_id}", "{id}")
         .replace("{dataset_id}", "{id}")
+        .replace("{sweep_id}", "{id}")
         for path, item in api.app.openapi()["paths"].items()
         for method in item
     }

@@ -89,18 +89,18 @@ def problems_of(document: dict[str, Any], label: str, operation: dict[str, Any])
 
 def test_every_operation_is_documented_fully(document):
     found = operations(document)
-    assert len(found) == 38
+    assert len(found) == 44
     problems = [problem for label, operation in found for problem in problems_of(document, label, operation)]
     assert problems == []
 
 
 def test_every_request_body_example_is_valid_for_its_model(document):
     """The examples are requests a client could send: each validates against the model it illustrates."""
-    from finetune_platform.services.schemas import experiments, jobs, registry, users
+    from finetune_platform.services.schemas import experiments, jobs, registry, sweeps, users
 
     models = {
         model.__name__: model
-        for module in (users, jobs, experiments, registry)
+        for module in (users, jobs, experiments, registry, sweeps)
         for model in vars(module).values()
         if isinstance(model, type) and model.__module__ == module.__name__ and hasattr(model, "model_fields")
     }
@@ -114,7 +114,7 @@ def test_every_request_body_example_is_valid_for_its_model(document):
             for example in model.model_json_schema().get("examples", []):
                 model.model_validate(example)
                 checked += 1
-    assert checked >= 11
+    assert checked >= 13
 
 
 def test_the_walk_finds_what_it_looks_for(document):

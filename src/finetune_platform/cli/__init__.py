@@ -10,6 +10,7 @@ from finetune_platform.cli.inference import predict, serve
 from finetune_platform.cli.jobs import jobs_app, worker
 from finetune_platform.cli.registry import experiments_app, models_app
 from finetune_platform.cli.security import security_check
+from finetune_platform.cli.sweeps import sweep_app
 from finetune_platform.cli.system import api, audit_app, db_app, ui, users_app
 from finetune_platform.cli.training import config_app, runs_app, train
 from finetune_platform.cli.up import down, status, up
@@ -30,6 +31,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(sweep_app, name="sweep")
 app.command()(worker)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")

@@ -67,7 +67,26 @@ def load(config_path: Path, overrides: list[str] | None):
     # lazy: pydantic and yaml, kept off the start of every finetune command
     from finetune_platform.training.config import load_config
 
-    return load_config(config_path, overrides or [])
+    try:
+        return load_config(config_path, overrides or [])
+    except ConfigError:
+        if _has_sweep_section(config_path):
+            raise ConfigError(
+                f"{config_path} has a sweep: section: it is a sweep, not a training config; run it with "
+                f"`finetune sweep submit {config_path}` (or remove the sweep: section to train once)"
+            ) from None
+        raise
+
+
+def _has_sweep_section(config_path: Path) -> bool:
+    # lazy: yaml, kept off the start of every finetune command
+    import yaml
+
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "sweep" in raw
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of the readable summary.")]

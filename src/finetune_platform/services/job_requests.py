@@ -19,10 +19,12 @@ from finetune_platform.services.base_models import check_allowed
 from finetune_platform.services.jobs import Submission, submit_job, submit_prediction_job
 from finetune_platform.services.schemas.datasets import DatasetPublic
 from finetune_platform.services.schemas.jobs import PredictionJobCreate, TrainJobCreate
+from finetune_platform.services.schemas.sweeps import SweepCreate, SweepDetail
 from finetune_platform.services.schemas.users import UserPublic
 from finetune_platform.settings import Settings
 from finetune_platform.tracking.ownership import claim_name
 from finetune_platform.training.config import ModelSection, config_from_dict
+from finetune_platform.training.sweep_config import Choice, parse_spec
 
 SERVER_FIELDS = (("data", "train_file"), ("data", "validation_file"), ("output_dir",))
 
@@ -56,6 +58,47 @@ def submit_training(
             max_attempts=request.max_attempts,
             settings=settings,
         )
+
+
+def submit_sweep_request(
+    session: Session, settings: Settings, user: UserPublic, request: SweepCreate
+) -> SweepDetail:
+    """Start a sweep on the caller's uploaded datasets: the base config gets the server's paths like a training
+    job's, every base model the space may try must be on the allow-list, and no trial may set a server field."""
+    # lazy: pandas and pyarrow (data loading), not loaded at API start
+    from finetune_platform.services.datasets import stored_dataset
+    from finetune_platform.services.sweeps import submit_sweep
+
+    spec = parse_spec(request.sweep)  # ConfigError naming sweep.<field>
+    server_fields = {".".join(path) for path in SERVER_FIELDS}
+    for dotted in spec.space:
+        if dotted in server_fields:
+            raise ConfigError(
+                f"sweep.space.{dotted}: set by the server (use dataset_id / validation_dataset_id)"
+            )
+    train, train_file = stored_dataset(session, user, request.dataset_id)
+    stored = {train_file: train}
+    validation_file = None
+    if request.validation_dataset_id:
+        validation, validation_file = stored_dataset(session, user, request.validation_dataset_id)
+        stored[validation_file] = validation
+    with datasets_named(stored):
+        config = server_config(session, request.config, train_file, validation_file, settings.RESULTS_DIR)
+        base_models = spec.space.get("model.base_model")
+        if isinstance(base_models, Choice):
+            for value in base_models.values:
+                if not isinstance(value, str):
+                    raise ConfigError(
+                        f"sweep.space.model.base_model: expected model names, got {type(value).__name__}"
+                    )
+                try:
+                    check_allowed(session, value)
+                except ConfigError as error:
+                    raise ConfigError(
+                        error.message.replace("config.model.base_model", "sweep.space.model.base_model", 1)
+                    ) from None
+        claim_model_name(session, user, config)
+        return submit_sweep(session, user, config, spec, max_attempts=request.max_attempts, settings=settings)
 
 
 def submit_prediction(

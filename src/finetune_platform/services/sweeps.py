@@ -475,7 +475,7 @@ def promote_best(
     """Register the best trial's adapter as a new version of ``model_name`` and move it to ``stage``."""
     # lazy: MLflow and the registry, only when a model is registered
     from finetune_platform.tracking.registry import ModelRegistry, Stage
-    from finetune_platform.training.runner import register_run
+    from finetune_platform.training.registration import register_run
 
     trial = best_trial(session, user, sweep_id)
     job = session.get(Job, trial.task_id)

@@ -11,19 +11,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from finetune_platform.atomic import write_atomic
-from finetune_platform.db.accounts import local_account
 from finetune_platform.db.job_vocabulary import JobStatus
-from finetune_platform.db.session import ensure_database, session_scope
-from finetune_platform.errors import PlatformError
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.callbacks import TrackingCallback
 from finetune_platform.training.checkpoints import CheckpointInfo, newest_checkpoint
-from finetune_platform.training.config import TrainConfig, config_from_dict, dump_config, read_run_config
+from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
 from finetune_platform.training.devices import check_device
 from finetune_platform.training.guards import TrialPruned
+from finetune_platform.training.registration import register_adapter
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
@@ -238,7 +234,7 @@ def _register(
     owner_id: int | None,
 ) -> dict[str, Any]:
     """The run's adapter becomes a new version (in Staging) of the registered model, with its card."""
-    return _register_adapter(
+    return register_adapter(
         settings,
         config,
         run,
@@ -248,88 +244,6 @@ def _register(
         run_id=run_id,
         owner_id=owner_id,
     )
-
-
-def register_run(
-    settings: Settings, run_folder: Path | str, *, owner_id: int | None, model_name: str | None = None
-) -> dict[str, Any]:
-    """Register a finished run folder's adapter afterwards (a sweep's winner): as a new version (in Staging) of
-    ``model_name`` (default: the run's registry.model_name or experiment), once per run and name."""
-    run = RunFolder(Path(run_folder))
-    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
-    resolved = raw.pop("resolved", None) or {}
-    config = config_from_dict(raw)
-    if model_name:
-        config = config.model_copy(
-            update={"registry": config.registry.model_copy(update={"model_name": model_name})}
-        )
-    if not run.metrics_path.is_file() or not resolved.get("mlflow_run_id"):
-        raise PlatformError(f"run {run.run_id} did not finish with a tracked run: nothing to register")
-    metrics = json.loads(run.metrics_path.read_text(encoding="utf-8"))
-    return _register_adapter(
-        settings,
-        config,
-        run,
-        language=resolved.get("language"),
-        labels=list(resolved.get("labels") or []),
-        metrics=metrics,
-        run_id=resolved["mlflow_run_id"],
-        owner_id=owner_id,
-    )
-
-
-def _register_adapter(
-    settings: Settings,
-    config: TrainConfig,
-    run: RunFolder,
-    *,
-    language: str | None,
-    labels: list[str],
-    metrics: dict[str, Any],
-    run_id: str,
-    owner_id: int | None,
-) -> dict[str, Any]:
-    # lazy: MLflow loads only for tracked runs
-    from finetune_platform.tracking.embeddings import default_embedder
-    from finetune_platform.tracking.model_cards import ModelCard, file_checksum
-    from finetune_platform.tracking.registry import ADAPTER_FILE, ModelRegistry
-
-    evaluation = metrics["eval"]
-    card = ModelCard(
-        name=config.model_name,
-        version=0,
-        base_model=config.model.base_model,
-        language=language,
-        task=config.registry.task,
-        description=config.registry.description,
-        metrics={key: float(evaluation[key]) for key in ("accuracy", "macro_f1", "loss")},
-        tags=list(config.registry.tags),
-        dataset_version=metrics["dataset"]["train_version"],
-        run_id=run_id,
-        run_folder=str(run.root.resolve()),
-        stage="None",
-        created_at="",
-        adapter_checksum=file_checksum(run.artifacts_dir / ADAPTER_FILE),
-        artifact_checksums={
-            path.name: file_checksum(path) for path in sorted(run.artifacts_dir.iterdir()) if path.is_file()
-        },
-        labels=labels,
-    )
-    if owner_id is None:  # the command line acts as its local admin account
-        ensure_database(settings)
-        with session_scope(settings) as session:
-            owner_id = local_account(session).id
-    registry = ModelRegistry(settings)
-    existing = registry.version_for_run(card.name, run_id)
-    if existing is not None:  # a retried job that registered before it was interrupted: register once
-        logger.info("run already registered as %s version %d", existing.name, existing.version)
-        return {"name": existing.name, "version": existing.version, "stage": existing.stage.value}
-    card.embedding = default_embedder().embed([card.text()])[0].round(6).tolist()
-    info = registry.register(
-        name=card.name, run_id=run_id, artifact_uri=f"runs:/{run_id}/artifacts", card=card, owner_id=owner_id
-    )
-    logger.info("registered %s version %d (%s)", info.name, info.version, info.stage.value)
-    return {"name": info.name, "version": info.version, "stage": info.stage.value}
 
 
 def _record_dataset_versions(settings: Settings, config: TrainConfig, recipe: Any) -> None:

@@ -104,6 +104,10 @@ class SweepDetail(SweepPublic):
 
 
 class SweepPromote(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model_name": "reviews-classifier", "stage": "Production"}]}
+    )
+
     model_name: str | None = Field(
         default=None,
         max_length=128,
