@@ -11,6 +11,7 @@ from finetune_platform.api.routes import (
     models,
     ops,
     predictions,
+    sweeps,
     users,
 )
 
@@ -21,6 +22,7 @@ ROUTERS = (
     ops.router,
     jobs.router,
     predictions.router,
+    sweeps.router,
     experiments.router,
     models.router,
     audit.router,
