@@ -4,7 +4,8 @@ the browser session.
 
 Pages: login/logout; a new training job (upload, validation report, a form generated from the config schema,
 submit); the job monitor (stepper, progress, curves, final metrics and confusion matrix, events and log tail,
-cancel, the failure reason, a prediction task's CSV); prediction over a file; experiments (the runs of your jobs,
+cancel, the failure reason, a prediction task's CSV); sweeps (trials live, charts, compare the best, cancel,
+promote the best for admins); prediction over a file; experiments (the runs of your jobs,
 all runs for admins; comparison); models (search, card, recommendation, stage moves for admins); the playground;
 admin (users, audit log). API errors are shown as their readable message, never as a traceback. Uploads hold to
 MAX_UPLOAD_BYTES, the API's own limit.
@@ -30,6 +31,7 @@ from finetune_platform.ui.views import (
     new_job_page,
     playground_page,
     predictions_page,
+    sweeps_page,
 )
 
 st.set_page_config(page_title=PLATFORM, page_icon=ICON, layout="wide")
@@ -49,6 +51,7 @@ else:
     pages = [
         "New job",
         "Jobs",
+        "Sweeps",
         "Predict a file",
         "Experiments",
         "Models",
@@ -66,6 +69,8 @@ else:
         new_job_page(client(), get_settings().MAX_UPLOAD_BYTES)
     elif page == "Jobs":
         jobs_page(client())
+    elif page == "Sweeps":
+        sweeps_page(client(), admin)
     elif page == "Predict a file":
         predictions_page(client(), get_settings().MAX_UPLOAD_BYTES)
     elif page == "Models":

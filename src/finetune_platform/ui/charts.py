@@ -80,3 +80,102 @@ def confusion_spec(confusion: dict[str, Any]) -> dict[str, Any]:
             },
         ]
     }  # fmt: skip
+
+
+# -- a sweep's charts, over its trials (GET /sweeps/{id}: trial_list) -----------------------------------------
+TRIAL_AXIS = {
+    "field": "trial",
+    "type": "quantitative",
+    "title": "trial",
+    "axis": {"format": "d", "tickMinStep": 1},
+}
+# Each trial state keeps its colour and shape in every chart; a pruned trial is a hollow cross.
+TRIAL_STATES = ("succeeded", "pruned", "running", "failed", "cancelled", "queued")
+STATE_COLOURS = ("#1f77b4", "#d62728", "#ff7f0e", "#7f7f7f", "#bcbd22", "#17becf")
+STATE_SHAPES = ("circle", "cross", "diamond", "square", "triangle-down", "triangle-up")
+
+
+def best_so_far(trials: list[dict[str, Any]], direction: str) -> list[float | None]:
+    """For each trial (by number), the best value of the completed trials up to it (None before the first)."""
+    pick = max if direction == "maximize" else min
+    best: float | None = None
+    found = []
+    for trial in trials:
+        if trial["status"] == "succeeded" and trial["value"] is not None:
+            best = trial["value"] if best is None else pick(best, trial["value"])
+        found.append(best)
+    return found
+
+
+def trial_rows(trials: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    """One row per trial that has a value: ``{trial, state, value, best}``, ``best`` the best-so-far; a pruned
+    or running trial's value is its latest evaluation's."""
+    ordered = sorted(trials, key=lambda trial: trial["number"])
+    return [
+        {"trial": trial["number"], "state": trial["status"], "value": trial["value"], "best": best}
+        for trial, best in zip(ordered, best_so_far(ordered, direction), strict=True)
+        if trial["value"] is not None
+    ]
+
+
+def _state_encoding() -> dict[str, Any]:
+    def by_state(palette: tuple[str, ...]) -> dict[str, Any]:
+        scale = {"domain": list(TRIAL_STATES), "range": list(palette)}
+        return {"field": "state", "type": "nominal", "title": "trial", "scale": scale}
+
+    return {"color": by_state(STATE_COLOURS), "shape": by_state(STATE_SHAPES)}
+
+
+def trials_spec(objective: str) -> dict[str, Any]:
+    """The objective by trial number, a point per trial coloured and shaped by its state, and the best-so-far
+    as a step line."""
+    y = {"type": "quantitative", "title": objective, "scale": {"zero": False}, "axis": {"format": "~g"}}
+    return {
+        "layer": [
+            {
+                "mark": {"type": "line", "interpolate": "step-after", "color": "#2ca02c"},
+                "encoding": {"x": TRIAL_AXIS, "y": {**y, "field": "best"}},
+            },
+            {
+                "mark": {"type": "point", "filled": True, "size": 80, "tooltip": True},
+                "encoding": {"x": TRIAL_AXIS, "y": {**y, "field": "value"}, **_state_encoding()},
+            },
+        ]
+    }
+
+
+def param_rows(trials: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+    """``{value of param, objective, state, trial}`` for each trial that tried ``param`` and has a value.
+    Lists (target_modules) are shown as their text."""
+    return [
+        {
+            "param": ", ".join(map(str, raw)) if isinstance(raw := trial["params"][param], list) else raw,
+            "objective": trial["value"],
+            "state": trial["status"],
+            "trial": trial["number"],
+        }
+        for trial in trials
+        if param in trial["params"] and trial["value"] is not None
+    ]
+
+
+def param_spec(
+    param: str, objective: str, rows: list[dict[str, Any]], log_scale: bool = False
+) -> dict[str, Any]:
+    """One searched parameter against the objective; a numeric one on a (log) scale, a choice as bands."""
+    numeric = all(
+        isinstance(row["param"], int | float) and not isinstance(row["param"], bool) for row in rows
+    )
+    x: dict[str, Any] = {"field": "param", "title": param}
+    if numeric:
+        x.update(type="quantitative", scale={"type": "log"} if log_scale else {"zero": False})
+    else:
+        x.update(type="nominal")
+    return {
+        "mark": {"type": "point", "filled": True, "size": 80, "tooltip": True},
+        "encoding": {
+            "x": x,
+            "y": {"field": "objective", "type": "quantitative", "title": objective, "scale": {"zero": False}},
+            **_state_encoding(),
+        },
+    }

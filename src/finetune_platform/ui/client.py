@@ -147,6 +147,42 @@ class PlatformClient:
     def predictions_csv(self, task_id: str) -> bytes:
         return self._call("GET", f"/task/{task_id}/predictions", expect_json=False)
 
+    # -- sweeps ---------------------------------------------------------------------------------------
+    def submit_sweep(
+        self, config: dict[str, Any], sweep: dict[str, Any], dataset_id: str,
+        validation_dataset_id: str | None = None, max_attempts: int = 3,
+    ) -> dict[str, Any]:  # fmt: skip
+        body: dict[str, Any] = {
+            "config": config, "sweep": sweep, "dataset_id": dataset_id, "max_attempts": max_attempts
+        }  # fmt: skip
+        if validation_dataset_id:
+            body["validation_dataset_id"] = validation_dataset_id
+        return self._call("POST", "/sweeps", json=body)
+
+    def sweeps(self, status: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        return self._call("GET", "/sweeps", params=params)
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        """A sweep with its ``spec`` and ``trial_list`` (every trial, by number)."""
+        return self._call("GET", f"/sweeps/{sweep_id}")
+
+    def sweep_best(self, sweep_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/sweeps/{sweep_id}/best")
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/sweeps/{sweep_id}/cancel")
+
+    def promote_sweep(
+        self, sweep_id: str, model_name: str | None = None, stage: str = "Production"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"stage": stage}
+        if model_name:
+            body["model_name"] = model_name
+        return self._call("POST", f"/sweeps/{sweep_id}/promote", json=body)
+
     # -- experiments, models, audit ---------------------------------------------------------------
     def experiments(self) -> Any:
         return self._call("GET", "/experiments")

@@ -6,10 +6,20 @@ from datetime import timedelta
 from typing import Any
 
 import streamlit as st
+import yaml
 
 from finetune_platform.data.formats import SUFFIXES, SUFFIXES_TEXT
 from finetune_platform.services.job_states import ACTIVE, JobKind, JobStage, JobStatus
-from finetune_platform.ui.charts import confusion_rows, confusion_spec, curve_rows, curves_spec
+from finetune_platform.ui.charts import (
+    confusion_rows,
+    confusion_spec,
+    curve_rows,
+    curves_spec,
+    param_rows,
+    param_spec,
+    trial_rows,
+    trials_spec,
+)
 from finetune_platform.ui.client import ApiError, PlatformClient
 from finetune_platform.ui.uploads import size_text, upload_megabytes
 
@@ -598,3 +608,233 @@ def experiments_page(client: PlatformClient) -> None:
             return ["" if value == row.iloc[0] else "background-color: #ffe08a" for value in row]
 
         st.dataframe(frame.style.apply(differs, axis=1))
+
+
+SWEEP_RUNNING = "running"
+TRIAL_ORDER = ("succeeded", "pruned", "running", "queued", "failed", "cancelled")
+SWEEP_EXAMPLE = """\
+objective: accuracy        # accuracy | macro_f1 | loss
+max_trials: 8
+parallelism: 2
+sampler: tpe               # grid | random | tpe
+pruner: median             # median | successive_halving | none
+space:
+  training.learning_rate: {type: loguniform, low: 1.0e-4, high: 5.0e-3}
+  lora.r: {type: choice, values: [4, 8, 16]}
+"""
+
+
+def trial_counts(trials: dict[str, int]) -> str:
+    """``3 succeeded · 1 pruned · 1 running``: the states that have trials, in a fixed order."""
+    return " · ".join(f"{trials[state]} {state}" for state in TRIAL_ORDER if trials.get(state)) or "none yet"
+
+
+def _value(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4f}"
+
+
+def sweeps_page(client: PlatformClient, admin: bool) -> None:
+    """The caller's sweeps (an admin's: all); the chosen one's trials, live while it runs; its actions."""
+    page_header("Sweeps")
+    if flash := st.session_state.pop("sweep_flash", None):  # from a button callback of the last run
+        (st.success if flash[0] == "success" else st.error)(flash[1])
+    new_sweep_form(client)
+    try:
+        page = client.sweeps(limit=100)
+    except ApiError as error:
+        st.error(str(error))
+        return
+    found = page["data"]
+    if not found:
+        st.info("No sweeps yet.")
+        return
+    st.dataframe(
+        [
+            {"id": s["id"], "name": s["name"], "status": s["status"],
+             "objective": f"{s['objective']} ({s['direction']})", "best": s["best_value"],
+             "trials": trial_counts(s["trials"]), "budget": s["max_trials"], "created": s["created_at"]}
+            for s in found
+        ],
+        hide_index=True,
+    )  # fmt: skip
+    names = {s["id"]: f"{s['name']} · {s['status']} · {s['id'][:8]}" for s in found}
+    chosen = st.selectbox("Sweep", list(names), format_func=names.__getitem__, key="sweep")
+    live = st.toggle("Live (refresh every 2 s while the sweep runs)", value=True, key="sweep_live")
+    running = next(s for s in found if s["id"] == chosen)["status"] == SWEEP_RUNNING
+    st.fragment(run_every=2.0 if live and running else None)(sweep_view)(client, chosen, running)
+    try:
+        sweep = client.sweep(chosen)
+    except ApiError as error:
+        st.error(str(error))
+        return
+    sweep_actions(client, sweep, admin)
+
+
+def sweep_view(client: PlatformClient, chosen: str, was_running: bool = False) -> None:
+    """The sweep's state, its trials table and charts (a fragment: redrawn every 2 s while it runs)."""
+    try:
+        sweep = client.sweep(chosen)
+    except ApiError as error:
+        st.error(str(error))
+        return
+    if was_running and sweep["status"] != SWEEP_RUNNING:
+        st.rerun(scope="app")  # the sweep ended: redraw the page (no more refresh, its final actions)
+    objective, trials = sweep["objective"], sweep["trial_list"]
+    started = sum(sweep["trials"].values())
+    st.markdown(
+        f"**{sweep['name']}** · {sweep['status']} · {sweep['objective']} ({sweep['direction']}) · "
+        f"{sweep['sampler']} sampler, {sweep['pruner']} pruner · {started} of {sweep['max_trials']} trials "
+        f"started ({trial_counts(sweep['trials'])})"
+    )
+    st.progress(
+        min(started / max(sweep["max_trials"], 1), 1.0), text=f"{started} of {sweep['max_trials']} trials"
+    )
+    if sweep["status"] == "failed" and sweep["error"]:
+        st.error(f"Failed: {sweep['error']}")
+    best, compute = st.columns(2)
+    best.metric(f"best {objective}", _value(sweep["best_value"]) or "n/a")
+    compute.metric("compute", str(timedelta(seconds=round(sweep["compute_seconds"]))))
+    st.subheader("Trials")
+    if not trials:
+        st.info("No trial has started yet.")
+        return
+    st.dataframe(
+        [
+            {"trial": t["number"], "state": t["status"],
+             **{f"{name}": value if not isinstance(value, list) else ", ".join(map(str, value))
+                for name, value in t["params"].items()},
+             objective: t["value"], "evaluations": t["evaluations"],
+             "duration": None if t["seconds"] is None else str(timedelta(seconds=round(t["seconds"]))),
+             "task": t["task_id"], "note": t["error"]}
+            for t in trials
+        ],
+        hide_index=True,
+    )  # fmt: skip
+    rows = trial_rows(trials, sweep["direction"])
+    if not rows:
+        st.caption("The charts appear once a trial has reported an evaluation.")
+        return
+    st.subheader(f"{objective} by trial")
+    st.vega_lite_chart(rows, trials_spec(objective))
+    st.caption(
+        "Points: each trial's value (pruned ones: the evaluation they stopped at); line: the best so far."
+    )
+    space = sweep["spec"].get("space") or {}
+    if space:
+        st.subheader(f"Searched values against {objective}")
+        for param, searched in space.items():
+            shown = param_rows(trials, param)
+            if shown:
+                log_scale = (searched or {}).get("type") == "loguniform" or bool((searched or {}).get("log"))
+                st.vega_lite_chart(shown, param_spec(param, objective, shown, log_scale))
+
+
+def ranked_trials(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The completed trials with a value and a run, best first (ties: the earlier trial)."""
+    sign = -1.0 if sweep["direction"] == "maximize" else 1.0
+    done = [
+        t
+        for t in sweep["trial_list"]
+        if t["status"] == "succeeded" and t["value"] is not None and t["run_id"]
+    ]
+    return sorted(done, key=lambda t: (sign * t["value"], t["number"]))
+
+
+def sweep_actions(client: PlatformClient, sweep: dict[str, Any], admin: bool) -> None:
+    """Compare the best trials' runs, cancel a running sweep, promote the best trial (admins)."""
+    ranked = ranked_trials(sweep)
+    if len(ranked) >= 2:
+        st.subheader("Compare the best trials")
+        top = st.number_input(
+            "Trials", min_value=2, max_value=len(ranked), value=min(3, len(ranked)), step=1, key="compare_top"
+        )
+        st.button(
+            f"Compare the top {int(top)}",
+            key="compare_sweep",
+            help="Open Experiments with these trials' runs chosen.",
+            on_click=open_sweep_comparison,
+            args=(client, [t["run_id"] for t in ranked[: int(top)]]),
+        )
+    if sweep["status"] == SWEEP_RUNNING:
+        st.button(
+            "Cancel sweep",
+            key="cancel_sweep",
+            help="No trial starts any more; queued trials are cancelled, running ones asked to stop.",
+            on_click=cancel_sweep,
+            args=(client, sweep["id"]),
+        )
+    if not admin or sweep["best_task_id"] is None:
+        return
+    st.subheader("Promote the best trial (admin)")
+    best = next(t for t in sweep["trial_list"] if t["task_id"] == sweep["best_task_id"])
+    st.caption(f"Trial {best['number']}: {sweep['objective']} {_value(best['value'])}, with {best['params']}")
+    name = st.text_input("Model name (empty: the sweep's registry name or experiment)", key="promote_name")
+    stage = st.selectbox("Stage", ["Production", "Staging"], key="promote_stage")
+    if st.button("Promote best", key="promote"):
+        try:
+            promoted = client.promote_sweep(sweep["id"], name.strip() or None, stage)
+        except ApiError as error:
+            st.error(str(error))
+            return
+        st.success(
+            f"Registered {promoted['model_name']} version {promoted['version']} ({promoted['stage']}) from trial "
+            f"{best['number']}, {sweep['objective']} {_value(promoted['value'])}"
+        )
+
+
+def cancel_sweep(client: PlatformClient, sweep_id: str) -> None:
+    """Button callback: cancel, and say so on the page's next run (which shows the new status)."""
+    try:
+        sweep = client.cancel_sweep(sweep_id)
+    except ApiError as error:
+        st.session_state["sweep_flash"] = ("error", str(error))
+        return
+    st.session_state["sweep_flash"] = ("success", f"Sweep {sweep['name']} is {sweep['status']}")
+
+
+def open_sweep_comparison(client: PlatformClient, run_ids: list[str]) -> None:
+    """Button callback: switch to Experiments with the trials' experiment and their runs chosen."""
+    try:
+        run = client.run(run_ids[0])
+    except ApiError as error:
+        st.session_state["sweep_flash"] = ("error", str(error))
+        return
+    st.session_state.update(
+        page="Experiments", experiment=run["experiment"], run_status="any", compare_runs=list(run_ids)
+    )
+
+
+def new_sweep_form(client: PlatformClient) -> None:
+    """Start a sweep on an uploaded dataset: the base config and the sweep section as YAML."""
+    with st.expander("Start a sweep"):
+        try:
+            datasets = client.datasets()
+        except ApiError as error:
+            st.error(str(error))
+            return
+        if not datasets:
+            st.info("Upload a dataset first (New job).")
+            return
+        names = {d["id"]: f"{d['name']} · {d['rows']} rows · {d['id'][:8]}" for d in datasets}
+        dataset = st.selectbox(
+            "Training data", list(names), format_func=names.__getitem__, key="sweep_dataset"
+        )
+        base = st.text_area("Base config (YAML)", value="experiment: sweep\n", key="sweep_base")
+        section = st.text_area("Sweep section (YAML)", value=SWEEP_EXAMPLE, height=220, key="sweep_spec")
+        if not st.button("Start sweep", key="sweep_submit"):
+            return
+        try:
+            config, spec = yaml.safe_load(base) or {}, yaml.safe_load(section) or {}
+        except yaml.YAMLError as error:
+            st.error(f"Not a YAML document: {error}")
+            return
+        if not isinstance(config, dict) or not isinstance(spec, dict):
+            st.error("Both the base config and the sweep section are YAML mappings (field: value).")
+            return
+        try:
+            sweep = client.submit_sweep(config, spec, dataset)
+        except ApiError as error:
+            st.error(f"Not submitted: {error}")
+            return
+        st.session_state["sweep"] = sweep["id"]
+        st.success(f"Started sweep {sweep['name']} ({sweep['id']}): {trial_counts(sweep['trials'])}")
