@@ -12,7 +12,7 @@ import yaml
 
 from finetune_platform.db.accounts import local_account
 from finetune_platform.db.session import ensure_database, session_scope
-from finetune_platform.errors import PlatformError
+from finetune_platform.errors import ErrorCode, PlatformError
 from finetune_platform.settings import Settings
 from finetune_platform.training.config import TrainConfig, config_from_dict
 from finetune_platform.training.run_folder import RunFolder
@@ -34,7 +34,9 @@ def register_run(
             update={"registry": config.registry.model_copy(update={"model_name": model_name})}
         )
     if not run.metrics_path.is_file() or not resolved.get("mlflow_run_id"):
-        raise PlatformError(f"run {run.run_id} did not finish with a tracked run: nothing to register")
+        raise PlatformError(
+            f"run {run.run_id} did not finish with a tracked run: nothing to register", ErrorCode.CONFLICT
+        )
     metrics = json.loads(run.metrics_path.read_text(encoding="utf-8"))
     return register_adapter(
         settings,
