@@ -315,6 +315,8 @@ def reconcile_sweeps(settings: Settings) -> int:
                 settle(session, settings, sweep_id)
         except PlatformError as exc:  # a quota, say: the next pass tries again
             logger.info("sweep %s waits: %s", sweep_id, exc)
+        except Exception as exc:  # one sweep that cannot be settled (its study gone, say) holds up no other
+            logger.warning("sweep %s not settled (the next pass tries again): %s", sweep_id, exc)
     return len(ids)
 
 
