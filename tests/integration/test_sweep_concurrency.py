@@ -123,3 +123,20 @@ def test_one_sweep_that_cannot_be_settled_does_not_hold_up_the_others(db_setting
     with db.session_scope(db_settings) as session:
         assert session.get(Sweep, healthy).status == "succeeded"
         assert session.get(Sweep, broken).status == "running"  # tried again on the next pass
+
+
+def test_a_sweep_wider_than_the_queue_room_left_starts_what_fits_and_the_rest_later(db_settings, sweep_base):
+    """Room for one more queued job and a parallelism of two: the submit starts one trial (it was refused whole,
+    429, its Optuna study left behind), the reconciler the next once the first has left the queue."""
+    settings = db_settings.model_copy(update={"MAX_QUEUED_JOBS_PER_USER": 1})
+    db.upgrade(settings)
+    with db.session_scope(settings) as session:
+        alice = create_user(session, "alice", "long enough")
+        started = sweeps.submit_sweep(session, alice, sweep_base, _spec(2), settings=settings)
+    assert (started.status, started.trials["queued"]) == ("running", 1)
+    with db.session_scope(settings) as session:
+        session.execute(update(Job).where(Job.sweep_id == started.id).values(status="running"))
+    sweeps.reconcile_sweeps(settings)
+    with db.session_scope(settings) as session:
+        assert session.get(Sweep, started.id).trials_started == 2
+        assert sweeps.get_sweep(session, alice, started.id).trials["queued"] == 1
