@@ -180,12 +180,15 @@ def tell(
         return False
     study = _load(settings, sweep_id, spec)
     states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
+    # Several processes settle a sweep at once: another may finish the trial between the check above and the
+    # tell (Optuna raises ValueError when it sees that, UpdateFinishedTrialError, a RuntimeError, when it is
+    # finished between its own check and its write).
     try:
         if outcome == "complete":
-            study.tell(number, value)
+            study.tell(number, value, skip_if_finished=True)
         else:
-            study.tell(number, state=states[outcome])
-    except RuntimeError:  # finished meanwhile by another process
+            study.tell(number, state=states[outcome], skip_if_finished=True)
+    except RuntimeError:
         return False
     return True
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from finetune_platform.db.models import Job, Role, Sweep, SweepStatus, User, utcnow
-from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError
+from finetune_platform.errors import ErrorCode, NotFoundError, PlatformError, QuotaExceeded
 from finetune_platform.services import jobs, quotas
 from finetune_platform.services.job_states import ACTIVE, FINISHED, JobKind, JobStatus
 from finetune_platform.services.schemas.common import Page
@@ -144,7 +144,11 @@ def advance(session: Session, settings: Settings, sweep_id: str) -> list[str]:
             or _in_flight(session, sweep_id) >= spec.parallelism
         ):
             return started
-        quotas.check_queue_room(session, sweep.owner_id, settings, lock=False)
+        try:
+            quotas.check_queue_room(session, sweep.owner_id, settings, lock=False)
+        except QuotaExceeded as exc:  # the trials queued so far stay; the reconciler starts the rest later
+            logger.info("sweep %s waits for queue room: %s", sweep_id, exc)
+            return started
         slot = sweep.trials_started
         won = session.execute(
             update(Sweep)
@@ -315,6 +319,8 @@ def reconcile_sweeps(settings: Settings) -> int:
                 settle(session, settings, sweep_id)
         except PlatformError as exc:  # a quota, say: the next pass tries again
             logger.info("sweep %s waits: %s", sweep_id, exc)
+        except Exception as exc:  # one sweep that cannot be settled (its study gone, say) holds up no other
+            logger.warning("sweep %s not settled (the next pass tries again): %s", sweep_id, exc)
     return len(ids)
 
 
