@@ -119,7 +119,12 @@ MATRIX = {
     "GET /task/{id}/logs": (401, 200, 404, 200),
     "GET /task/{id}/metrics": (401, 200, 404, 200),
     "POST /task/{id}/cancel": (401, 200, 404, 200),
-    "POST /task/{id}/retry": (401, 409, 404, 409),  # alice's task is queued: only failed or cancelled ones retry
+    "POST /task/{id}/retry": (
+        401,
+        409,
+        404,
+        409,
+    ),  # alice's task is queued: only failed or cancelled ones retry
     "POST /sweeps": (401, 201, 404, 404),  # the dataset is alice's, as for POST /train
     "GET /sweeps": (401, 200, 200, 200),
     "GET /sweeps/{id}": (401, 200, 404, 200),

@@ -23,9 +23,9 @@ from finetune_platform.services.job_states import (
 )
 from finetune_platform.training.guards import CheckpointSaveError, NonFiniteLoss
 
-STATES = [None, "queued", "running", "succeeded", "failed", "cancelled"]
+STATES = [None, "queued", "running", "succeeded", "failed", "cancelled", "pruned"]
 EVENTS = [
-    "submit", "claim", "hold", "heartbeat", "progress", "finish", "fail", "stop", "release", "preempt",
+    "submit", "claim", "hold", "heartbeat", "progress", "finish", "fail", "stop", "prune", "release", "preempt",
     "cancel", "retry", "reconcile",
 ]  # fmt: skip
 
@@ -41,6 +41,7 @@ LEGAL = {
     ("running", "finish"): "succeeded",
     ("running", "fail"): "failed",
     ("running", "stop"): "cancelled",
+    ("running", "prune"): "pruned",  # a sweep trial its pruner stopped: ended, and never retried
     ("running", "release"): "queued",
     ("running", "preempt"): "queued",
     ("running", "reconcile"): "queued",
@@ -51,7 +52,7 @@ LEGAL = {
 # its way through the running stages; a failed or cancelled job keeps the one it stopped in).
 STAGE = {
     "submit": None, "claim": "validating", "hold": None, "heartbeat": None, "progress": None, "finish": "done",
-    "fail": None, "stop": None, "release": None, "preempt": None, "cancel": None, "retry": None, "reconcile": None,
+    "fail": None, "stop": None, "prune": None, "release": None, "preempt": None, "cancel": None, "retry": None, "reconcile": None,
 }  # fmt: skip
 # What an illegal move says after "only …": the states the event may leave from, and how the event reads.
 ONLY = {
@@ -63,6 +64,7 @@ ONLY = {
     "finish": "running jobs can be finished",
     "fail": "running jobs can be failed",
     "stop": "running jobs can be stopped",
+    "prune": "running jobs can be pruned",
     "release": "running jobs can be released",
     "preempt": "running jobs can be preempted",
     "cancel": "queued or running jobs can be cancelled",
@@ -75,7 +77,7 @@ def test_the_vocabulary_is_the_whole_table():
     assert [None, *JobStatus] == STATES and list(LifecycleEvent) == EVENTS
     assert all(isinstance(word, str) for word in (*JobStatus, *LifecycleEvent))
     assert {(state, event.value): target.value for (state, event), target in TABLE.items()} == LEGAL
-    assert {"succeeded", "failed", "cancelled"} == FINISHED and {"queued", "running"} == ACTIVE
+    assert {"succeeded", "failed", "cancelled", "pruned"} == FINISHED and {"queued", "running"} == ACTIVE
     assert list(STAGE) == EVENTS
     assert {event.value: stage.value for event, stage in STAGE_AFTER.items()} == {
         event: stage for event, stage in STAGE.items() if stage is not None
@@ -92,7 +94,7 @@ def test_every_state_and_event(state, event):
         return
     with pytest.raises(IllegalTransition) as caught:
         next_state(state, LifecycleEvent(event), job_id="job-1")
-    already = "already " if state in {"succeeded", "failed", "cancelled"} else ""
+    already = "already " if state in {"succeeded", "failed", "cancelled", "pruned"} else ""
     assert str(caught.value) == f"job job-1 is {already}{state or 'new'}: only {ONLY[event]}"
     assert isinstance(caught.value, PlatformError) and caught.value.code is ErrorCode.CONFLICT
     assert (caught.value.job_id, caught.value.state, caught.value.event) == ("job-1", state, event)

@@ -138,8 +138,10 @@ class JobCallback(Callback):
         self.checkpoints_dir = checkpoints_dir
         self.every_seconds = every_seconds
         self.stop_error: TrainingStopped | None = None
-        self._last_write = 0.0  # any progress write
-        self._last_log_write = 0.0  # a write of a logging step's values
+        # Never written yet: the first write is due at once (0.0 would wait until the host's monotonic clock, its
+        # uptime, passed every_seconds).
+        self._last_write = float("-inf")  # any progress write
+        self._last_log_write = float("-inf")  # a write of a logging step's values
         self._first_step: int | None = None  # where this attempt's training began
         self._speed_mark: tuple[float, int] | None = None  # (time, step) of the last speed reading
         self.samples_per_step = 0

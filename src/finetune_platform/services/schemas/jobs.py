@@ -47,7 +47,9 @@ class JobPublic(Public):
     created_at: Timestamp = Field(description="Submission time.")
     started_at: Timestamp | None = Field(description="First start.")
     finished_at: Timestamp | None = Field(description="End time, when finished.")
-    sweep_id: str | None = Field(default=None, description="The sweep this task is a trial of (GET /sweeps/{id}).")
+    sweep_id: str | None = Field(
+        default=None, description="The sweep this task is a trial of (GET /sweeps/{id})."
+    )
     trial_number: int | None = Field(default=None, description="Its trial number in that sweep.")
     # The worker's and the command line's, never a client's: the config names the server's files.
     config: dict[str, Any] = Field(exclude=True, repr=False)
