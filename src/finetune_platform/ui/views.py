@@ -66,10 +66,10 @@ def login_page(client: PlatformClient) -> None:
 
 def stepper(task: dict[str, Any]) -> str:
     """The task's place in its steps, as one line: done steps ✓, the current one ▶, the rest ·; a failed or
-    cancelled task shows ✗ on the step it stopped at."""
+    cancelled task (or a pruned sweep trial) shows ✗ on the step it stopped at."""
     steps = PREDICT_STEPS if task.get("kind") == JobKind.PREDICT else STEPS
     status, stage = task["status"], task.get("stage")
-    stopped = status in {JobStatus.FAILED, JobStatus.CANCELLED}
+    stopped = status in {JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
     if status == JobStatus.QUEUED or (stopped and stage not in steps):
         current = JobStatus.QUEUED
     elif status == JobStatus.RUNNING or stopped:
