@@ -586,6 +586,40 @@ def train_throughput_seeds(record: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep(record: dict) -> str:
+    setup, results, goals = record["setup"], record["results"], record["goals"]
+    names = {
+        "default": "default config (one job)",
+        "pruned": f"**TPE sweep, median pruner** ({setup['trials']} trials)",
+        "unpruned": f"the same {setup['trials']} trials, no pruner",
+    }
+    rows = []
+    for key in ("default", "pruned", "unpruned"):
+        entry = results[key]
+        trials = entry.get("trials") or {}
+        rows.append([
+            names[key],
+            f"{100 * (entry['best_accuracy'] or 0):.2f}",
+            f"{entry['wall_seconds']:.0f}",
+            f"{entry['compute_seconds'] or 0:.0f}",
+            str(sum(trials.values()) if trials else 1),
+            str(trials.get("pruned", 0)),
+        ])  # fmt: skip
+    lines = [
+        f"*{machine_line(record)}, {day(record)}; {setup['workers']} `finetune worker` processes, "
+        f"{setup['rows']} SST-2 training rows, the {setup['dev_rows']}-row dev set, MiniLM, {setup['epochs']:g} "
+        f"epochs and {setup.get('evaluations', 5)} evaluations per trial*",
+        "",
+        *table(["variant", "best dev accuracy %", "wall s", "compute s", "trials", "pruned"], rows),
+        "",
+        f"Pruned sweep: **{goals['points_over_default']:+.2f} points** over the default config (goal ≥ "
+        f"{goals['points_goal']:g}), **{100 * goals['wall_share_of_unpruned']:.0f}%** of the unpruned sweep's wall "
+        f"time (goal ≤ {100 * goals['wall_share_goal']:.0f}%) and {100 * goals['compute_share_of_unpruned']:.0f}% "
+        "of its compute.",
+    ]
+    return "\n".join(lines)
+
+
 RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_compare": gpu_compare,
     "train_throughput": train_throughput,
@@ -608,6 +642,7 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_platform_train:previous": gpu_platform_train_previous,
     "gpu_serve": gpu_serve,
     "gpu_serve:host": gpu_serve_host,
+    "sweep": sweep,
 }
 
 

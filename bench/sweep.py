@@ -187,7 +187,7 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--rows", type=int, default=4000, help="Training rows (the first N of train.tsv).")
-    parser.add_argument("--dev-rows", type=int, default=None, help="Dev rows (default: all 872).")
+    parser.add_argument("--dev-rows", type=int, default=None, help="Dev rows (default: all of dev.tsv).")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--evaluations", type=int, default=5, help="Evaluations per trial (pruning points).")
     parser.add_argument("--workers", type=int, default=2)
@@ -206,6 +206,7 @@ def main() -> None:
         work_dir = Path(work)
         train = write_rows(SST2_DIR / "train.tsv", work_dir / "train.csv", args.rows)
         dev = write_rows(SST2_DIR / "dev.tsv", work_dir / "dev.csv", args.dev_rows)
+        dev_rows = sum(1 for _ in dev.open(encoding="utf-8")) - 1  # a text never holds a newline here
         steps = int(args.rows / 32 * args.epochs)
         eval_steps = max(1, steps // args.evaluations)
         base = base_config(train, dev, work_dir / "results", args.epochs, eval_steps)
@@ -295,7 +296,8 @@ def main() -> None:
     payload = {
         "machine": machine(),
         "setup": {
-            "rows": args.rows, "dev_rows": args.dev_rows or 872, "epochs": args.epochs, "eval_steps": eval_steps,
+            "rows": args.rows, "dev_rows": dev_rows, "epochs": args.epochs,
+            "eval_steps": eval_steps, "evaluations": args.evaluations,
             "workers": args.workers, "trials": args.trials, "startup_trials": args.startup_trials, "seed": args.seed,
             "space": SPACE, "model": "minilm", "max_length": 64,
         },
