@@ -52,7 +52,8 @@ LEGAL = {
 # its way through the running stages; a failed or cancelled job keeps the one it stopped in).
 STAGE = {
     "submit": None, "claim": "validating", "hold": None, "heartbeat": None, "progress": None, "finish": "done",
-    "fail": None, "stop": None, "prune": None, "release": None, "preempt": None, "cancel": None, "retry": None, "reconcile": None,
+    "fail": None, "stop": None, "prune": None, "release": None, "preempt": None, "cancel": None, "retry": None,
+    "reconcile": None,
 }  # fmt: skip
 # What an illegal move says after "only …": the states the event may leave from, and how the event reads.
 ONLY = {
