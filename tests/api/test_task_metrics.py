@@ -69,6 +69,7 @@ def test_a_training_tasks_curves_and_final_metrics_come_from_its_run(api, tiny_b
         set(final["per_class"]) == {"0", "1"} and sum(c["support"] for c in final["per_class"].values()) == 24
     )
     assert final["checkpoint"] == result.metrics["final_checkpoint"]
+    assert final["calibration"] == result.metrics["calibration"]  # temperature, ECE and log-loss before and after
 
     set_status(api, task_id, "succeeded")
     finished = api.as_("root").get(f"/task/{task_id}/metrics")  # an admin sees every task's

@@ -535,6 +535,11 @@ def test_a_finished_job_shows_its_final_metrics_and_confusion_matrix(app, api_ur
     ]  # fmt: skip
     headings = [s.value for s in app.subheader]
     assert headings[:4] == ["Final metrics", "Confusion matrix", "Training loss", "Evaluation"]
+    calibration = result.metrics["calibration"]
+    assert (
+        f"Calibrated by temperature scaling (T = {calibration['temperature']:.3f}): expected calibration error "
+        f"{calibration['ece_before']:.4f} → {calibration['ece_after']:.4f}, predictions unchanged."
+    ) in [c.value for c in app.caption]
     (matrix_spec, matrix), _, (_, evaluation), *_ = charts(app)
     cells = {
         (a, p): c for a, p, c in zip(matrix["actual"], matrix["predicted"], matrix["count"], strict=True)

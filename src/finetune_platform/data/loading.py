@@ -971,10 +971,12 @@ def normalise_label(value: Any) -> int | str:
 
 @dataclass(frozen=True)
 class LabelMap:
-    """Label ids 0..K-1 and their names; saved with the model as label_map.json."""
+    """Label ids 0..K-1 and their names; saved with the model as label_map.json. ``temperature``: what the
+    model's logits are divided by before the softmax (its calibration.json beside it; 1.0 when uncalibrated)."""
 
     names: tuple[str, ...]
     raw_values: tuple[int | str, ...]
+    temperature: float = 1.0
 
     @property
     def num_labels(self) -> int:

@@ -53,7 +53,9 @@ def pad_to_bucket(
     return padded_ids, padded_mask
 
 
-def forward_probabilities(model: Any, ids: Any, mask: Any, ready_mask: bool = True) -> Any:
+def forward_probabilities(
+    model: Any, ids: Any, mask: Any, ready_mask: bool = True, temperature: float = 1.0
+) -> Any:
     """Softmax of the model's logits (fp32) for token ids and a 2-D 0/1 mask, as a graph captures it.
 
     ``ready_mask``: the mask is handed over in 4-D, which most encoders use as given instead of inspecting its
@@ -62,7 +64,7 @@ def forward_probabilities(model: Any, ids: Any, mask: Any, ready_mask: bool = Tr
     if ready_mask:
         width = mask.shape[1]
         mask = mask.bool()[:, None, None, :].expand(-1, 1, width, -1)
-    return softmax(model(input_ids=ids, attention_mask=mask).logits)
+    return softmax(model(input_ids=ids, attention_mask=mask).logits, temperature)
 
 
 @dataclass
@@ -84,10 +86,13 @@ class GraphedForward:
     (the server's hosts hold a lock around each batch).
     """
 
-    def __init__(self, model: Any, max_rows: int, max_width: int, pad_id: int) -> None:
+    def __init__(
+        self, model: Any, max_rows: int, max_width: int, pad_id: int, temperature: float = 1.0
+    ) -> None:
         import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
         self.model, self.pad_id = model, pad_id
+        self.temperature = temperature  # the one merged adapter's calibration, captured into every graph
         self.device = next(model.parameters()).device
         self.rows, self.widths = row_buckets(max_rows), width_buckets(max_width)
         self.pool = torch.cuda.graph_pool_handle()
@@ -105,11 +110,13 @@ class GraphedForward:
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):  # warm-up outside the graph: library handles, kernel selection
                 for _ in range(2):
-                    forward_probabilities(self.model, ids, mask, self.ready_mask)
+                    forward_probabilities(self.model, ids, mask, self.ready_mask, self.temperature)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                probabilities = forward_probabilities(self.model, ids, mask, self.ready_mask)
+                probabilities = forward_probabilities(
+                    self.model, ids, mask, self.ready_mask, self.temperature
+                )
         captured = Captured(graph, ids, mask, probabilities)
         self.graphs[(rows, width)] = captured
         return captured

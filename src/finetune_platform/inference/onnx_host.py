@@ -325,7 +325,9 @@ class OnnxHost(Classifier):
             "attention_mask": onnxruntime.OrtValue.ortvalue_from_numpy(mask),
             **self._feeds[self._active],
         }
-        return softmax(self.session.run_with_ort_values(["logits"], feeds)[0].numpy())
+        return softmax(
+            self.session.run_with_ort_values(["logits"], feeds)[0].numpy(), self.label_map.temperature
+        )
 
     @contextmanager
     def using(self, key: str) -> Iterator[OnnxHost]:

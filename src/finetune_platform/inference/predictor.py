@@ -6,6 +6,7 @@ batch; a text longer than the model's max length is truncated and the prediction
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.errors import ConfigError, NotFoundError
 from finetune_platform.inference.softmax import softmax
 from finetune_platform.tracking.registry import ADAPTER_FILE, ModelRegistry
+from finetune_platform.training.calibration import read_temperature
 from finetune_platform.training.checkpoints import (
     PREFIX,
     CheckpointInfo,
@@ -46,7 +48,8 @@ def read_label_map(adapter_dir: Path) -> Any:
     label_file = Path(adapter_dir) / "label_map.json"
     if not label_file.is_file():
         raise NotFoundError(f"{adapter_dir}: no label_map.json (not a platform adapter folder)")
-    return LabelMap.from_json(json.loads(label_file.read_text(encoding="utf-8")))
+    label_map = LabelMap.from_json(json.loads(label_file.read_text(encoding="utf-8")))
+    return dataclasses.replace(label_map, temperature=read_temperature(adapter_dir))
 
 
 def card_max_length(card: Any) -> int:
@@ -356,7 +359,7 @@ class Predictor(Classifier):
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=torch.from_numpy(mask).to(self.device),
             ).logits
-            return softmax(logits).cpu().numpy()
+            return softmax(logits, self.label_map.temperature).cpu().numpy()
 
     # -- construction from a run folder or the registry --------------------------------------------
     @classmethod

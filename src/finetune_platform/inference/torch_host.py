@@ -67,7 +67,13 @@ class TorchHost(Predictor):
         self.runtime = "torch+cuda-graphs" if self.graphs is not None else "torch"
 
     def _capture(self, key: str, max_rows: int) -> GraphedForward | None:
-        graphs = GraphedForward(self.model, max_rows, self.info.max_length, self.tokenizer.pad_token_id or 0)
+        graphs = GraphedForward(
+            self.model,
+            max_rows,
+            self.info.max_length,
+            self.tokenizer.pad_token_id or 0,
+            temperature=self.label_map.temperature,
+        )
         sample = self._padded(self._encode(list(GRAPH_CHECK_TEXTS))[0])
         started = time.perf_counter()
         try:

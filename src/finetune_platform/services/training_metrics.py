@@ -72,4 +72,5 @@ def _final(run: RunFolder) -> FinalMetrics | None:
         checkpoint=metrics.get("final_checkpoint"),
         per_class=evaluation.get("per_class") or {},
         confusion_matrix=evaluation["confusion_matrix"],
+        calibration=metrics.get("calibration"),
     )

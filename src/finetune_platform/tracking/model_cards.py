@@ -39,6 +39,8 @@ class ModelCard:
     artifact_checksums: dict[str, str] = field(default_factory=dict)  # every file of the registered artifact
     owner: str | None = None  # username owning the model name (None: registered before names were owned)
     embedding: list[float] = field(default_factory=list)
+    # Temperature scaling fitted on the validation set: method, temperature, ECE and log-loss before and after.
+    calibration: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from peft import set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from transformers import AutoTokenizer, set_seed
@@ -22,6 +23,7 @@ from finetune_platform.atomic import file_sha256, write_atomic
 from finetune_platform.catalogue import ResolvedModel, resolve_base_model
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
+from finetune_platform.training.calibration import Calibration, calibrate, reliability_png, write_calibration
 from finetune_platform.training.callbacks import stop_error_of, training_guards
 from finetune_platform.training.checkpoints import list_checkpoints, remove_incomplete, select_retained
 from finetune_platform.training.config import Device, Engine, Precision, TrainConfig, dump_config
@@ -111,6 +113,8 @@ class LoraClassificationRecipe:
         self.report: dict[str, Any] = {}
         self.final_checkpoint: str | None = None
         self.progress: ProgressCallback | None = None
+        self.calibration: Calibration | None = None  # temperature scaling fitted on the validation set
+        self.calibration_inputs: tuple[Any, Any] = (None, None)  # its validation logits and labels
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self) -> RecipeState:
@@ -252,6 +256,16 @@ class LoraClassificationRecipe:
         labels = self.driver.eval_data.labels.cpu().numpy()
         self.report = classification_report(logits, labels, self.state.splits.label_map.names)
         self.report["loss"] = loss
+        self.calibration = None
+        if self.config.calibration == "temperature":
+            self.calibration = calibrate(np.asarray(logits), np.asarray(labels))
+            self.calibration_inputs = (np.asarray(logits), np.asarray(labels))
+            logger.info(
+                "calibration: temperature %.4f, expected calibration error %.4f -> %.4f",
+                self.calibration.temperature,
+                self.calibration.ece_before,
+                self.calibration.ece_after,
+            )
         logger.info(
             "final evaluation (%s): accuracy %.4f macro_f1 %.4f",
             self.final_checkpoint or "last step",
@@ -305,6 +319,10 @@ class LoraClassificationRecipe:
             },
             "history": [entry for entry in self.driver.state.history if "eval_loss" in entry],
         }
+        if self.calibration is not None:
+            metrics["calibration"] = self.calibration.to_json()
+            write_calibration(self.run.artifacts_dir, self.calibration)
+            reliability_png(*self.calibration_inputs, self.calibration, self.run.root / "reliability.png")
         write_atomic(self.run.metrics_path, json.dumps(metrics, indent=2))
         dump_config(
             self.config, self.run.config_path, self.state.resolved(self.run, self.config, mlflow_run_id)

@@ -86,6 +86,7 @@ def register_adapter(
             path.name: file_checksum(path) for path in sorted(run.artifacts_dir.iterdir()) if path.is_file()
         },
         labels=labels,
+        calibration=metrics.get("calibration"),
     )
     if owner_id is None:  # the command line acts as its local admin account
         ensure_database(settings)

@@ -25,7 +25,9 @@ from finetune_platform.training.run_folder import RunFolder
 logger = logging.getLogger("finetune_platform.training")
 
 # MLflow gets the run folder's small files; checkpoints (optimizer state) stay on disk only.
-_ARTIFACT_FILES = ("config.yaml", "metrics.json", "logs.txt", "validation.json", "confusion_matrix.png")
+_ARTIFACT_FILES = (
+    "config.yaml", "metrics.json", "logs.txt", "validation.json", "confusion_matrix.png", "reliability.png",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,13 @@ def _finish_tracker(tracker: Any, run: RunFolder, metrics: dict[str, Any]) -> No
         loss=float(evaluation["loss"]),
         runtime=float(metrics["train"]["runtime_seconds"]),
     )
+    calibration = metrics.get("calibration")
+    if calibration:
+        final.update(
+            calibration_temperature=float(calibration["temperature"]),
+            calibration_ece_before=float(calibration["ece_before"]),
+            calibration_ece_after=float(calibration["ece_after"]),
+        )
     for name, scores in evaluation["per_class"].items():
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         final[f"final_precision.{safe}"] = scores["precision"]

@@ -190,6 +190,12 @@ def training_results(metrics: dict[str, Any]) -> None:
         st.caption(
             f"On {final['rows']} validation rows, the model of {final['checkpoint'] or 'the last step'}."
         )
+        calibration = final.get("calibration")
+        if calibration:
+            st.caption(
+                f"Calibrated by temperature scaling (T = {calibration['temperature']:.3f}): expected calibration "
+                f"error {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f}, predictions unchanged."
+            )
         st.subheader("Confusion matrix")
         st.vega_lite_chart(
             confusion_rows(final["confusion_matrix"]), confusion_spec(final["confusion_matrix"])

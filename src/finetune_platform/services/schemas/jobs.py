@@ -200,6 +200,13 @@ class FinalMetrics(Public):
     )
     per_class: dict[str, ClassScores] = Field(description="Precision, recall, F1 and support of each class.")
     confusion_matrix: ConfusionMatrix = Field(description="True against predicted class counts.")
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Temperature scaling fitted on the validation rows: method, temperature, expected calibration error "
+            "(15 bins) and log-loss before and after; null when the run was not calibrated."
+        ),
+    )
 
 
 class TrainingMetrics(Public):

@@ -37,6 +37,13 @@ class ModelCardPublic(Public):
     owner: str | None = Field(
         default=None, description="Username owning the model name (None: registered before names were owned)."
     )
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Temperature scaling fitted on the validation set (method, temperature, expected calibration error and "
+            "log-loss before and after); null when the run was not calibrated."
+        ),
+    )
 
     @classmethod
     def of(cls, card: Any) -> ModelCardPublic:
