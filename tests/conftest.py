@@ -121,9 +121,62 @@ def minilm_path() -> Path:
     return Path(resolve_base_model("minilm").source)
 
 
+# Decoder families (``*ForSequenceClassification`` pools the last non-pad token). The GPT-2 and Llama folders get a
+# byte-level BPE tokenizer with no pad token (as GPT-2's and Llama 3's have none); the others MiniLM's, which has one.
+DECODER_FAMILIES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
+PADLESS_TOKENIZER_FAMILIES = ("llama", "gpt2")
+
+
+def _tiny_decoder_config(family: str, vocab_size: int):
+    from transformers import GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    if family == "gpt2":
+        # <|endoftext|> is the first token of the BPE tokenizer below
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+        )
+    common = dict(
+        vocab_size=vocab_size,
+        max_position_embeddings=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+    )
+    if family == "gemma":
+        return GemmaConfig(head_dim=16, **common)
+    return {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family](**common)
+
+
+def padless_tokenizer(words: list[str]):
+    """A GPT-2-style byte-level BPE tokenizer with an end-of-text token and no pad token, trained offline on
+    ``words`` (the `tokenizers` library; nothing downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(words, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    assert tokenizer.pad_token is None
+    return tokenizer
+
+
 def _tiny_config(family: str, vocab_size: int):
     from transformers import AlbertConfig, BertConfig, DebertaV2Config, DistilBertConfig, RobertaConfig
 
+    if family in DECODER_FAMILIES:
+        return _tiny_decoder_config(family, vocab_size)
     common = dict(vocab_size=vocab_size, max_position_embeddings=128)
     if family in {"bert", "bert-chinese"}:
         return BertConfig(
@@ -162,8 +215,9 @@ def _tiny_config(family: str, vocab_size: int):
 def tiny_model_factory(tmp_path_factory, minilm_path):
     """Build (once per session) a tiny randomly initialised model folder of a given family.
 
-    The tokenizer is MiniLM's (a BERT WordPiece vocabulary that also covers CJK characters), so each
-    folder loads offline exactly like a downloaded model would.
+    The tokenizer is MiniLM's (a BERT WordPiece vocabulary that also covers CJK characters), or for
+    PADLESS_TOKENIZER_FAMILIES a byte-level BPE one without a pad token, so each folder loads offline
+    exactly like a downloaded model would.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -175,9 +229,13 @@ def tiny_model_factory(tmp_path_factory, minilm_path):
         if family in built:
             return built[family]
         folder = root / f"tiny-{family}"
-        tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+        if family in PADLESS_TOKENIZER_FAMILIES:
+            words = [*POSITIVE, *NEGATIVE, *NOUNS, "okay", "fine", "the", "a", "and", "plot", "movie"]
+            tokenizer = padless_tokenizer([" ".join(words)] * 4 + words)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(minilm_path)
         torch.manual_seed(0)
-        model = AutoModel.from_config(_tiny_config(family, tokenizer.vocab_size))
+        model = AutoModel.from_config(_tiny_config(family, len(tokenizer)))
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         built[family] = folder

@@ -36,7 +36,7 @@ from safetensors.numpy import load_file
 from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.inference.predictor import AdapterSource, Classifier, Prediction
 from finetune_platform.inference.softmax import softmax
-from finetune_platform.training.models import quiet_libraries
+from finetune_platform.training.models import load_tokenizer, match_pad_token, quiet_libraries
 
 logger = logging.getLogger("finetune_platform.inference")
 PREFIX = "base_model.model."
@@ -84,14 +84,27 @@ class AdapterTensors:
         return cls(values, signature)
 
 
-def _slotted_model(base_source: str, num_labels: int, signature: tuple) -> tuple[Any, list[str]]:
+def _classifier(base_source: str, num_labels: int, pad_token_id: int | None) -> Any:
+    """The base sequence classifier in fp32, its pad token the tokenizer's (a decoder pools the last
+    token before padding)."""
+    # lazy: torch and transformers load with a model, not when the runtime registry is imported
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_source, num_labels=num_labels, torch_dtype=torch.float32
+    )
+    return match_pad_token(model, pad_token_id).eval()
+
+
+def _slotted_model(
+    base_source: str, num_labels: int, signature: tuple, pad_token_id: int | None
+) -> tuple[Any, list[str]]:
     """The base model with each adapted Linear reading its LoRA factors, and each fully trained module
     its weights, from attributes the export wrapper fills with graph inputs."""
     # lazy: torch and transformers load with a model, not when the runtime registry is imported
-    import torch
     from torch import nn
     from torch.nn import functional
-    from transformers import AutoModelForSequenceClassification
 
     class LoraSlot(nn.Module):
         def __init__(self, base: nn.Module) -> None:
@@ -109,9 +122,7 @@ def _slotted_model(base_source: str, num_labels: int, signature: tuple) -> tuple
         def forward(self, x):
             return functional.linear(x, self.weight, self.bias)
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base_source, num_labels=num_labels, torch_dtype=torch.float32
-    ).eval()
+    model = _classifier(base_source, num_labels, pad_token_id)
     names = [name for name, _ in signature]
     slots: dict[str, nn.Module] = {}
     for name in names:
@@ -150,16 +161,15 @@ def _slotted_model(base_source: str, num_labels: int, signature: tuple) -> tuple
     return Graph(), names
 
 
-def _merged_model(base_source: str, num_labels: int, tensors: AdapterTensors) -> Any:
+def _merged_model(
+    base_source: str, num_labels: int, tensors: AdapterTensors, pad_token_id: int | None
+) -> Any:
     """The base model with one adapter folded in (W + B·A, trained modules copied): no LoRA ops left."""
     # lazy: torch and transformers load with a model, not when the runtime registry is imported
     import torch
     from torch import nn
-    from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base_source, num_labels=num_labels, torch_dtype=torch.float32
-    ).eval()
+    model = _classifier(base_source, num_labels, pad_token_id)
     values = tensors.values
     with torch.no_grad():
         for name, value in values.items():
@@ -185,21 +195,30 @@ def _merged_model(base_source: str, num_labels: int, tensors: AdapterTensors) ->
 
 
 def build_session(
-    base_source: str, num_labels: int, tensors: AdapterTensors, *, merged: bool, int8: bool, threads: int
+    base_source: str,
+    num_labels: int,
+    tensors: AdapterTensors,
+    *,
+    merged: bool,
+    int8: bool,
+    threads: int,
+    example_ids: list[int],
+    pad_token_id: int | None = None,
 ) -> tuple[Any, dict[str, str]]:
     """Export to ONNX (in memory) and open an ONNX Runtime session: the adapter merged into the base, or
-    the base with every adapter tensor a graph input. Returns the session and the input name per tensor."""
+    the base with every adapter tensor a graph input; ``example_ids`` (one tokenised text) trace it. Returns the
+    session and the input name per tensor."""
     # lazy: onnxruntime and torch load with a model, not when the runtime registry is imported
     import onnxruntime
     import torch
 
     if merged:
-        graph, names = _merged_model(base_source, num_labels, tensors), []
+        graph, names = _merged_model(base_source, num_labels, tensors, pad_token_id), []
     else:
-        graph, names = _slotted_model(base_source, num_labels, tensors.signature)
+        graph, names = _slotted_model(base_source, num_labels, tensors.signature, pad_token_id)
     inputs = [f"a{i}" for i in range(len(names))]
     example = [torch.from_numpy(np.ascontiguousarray(tensors.values[name])) for name in names]
-    ids = torch.tensor([[101, 2023, 102]], dtype=torch.long)
+    ids = torch.tensor([example_ids], dtype=torch.long)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
@@ -263,12 +282,11 @@ class OnnxHost(Classifier):
     ) -> None:
         # lazy: torch and transformers load with a model, not when the runtime registry is imported
         import torch
-        from transformers import AutoTokenizer
 
         quiet_libraries()
         tensors = AdapterTensors.read(first.adapter_dir)
         reference = resolve_base_model(first.info.base_model, first.info.language or None)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(first.files_dir))
+        self.tokenizer = load_tokenizer(str(first.files_dir))
         self.signature = tensors.signature
         self.merged = merged
         self.session, self.inputs = build_session(
@@ -278,6 +296,8 @@ class OnnxHost(Classifier):
             merged=merged,
             int8=int8,
             threads=threads or torch.get_num_threads(),
+            example_ids=self.tokenizer("a short example")["input_ids"],
+            pad_token_id=self.tokenizer.pad_token_id,
         )
         if int8:
             self.runtime = "onnx-int8"

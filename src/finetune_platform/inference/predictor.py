@@ -29,7 +29,7 @@ from finetune_platform.training.checkpoints import (
     select_retained,
 )
 from finetune_platform.training.config import TrainConfig, read_run_config
-from finetune_platform.training.models import quiet_libraries
+from finetune_platform.training.models import load_tokenizer, match_pad_token, quiet_libraries
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.inference")
@@ -320,7 +320,7 @@ class Predictor(Classifier):
         # lazy: torch, PEFT and transformers load with a model, not when the runtime registry is imported
         import torch
         from peft import PeftModel
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         quiet_libraries()
         adapter_dir = Path(adapter_dir)
@@ -329,7 +329,7 @@ class Predictor(Classifier):
         )  # a checkpoint: its run's
         self.label_map = read_label_map(files_dir)
         reference = resolve_base_model(base_model, language or "auto")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(files_dir))
+        self.tokenizer = load_tokenizer(str(files_dir))
         names = self.label_map.names
         model = AutoModelForSequenceClassification.from_pretrained(
             reference.source,
@@ -338,8 +338,7 @@ class Predictor(Classifier):
             label2id={label: i for i, label in enumerate(names)},
             torch_dtype=torch.float32,
         )
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
+        match_pad_token(model, self.tokenizer.pad_token_id)  # a decoder pools the last token before padding
         model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
         model = (model.merge_and_unload() if merge else model).to(device).eval()
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():

@@ -31,6 +31,11 @@ class Precision(StrEnum):
     FP16 = "fp16"
 
 
+class Quantization(StrEnum):
+    NONE = "none"
+    NF4 = "4bit"
+
+
 class Scheduler(StrEnum):
     LINEAR = "linear"
     COSINE = "cosine"
@@ -86,6 +91,15 @@ class ModelSection(_Section):
         le=8192,
         description=(
             "Tokens per text (8-8192); longer texts are truncated. Cost grows with the longest text in a batch."
+        ),
+    )
+    quantization: Quantization = Field(
+        default=Quantization.NONE,
+        description=(
+            "'4bit' loads the frozen base model in 4-bit NF4 (bitsandbytes, QLoRA style: double quantization, "
+            "bf16 compute) and trains the LoRA factors and the head in fp32: about a quarter of the base's "
+            "memory, for decoder LLMs on one GPU. Needs CUDA and the bitsandbytes package. 'none' keeps fp32 "
+            "weights."
         ),
     )
 
@@ -170,7 +184,9 @@ class LoraSection(_Section):
         default="auto",
         max_length=64,
         description=(
-            "Module names to adapt (at most 64); 'auto' picks per model family (BERT, RoBERTa, DistilBERT, ALBERT)."
+            "Module names to adapt (at most 64); 'auto' picks per model family (BERT, RoBERTa, DistilBERT, ALBERT, "
+            "and the decoders Llama, Qwen2, Mistral, Gemma: q_proj/v_proj, GPT-2: c_attn), else PEFT's default for "
+            "the model type; 'all-linear' adapts every Linear layer but the head."
         ),
     )
 
@@ -428,6 +444,15 @@ class TrainConfig(_Section):
             "and the model card report the expected calibration error before and after. 'none' skips it."
         ),
     )
+
+    @model_validator(mode="after")
+    def _quantization_needs_cuda(self) -> TrainConfig:
+        if self.model.quantization is Quantization.NF4 and self.device in (Device.CPU, Device.MPS):
+            raise ValueError(
+                f"model.quantization: 4bit needs CUDA (bitsandbytes NF4); device is {self.device.value!r}: "
+                "set device to 'cuda' or 'auto', or model.quantization to 'none'"
+            )
+        return self
 
     @property
     def model_name(self) -> str:

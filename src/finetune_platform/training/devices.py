@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from finetune_platform.errors import ConfigError, DeviceError
-from finetune_platform.training.config import Device, Precision, TrainConfig
+from finetune_platform.training.config import Device, Precision, Quantization, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,24 @@ def check_device(config: TrainConfig, available: Accelerators | None = None) -> 
     device = select_device(config.device, available)
     select_precision(config.precision, device, available)
     check_devices(config, device)
+    check_quantization(config, device, bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
     return device
+
+
+def check_quantization(config: TrainConfig, device: Device, *, bitsandbytes: bool) -> None:
+    """``model.quantization: 4bit`` trains here only on CUDA with bitsandbytes installed: ConfigError saying
+    what this machine lacks."""
+    if config.model.quantization is Quantization.NONE or (device is Device.CUDA and bitsandbytes):
+        return
+    missing = []
+    if device is not Device.CUDA:
+        missing.append(f"no CUDA device (the run would train on {device.value})")
+    if not bitsandbytes:
+        missing.append("no bitsandbytes package")
+    raise ConfigError(
+        "model.quantization: 4bit needs CUDA and the bitsandbytes package (pip install bitsandbytes); "
+        f"this machine has {' and '.join(missing)}"
+    )
 
 
 def check_devices(config: TrainConfig, device: Device) -> None:

@@ -339,11 +339,11 @@ def run_rank(folder: Path) -> None:
         reference = resolve_base_model(config.model.base_model, config.model.language)
         state = SimpleNamespace(model=reference)  # what build_model reads; it records what it built there
         labels = launch["labels"]
-        model = build_model(config, state, LabelMap(tuple(labels), tuple(range(len(labels)))))
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = launch["pad_token_id"]
+        device = torch_device(kind, local_rank)  # first: a 4-bit base loads onto this rank's GPU
+        model = build_model(
+            config, state, LabelMap(tuple(labels), tuple(range(len(labels)))), pad_token_id=launch["pad_token_id"]
+        )
         cpu_threads(kind, local_world)
-        device = torch_device(kind, local_rank)
         model = model.to(device)
         train = load_data(folder / TRAIN_DATA, device)
         evaluation = load_data(folder / EVAL_DATA, device) if rank == 0 else None

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from finetune_platform.errors import ConfigError
+from finetune_platform.training.config import Quantization
 
 if TYPE_CHECKING:
     from torch import nn
@@ -22,6 +23,11 @@ class ModelFamily(StrEnum):
     ROBERTA = "roberta"
     DISTILBERT = "distilbert"
     ALBERT = "albert"
+    LLAMA = "llama"
+    QWEN2 = "qwen2"
+    MISTRAL = "mistral"
+    GEMMA = "gemma"
+    GPT2 = "gpt2"
     GENERIC = "generic"
 
 
@@ -29,8 +35,15 @@ class ModelFamily(StrEnum):
 class FamilySpec:
     family: ModelFamily
     model_types: tuple[str, ...]
-    # Query and value projections: the classic LoRA placement, cheapest for its accuracy.
+    # Query and value projections: the classic LoRA placement, cheapest for its accuracy. The decoder entries are
+    # PEFT's own (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING; tests/unit/test_models.py holds them equal).
     target_modules: tuple[str, ...]
+    # The classification head PEFT trains in full and saves with the adapter (its SEQ_CLS modules_to_save).
+    head: str = "classifier"
+    # A decoder pools its last non-pad token (``*ForSequenceClassification``): it needs config.pad_token_id.
+    decoder: bool = False
+    # GPT-2 keeps its projections in Conv1D (weights stored transposed).
+    fan_in_fan_out: bool = False
 
 
 FAMILIES: dict[ModelFamily, FamilySpec] = {
@@ -40,6 +53,11 @@ FAMILIES: dict[ModelFamily, FamilySpec] = {
         FamilySpec(ModelFamily.ROBERTA, ("roberta", "xlm-roberta", "camembert"), ("query", "value")),
         FamilySpec(ModelFamily.DISTILBERT, ("distilbert",), ("q_lin", "v_lin")),
         FamilySpec(ModelFamily.ALBERT, ("albert",), ("query", "value")),
+        FamilySpec(ModelFamily.LLAMA, ("llama",), ("q_proj", "v_proj"), head="score", decoder=True),
+        FamilySpec(ModelFamily.QWEN2, ("qwen2",), ("q_proj", "v_proj"), head="score", decoder=True),
+        FamilySpec(ModelFamily.MISTRAL, ("mistral",), ("q_proj", "v_proj"), head="score", decoder=True),
+        FamilySpec(ModelFamily.GEMMA, ("gemma", "gemma2"), ("q_proj", "v_proj"), head="score", decoder=True),
+        FamilySpec(ModelFamily.GPT2, ("gpt2",), ("c_attn",), head="score", decoder=True, fan_in_fan_out=True),
     )
 }
 
@@ -69,12 +87,18 @@ def family_of(model_type: str) -> ModelFamily:
 
 
 def default_target_modules(model: nn.Module, model_type: str) -> list[str]:
-    """LoRA targets for a model: the family's entry, or attention-looking Linear layers for others."""
+    """LoRA targets for a model: the family's entry, else PEFT's default for its model type, else
+    attention-looking Linear layers."""
     family = family_of(model_type)
     if family is not ModelFamily.GENERIC:
         return list(FAMILIES[family].target_modules)
-    # lazy: torch loads only where a model runs
+    # lazy: torch and PEFT load only where a model runs
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     from torch import nn
+
+    known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if known:
+        return list(known)
 
     linear_names = {
         name.rsplit(".", 1)[-1]
@@ -104,25 +128,86 @@ def _model_loading(name: str) -> Iterator[None]:
         ) from exc
 
 
-def build_model(config: TrainConfig, state: Any, label_map: Any = None) -> Any:
-    """The base model with a ``label_map``-sized head (default: the data's labels) and LoRA attached.
+def load_tokenizer(source: str) -> Any:
+    """The tokenizer of a model or adapter folder, ready to pad batches the way every path pads them.
+
+    A decoder's tokenizer often has no pad token (GPT-2, Llama 3, Mistral): its end-of-sequence token pads.
+    Padding goes on the right, which ``*ForSequenceClassification`` expects: it pools the last token that is not
+    padding. Training, ``finetune predict``, the server's runtimes and prediction jobs all load it here."""
+    # lazy: transformers loads only where a model runs
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"model.base_model: the tokenizer of {source!r} has neither a pad nor an end-of-sequence token; "
+                "add a pad token to it (tokenizer.add_special_tokens) and save it with the model"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def match_pad_token(model: Any, pad_token_id: int | None) -> Any:
+    """Point ``model.config.pad_token_id`` at the id batches are padded with: a decoder classifier finds each
+    text's last token by it (a PEFT model passes the attribute through to its base model's config)."""
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def quantization_config(quantization: Quantization | str) -> Any:
+    """bitsandbytes NF4 settings for a frozen 4-bit base (QLoRA: double quantization, bf16 compute where the GPU
+    has it); None for ``none``. ``devices.check_quantization`` has made sure CUDA and bitsandbytes are here."""
+    if Quantization(quantization) is Quantization.NONE:
+        return None
+    # lazy: torch and transformers load only where a model is built
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+    )
+
+
+def build_model(config: TrainConfig, state: Any, label_map: Any = None, pad_token_id: int | None = None) -> Any:
+    """The base model with a ``label_map``-sized head (default: the data's labels) and LoRA attached; its
+    config's pad token is ``pad_token_id`` (the tokenizer's), which a decoder's last-token pooling needs.
 
     ``state`` (a ``recipe.RecipeState``) names the resolved base model and receives what was built: model type,
     target modules, parameter counts."""
     # lazy: torch, transformers and PEFT load only where a model is built (the family registry needs none)
     import torch
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForSequenceClassification
 
     label_map = label_map or state.splits.label_map
+    quantized = quantization_config(config.model.quantization)
+    loading: dict[str, Any] = {"torch_dtype": torch.float32}
+    if quantized is not None:
+        # the frozen base in NF4 on this process's GPU; LoRA factors and the head train in fp32
+        loading = {"quantization_config": quantized, "device_map": {"": torch.cuda.current_device()}}
     with _model_loading(state.model.name):
         model = AutoModelForSequenceClassification.from_pretrained(
             state.model.source,
             num_labels=label_map.num_labels,
             id2label=dict(enumerate(label_map.names)),
             label2id={name: i for i, name in enumerate(label_map.names)},
-            torch_dtype=torch.float32,
+            **loading,
         )
+    match_pad_token(model, pad_token_id)
+    spec = FAMILIES.get(family_of(model.config.model_type))
+    if spec is not None and spec.decoder and model.config.pad_token_id is None:
+        raise ConfigError(
+            f"model.base_model: {state.model.name!r} is a decoder ({model.config.model_type}) and its "
+            "classifier needs a pad token id; its tokenizer has none"
+        )
+    if quantized is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     state.model_type = model.config.model_type
     if config.lora.target_modules == "auto":
         state.target_modules = default_target_modules(model, state.model_type)
@@ -131,11 +216,12 @@ def build_model(config: TrainConfig, state: Any, label_map: Any = None) -> Any:
     else:
         state.target_modules = list(config.lora.target_modules)
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.SEQ_CLS,  # PEFT trains and saves the head (classifier or score) in full
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
         target_modules="all-linear" if state.target_modules == ["all-linear"] else state.target_modules,
+        fan_in_fan_out=bool(spec and spec.fan_in_fan_out),
     )
     try:
         model = get_peft_model(model, lora)

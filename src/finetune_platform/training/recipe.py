@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from peft import set_peft_model_state_dict
 from peft.utils import load_peft_weights
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 
 from finetune_platform import __version__
 from finetune_platform.atomic import file_sha256, write_atomic
@@ -32,7 +32,7 @@ from finetune_platform.training.driver import Driver, check_rows, torch_device
 from finetune_platform.training.fast_gpu import to_device
 from finetune_platform.training.launch import RemoteDriver
 from finetune_platform.training.metrics import classification_report
-from finetune_platform.training.models import _model_loading, build_model, quiet_libraries
+from finetune_platform.training.models import _model_loading, build_model, load_tokenizer, quiet_libraries
 from finetune_platform.training.progress import ProgressCallback
 from finetune_platform.training.run_folder import RunFolder
 
@@ -126,9 +126,7 @@ class LoraClassificationRecipe:
         quiet_libraries()
 
         with _model_loading(model_ref.name):
-            self.tokenizer = AutoTokenizer.from_pretrained(model_ref.source)
-        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.tokenizer = load_tokenizer(model_ref.source)  # a decoder's: eos pads where it has no pad token
         data = config.data
         # Validation runs before any model weights load: bad data is refused in seconds.
         try:
@@ -165,9 +163,7 @@ class LoraClassificationRecipe:
         )
         set_seed(config.training.seed)
         self.state = state = RecipeState(device=device, precision=precision, model=model_ref, splits=splits)
-        model = build_model(config, state)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
+        model = build_model(config, state, pad_token_id=self.tokenizer.pad_token_id)
         processes = config.training.processes
         logger.info(
             "model: %s (%s, %s) on %s/%s, LoRA on %s: %d of %d parameters trainable%s",
