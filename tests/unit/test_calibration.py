@@ -45,6 +45,11 @@ def test_a_calibrated_model_keeps_a_temperature_of_one_and_one_class_cannot_be_f
     assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.06)
     assert fit_temperature(logits, np.zeros(len(labels), dtype=int)) == 1.0  # one class: nothing to fit
     assert fit_temperature(np.zeros((0, 2)), np.zeros(0, dtype=int)) == 1.0
+    perfect = np.array([[3.0, -3.0], [-2.0, 2.0], [1.0, 0.5]])
+    assert (
+        fit_temperature(perfect, np.array([0, 1, 0])) == 1.0
+    )  # right on every row: no evidence of over-confidence
+    assert fit_temperature(perfect, np.array([0, 1, 1])) != 1.0
 
 
 def test_expected_calibration_error_by_hand():

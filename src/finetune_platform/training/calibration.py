@@ -20,9 +20,10 @@ from finetune_platform.atomic import write_atomic
 
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
-# The search range of T. An optimum at an end (a barely trained model's logits all near 0 want T far below 1) is
-# kept at that end: the best the range allows. A stored value outside it is not trusted (read as 1).
-MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+# The search range of T: at most 20× sharper or flatter. An optimum beyond an end (a barely trained model's logits,
+# all near 0, want T far below 1 and would read as certainties) is kept at that end. A stored value outside the
+# range is not trusted (read as 1).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 
 
 def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -45,6 +46,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     needs no optimiser state (or torch)."""
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     if len(labels) == 0 or len(np.unique(labels)) < 2:
+        return 1.0
+    if (
+        logits.argmax(axis=1) == labels
+    ).all():  # never wrong here: the log-loss only falls as T -> 0, says nothing
         return 1.0
     low, high = np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
