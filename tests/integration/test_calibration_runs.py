@@ -25,7 +25,13 @@ def calibrated(tmp_path_factory, tiny_bert):
 
     root = tmp_path_factory.mktemp("calibrated")
     train = write_csv(root / "train.csv", sentiment_rows(96, seed=1, labels=("pos", "neg")))
-    validation = write_csv(root / "validation.csv", sentiment_rows(32, seed=2, labels=("pos", "neg")))
+    rows = sentiment_rows(32, seed=2, labels=("pos", "neg"))
+    # the labels of four texts flipped (every row of each): a model right on every validation row would give
+    # temperature scaling nothing to fit
+    flipped = list(dict.fromkeys(text for text, _ in rows))[:4]
+    swap = {"pos": "neg", "neg": "pos"}
+    rows = [(text, swap[label] if text in flipped else label) for text, label in rows]
+    validation = write_csv(root / "validation.csv", rows)
     raw = tiny_config_dict(tiny_bert, train, validation, root / "results", max_steps=48, eval_steps=12)
     raw["registry"] = {"model_name": "calibrated-tiny"}
     settings = Settings(FINETUNE_HOME=root / "home", MODEL_REGISTRY_DIR=root / "cards")
