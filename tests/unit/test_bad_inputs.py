@@ -64,7 +64,7 @@ CASES = {
     "corrupt.parquet": (False, ["file"], "not a readable Parquet file"),
     "unknown_format.xlsx": (False, ["file"], "unknown dataset format '.xlsx'"),
     "huge_record.csv": (True, ["long_text"], "1 text(s) are longer than 10,000 characters: rows 13"),
-    "rare_class.csv": (True, ["rare_class"], "classes with fewer than 5 rows: b (2)"),
+    "rare_class.csv": (True, ["rare_class", "imbalanced_classes"], "classes with fewer than 5 rows: b (2)"),
     "duplicates.csv": (True, ["duplicate"], "1 row(s) repeat an earlier row exactly: rows 13"),
     "bom.csv": (True, [], ""),
 }

@@ -58,7 +58,7 @@ def test_declared_labels_unused_and_rare(tmp_path):
     path = write_csv(tmp_path / "d.csv", [("a", 0), ("b", 1), ("c", 1), ("d", 1), ("e", 1), ("f", 1)])
     report = validate_file(path, ValidationOptions(label_names=["negative", "positive", "neutral"]))
     assert report.label_counts == {"negative": 1, "positive": 5}
-    assert codes(report) == ["rare_class", "unused_label"]
+    assert codes(report) == ["rare_class", "unused_label", "imbalanced_classes"]
     assert report.issues[0].message == "classes with fewer than 5 rows: negative (1)"
     assert report.issues[1].message == "declared label(s) with no rows: 'neutral'"
 

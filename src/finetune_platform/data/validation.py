@@ -45,6 +45,7 @@ from finetune_platform.data.loading import (
 from finetune_platform.errors import ConfigError, DatasetError, ErrorCode, PlatformError, QuotaExceeded
 
 HASH_SCHEME = "finetune-dataset-v1"
+IMBALANCE_RATIO = 5  # largest class / smallest class at which the report recommends class weights
 logger = logging.getLogger(__name__)
 
 
@@ -63,6 +64,7 @@ class Check(StrEnum):
     MIXED_LABEL_TYPES = "mixed_label_types"
     SINGLE_CLASS = "single_class"
     RARE_CLASS = "rare_class"
+    IMBALANCED = "imbalanced_classes"
     UNUSED_LABEL = "unused_label"
     DUPLICATE = "duplicate"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
@@ -651,6 +653,29 @@ class _FileScan:
                     f"declared label(s) with no rows: {', '.join(map(repr, unused))}",
                     "add rows for them or remove them from label_names",
                 )
+        if report.role == "train" and len(present) > 1:
+            self._imbalance_check(counts)
+
+    def _imbalance_check(self, counts: pd.Series) -> None:
+        """Training data whose largest class has IMBALANCE_RATIO× the rows of its smallest: recommend weights."""
+        present = counts[counts > 0]
+        largest, smallest = present.idxmax(), present.idxmin()
+        if present[largest] < IMBALANCE_RATIO * present[smallest]:
+            return
+        names = self.options.label_names
+        self.report.add(
+            Check.IMBALANCED,
+            Severity.WARNING,
+            f"imbalanced classes: the largest, {_label_name(largest, names)} ({_rows(present[largest])}), "
+            f"has {present[largest] / present[smallest]:.1f}× the rows of the smallest, "
+            f"{_label_name(smallest, names)} ({_rows(present[smallest])})",
+            "set training.class_weights: balanced (the loss then weighs each class by its rarity), or add rows "
+            "of the smaller classes",
+        )
+
+
+def _rows(count: int) -> str:
+    return f"{int(count)} row{'s' * (int(count) != 1)}"
 
 
 def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:

@@ -6,6 +6,7 @@ before any model or dataset is loaded. Every field carries help text; errors nam
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -203,6 +204,15 @@ class Engine(StrEnum):
     FAST = "fast"
 
 
+class Loss(StrEnum):
+    CROSS_ENTROPY = "cross_entropy"
+    FOCAL = "focal"
+
+
+MAX_CLASS_WEIGHT = 1_000_000
+MAX_WEIGHTED_LABELS = 10_000  # as many as data.label_names may name
+
+
 class TrainingSection(_Section):
     engine: Engine = Field(
         default=Engine.AUTO,
@@ -345,6 +355,70 @@ class TrainingSection(_Section):
         le=1000,
         description="Minimum improvement of the metric that counts as better; 0-1000.",
     )
+
+    class_weights: (
+        Literal["none", "balanced"]
+        | dict[
+            Annotated[str, Field(min_length=1, max_length=256)],
+            Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)],
+        ]
+    ) = Field(
+        default="none",
+        description=(
+            "Weight of each class in the training loss, for imbalanced data: 'none' (every row counts the same), "
+            "'balanced' (rows / (classes × rows of the class), from the training split's counts: a class with a "
+            "tenth of the rows weighs ten times more), or a mapping {label: weight} with the labels as the data "
+            "names them (labels left out weigh 1; weights above 0, at most 1,000,000; an unknown label is refused "
+            "when the data is loaded). The resolved weights are recorded in config.yaml's resolved section and "
+            "MLflow. Only the training loss is weighted: the evaluation loss (eval_loss) stays the plain "
+            "unweighted cross entropy, so runs with and without weights compare."
+        ),
+    )
+    loss: Loss = Field(
+        default=Loss.CROSS_ENTROPY,
+        description=(
+            "Training loss: 'cross_entropy', or 'focal' ((1 − p_t)^focal_gamma × cross entropy, which turns "
+            "attention from the rows the model already gets right to the hard ones), weighted by class_weights "
+            "(as focal loss's α) when both are set. The per-row losses are averaged over the rows. Evaluation "
+            "always reports the plain unweighted cross entropy."
+        ),
+    )
+    focal_gamma: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="Focusing exponent γ of the focal loss (used only with loss: focal); 0 is cross entropy; 0-100.",
+    )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights_checked(cls, value: Any) -> Any:
+        # Checked here, whole, so an error names the label and says what is accepted (the union's own errors
+        # would list each alternative's complaint).
+        if isinstance(value, str):
+            if value not in ("none", "balanced"):
+                raise ValueError(f"{value!r}: use 'none', 'balanced' or a mapping {{label: weight}}")
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("use 'none', 'balanced' or a mapping {label: weight}")
+        if not value:
+            raise ValueError("an empty mapping weighs nothing: name at least one label, or use 'none'")
+        if len(value) > MAX_WEIGHTED_LABELS:
+            raise ValueError(f"at most {MAX_WEIGHTED_LABELS:,} labels")
+        weights = {}
+        for key, weight in value.items():
+            # YAML reads `{0: 5, 1: 1}` with integer keys: the data's integer labels, named as text
+            label = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+            if not isinstance(label, str) or not 1 <= len(label) <= 256:
+                raise ValueError(f"label {key!r}: a label of 1 to 256 characters")
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+                raise ValueError(f"label {label!r}: the weight must be a number (got {weight!r})")
+            if not 0 < weight <= MAX_CLASS_WEIGHT:
+                raise ValueError(
+                    f"label {label!r}: the weight must be above 0 and at most 1,000,000 (got {weight!r})"
+                )
+            weights[label] = float(weight)
+        return weights
 
     @model_validator(mode="after")
     def _eval_steps_needed(self) -> TrainingSection:

@@ -37,7 +37,7 @@ from finetune_platform.atomic import write_atomic
 from finetune_platform.errors import ConfigError
 from finetune_platform.training.callbacks import Callback, Control, RunState
 from finetune_platform.training.checkpoints import META_FILE, PREFIX, apply_retention, commit_staged
-from finetune_platform.training.config import Device, EvalStrategy, Precision, TrainConfig
+from finetune_platform.training.config import Device, EvalStrategy, Loss, Precision, TrainConfig
 from finetune_platform.training.fast_gpu import (
     DeviceData,
     FastSettings,
@@ -70,7 +70,10 @@ class TrainSummary:
     steps_per_second: float
 
 
-def loop_settings(config: TrainConfig, precision: Precision) -> FastSettings:
+def loop_settings(
+    config: TrainConfig, precision: Precision, class_weights: tuple[float, ...] | None = None
+) -> FastSettings:
+    """The loop's settings; ``class_weights`` (one per class id) are resolved from the data by the recipe."""
     t = config.training
     return FastSettings(
         batch_size=t.batch_size * t.gradient_accumulation_steps,
@@ -89,6 +92,8 @@ def loop_settings(config: TrainConfig, precision: Precision) -> FastSettings:
         fp16=precision is Precision.FP16,
         log_every=t.logging_steps,
         compile=None if t.compile == "none" else t.compile,
+        class_weights=class_weights,
+        focal_gamma=t.focal_gamma if t.loss is Loss.FOCAL else None,
     )
 
 
@@ -211,12 +216,13 @@ class Driver:
         callbacks: list[Callback] = (),  # type: ignore[assignment]
         rank: int = 0,
         world_size: int = 1,
+        class_weights: tuple[float, ...] | None = None,
     ) -> None:
         self.config, self.model, self.device = config, model, device
         self.train_data, self.eval_data = train, evaluation
         self.checkpoints_dir, self.staging_dir = checkpoints_dir, staging_dir
         self.precision = precision
-        self.settings = loop_settings(config, precision)
+        self.settings = loop_settings(config, precision, class_weights)
         self.callbacks: list[Callback] = list(callbacks)
         self.rank, self.world_size = rank, world_size
         t = config.training
@@ -325,7 +331,8 @@ class Driver:
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def predict(self, data: DeviceData) -> tuple[np.ndarray, float]:
-        """Logits for every row (row order) and the mean cross-entropy loss."""
+        """Logits for every row (row order) and the mean cross-entropy loss: unweighted and never focal, whatever
+        the training loss, so evaluation losses of runs compare."""
 
         s = self.settings
         logits = predict(self.model, data, self.config.training.eval_batch_size, s.bf16, fp16=s.fp16)

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from finetune_platform.training.losses import row_losses
+
 logger = logging.getLogger("finetune_platform.training")
 
 PAD_MULTIPLE = 8
@@ -77,6 +79,10 @@ class FastSettings:
     # as CUDA graphs: no per-kernel launch cost). Compiled runs pad to multiples of 16 and drop the last
     # partial batch of an epoch, so a handful of shapes is compiled once each.
     compile: str | None = None
+    # The training loss (evaluation is always plain cross entropy): one weight per class id, and focal loss's
+    # gamma; both None is the plain mean cross entropy.
+    class_weights: tuple[float, ...] | None = None
+    focal_gamma: float | None = None
 
     @property
     def autocast(self) -> Any:
@@ -301,6 +307,11 @@ class FastTrainer:
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         self.scaler = torch.amp.GradScaler(device.type) if settings.fp16 else None
         self._autocast = settings.autocast
+        self.class_weights = (
+            None
+            if settings.class_weights is None
+            else torch.tensor(settings.class_weights, dtype=torch.float32, device=device)
+        )
         self.grad_norm: Any = None  # the last step's gradient norm, on the device (read at logging steps)
         self.micro_batch = min(settings.micro_batch or settings.batch_size, settings.batch_size)
         self.accumulation = -(-settings.batch_size // self.micro_batch)
@@ -346,12 +357,19 @@ class FastTrainer:
             dtype = self._autocast
             with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels) * (len(piece) / len(index))
+                loss = self._loss(logits, labels, len(index))
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             total = loss.detach() if total is None else total + loss.detach()
         if self.averager is not None:
             self.averager.average()
         return total
+
+    def _loss(self, logits: Any, labels: Any, batch_rows: int) -> Any:
+        """A micro-batch's share of the step's mean loss over ``batch_rows`` rows."""
+        if self.class_weights is None and self.settings.focal_gamma is None:
+            return torch.nn.functional.cross_entropy(logits.float(), labels) * (len(labels) / batch_rows)
+        losses = row_losses(logits, labels, weights=self.class_weights, gamma=self.settings.focal_gamma)
+        return losses.sum() / batch_rows
 
     def steps(self, start_step: int = 0) -> Iterator[FastStep]:
         """Train from ``start_step`` (a resumed run: the optimizer state loaded, the same batches follow)."""

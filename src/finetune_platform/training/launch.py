@@ -96,7 +96,7 @@ class RemoteDriver:
         self.model, self.train_data, self.eval_data = model, train, evaluation
         self.config, self.run, self.recipe_state, self.tokenizer = config, run, recipe_state, tokenizer
         self.callbacks: list[Callback] = list(callbacks)
-        self.settings = loop_settings(config, recipe_state.precision)
+        self.settings = loop_settings(config, recipe_state.precision, recipe_state.class_weights)
         t = config.training
         self.state = RunState(samples_per_step=t.batch_size * t.gradient_accumulation_steps * t.processes)
         self.folder = run.root / "ranks"
@@ -131,6 +131,7 @@ class RemoteDriver:
             "precision": self.recipe_state.precision.value,
             "checkpoint": str(resume_from) if resume_from else None,
             "labels": list(self.recipe_state.splits.label_map.names),
+            "class_weights": self.recipe_state.class_weights,
             "pad_token_id": self.tokenizer.pad_token_id,
             "checkpoints_dir": str(self.run.checkpoints_dir),
             "staging_dir": str(self.run.staging_dir),
@@ -306,6 +307,12 @@ def _error_event(exc: BaseException) -> dict[str, Any]:
     return {"type": name, "message": str(exc) if name != "RuntimeError" else f"{type(exc).__name__}: {exc}"}
 
 
+def _class_weights(launch: dict[str, Any]) -> tuple[float, ...] | None:
+    """The weights the launching process resolved from the whole training split (every rank the same)."""
+    weights = launch.get("class_weights")
+    return None if weights is None else tuple(float(w) for w in weights)
+
+
 def run_rank(folder: Path) -> None:
     """One rank under the elastic agent (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous from its environment)."""
     # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
@@ -352,7 +359,8 @@ def run_rank(folder: Path) -> None:
         callbacks = [*training_guards(config, checkpoints), relay] if relay is not None else []
         driver = Driver(model, train, evaluation, config, checkpoints_dir=checkpoints,
                         staging_dir=Path(launch["staging_dir"]), device=device, precision=precision,
-                        callbacks=callbacks, rank=rank, world_size=world)  # fmt: skip
+                        callbacks=callbacks, rank=rank, world_size=world,
+                        class_weights=_class_weights(launch))  # fmt: skip
         checkpoint = launch["checkpoint"]
         summary = driver.train(Path(checkpoint) if checkpoint else None)
         if relay is not None:

@@ -31,6 +31,7 @@ from finetune_platform.training.devices import select_device, select_precision
 from finetune_platform.training.driver import Driver, check_rows, torch_device
 from finetune_platform.training.fast_gpu import to_device
 from finetune_platform.training.launch import RemoteDriver
+from finetune_platform.training.losses import named_weights, resolve_class_weights
 from finetune_platform.training.metrics import classification_report
 from finetune_platform.training.models import _model_loading, build_model, load_tokenizer, quiet_libraries
 from finetune_platform.training.progress import ProgressCallback
@@ -52,6 +53,8 @@ class RecipeState:
     model_type: str = ""
     trainable_parameters: int = 0
     total_parameters: int = 0
+    # one per class id, from training.class_weights and the training split (None: unweighted)
+    class_weights: tuple[float, ...] | None = None
     _lineage: dict[str, Any] | None = None  # hashing the data files once per run is enough
 
     def dataset_lineage(self, config: TrainConfig) -> dict[str, Any]:
@@ -94,6 +97,7 @@ class RecipeState:
             "trainable_parameters": self.trainable_parameters,
             "total_parameters": self.total_parameters,
             "labels": list(self.splits.label_map.names),
+            "class_weights": named_weights(self.class_weights, self.splits.label_map.names),
             "dataset": self.dataset_lineage(config),
         }
 
@@ -161,8 +165,18 @@ class LoraClassificationRecipe:
             splits.validation_source,
             list(splits.label_map.names),
         )
+        class_weights = resolve_class_weights(
+            config.training.class_weights,
+            splits.label_map.names,
+            splits.label_map.raw_values,
+            splits.train["label_id"].tolist(),
+        )
+        if class_weights is not None:
+            logger.info("class weights: %s", named_weights(class_weights, splits.label_map.names))
         set_seed(config.training.seed)
-        self.state = state = RecipeState(device=device, precision=precision, model=model_ref, splits=splits)
+        self.state = state = RecipeState(
+            device=device, precision=precision, model=model_ref, splits=splits, class_weights=class_weights
+        )
         model = build_model(config, state, pad_token_id=self.tokenizer.pad_token_id)
         processes = config.training.processes
         logger.info(
@@ -216,6 +230,7 @@ class LoraClassificationRecipe:
             device=device,
             precision=state.precision,
             callbacks=[*self._callbacks(), *training_guards(config, self.run.checkpoints_dir)],
+            class_weights=state.class_weights,
         )
 
     def _callbacks(self) -> list[Any]:
