@@ -620,6 +620,27 @@ def sweep(record: dict) -> str:
     return "\n".join(lines)
 
 
+def calibration(record: dict) -> str:
+    setup, run, cross = record["setup"], record["run"], record["cross_fitted_mean"]
+    rows = [
+        ["fitted and judged on dev (the run's own report)", f"{run['ece_before']:.4f}", f"{run['ece_after']:.4f}",
+         f"{run['ece_after'] / run['ece_before']:.2f}", f"{run['temperature']:.3f}",
+         f"{100 * record['accuracy_before']:.2f} → {100 * record['accuracy_after']:.2f}"],
+        ["cross-fitted: T from one half of dev, judged on the other (mean of both ways)", f"{cross['ece_before']:.4f}",
+         f"{cross['ece_after']:.4f}", f"{cross['ece_after'] / cross['ece_before']:.2f}",
+         "/".join(f"{c['temperature']:.3f}" for c in record["cross_fitted"]), ""],
+    ]  # fmt: skip
+    lines = [
+        f"*{machine_line(record)}, {day(record)}; MiniLM, {setup['rows']} SST-2 training rows, {setup['epochs']:g} "
+        f"epochs, the {setup['dev_rows']}-row dev set, ECE over 15 bins*",
+        "",
+        *table(["ECE", "before", "after", "after / before", "temperature", "dev accuracy %"], rows),
+        "",
+        f"Goal (ECE at least halved, accuracy unchanged): **{'met' if record['goal']['met'] else 'not met'}**.",
+    ]
+    return "\n".join(lines)
+
+
 RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_compare": gpu_compare,
     "train_throughput": train_throughput,
@@ -643,6 +664,7 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_serve": gpu_serve,
     "gpu_serve:host": gpu_serve_host,
     "sweep": sweep,
+    "calibration": calibration,
 }
 
 
