@@ -641,6 +641,48 @@ def calibration(record: dict) -> str:
     return "\n".join(lines)
 
 
+def gpu_serve_side_by_side(record: dict) -> str:
+    before, after = record["before"], record["after"]
+    rows = []
+    for server, label in (("platform", "platform, CUDA graphs"), ("platform-eager", "platform, eager"),
+                          ("baseline", "baseline pipeline")):  # fmt: skip
+        for clients in ("1", "16", "64"):
+            old, new = before[server][clients], after[server][clients]
+            rows.append([
+                label, clients, f"{old['requests_per_second']:.0f}", f"{new['requests_per_second']:.0f}",
+                times(new["requests_per_second"] / old["requests_per_second"]),
+                f"{old['p50_ms']:.1f} / {old['p99_ms']:.1f}", f"{new['p50_ms']:.1f} / {new['p99_ms']:.1f}",
+            ])  # fmt: skip
+    host = [
+        [f"host {kind.replace('_', ' ')}, {n} texts", "", f"{before['host'][f'{kind}_{n}']['ms']:.2f} ms",
+         f"{after['host'][f'{kind}_{n}']['ms']:.2f} ms",
+         times(before["host"][f"{kind}_{n}"]["ms"] / after["host"][f"{kind}_{n}"]["ms"]), "", ""]
+        for kind in ("cuda_graphs", "eager") for n in (1, 256)
+    ]  # fmt: skip
+    lines = [
+        f"*{before['gpu']}, torch {before['torch']}, {day(record)}; {record['machine']}; {before['seconds']:g} s "
+        "per load point*",
+        "",
+        *table(
+            [
+                "server",
+                "clients",
+                "before req/s",
+                "after req/s",
+                "after / before",
+                "before p50 / p99 ms",
+                "after p50 / p99 ms",
+            ],
+            rows + host,
+        ),
+        "",
+        f"Dev accuracy: {before['platform']['dev_accuracy']:.4f} before, {after['platform']['dev_accuracy']:.4f} "
+        f"after (each tree's own adapter; agreement with its baseline {before['platform']['agreement']:.4f} and "
+        f"{after['platform']['agreement']:.4f}). Host rows: median ms per call in-process (after / before: speed-up).",
+    ]
+    return "\n".join(lines)
+
+
 RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_compare": gpu_compare,
     "train_throughput": train_throughput,
@@ -665,6 +707,7 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_serve:host": gpu_serve_host,
     "sweep": sweep,
     "calibration": calibration,
+    "gpu_serve_side_by_side": gpu_serve_side_by_side,
 }
 
 
