@@ -72,7 +72,7 @@ def test_the_quickstart_sweep_is_the_quickstart_with_fewer_epochs_and_more_evalu
     assert base["registry"]["model_name"] == quickstart["registry"]["model_name"]
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # a minute of training; tests/integration/test_sweeps.py runs sweeps to the end by default
 def test_the_quickstart_sweep_runs_to_a_succeeded_sweep(tmp_path, tiny_bert):
     settings = Settings(FINETUNE_HOME=tmp_path / "home", MODEL_REGISTRY_DIR=tmp_path / "cards")
     upgrade(settings)

@@ -19,6 +19,13 @@ from finetune_platform.worker.executor import execute_job
 from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
 
 
+# The tests that train run on SQLite by default and on PostgreSQL with --extended (make test-all): the database-only
+# behaviours (cancel, concurrent advances, ownership) run on both in every run.
+TRAINS_ON = pytest.mark.parametrize(
+    "db_settings", ["sqlite", pytest.param("postgresql", marks=pytest.mark.extended)], indirect=True
+)
+
+
 @pytest.fixture
 def people(db_settings):
     db.upgrade(db_settings)
@@ -61,6 +68,7 @@ def show(settings, user, sweep_id):
         return sweeps.get_sweep(session, user, sweep_id)
 
 
+@TRAINS_ON
 def test_a_hopeless_trial_is_pruned_at_its_first_evaluation_and_the_winner_is_known(
     db_settings, people, base
 ):
@@ -104,6 +112,7 @@ def test_a_hopeless_trial_is_pruned_at_its_first_evaluation_and_the_winner_is_kn
     assert [t.intermediate_values for t in sweep_study.trials(db_settings, sweep.id)][1].keys() == {1}
 
 
+@TRAINS_ON
 def test_a_grid_runs_each_combination_once_keeping_parallelism(db_settings, people, base):
     alice, *_ = people
     sweep = submit(
@@ -126,6 +135,7 @@ def test_a_grid_runs_each_combination_once_keeping_parallelism(db_settings, peop
         assert all(row.config["registry"]["enabled"] is False for row in rows)
 
 
+@TRAINS_ON
 def test_a_failing_trial_is_counted_and_the_sweep_goes_on(db_settings, people, base):
     alice, *_ = people
     sweep = submit(
@@ -140,6 +150,7 @@ def test_a_failing_trial_is_counted_and_the_sweep_goes_on(db_settings, people, b
     assert [t.state.name for t in sweep_study.trials(db_settings, sweep.id)] == ["FAIL", "COMPLETE"]
 
 
+@TRAINS_ON
 def test_a_sweep_whose_trials_all_fail_fails_saying_so(db_settings, people, base):
     alice, *_ = people
     sweep = submit(
@@ -227,6 +238,7 @@ def test_a_trial_asked_by_a_process_that_died_is_failed_in_the_study(db_settings
     assert states[orphan.number] == "FAIL" and states[0] == "RUNNING"  # the real trial is untouched
 
 
+@TRAINS_ON
 def test_no_trial_starts_after_max_hours(db_settings, people, base):
     alice, *_ = people
     sweep = submit(db_settings, alice, base, max_trials=3, max_hours=1, pruner="none",
