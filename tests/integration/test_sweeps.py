@@ -18,7 +18,6 @@ from finetune_platform.training.sweep_config import parse_spec
 from finetune_platform.worker.executor import execute_job
 from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
 
-
 # The tests that train run on SQLite by default and on PostgreSQL with --extended (make test-all): the database-only
 # behaviours (cancel, concurrent advances, ownership) run on both in every run.
 TRAINS_ON = pytest.mark.parametrize(
