@@ -116,6 +116,7 @@ def test_a_resumed_weighted_focal_run_matches_the_uninterrupted_run(
         )
 
 
+@pytest.mark.extended  # two gloo processes; the driver's own data-parallel equality test runs by default
 def test_weighted_focal_loss_on_two_processes_equals_one_process_with_the_global_batch(
     untracked, dropout_free_bert, imbalanced_data, tmp_path
 ):
