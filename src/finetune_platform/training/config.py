@@ -638,11 +638,14 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
         raise ConfigError(format_validation_error(exc)) from exc
 
 
-def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config, apply ``--set`` overrides and validate; relative data paths stay as written."""
+def read_document(
+    path: Path | str, overrides: list[str] | None = None, *, kind: str = "config"
+) -> dict[str, Any]:
+    """A YAML file of sections (a training config, or a sweep: one plus its ``sweep:`` section) with ``--set``
+    overrides applied; ConfigError naming the file when it is missing, not YAML or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{kind} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -651,7 +654,12 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(
             f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}"
         )
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    return apply_overrides(raw, overrides or [])
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply ``--set`` overrides and validate; relative data paths stay as written."""
+    return config_from_dict(read_document(path, overrides))
 
 
 def dump_config(config: TrainConfig, path: Path, extra: dict[str, Any] | None = None) -> None:

@@ -24,16 +24,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from finetune_platform.errors import ConfigError
 from finetune_platform.training.config import (
     BestMetric,
     TrainConfig,
-    apply_overrides,
     config_from_dict,
     format_validation_error,
+    read_document,
 )
 
 MAX_TRIALS = 1000
@@ -353,15 +352,4 @@ def split_sweep(raw: dict[str, Any]) -> tuple[dict[str, Any], SweepSpec]:
 
 def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[dict[str, Any], SweepSpec]:
     """Read a sweep YAML and apply ``--set`` overrides to it (``sweep.max_trials=4`` works too)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}"
-        )
-    return split_sweep(apply_overrides(raw, overrides or []))
+    return split_sweep(read_document(path, overrides, kind="sweep"))
