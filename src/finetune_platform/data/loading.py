@@ -971,28 +971,57 @@ def normalise_label(value: Any) -> int | str:
 
 @dataclass(frozen=True)
 class LabelMap:
-    """Label ids 0..K-1 and their names; saved with the model as label_map.json. ``temperature``: what the
-    model's logits are divided by before the softmax (its calibration.json beside it; 1.0 when uncalibrated)."""
+    """What a model's outputs mean; saved with the model as label_map.json.
+
+    ``task``: 'single_label' (a softmax over ``names``), 'multi_label' (a sigmoid per name; a label is predicted
+    when its probability is above its entry in ``thresholds``) or 'regression' (one output, ``names`` holding the
+    target column's name; the model predicts the standardised target, ``scale`` = (mean, std) of the training
+    targets turns it back). ``temperature``: what single-label logits are divided by before the softmax (its
+    calibration.json beside it; 1.0 when uncalibrated). ``pair``: the model reads two texts per row.
+    """
 
     names: tuple[str, ...]
     raw_values: tuple[int | str, ...]
     temperature: float = 1.0
+    task: str = "single_label"
+    thresholds: tuple[float, ...] | None = None  # multi_label: one per name
+    scale: tuple[float, float] = (0.0, 1.0)  # regression: (mean, std) of the training targets
+    pair: bool = False
 
     @property
     def num_labels(self) -> int:
+        """Outputs of the model's head: one per label, one for regression."""
         return len(self.names)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "id2label": {str(i): name for i, name in enumerate(self.names)},
             "label2id": {name: i for i, name in enumerate(self.names)},
             "raw_values": list(self.raw_values),
+            "task": self.task,
+            "pair": self.pair,
         }
+        if self.task == "multi_label":
+            document["thresholds"] = list(self.thresholds or [0.5] * len(self.names))
+        if self.task == "regression":
+            document["scale"] = {"mean": self.scale[0], "std": self.scale[1]}
+        return document
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> LabelMap:
+        """A label_map.json; one written before tasks existed is a single-label map."""
         names = tuple(document["id2label"][str(i)] for i in range(len(document["id2label"])))
-        return cls(names=names, raw_values=tuple(document["raw_values"]))
+        task = document.get("task", "single_label")
+        thresholds = document.get("thresholds")
+        scale = document.get("scale") or {"mean": 0.0, "std": 1.0}
+        return cls(
+            names=names,
+            raw_values=tuple(document["raw_values"]),
+            task=task,
+            thresholds=tuple(float(t) for t in thresholds) if thresholds is not None else None,
+            scale=(float(scale["mean"]), float(scale["std"])),
+            pair=bool(document.get("pair", False)),
+        )
 
     @classmethod
     def build(cls, values: list[int | str], declared_names: list[str] | None = None) -> LabelMap:

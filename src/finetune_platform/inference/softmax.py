@@ -25,3 +25,32 @@ def softmax(logits: Any, temperature: float = 1.0) -> Any:
     if temperature != 1.0:
         logits = logits / temperature
     return logits.softmax(dim=-1)
+
+
+def sigmoid(logits: Any) -> Any:
+    """Each output's own probability (multi-label), in fp32; numpy stays finite for any logit."""
+    if isinstance(logits, np.ndarray):
+        logits = logits.astype(np.float32, copy=False)
+        # exp of minus the magnitude only: never overflows, both signs exact
+        e = np.exp(-np.abs(logits))
+        return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32, copy=False)
+    return logits.float().sigmoid()
+
+
+def outputs(
+    logits: Any, task: str = "single_label", temperature: float = 1.0, scale: tuple[float, float] = (0.0, 1.0)
+) -> Any:
+    """What a model's head means, by its label map's task: class probabilities (single_label, calibrated by
+    ``temperature``), one probability per label (multi_label) or the predicted number (regression: the
+    standardised output times the training targets' std plus their mean, ``scale``), rows × outputs in fp32.
+    numpy in, numpy out; a torch tensor stays on its device (a CUDA graph captures this too)."""
+    if task == "single_label":
+        return softmax(logits, temperature)
+    if task == "multi_label":
+        return sigmoid(logits)
+    if task == "regression":
+        mean, std = scale
+        if isinstance(logits, np.ndarray):
+            return logits.astype(np.float32, copy=False) * np.float32(std) + np.float32(mean)
+        return logits.float() * std + mean
+    raise ValueError(f"unknown task {task!r}")

@@ -50,14 +50,49 @@ class EvalStrategy(StrEnum):
     STEPS = "steps"
 
 
+class Task(StrEnum):
+    """What a run learns from each text: one label, any number of labels, or a number."""
+
+    SINGLE_LABEL = "single_label"
+    MULTI_LABEL = "multi_label"
+    REGRESSION = "regression"
+
+
 class BestMetric(StrEnum):
     ACCURACY = "accuracy"
     MACRO_F1 = "macro_f1"
     LOSS = "loss"
+    MICRO_F1 = "micro_f1"
+    SUBSET_ACCURACY = "subset_accuracy"
+    RMSE = "rmse"
+    MAE = "mae"
+    PEARSON = "pearson"
+    SPEARMAN = "spearman"
 
     @property
     def greater_is_better(self) -> bool:
-        return self is not BestMetric.LOSS
+        return self not in (BestMetric.LOSS, BestMetric.RMSE, BestMetric.MAE)
+
+
+# The validation metrics each task reports (eval_<name>), the first its default for ranking checkpoints.
+TASK_METRICS: dict[Task, tuple[BestMetric, ...]] = {
+    Task.SINGLE_LABEL: (BestMetric.ACCURACY, BestMetric.MACRO_F1, BestMetric.LOSS),
+    Task.MULTI_LABEL: (BestMetric.MICRO_F1, BestMetric.MACRO_F1, BestMetric.SUBSET_ACCURACY, BestMetric.LOSS),
+    Task.REGRESSION: (
+        BestMetric.RMSE,
+        BestMetric.MAE,
+        BestMetric.PEARSON,
+        BestMetric.SPEARMAN,
+        BestMetric.LOSS,
+    ),
+}
+
+
+def check_task_metric(task: Task, metric: BestMetric, field: str) -> None:
+    """ValueError naming ``field`` when ``task`` reports no ``metric``."""
+    if metric not in TASK_METRICS[task]:
+        known = ", ".join(m.value for m in TASK_METRICS[task])
+        raise ValueError(f"{field}: {task.value} runs report {known}, not {metric.value!r}")
 
 
 # Upper bounds a real run never reaches. They keep a submitted config from taking a worker: a queued job
@@ -131,6 +166,25 @@ class DataSection(_Section):
         min_length=1,
         max_length=128,
         description="Column holding the label (128 characters).",
+    )
+    text_pair_column: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "Column holding a second text for sentence-pair tasks (NLI, paraphrase, STS; 128 characters): each "
+            "row is read as the pair (text, text_pair), joined by the tokenizer's separator, and prediction takes "
+            "both texts. Unset: one text per row."
+        ),
+    )
+    label_delimiter: str = Field(
+        default=",",
+        min_length=1,
+        max_length=8,
+        description=(
+            "task: multi_label only: what separates a row's labels in its label cell ('sports,politics'); a cell "
+            "may also hold a JSON list ('[\"sports\", \"politics\"]', '[]' for none). 1-8 characters."
+        ),
     )
     label_names: list[Annotated[str, Field(max_length=256)]] | None = Field(
         default=None,
@@ -341,7 +395,12 @@ class TrainingSection(_Section):
         description="Steps between evaluations when eval_strategy is 'steps'; 1 to 10,000,000.",
     )
     metric_for_best_model: BestMetric = Field(
-        default=BestMetric.ACCURACY, description="Validation metric that ranks checkpoints."
+        default=BestMetric.ACCURACY,
+        description=(
+            "Validation metric that ranks checkpoints (and early stopping). single_label: accuracy, macro_f1, loss; "
+            "multi_label: micro_f1 (its default), macro_f1, subset_accuracy, loss; regression: rmse (its default), "
+            "mae, pearson, spearman, loss. loss, rmse and mae rank lower as better."
+        ),
     )
     early_stopping_patience: int | None = Field(
         default=None,
@@ -509,6 +568,22 @@ class TrainConfig(_Section):
         default_factory=RegistrySection,
         description="Registration of the final adapter as a model version, and what its model card says.",
     )
+    task: Task = Field(
+        default=Task.SINGLE_LABEL,
+        description=(
+            "single_label: one label per row (softmax over the labels). multi_label: any number of labels per row "
+            "(a delimited or JSON-list label cell; a sigmoid per label, each label predicted above its threshold). "
+            "regression: a number per row (the label column holds the target; mean squared error)."
+        ),
+    )
+    thresholds: Literal["tune"] | Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.5,
+        description=(
+            "task: multi_label only: the probability above which a label is predicted, one number for every "
+            "label (above 0, below 1), or 'tune' for each label's F1-best threshold on the validation set. Stored "
+            "with the model (label_map.json) and applied by every runtime."
+        ),
+    )
     calibration: Literal["temperature", "none"] = Field(
         default="temperature",
         description=(
@@ -518,6 +593,18 @@ class TrainConfig(_Section):
             "and the model card report the expected calibration error before and after. 'none' skips it."
         ),
     )
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> TrainConfig:
+        # A run that names no metric ranks by its task's first one; a named one must be the task's.
+        metric = self.training.metric_for_best_model
+        if (
+            "metric_for_best_model" not in self.training.model_fields_set
+            and metric not in TASK_METRICS[self.task]
+        ):
+            self.training.metric_for_best_model = TASK_METRICS[self.task][0]
+        check_task_metric(self.task, self.training.metric_for_best_model, "training.metric_for_best_model")
+        return self
 
     @model_validator(mode="after")
     def _quantization_needs_cuda(self) -> TrainConfig:
@@ -587,7 +674,8 @@ def format_validation_error(error: ValidationError) -> str:
             message = "unknown field (check the spelling; `finetune config schema` lists every field)"
         elif problem["type"] == "missing":
             message = "field required"
-        line = f"{field}: {message}"
+        # a check of the whole config names its field in the message itself
+        line = message if not problem["loc"] else f"{field}: {message}"
         if (
             problem["type"] not in {"missing"}
             and "input" in problem
