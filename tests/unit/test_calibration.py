@@ -76,3 +76,26 @@ def test_the_stored_temperature_is_read_back_and_a_bad_one_ignored(tmp_path):
     assert read_temperature(tmp_path) == 1.8
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "temperature", "temperature": 1e6}))
     assert read_temperature(tmp_path) == 1.0
+
+
+def test_the_reliability_diagram_draws_each_bins_accuracy(tmp_path):
+    from PIL import Image
+
+    from finetune_platform.training.calibration import MARGIN, PANEL, reliability_png
+
+    # every row 0.9 confident (logit gap ln 9) and right: one bar, 0.8-0.867 of confidence, reaching accuracy 1
+    logits = np.tile([[np.log(9.0), 0.0]], (30, 1))
+    labels = np.zeros(30, dtype=int)
+    calibration = calibrate(logits, labels)
+    path = reliability_png(logits, labels, calibration, tmp_path / "reliability.png")
+    image = Image.open(path).convert("RGB")
+    assert image.size == (2 * (PANEL + 2 * MARGIN), PANEL + 2 * MARGIN)
+
+    def pixel(panel: int, confidence: float, accuracy: float) -> tuple[int, int, int]:
+        left = panel * (PANEL + 2 * MARGIN) + MARGIN
+        return image.getpixel((round(left + confidence * PANEL), round(MARGIN + (1 - accuracy) * PANEL)))
+
+    bar = (31, 119, 180)
+    for panel in (0, 1):  # a model right on every row keeps T = 1: the same bar after scaling
+        assert pixel(panel, 0.9, 0.5) == bar and pixel(panel, 0.9, 0.98) == bar
+        assert pixel(panel, 0.3, 0.5) == (255, 255, 255)  # no rows there: no bar
