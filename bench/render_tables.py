@@ -669,17 +669,22 @@ def _tasks(record: dict) -> list[str]:
     note = (
         f"{machine_line(record)}, {day(record)}; MiniLM, LoRA r {recipe['lora_r']} on "
         f"{'/'.join(recipe['target_modules'])}, {setup['train_rows']:,} training rows (train.tsv), "
-        f"{setup['eval_rows']:,} evaluation rows (dev.tsv), {recipe['epochs']:g} epochs, batch "
-        f"{recipe['batch_size']}, learning rate {recipe['learning_rate']:g}, max length {recipe['max_length']}; "
-        f"medians over seeds {seeds}"
+        f"{setup['eval_rows']:,} evaluation rows (dev.tsv), {recipe['epochs']:g} "
+        f"epoch{'s' * (recipe['epochs'] != 1)}, batch {recipe['batch_size']}, learning rate "
+        f"{recipe['learning_rate']:g}, max length {recipe['max_length']}; "
+        f"{f'medians over seeds {seeds}' if len(setup['seeds']) > 1 else f'seed {seeds}'}"
     )
     if precision:
         note += f"; platform precision {', '.join(sorted(precision))}"
-    return [
-        f"*{note}*",
-        "",
-        *table(["side", *metrics.values(), "train s"], rows),
-    ]
+    lines = [f"*{note}*", "", *table(["side", *metrics.values(), "train s"], rows)]
+    agreement = results.get("platform", {}).get("reported_max_difference")
+    if agreement is not None:
+        lines += [
+            "",
+            "Both sides are scored by the same code on the same rows; the platform's own evaluation (its "
+            f"metrics.json) differs from that scoring of its saved adapter by at most {agreement:.4f}.",
+        ]
+    return lines
 
 
 def tasks_multilabel(record: dict) -> str:
