@@ -641,6 +641,74 @@ def calibration(record: dict) -> str:
     return "\n".join(lines)
 
 
+TASK_METRICS = {
+    "multilabel": {"micro_f1": "micro-F1", "macro_f1": "macro-F1", "subset_accuracy": "subset accuracy"},
+    "sts": {"rmse": "RMSE", "mae": "MAE", "pearson": "Pearson", "spearman": "Spearman"},
+}
+TASK_SIDES = {"baseline": "HF Trainer + PEFT", "platform": "**platform**"}
+
+
+def _tasks(record: dict) -> list[str]:
+    """bench/tasks.py's result: each side's medians over the seeds, the platform's difference, the setup."""
+    setup, results = record["setup"], record["results"]
+    recipe, metrics = setup["recipe"], TASK_METRICS[setup["dataset"]]
+    rows = [
+        [TASK_SIDES[side], *(f"{results[side]['metrics'][key]:.4f}" for key in metrics),
+         f"{results[side]['train_seconds']:.1f}"]
+        for side in TASK_SIDES
+        if side in results
+    ]  # fmt: skip
+    if "difference" in results:
+        difference = results["difference"]
+        rows.append(
+            ["platform − baseline", *(f"{difference[key]:+.4f}".replace("-", "−") for key in metrics),
+             times(difference["train_seconds_ratio"])]
+        )  # fmt: skip
+    seeds = ", ".join(str(seed) for seed in setup["seeds"])
+    precision = {run.get("precision") for run in results.get("platform", {}).get("runs", [])} - {None}
+    note = (
+        f"{machine_line(record)}, {day(record)}; MiniLM, LoRA r {recipe['lora_r']} on "
+        f"{'/'.join(recipe['target_modules'])}, {setup['train_rows']:,} training rows (train.tsv), "
+        f"{setup['eval_rows']:,} evaluation rows (dev.tsv), {recipe['epochs']:g} "
+        f"epoch{'s' * (recipe['epochs'] != 1)}, batch {recipe['batch_size']}, learning rate "
+        f"{recipe['learning_rate']:g}, max length {recipe['max_length']}; "
+        f"{f'medians over seeds {seeds}' if len(setup['seeds']) > 1 else f'seed {seeds}'}"
+    )
+    if precision:
+        note += f"; platform precision {', '.join(sorted(precision))}"
+    lines = [f"*{note}*", "", *table(["side", *metrics.values(), "train s"], rows)]
+    agreement = results.get("platform", {}).get("reported_max_difference")
+    if agreement is not None:
+        lines += [
+            "",
+            "Both sides are scored by the same code on the same rows; the platform's own evaluation (its "
+            f"metrics.json) differs from that scoring of its saved adapter by at most {agreement:.4f}.",
+        ]
+    return lines
+
+
+def tasks_multilabel(record: dict) -> str:
+    setup = record["setup"]
+    train, evaluation = setup["train_counts"], setup["eval_counts"]
+    counts = ", ".join(f"{name} {train[name]:,} / {evaluation[name]:,}" for name in train)
+    thresholds = setup["thresholds"]
+    return "\n".join(
+        [
+            *_tasks(record),
+            "",
+            f"Rows carrying each label (training / evaluation): {counts}. A label is predicted above "
+            f"{thresholds['baseline']:g} (the platform: `thresholds: {thresholds['platform']}`).",
+        ]
+    )
+
+
+def tasks_sts(record: dict) -> str:
+    setup = record["setup"]
+    train, evaluation = setup["train_counts"], setup["eval_counts"]
+    counts = ", ".join(f"{band} {train[band]:,} / {evaluation[band]:,}" for band in train)
+    return "\n".join([*_tasks(record), "", f"Pairs per score band (training / evaluation): {counts}."])
+
+
 def gpu_serve_side_by_side(record: dict) -> str:
     before, after = record["before"], record["after"]
     rows = []
@@ -708,6 +776,8 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "sweep": sweep,
     "calibration": calibration,
     "gpu_serve_side_by_side": gpu_serve_side_by_side,
+    "tasks_multilabel": tasks_multilabel,
+    "tasks_sts": tasks_sts,
 }
 
 
