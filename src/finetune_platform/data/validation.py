@@ -599,7 +599,9 @@ class _FileScan:
         for value, labels in parsed.items():
             if isinstance(labels, str):
                 continue
-            self.label_types.update(type(label) for label in labels)
+            # a label outside the declared set is reported as unknown, not as another type of label
+            known = labels if self.declared is None else [label for label in labels if label in self.declared]
+            self.label_types.update(type(label) for label in known)
             ordered = tuple(_label_order(list(labels)))
             codes_of[value] = self._code(ordered, json.dumps([str(label) for label in ordered]))
             if self.declared is not None:
