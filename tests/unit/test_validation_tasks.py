@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune_platform.cli import app
+from finetune_platform.data.analysis import analyze_file
 from finetune_platform.data.loading import DatasetFileError, LabelMap, iter_chunks
 from finetune_platform.data.splits import load_splits
 from finetune_platform.data.validation import (
@@ -598,3 +599,62 @@ def test_validation_in_a_child_process_takes_the_task_options(tmp_path):
     assert file_report["issues"][0]["message"] == (
         "1 row(s) have a label that is not a finite number: row 3: label 'abc' is not a number"
     )
+
+
+# -- analysis ----------------------------------------------------------------------------------------
+def test_analysis_counts_each_label_of_a_multi_label_row(tmp_path):
+    rows = [
+        ("goals and rain", "sports,weather"),
+        ("a vote", '["politics"]'),
+        ("quiet day", "[]"),
+        ("x", "a,,b"),
+    ]
+    analysis = analyze_file(write_csv(tmp_path / "d.csv", rows), task="multi_label", out_dir=tmp_path / "out")
+    assert analysis["rows"] == 3  # the malformed row is left out; the row without labels counts
+    assert analysis["labels"] == {
+        "politics": {"rows": 1, "share": 0.3333},
+        "sports": {"rows": 1, "share": 0.3333},
+        "weather": {"rows": 1, "share": 0.3333},
+    }
+    assert analysis["top_tokens"]["weather"] == [["goals", 1], ["rain", 1]]
+    assert "labels.png" in analysis["plots"]
+
+
+def test_analysis_of_regression_pairs_has_a_target_histogram_and_reads_both_texts(tmp_path, minilm_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    records = [{"a": "red apple", "b": "green pear", "score": v} for v in ("1", "3", "oops", "5")]
+    path = write_pairs(tmp_path / "sts.jsonl", records)
+    analysis = analyze_file(
+        path,
+        "a",
+        "score",
+        task="regression",
+        text_pair_column="b",
+        tokenizer=tokenizer,
+        out_dir=tmp_path / "out",
+    )
+    assert analysis["rows"] == 3
+    assert analysis["target"]["min"] == 1.0 and analysis["target"]["max"] == 5.0
+    assert analysis["target"]["mean"] == 3.0 and sum(analysis["target"]["counts"]) == 3
+    assert analysis["top_tokens"]["all"] == [["red", 3], ["apple", 3], ["green", 3], ["pear", 3]]
+    assert analysis["char_length"]["max"] == len("red apple") + len("green pear")
+    assert analysis["token_length"]["max"] == len(tokenizer("red apple", "green pear")["input_ids"])
+    assert sorted(analysis["plots"]) == [
+        "char_lengths.png",
+        "target.png",
+        "token_lengths.png",
+        "top_tokens.png",
+    ]
+
+
+def test_data_analyze_takes_the_task_options(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("goals", "sports|weather"), ("votes", "politics")])
+    arguments = ["data", "analyze", str(path), "--out", str(tmp_path / "out"), "--model", "none", "--json"]
+    result = CliRunner().invoke(app, [*arguments, "--task", "multi_label", "--label-delimiter", "|"])
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.output)["labels"]) == ["politics", "sports", "weather"]
+    wrong = CliRunner().invoke(app, [*arguments, "--task", "ranking"])
+    assert wrong.exit_code != 0
+    assert "--task 'ranking' is not one of single_label, multi_label, regression" in wrong.output
