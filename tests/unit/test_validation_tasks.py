@@ -487,6 +487,18 @@ def test_multi_label_with_declared_names_maps_names_and_indices(tmp_path):
     assert set(splits.train["label_id"]) | set(splits.validation["label_id"]) == {(1,), (0, 1), ()}
 
 
+def test_multi_label_refuses_training_rows_with_fewer_than_two_labels(tmp_path):
+    rows = [(f"t{i}", "a") for i in range(6)] + [(f"u{i}", "b,a") for i in range(6)]
+    with pytest.raises(DatasetError) as caught:
+        load_splits(
+            write_csv(tmp_path / "d.csv", rows), "text", "label", task="multi_label", max_train_rows=6
+        )
+    assert str(caught.value) == (
+        "the first 6 training rows hold only the label 'a'; a multi-label classifier needs two: raise "
+        "data.max_train_rows or shuffle the file"
+    )
+
+
 def test_regression_splits_carry_float_targets_and_the_training_scale(tmp_path):
     rows = [(f"t{i}", f"{i * 0.5}") for i in range(100)]
     splits = load_splits(
