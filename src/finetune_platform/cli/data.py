@@ -27,6 +27,29 @@ LabelColumn = Annotated[
         "--label-column", help="Column with the label (default: the config's, a version's, or 'label')."
     ),
 ]
+TaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="single_label (one label per row), multi_label (a JSON list or delimited labels per row) or "
+        "regression (a number per row); default: the config's, or single_label.",
+    ),
+]
+TextPairColumn = Annotated[
+    str | None,
+    typer.Option(
+        "--text-pair-column",
+        help="Column with a second text per row (sentence pairs: NLI, paraphrase, STS); default: the config's, "
+        "or none.",
+    ),
+]
+LabelDelimiter = Annotated[
+    str | None,
+    typer.Option(
+        "--label-delimiter",
+        help="multi_label: what separates a row's labels ('a,b'); default: the config's, or ','.",
+    ),
+]
 
 
 def _tokenizer(model: str | None):
@@ -53,11 +76,15 @@ def data_validate(
     config_path: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="Take files, columns, labels, model and max_length from a training config."
+            "--config",
+            help="Take files, columns, task, labels, model and max_length from a training config.",
         ),
     ] = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
+    task: TaskOption = None,
+    text_pair_column: TextPairColumn = None,
+    label_delimiter: LabelDelimiter = None,
     label_names: Annotated[
         str | None,
         typer.Option("--label-names", help="Declared labels, comma-separated (e.g. negative,positive)."),
@@ -97,6 +124,9 @@ def data_validate(
             validation_file = validation_file or config.data.validation_file
             text_column = text_column or config.data.text_column
             label_column = label_column or config.data.label_column
+            task = task or config.task.value
+            text_pair_column = text_pair_column or config.data.text_pair_column
+            label_delimiter = label_delimiter or config.data.label_delimiter
             declared = declared or config.data.label_names
             model = model or config.model.base_model
             max_length = max_length or config.model.max_length
@@ -109,6 +139,9 @@ def data_validate(
         options = ValidationOptions(
             text_column=text_column or "text",
             label_column=label_column or "label",
+            task=task or "single_label",
+            text_pair_column=text_pair_column,
+            label_delimiter=label_delimiter or ",",
             label_names=declared,
             tokenizer=_tokenizer(model),
             max_length=max_length if model else None,
@@ -133,6 +166,9 @@ def data_analyze(
     ),
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
+    task: TaskOption = None,
+    text_pair_column: TextPairColumn = None,
+    label_delimiter: LabelDelimiter = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Tokenizer for token lengths ('none' to skip them).")
     ] = "minilm",
@@ -144,8 +180,11 @@ def data_analyze(
     """Analyse a dataset: labels, length histograms, vocabulary, top tokens per class (JSON + PNG plots)."""
     # lazy: pandas and pyarrow, kept off the start of every finetune command
     from finetune_platform.data.analysis import analyze_file
+    from finetune_platform.data.validation import TASKS
 
     try:
+        if task not in (None, *TASKS):
+            raise ConfigError(f"--task {task!r} is not one of {', '.join(TASKS)}")
         analysis = analyze_file(
             file,
             text_column or "text",
@@ -153,6 +192,9 @@ def data_analyze(
             out_dir=out,
             tokenizer=_tokenizer(None if model == "none" else model),
             max_length=max_length,
+            task=task or "single_label",
+            text_pair_column=text_pair_column,
+            label_delimiter=label_delimiter or ",",
         )
     except PlatformError as error:
         raise fail(error) from None
@@ -163,6 +205,11 @@ def data_analyze(
     for label, info in analysis["labels"].items():
         top = ", ".join(word for word, _ in analysis["top_tokens"][label][:8])
         typer.echo(f"  {label:<12} {info['rows']:>8} rows ({info['share']:.1%})  top: {top}")
+    if analysis["target"]:
+        target = analysis["target"]
+        typer.echo(
+            f"  target: {target['min']:g} to {target['max']:g}, mean {target['mean']:g}, std {target['std']:g}"
+        )
     chars = analysis["char_length"]
     typer.echo(f"  characters: mean {chars['mean']}, p95 {chars['p95']}, max {chars['max']}")
     if analysis["token_length"]:
