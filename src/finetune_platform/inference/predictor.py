@@ -290,20 +290,22 @@ class Classifier:
         most = (limit + 1) * CHARS_PER_TOKEN
         clipped = [text[:most] for text in texts]
         clipped_pairs = None if pairs is None else [pair[:most] for pair in pairs]
-        encoded = self.tokenizer(clipped, clipped_pairs, truncation=True, max_length=limit + 1)["input_ids"]
+        encoded = self._tokens(clipped, clipped_pairs, limit + 1)
         over = [len(ids) > limit or len(text) > most for ids, text in zip(encoded, texts, strict=True)]
         if pairs is not None:
             over = [cut or len(pair) > most for cut, pair in zip(over, pairs, strict=True)]
         if any(over):
-            cut = self.tokenizer(
-                [t for t, o in zip(clipped, over, strict=True) if o],
-                None if clipped_pairs is None else [p for p, o in zip(clipped_pairs, over, strict=True) if o],
-                truncation=True,
-                max_length=limit,
+            kept_pairs = (
+                None if clipped_pairs is None else [p for p, o in zip(clipped_pairs, over, strict=True) if o]
             )
-            replacement = iter(cut["input_ids"])
+            cut = self._tokens([t for t, o in zip(clipped, over, strict=True) if o], kept_pairs, limit)
+            replacement = iter(cut)
             encoded = [next(replacement) if o else ids for ids, o in zip(encoded, over, strict=True)]
         return encoded, over
+
+    def _tokens(self, texts: list[str], pairs: list[str] | None, max_length: int) -> list[list[int]]:
+        """Token ids of each text (with its pair), truncated to ``max_length``: how training tokenises."""
+        return self.tokenizer(texts, text_pair=pairs, truncation=True, max_length=max_length)["input_ids"]
 
     def _padded(self, rows: list[list[int]]) -> tuple[Any, Any]:
         """Token ids and attention mask (int64 numpy) of ``rows`` padded to the longest."""
