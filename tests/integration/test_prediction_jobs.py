@@ -112,6 +112,8 @@ def test_a_prediction_job_writes_every_row_with_the_models_own_answers(env, text
         (["--model", "pj-model@9"], 1, "model 'pj-model' has no version 9"),
         (["--model", "pj-model", "--text-column", "body"], 2,
          "input to-predict.csv: no column 'body' (columns: review, label); choose the text column"),
+        (["--model", "pj-model", "--text-column", "review", "--text-pair-column", "hypothesis"], 2,
+         "input to-predict.csv: no column 'hypothesis' (columns: review, label); choose the text pair column"),
     ],
 )  # fmt: skip
 def test_a_bad_prediction_submission_says_why_and_queues_nothing(env, texts_file, arguments, code, message):

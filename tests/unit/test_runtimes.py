@@ -32,6 +32,7 @@ from finetune_platform.inference.runtimes import (
 from finetune_platform.inference.torch_host import TorchHost
 from finetune_platform.settings import Settings
 from tests.conftest import finetune_bin
+from tests.task_models import LABEL_MAPS, reference_outputs, task_source, write_task_adapter
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "finetune_platform"
 TEXTS = [
@@ -40,7 +41,10 @@ TEXTS = [
     "fine.",
     "the best thing I have seen this year " * 3,
 ]
+PAIRS = ["the acting", "music and story", "a long story about nothing at all " * 4, "fine"]
 LABELS = ("neg", "pos")
+# the one-text classifier of the fixtures below, then a model of each other task, and pairs
+KINDS = ("single_label", "multi_label", "regression", "pair_regression")
 
 
 def write_adapter(folder: Path, base: Path, seed: int = 0, **lora) -> Path:
@@ -88,6 +92,26 @@ def dora(tiny_bert, tmp_path_factory) -> AdapterSource:
 @pytest.fixture(scope="module")
 def reference(plain) -> list:
     return Predictor.of(plain, merge=True).predict(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def task_sources(plain, tiny_bert, tmp_path_factory) -> dict[str, AdapterSource]:
+    sources = {"single_label": plain}
+    for kind in KINDS[1:]:
+        folder = write_task_adapter(tmp_path_factory.mktemp(kind), tiny_bert, LABEL_MAPS[kind], seed=3)
+        sources[kind] = task_source(folder, tiny_bert, f"{kind}@1")
+    return sources
+
+
+@pytest.fixture(scope="module")
+def task_references(task_sources) -> dict[str, tuple[list, object]]:
+    """Per kind: the merged PyTorch predictor's answers, and ``softmax.outputs`` of a plain pass's logits."""
+    answers = {}
+    for kind, source in task_sources.items():
+        pairs = PAIRS if source.label_map.pair else None
+        predicted = Predictor.of(source, merge=True).predict(TEXTS, pairs=pairs)
+        answers[kind] = (predicted, reference_outputs(source, TEXTS, pairs))
+    return answers
 
 
 def test_users_set_the_runtimes_the_settings_allow_and_every_name_has_a_constructor():
@@ -148,28 +172,50 @@ def test_the_command_line_refuses_a_bad_runtime_naming_the_option(command, tmp_p
 
 @pytest.mark.parametrize("merged", [True, False], ids=["merged", "adapters"])
 @pytest.mark.parametrize("name", ["onnx", "onnx-int8", "torch"])
-def test_every_runtime_answers_as_the_merged_predictor(plain, reference, name, merged):
-    host = open_runtime(plain, name, merged=merged)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_runtime_answers_as_the_merged_predictor(task_sources, task_references, kind, name, merged):
+    """Each task's outputs (softmax, a sigmoid per label, the scaled number; pairs tokenised together) are the
+    same on every runtime, and are ``softmax.outputs`` of the model's logits."""
+    source = task_sources[kind]
+    reference, expected = task_references[kind]
+    pairs = PAIRS if source.label_map.pair else None
+    host = open_runtime(source, name, merged=merged)
     assert isinstance(host, Runtime)
     assert isinstance(host, OnnxHost if name.startswith("onnx") else TorchHost)
-    assert (host.runtime, host.merged, list(host.adapters)) == (name, merged, [plain.key])
-    assert host.accepts(plain) is not merged  # a merged model serves its one adapter only
-    got = host.predict_with(plain.key, TEXTS, batch_size=3)
+    assert (host.runtime, host.merged, list(host.adapters)) == (name, merged, [source.key])
+    assert host.accepts(source) is not merged  # a merged model serves its one adapter only
+    got = host.predict_with(source.key, TEXTS, batch_size=3, pairs=pairs)
     assert [p.truncated for p in got] == [p.truncated for p in reference]
     tolerance = 0.05 if name == "onnx-int8" else 2e-5
-    for ours, theirs in zip(got, reference, strict=True):
+    for ours, theirs, outputs_row in zip(got, reference, expected.tolist(), strict=True):
+        assert ours.task == theirs.task == source.label_map.task
+        if ours.task == "regression":
+            scale = max(1.0, abs(theirs.value)) * (4 if name == "onnx-int8" else 1)
+            assert ours.value == pytest.approx(theirs.value, abs=tolerance * scale)
+            assert theirs.value == pytest.approx(outputs_row[0], abs=2e-5 * scale)
+            assert (ours.probability, ours.probabilities) == (None, {})
+            continue
         assert ours.probabilities == pytest.approx(theirs.probabilities, abs=tolerance)
+        assert list(theirs.probabilities.values()) == pytest.approx(outputs_row, abs=2e-5)
         if name != "onnx-int8":
             assert ours.label == theirs.label
+            assert [label for label, _ in ours.labels] == [label for label, _ in theirs.labels]
 
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="CUDA graphs need CUDA")
-def test_cuda_graphs_answer_as_the_eager_pass(plain, reference):  # pragma: no cover - GPU machines only
-    host = open_runtime(plain, "torch", Placement("cuda", cuda_graphs=True, max_rows=8), merged=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_graphs_answer_as_the_eager_pass(
+    task_sources, task_references, kind
+):  # pragma: no cover - GPU only
+    source = task_sources[kind]
+    pairs = PAIRS if source.label_map.pair else None
+    host = open_runtime(source, "torch", Placement("cuda", cuda_graphs=True, max_rows=8), merged=True)
     assert (host.runtime, host.merged) == ("torch+cuda-graphs", True)
-    got = host.predict_with(plain.key, TEXTS)
-    for ours, theirs in zip(got, reference, strict=True):
+    got = host.predict_with(source.key, TEXTS, pairs=pairs)
+    for ours, theirs in zip(got, task_references[kind][0], strict=True):
         assert ours.probabilities == pytest.approx(theirs.probabilities, abs=0.02)
+        if ours.task == "regression":  # bf16 on the GPU: within 2% of the value (or of 1)
+            assert ours.value == pytest.approx(theirs.value, abs=0.02 * max(1.0, abs(theirs.value)))
 
 
 @pytest.mark.parametrize("merged", [True, False], ids=["merged", "adapters"])

@@ -45,6 +45,14 @@ def predict(
     text: Annotated[
         list[str] | None, typer.Option("--text", "-t", help="A text to classify (repeatable).")
     ] = None,
+    text_pair: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text-pair",
+            help="The second text of each --text, in the same order, for a model trained on text pairs "
+            "(repeatable: one per --text; required by such a model, refused by a model of one text).",
+        ),
+    ] = None,
     input_file: Annotated[
         Path | None, typer.Option("--input", "-i", help=f"File of texts: {SUFFIXES_TEXT}.")
     ] = None,
@@ -52,8 +60,21 @@ def predict(
         Path | None, typer.Option("--output", "-o", help="Where to write predictions (CSV).")
     ] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text.")] = "text",
+    text_pair_column: Annotated[
+        str | None,
+        typer.Option(
+            "--text-pair-column",
+            help="Column holding the second text of each row, for a model trained on text pairs (required by "
+            "such a model, refused by a model of one text).",
+        ),
+    ] = None,
     label_column: Annotated[
-        str, typer.Option("--label-column", help="If present, accuracy against this column is reported.")
+        str,
+        typer.Option(
+            "--label-column",
+            help="If present, the predictions are scored against this column: accuracy (single-label), subset "
+            "accuracy (multi-label: a JSON list or ','-separated labels) or RMSE (regression).",
+        ),
     ] = "label",
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, max=4096, help="Texts per forward pass.")
@@ -63,12 +84,14 @@ def predict(
     """Classify texts: --text for a few (JSON out), or --input FILE --output predictions.csv for many.
 
     JSON as POST /predict answers: `label` (the class id), `probability`, `latency_ms`, `base_model`,
-    `language`, then `label_name`, `probabilities`, `truncated`, `model`, `version`.
-    A CSV has a `label` column (the class id) and a `label_name` column."""
+    `language`, then `label_name`, `probabilities`, `truncated`, `model`, `version` (a multi-label model's adds
+    `task` and `labels`, a regression model's `task` and `value`).
+    A CSV has a `label` column (the class id) and a `label_name` column; a multi-label model's `labels` (those
+    above their thresholds, ','-joined) and `probabilities` (JSON); a regression model's `value`."""
     # lazy: tqdm and the inference stack (torch, onnxruntime), kept off the start of every finetune command
     from tqdm import tqdm
 
-    from finetune_platform.inference.batch import predict_file, read_texts
+    from finetune_platform.inference.batch import check_pair_input, predict_file, read_rows
     from finetune_platform.inference.pool import open_one
     from finetune_platform.inference.predictor import (
         answer,
@@ -87,6 +110,12 @@ def predict(
             raise ConfigError("give either --text (repeatable) or --input FILE with --output FILE")
         if input_file is not None and output is None:
             raise ConfigError("--input needs --output (a .csv path for the predictions)")
+        if text_pair and len(text_pair) != len(text or []):
+            raise ConfigError(
+                f"--text-pair: {len(text_pair)} given for {len(text or [])} --text; give one per --text"
+            )
+        if text_pair_column is not None and input_file is None:
+            raise ConfigError("--text-pair-column goes with --input; with --text, give --text-pair")
         checked_choice(runtime, "--runtime")
         config = settings()
         if model is not None:
@@ -96,17 +125,20 @@ def predict(
             say_checkpoint(source, run)
         predictor = open_one(config, source, runtime, setting="--runtime")
         if text:
+            check_pair_input(predictor, bool(text_pair), "--text-pair")
             started = time.perf_counter()
-            rows = predictor.predict(list(text), batch_size)
+            rows = predictor.predict(list(text), batch_size, list(text_pair) if text_pair else None)
             latency = round((time.perf_counter() - started) * 1000, 2)  # all the texts, classified together
             answers = [answer(prediction, predictor.info, latency) for prediction in rows]
             typer.echo(json.dumps(answers, indent=2))
             return
-        texts, labels = read_texts(input_file, text_column, label_column)
-        with tqdm(total=len(texts), desc="predicting", unit="text", dynamic_ncols=True) as bar:
+        check_pair_input(predictor, text_pair_column is not None, "--text-pair-column")
+        inputs = read_rows(input_file, text_column, label_column, text_pair_column)
+        with tqdm(total=len(inputs.texts), desc="predicting", unit="text", dynamic_ncols=True) as bar:
             summary = predict_file(
-                predictor, texts, labels, output, batch_size, lambda done, _: bar.update(done - bar.n)
-            )
+                predictor, inputs.texts, inputs.labels, output, batch_size,
+                lambda done, _: bar.update(done - bar.n), inputs.pairs, "--text-pair-column",
+            )  # fmt: skip
         typer.echo(summary.describe(output))
     except PlatformError as error:
         raise fail(error) from None

@@ -108,6 +108,13 @@ def jobs_predict(
     ],
     input_file: Annotated[Path, typer.Option("--input", "-i", help=f"File of texts: {SUFFIXES_TEXT}.")],
     text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text.")] = "text",
+    text_pair_column: Annotated[
+        str | None,
+        typer.Option(
+            "--text-pair-column",
+            help="Column holding the second text of each row, for a model trained on text pairs.",
+        ),
+    ] = None,
     label_column: Annotated[
         str, typer.Option("--label-column", help="If present, accuracy against this column is reported.")
     ] = "label",
@@ -134,6 +141,7 @@ def jobs_predict(
                 text_column=text_column,
                 label_column=label_column,
                 idempotency_key=idempotency_key,
+                text_pair_column=text_pair_column,
             )
             if submission.created:
                 audit(

@@ -4,6 +4,8 @@ per input row atomically. Used by `finetune predict --input` and by queued predi
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import re
 import tempfile
@@ -36,16 +38,36 @@ class FileSummary:
     empty: int
     truncated: int
     max_length: int
-    accuracy: float | None  # against the label column, when the input has one
+    # against the label column, when the input has one: single_label accuracy, multi_label subset accuracy
+    # (the exact label set), regression the RMSE (``rmse``; accuracy None)
+    accuracy: float | None
+    task: str = "single_label"
+    rmse: float | None = None
+    scored: int | None = (
+        None  # rows scored against the label column (multi_label, regression: those it parses)
+    )
 
     def describe(self, output: Path) -> str:
         text = (
             f"wrote {self.rows} rows to {output} ({self.predicted} predicted, {self.empty} empty, "
             f"{self.truncated} truncated at {self.max_length} tokens)"
         )
+        scored = self.predicted if self.scored is None else self.scored
         if self.accuracy is not None:
-            text += f"\naccuracy against the {self.predicted} labelled rows: {self.accuracy:.4f}"
+            what = "subset accuracy (exact label sets)" if self.task == "multi_label" else "accuracy"
+            text += f"\n{what} against the {scored} labelled rows: {self.accuracy:.4f}"
+        if self.rmse is not None:
+            text += f"\nRMSE against the {scored} labelled rows: {self.rmse:.4f}"
         return text
+
+
+@dataclass(frozen=True)
+class InputRows:
+    """A file's texts, its label column (None when it has none) and its pair column (None when not read)."""
+
+    texts: list[str]
+    labels: list[Any] | None
+    pairs: list[str] | None = None
 
 
 def _delimited(path: Path, fmt: DatasetFormat, head: bool) -> Any:
@@ -111,28 +133,55 @@ def _read(path: Path, head: bool = False) -> Any:
     return READERS[fmt](path, fmt, head)
 
 
-def check_columns(path: Path, text_column: str) -> list[str]:
+def _missing(path: Path, columns: list[str], column: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"input {path.name}: no column {column!r} (columns: {', '.join(columns)}); choose the {what} column"
+    )
+
+
+def check_columns(path: Path, text_column: str, text_pair_column: str | None = None) -> list[str]:
     """The file's columns, read from its first rows only; ConfigError unless it exists, has a known
-    format and has ``text_column``."""
+    format and has ``text_column`` (and ``text_pair_column``, when given)."""
     columns = [str(column) for column in _read(path, head=True).columns]
     if text_column not in columns:
-        raise ConfigError(
-            f"input {path.name}: no column {text_column!r} (columns: {', '.join(columns)}); choose the text column"
-        )
+        raise _missing(path, columns, text_column, "text")
+    if text_pair_column is not None and text_pair_column not in columns:
+        raise _missing(path, columns, text_pair_column, "text pair")
     return columns
+
+
+def _cells(frame: Any, column: str) -> list[str]:
+    return ["" if value is None else str(value) for value in frame[column].tolist()]
+
+
+def read_rows(
+    path: Path, text_column: str, label_column: str, text_pair_column: str | None = None
+) -> InputRows:
+    """The text column of a data file, its label column (if any) and its pair column (when named)."""
+    frame = _read(path)
+    columns = [str(column) for column in frame.columns]
+    for column, what in ((text_column, "text"), (text_pair_column, "text pair")):
+        if column is not None and column not in frame.columns:
+            raise _missing(path, columns, column, what)
+    labels = frame[label_column].tolist() if label_column in frame.columns else None
+    pairs = _cells(frame, text_pair_column) if text_pair_column is not None else None
+    return InputRows(_cells(frame, text_column), labels, pairs)
 
 
 def read_texts(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[Any] | None]:
     """The text column of a data file (and its label column, if any)."""
-    frame = _read(path)
-    if text_column not in frame.columns:
-        raise ConfigError(
-            f"input {path.name}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); "
-            "choose the text column"
-        )
-    texts = ["" if value is None else str(value) for value in frame[text_column].tolist()]
-    labels = frame[label_column].tolist() if label_column in frame.columns else None
-    return texts, labels
+    rows = read_rows(path, text_column, label_column)
+    return rows.texts, rows.labels
+
+
+def check_pair_input(predictor: Any, has_pairs: bool, option: str) -> None:
+    """ConfigError naming ``option`` (how the caller names the pair column) unless the input has a pair column
+    exactly when the model reads text pairs."""
+    name = predictor.info.name
+    if predictor.label_map.pair and not has_pairs:
+        raise ConfigError(f"model {name!r} reads text pairs: give {option} (the column of the second texts)")
+    if not predictor.label_map.pair and has_pairs:
+        raise ConfigError(f"model {name!r} reads one text: leave {option} out")
 
 
 def predict_file(
@@ -142,27 +191,36 @@ def predict_file(
     output: Path,
     batch_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
+    pairs: list[str] | None = None,
+    pair_option: str = "text_pair_column",
 ) -> FileSummary:
-    """Every input row gets an output row (an empty text gets an error instead of a label): ``label`` the
-    class id (the index in the model's labels), ``label_name`` its name, the probabilities. Text cells
-    that a spreadsheet would run as formulas are written with a leading ' (``spreadsheet_safe``).
+    """Every input row gets an output row (an empty text or text pair gets an error instead of an answer),
+    with the columns of the model's task (``COLUMNS``). ``pairs``: the second text of each row, for a model
+    that reads pairs (ConfigError naming ``pair_option`` when the model and the input disagree on pairs).
+    Text cells that a spreadsheet would run as formulas are written with a leading ' (``spreadsheet_safe``).
 
     ``on_progress(done, total)`` runs after each chunk; it may raise to stop (nothing is written then).
     """
-    from finetune_platform.data.loading import (
-        normalise_label,  # lazy: data.loading imports pandas (the API's start)
-    )
-
-    valid = [i for i, value in enumerate(texts) if value.strip()]
+    label_map = predictor.label_map
+    check_pair_input(predictor, pairs is not None, pair_option)
+    errors = {i: "empty text" for i, value in enumerate(texts) if not value.strip()}
+    for i, value in enumerate(pairs or ()):
+        if i not in errors and not value.strip():
+            errors[i] = "empty text pair"
+    valid = [i for i in range(len(texts)) if i not in errors]
     results: dict[int, Any] = {}
     chunk = batch_size * 8
     for start in range(0, len(valid), chunk):
         part = valid[start : start + chunk]
-        for i, prediction in zip(part, predictor.predict([texts[i] for i in part], batch_size), strict=True):
+        chunk_pairs = None if pairs is None else [pairs[i] for i in part]
+        answers = predictor.predict([texts[i] for i in part], batch_size, chunk_pairs)
+        for i, prediction in zip(part, answers, strict=True):
             results[i] = prediction
         if on_progress is not None:
             on_progress(start + len(part), len(valid))
-    names = predictor.info.labels
+    task = label_map.task
+    header, cells = COLUMNS[task]
+    names = list(label_map.names)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(
         "w", dir=output.parent, prefix=f".{output.name}.", suffix=".tmp", delete=False, newline="",
@@ -170,35 +228,110 @@ def predict_file(
     ) as handle:  # fmt: skip
         writer = csv.writer(handle)
 
-        def write(cells: list[Any]) -> None:
-            writer.writerow([spreadsheet_safe(cell) for cell in cells])
+        def write(row: list[Any]) -> None:
+            writer.writerow([spreadsheet_safe(cell) for cell in row])
 
-        write(["row", "label", "label_name", "probability", "truncated", *[f"p_{n}" for n in names], "error"])
+        columns = header(names)
+        write(["row", *columns, "error"])
         for i in range(len(texts)):
             found = results.get(i)
             if found is None:
-                write([i + 1, "", "", "", "", *[""] * len(names), "empty text"])
+                write([i + 1, *[""] * len(columns), errors[i]])
                 continue
-            probabilities = [found.probabilities[n] for n in names]
-            write(
-                [i + 1, found.label, found.label_name, found.probability, found.truncated, *probabilities, ""]
-            )
+            write([i + 1, *cells(found, names), ""])
     os.replace(handle.name, output)
-    accuracy = None
-    if labels is not None and valid:
-        # a label column holds the values the model was trained on (or their names), not class ids
-        trained_as = predictor.label_map.raw_values
-        correct = sum(
-            1
-            for i in valid
-            if str(normalise_label(labels[i])) in {str(trained_as[results[i].label]), results[i].label_name}
-        )
-        accuracy = correct / len(valid)
+    scores = _scores(task, label_map, labels, valid, results)
     return FileSummary(
         rows=len(texts),
         predicted=len(valid),
         empty=len(texts) - len(valid),
         truncated=sum(1 for p in results.values() if p.truncated),
         max_length=predictor.info.max_length,
-        accuracy=accuracy,
+        task=task,
+        **scores,
     )
+
+
+def _single_label_columns(names: list[str]) -> list[str]:
+    return ["label", "label_name", "probability", "truncated", *[f"p_{n}" for n in names]]
+
+
+def _single_label_cells(found: Any, names: list[str]) -> list[Any]:
+    probabilities = [found.probabilities[n] for n in names]
+    return [found.label, found.label_name, found.probability, found.truncated, *probabilities]
+
+
+def _multi_label_cells(found: Any, names: list[str]) -> list[Any]:
+    predicted = LABEL_SEPARATOR.join(name for name, _ in found.labels)
+    return [predicted, json.dumps(found.probabilities, ensure_ascii=False), found.truncated]
+
+
+# Each task's output columns (between ``row`` and ``error``) and the cells of one prediction.
+#  single_label: the class id, its name and probability, truncated, a p_<label> column per class;
+#  multi_label: ``labels`` every label above its threshold, most probable first, joined by ","; ``probabilities``
+#  each label's own, as a JSON object; truncated;  regression: ``value`` the number (training units), truncated.
+COLUMNS: dict[str, tuple[Callable[[list[str]], list[str]], Callable[[Any, list[str]], list[Any]]]] = {
+    "single_label": (_single_label_columns, _single_label_cells),
+    "multi_label": (lambda names: ["labels", "probabilities", "truncated"], _multi_label_cells),
+    "regression": (lambda names: ["value", "truncated"], lambda found, names: [found.value, found.truncated]),
+}
+LABEL_SEPARATOR = ","
+
+
+def _label_set(cell: Any) -> frozenset[str] | None:
+    """A multi-label cell as a set of names: a JSON list or a ","-separated string; None when it is neither."""
+    if isinstance(cell, list | tuple):
+        return frozenset(str(value) for value in cell)
+    text = "" if cell is None else str(cell).strip()
+    if text.startswith("["):
+        try:
+            values = json.loads(text)
+        except ValueError:
+            return None
+        return frozenset(str(value) for value in values) if isinstance(values, list) else None
+    if not text:
+        return None
+    return frozenset(part.strip() for part in text.split(LABEL_SEPARATOR) if part.strip())
+
+
+def _number(cell: Any) -> float | None:
+    try:
+        value = float(cell)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _scores(
+    task: str, label_map: Any, labels: list[Any] | None, valid: list[int], results: dict[int, Any]
+) -> dict[str, Any]:
+    """The FileSummary's scores against the label column: accuracy (single_label: a label column holds the
+    values the model was trained on, or their names, not class ids), subset accuracy over the rows whose cell
+    parses (multi_label), RMSE over the rows holding a finite number (regression)."""
+    if labels is None or not valid:
+        return {"accuracy": None}
+    if task == "multi_label":
+        truths = {i: _label_set(labels[i]) for i in valid}
+        scored = [i for i in valid if truths[i] is not None]
+        if not scored:
+            return {"accuracy": None, "scored": 0}
+        exact = sum(1 for i in scored if truths[i] == {name for name, _ in results[i].labels})
+        return {"accuracy": exact / len(scored), "scored": len(scored)}
+    if task == "regression":
+        targets = {i: _number(labels[i]) for i in valid}
+        scored = [i for i in valid if targets[i] is not None]
+        if not scored:
+            return {"accuracy": None, "scored": 0}
+        squared = sum((results[i].value - targets[i]) ** 2 for i in scored) / len(scored)
+        return {"accuracy": None, "rmse": math.sqrt(squared), "scored": len(scored)}
+    from finetune_platform.data.loading import (
+        normalise_label,  # lazy: data.loading imports pandas (the API's start)
+    )
+
+    trained_as = label_map.raw_values
+    correct = sum(
+        1
+        for i in valid
+        if str(normalise_label(labels[i])) in {str(trained_as[results[i].label]), results[i].label_name}
+    )
+    return {"accuracy": correct / len(valid)}

@@ -23,6 +23,7 @@ class _Request:
     key: str
     texts: list[str]
     future: asyncio.Future
+    pairs: list[str] | None = None  # the second text of each, for a model that reads pairs
     rows: list[list[int]] | None = None  # token ids per text, once tokenised
     truncated: list[bool] = field(default_factory=list)
     results: list[Prediction] = field(default_factory=list)  # of the first len(results) texts
@@ -50,8 +51,8 @@ class Batcher:
         self.batches = 0
         self.metrics: InferenceMetrics | None = None
 
-    async def predict(self, key: str, texts: list[str]) -> list[Prediction]:
-        request = _Request(key, texts, asyncio.get_running_loop().create_future())
+    async def predict(self, key: str, texts: list[str], pairs: list[str] | None = None) -> list[Prediction]:
+        request = _Request(key, texts, asyncio.get_running_loop().create_future(), pairs)
         self.pending.append(request)
         if self.running is None or self.running.done():
             self.running = asyncio.create_task(self._drain())
@@ -90,7 +91,7 @@ class Batcher:
             for request in requests:
                 if request.rows is None:
                     try:
-                        request.rows, request.truncated = host.encode(request.texts)
+                        request.rows, request.truncated = host.encode(request.texts, request.pairs)
                     except Exception as exc:  # this request's own problem: the others still run
                         request.error = exc
             piece = self._piece([request for request in requests if request.error is None])

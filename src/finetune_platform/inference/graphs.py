@@ -8,15 +8,19 @@ of 16) so a few dozen graphs, captured when the model loads, cover every batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from finetune_platform.inference.softmax import softmax
+from finetune_platform.inference.softmax import outputs
 
 WIDTH_MULTIPLE = 16
-AGREEMENT_TOLERANCE = 0.02  # largest difference of a probability between a replay and the eager pass (bf16)
+# largest difference of an output between a replay and the eager pass (bf16): a probability, or a regression
+# value relative to its magnitude (at least 1)
+AGREEMENT_TOLERANCE = 0.02
 
 
 def row_buckets(most: int) -> list[int]:
@@ -54,9 +58,15 @@ def pad_to_bucket(
 
 
 def forward_probabilities(
-    model: Any, ids: Any, mask: Any, ready_mask: bool = True, temperature: float = 1.0
+    model: Any,
+    ids: Any,
+    mask: Any,
+    ready_mask: bool = True,
+    temperature: float = 1.0,
+    head: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """Softmax of the model's logits (fp32) for token ids and a 2-D 0/1 mask, as a graph captures it.
+    """What the model's logits mean (fp32) for token ids and a 2-D 0/1 mask, as a graph captures it: ``head``
+    (``softmax.outputs`` for the adapter's task, scale and temperature), the softmax at ``temperature`` without.
 
     ``ready_mask``: the mask is handed over in 4-D, which most encoders use as given instead of inspecting its
     values (a check that waits for the GPU, which a capture forbids). Families that build their own mask
@@ -64,7 +74,8 @@ def forward_probabilities(
     if ready_mask:
         width = mask.shape[1]
         mask = mask.bool()[:, None, None, :].expand(-1, 1, width, -1)
-    return softmax(model(input_ids=ids, attention_mask=mask).logits, temperature)
+    head = head or partial(outputs, temperature=temperature)
+    return head(model(input_ids=ids, attention_mask=mask).logits)
 
 
 @dataclass
@@ -72,7 +83,7 @@ class Captured:
     graph: Any
     ids: Any  # static inputs the replay reads
     mask: Any
-    probabilities: Any  # static output the replay writes
+    probabilities: Any  # static output the replay writes (``head``'s: probabilities, or regression values)
 
 
 class GraphUnavailable(RuntimeError):
@@ -80,19 +91,28 @@ class GraphUnavailable(RuntimeError):
 
 
 class GraphedForward:
-    """Class probabilities of a sequence-classification model (already on CUDA, in eval mode) by graph replay.
+    """A sequence-classification model's outputs (already on CUDA, in eval mode) by graph replay: ``head`` of its
+    logits (``softmax.outputs`` for the merged adapter's task, captured into every graph), else the softmax at
+    ``temperature``.
 
     Not thread-safe: captures and replays share one memory pool, so the caller runs one batch at a time
     (the server's hosts hold a lock around each batch).
     """
 
     def __init__(
-        self, model: Any, max_rows: int, max_width: int, pad_id: int, temperature: float = 1.0
+        self,
+        model: Any,
+        max_rows: int,
+        max_width: int,
+        pad_id: int,
+        temperature: float = 1.0,
+        head: Callable[[Any], Any] | None = None,
     ) -> None:
         import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
         self.model, self.pad_id = model, pad_id
-        self.temperature = temperature  # the one merged adapter's calibration, captured into every graph
+        # the one merged adapter's task, scale and calibration, captured into every graph
+        self.head = head or partial(outputs, temperature=temperature)
         self.device = next(model.parameters()).device
         self.rows, self.widths = row_buckets(max_rows), width_buckets(max_width)
         self.pool = torch.cuda.graph_pool_handle()
@@ -110,13 +130,11 @@ class GraphedForward:
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):  # warm-up outside the graph: library handles, kernel selection
                 for _ in range(2):
-                    forward_probabilities(self.model, ids, mask, self.ready_mask, self.temperature)
+                    forward_probabilities(self.model, ids, mask, self.ready_mask, head=self.head)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                probabilities = forward_probabilities(
-                    self.model, ids, mask, self.ready_mask, self.temperature
-                )
+                probabilities = forward_probabilities(self.model, ids, mask, self.ready_mask, head=self.head)
         captured = Captured(graph, ids, mask, probabilities)
         self.graphs[(rows, width)] = captured
         return captured
@@ -139,10 +157,10 @@ class GraphedForward:
                 failures.append(f"{'4-D' if ready_mask else '2-D'} mask: {type(exc).__name__}: {exc}")
         else:
             raise GraphUnavailable("capture failed with a " + "; with a ".join(failures))
-        difference = float(np.abs(replayed - expected).max())
+        difference = float((np.abs(replayed - expected) / np.maximum(np.abs(expected), 1.0)).max())
         if difference > AGREEMENT_TOLERANCE:
             self.graphs.clear()
-            raise GraphUnavailable(f"replayed probabilities differ from the eager pass by {difference:.4f}")
+            raise GraphUnavailable(f"replayed outputs differ from the eager pass by {difference:.4f}")
         return len(self.graphs)
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -34,8 +34,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from finetune_platform.catalogue import resolve_base_model
-from finetune_platform.inference.predictor import AdapterSource, Classifier, Prediction
-from finetune_platform.inference.softmax import softmax
+from finetune_platform.inference.predictor import AdapterSource, Classifier, Prediction, head_options
 from finetune_platform.training.models import load_tokenizer, match_pad_token, quiet_libraries
 
 logger = logging.getLogger("finetune_platform.inference")
@@ -84,21 +83,21 @@ class AdapterTensors:
         return cls(values, signature)
 
 
-def _classifier(base_source: str, num_labels: int, pad_token_id: int | None) -> Any:
-    """The base sequence classifier in fp32, its pad token the tokenizer's (a decoder pools the last
-    token before padding)."""
+def _classifier(base_source: str, label_map: Any, pad_token_id: int | None) -> Any:
+    """The base sequence classifier in fp32 with the label map's head (``head_options``), its pad token the
+    tokenizer's (a decoder pools the last token before padding)."""
     # lazy: torch and transformers load with a model, not when the runtime registry is imported
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        base_source, num_labels=num_labels, torch_dtype=torch.float32
+        base_source, **head_options(label_map), torch_dtype=torch.float32
     )
     return match_pad_token(model, pad_token_id).eval()
 
 
 def _slotted_model(
-    base_source: str, num_labels: int, signature: tuple, pad_token_id: int | None
+    base_source: str, label_map: Any, signature: tuple, pad_token_id: int | None
 ) -> tuple[Any, list[str]]:
     """The base model with each adapted Linear reading its LoRA factors, and each fully trained module
     its weights, from attributes the export wrapper fills with graph inputs."""
@@ -122,7 +121,7 @@ def _slotted_model(
         def forward(self, x):
             return functional.linear(x, self.weight, self.bias)
 
-    model = _classifier(base_source, num_labels, pad_token_id)
+    model = _classifier(base_source, label_map, pad_token_id)
     names = [name for name, _ in signature]
     slots: dict[str, nn.Module] = {}
     for name in names:
@@ -161,15 +160,13 @@ def _slotted_model(
     return Graph(), names
 
 
-def _merged_model(
-    base_source: str, num_labels: int, tensors: AdapterTensors, pad_token_id: int | None
-) -> Any:
+def _merged_model(base_source: str, label_map: Any, tensors: AdapterTensors, pad_token_id: int | None) -> Any:
     """The base model with one adapter folded in (W + B·A, trained modules copied): no LoRA ops left."""
     # lazy: torch and transformers load with a model, not when the runtime registry is imported
     import torch
     from torch import nn
 
-    model = _classifier(base_source, num_labels, pad_token_id)
+    model = _classifier(base_source, label_map, pad_token_id)
     values = tensors.values
     with torch.no_grad():
         for name, value in values.items():
@@ -196,7 +193,7 @@ def _merged_model(
 
 def build_session(
     base_source: str,
-    num_labels: int,
+    label_map: Any,
     tensors: AdapterTensors,
     *,
     merged: bool,
@@ -213,9 +210,9 @@ def build_session(
     import torch
 
     if merged:
-        graph, names = _merged_model(base_source, num_labels, tensors, pad_token_id), []
+        graph, names = _merged_model(base_source, label_map, tensors, pad_token_id), []
     else:
-        graph, names = _slotted_model(base_source, num_labels, tensors.signature, pad_token_id)
+        graph, names = _slotted_model(base_source, label_map, tensors.signature, pad_token_id)
     inputs = [f"a{i}" for i in range(len(names))]
     example = [torch.from_numpy(np.ascontiguousarray(tensors.values[name])) for name in names]
     ids = torch.tensor([example_ids], dtype=torch.long)
@@ -291,7 +288,7 @@ class OnnxHost(Classifier):
         self.merged = merged
         self.session, self.inputs = build_session(
             reference.source,
-            len(first.label_map.names),
+            first.label_map,
             tensors,
             merged=merged,
             int8=int8,
@@ -337,7 +334,7 @@ class OnnxHost(Classifier):
     def detach(self, key: str) -> None:
         del self._feeds[key], self.adapters[key]
 
-    def _probabilities(self, ids: Any, mask: Any) -> Any:
+    def _outputs(self, ids: Any, mask: Any) -> Any:
         import onnxruntime  # lazy: onnxruntime loads with a model, not when the registry is imported
 
         feeds = {
@@ -345,9 +342,7 @@ class OnnxHost(Classifier):
             "attention_mask": onnxruntime.OrtValue.ortvalue_from_numpy(mask),
             **self._feeds[self._active],
         }
-        return softmax(
-            self.session.run_with_ort_values(["logits"], feeds)[0].numpy(), self.label_map.temperature
-        )
+        return self._head(self.session.run_with_ort_values(["logits"], feeds)[0].numpy())
 
     @contextmanager
     def using(self, key: str) -> Iterator[OnnxHost]:
@@ -358,6 +353,8 @@ class OnnxHost(Classifier):
             self._active, self.info, self.label_map = key, source.info, source.label_map
             yield self
 
-    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+    def predict_with(
+        self, key: str, texts: list[str], batch_size: int = 64, pairs: list[str] | None = None
+    ) -> list[Prediction]:
         with self.using(key):
-            return self.predict(texts, batch_size)
+            return self.predict(texts, batch_size, pairs)

@@ -105,13 +105,20 @@ class ModelPool:
         self.default = source.key
 
     def source(self, key: str) -> AdapterSource:
-        return self._sources[key]
-
-    def load(self, key: str) -> tuple[Runtime, AdapterSource]:
-        """The host with ``key`` attached (downloaded, verified, attached on first use)."""
+        """The adapter ``key`` names: downloaded and verified on first use (a registry read: not on the
+        inference thread's hot path), then kept; ``load`` attaches it."""
         source = self._sources.get(key)
         if source is None:
             source = self._sources[key] = source_from_registry(self.settings, key)
+        return source
+
+    def known_source(self, key: str) -> AdapterSource | None:
+        """The adapter ``key`` names when it was read before, without touching the registry."""
+        return self._sources.get(key)
+
+    def load(self, key: str) -> tuple[Runtime, AdapterSource]:
+        """The host with ``key`` attached (downloaded, verified, attached on first use)."""
+        source = self.source(key)
         host = next((h for h in self.hosts if key in h.adapters), None)
         if host is None:
             host = self._host_for(key, source)
@@ -177,7 +184,7 @@ class ModelPool:
         return [
             {"model": s.info.name, "version": s.info.version, "base_model": s.info.base_model,
              "language": s.info.language, "labels": list(s.label_map.names), "max_length": s.info.max_length,
-             "runtime": host.runtime, "merged": host.merged}
+             "runtime": host.runtime, "merged": host.merged, "task": s.label_map.task, "pair": s.label_map.pair}
             for host in self.hosts
             for s in host.adapters.values()
         ]  # fmt: skip

@@ -1,7 +1,8 @@
-"""A trained adapter on its base model, ready to classify texts.
+"""A trained adapter on its base model, ready to classify texts (or text pairs).
 
 Texts are tokenised once, sorted by length and run in batches padded to the longest text of each
-batch; a text longer than the model's max length is truncated and the prediction says so.
+batch; a text longer than the model's max length is truncated and the prediction says so. What the
+outputs mean follows the model's task (its label_map.json): one label, any number of labels, or a number.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.errors import ConfigError, NotFoundError
-from finetune_platform.inference.softmax import softmax
+from finetune_platform.inference.softmax import outputs
 from finetune_platform.tracking.registry import ADAPTER_FILE, ModelRegistry
 from finetune_platform.training.calibration import read_temperature
 from finetune_platform.training.checkpoints import (
@@ -39,6 +40,24 @@ DEFAULT_MAX_LENGTH = 128
 # 4.7 characters a MiniLM token at the median, 9.4 at most, so what the model reads is kept; a text cut this
 # way counts as truncated.
 CHARS_PER_TOKEN = 16
+# The head a base model is built with, by the label map's task (transformers' problem_type).
+PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def head_options(label_map: Any) -> dict[str, Any]:
+    """What ``from_pretrained`` builds the classification head with: one output per label (one for
+    regression), the label names, and the task's problem_type."""
+    names = label_map.names
+    return {
+        "num_labels": label_map.num_labels,
+        "id2label": dict(enumerate(names)),
+        "label2id": {label: i for i, label in enumerate(names)},
+        "problem_type": PROBLEM_TYPES[label_map.task],
+    }
 
 
 def read_label_map(adapter_dir: Path) -> Any:
@@ -62,11 +81,19 @@ def card_max_length(card: Any) -> int:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One text's answer. single_label: the most probable class. multi_label: ``label``/``probability`` the most
+    probable label, ``probabilities`` each label's own (sigmoid), ``labels`` every label above its threshold,
+    most probable first (possibly none). regression: ``value`` the number (training units), ``label`` 0 and
+    ``label_name`` the target's name (the model's one output), no probability."""
+
     label: int  # the class id: the index of the class in the model's labels (id2label)
     label_name: str  # that class's name, id2label[label]
-    probability: float
+    probability: float | None  # None for regression
     probabilities: dict[str, float]
     truncated: bool
+    task: str = "single_label"
+    labels: tuple[tuple[str, float], ...] = ()  # multi_label: (name, probability) above its threshold
+    value: float | None = None  # regression
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,12 @@ class ModelInfo:
     language: str
     labels: tuple[str, ...]
     max_length: int
+    task: str = "single_label"  # the label map's: single_label, multi_label or regression
+    pair: bool = False  # the model reads two texts per row (text and text_pair)
+
+    def of_labels(self, label_map: Any) -> ModelInfo:
+        """This description with the task and pair input of the model's own label map."""
+        return dataclasses.replace(self, task=label_map.task, pair=label_map.pair)
 
 
 @dataclass(frozen=True)
@@ -94,7 +127,8 @@ class AdapterSource:
 
     @classmethod
     def of(cls, key: str, adapter_dir: Path, info: ModelInfo) -> AdapterSource:
-        return cls(key, Path(adapter_dir), info, read_label_map(adapter_dir))
+        label_map = read_label_map(adapter_dir)
+        return cls(key, Path(adapter_dir), info.of_labels(label_map), label_map)
 
     @property
     def files_dir(self) -> Path:
@@ -107,10 +141,22 @@ def run_language(base_model: str, language: str | None) -> str:
     return resolve_base_model(base_model, language or "auto").language
 
 
+def task_fields(prediction: Prediction) -> dict[str, Any]:
+    """What a multi-label or regression answer adds (a single-label answer stays as it always was): ``task``,
+    then ``labels`` (every label above its threshold, most probable first) or ``value`` (the number)."""
+    if prediction.task == "multi_label":
+        labels = [{"label": name, "probability": p} for name, p in prediction.labels]
+        return {"task": prediction.task, "labels": labels}
+    if prediction.task == "regression":
+        return {"task": prediction.task, "value": prediction.value}
+    return {}
+
+
 def answer(prediction: Prediction, info: ModelInfo, latency_ms: float) -> dict[str, Any]:
     """One prediction in the seed README's shape (``label`` the class id, ``probability``, ``latency_ms``,
     ``base_model``, ``language``), then ours: ``label_name``, ``probabilities``, ``truncated``, ``model``,
-    ``version``. The server's /predict and `finetune predict --text` answer this."""
+    ``version``, and for a multi-label or regression model ``task_fields``. The server's /predict and
+    `finetune predict --text` answer this."""
     return {
         "label": prediction.label,
         "probability": prediction.probability,
@@ -122,6 +168,7 @@ def answer(prediction: Prediction, info: ModelInfo, latency_ms: float) -> dict[s
         "truncated": prediction.truncated,
         "model": info.name,
         "version": info.version,
+        **task_fields(prediction),
     }
 
 
@@ -189,7 +236,7 @@ def _run_source(
         run_language(config.model.base_model, config.model.language),
         tuple(label_map.names),
         config.model.max_length,
-    )
+    ).of_labels(label_map)
     key = f"{config.model_name}@{run.root.name}"
     if checkpoint is None:
         return AdapterSource(key, run.artifacts_dir, info, label_map)
@@ -228,7 +275,7 @@ def length_groups(lengths: list[int], most: int, padding_budget: int) -> list[li
 
 class Classifier:
     """Tokenisation, length-grouped batching and label mapping around a model; subclasses supply the
-    forward pass (``_probabilities``) for the active adapter."""
+    forward pass (``_outputs``) for the active adapter."""
 
     tokenizer: Any
     label_map: Any
@@ -236,20 +283,29 @@ class Classifier:
     padding_budget = 12  # tokens of padding a text may add to a forward pass before it starts another
 
     # -- prediction ----------------------------------------------------------------------------------
-    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids per text, cut to max length (keeping the closing special token), and whether each was cut."""
+    def _encode(self, texts: list[str], pairs: list[str] | None = None) -> tuple[list[list[int]], list[bool]]:
+        """Token ids per text (with its pair, as training tokenised it: ``tokenizer(texts, pairs)``), cut to max
+        length (keeping the closing special token), and whether each was cut."""
         limit = self.info.max_length
         most = (limit + 1) * CHARS_PER_TOKEN
         clipped = [text[:most] for text in texts]
-        encoded = self.tokenizer(clipped, truncation=True, max_length=limit + 1)["input_ids"]
+        clipped_pairs = None if pairs is None else [pair[:most] for pair in pairs]
+        encoded = self._tokens(clipped, clipped_pairs, limit + 1)
         over = [len(ids) > limit or len(text) > most for ids, text in zip(encoded, texts, strict=True)]
+        if pairs is not None:
+            over = [cut or len(pair) > most for cut, pair in zip(over, pairs, strict=True)]
         if any(over):
-            cut = self.tokenizer(
-                [t for t, o in zip(clipped, over, strict=True) if o], truncation=True, max_length=limit
+            kept_pairs = (
+                None if clipped_pairs is None else [p for p, o in zip(clipped_pairs, over, strict=True) if o]
             )
-            replacement = iter(cut["input_ids"])
+            cut = self._tokens([t for t, o in zip(clipped, over, strict=True) if o], kept_pairs, limit)
+            replacement = iter(cut)
             encoded = [next(replacement) if o else ids for ids, o in zip(encoded, over, strict=True)]
         return encoded, over
+
+    def _tokens(self, texts: list[str], pairs: list[str] | None, max_length: int) -> list[list[int]]:
+        """Token ids of each text (with its pair), truncated to ``max_length``: how training tokenises."""
+        return self.tokenizer(texts, text_pair=pairs, truncation=True, max_length=max_length)["input_ids"]
 
     def _padded(self, rows: list[list[int]]) -> tuple[Any, Any]:
         """Token ids and attention mask (int64 numpy) of ``rows`` padded to the longest."""
@@ -261,43 +317,100 @@ class Classifier:
             mask[index, : len(row)] = 1
         return ids, mask
 
-    def _probabilities(self, ids: Any, mask: Any) -> Any:
-        """Class probabilities (rows × labels, numpy) for one padded batch of token ids (int64 numpy)."""
+    def _outputs(self, ids: Any, mask: Any) -> Any:
+        """The head's meaning (``softmax.outputs`` of the logits, by the active label map's task; rows × outputs,
+        numpy) for one padded batch of token ids (int64 numpy)."""
         raise NotImplementedError
 
-    def encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids per text and whether each was truncated (``_encode``); ConfigError for an empty text."""
+    def _head(self, logits: Any) -> Any:
+        """``softmax.outputs`` of ``logits`` for the active adapter's label map."""
+        label_map = self.label_map
+        return outputs(logits, label_map.task, label_map.temperature, label_map.scale)
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> tuple[list[list[int]], list[bool]]:
+        """Token ids per text and whether each was truncated (``_encode``); ConfigError for an empty text or
+        pair, for pairs given to a model of one text, or none given to a model that reads pairs."""
+        name = self.info.name
+        if self.label_map.pair and pairs is None:
+            raise ConfigError(f"text_pair: model {name!r} reads text pairs; give the second text of each")
+        if not self.label_map.pair and pairs is not None:
+            raise ConfigError(f"text_pair: model {name!r} reads one text; leave text_pair out")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ConfigError(f"text_pair: {len(pairs)} pairs for {len(texts)} texts; give one per text")
         for index, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ConfigError(f"text {index}: empty; give the text to classify")
-        return self._encode(texts)
+        for index, pair in enumerate(pairs or ()):
+            if not isinstance(pair, str) or not pair.strip():
+                raise ConfigError(f"text_pair {index}: empty; give the second text of the pair")
+        return self._encode(texts, pairs)
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
-        return self.predict_encoded(*self.encode(texts), batch_size=batch_size)
+    def predict(
+        self, texts: list[str], batch_size: int = 64, pairs: list[str] | None = None
+    ) -> list[Prediction]:
+        return self.predict_encoded(*self.encode(texts, pairs), batch_size=batch_size)
 
     def predict_encoded(
         self, encoded: list[list[int]], truncated: list[bool], batch_size: int = 64
     ) -> list[Prediction]:
         """Predictions for texts already tokenised by ``encode`` (the server splits big work between the two)."""
-        probabilities: list[Any] = [None] * len(encoded)
+        values_of: list[Any] = [None] * len(encoded)
         for batch in length_groups([len(ids) for ids in encoded], batch_size, self.padding_budget):
             ids, mask = self._padded([encoded[i] for i in batch])
-            for row, values in zip(batch, self._probabilities(ids, mask).tolist(), strict=True):
-                probabilities[row] = values
-        names = self.label_map.names
-        predictions = []
-        for values, cut in zip(probabilities, truncated, strict=True):
-            best = max(range(len(values)), key=values.__getitem__)
-            predictions.append(
-                Prediction(
-                    label=best,
-                    label_name=names[best],
-                    probability=round(values[best], 6),
-                    probabilities={name: round(v, 6) for name, v in zip(names, values, strict=True)},
-                    truncated=cut,
-                )
-            )
-        return predictions
+            for row, values in zip(batch, self._outputs(ids, mask).tolist(), strict=True):
+                values_of[row] = values
+        shape = PREDICTIONS[self.label_map.task]
+        return [shape(self.label_map, values, cut) for values, cut in zip(values_of, truncated, strict=True)]
+
+
+def _single_label(label_map: Any, values: list[float], truncated: bool) -> Prediction:
+    names = label_map.names
+    best = max(range(len(values)), key=values.__getitem__)
+    return Prediction(
+        label=best,
+        label_name=names[best],
+        probability=round(values[best], 6),
+        probabilities={name: round(v, 6) for name, v in zip(names, values, strict=True)},
+        truncated=truncated,
+    )
+
+
+def _multi_label(label_map: Any, values: list[float], truncated: bool) -> Prediction:
+    """Each label's own probability; every label above its threshold (0.5 where the map has none)."""
+    names = label_map.names
+    thresholds = label_map.thresholds or (0.5,) * len(names)
+    best = max(range(len(values)), key=values.__getitem__)
+    above = sorted(
+        (i for i, (p, t) in enumerate(zip(values, thresholds, strict=True)) if p > t),
+        key=lambda i: (-values[i], i),
+    )
+    return Prediction(
+        label=best,
+        label_name=names[best],
+        probability=round(values[best], 6),
+        probabilities={name: round(v, 6) for name, v in zip(names, values, strict=True)},
+        truncated=truncated,
+        task="multi_label",
+        labels=tuple((names[i], round(values[i], 6)) for i in above),
+    )
+
+
+def _regression(label_map: Any, values: list[float], truncated: bool) -> Prediction:
+    """The one output, in the training targets' units; the label is that output (the target's name)."""
+    (value,) = values
+    return Prediction(
+        label=0,
+        label_name=label_map.names[0],
+        probability=None,
+        probabilities={},
+        truncated=truncated,
+        task="regression",
+        value=round(value, 6),
+    )
+
+
+# A row of outputs turned into a Prediction, by the label map's task.
+PREDICTIONS = {"single_label": _single_label, "multi_label": _multi_label, "regression": _regression}
 
 
 class Predictor(Classifier):
@@ -332,11 +445,7 @@ class Predictor(Classifier):
         self.tokenizer = load_tokenizer(str(files_dir))
         names = self.label_map.names
         model = AutoModelForSequenceClassification.from_pretrained(
-            reference.source,
-            num_labels=len(names),
-            id2label=dict(enumerate(names)),
-            label2id={label: i for i, label in enumerate(names)},
-            torch_dtype=torch.float32,
+            reference.source, **head_options(self.label_map), torch_dtype=torch.float32
         )
         match_pad_token(model, self.tokenizer.pad_token_id)  # a decoder pools the last token before padding
         model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
@@ -345,12 +454,14 @@ class Predictor(Classifier):
             model = model.to(torch.bfloat16)  # merged in fp32 first; probabilities are computed in fp32
         self.model = model
         self.device = device
-        self.info = ModelInfo(name, version, base_model, reference.language, names, max_length)
+        self.info = ModelInfo(name, version, base_model, reference.language, names, max_length).of_labels(
+            self.label_map
+        )
         if device != "cpu":
             # padding costs a GPU next to nothing against another forward pass: one pass per batch
             self.padding_budget = sys.maxsize
 
-    def _probabilities(self, ids: Any, mask: Any) -> Any:
+    def _outputs(self, ids: Any, mask: Any) -> Any:
         import torch  # lazy: torch loads with a model, not when the runtime registry is imported
 
         with torch.inference_mode():
@@ -358,7 +469,7 @@ class Predictor(Classifier):
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=torch.from_numpy(mask).to(self.device),
             ).logits
-            return softmax(logits, self.label_map.temperature).cpu().numpy()
+            return self._head(logits).cpu().numpy()
 
     # -- construction from a run folder or the registry --------------------------------------------
     @classmethod

@@ -70,17 +70,24 @@ class Runtime(Protocol):
         """This runtime, alone, with ``key`` the active adapter (for ``encode`` and ``predict_encoded``)."""
         ...
 
-    def encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]: ...
+    def encode(
+        self, texts: list[str], pairs: list[str] | None = None
+    ) -> tuple[list[list[int]], list[bool]]: ...
 
     def predict_encoded(
         self, encoded: list[list[int]], truncated: list[bool], batch_size: int = 64
     ) -> list[Prediction]: ...
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
-        """Predictions under the active adapter (the first one, for a runtime of one adapter)."""
+    def predict(
+        self, texts: list[str], batch_size: int = 64, pairs: list[str] | None = None
+    ) -> list[Prediction]:
+        """Predictions under the active adapter (the first one, for a runtime of one adapter); ``pairs``: the
+        second text of each, for a model that reads pairs."""
         ...
 
-    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]: ...
+    def predict_with(
+        self, key: str, texts: list[str], batch_size: int = 64, pairs: list[str] | None = None
+    ) -> list[Prediction]: ...
 
 
 @dataclass(frozen=True)

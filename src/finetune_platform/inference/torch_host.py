@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from finetune_platform.inference.graphs import GraphedForward
 
 logger = logging.getLogger("finetune_platform.inference")
-# texts of a few lengths whose probabilities must agree between graph replay and the eager pass
+# texts of a few lengths whose outputs must agree between graph replay and the eager pass (a model that reads
+# pairs gets each as both texts)
 GRAPH_CHECK_TEXTS = (
     "fine.",
     "a quiet, patient film that earns every minute of its ending",
@@ -68,25 +69,22 @@ class TorchHost(Predictor):
 
     def _capture(self, key: str, max_rows: int) -> GraphedForward | None:
         graphs = GraphedForward(
-            self.model,
-            max_rows,
-            self.info.max_length,
-            self.tokenizer.pad_token_id or 0,
-            temperature=self.label_map.temperature,
+            self.model, max_rows, self.info.max_length, self.tokenizer.pad_token_id or 0, head=self._head
         )
-        sample = self._padded(self._encode(list(GRAPH_CHECK_TEXTS))[0])
+        texts = list(GRAPH_CHECK_TEXTS)
+        sample = self._padded(self._encode(texts, texts if self.label_map.pair else None)[0])
         started = time.perf_counter()
         try:
-            count = graphs.capture_all(sample, expected=super()._probabilities(*sample))
+            count = graphs.capture_all(sample, expected=super()._outputs(*sample))
         except GraphUnavailable as exc:
             logger.warning("%s: served without CUDA graphs (%s)", key, exc)
             return None
         logger.info("%s: %d CUDA graphs captured in %.1f s", key, count, time.perf_counter() - started)
         return graphs
 
-    def _probabilities(self, ids: Any, mask: Any) -> Any:
+    def _outputs(self, ids: Any, mask: Any) -> Any:
         if self.graphs is None:
-            return super()._probabilities(ids, mask)
+            return super()._outputs(ids, mask)
         return self.graphs(ids, mask)
 
     def accepts(self, source: AdapterSource) -> bool:
@@ -113,6 +111,8 @@ class TorchHost(Predictor):
             self.info, self.label_map = source.info, source.label_map
             yield self
 
-    def predict_with(self, key: str, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+    def predict_with(
+        self, key: str, texts: list[str], batch_size: int = 64, pairs: list[str] | None = None
+    ) -> list[Prediction]:
         with self.using(key):
-            return self.predict(texts, batch_size)
+            return self.predict(texts, batch_size, pairs)

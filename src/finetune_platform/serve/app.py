@@ -27,7 +27,13 @@ from finetune_platform.errors import PlatformError
 from finetune_platform.http_guard import AUTHENTICATED, BodyLimit, SecurityHeaders, invalid_fields
 from finetune_platform.inference.batcher import Batcher, InferenceMetrics
 from finetune_platform.inference.pool import ModelPool
-from finetune_platform.inference.predictor import AdapterSource, Prediction, answer, source_from_run
+from finetune_platform.inference.predictor import (
+    AdapterSource,
+    Prediction,
+    answer,
+    source_from_run,
+    task_fields,
+)
 from finetune_platform.inference.runtimes import serving_device
 from finetune_platform.observability import mount_metrics, system_registry
 from finetune_platform.security import InvalidToken, Tokens
@@ -108,19 +114,31 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         # the fields named, the input never echoed: a 422 does not grow with what a client sent
         return JSONResponse({"detail": "invalid request", "problems": invalid_fields(exc)}, status_code=422)
 
-    async def run(body_model: str | None, texts: list[str]) -> tuple[list[Prediction], AdapterSource, float]:
+    def check_texts(texts: list[str], what: str, empty: str) -> int:
+        """The characters of ``texts`` (``what`` names them in an error: text, text_pair), each within the limit
+        and not blank (``empty`` says what to give instead)."""
         most = settings.SERVE_MAX_TEXT_CHARS
         for index, text in enumerate(texts):
             if len(text) > most:
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    f"text {index}: {len(text)} characters, more than the limit of {most} per text",
+                    f"{what} {index}: {len(text)} characters, more than the limit of {most} per text",
                 )
             if not text.strip():
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{what} {index}: empty; {empty}")
+        return sum(len(text) for text in texts)
+
+    async def run(
+        body_model: str | None, texts: list[str], pairs: list[str] | None, pair_field: str
+    ) -> tuple[list[Prediction], AdapterSource, float]:
+        total = check_texts(texts, "text", "give the text to classify")
+        if pairs is not None:
+            if len(pairs) != len(texts):
                 raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT, f"text {index}: empty; give the text to classify"
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"{pair_field}: {len(pairs)} for {len(texts)} texts; give one per text",
                 )
-        total = sum(len(text) for text in texts)
+            total += check_texts(pairs, "text_pair", "give the second text of the pair")
         if total > settings.SERVE_MAX_REQUEST_CHARS:
             raise HTTPException(
                 status.HTTP_413_CONTENT_TOO_LARGE,
@@ -128,22 +146,29 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
             )
         started = time.perf_counter()
         key = pool.cached_key(body_model)
+        loop = asyncio.get_running_loop()
         if key is None:  # a registry lookup: on its own thread, never queued behind a running batch
-            key = await asyncio.get_running_loop().run_in_executor(resolver, pool.key_for, body_model)
-        predictions = await batcher.predict(key, texts)
-        return predictions, pool.source(key), round((time.perf_counter() - started) * 1000, 2)
+            key = await loop.run_in_executor(resolver, pool.key_for, body_model)
+        source = pool.known_source(key) or await loop.run_in_executor(resolver, pool.source, key)
+        check_pairs(source, pairs, pair_field)
+        predictions = await batcher.predict(key, texts, pairs)
+        return predictions, source, round((time.perf_counter() - started) * 1000, 2)
 
     @app.post(
         "/predict",
         dependencies=[Depends(authorize)],
         summary="Classify one text",
         response_model=PredictResponse,
+        response_model_exclude_unset=True,  # a single-label answer has no task fields
         responses=SERVE_ERRORS,
     )
     async def predict(body: PredictRequest) -> dict[str, Any]:
         """The seed README's answer: `label` (the class id), `probability`, `latency_ms`, `base_model`,
-        `language`; and `label_name`, `probabilities`, `truncated`, `model`, `version`."""
-        predictions, source, latency = await run(body.model, [body.text])
+        `language`; and `label_name`, `probabilities`, `truncated`, `model`, `version`. A multi-label model's
+        answer adds `task` and `labels` (every label above its threshold), a regression model's `task` and
+        `value`. A model trained on text pairs needs `text_pair`."""
+        pairs = None if body.text_pair is None else [body.text_pair]
+        predictions, source, latency = await run(body.model, [body.text], pairs, "text_pair")
         return answer(predictions[0], source.info, latency)
 
     @app.post(
@@ -151,16 +176,18 @@ def create_serve_app(settings: Settings, model: str | None = None, run_folder: P
         dependencies=[Depends(authorize)],
         summary="Classify a list of texts",
         response_model=BatchResponse,
+        response_model_exclude_unset=True,  # a single-label answer has no task fields
         responses=SERVE_ERRORS,
     )
     async def predict_batch(body: BatchRequest) -> dict[str, Any]:
-        """One prediction per text (`label` the class id, as for /predict), and the model that answered."""
+        """One prediction per text (`label` the class id, as for /predict, with the task's fields), and the model
+        that answered. A model trained on text pairs needs `text_pairs`, one per text."""
         if len(body.texts) > settings.SERVE_MAX_BATCH:
             raise HTTPException(
                 status.HTTP_413_CONTENT_TOO_LARGE,
                 f"{len(body.texts)} texts: at most {settings.SERVE_MAX_BATCH} per request",
             )
-        predictions, source, latency = await run(body.model, body.texts)
+        predictions, source, latency = await run(body.model, body.texts, body.text_pairs, "text_pairs")
         info = source.info
         return {
             "predictions": [_shape(p) for p in predictions], "latency_ms": latency, "base_model": info.base_model,
@@ -203,7 +230,25 @@ def _shape(prediction: Prediction) -> dict[str, Any]:
         "label_name": prediction.label_name,
         "probabilities": prediction.probabilities,
         "truncated": prediction.truncated,
+        **task_fields(prediction),
     }
+
+
+def check_pairs(source: AdapterSource, pairs: list[str] | None, field: str) -> None:
+    """422 naming ``field`` (text_pair, text_pairs) when a model that reads pairs gets none, or one of a single
+    text gets some."""
+    name = source.info.name
+    if source.label_map.pair and pairs is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{field}: model {name!r} reads text pairs; give {field} with the second text"
+            + (" of each" if field == "text_pairs" else ""),
+        )
+    if not source.label_map.pair and pairs is not None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{field}: model {name!r} reads one text; leave {field} out",
+        )
 
 
 class ServeCallers:

@@ -125,6 +125,7 @@ def submit_prediction(
             label_column=request.label_column,
             idempotency_key=idempotency_key,
             max_attempts=request.max_attempts,
+            text_pair_column=request.text_pair_column,
         )
 
 

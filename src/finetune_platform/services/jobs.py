@@ -212,9 +212,11 @@ def submit_prediction_job(
     label_column: str = "label",
     idempotency_key: str | None = None,
     max_attempts: int = 3,
+    text_pair_column: str | None = None,
 ) -> Submission:
     """Queue prediction over a file with a registered model, pinned now to the version it resolves to
-    (so a promotion while the job waits does not change what it runs). The file must have the text column."""
+    (so a promotion while the job waits does not change what it runs). The file must have the text column
+    (and the pair column, when one is named: a model trained on text pairs reads its second texts there)."""
     from finetune_platform.tracking.registry import (
         ModelRegistry,  # lazy: numpy and mlflow, only for prediction
     )
@@ -223,7 +225,7 @@ def submit_prediction_job(
     if earlier is not None:
         return earlier
     version = ModelRegistry(settings).resolve(model)  # NotFoundError names the model
-    check_columns(Path(input_file), text_column)
+    check_columns(Path(input_file), text_column, text_pair_column)
     config = {
         "model": f"{version.name}@{version.version}",
         "requested_model": model,
@@ -231,6 +233,7 @@ def submit_prediction_job(
         "text_column": text_column,
         "label_column": label_column,
         "output_dir": str(Path(settings.RESULTS_DIR).resolve()),
+        **({"text_pair_column": text_pair_column} if text_pair_column is not None else {}),
     }
     return queue_job(
         session,

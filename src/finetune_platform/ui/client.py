@@ -118,12 +118,18 @@ class PlatformClient:
         return self._call("POST", "/train", json=body, headers=headers)
 
     def predict_file(
-        self, model: str, dataset_id: str, text_column: str = "text", label_column: str = "label"
-    ) -> dict[str, Any]:
-        return self._call(
-            "POST", "/predictions",
-            json={"model": model, "dataset_id": dataset_id, "text_column": text_column, "label_column": label_column},
-        )  # fmt: skip
+        self, model: str, dataset_id: str, text_column: str = "text", label_column: str = "label",
+        text_pair_column: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        body = {
+            "model": model,
+            "dataset_id": dataset_id,
+            "text_column": text_column,
+            "label_column": label_column,
+        }
+        if text_pair_column:
+            body["text_pair_column"] = text_pair_column
+        return self._call("POST", "/predictions", json=body)
 
     def task(self, task_id: str) -> dict[str, Any]:
         return self._call("GET", f"/task/{task_id}")
@@ -214,10 +220,14 @@ class PlatformClient:
         return self._call("GET", "/audit/logs", params={k: v for k, v in filters.items() if v is not None})
 
     # -- inference server (a client whose base URL is `finetune serve`) -----------------------------------
-    def predict(self, text: str, model: str | None = None) -> dict[str, Any]:
+    def predict(self, text: str, model: str | None = None, text_pair: str | None = None) -> dict[str, Any]:
         """POST /predict: ``label`` (the class id), ``probability``, ``latency_ms``, ``base_model``,
-        ``language``, ``label_name`` (the class's name), ``probabilities``, ``truncated``, ``model``, ``version``."""
+        ``language``, ``label_name`` (the class's name), ``probabilities``, ``truncated``, ``model``, ``version``;
+        a multi-label model's ``task`` and ``labels``, a regression model's ``task`` and ``value``. ``text_pair``:
+        the second text, for a model trained on text pairs."""
         body: dict[str, Any] = {"text": text}
+        if text_pair is not None:
+            body["text_pair"] = text_pair
         if model:
             body["model"] = model
         return self._call("POST", "/predict", json=body)

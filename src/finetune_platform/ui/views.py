@@ -226,11 +226,12 @@ def prediction_results(client: PlatformClient, task: dict[str, Any]) -> None:
     if task["status"] != JobStatus.SUCCEEDED:
         return
     progress = task.get("progress") or {}
-    accuracy = progress.get("accuracy")
+    accuracy, rmse = progress.get("accuracy"), progress.get("rmse")
     st.success(
         f"{progress.get('predicted', 0)} of {progress.get('rows', 0)} rows predicted with {task['model_name']} "
         f"version {task['model_version']}"
         + (f", accuracy {accuracy:.4f} against the file's labels" if accuracy is not None else "")
+        + (f", RMSE {rmse:.4f} against the file's labels" if rmse is not None else "")
     )
     try:
         csv = client.predictions_csv(task["id"])
@@ -318,13 +319,52 @@ def field_widget(schema: dict[str, Any], section: str, name: str, node: dict[str
     )
 
 
+def task_form(schema: dict[str, Any]) -> dict[str, Any]:
+    """What the run learns: the task, the column of a second text (sentence pairs, any task) and, for multi_label,
+    the label delimiter and the thresholds ('tune' or a number); only changed values are kept."""
+    config: dict[str, Any] = {}
+    properties = schema["properties"]
+    data = _resolve(schema, properties["data"])["properties"]
+    task_node = _resolve(schema, properties["task"])
+    tasks = list(task_node["enum"])
+    default_task = task_node.get("default", tasks[0])
+    task = st.selectbox("task", tasks, index=tasks.index(default_task), key="cfg.task",
+                        help=task_node.get("description"))  # fmt: skip
+    if task != default_task:
+        config["task"] = task
+    pair = field_widget(schema, "data", "text_pair_column", data["text_pair_column"])
+    if pair:
+        config.setdefault("data", {})["text_pair_column"] = pair.strip()
+    if task != "multi_label":
+        return config
+    delimiter_node = _resolve(schema, data["label_delimiter"])
+    delimiter = st.text_input("label delimiter", value=delimiter_node.get("default", ","),
+                              key="cfg.data.label_delimiter", help=delimiter_node.get("description"))  # fmt: skip
+    if delimiter != delimiter_node.get("default"):
+        config.setdefault("data", {})["label_delimiter"] = delimiter
+    thresholds_node = _resolve(schema, properties["thresholds"])
+    default_thresholds = thresholds_node.get("default", 0.5)
+    shown = st.text_input("thresholds (a probability, or tune)", value=str(default_thresholds),
+                          key="cfg.thresholds", help=thresholds_node.get("description")).strip()  # fmt: skip
+    try:
+        thresholds: Any = float(shown)
+    except ValueError:
+        thresholds = shown  # 'tune', or a mistake the API names (config.thresholds)
+    if thresholds != default_thresholds:
+        config["thresholds"] = thresholds
+    return config
+
+
 def config_form(schema: dict[str, Any]) -> dict[str, Any]:
-    """The experiment name and the model, LoRA and training sections as widgets; only changed values are kept."""
+    """The experiment name, the task, and the model, LoRA and training sections as widgets; only changed values
+    are kept."""
     config: dict[str, Any] = {}
     experiment = st.text_input("experiment", value=schema["properties"]["experiment"].get("default", ""),
                                key="cfg.experiment")  # fmt: skip
     if experiment:
         config["experiment"] = experiment
+    with st.expander("task", expanded=False):
+        config.update(task_form(schema))
     for section in FORM_SECTIONS:
         definition = _resolve(schema, schema["properties"][section])
         with st.expander(section, expanded=section == "training"):
@@ -434,15 +474,20 @@ def predictions_page(client: PlatformClient, upload_limit: int) -> None:
     }
     model = st.selectbox("Model", list(shown), format_func=shown.__getitem__, key="predict_model")
     text_column = st.text_input("Text column", value="text", key="predict_text_column")
+    text_pair_column = st.text_input(
+        "Text pair column (only for a model trained on text pairs: the column of each row's second text)",
+        key="predict_text_pair_column",
+    )
     label_column = st.text_input(
-        "Label column (optional: when the file has it, the task reports accuracy)", value="label",
-        key="predict_label_column",
+        "Label column (optional: when the file has it, the task reports accuracy, or RMSE for a regression model)",
+        value="label", key="predict_label_column",
     )  # fmt: skip
     if st.button("Submit", key="predict_submit"):
         try:
             task = client.predict_file(
-                model, dataset["id"], text_column.strip(), label_column.strip() or "label"
-            )
+                model, dataset["id"], text_column.strip(), label_column.strip() or "label",
+                text_pair_column=text_pair_column.strip() or None,
+            )  # fmt: skip
         except ApiError as error:
             st.error(f"Not submitted: {error}")
             return
@@ -527,21 +572,38 @@ def _card_row(card: dict[str, Any]) -> dict[str, Any]:
 def playground_page(inference: PlatformClient) -> None:
     page_header("Playground")
     text = st.text_area("Text", key="play_text", placeholder="A wonderful, moving film.")
+    text_pair = st.text_area(
+        "Second text (only for a model trained on text pairs)", key="play_text_pair",
+        placeholder="A film that moved me.",
+    )  # fmt: skip
     model = st.text_input(
         "Model (name, name@3, name@production; empty: the served default)", key="play_model"
     )
     if st.button("Predict", key="play") and text.strip():
         try:
-            answer = inference.predict(text, model or None)
+            answer = inference.predict(
+                text, model or None, text_pair=text_pair if text_pair.strip() else None
+            )
         except ApiError as error:
             st.error(str(error))
             return
-        st.metric(f"{answer['model']} v{answer['version']}", answer["label_name"],
-                  f"p = {answer['probability']:.3f}", delta_color="off")  # fmt: skip
-        st.caption(
-            f"label {answer['label']} ({answer['label_name']}) · {answer['base_model']}, {answer['language']} · "
-            f"{answer['latency_ms']} ms on the server" + (" (text truncated)" if answer["truncated"] else "")
+        served = f"{answer['model']} v{answer['version']}"
+        about = f"{answer['base_model']}, {answer['language']} · {answer['latency_ms']} ms on the server" + (
+            " (text truncated)" if answer["truncated"] else ""
         )
+        task = answer.get("task", "single_label")  # a single-label answer carries no task
+        if task == "regression":
+            st.metric(served, f"{answer['value']:.4g}", answer["label_name"], delta_color="off")
+            st.caption(f"{answer['label_name']} = {answer['value']} · {about}")
+            return
+        if task == "multi_label":
+            above = ", ".join(f"{item['label']} ({item['probability']:.3f})" for item in answer["labels"])
+            st.metric(served, f"{len(answer['labels'])} labels", above or "none above its threshold",
+                      delta_color="off")  # fmt: skip
+            st.caption(f"labels above their thresholds: {above or 'none'} · {about}")
+        else:
+            st.metric(served, answer["label_name"], f"p = {answer['probability']:.3f}", delta_color="off")
+            st.caption(f"label {answer['label']} ({answer['label_name']}) · {about}")
         st.bar_chart(answer["probabilities"])
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from finetune_platform.db.models import JobKind, JobStage, JobStatus
 from finetune_platform.db.session import session_scope
 from finetune_platform.errors import PlatformError
-from finetune_platform.inference.batch import predict_file, read_texts
+from finetune_platform.inference.batch import check_pair_input, predict_file, read_rows
 from finetune_platform.inference.pool import open_one
 from finetune_platform.inference.predictor import source_from_registry
 from finetune_platform.services import job_states, jobs, outbox, quotas
@@ -329,8 +329,14 @@ def predict_job(context: JobContext) -> dict[str, Any]:
         context.report(stage=JobStage.PREDICTING.value, run_folder=str(folder.resolve()))
         source = source_from_registry(settings, config["model"])
         predictor = open_one(settings, source, settings.SERVE_RUNTIME)
-        texts, labels = read_texts(Path(config["input_file"]), config["text_column"], config["label_column"])
-        note(f"predicting {len(texts)} rows of {Path(config['input_file']).name} with {config['model']}")
+        pair_column = config.get("text_pair_column")  # absent from jobs queued before pairs existed
+        check_pair_input(predictor, pair_column is not None, "text_pair_column")
+        inputs = read_rows(
+            Path(config["input_file"]), config["text_column"], config["label_column"], pair_column
+        )
+        note(
+            f"predicting {len(inputs.texts)} rows of {Path(config['input_file']).name} with {config['model']}"
+        )
 
         def progress(done: int, total: int) -> None:
             control.raise_if_stopped()
@@ -339,17 +345,20 @@ def predict_job(context: JobContext) -> dict[str, Any]:
             note(f"{done}/{total} texts ({percent}%)")
 
         output = folder / "predictions.csv"
-        summary = predict_file(predictor, texts, labels, output, on_progress=progress)
+        summary = predict_file(
+            predictor, inputs.texts, inputs.labels, output, on_progress=progress, pairs=inputs.pairs
+        )
         note(summary.describe(output).replace("\n", "; "))
     result = {
         "rows": summary.rows, "predicted": summary.predicted, "empty": summary.empty,
         "truncated": summary.truncated, "accuracy": summary.accuracy, "output": str(output.resolve()),
-        "percent": 100.0,
+        "percent": 100.0, **({"rmse": summary.rmse} if summary.rmse is not None else {}),
     }  # fmt: skip
     context.report(progress=result)
     return {
         "message": f"{summary.predicted} of {summary.rows} rows predicted"
-        + (f", accuracy {summary.accuracy:.4f}" if summary.accuracy is not None else ""),
+        + (f", accuracy {summary.accuracy:.4f}" if summary.accuracy is not None else "")
+        + (f", RMSE {summary.rmse:.4f}" if summary.rmse is not None else ""),
         "model_name": source.info.name,
         "model_version": source.info.version,
     }

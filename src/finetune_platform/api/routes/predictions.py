@@ -26,7 +26,8 @@ router = APIRouter(tags=["tasks"])
         "A worker classifies every row of the dataset with the model (name, name@version or name@stage, pinned "
         "to a version now, so a promotion while the task waits changes nothing); fetch the CSV from "
         "GET /task/{task_id}/predictions once the task has succeeded. With `label_column` present, the task "
-        "also reports accuracy. `Idempotency-Key` repeats a submission safely (200: the first task)."
+        "also reports accuracy (RMSE for a regression model). A model trained on text pairs reads each row's "
+        "second text from `text_pair_column`. `Idempotency-Key` repeats a submission safely (200: the first task)."
     ),
     responses={
         **REPEATED,
@@ -37,7 +38,7 @@ router = APIRouter(tags=["tasks"])
             422,
             429,
             e404="No such registered model, or no dataset with this id among the caller's.",
-            e422="The dataset has no such text column (named by the dataset's id and name).",
+            e422="The dataset has no such text column or text pair column (named by the dataset's id and name).",
             e429="The account has as many tasks queued as it may.",
         ),
     },
@@ -63,8 +64,10 @@ def create_prediction_task(
     summary="The predictions CSV of a finished prediction task",
     description=(
         "One row per input row: `row`, the predicted `label` (class id), `label_name`, `probability`, "
-        "`truncated`, a `p_<label>` column per class and `error` (an empty text). Ready when the prediction task "
-        "has succeeded."
+        "`truncated`, a `p_<label>` column per class and `error` (an empty text or text pair). A multi-label "
+        "model's rows hold `labels` (those above their thresholds, most probable first, joined by ','), "
+        "`probabilities` (JSON) and `truncated` instead; a regression model's `value` and `truncated`. Ready when "
+        "the prediction task has succeeded."
     ),
     response_class=FileResponse,
     responses={

@@ -33,7 +33,8 @@ class JobPublic(Public):
         description=(
             "Training: step, max_steps, epoch, percent (from the start of training, within seconds), loss, "
             "learning_rate, samples_per_second (each logging step), metrics (latest evaluation). "
-            "Prediction: done, total, percent; when finished rows, predicted, empty, truncated, accuracy."
+            "Prediction: done, total, percent; when finished rows, predicted, empty, truncated, accuracy (subset "
+            "accuracy for a multi-label model, null for regression), and rmse for a regression model."
         )
     )
     attempts: int = Field(description="Attempts started so far.")
@@ -134,11 +135,23 @@ class PredictionJobCreate(Strict):
     text_column: str = Field(
         default="text", min_length=1, max_length=128, description="Column with the texts."
     )
+    text_pair_column: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "Column with the second text of each row, for a model trained on text pairs: such a model needs it, "
+            "a model of one text refuses it (the task fails saying so). The file must have it (422 otherwise)."
+        ),
+    )
     label_column: str = Field(
         default="label",
         min_length=1,
         max_length=128,
-        description="If the file has this column, the task reports accuracy against it.",
+        description=(
+            "If the file has this column, the task scores its predictions against it: accuracy (single-label), "
+            "subset accuracy (multi-label: a JSON list or ','-separated labels) or RMSE (regression)."
+        ),
     )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the task is failed.")
 
