@@ -188,6 +188,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(sweep_env, base_config):
 
 
 # -- 2 ---------------------------------------------------------------------------------------------------------
+@only_in_default_run("embedded")
 def test_a_failing_trial_does_not_stop_the_sweep(sweep_env, base_config):
     env = sweep_env
     spec = spec_of(
@@ -210,6 +211,7 @@ def test_a_failing_trial_does_not_stop_the_sweep(sweep_env, base_config):
 
 
 # -- 3 ---------------------------------------------------------------------------------------------------------
+@only_in_default_run("embedded")
 def test_cancel_stops_queued_and_running_trials(sweep_env, base_config):
     env = sweep_env
     sweep_id = submit(env, base_config(400), spec_of(max_trials=6, parallelism=2))
@@ -236,6 +238,7 @@ def test_cancel_stops_queued_and_running_trials(sweep_env, base_config):
 
 
 # -- 4 ---------------------------------------------------------------------------------------------------------
+@only_in_default_run("embedded")
 def test_parallelism_holds_across_three_workers(sweep_env, base_config):
     env = sweep_env
     sweep_id = submit(env, base_config(10), spec_of(max_trials=5, parallelism=2))
