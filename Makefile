@@ -10,6 +10,8 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 NAMESPACE ?= finetune
 RELEASE ?= finetune
 TORCH_VERSION ?= 2.13.0
+# Test processes of `make test` (pytest-xdist): the suite's tests isolate their ports, databases and folders.
+TEST_WORKERS ?= 2
 exp ?=
 model ?=
 set ?=
@@ -71,13 +73,13 @@ test: $(STAMP) $(HELM) ## Lint, build the docs (strict), then run the test suite
 	$(BIN)/ruff check src tests bench docs/gen
 	$(BIN)/lint-imports
 	$(MKDOCS) build --strict --quiet
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-v: $(STAMP) $(HELM) lint ## Lint, then run the whole test suite verbosely, a line per test (TESTS=PATH for part of it)
 	$(BIN)/python -m pytest -v $(TESTS)
 
 test-all: $(STAMP) $(HELM) lint ## Lint, then the whole suite including the extended tests (~10 more minutes)
-	$(BIN)/python -m pytest -q --extended
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --extended
 
 test-fast: $(STAMP) ## Run the tests that train no model
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -155,7 +155,8 @@ def throttle_of(request, tmp_path):
         return lambda: auth.DatabaseThrottle(3, 60, settings, max_rows=200)
     from tests.integration.queue_harness import require_redis
 
-    url = require_redis()
+    # its own database: flushing database 0 would drop other tests' queued messages (tests run in parallel)
+    url = require_redis("redis://127.0.0.1:6379/12")
     import redis
 
     redis.Redis.from_url(url).flushdb()
