@@ -1,0 +1,212 @@
+"""Tiny real runs of each new task, end to end: a multi-label run tunes its thresholds and carries them in
+label_map.json, metrics.json, MLflow and the model card; a regression run reports its errors in the target's units
+with the target's scale beside them; a sentence-pair run reads two texts a row. Neither multi-label nor regression
+is calibrated."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import yaml
+
+from finetune_platform.errors import ConfigError
+from finetune_platform.training.checkpoints import list_checkpoints
+from finetune_platform.training.config import config_from_dict
+from finetune_platform.training.metrics import THRESHOLD_GRID
+from finetune_platform.training.runner import run_training
+from tests.conftest import NOUNS, sentiment_rows, write_csv
+from tests.integration.test_driver import fast_config, train
+
+pytestmark = pytest.mark.slow
+
+TOPICS = {"sports": ["football", "tennis", "goal"], "politics": ["election", "senate", "vote"],
+          "music": ["guitar", "piano", "song"]}  # fmt: skip
+
+
+def topic_rows(count: int, seed: int) -> list[tuple[str, str]]:
+    """Texts naming 0 to 2 topics by their words; the label cell lists them, comma-separated."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        topics = sorted(rng.sample(sorted(TOPICS), [1, 2, 1, 0][i % 4]))
+        words = [rng.choice(TOPICS[topic]) for topic in topics] + [rng.choice(NOUNS)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), ",".join(topics)))
+    return rows
+
+
+def score_rows(count: int, seed: int) -> list[tuple[str, float]]:
+    """Texts whose target is 1.5 × the number of 'great' in them, minus 2."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        greats = i % 4
+        words = ["great"] * greats + [rng.choice(NOUNS) for _ in range(3 - greats)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), 1.5 * greats - 2))
+    return rows
+
+
+def tiny_run(model, train_file, validation_file, output_dir, task: str, **top) -> dict:
+    raw = fast_config(model, train_file, validation_file, output_dir, max_steps=10, eval_steps=5)
+    raw.update(task=task, **top)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    from finetune_platform.settings import Settings
+
+    root = tmp_path_factory.mktemp("task-runs")
+    return Settings(FINETUNE_HOME=root / "home", MODEL_REGISTRY_DIR=root / "cards")
+
+
+@pytest.fixture(scope="module")
+def multi_label_run(tmp_path_factory, tiny_bert, tracked):
+    root = tmp_path_factory.mktemp("multi-label")
+    train_file = write_csv(root / "train.csv", topic_rows(40, seed=1))
+    validation_file = write_csv(root / "validation.csv", topic_rows(16, seed=2))
+    raw = tiny_run(tiny_bert, train_file, validation_file, root / "results", "multi_label", thresholds="tune")
+    raw["training"]["class_weights"] = "balanced"
+    raw["registry"] = {"model_name": "topics-tiny"}
+    return run_training(config_from_dict(raw), settings=tracked, show_progress=False), train_file
+
+
+def test_a_multi_label_run_tunes_and_stores_its_thresholds(multi_label_run, tracked):
+    result, train_file = multi_label_run
+    metrics = json.loads(result.run.metrics_path.read_text())
+    evaluation = metrics["eval"]
+    assert set(evaluation) == {"micro_f1", "macro_f1", "subset_accuracy", "loss", "per_class", "num_rows"}
+    assert evaluation["num_rows"] == 16
+    assert all(0.0 <= evaluation[key] <= 1.0 for key in ("micro_f1", "macro_f1", "subset_accuracy"))
+    assert evaluation["loss"] > 0
+    names = ["music", "politics", "sports"]
+    thresholds = metrics["thresholds"]
+    assert list(thresholds) == names and all(value in THRESHOLD_GRID for value in thresholds.values())
+    assert {name: scores["threshold"] for name, scores in evaluation["per_class"].items()} == thresholds
+    label_map = json.loads((result.run.artifacts_dir / "label_map.json").read_text())
+    assert label_map == {
+        "id2label": {"0": "music", "1": "politics", "2": "sports"},
+        "label2id": {"music": 0, "politics": 1, "sports": 2},
+        "raw_values": names,
+        "task": "multi_label",
+        "pair": False,
+        "thresholds": [thresholds[name] for name in names],
+    }
+    # evaluations while training report the task's metrics at 0.5; the ranking metric is micro_f1
+    evaluations = metrics["history"]
+    assert [entry["step"] for entry in evaluations] == [5, 10]
+    assert {"eval_loss", "eval_micro_f1", "eval_macro_f1", "eval_subset_accuracy"} <= set(evaluations[0])
+    assert "eval_accuracy" not in evaluations[0]
+    assert {info.metric_name for info in list_checkpoints(result.run.checkpoints_dir)} == {"eval_micro_f1"}
+    # not calibrated: no temperature anywhere, and the log says why
+    assert "calibration" not in metrics
+    assert not (result.run.artifacts_dir / "calibration.json").exists()
+    assert not (result.run.root / "reliability.png").exists()
+    log = result.run.logs_path.read_text()
+    assert "calibration: skipped, temperature scaling is for single_label runs (task: multi_label)" in log
+    assert "thresholds tuned on the validation set: " in log
+    # pos_weight per label: negatives / positives in the 40 training rows
+    rows = [labels.split(",") if labels else [] for _, labels in topic_rows(40, seed=1)]
+    expected = {
+        name: round((40 - sum(name in r for r in rows)) / sum(name in r for r in rows), 6) for name in names
+    }
+    assert yaml.safe_load(result.run.config_path.read_text())["resolved"]["class_weights"] == expected
+
+
+def test_a_multi_label_run_logs_and_registers_its_task(multi_label_run, tracked):
+    from mlflow.tracking import MlflowClient
+
+    from finetune_platform.tracking.registry import ModelRegistry
+
+    result, _ = multi_label_run
+    metrics = json.loads(result.run.metrics_path.read_text())
+    logged = MlflowClient(tracked.mlflow_tracking_uri).get_run(result.mlflow_run_id).data.metrics
+    for key in ("micro_f1", "macro_f1", "subset_accuracy", "loss"):
+        assert logged[f"final_{key}"] == pytest.approx(metrics["eval"][key])
+    for name, threshold in metrics["thresholds"].items():
+        assert logged[f"final_threshold.{name}"] == pytest.approx(threshold)
+    assert "final_accuracy" not in logged and "eval_micro_f1" in logged
+    model = metrics["model"]
+    card = ModelRegistry(tracked).cards.get(model["name"], model["version"])
+    assert card.task_type == "multi_label"
+    assert card.thresholds == metrics["thresholds"]
+    assert card.metrics == {
+        key: metrics["eval"][key] for key in ("micro_f1", "macro_f1", "subset_accuracy", "loss")
+    }
+    assert card.calibration is None and card.target_scale is None
+
+
+def test_a_regression_run_reports_errors_in_the_targets_units(tiny_bert, untracked, tmp_path):
+    train_rows = score_rows(40, seed=1)
+    train_file = write_csv(tmp_path / "train.csv", train_rows, header=("text", "score"))
+    validation_file = write_csv(tmp_path / "validation.csv", score_rows(16, seed=2), header=("text", "score"))
+    raw = tiny_run(tiny_bert, train_file, validation_file, tmp_path / "results", "regression")
+    raw["data"]["label_column"] = "score"
+    result = train(untracked, raw)
+    metrics = json.loads(result.run.metrics_path.read_text())
+    evaluation = metrics["eval"]
+    assert set(evaluation) == {"rmse", "mae", "pearson", "spearman", "loss", "num_rows"}
+    targets = [target for _, target in train_rows]
+    mean = sum(targets) / 40
+    std = math.sqrt(sum((t - mean) ** 2 for t in targets) / 40)
+    assert metrics["target_scale"] == pytest.approx({"mean": mean, "std": std})
+    # the loss is the mean squared error of the standardised target; rmse is the same error in the target's units
+    assert evaluation["rmse"] == pytest.approx(math.sqrt(evaluation["loss"]) * std, rel=1e-4)
+    assert 0 < evaluation["mae"] <= evaluation["rmse"]
+    assert -1 <= evaluation["pearson"] <= 1 and -1 <= evaluation["spearman"] <= 1
+    label_map = json.loads((result.run.artifacts_dir / "label_map.json").read_text())
+    assert label_map == {
+        "id2label": {"0": "score"},
+        "label2id": {"score": 0},
+        "raw_values": [],
+        "task": "regression",
+        "pair": False,
+        "scale": metrics["target_scale"],
+    }
+    assert {"eval_rmse", "eval_mae", "eval_pearson", "eval_spearman", "eval_loss"} <= set(
+        metrics["history"][0]
+    )
+    assert "calibration" not in metrics and not (result.run.root / "reliability.png").exists()
+
+
+def test_a_pair_run_reads_two_texts_a_row(tiny_bert, untracked, tmp_path):
+    def pairs(count, seed):
+        rows = sentiment_rows(count, seed, labels=("same", "different"))
+        rng = random.Random(seed)
+        return [(text, rng.choice(NOUNS), label) for text, label in rows]
+
+    header = ("premise", "hypothesis", "label")
+    train_file = write_csv(tmp_path / "train.csv", pairs(40, 1), header=header)
+    validation_file = write_csv(tmp_path / "validation.csv", pairs(16, 2), header=header)
+    raw = tiny_run(tiny_bert, train_file, validation_file, tmp_path / "results", "single_label")
+    raw["data"].update(text_column="premise", text_pair_column="hypothesis")
+    result = train(untracked, raw)
+    label_map = json.loads((result.run.artifacts_dir / "label_map.json").read_text())
+    assert label_map["pair"] is True and label_map["task"] == "single_label"
+    assert label_map["id2label"] == {"0": "different", "1": "same"}
+    metrics = json.loads(result.run.metrics_path.read_text())
+    assert {"accuracy", "macro_f1", "loss", "per_class", "confusion_matrix"} <= set(metrics["eval"])
+    assert "calibration" in metrics  # single_label pairs are calibrated as before
+
+
+def test_an_unknown_label_in_multi_label_class_weights_is_refused_when_the_data_loads(
+    tiny_bert, untracked, tmp_path
+):
+    train_file = write_csv(tmp_path / "train.csv", topic_rows(40, seed=1))
+    raw = tiny_run(tiny_bert, train_file, None, tmp_path / "results", "multi_label")
+    raw["training"]["class_weights"] = {"weather": 3}
+    with pytest.raises(ConfigError) as caught:
+        train(untracked, raw)
+    assert str(caught.value) == (
+        "training.class_weights: unknown label 'weather'; the training data's labels are 'music', 'politics', "
+        "'sports'"
+    )
+
+
+@pytest.fixture
+def untracked(settings):
+    return settings.model_copy(update={"MLFLOW_ENABLED": False})
