@@ -27,6 +27,29 @@ LabelColumn = Annotated[
         "--label-column", help="Column with the label (default: the config's, a version's, or 'label')."
     ),
 ]
+TaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="single_label (one label per row), multi_label (a JSON list or delimited labels per row) or "
+        "regression (a number per row); default: the config's, or single_label.",
+    ),
+]
+TextPairColumn = Annotated[
+    str | None,
+    typer.Option(
+        "--text-pair-column",
+        help="Column with a second text per row (sentence pairs: NLI, paraphrase, STS); default: the config's, "
+        "or none.",
+    ),
+]
+LabelDelimiter = Annotated[
+    str | None,
+    typer.Option(
+        "--label-delimiter",
+        help="multi_label: what separates a row's labels ('a,b'); default: the config's, or ','.",
+    ),
+]
 
 
 def _tokenizer(model: str | None):
@@ -53,11 +76,15 @@ def data_validate(
     config_path: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="Take files, columns, labels, model and max_length from a training config."
+            "--config",
+            help="Take files, columns, task, labels, model and max_length from a training config.",
         ),
     ] = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
+    task: TaskOption = None,
+    text_pair_column: TextPairColumn = None,
+    label_delimiter: LabelDelimiter = None,
     label_names: Annotated[
         str | None,
         typer.Option("--label-names", help="Declared labels, comma-separated (e.g. negative,positive)."),
@@ -97,6 +124,9 @@ def data_validate(
             validation_file = validation_file or config.data.validation_file
             text_column = text_column or config.data.text_column
             label_column = label_column or config.data.label_column
+            task = task or config.task.value
+            text_pair_column = text_pair_column or config.data.text_pair_column
+            label_delimiter = label_delimiter or config.data.label_delimiter
             declared = declared or config.data.label_names
             model = model or config.model.base_model
             max_length = max_length or config.model.max_length
@@ -109,6 +139,9 @@ def data_validate(
         options = ValidationOptions(
             text_column=text_column or "text",
             label_column=label_column or "label",
+            task=task or "single_label",
+            text_pair_column=text_pair_column,
+            label_delimiter=label_delimiter or ",",
             label_names=declared,
             tokenizer=_tokenizer(model),
             max_length=max_length if model else None,

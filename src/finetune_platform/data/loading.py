@@ -1,9 +1,9 @@
 """Read labelled text datasets (CSV, TSV, JSONL, JSON, Parquet) in chunks, with precise errors.
 
 Every reader yields ``Chunk`` objects: a frame with ``row`` (1-based data row number), ``text`` and
-``label`` columns, plus the malformed lines it had to skip. Problems that make the whole file unreadable
-(not UTF-8, empty, no header, a missing or duplicated column, a quote that never closes) raise
-``DatasetFileError`` with a message that names the line, byte offset or column.
+``label`` columns (and ``text_pair`` when a pair column is named), plus the malformed lines it had to skip.
+Problems that make the whole file unreadable (not UTF-8, empty, no header, a missing or duplicated column, a
+quote that never closes) raise ``DatasetFileError`` with a message that names the line, byte offset or column.
 
 A file is also what a user uploads, so reading it is bounded by ``DatasetLimits`` while it is read: rows,
 decoded bytes, characters per cell and JSON nesting. A file over a limit raises ``DatasetLimitError``
@@ -144,9 +144,9 @@ class MalformedLine:
 
 @dataclass
 class Chunk:
-    frame: pd.DataFrame  # columns: row, text, label (text/label may be missing -> NaN)
+    frame: pd.DataFrame  # columns: row, text, [text_pair,] label (cells may be missing -> NaN)
     malformed: list[MalformedLine] = field(default_factory=list)
-    # (row, "text" or "label") of JSON cells that held an object or array: NaN in the frame
+    # (row, "text", "text_pair" or "label") of JSON cells that held an object or array: NaN in the frame
     nested: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -215,7 +215,7 @@ def check_utf8(path: Path, block_size: int = 1 << 20) -> bool:
     return has_bom
 
 
-def _missing_columns(path: Path, columns: list[str], wanted: tuple[str, str], mapping_hint: str) -> None:
+def _missing_columns(path: Path, columns: list[str], wanted: tuple[str, ...], mapping_hint: str) -> None:
     missing = [name for name in wanted if name not in columns]
     if missing:
         available = ", ".join(map(str, columns)) or "none"
@@ -229,6 +229,28 @@ def _missing_columns(path: Path, columns: list[str], wanted: tuple[str, str], ma
 _MAPPING_HINT = (
     "set the column names (data.text_column / data.label_column, or --text-column / --label-column)"
 )
+_PAIR_MAPPING_HINT = (
+    "set the column names (data.text_column / data.text_pair_column / data.label_column, or --text-column / "
+    "--text-pair-column / --label-column)"
+)
+
+
+def _wanted(text_column: str, label_column: str, pair_column: str | None) -> tuple[str, ...]:
+    """The columns a reader takes, in frame order, and the hint naming their settings."""
+    if pair_column is None:
+        return (text_column, label_column)
+    return (text_column, pair_column, label_column)
+
+
+def _hint(pair_column: str | None) -> str:
+    return _MAPPING_HINT if pair_column is None else _PAIR_MAPPING_HINT
+
+
+def _roles(pair_column: str | None) -> tuple[str, ...]:
+    """The frame's names of the columns ``_wanted`` lists."""
+    return ("text", "label") if pair_column is None else ("text", "text_pair", "label")
+
+
 _SKIPPED = re.compile(r"Skipping line (\d+): (.+)")
 
 
@@ -250,8 +272,12 @@ def _read_delimited(
     chunk_rows: int,
     limits: DatasetLimits,
     fmt: DatasetFormat,
+    pair_column: str | None = None,
+    label_lists: bool = False,  # JSON formats only: a list in a label cell is kept as its JSON text
 ) -> Iterator[Chunk]:
     has_bom = check_utf8(path)
+    wanted = _wanted(text_column, label_column, pair_column)
+    texts = {text_column, pair_column} - {None}
     encoding = "utf-8-sig" if has_bom else "utf-8"
     sep, quoting = fmt.delimiter, fmt.quoting  # the registry's: prediction reads the file the same way
     with Path(path).open(encoding=encoding, newline="") as handle:
@@ -278,7 +304,7 @@ def _read_delimited(
             "duplicate_column",
             "give every column a unique name",
         )
-    _missing_columns(path, header, (text_column, label_column), _MAPPING_HINT)
+    _missing_columns(path, header, wanted, _hint(pair_column))
     next_row = 1
     saw_rows = False
     budget = _Budget(limits)
@@ -295,7 +321,7 @@ def _read_delimited(
                 na_values=[""],
                 on_bad_lines="warn",  # every column is read: with usecols pandas would not notice ragged rows
                 # Texts stay exactly as written ("007", "1.50"); other columns are inferred, which is much faster.
-                dtype={column: "str" for column in raw_header if column.strip() == text_column},
+                dtype={column: "str" for column in raw_header if column.strip() in texts},
                 chunksize=chunk_rows,
                 skipinitialspace=False,
             )
@@ -311,14 +337,16 @@ def _read_delimited(
                 frame = pd.DataFrame(
                     {
                         "row": numbers,
-                        "text": frame[text_column].to_numpy(),
-                        "label": frame[label_column].to_numpy(),
+                        **{
+                            role: frame[name].to_numpy()
+                            for role, name in zip(_roles(pair_column), wanted, strict=True)
+                        },
                     }
                 )
                 next_row = int(numbers[-1]) + 1 if len(numbers) else next_row + len(skipped)
                 budget.rows(next_row - 1)
-                for column, name in (("text", text_column), ("label", label_column)):
-                    budget.cells(numbers, name, *_series_sizes(frame[column]))
+                for role, name in zip(_roles(pair_column), wanted, strict=True):
+                    budget.cells(numbers, name, *_series_sizes(frame[role]))
                 yield Chunk(frame, malformed)
         except pd.errors.ParserError as exc:
             message = str(exc)
@@ -336,7 +364,7 @@ def _read_delimited(
             saw_rows = False
         trailing = _drain_bad_lines(caught)
         if trailing:
-            yield Chunk(pd.DataFrame({"row": [], "text": [], "label": []}), trailing)
+            yield Chunk(pd.DataFrame({"row": [], **{role: [] for role in _roles(pair_column)}}), trailing)
             saw_rows = True
     if not saw_rows:
         raise DatasetFileError(
@@ -499,43 +527,58 @@ _NOT_UNICODE = object()  # a string with a lone surrogate
 
 class _JsonRows:
     """JSON records as rows of chunks: each text and label cell is checked against the limits as it is
-    decoded; an object or array in a cell is a row error (``Chunk.nested``), never a crash."""
+    decoded; an object or array in a cell is a row error (``Chunk.nested``), never a crash. With
+    ``label_lists`` (multi-label data), an array in the label cell is kept as its JSON text, for the label
+    parser to check like a '["a", "b"]' cell of a CSV file."""
 
-    def __init__(self, text_column: str, label_column: str, limits: DatasetLimits) -> None:
-        self.text_column, self.label_column = text_column, label_column
+    def __init__(
+        self,
+        text_column: str,
+        label_column: str,
+        limits: DatasetLimits,
+        pair_column: str | None = None,
+        label_lists: bool = False,
+    ) -> None:
+        self.columns = _wanted(text_column, label_column, pair_column)
+        self.roles = _roles(pair_column)
+        self.label_column = label_column
+        self.label_lists = label_lists
         self.budget = _Budget(limits)
-        self.rows: list[tuple[int, Any, Any]] = []
+        self.rows: list[tuple[Any, ...]] = []
         self.nested: list[tuple[int, str]] = []
         self.malformed: list[MalformedLine] = []
         self.row = 0
-        self.seen = {text_column: False, label_column: False}
+        self.seen = dict.fromkeys(self.columns, False)
         self.all_seen = False
 
     def add(self, record: dict[str, Any], line: int) -> None:
         if not self.all_seen:
             self.seen = {name: seen or name in record for name, seen in self.seen.items()}
             self.all_seen = all(self.seen.values())
-        text, text_chars, text_size = self._cell(record.get(self.text_column))
-        label, label_chars, label_size = self._cell(record.get(self.label_column))
-        if text is _NOT_UNICODE or label is _NOT_UNICODE:  # JSON may escape a lone surrogate (\ud800)
-            name = self.text_column if text is _NOT_UNICODE else self.label_column
-            self.malformed.append(
-                MalformedLine(line, f"field {name!r} is not valid Unicode (a lone surrogate)")
-            )
-            return
+        cells = []
+        for name in self.columns:
+            value = record.get(name)
+            if self.label_lists and name == self.label_column and isinstance(value, list):
+                value = json.dumps(value, ensure_ascii=False)
+            cell = self._cell(value)
+            if cell[0] is _NOT_UNICODE:  # JSON may escape a lone surrogate (\ud800)
+                self.malformed.append(
+                    MalformedLine(line, f"field {name!r} is not valid Unicode (a lone surrogate)")
+                )
+                return
+            cells.append(cell)
         self.row += 1
         budget = self.budget
         if self.row > budget.limits.max_rows:
             budget.rows(self.row)
-        budget.cell(self.row, self.text_column, text_chars, text_size)
-        budget.cell(self.row, self.label_column, label_chars, label_size)
-        if text is _NESTED:
-            self.nested.append((self.row, "text"))
-            text = float("nan")
-        if label is _NESTED:
-            self.nested.append((self.row, "label"))
-            label = float("nan")
-        self.rows.append((self.row, text, label))
+        values: list[Any] = [self.row]
+        for name, role, (value, chars, size) in zip(self.columns, self.roles, cells, strict=True):
+            budget.cell(self.row, name, chars, size)
+            if value is _NESTED:
+                self.nested.append((self.row, role))
+                value = float("nan")
+            values.append(value)
+        self.rows.append(tuple(values))
 
     @staticmethod
     def _cell(value: Any) -> tuple[Any, int, int]:
@@ -555,17 +598,23 @@ class _JsonRows:
         return text, len(text), 8
 
     def chunk(self) -> Chunk:
-        frame = pd.DataFrame(self.rows, columns=["row", "text", "label"], dtype=object)
+        frame = pd.DataFrame(self.rows, columns=["row", *self.roles], dtype=object)
         chunk = Chunk(frame, self.malformed, self.nested)
         self.rows, self.malformed, self.nested = [], [], []
         return chunk
 
 
 def _read_jsonl(
-    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits
+    path: Path,
+    text_column: str,
+    label_column: str,
+    chunk_rows: int,
+    limits: DatasetLimits,
+    pair_column: str | None = None,
+    label_lists: bool = False,
 ) -> Iterator[Chunk]:
     has_bom = check_utf8(path)
-    records = _JsonRows(text_column, label_column, limits)
+    records = _JsonRows(text_column, label_column, limits, pair_column, label_lists)
     depth = limits.max_json_depth
     with Path(path).open(encoding="utf-8-sig" if has_bom else "utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -605,7 +654,7 @@ def _read_jsonl(
         )
     if records.row and not all(records.seen.values()):
         found = [name for name, seen in records.seen.items() if seen]
-        _missing_columns(path, found, (text_column, label_column), _MAPPING_HINT)
+        _missing_columns(path, found, records.columns, _hint(pair_column))
     if records.rows or records.malformed:
         yield records.chunk()
 
@@ -622,14 +671,20 @@ def _scalar_to_str(value: Any) -> Any:
 
 
 def _read_json(
-    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits
+    path: Path,
+    text_column: str,
+    label_column: str,
+    chunk_rows: int,
+    limits: DatasetLimits,
+    pair_column: str | None = None,
+    label_lists: bool = False,
 ) -> Iterator[Chunk]:
     has_bom = check_utf8(path)
     data = Path(path).read_bytes()[len(_BOM) if has_bom else 0 :]
     _check_depth(data, limits)
     document = data.decode("utf-8")
     del data
-    records = _JsonRows(text_column, label_column, limits)
+    records = _JsonRows(text_column, label_column, limits, pair_column, label_lists)
     keys: dict[str, None] = {}  # the first keys seen, for the missing-column message
     index = 0
     try:
@@ -657,7 +712,7 @@ def _read_json(
     if index == 0:
         raise DatasetFileError(f"{path}: the array holds no records", "no_rows", "add records")
     if records.row and not all(records.seen.values()):
-        _missing_columns(path, sorted(keys), (text_column, label_column), _MAPPING_HINT)
+        _missing_columns(path, sorted(keys), records.columns, _hint(pair_column))
     if records.rows or records.malformed:
         yield records.chunk()
 
@@ -732,7 +787,13 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _read_parquet(
-    path: Path, text_column: str, label_column: str, chunk_rows: int, limits: DatasetLimits
+    path: Path,
+    text_column: str,
+    label_column: str,
+    chunk_rows: int,
+    limits: DatasetLimits,
+    pair_column: str | None = None,
+    label_lists: bool = False,  # unused: Parquet label cells are strings or numbers (multi-label: '["a", "b"]')
 ) -> Iterator[Chunk]:
     """Refuse from the metadata what it shows (rows, uncompressed sizes), then read batches with text kept
     dictionary-encoded, measure them and hand on slices of at most CHUNK_DECODED_BYTES decoded."""
@@ -752,8 +813,9 @@ def _read_parquet(
             "duplicate_column",
             "give every column a unique name",
         )
-    _missing_columns(path, schema.names, (text_column, label_column), _MAPPING_HINT)
-    for name in (text_column, label_column):
+    columns = _wanted(text_column, label_column, pair_column)
+    _missing_columns(path, schema.names, columns, _hint(pair_column))
+    for name in columns:
         kind = schema.field(name).type
         if not _parquet_column_ok(kind):
             raise DatasetFileError(
@@ -769,7 +831,7 @@ def _read_parquet(
             f"the Parquet metadata declares {metadata.num_rows:,} rows, more than the limit of {limits.max_rows:,}",
             "MAX_DATASET_ROWS",
         )
-    wanted = {text_column, label_column}
+    wanted = set(columns)
     declared = sum(
         group.column(i).total_uncompressed_size
         for group in map(metadata.row_group, range(metadata.num_row_groups))
@@ -777,17 +839,16 @@ def _read_parquet(
         if group.column(i).path_in_schema in wanted
     )
     if declared > limits.max_decoded_bytes:
+        names = ", ".join(map(repr, columns[:-1])) + f" and {columns[-1]!r}"
         raise DatasetLimitError(
-            f"the Parquet metadata says columns {text_column!r} and {label_column!r} hold {declared:,} bytes "
+            f"the Parquet metadata says columns {names} hold {declared:,} bytes "
             f"uncompressed, more than the limit of {limits.max_decoded_bytes:,}",
             "MAX_DATASET_DECODED_BYTES",
         )
     # Strings stay dictionary-encoded in each batch: measured through the dictionary, decoded per slice.
     # Arrow cannot keep delta-encoded strings as a dictionary (where one repeated string also costs next to
     # nothing): those are read a few rows at a time, as many as _DELTA_BATCH_BYTES holds at the cell limit.
-    strings = [
-        name for name in (text_column, label_column) if _is_text_type(_value_type(schema.field(name).type))
-    ]
+    strings = [name for name in columns if _is_text_type(_value_type(schema.field(name).type))]
     encodings = _encodings(metadata, strings)
     as_dictionary = [name for name in strings if encodings[name] <= _DICTIONARY_READABLE]
     batch_rows = chunk_rows
@@ -797,18 +858,16 @@ def _read_parquet(
     # uploads runs under an address-space cap (VALIDATION_MEMORY_MB) where a failed thread start aborts.
     parquet = pq.ParquetFile(path, read_dictionary=as_dictionary, pre_buffer=False)
     budget = _Budget(limits)
-    pending = _PendingRows(text_column, label_column)
+    pending = _PendingRows(columns, _roles(pair_column))
     next_row = 1
     try:
-        batches = parquet.iter_batches(
-            batch_size=batch_rows, columns=[text_column, label_column], use_threads=False
-        )
+        batches = parquet.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False)
         for batch in batches:
             rows = np.arange(next_row, next_row + batch.num_rows)
             next_row += batch.num_rows
             budget.rows(next_row - 1)
             sizes = np.zeros(batch.num_rows, np.int64)
-            for name in (text_column, label_column):
+            for name in columns:
                 column = batch.column(name)
                 _check_parquet_utf8(path, column, rows, name)
                 chars, cell_bytes = _arrow_sizes(column)
@@ -863,8 +922,8 @@ def _slices(sizes: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
 class _PendingRows:
     """Measured Parquet rows gathered into one chunk (small batches merged, big ones arrive sliced)."""
 
-    def __init__(self, text_column: str, label_column: str) -> None:
-        self.columns = (text_column, label_column)
+    def __init__(self, columns: tuple[str, ...], roles: tuple[str, ...]) -> None:
+        self.columns, self.roles = columns, roles
         self.parts: list[tuple[Any, np.ndarray]] = []
         self.rows = 0
         self.size = 0
@@ -877,12 +936,13 @@ class _PendingRows:
     def flush(self) -> Iterator[Chunk]:
         if not self.parts:
             return
-        text, label = (
-            np.concatenate([_cells(part.column(name)) for part, _ in self.parts]) for name in self.columns
-        )
+        cells = {
+            role: np.concatenate([_cells(part.column(name)) for part, _ in self.parts])
+            for role, name in zip(self.roles, self.columns, strict=True)
+        }
         rows = np.concatenate([rows for _, rows in self.parts])
         self.parts, self.rows, self.size = [], 0, 0
-        yield Chunk(pd.DataFrame({"row": rows, "text": text, "label": label}))
+        yield Chunk(pd.DataFrame({"row": rows, **cells}))
 
 
 def _cells(array: pa.Array) -> np.ndarray:
@@ -911,9 +971,15 @@ def iter_chunks(
     label_column: str,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     limits: DatasetLimits | None = None,
+    *,
+    text_pair_column: str | None = None,
+    label_lists: bool = False,
 ) -> Iterator[Chunk]:
     """Stream a dataset file as chunks; memory stays bounded by ``chunk_rows``, not by the file, and the
-    file is refused (DatasetLimitError) as soon as it passes one of ``limits`` (default: the settings)."""
+    file is refused (DatasetLimitError) as soon as it passes one of ``limits`` (default: the settings).
+
+    ``text_pair_column``: also read this column, as the frame's ``text_pair``. ``label_lists`` (multi-label
+    data): a JSON array in a JSON or JSONL label cell is kept as its JSON text instead of being a row error."""
     path = Path(path)
     if not path.exists():
         raise DatasetFileError(f"dataset file not found: {path}", "not_found", "check the path")
@@ -925,9 +991,22 @@ def iter_chunks(
             "same_column",
             "name two different columns (--text-column / --label-column)",
         )
+    if text_pair_column is not None and text_pair_column in (text_column, label_column):
+        role = "text" if text_pair_column == text_column else "label"
+        raise DatasetFileError(
+            f"the text pair column and the {role} column are both {text_pair_column!r}",
+            "same_column",
+            "name a third column for the second text (--text-pair-column)",
+        )
     fmt = detect_format(path)
     yield from READERS[fmt](
-        path, text_column, label_column, chunk_rows, limits or DatasetLimits.from_settings()
+        path,
+        text_column,
+        label_column,
+        chunk_rows,
+        limits or DatasetLimits.from_settings(),
+        pair_column=text_pair_column,
+        label_lists=label_lists,
     )
 
 

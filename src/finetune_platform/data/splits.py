@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from finetune_platform.data.loading import LabelMap, rows_text
 from finetune_platform.data.validation import (
+    MULTI_LABEL,
+    REGRESSION,
+    SINGLE_LABEL,
     DatasetValidationError,
     ValidationOptions,
     ValidationReport,
@@ -17,10 +21,14 @@ from finetune_platform.data.validation import (
 )
 from finetune_platform.errors import DatasetError
 
+TARGET_BINS = 10  # regression: quantile bins of the target that the validation split is stratified on
+
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    train: pd.DataFrame  # columns: row, text, label (normalised), label_id
+    # columns: row, text, [text_pair,] label (normalised), label_id. label_id per task: single_label the class
+    # id; multi_label a tuple of sorted label ids (maybe empty); regression the target (a float, raw units).
+    train: pd.DataFrame
     validation: pd.DataFrame
     label_map: LabelMap
     validation_source: str  # "file:<path>" or "split:<ratio>"
@@ -41,65 +49,141 @@ def load_splits(
     tokenizer: Any = None,
     max_length: int | None = None,
     drop_invalid: bool = False,
+    task: str = SINGLE_LABEL,
+    text_pair_column: str | None = None,
+    label_delimiter: str = ",",
 ) -> DatasetSplits:
     """Validate first (refusing invalid data, or dropping invalid rows), then build the splits."""
     options = ValidationOptions(
         text_column=text_column,
         label_column=label_column,
+        task=task,
+        text_pair_column=text_pair_column,
+        label_delimiter=label_delimiter,
         label_names=label_names,
         tokenizer=tokenizer,
         max_length=max_length,
         drop_invalid=drop_invalid,
         collect_rows=True,
     )
+    task = options.task
     report = validate_dataset(Path(train_file), options, Path(validation_file) if validation_file else None)
     if not report.ok:
         raise DatasetValidationError(report)
     train = report.file("train").rows
     if max_train_rows is not None:
         train = train.head(max_train_rows)
-    label_map = LabelMap.build(train["label"].tolist(), label_names)
-    if len(set(train["label"].tolist())) < 2:
-        raise DatasetError(
-            f"the first {len(train)} training rows hold only one label ({train['label'].iloc[0]!r}); "
-            "a classifier needs two: raise data.max_train_rows or shuffle the file"
-        )
-    train = _with_ids(train, label_map, "training")
+    pair = text_pair_column is not None
+    if task == REGRESSION:
+        # ids are the targets themselves; the scale comes from the training rows once they are split
+        label_map = LabelMap((label_column,), (), task=REGRESSION, pair=pair)
+        train = train.assign(label_id=train["label"].astype(float))
+    else:
+        label_map = _label_map(train, task, label_names, pair)
+        train = _with_ids(train, label_map, "training")
     if validation_file is not None:
         validation = report.file("validation").rows
         if max_validation_rows is not None:
             validation = validation.head(max_validation_rows)
-        validation = _with_ids(validation, label_map, "validation")
+        if task == REGRESSION:
+            validation = validation.assign(label_id=validation["label"].astype(float))
+        else:
+            validation = _with_ids(validation, label_map, "validation")
         source = f"file:{validation_file}"
     else:
-        train, validation = _stratified_split(train, validation_split, seed)
+        train, validation = _stratified_split(train, validation_split, seed, _strata(train, task))
         if max_validation_rows is not None:
             validation = validation.head(max_validation_rows)
         source = f"split:{validation_split}"
+    if task == REGRESSION:
+        label_map = replace(label_map, scale=_scale(train["label_id"].to_numpy(dtype=np.float64)))
     return DatasetSplits(
         train.reset_index(drop=True), validation.reset_index(drop=True), label_map, source, report
     )
 
 
+def _label_map(train: pd.DataFrame, task: str, label_names: list[str] | None, pair: bool) -> LabelMap:
+    """From the training rows used: their labels (multi_label: every label of every row)."""
+    if task == MULTI_LABEL:
+        values = [label for labels in train["label"] for label in labels]
+        label_map = replace(LabelMap.build(values, label_names), task=MULTI_LABEL, pair=pair)
+        if len(label_map.names) < 2:
+            held = f"only the label {label_map.names[0]!r}" if label_map.names else "no label"
+            raise DatasetError(
+                f"the first {len(train)} training rows hold {held}; a multi-label classifier needs two: raise "
+                "data.max_train_rows or shuffle the file"
+            )
+        return label_map
+    label_map = replace(LabelMap.build(train["label"].tolist(), label_names), pair=pair)
+    if len(set(train["label"].tolist())) < 2:
+        raise DatasetError(
+            f"the first {len(train)} training rows hold only one label ({train['label'].iloc[0]!r}); "
+            "a classifier needs two: raise data.max_train_rows or shuffle the file"
+        )
+    return label_map
+
+
+def _scale(targets: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of the training targets (ddof 0): what the model's standardised output is scaled back by."""
+    std = float(targets.std(ddof=0))
+    if std == 0:
+        raise DatasetError(
+            f"the {len(targets)} training rows used all have the target {targets[0]:g}; a regression needs targets "
+            "that vary: raise data.max_train_rows or shuffle the file"
+        )
+    return float(targets.mean()), std
+
+
 def _with_ids(frame: pd.DataFrame, label_map: LabelMap, role: str) -> pd.DataFrame:
     lookup = label_map.id_lookup()
     as_text = isinstance(label_map.raw_values[0], str)
-    ids = frame["label"].map(lambda value: lookup.get(str(value) if as_text else value))
-    unknown = frame.loc[ids.isna(), "row"].tolist()
+
+    def label_id(value: Any) -> Any:
+        return lookup.get(str(value) if as_text else value)
+
+    if label_map.task == MULTI_LABEL:
+        ids = frame["label"].map(lambda labels: tuple(map(label_id, labels)))
+        known = ids.map(lambda found: None not in found)
+        unknown_labels = {
+            str(v) for labels in frame.loc[~known, "label"] for v in labels if label_id(v) is None
+        }
+        ids = ids.map(lambda found: tuple(sorted(found)) if None not in found else None)
+    else:
+        ids = frame["label"].map(label_id)
+        known = ids.notna()
+        unknown_labels = {str(v) for v in frame.loc[~known, "label"]}
+    unknown = frame.loc[~known, "row"].tolist()
     if unknown:
         raise DatasetError(
-            f"{role}: labels {sorted({str(v) for v in frame.loc[ids.isna(), 'label']})} in {rows_text(unknown)} "
+            f"{role}: labels {sorted(unknown_labels)} in {rows_text(unknown)} "
             f"do not occur in the training rows used ({list(label_map.names)}); with data.max_train_rows, "
             "take more rows or shuffle the file"
         )
+    if label_map.task == MULTI_LABEL:
+        return frame.assign(label_id=ids)
     return frame.assign(label_id=ids.astype(int))
 
 
-def _stratified_split(table: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _strata(table: pd.DataFrame, task: str) -> pd.Series:
+    """What the validation split keeps the proportions of: the class; multi_label, each row's rarest label
+    (-1: no label); regression, the target's quantile bin."""
+    if task == MULTI_LABEL:
+        frequency = pd.Series([i for ids in table["label_id"] for i in ids]).value_counts()
+        return table["label_id"].map(lambda ids: min(ids, key=lambda i: (frequency[i], i)) if ids else -1)
+    if task == REGRESSION:
+        return pd.qcut(table["label_id"], TARGET_BINS, labels=False, duplicates="drop")
+    return table["label_id"]
+
+
+def _stratified_split(
+    table: pd.DataFrame, ratio: float, seed: int, strata: pd.Series
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified on ``strata`` where every stratum has two rows and the validation rows cover them all;
+    random otherwise."""
     from sklearn.model_selection import train_test_split  # lazy: scikit-learn (slow; not in the API image)
 
-    counts = table["label_id"].value_counts()
+    counts = strata.value_counts()
     n_validation = max(1, round(len(table) * ratio))
-    stratify = table["label_id"] if counts.min() >= 2 and n_validation >= len(counts) else None
+    stratify = strata if counts.min() >= 2 and n_validation >= len(counts) else None
     train, validation = train_test_split(table, test_size=n_validation, random_state=seed, stratify=stratify)
     return train, validation

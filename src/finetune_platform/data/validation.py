@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -48,6 +50,11 @@ HASH_SCHEME = "finetune-dataset-v1"
 IMBALANCE_RATIO = 5  # largest class / smallest class at which the report recommends class weights
 logger = logging.getLogger(__name__)
 
+# What a run learns from each row (training.config.Task's values; data sits below training, so as text).
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label", "multi_label", "regression"
+TASKS = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+_DETAILS = 3  # bad label cells whose value a message quotes
+
 
 class Severity(StrEnum):
     ERROR = "error"
@@ -59,7 +66,11 @@ class Check(StrEnum):
     MALFORMED_LINE = "malformed_line"
     NESTED_VALUE = "nested_value"
     EMPTY_TEXT = "empty_text"
+    EMPTY_PAIR = "empty_text_pair"
     NULL_LABEL = "null_label"
+    MALFORMED_LABEL = "malformed_label"
+    NOT_A_NUMBER = "not_a_number"
+    CONSTANT_TARGET = "constant_target"
     UNKNOWN_LABEL = "unknown_label"
     MIXED_LABEL_TYPES = "mixed_label_types"
     SINGLE_CLASS = "single_class"
@@ -79,9 +90,12 @@ DROPPABLE = {
     Check.MALFORMED_LINE,
     Check.NESTED_VALUE,
     Check.EMPTY_TEXT,
+    Check.EMPTY_PAIR,
     Check.NULL_LABEL,
+    Check.MALFORMED_LABEL,
+    Check.NOT_A_NUMBER,
     Check.UNKNOWN_LABEL,
-    Check.CONFLICTING_DUPLICATE,
+    Check.CONFLICTING_DUPLICATE,  # an error for labels; for regression targets a warning, never dropped
 }
 
 
@@ -106,6 +120,11 @@ class Issue:
 class ValidationOptions:
     text_column: str = "text"
     label_column: str = "label"
+    # single_label: one label per row; multi_label: a JSON list ('["a", "b"]', '[]') or a label_delimiter-
+    # separated cell ('a,b'); regression: a finite number
+    task: str = SINGLE_LABEL
+    text_pair_column: str | None = None  # a second text per row (sentence pairs), checked like the text
+    label_delimiter: str = ","  # multi_label: what separates a cell's labels
     label_names: list[str] | None = None
     tokenizer: Any = None  # a Hugging Face tokenizer: enables the token-length checks
     max_length: int | None = None
@@ -117,9 +136,22 @@ class ValidationOptions:
     limits: DatasetLimits | None = None  # reading limits; None: the settings' (DatasetLimits.from_settings)
 
     def __post_init__(self) -> None:
+        self.task = str(self.task)  # training.config.Task is a str enum: its value
         if self.text_column == self.label_column:
             raise ConfigError(
                 f"the text column and the label column are both {self.text_column!r}: name two different columns"
+            )
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        pair = self.text_pair_column
+        if pair is not None and pair in (self.text_column, self.label_column):
+            role = "text" if pair == self.text_column else "label"
+            raise ConfigError(
+                f"the text pair column and the {role} column are both {pair!r}: name a third column"
+            )
+        if not self.label_delimiter or self.label_delimiter.isspace():
+            raise ConfigError(
+                f"label delimiter {self.label_delimiter!r}: give the characters that separate labels (e.g. ',')"
             )
 
 
@@ -136,11 +168,16 @@ class FileReport:
     content_hash: str | None = None
     text_length: dict[str, float] = field(default_factory=dict)
     token_length: dict[str, float] = field(default_factory=dict)
-    rows: pd.DataFrame | None = None  # valid rows (row, text, label) when collected
+    task: str = SINGLE_LABEL
+    target: dict[str, float] = field(default_factory=dict)  # regression: min, max, mean, std of the targets
+    rows: pd.DataFrame | None = None  # valid rows (row, text, [text_pair,] label) when collected
     # Per valid row, for cross-file checks: text hash, label (normalised, as text) and row number.
     _text_hashes: np.ndarray | None = None
     _labels: np.ndarray | None = None  # label codes into _vocabulary
     _vocabulary: list[str] = field(default_factory=list)
+    _label_sets: list[tuple[str, ...]] = field(
+        default_factory=list
+    )  # per vocabulary entry: its labels as text
     _row_numbers: np.ndarray | None = None
 
     @property
@@ -189,6 +226,8 @@ class FileReport:
             "label_counts": self.label_counts,
             "text_length": self.text_length,
             "token_length": self.token_length,
+            "task": self.task,
+            "target": self.target,
             "issues": [issue.to_json() for issue in self.issues],
         }
 
@@ -223,6 +262,12 @@ class ValidationReport:
                 head += f", {report.rows_dropped} dropped"
             if labels:
                 head += f"; labels: {labels}"
+            if report.target:
+                target = report.target
+                head += (
+                    f"; target: {target['min']:g} to {target['max']:g}, mean {target['mean']:g}, "
+                    f"std {target['std']:g}"
+                )
             if report.version:
                 head += f"; version {report.version}"
             lines.append(head)
@@ -264,6 +309,81 @@ def _scalar_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+class LabelListError(ValueError):
+    """A multi-label cell that is not a list of labels; ``reason`` follows "label '…'" in a message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_label_list(cell: str, delimiter: str = ",") -> tuple[int | str, ...]:
+    """The labels of a multi-label cell, normalised as single labels are ('1' is 1): a JSON list of strings
+    and integers ('["a", "b"]'; '[]' holds none) or, for a cell not starting with '[', a ``delimiter``-separated
+    string ('a,b'; each part stripped). LabelListError says what is wrong otherwise."""
+    cell = cell.strip()
+    if not cell.startswith("["):
+        parts = [part.strip() for part in cell.split(delimiter)]
+        if "" in parts:
+            raise LabelListError(f"has an empty label (labels are separated by {delimiter!r})")
+        return tuple(normalise_label(part) for part in parts)
+    try:
+        items = json.loads(cell)
+    except json.JSONDecodeError as error:
+        raise LabelListError(f"is not a valid JSON list ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise LabelListError("is nested too deep") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise LabelListError("holds a number too long to read") from None
+    labels = []
+    for item in items:
+        if isinstance(item, list):
+            raise LabelListError("holds a nested list")
+        if isinstance(item, dict):
+            raise LabelListError("holds an object")
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise LabelListError(f"holds {json.dumps(item)}, not a string or an integer")
+        if isinstance(item, str) and not item.strip():
+            raise LabelListError("holds an empty label")
+        labels.append(normalise_label(item))
+    return tuple(labels)
+
+
+def _first_repeat(labels: tuple[Any, ...]) -> Any:
+    seen: set[Any] = set()
+    for label in labels:
+        if label in seen:
+            return label
+        seen.add(label)
+    return None
+
+
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def parse_target(value: Any) -> float | str:
+    """A regression cell as a float, or why it is not one ("is not a number", "is not a finite number")."""
+    if isinstance(value, bool | np.bool_):
+        return "is not a number"
+    if isinstance(value, int | float | np.integer | np.floating):
+        number = float(value)
+    else:
+        text = str(value).strip()
+        if _NUMBER.fullmatch(text) is None:
+            try:
+                number = float(text)  # 'nan', 'inf', 'Infinity': numbers, but not finite ones
+            except ValueError:
+                return "is not a number"
+            return "is not a finite number" if not math.isfinite(number) else "is not a number"
+        number = float(text)
+    return number if math.isfinite(number) else "is not a finite number"
+
+
+def _shown(value: str, limit: int = 50) -> str:
+    """A cell quoted in a message, cut at ``limit`` characters."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
 def normalised_text(text: pd.Series) -> pd.Series:
@@ -311,7 +431,7 @@ class _FileScan:
         self.problem_counts: dict[Check, int] = {}
         self.malformed: list[tuple[int, str]] = []
         self.malformed_count = 0
-        # "text" / "label" -> the first rows whose cell held an object or array, and how many did
+        # "text" / "text_pair" / "label" -> the first rows whose cell held an object or array, and how many did
         self.nested_rows: dict[str, list[int]] = {}
         self.nested_counts: dict[str, int] = {}
         self.unknown_values: dict[str, int] = {}
@@ -331,6 +451,9 @@ class _FileScan:
         self.token_lengths: list[np.ndarray] = []
         self.kept: list[pd.DataFrame] = []
         self.declared = self._declared_values(options.label_names)
+        self.label_hash_cache = np.array([], dtype=np.uint64)
+        # malformed label lists, targets that are not numbers: "row 7: label 'abc' is not a number", …
+        self.label_details: dict[Check, list[str]] = {}
 
     @staticmethod
     def _declared_values(names: list[str] | None) -> set[Any] | None:
@@ -360,64 +483,169 @@ class _FileScan:
             self.malformed_count += 1
         if frame.empty:
             return
+        options = self.options
         rows = frame["row"].to_numpy()
         text = as_text(frame["text"])
         text_missing = text.isna().to_numpy()
         key = normalised_text(text)  # the normalised text: surrounding whitespace does not count
         empty_text = text_missing | key.eq("").fillna(True).to_numpy(dtype=bool)
-
-        # Normalise each distinct label once: '1', '1.0' and 1 are the same label.
-        label_raw = frame["label"]
-        null_label = label_raw.isna().to_numpy()
-        distinct = pd.unique(label_raw[~null_label])
-        normalised_of = {value: self._declared_id(normalise_label(value)) for value in distinct}
-        blank = {value for value, norm in normalised_of.items() if norm == ""}
-        if blank:
-            null_label |= label_raw.isin(blank).to_numpy()
         # A nested JSON value is NaN in the frame: invalid like a missing one, reported as what it is.
         nested_text = np.isin(rows, [row for row, role in nested if role == "text"])
-        nested_label = np.isin(rows, [row for row, role in nested if role == "label"]) & ~empty_text
         self._note_nested("text", rows[nested_text])
-        self._note_nested("label", rows[nested_label])
         self._note(Check.EMPTY_TEXT, rows[empty_text & ~nested_text])
-        self._note(Check.NULL_LABEL, rows[null_label & ~empty_text & ~nested_label])
-        self.label_types.update(type(v) for v in normalised_of.values() if v != "")
-        codes_of = {value: self._code(norm) for value, norm in normalised_of.items() if norm != ""}
-        codes = label_raw.map(codes_of).fillna(-1).to_numpy(dtype=np.int64)
+        blank = empty_text  # rows without their text(s): their label is not checked
+        pair = pair_key = None
+        if options.text_pair_column is not None:
+            pair = as_text(frame["text_pair"])
+            pair_key = normalised_text(pair)
+            empty_pair = pair.isna().to_numpy() | pair_key.eq("").fillna(True).to_numpy(dtype=bool)
+            nested_pair = np.isin(rows, [row for row, role in nested if role == "text_pair"])
+            self._note_nested("text_pair", rows[nested_pair & ~empty_text])
+            self._note(Check.EMPTY_PAIR, rows[empty_pair & ~nested_pair & ~empty_text])
+            blank = empty_text | empty_pair
 
-        bad_label = np.zeros(len(frame), dtype=bool)
-        if self.declared is not None:
-            allowed = [code for value, code in codes_of.items() if normalised_of[value] in self.declared]
-            bad_label = (~null_label) & ~np.isin(codes, allowed)
-            for code in codes[bad_label & ~empty_text]:
-                value = self.vocabulary[code]
-                self.unknown_values[value] = self.unknown_values.get(value, 0) + 1
-            self._note(Check.UNKNOWN_LABEL, rows[bad_label & ~empty_text])
+        label_raw = frame["label"]
+        null_label = label_raw.isna().to_numpy()
+        nested_label = np.isin(rows, [row for row, role in nested if role == "label"]) & ~blank
+        self._note_nested("label", rows[nested_label])
+        if options.task == MULTI_LABEL:
+            codes, null_label, bad_label = self._label_sets(label_raw, rows, null_label, blank)
+        elif options.task == REGRESSION:
+            codes, null_label, bad_label = self._targets(label_raw, rows, null_label, blank)
+        else:
+            codes, null_label, bad_label = self._single_labels(label_raw, rows, null_label, blank)
+        self._note(Check.NULL_LABEL, rows[null_label & ~blank & ~nested_label])
 
         lengths = text.str.len().fillna(0).to_numpy(dtype=np.int64)
-        long = lengths > self.options.long_text_chars
+        if pair is not None:
+            lengths = lengths + pair.str.len().fillna(0).to_numpy(dtype=np.int64)
+        long = lengths > options.long_text_chars
         if long.any():
             self.long_count += int(long.sum())
             self.long_rows.extend(rows[long][: MAX_ROWS_NAMED - len(self.long_rows)].tolist())
 
-        valid = ~(empty_text | null_label | bad_label)
+        valid = ~(blank | null_label | bad_label)
         if not valid.any():
             return
         valid_rows = rows[valid]
         valid_codes = codes[valid]
         text_hashes = _hash_texts(key[valid].tolist())
+        if pair_key is not None:  # a pair is the same row as another when both its texts are
+            text_hashes = _mix(text_hashes, _hash_texts(pair_key[valid].tolist()))
         self.text_hashes.append(text_hashes)
         self.row_hashes.append(_mix(text_hashes, self._label_hashes()[valid_codes]))
         self.codes.append(valid_codes.astype(np.int32))
         self.row_numbers.append(valid_rows)
         self.char_lengths.append(lengths[valid].astype(np.int32))
-        if self.options.tokenizer is not None:
-            self._token_lengths(text[valid].tolist(), valid_rows)
-        if self.options.collect_rows:
+        if options.tokenizer is not None:
+            pairs = pair[valid].tolist() if pair is not None else None
+            self._token_lengths(text[valid].tolist(), valid_rows, pairs)
+        if options.collect_rows:
             labels = [self.normalised[code] for code in valid_codes]
-            self.kept.append(
-                pd.DataFrame({"row": valid_rows, "text": text[valid].to_numpy(), "label": labels})
-            )
+            columns = {"row": valid_rows, "text": text[valid].to_numpy()}
+            if pair is not None:
+                columns["text_pair"] = pair[valid].to_numpy()
+            self.kept.append(pd.DataFrame({**columns, "label": labels}))
+
+    def _single_labels(
+        self, label_raw: pd.Series, rows: np.ndarray, null_label: np.ndarray, blank: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(code per row, missing label, unknown label) of one label per row."""
+        # Normalise each distinct label once: '1', '1.0' and 1 are the same label.
+        distinct = pd.unique(label_raw[~null_label])
+        normalised_of = {value: self._declared_id(normalise_label(value)) for value in distinct}
+        blank_values = {value for value, norm in normalised_of.items() if norm == ""}
+        if blank_values:
+            null_label = null_label | label_raw.isin(blank_values).to_numpy()
+        self.label_types.update(type(v) for v in normalised_of.values() if v != "")
+        codes_of = {value: self._code(norm) for value, norm in normalised_of.items() if norm != ""}
+        codes = label_raw.map(codes_of).fillna(-1).to_numpy(dtype=np.int64)
+
+        bad_label = np.zeros(len(label_raw), dtype=bool)
+        if self.declared is not None:
+            allowed = [code for value, code in codes_of.items() if normalised_of[value] in self.declared]
+            bad_label = (~null_label) & ~np.isin(codes, allowed)
+            for code in codes[bad_label & ~blank]:
+                value = self.vocabulary[code]
+                self.unknown_values[value] = self.unknown_values.get(value, 0) + 1
+            self._note(Check.UNKNOWN_LABEL, rows[bad_label & ~blank])
+        return codes, null_label, bad_label
+
+    def _label_sets(
+        self, label_raw: pd.Series, rows: np.ndarray, null_label: np.ndarray, blank: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(code per row, missing label, malformed or unknown label) of a multi-label column: a row's code
+        names its set of labels, so rows with the same labels share one."""
+        delimiter = self.options.label_delimiter
+        parsed: dict[Any, tuple[Any, ...] | str] = {}
+        for value in pd.unique(label_raw[~null_label]):
+            cell = _scalar_text(value).strip()
+            if cell == "":
+                continue
+            try:
+                labels = tuple(self._declared_id(label) for label in parse_label_list(cell, delimiter))
+            except LabelListError as error:
+                parsed[value] = error.reason
+                continue
+            repeated = _first_repeat(labels)
+            parsed[value] = f"repeats label {str(repeated)!r}" if repeated is not None else labels
+        null_label = null_label | ~label_raw.isin(list(parsed)).to_numpy() & ~null_label
+        reasons = {value: outcome for value, outcome in parsed.items() if isinstance(outcome, str)}
+        malformed = label_raw.isin(list(reasons)).to_numpy() & ~null_label
+        self._note_label_details(Check.MALFORMED_LABEL, label_raw, rows, malformed & ~blank, reasons)
+
+        codes_of: dict[Any, int] = {}
+        unknown_of: dict[Any, list[str]] = {}
+        for value, labels in parsed.items():
+            if isinstance(labels, str):
+                continue
+            self.label_types.update(type(label) for label in labels)
+            ordered = tuple(_label_order(list(labels)))
+            codes_of[value] = self._code(ordered, json.dumps([str(label) for label in ordered]))
+            if self.declared is not None:
+                unknown = [str(label) for label in ordered if label not in self.declared]
+                if unknown:
+                    unknown_of[value] = unknown
+        codes = label_raw.map(codes_of).fillna(-1).to_numpy(dtype=np.int64)
+        unknown = label_raw.isin(list(unknown_of)).to_numpy() & ~null_label
+        for value in label_raw[unknown & ~blank]:
+            for label in unknown_of[value]:
+                self.unknown_values[label] = self.unknown_values.get(label, 0) + 1
+        self._note(Check.UNKNOWN_LABEL, rows[unknown & ~blank])
+        return codes, null_label, malformed | unknown
+
+    def _targets(
+        self, label_raw: pd.Series, rows: np.ndarray, null_label: np.ndarray, blank: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(code per row, missing target, not a finite number) of a regression column: a row's code names
+        its value."""
+        parsed: dict[Any, float | str] = {}
+        for value in pd.unique(label_raw[~null_label]):
+            if isinstance(value, str) and value.strip() == "":
+                continue
+            parsed[value] = parse_target(value)
+        null_label = null_label | ~label_raw.isin(list(parsed)).to_numpy() & ~null_label
+        reasons = {value: outcome for value, outcome in parsed.items() if isinstance(outcome, str)}
+        bad_label = label_raw.isin(list(reasons)).to_numpy() & ~null_label
+        self._note_label_details(Check.NOT_A_NUMBER, label_raw, rows, bad_label & ~blank, reasons)
+        codes_of = {
+            value: self._code(target, repr(target))
+            for value, target in parsed.items()
+            if not isinstance(target, str)
+        }
+        codes = label_raw.map(codes_of).fillna(-1).to_numpy(dtype=np.int64)
+        return codes, null_label, bad_label
+
+    def _note_label_details(
+        self, check: Check, label_raw: pd.Series, rows: np.ndarray, bad: np.ndarray, reasons: dict[Any, str]
+    ) -> None:
+        """Note the rows, and for the first few of them the value and what is wrong with it."""
+        if not bad.any():
+            return
+        details = self.label_details.setdefault(check, [])
+        for row, value in zip(rows[bad][: _DETAILS - len(details)], label_raw[bad], strict=False):
+            details.append(f"row {int(row)}: label {_shown(_scalar_text(value))} {reasons[value]}")
+        self._note(check, rows[bad])
 
     def _declared_id(self, label: int | str) -> int | str:
         """With label_names declared, a name and its index are the same label ('positive' == 1)."""
@@ -426,8 +654,9 @@ class _FileScan:
             return names.index(label)
         return label
 
-    def _code(self, normalised: int | str) -> int:
-        name = str(normalised)
+    def _code(self, normalised: Any, name: str | None = None) -> int:
+        """The code of a label (a label set, a target), named by its text (default: str of it)."""
+        name = str(normalised) if name is None else name
         if name not in self.codes_by_name:
             self.codes_by_name[name] = len(self.vocabulary)
             self.vocabulary.append(name)
@@ -435,12 +664,20 @@ class _FileScan:
         return self.codes_by_name[name]
 
     def _label_hashes(self) -> np.ndarray:
-        return _hash_texts(self.vocabulary)
+        """The hash of each vocabulary entry, computed once (a regression's vocabulary grows per row)."""
+        known = len(self.label_hash_cache)
+        if known < len(self.vocabulary):
+            self.label_hash_cache = np.concatenate(
+                [self.label_hash_cache, _hash_texts(self.vocabulary[known:])]
+            )
+        return self.label_hash_cache
 
-    def _token_lengths(self, texts: list[str], rows: np.ndarray) -> None:
-        encoded = self.options.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)[
-            "input_ids"
-        ]
+    def _token_lengths(self, texts: list[str], rows: np.ndarray, pairs: list[str] | None = None) -> None:
+        # a pair is measured as the model reads it: both texts with the tokenizer's separators
+        arguments = (texts,) if pairs is None else (texts, pairs)
+        encoded = self.options.tokenizer(
+            *arguments, add_special_tokens=True, truncation=False, verbose=False
+        )["input_ids"]
         token_lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         self.token_lengths.append(token_lengths)
         if self.options.max_length is not None:
@@ -461,7 +698,8 @@ class _FileScan:
                 [line for line, _ in self.malformed],
                 self.malformed_count,
             )
-        for role, name in (("text", options.text_column), ("label", options.label_column)):
+        roles = [("text", options.text_column), ("text_pair", options.text_pair_column)]
+        for role, name in [*roles, ("label", options.label_column)]:
             if role in self.nested_counts:
                 count = self.nested_counts[role]
                 report.add(
@@ -469,13 +707,16 @@ class _FileScan:
                     Severity.ERROR,
                     f"column {name!r} holds a JSON object or array instead of a value in {count} row(s): "
                     f"{rows_text(self.nested_rows[role], count)}",
-                    f"put the {role} itself in the field, not an object or a list" + fix_drop,
+                    f"put the {role.replace('_', ' ')} itself in the field, not an object or a list"
+                    + fix_drop,
                     self.nested_rows[role],
                     count,
                 )
-        for check, what in (
-            (Check.EMPTY_TEXT, f"column {options.text_column!r} is empty or whitespace"),
-            (Check.NULL_LABEL, f"column {options.label_column!r} is empty"),
+        no_labels = " (a row with no labels holds '[]')" if options.task == MULTI_LABEL else ""
+        for check, what, fix in (
+            (Check.EMPTY_TEXT, f"column {options.text_column!r} is empty or whitespace", ""),
+            (Check.EMPTY_PAIR, f"column {options.text_pair_column!r} is empty or whitespace", ""),
+            (Check.NULL_LABEL, f"column {options.label_column!r} is empty", no_labels),
         ):
             if check in self.problem_counts:
                 count = self.problem_counts[check]
@@ -483,7 +724,33 @@ class _FileScan:
                     check,
                     Severity.ERROR,
                     f"{what} in {count} row(s): {rows_text(self.problem_rows[check], count)}",
-                    "fill in the missing values or remove the rows" + fix_drop,
+                    "fill in the missing values or remove the rows" + fix + fix_drop,
+                    self.problem_rows[check],
+                    count,
+                )
+        for check, what, fix in (
+            (
+                Check.MALFORMED_LABEL,
+                "a malformed label list",
+                "write each row's labels as a JSON list of strings or integers ('[\"a\", \"b\"]', '[]' for "
+                f"none) or separated by {options.label_delimiter!r} ('a{options.label_delimiter}b'), "
+                "each label once",
+            ),
+            (
+                Check.NOT_A_NUMBER,
+                "a label that is not a finite number",
+                "write each row's target as a number",
+            ),
+        ):
+            if check in self.problem_counts:
+                count = self.problem_counts[check]
+                details = "; ".join(self.label_details[check])
+                more = count - len(self.label_details[check])
+                report.add(
+                    check,
+                    Severity.ERROR,
+                    f"{count} row(s) have {what}: {details}" + (f"; and {more} more" if more else ""),
+                    fix + fix_drop,
                     self.problem_rows[check],
                     count,
                 )
@@ -530,12 +797,16 @@ class _FileScan:
             keep = np.ones(len(row_numbers), dtype=bool)
         report._text_hashes, report._row_numbers = text_hashes, row_numbers
         report._labels, report._vocabulary = labels, list(self.vocabulary)
+        report.task = options.task
 
-        tally = np.bincount(labels[keep], minlength=len(self.vocabulary)) if keep.any() else np.zeros(0, int)
-        counts = pd.Series({self.vocabulary[code]: int(n) for code, n in enumerate(tally) if n}, dtype=int)
-        order = _label_order(list(counts.index))
-        report.label_counts = {_label_name(name, options.label_names): int(counts[name]) for name in order}
-        self._class_checks(counts)
+        if options.task == REGRESSION:
+            self._target_checks(np.array(self.normalised, dtype=np.float64)[labels[keep]])
+        else:
+            if options.task == MULTI_LABEL:
+                report._label_sets = [tuple(map(str, labels_of)) for labels_of in self.normalised]
+            counts = _tally(labels[keep], report._vocabulary, report._label_sets or None)
+            report.label_counts = _named_counts(counts, options.label_names)
+            self._class_checks(counts)
         if self.truncated_count:
             share = self.truncated_count / max(len(row_numbers), 1)
             report.add(
@@ -552,10 +823,10 @@ class _FileScan:
 
         report.rows_valid = int(keep.sum())
         if options.drop_invalid:
-            for issue in report.issues:
-                if issue.code in DROPPABLE:
-                    issue.dropped = True
-            report.rows_dropped = sum(issue.count for issue in report.issues if issue.code in DROPPABLE)
+            droppable = [i for i in report.issues if i.code in DROPPABLE and i.severity is Severity.ERROR]
+            for issue in droppable:
+                issue.dropped = True
+            report.rows_dropped = sum(issue.count for issue in droppable)
         if report.rows_valid == 0:
             report.add(
                 Check.NO_VALID_ROWS,
@@ -601,7 +872,18 @@ class _FileScan:
                 exact_rows,
                 len(exact_rows),
             )
-        if len(conflicts):
+        if len(conflicts) and self.options.task == REGRESSION:  # noisy targets, not contradictions
+            conflict_rows = conflicts["row"].tolist()
+            self.report.add(
+                Check.CONFLICTING_DUPLICATE,
+                Severity.WARNING,
+                f"{len(conflicting_hashes)} text(s) appear with different values, in {len(conflict_rows)} rows: "
+                f"{rows_text(conflict_rows)}",
+                "check these rows: the model learns something between a text's values",
+                conflict_rows,
+                len(conflict_rows),
+            )
+        elif len(conflicts):
             conflict_rows = conflicts["row"].tolist()
             groups = len(conflicting_hashes)
             self.report.add(
@@ -617,10 +899,38 @@ class _FileScan:
             return conflicts["row"].to_numpy()
         return np.array([], dtype=np.int64)
 
+    def _target_checks(self, targets: np.ndarray) -> None:
+        """Regression: the targets' summary, and a training file whose targets never vary."""
+        if targets.size == 0:
+            return
+        self.report.target = {
+            "min": float(targets.min()),
+            "max": float(targets.max()),
+            "mean": float(targets.mean()),
+            "std": float(targets.std(ddof=0)),
+        }
+        if self.report.role == "train" and targets.min() == targets.max():
+            self.report.add(
+                Check.CONSTANT_TARGET,
+                Severity.ERROR,
+                f"every row's label is {targets[0]:g}: a regression needs targets that vary",
+                "check the label column, or add rows with other values",
+            )
+
     def _class_checks(self, counts: pd.Series) -> None:
         report, options = self.report, self.options
         present = [str(name) for name in counts.index if counts[name] > 0]
-        if report.rows_read and len(present) == 1:
+        if options.task == MULTI_LABEL and len(present) < 2:
+            if report._labels is not None and report._labels.size:  # some rows are valid
+                what = f"only one label ({present[0]!r})" if present else "no label"
+                report.add(
+                    Check.SINGLE_CLASS,
+                    Severity.ERROR,
+                    f"{what} in the data: a multi-label classifier needs at least two",
+                    "add rows with other labels, or check the label column (for one yes/no label, use "
+                    "task: single_label)",
+                )
+        elif report.rows_read and len(present) == 1:
             report.add(
                 Check.SINGLE_CLASS,
                 Severity.ERROR,
@@ -674,6 +984,23 @@ class _FileScan:
         )
 
 
+def _tally(codes: np.ndarray, vocabulary: list[str], label_sets: list[tuple[str, ...]] | None) -> pd.Series:
+    """Rows per label (vocabulary entry); with ``label_sets`` (multi-label), rows per label of the sets: a
+    row counts once for each of its labels."""
+    tally = np.bincount(codes, minlength=len(vocabulary)) if codes.size else np.zeros(0, int)
+    if label_sets is None:
+        return pd.Series({vocabulary[code]: int(n) for code, n in enumerate(tally) if n}, dtype=int)
+    counts: dict[str, int] = {}
+    for code in np.flatnonzero(tally):
+        for label in label_sets[code]:
+            counts[label] = counts.get(label, 0) + int(tally[code])
+    return pd.Series(counts, dtype=int)
+
+
+def _named_counts(counts: pd.Series, declared: list[str] | None) -> dict[str, int]:
+    return {_label_name(name, declared): int(counts[name]) for name in _label_order(list(counts.index))}
+
+
 def _rows(count: int) -> str:
     return f"{int(count)} row{'s' * (int(count) != 1)}"
 
@@ -711,7 +1038,13 @@ def validate_file(path: Path, options: ValidationOptions, role: str = "train") -
     try:
         report.format = detect_format(Path(path)).value
         chunks = iter_chunks(
-            Path(path), options.text_column, options.label_column, options.chunk_rows, options.limits
+            Path(path),
+            options.text_column,
+            options.label_column,
+            options.chunk_rows,
+            options.limits,
+            text_pair_column=options.text_pair_column,
+            label_lists=options.task == MULTI_LABEL,
         )
         for chunk in chunks:  # DatasetLimitError goes through: the file is refused, not reported on
             scan.feed(chunk.frame, chunk.malformed, chunk.nested)
@@ -736,6 +1069,11 @@ def validate_dataset(
     return ValidationReport(files, drop_invalid=options.drop_invalid)
 
 
+def _labels_of(report: FileReport, code: int) -> tuple[str, ...]:
+    """The labels (as text) of a vocabulary entry: itself, or the labels of a multi-label set."""
+    return report._label_sets[code] if report._label_sets else (report._vocabulary[code],)
+
+
 def _has_file_error(report: FileReport) -> bool:
     return any(issue.code is Check.FILE for issue in report.issues)
 
@@ -751,12 +1089,25 @@ def _cross_checks(train: FileReport, validation: FileReport, options: Validation
             "remove them from one of the files: overlapping rows inflate validation scores",
             rows,
         )
-    train_labels = {train._vocabulary[code] for code in np.unique(train._labels)}
-    names = np.array(validation._vocabulary, dtype=object)[validation._labels]
-    unseen = ~np.isin(names, list(train_labels)) if train_labels else np.zeros(0, bool)
+    if options.task == REGRESSION:  # a target needs no training row of the same value
+        return
+    train_labels = {label for code in np.unique(train._labels) for label in _labels_of(train, code)}
+    unseen_codes = [
+        code
+        for code in range(len(validation._vocabulary))
+        if not train_labels.issuperset(_labels_of(validation, code))
+    ]
+    unseen = np.isin(validation._labels, unseen_codes) if train_labels else np.zeros(0, bool)
     if unseen.any():
         rows = validation._row_numbers[unseen].tolist()
-        values = sorted(set(names[unseen].tolist()))
+        values = sorted(
+            {
+                label
+                for code in np.unique(validation._labels[unseen])
+                for label in _labels_of(validation, code)
+            }
+            - train_labels
+        )
         issue = validation.add(
             Check.UNKNOWN_LABEL,
             Severity.ERROR,
@@ -774,11 +1125,8 @@ def _cross_checks(train: FileReport, validation: FileReport, options: Validation
             validation._text_hashes = validation._text_hashes[keep]
             validation._labels = validation._labels[keep]
             validation._row_numbers = validation._row_numbers[keep]
-            kept_names = names[keep]
-            validation.label_counts = {
-                _label_name(name, options.label_names): int((kept_names == name).sum())
-                for name in _label_order(sorted(set(kept_names.tolist())))
-            }
+            counts = _tally(validation._labels, validation._vocabulary, validation._label_sets or None)
+            validation.label_counts = _named_counts(counts, options.label_names)
             if validation.rows is not None:
                 validation.rows = validation.rows[validation.rows["row"].isin(validation._row_numbers)]
             if validation.rows_valid <= 0:
@@ -792,7 +1140,16 @@ def _cross_checks(train: FileReport, validation: FileReport, options: Validation
 
 # -- validation in a memory-capped child process -----------------------------------------------------
 _CHILD_MODULE = "finetune_platform.data.validation"
-_CHILD_OPTIONS = ("text_column", "label_column", "label_names", "min_rows_per_class", "long_text_chars")
+_CHILD_OPTIONS = (
+    "text_column",
+    "label_column",
+    "task",
+    "text_pair_column",
+    "label_delimiter",
+    "label_names",
+    "min_rows_per_class",
+    "long_text_chars",
+)
 
 
 _CHILD_SLOTS: dict[int, threading.BoundedSemaphore] = {}

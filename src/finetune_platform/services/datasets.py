@@ -50,6 +50,9 @@ def register_upload(
     *,
     text_column: str = "text",
     label_column: str = "label",
+    task: str = "single_label",
+    text_pair_column: str | None = None,
+    label_delimiter: str = ",",
 ) -> DatasetUploaded:
     """Move a fully received upload to its server-named place, validate it and record it.
 
@@ -60,7 +63,12 @@ def register_upload(
     """
     label, suffix = check_name(name)
     options = ValidationOptions(
-        text_column=text_column, label_column=label_column, limits=DatasetLimits.from_settings(settings)
+        text_column=text_column,
+        label_column=label_column,
+        task=task,
+        text_pair_column=text_pair_column,
+        label_delimiter=label_delimiter,
+        limits=DatasetLimits.from_settings(settings),
     )
     dataset_id = str(uuid.uuid4())
     folder = settings.uploads_dir / str(user.id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -72,6 +72,30 @@ async def create_dataset(
     ],
     text_column: Annotated[str, Query(max_length=128, description="Column with the text.")] = "text",
     label_column: Annotated[str, Query(max_length=128, description="Column with the label.")] = "label",
+    task: Annotated[
+        Literal["single_label", "multi_label", "regression"],
+        Query(
+            description="What the label column holds: one label per row (single_label), a JSON list or "
+            "label_delimiter-separated labels per row (multi_label), or a finite number (regression)."
+        ),
+    ] = "single_label",
+    text_pair_column: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=128,
+            description="Column with a second text per row, for sentence-pair data (NLI, paraphrase, STS; "
+            "128 characters); unset: one text per row.",
+        ),
+    ] = None,
+    label_delimiter: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=8,
+            description="multi_label: what separates a row's labels in its cell ('a,b'); 1-8 characters.",
+        ),
+    ] = ",",
 ) -> DatasetUploaded:
     # lazy: pandas and pyarrow (data loading), not loaded at API start
     from finetune_platform.services.datasets import check_name, register_upload
@@ -108,6 +132,9 @@ async def create_dataset(
                     size,
                     text_column=text_column,
                     label_column=label_column,
+                    task=task,
+                    text_pair_column=text_pair_column,
+                    label_delimiter=label_delimiter,
                 )
                 audit(
                     session,

@@ -53,11 +53,20 @@ class FileReportPublic(BaseModel):
         default=None, description="Content version (first 12 hex digits of its hash)."
     )
     content_hash: str | None = Field(default=None, description="SHA-256 over the sorted hashes of the rows.")
-    label_counts: dict[str, int] = Field(default_factory=dict, description="Rows per label.")
+    label_counts: dict[str, int] = Field(
+        default_factory=dict, description="Rows per label (multi_label: rows holding it; regression: none)."
+    )
     text_length: dict[str, int | float] = Field(
         default_factory=dict, description="Text length in characters."
     )
     token_length: dict[str, int | float] = Field(default_factory=dict, description="Text length in tokens.")
+    task: str = Field(
+        default="single_label",
+        description="What the labels were read as: single_label, multi_label or regression.",
+    )
+    target: dict[str, float] = Field(
+        default_factory=dict, description="regression: min, max, mean and std of the valid rows' targets."
+    )
     issues: list[IssuePublic] = Field(default_factory=list, description="Errors and warnings.")
 
 
