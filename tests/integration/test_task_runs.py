@@ -10,12 +10,15 @@ import math
 import random
 
 import pytest
+import torch
 import yaml
 
 from finetune_platform.errors import ConfigError
 from finetune_platform.training.checkpoints import list_checkpoints
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.metrics import THRESHOLD_GRID
+from finetune_platform.training.recipe import LoraClassificationRecipe
+from finetune_platform.training.run_folder import RunFolder
 from finetune_platform.training.runner import run_training
 from tests.conftest import NOUNS, sentiment_rows, write_csv
 from tests.integration.test_driver import fast_config, train
@@ -27,14 +30,14 @@ TOPICS = {"sports": ["football", "tennis", "goal"], "politics": ["election", "se
 
 
 def topic_rows(count: int, seed: int) -> list[tuple[str, str]]:
-    """Texts naming 0 to 2 topics by their words; the label cell lists them, comma-separated."""
+    """Texts naming 0 to 2 topics by their words; the label cell lists them, comma-separated ('[]': none)."""
     rng = random.Random(seed)
     rows = []
     for i in range(count):
         topics = sorted(rng.sample(sorted(TOPICS), [1, 2, 1, 0][i % 4]))
         words = [rng.choice(TOPICS[topic]) for topic in topics] + [rng.choice(NOUNS)]
         rng.shuffle(words)
-        rows.append((" ".join(words), ",".join(topics)))
+        rows.append((" ".join(words), ",".join(topics) or "[]"))
     return rows
 
 
@@ -72,11 +75,11 @@ def multi_label_run(tmp_path_factory, tiny_bert, tracked):
     raw = tiny_run(tiny_bert, train_file, validation_file, root / "results", "multi_label", thresholds="tune")
     raw["training"]["class_weights"] = "balanced"
     raw["registry"] = {"model_name": "topics-tiny"}
-    return run_training(config_from_dict(raw), settings=tracked, show_progress=False), train_file
+    return run_training(config_from_dict(raw), settings=tracked, show_progress=False)
 
 
 def test_a_multi_label_run_tunes_and_stores_its_thresholds(multi_label_run, tracked):
-    result, train_file = multi_label_run
+    result = multi_label_run
     metrics = json.loads(result.run.metrics_path.read_text())
     evaluation = metrics["eval"]
     assert set(evaluation) == {"micro_f1", "macro_f1", "subset_accuracy", "loss", "per_class", "num_rows"}
@@ -110,7 +113,7 @@ def test_a_multi_label_run_tunes_and_stores_its_thresholds(multi_label_run, trac
     assert "calibration: skipped, temperature scaling is for single_label runs (task: multi_label)" in log
     assert "thresholds tuned on the validation set: " in log
     # pos_weight per label: negatives / positives in the 40 training rows
-    rows = [labels.split(",") if labels else [] for _, labels in topic_rows(40, seed=1)]
+    rows = [labels.split(",") for _, labels in topic_rows(40, seed=1)]
     expected = {
         name: round((40 - sum(name in r for r in rows)) / sum(name in r for r in rows), 6) for name in names
     }
@@ -122,7 +125,7 @@ def test_a_multi_label_run_logs_and_registers_its_task(multi_label_run, tracked)
 
     from finetune_platform.tracking.registry import ModelRegistry
 
-    result, _ = multi_label_run
+    result = multi_label_run
     metrics = json.loads(result.run.metrics_path.read_text())
     logged = MlflowClient(tracked.mlflow_tracking_uri).get_run(result.mlflow_run_id).data.metrics
     for key in ("micro_f1", "macro_f1", "subset_accuracy", "loss"):
@@ -191,6 +194,42 @@ def test_a_pair_run_reads_two_texts_a_row(tiny_bert, untracked, tmp_path):
     metrics = json.loads(result.run.metrics_path.read_text())
     assert {"accuracy", "macro_f1", "loss", "per_class", "confusion_matrix"} <= set(metrics["eval"])
     assert "calibration" in metrics  # single_label pairs are calibrated as before
+
+
+def test_the_recipe_tokenises_pairs_and_standardises_targets(tiny_bert, tmp_path):
+    from transformers import AutoTokenizer
+
+    rows = [
+        (text, f"{noun} again", target)
+        for (text, target), noun in zip(score_rows(12, 1), NOUNS[:12] + NOUNS[:2], strict=True)
+    ]
+    header = ("sentence1", "sentence2", "score")
+    train_file = write_csv(tmp_path / "train.csv", rows, header=header)
+    validation_file = write_csv(tmp_path / "validation.csv", rows[:4], header=header)
+    raw = tiny_run(tiny_bert, train_file, validation_file, tmp_path / "results", "regression")
+    raw["data"].update(text_column="sentence1", text_pair_column="sentence2", label_column="score")
+    config = config_from_dict(raw)
+    recipe = LoraClassificationRecipe(
+        config, RunFolder.create(config.output_dir, config.experiment), show_progress=False
+    )
+    recipe.setup()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    data = recipe.driver.train_data
+    frame = recipe.state.splits.train
+    mean, std = recipe.state.splits.label_map.scale
+    for row in range(len(frame)):
+        expected = tokenizer(frame["text"][row], frame["text_pair"][row], truncation=True, max_length=32)[
+            "input_ids"
+        ]
+        assert data.ids[row, : len(expected)].tolist() == expected and int(data.lengths[row]) == len(expected)
+        assert float(data.labels[row]) == pytest.approx((frame["label_id"][row] - mean) / std, abs=1e-6)
+    assert data.labels.dtype == torch.float32 and tuple(data.labels.shape) == (12,)
+    assert (
+        recipe.driver.model.config.problem_type == "regression" and recipe.driver.model.config.num_labels == 1
+    )
+    stored = json.loads((recipe.run.artifacts_dir / "label_map.json").read_text())
+    assert stored["pair"] is True and stored["scale"] == {"mean": mean, "std": std}
+    recipe.cleanup()
 
 
 def test_an_unknown_label_in_multi_label_class_weights_is_refused_when_the_data_loads(

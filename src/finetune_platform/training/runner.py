@@ -205,8 +205,9 @@ def run_training(
             recipe.cleanup()
         wall = time.perf_counter() - started
         run.update_state(status=JobStatus.SUCCEEDED, finished_at=datetime.now(UTC).isoformat(), error=None)
-        scores = ", ".join(f"{key} {metrics['eval'][key]:.4f}" for key in final_metric_names(config)[:2])
-        logger.info("run %s succeeded in %.1fs: %s -> %s", run.run_id, wall, scores, run.root)
+        logger.info(
+            "run %s succeeded in %.1fs: %s -> %s", run.run_id, wall, scores_text(config, metrics), run.root
+        )
     return RunResult(
         run=run, metrics=metrics, mlflow_run_id=tracker.run_id if tracker else None, wall_seconds=wall
     )
@@ -305,9 +306,19 @@ def final_metric_names(config: TrainConfig) -> list[str]:
     return [metric.value for metric in TASK_METRICS[config.task]]
 
 
+def final_scores(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, float]:
+    """{metric: value} of the final evaluation in metrics.json, the task's metrics in TASK_METRICS order."""
+    return {key: float(metrics["eval"][key]) for key in final_metric_names(config)}
+
+
+def scores_text(config: TrainConfig, metrics: dict[str, Any]) -> str:
+    """The task's first two final metrics in words: 'accuracy 0.9000, macro_f1 0.8800'."""
+    return ", ".join(f"{key} {value:.4f}" for key, value in list(final_scores(config, metrics).items())[:2])
+
+
 def _finish_tracker(tracker: Any, config: TrainConfig, run: RunFolder, metrics: dict[str, Any]) -> None:
     evaluation = metrics["eval"]
-    final = {f"final_{key}": float(evaluation[key]) for key in final_metric_names(config)}
+    final = {f"final_{key}": value for key, value in final_scores(config, metrics).items()}
     # The seed README's names, beside ours: accuracy (single_label) and loss of the final evaluation, training
     # wall time.
     if "accuracy" in evaluation:
