@@ -60,11 +60,11 @@ def tiny_run(model, train_file, validation_file, output_dir, task: str, **top) -
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
+def tracked(platform_home):
+    """The session's MLflow store (creating one costs seconds) and model cards."""
     from finetune_platform.settings import Settings
 
-    root = tmp_path_factory.mktemp("task-runs")
-    return Settings(FINETUNE_HOME=root / "home", MODEL_REGISTRY_DIR=root / "cards")
+    return Settings(FINETUNE_HOME=platform_home, MODEL_REGISTRY_DIR=platform_home / "cards")
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +143,38 @@ def test_a_multi_label_run_logs_and_registers_its_task(multi_label_run, tracked)
     assert card.calibration is None and card.target_scale is None
 
 
-def test_a_regression_run_reports_errors_in_the_targets_units(tiny_bert, untracked, tmp_path):
+def finetune_train(config_file, home) -> dict:
+    """`finetune train CONFIG` through the real CLI, untracked: its printed summary and the new run's id."""
+    from typer.testing import CliRunner
+
+    from finetune_platform.cli import app
+    from finetune_platform.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["train", str(config_file), "--no-progress"],
+            env={"FINETUNE_HOME": str(home), "MLFLOW_ENABLED": "false"},
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    run_id = next(line.split()[1] for line in result.output.splitlines() if line.startswith("run "))
+    return {"output": result.output, "run_id": run_id}
+
+
+def test_a_regression_run_reports_errors_in_the_targets_units(tiny_bert, tmp_path):
     train_rows = score_rows(40, seed=1)
     train_file = write_csv(tmp_path / "train.csv", train_rows, header=("text", "score"))
     validation_file = write_csv(tmp_path / "validation.csv", score_rows(16, seed=2), header=("text", "score"))
     raw = tiny_run(tiny_bert, train_file, validation_file, tmp_path / "results", "regression")
     raw["data"]["label_column"] = "score"
-    result = train(untracked, raw)
-    metrics = json.loads(result.run.metrics_path.read_text())
+    config_file = tmp_path / "regression.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    printed = finetune_train(config_file, tmp_path / "home")
+    run_root = tmp_path / "results" / "tiny" / printed["run_id"]
+    metrics = json.loads((run_root / "metrics.json").read_text())
     evaluation = metrics["eval"]
     assert set(evaluation) == {"rmse", "mae", "pearson", "spearman", "loss", "num_rows"}
     targets = [target for _, target in train_rows]
@@ -161,7 +185,7 @@ def test_a_regression_run_reports_errors_in_the_targets_units(tiny_bert, untrack
     assert evaluation["rmse"] == pytest.approx(math.sqrt(evaluation["loss"]) * std, rel=1e-4)
     assert 0 < evaluation["mae"] <= evaluation["rmse"]
     assert -1 <= evaluation["pearson"] <= 1 and -1 <= evaluation["spearman"] <= 1
-    label_map = json.loads((result.run.artifacts_dir / "label_map.json").read_text())
+    label_map = json.loads((run_root / "artifacts" / "label_map.json").read_text())
     assert label_map == {
         "id2label": {"0": "score"},
         "label2id": {"score": 0},
@@ -173,7 +197,13 @@ def test_a_regression_run_reports_errors_in_the_targets_units(tiny_bert, untrack
     assert {"eval_rmse", "eval_mae", "eval_pearson", "eval_spearman", "eval_loss"} <= set(
         metrics["history"][0]
     )
-    assert "calibration" not in metrics and not (result.run.root / "reliability.png").exists()
+    assert "calibration" not in metrics and not (run_root / "reliability.png").exists()
+    # the summary names the task's metrics and the target's scale
+    summary = printed["output"]
+    for words, key in (("RMSE", "rmse"), ("MAE", "mae"), ("Pearson", "pearson"), ("Spearman", "spearman")):
+        assert f"  {words:<17}{evaluation[key]:.4f}\n" in summary
+    assert f"  target           mean {mean:.4g}, std {std:.4g}\n" in summary
+    assert "accuracy" not in summary
 
 
 def test_a_pair_run_reads_two_texts_a_row(tiny_bert, untracked, tmp_path):

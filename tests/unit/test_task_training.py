@@ -13,9 +13,11 @@ from transformers import AutoTokenizer
 
 from finetune_platform.catalogue import resolve_base_model
 from finetune_platform.data.loading import LabelMap
+from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.errors import ConfigError
 from finetune_platform.tracking.model_cards import ModelCard
 from finetune_platform.training.config import config_from_dict
+from finetune_platform.training.data_check import check_data
 from finetune_platform.training.driver import evaluation_thresholds, loop_settings
 from finetune_platform.training.fast_gpu import (
     DeviceData,
@@ -42,6 +44,7 @@ from finetune_platform.training.metrics import (
 from finetune_platform.training.models import build_model
 from finetune_platform.training.sweep_config import Direction, check_space, parse_spec
 from finetune_platform.training.targets import raw_targets, training_targets
+from tests.conftest import write_csv
 
 DATA = {"train_file": "train.csv"}
 
@@ -337,6 +340,26 @@ def test_a_sweep_objective_must_be_a_metric_of_the_task():
     )
     with pytest.raises(ConfigError, match=r"^sweep.objective.metric: regression runs report"):
         check_space(swept, {"data": DATA, "task": "multi_label"})
+
+
+def test_the_data_check_before_a_run_reads_the_file_as_its_task(tmp_path):
+    scores = write_csv(
+        tmp_path / "scores.csv", [("good", 4.5), ("bad", 1.0), ("fine", 3.0)], ("sentence", "score")
+    )
+    regression = {"text_column": "sentence", "label_column": "score", "train_file": str(scores)}
+    report = check_data(config_from_dict({"data": regression, "task": "regression"}))
+    assert report.ok and report.file("train").rows_read == 3
+    with pytest.raises(DatasetValidationError, match="column 'score' mixes numbers and words"):
+        check_data(
+            config_from_dict({"data": regression})
+        )  # as single_label labels 4.5, 1.0, 3.0 are no classes
+    rows = [("a", "x|y", "p"), ("b", "[]", "q"), ("c", "y", "r")]
+    topics = write_csv(tmp_path / "topics.csv", rows, ("text", "label", "other"))
+    multi = {"train_file": str(topics), "label_delimiter": "|", "text_pair_column": "other"}
+    assert check_data(config_from_dict({"data": multi, "task": "multi_label"})).ok
+    missing = {**multi, "text_pair_column": "hypothesis"}
+    with pytest.raises(DatasetValidationError, match="hypothesis"):
+        check_data(config_from_dict({"data": missing, "task": "multi_label"}))
 
 
 # -- the model and its card ---------------------------------------------------------------------------------------
