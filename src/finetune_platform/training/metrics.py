@@ -54,9 +54,8 @@ def tune_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> tuple[flo
     probabilities = np.asarray(probabilities, dtype=np.float64)
     truth = np.asarray(targets).astype(np.int64)
     grid = np.asarray(THRESHOLD_GRID)
-    scores = np.stack(
-        [_f1_per_label((probabilities > t).astype(np.int64), truth) for t in grid]
-    )  # grid × labels
+    # one row per grid value, one column per label
+    scores = np.stack([_f1_per_label((probabilities > t).astype(np.int64), truth) for t in grid])
     order = np.argsort(np.abs(grid - 0.5), kind="stable")  # 0.5 first, then 0.45, 0.55, ...
     best = order[np.argmax(scores[order], axis=0)]
     return tuple(float(grid[i]) for i in best)

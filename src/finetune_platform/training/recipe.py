@@ -166,9 +166,8 @@ class LoraClassificationRecipe:
             exc.report.write_json(self.run.root / "validation.json")
             raise
         splits.report.write_json(self.run.root / "validation.json")
-        if (
-            config.task is Task.MULTI_LABEL
-        ):  # evaluations and an interrupted run's checkpoints predict with these
+        if config.task is Task.MULTI_LABEL:
+            # evaluations and an interrupted run's checkpoints predict with these until 'tune' replaces them
             thresholds = (evaluation_thresholds(config),) * splits.label_map.num_labels
             splits = replace(splits, label_map=replace(splits.label_map, thresholds=thresholds))
         # There before the first checkpoint: an interrupted run's checkpoints predict with them (finetune predict).
