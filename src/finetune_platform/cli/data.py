@@ -166,6 +166,9 @@ def data_analyze(
     ),
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
+    task: TaskOption = None,
+    text_pair_column: TextPairColumn = None,
+    label_delimiter: LabelDelimiter = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Tokenizer for token lengths ('none' to skip them).")
     ] = "minilm",
@@ -177,8 +180,11 @@ def data_analyze(
     """Analyse a dataset: labels, length histograms, vocabulary, top tokens per class (JSON + PNG plots)."""
     # lazy: pandas and pyarrow, kept off the start of every finetune command
     from finetune_platform.data.analysis import analyze_file
+    from finetune_platform.data.validation import TASKS
 
     try:
+        if task not in (None, *TASKS):
+            raise ConfigError(f"--task {task!r} is not one of {', '.join(TASKS)}")
         analysis = analyze_file(
             file,
             text_column or "text",
@@ -186,6 +192,9 @@ def data_analyze(
             out_dir=out,
             tokenizer=_tokenizer(None if model == "none" else model),
             max_length=max_length,
+            task=task or "single_label",
+            text_pair_column=text_pair_column,
+            label_delimiter=label_delimiter or ",",
         )
     except PlatformError as error:
         raise fail(error) from None
@@ -196,6 +205,11 @@ def data_analyze(
     for label, info in analysis["labels"].items():
         top = ", ".join(word for word, _ in analysis["top_tokens"][label][:8])
         typer.echo(f"  {label:<12} {info['rows']:>8} rows ({info['share']:.1%})  top: {top}")
+    if analysis["target"]:
+        target = analysis["target"]
+        typer.echo(
+            f"  target: {target['min']:g} to {target['max']:g}, mean {target['mean']:g}, std {target['std']:g}"
+        )
     chars = analysis["char_length"]
     typer.echo(f"  characters: mean {chars['mean']}, p95 {chars['p95']}, max {chars['max']}")
     if analysis["token_length"]:

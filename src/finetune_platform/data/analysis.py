@@ -1,6 +1,8 @@
 """Dataset analysis: label distribution, length histograms, vocabulary and top tokens per class.
 
-Written as ``analysis.json`` plus PNG plots (matplotlib, headless) a person would rather look at.
+Written as ``analysis.json`` plus PNG plots (matplotlib, headless) a person would rather look at. A multi-label row
+counts for each of its labels; a regression file has one group ("all") and the target's histogram; with a pair
+column, a row's text is both texts. Rows validation would refuse (no text, a bad label) are left out.
 """
 
 from __future__ import annotations
@@ -12,9 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from finetune_platform.data.loading import is_integer_text, iter_chunks, normalise_label
-from finetune_platform.data.validation import summary_stats
+from finetune_platform.data.validation import (
+    MULTI_LABEL,
+    REGRESSION,
+    SINGLE_LABEL,
+    LabelListError,
+    parse_label_list,
+    parse_target,
+    summary_stats,
+)
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Function words say little about a class; they are left out of the "top tokens" lists only.
@@ -34,6 +45,9 @@ def analyze_file(
     tokenizer: Any = None,
     max_length: int | None = None,
     top_k: int = 15,
+    task: str = SINGLE_LABEL,
+    text_pair_column: str | None = None,
+    label_delimiter: str = ",",
 ) -> dict[str, Any]:
     """Stream the file once; return the analysis and, with ``out_dir``, write JSON and PNG plots."""
     label_counts: Counter[str] = Counter()
@@ -41,29 +55,46 @@ def analyze_file(
     vocabulary: set[str] = set()
     char_lengths: dict[str, list[np.ndarray]] = {}
     token_lengths: dict[str, list[np.ndarray]] = {}
-    for chunk in iter_chunks(Path(path), text_column, label_column):
-        frame = chunk.frame.dropna(subset=["text", "label"])
-        labels = frame["label"].astype(str).str.strip().map(lambda v: str(normalise_label(v)))
+    targets: list[float] = []
+    rows = 0
+    chunks = iter_chunks(
+        Path(path),
+        text_column,
+        label_column,
+        text_pair_column=text_pair_column,
+        label_lists=task == MULTI_LABEL,
+    )
+    for chunk in chunks:
+        frame = chunk.frame.dropna()
+        frame, valid = _groups(frame, task, label_delimiter, targets)
+        rows += valid
+        pairs = frame["text_pair"].astype(str) if text_pair_column is not None else None
         texts = frame["text"].astype(str)
-        for label, group in texts.groupby(labels):
+        for label, group in texts.groupby(frame["group"]):
             label_counts[label] += len(group)
+            both = group if pairs is None else group + " " + pairs[group.index]
             counter = words_by_label.setdefault(label, Counter())
-            for text in group:
+            for text in both:
                 words = _WORD.findall(text.lower())
                 counter.update(words)
                 vocabulary.update(words)
-            char_lengths.setdefault(label, []).append(group.str.len().to_numpy())
+            lengths = group.str.len() if pairs is None else group.str.len() + pairs[group.index].str.len()
+            char_lengths.setdefault(label, []).append(lengths.to_numpy())
             if tokenizer is not None:
-                ids = tokenizer(group.tolist(), add_special_tokens=True, truncation=False, verbose=False)[
+                arguments = (
+                    (group.tolist(),) if pairs is None else (group.tolist(), pairs[group.index].tolist())
+                )
+                ids = tokenizer(*arguments, add_special_tokens=True, truncation=False, verbose=False)[
                     "input_ids"
                 ]
                 token_lengths.setdefault(label, []).append(np.array([len(x) for x in ids]))
     order = sorted(label_counts, key=lambda v: (0, int(v)) if is_integer_text(v) else (1, v))
     chars = {label: np.concatenate(char_lengths[label]) for label in order}
     tokens = {label: np.concatenate(token_lengths[label]) for label in order if label in token_lengths}
-    total = sum(label_counts.values())
+    total = rows
     analysis: dict[str, Any] = {
         "file": str(path),
+        "task": task,
         "rows": total,
         "labels": {
             label: {"rows": label_counts[label], "share": round(label_counts[label] / total, 4)}
@@ -83,6 +114,7 @@ def analyze_file(
         "top_tokens": {
             label: [[word, count] for word, count in _top(words_by_label[label], top_k)] for label in order
         },
+        "target": _target_histogram(np.array(targets)) if task == REGRESSION else None,
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -90,6 +122,30 @@ def analyze_file(
         analysis["plots"] = _plot(analysis, chars, tokens, out_dir)
         (out_dir / "analysis.json").write_text(json.dumps(analysis, indent=2), encoding="utf-8")
     return analysis
+
+
+def _groups(frame: pd.DataFrame, task: str, delimiter: str, targets: list[float]) -> tuple[pd.DataFrame, int]:
+    """(the rows with a ``group`` column to count them under, how many rows had a readable label). The group is
+    the label; multi_label, one row per label (a row without labels counts under none); regression, 'all' (the
+    targets go to ``targets``)."""
+    if task == REGRESSION:
+        parsed = frame["label"].map(parse_target)
+        numbers = parsed.map(lambda value: not isinstance(value, str)).astype(bool)
+        targets.extend(parsed[numbers].astype(float).tolist())
+        return frame[numbers].assign(group="all"), int(numbers.sum())
+    if task == MULTI_LABEL:
+
+        def labels(cell: Any) -> list[str] | None:
+            try:
+                return [str(label) for label in parse_label_list(str(cell), delimiter)]
+            except LabelListError:
+                return None
+
+        readable = frame.assign(group=frame["label"].map(labels)).dropna(subset=["group"])
+        exploded = readable.explode("group").dropna(subset=["group"]).reset_index(drop=True)
+        return exploded, len(readable)
+    labels_of = frame["label"].astype(str).str.strip().map(lambda v: str(normalise_label(v)))
+    return frame.assign(group=labels_of), len(frame)
 
 
 def _top(counter: Counter[str], k: int) -> list[tuple[str, int]]:
@@ -101,6 +157,20 @@ def _histogram(values: np.ndarray, bins: int = 20) -> dict[str, Any]:
         return {}
     counts, edges = np.histogram(values, bins=bins)
     return {**summary_stats(values), "bins": [round(float(e), 2) for e in edges], "counts": counts.tolist()}
+
+
+def _target_histogram(values: np.ndarray, bins: int = 20) -> dict[str, Any]:
+    if values.size == 0:
+        return {}
+    counts, edges = np.histogram(values, bins=bins)
+    return {
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=0)),
+        "bins": [float(e) for e in edges],
+        "counts": counts.tolist(),
+    }
 
 
 def _plot(
@@ -115,15 +185,23 @@ def _plot(
     labels = list(analysis["labels"])
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    rows = [analysis["labels"][label]["rows"] for label in labels]
-    bars = ax.bar(labels, rows, color="#4C72B0")
-    ax.bar_label(
-        bars,
-        labels=[f"{r} ({analysis['labels'][lab]['share']:.0%})" for r, lab in zip(rows, labels, strict=True)],
-    )
-    ax.set_title(f"Label distribution ({analysis['rows']} rows)")
-    ax.set_ylabel("rows")
-    written.append(_save(fig, out_dir / "labels.png"))
+    if analysis["target"]:  # regression: the target's distribution instead of the labels'
+        ax.stairs(analysis["target"]["counts"], analysis["target"]["bins"], fill=True, color="#4C72B0")
+        ax.set_title(f"Target distribution ({analysis['rows']} rows)")
+        ax.set_ylabel("rows")
+        written.append(_save(fig, out_dir / "target.png"))
+    else:
+        rows = [analysis["labels"][label]["rows"] for label in labels]
+        bars = ax.bar(labels, rows, color="#4C72B0")
+        ax.bar_label(
+            bars,
+            labels=[
+                f"{r} ({analysis['labels'][lab]['share']:.0%})" for r, lab in zip(rows, labels, strict=True)
+            ],
+        )
+        ax.set_title(f"Label distribution ({analysis['rows']} rows)")
+        ax.set_ylabel("rows")
+        written.append(_save(fig, out_dir / "labels.png"))
 
     for name, series, unit in (
         ("char_lengths.png", chars, "characters"),

@@ -106,14 +106,16 @@ def _label_map(train: pd.DataFrame, task: str, label_names: list[str] | None, pa
     """From the training rows used: their labels (multi_label: every label of every row)."""
     if task == MULTI_LABEL:
         values = [label for labels in train["label"] for label in labels]
-        label_map = replace(LabelMap.build(values, label_names), task=MULTI_LABEL, pair=pair)
-        if len(label_map.names) < 2:
-            held = f"only the label {label_map.names[0]!r}" if label_map.names else "no label"
+        seen = list(dict.fromkeys(values))
+        if len(seen) < 2:
+            held = f"only the label {seen[0]!r}" if seen else "no label"
             raise DatasetError(
                 f"the first {len(train)} training rows hold {held}; a multi-label classifier needs two: raise "
                 "data.max_train_rows or shuffle the file"
             )
-        return label_map
+        if label_names is not None:  # validation turned every label into its index among the declared names
+            return LabelMap(tuple(label_names), tuple(range(len(label_names))), task=MULTI_LABEL, pair=pair)
+        return replace(LabelMap.build(values), task=MULTI_LABEL, pair=pair)
     label_map = replace(LabelMap.build(train["label"].tolist(), label_names), pair=pair)
     if len(set(train["label"].tolist())) < 2:
         raise DatasetError(
@@ -171,7 +173,8 @@ def _strata(table: pd.DataFrame, task: str) -> pd.Series:
         frequency = pd.Series([i for ids in table["label_id"] for i in ids]).value_counts()
         return table["label_id"].map(lambda ids: min(ids, key=lambda i: (frequency[i], i)) if ids else -1)
     if task == REGRESSION:
-        return pd.qcut(table["label_id"], TARGET_BINS, labels=False, duplicates="drop")
+        bins = pd.qcut(table["label_id"], TARGET_BINS, labels=False, duplicates="drop")
+        return bins.fillna(-1).astype(int)  # one value throughout: no bins
     return table["label_id"]
 
 

@@ -175,9 +175,8 @@ class FileReport:
     _text_hashes: np.ndarray | None = None
     _labels: np.ndarray | None = None  # label codes into _vocabulary
     _vocabulary: list[str] = field(default_factory=list)
-    _label_sets: list[tuple[str, ...]] = field(
-        default_factory=list
-    )  # per vocabulary entry: its labels as text
+    # multi_label: per vocabulary entry (a label set), its labels as text
+    _label_sets: list[tuple[str, ...]] = field(default_factory=list)
     _row_numbers: np.ndarray | None = None
 
     @property
@@ -368,7 +367,10 @@ def parse_target(value: Any) -> float | str:
     if isinstance(value, bool | np.bool_):
         return "is not a number"
     if isinstance(value, int | float | np.integer | np.floating):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past the float range
+            return "is not a finite number"
     else:
         text = str(value).strip()
         if _NUMBER.fullmatch(text) is None:
@@ -452,6 +454,7 @@ class _FileScan:
         self.kept: list[pd.DataFrame] = []
         self.declared = self._declared_values(options.label_names)
         self.label_hash_cache = np.array([], dtype=np.uint64)
+        self.targets: list[np.ndarray] = []  # regression: the target of each valid row
         # malformed label lists, targets that are not numbers: "row 7: label 'abc' is not a number", …
         self.label_details: dict[Check, list[str]] = {}
 
@@ -508,10 +511,11 @@ class _FileScan:
         null_label = label_raw.isna().to_numpy()
         nested_label = np.isin(rows, [row for row, role in nested if role == "label"]) & ~blank
         self._note_nested("label", rows[nested_label])
+        targets = None
         if options.task == MULTI_LABEL:
             codes, null_label, bad_label = self._label_sets(label_raw, rows, null_label, blank)
         elif options.task == REGRESSION:
-            codes, null_label, bad_label = self._targets(label_raw, rows, null_label, blank)
+            targets, null_label, bad_label = self._targets(label_raw, rows, null_label, blank)
         else:
             codes, null_label, bad_label = self._single_labels(label_raw, rows, null_label, blank)
         self._note(Check.NULL_LABEL, rows[null_label & ~blank & ~nested_label])
@@ -528,20 +532,29 @@ class _FileScan:
         if not valid.any():
             return
         valid_rows = rows[valid]
-        valid_codes = codes[valid]
         text_hashes = _hash_texts(key[valid].tolist())
         if pair_key is not None:  # a pair is the same row as another when both its texts are
             text_hashes = _mix(text_hashes, _hash_texts(pair_key[valid].tolist()))
         self.text_hashes.append(text_hashes)
-        self.row_hashes.append(_mix(text_hashes, self._label_hashes()[valid_codes]))
-        self.codes.append(valid_codes.astype(np.int32))
+        if targets is not None:
+            # a target is its own label: its float's bits (2 and '2.0' alike), no vocabulary of values
+            bits = np.where(targets[valid] == 0, 0.0, targets[valid]).view(np.uint64)
+            self.targets.append(targets[valid])
+            self.row_hashes.append(_mix(text_hashes, _mix(bits, np.uint64(0))))
+            self.codes.append(bits.view(np.int64))
+        else:
+            valid_codes = codes[valid]
+            self.row_hashes.append(_mix(text_hashes, self._label_hashes()[valid_codes]))
+            self.codes.append(valid_codes.astype(np.int32))
         self.row_numbers.append(valid_rows)
         self.char_lengths.append(lengths[valid].astype(np.int32))
         if options.tokenizer is not None:
             pairs = pair[valid].tolist() if pair is not None else None
             self._token_lengths(text[valid].tolist(), valid_rows, pairs)
         if options.collect_rows:
-            labels = [self.normalised[code] for code in valid_codes]
+            labels = (
+                targets[valid].tolist() if targets is not None else [self.normalised[c] for c in valid_codes]
+            )
             columns = {"row": valid_rows, "text": text[valid].to_numpy()}
             if pair is not None:
                 columns["text_pair"] = pair[valid].to_numpy()
@@ -599,7 +612,9 @@ class _FileScan:
         for value, labels in parsed.items():
             if isinstance(labels, str):
                 continue
-            self.label_types.update(type(label) for label in labels)
+            # a label outside the declared set is reported as unknown, not as another type of label
+            known = labels if self.declared is None else [label for label in labels if label in self.declared]
+            self.label_types.update(type(label) for label in known)
             ordered = tuple(_label_order(list(labels)))
             codes_of[value] = self._code(ordered, json.dumps([str(label) for label in ordered]))
             if self.declared is not None:
@@ -617,8 +632,8 @@ class _FileScan:
     def _targets(
         self, label_raw: pd.Series, rows: np.ndarray, null_label: np.ndarray, blank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(code per row, missing target, not a finite number) of a regression column: a row's code names
-        its value."""
+        """(target per row (NaN where there is none), missing target, not a finite number) of a regression
+        column."""
         parsed: dict[Any, float | str] = {}
         for value in pd.unique(label_raw[~null_label]):
             if isinstance(value, str) and value.strip() == "":
@@ -628,13 +643,9 @@ class _FileScan:
         reasons = {value: outcome for value, outcome in parsed.items() if isinstance(outcome, str)}
         bad_label = label_raw.isin(list(reasons)).to_numpy() & ~null_label
         self._note_label_details(Check.NOT_A_NUMBER, label_raw, rows, bad_label & ~blank, reasons)
-        codes_of = {
-            value: self._code(target, repr(target))
-            for value, target in parsed.items()
-            if not isinstance(target, str)
-        }
-        codes = label_raw.map(codes_of).fillna(-1).to_numpy(dtype=np.int64)
-        return codes, null_label, bad_label
+        numbers = {value: target for value, target in parsed.items() if not isinstance(target, str)}
+        targets = label_raw.map(numbers).to_numpy(dtype=np.float64, na_value=np.nan)
+        return targets, null_label, bad_label
 
     def _note_label_details(
         self, check: Check, label_raw: pd.Series, rows: np.ndarray, bad: np.ndarray, reasons: dict[Any, str]
@@ -664,7 +675,7 @@ class _FileScan:
         return self.codes_by_name[name]
 
     def _label_hashes(self) -> np.ndarray:
-        """The hash of each vocabulary entry, computed once (a regression's vocabulary grows per row)."""
+        """The hash of each vocabulary entry, computed once (a file's label sets may be many)."""
         known = len(self.label_hash_cache)
         if known < len(self.vocabulary):
             self.label_hash_cache = np.concatenate(
@@ -787,7 +798,7 @@ class _FileScan:
 
         text_hashes = _concat(self.text_hashes, np.uint64)
         row_hashes = _concat(self.row_hashes, np.uint64)
-        labels = _concat(self.codes, np.int32)  # codes into self.vocabulary
+        labels = _concat(self.codes, np.int32)  # codes into self.vocabulary (regression: the targets' bits)
         row_numbers = _concat(self.row_numbers, np.int64)
         report.content_hash = _content_hash(row_hashes)
         conflict_rows = self._duplicates(text_hashes, labels, row_numbers)
@@ -800,7 +811,7 @@ class _FileScan:
         report.task = options.task
 
         if options.task == REGRESSION:
-            self._target_checks(np.array(self.normalised, dtype=np.float64)[labels[keep]])
+            self._target_checks(_concat(self.targets, np.float64))  # every valid row: none is a conflict
         else:
             if options.task == MULTI_LABEL:
                 report._label_sets = [tuple(map(str, labels_of)) for labels_of in self.normalised]
