@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from finetune_platform.training.recipe import LoraClassificationRecipe
 from finetune_platform.training.run_folder import RunFolder
 from finetune_platform.training.runner import run_training
 from tests.conftest import NOUNS, sentiment_rows, write_csv
-from tests.integration.test_driver import fast_config, train
+from tests.integration.test_driver import assert_same_history, fast_config, train
 
 pytestmark = pytest.mark.slow
 
@@ -279,3 +280,38 @@ def test_an_unknown_label_in_multi_label_class_weights_is_refused_when_the_data_
 @pytest.fixture
 def untracked(settings):
     return settings.model_copy(update={"MLFLOW_ENABLED": False})
+
+
+@pytest.fixture(scope="module")
+def dropout_free_bert(tiny_bert, tmp_path_factory):
+    """tiny_bert without dropout: runs that take the same steps end with the same weights."""
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout") / "model"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.extended  # two gloo processes; the driver's own data-parallel equality test runs by default
+def test_a_multi_label_run_on_two_processes_equals_one_process_with_the_global_batch(
+    untracked, dropout_free_bert, tmp_path
+):
+    train_file = write_csv(tmp_path / "train.csv", topic_rows(48, seed=1))  # 3 full global batches of 16
+    validation_file = write_csv(tmp_path / "validation.csv", topic_rows(16, seed=2))
+    common = dict(max_steps=6, eval_steps=3, learning_rate_reference_batch=8, class_weights="balanced")
+    runs = []
+    for folder, shape in (("dp", {"devices": 2}), ("one", {"batch_size": 16})):
+        raw = fast_config(
+            dropout_free_bert, train_file, validation_file, tmp_path / folder, **common, **shape
+        )
+        runs.append(train(untracked, {**raw, "task": "multi_label"}))
+    parallel, single = runs
+    # the ranks build the head from the whole label map (task, names) and evaluate with the task's metrics
+    launch = json.loads((parallel.run.root / "ranks" / "launch.json").read_text())
+    assert launch["label_map"]["task"] == "multi_label" and launch["label_map"]["thresholds"] == [0.5] * 3
+    assert_same_history(parallel.metrics["history"], single.metrics["history"], abs=1e-4)
+    assert "eval_micro_f1" in parallel.metrics["history"][-1]
+    for key in ("micro_f1", "macro_f1", "subset_accuracy", "loss"):
+        assert parallel.metrics["eval"][key] == pytest.approx(single.metrics["eval"][key], abs=1e-4)
+    assert parallel.metrics["eval"]["per_class"] == single.metrics["eval"]["per_class"]
