@@ -400,3 +400,28 @@ def test_a_model_card_says_what_the_head_predicts():
     assert "Multi-label: a (threshold 0.35)" in multi.text()
     regression = card(labels=["score"], task_type="regression", target_scale={"mean": 2.5, "std": 1.25})
     assert regression.outputs_text() == "Regression of score (training targets: mean 2.5, std 1.25)."
+
+
+def test_a_jobs_progress_carries_every_metric_of_its_tasks_evaluation():
+    from finetune_platform.training.callbacks import Control, RunState
+    from finetune_platform.worker.control import JobCallback, JobControl
+
+    reports = []
+    job = JobCallback(lambda **fields: reports.append(fields["progress"]), JobControl(), None)
+    state = RunState(step=5, max_steps=10, epoch=0.5)
+    metrics = {
+        "eval_loss": 0.42,
+        "eval_rmse": 1.25,
+        "eval_mae": 1.0,
+        "eval_pearson": 0.5,
+        "eval_spearman": 0.25,
+    }
+    job.on_evaluate(state, Control(evaluate=True), metrics)
+    # a regression sweep's objective (rmse, say) reaches the study from here
+    assert reports[-1]["metrics"] == {
+        "loss": 0.42,
+        "rmse": 1.25,
+        "mae": 1.0,
+        "pearson": 0.5,
+        "spearman": 0.25,
+    }
