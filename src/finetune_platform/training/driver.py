@@ -228,9 +228,8 @@ class Driver:
         scale: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.config, self.model, self.device = config, model, device
-        self.scale = (
-            scale  # regression: (mean, std) of the training targets, for metrics in the target's units
-        )
+        # regression: (mean, std) of the training targets, for metrics in the target's units
+        self.scale = scale
         self.train_data, self.eval_data = train, evaluation
         self.checkpoints_dir, self.staging_dir = checkpoints_dir, staging_dir
         self.precision = precision
