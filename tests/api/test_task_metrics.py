@@ -69,12 +69,46 @@ def test_a_training_tasks_curves_and_final_metrics_come_from_its_run(api, tiny_b
         set(final["per_class"]) == {"0", "1"} and sum(c["support"] for c in final["per_class"].values()) == 24
     )
     assert final["checkpoint"] == result.metrics["final_checkpoint"]
-    assert final["calibration"] == result.metrics["calibration"]  # temperature, ECE and log-loss before and after
+    assert (
+        final["calibration"] == result.metrics["calibration"]
+    )  # temperature, ECE and log-loss before and after
 
     set_status(api, task_id, "succeeded")
     finished = api.as_("root").get(f"/task/{task_id}/metrics")  # an admin sees every task's
     assert finished.status_code == 200
     assert finished.json() == {**answer, "status": "succeeded", "eta_seconds": None}
+
+
+def test_a_regression_tasks_final_metrics_are_its_own(api, tiny_bert, tmp_path):
+    from finetune_platform.db.models import Job
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.training.config import config_from_dict
+    from finetune_platform.training.runner import run_training
+
+    alice, task_id = api.as_("alice"), str(uuid.uuid4())
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(64, seed=1))
+    validation = write_csv(tmp_path / "validation.csv", sentiment_rows(24, seed=2))
+    raw = tiny_config_dict(tiny_bert, train, validation, results_dir(api), max_steps=8, eval_steps=4)
+    raw.update(experiment="api-regression", task="regression", registry={"enabled": False})
+    with session_scope(api.settings) as session:  # the job a worker runs (the API's dataset is not numeric)
+        session.add(Job(id=task_id, owner_id=api.ids["alice"], kind="train", status="running", config=raw))
+    result = run_training(config_from_dict(raw), run_id=task_id, settings=api.settings, show_progress=False)
+    answer = alice.get(f"/task/{task_id}/metrics")
+    assert answer.status_code == 200, answer.text
+    final, evaluation = answer.json()["final"], result.metrics["eval"]
+    assert final["task"] == "regression"
+    assert final["scores"] == pytest.approx(
+        {key: evaluation[key] for key in ("rmse", "mae", "pearson", "spearman", "loss")}
+    )
+    assert (final["accuracy"], final["macro_f1"], final["confusion_matrix"], final["per_class"]) == (
+        None, None, None, {},
+    )  # fmt: skip
+    assert final["target_scale"] == {"mean": 0.5, "std": 0.5} and final["thresholds"] is None
+    assert final["calibration"] is None and final["rows"] == 24
+    assert [sorted(point["scores"]) for point in answer.json()["evaluations"]] == [
+        ["loss", "mae", "pearson", "rmse", "spearman"]
+    ] * 2
+    assert all(point["accuracy"] is None for point in answer.json()["evaluations"])
 
 
 def test_another_users_task_is_not_found_and_a_prediction_task_has_no_training_metrics(api):

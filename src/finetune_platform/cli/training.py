@@ -22,6 +22,11 @@ from finetune_platform.errors import PlatformError
 config_app = typer.Typer(help="Inspect and validate training configs.", no_args_is_help=True)
 runs_app = typer.Typer(help="List run folders and read their logs.", no_args_is_help=True)
 
+# How a run's summary names each final metric (metrics.json's eval keys)
+METRIC_WORDS = {"accuracy": "accuracy", "macro_f1": "macro F1", "micro_f1": "micro F1",
+                "subset_accuracy": "subset accuracy", "rmse": "RMSE", "mae": "MAE", "pearson": "Pearson",
+                "spearman": "Spearman"}  # fmt: skip
+
 # The --set overrides that still apply with --resume: they say where the run to continue is.
 RUN_LOCATION = ("output_dir", "experiment")
 INTERRUPTED_EXIT = 130  # a shell's status for a command ended by SIGINT (Ctrl-C)
@@ -87,7 +92,6 @@ def train(
         )
         typer.echo(f"{next_step} with: {shlex.join(command)}", err=True)
         raise typer.Exit(code=INTERRUPTED_EXIT) from None
-    evaluation = result.metrics["eval"]
     if json_output:
         typer.echo(
             json.dumps(
@@ -99,8 +103,15 @@ def train(
     train_metrics = result.metrics["train"]
     typer.echo("")
     typer.secho(f"run {result.run.run_id} succeeded in {result.wall_seconds:.1f}s", fg=typer.colors.GREEN)
-    typer.echo(f"  accuracy         {evaluation['accuracy']:.4f}")
-    typer.echo(f"  macro F1         {evaluation['macro_f1']:.4f}")
+    for key, value in result.metrics["eval"].items():  # the task's metrics, in the order it reports them
+        if key in METRIC_WORDS:
+            typer.echo(f"  {METRIC_WORDS[key]:<17}{value:.4f}")
+    if result.metrics.get("thresholds"):
+        shown = ", ".join(f"{label} {value:.2f}" for label, value in result.metrics["thresholds"].items())
+        typer.echo(f"  thresholds       {shown}")
+    if result.metrics.get("target_scale"):
+        scale = result.metrics["target_scale"]
+        typer.echo(f"  target           mean {scale['mean']:.4g}, std {scale['std']:.4g}")
     typer.echo(f"  samples/s        {train_metrics['samples_per_second'] or 0:.1f}")
     typer.echo(f"  final adapter    {result.metrics['final_checkpoint'] or 'last step'}")
     typer.echo(f"  run folder       {result.run.root}")
@@ -164,7 +175,9 @@ def runs_list(
         status = RunFolder(folder).status  # an older folder's words ("interrupted") read as today's
         accuracy = ""
         if (folder / "metrics.json").is_file():
-            accuracy = f"{json.loads((folder / 'metrics.json').read_text())['eval']['accuracy']:.4f}"
+            evaluation = json.loads((folder / "metrics.json").read_text())["eval"]
+            score = evaluation.get("accuracy")  # single_label runs only
+            accuracy = "" if score is None else f"{score:.4f}"
         rows.append((folder.parent.name, folder.name, status.value if status else "?", accuracy, str(folder)))
     if not rows:
         typer.echo(f"no runs under {output_dir}")

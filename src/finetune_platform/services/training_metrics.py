@@ -18,6 +18,7 @@ from finetune_platform.services.schemas.jobs import (
     TrainingPoint,
 )
 from finetune_platform.services.users import UserPublic
+from finetune_platform.training.config import TASK_METRICS, Task
 from finetune_platform.training.run_folder import RunFolder, read_history
 
 
@@ -42,6 +43,7 @@ def training_metrics(session: Session, user: UserPublic, job_id: str) -> Trainin
             loss=e.get("eval_loss"),
             accuracy=e.get("eval_accuracy"),
             macro_f1=e.get("eval_macro_f1"),
+            scores={key.removeprefix("eval_"): float(v) for key, v in e.items() if key.startswith("eval_")},
         )
         for e in entries
         if "eval_loss" in e
@@ -53,11 +55,11 @@ def training_metrics(session: Session, user: UserPublic, job_id: str) -> Trainin
         training=training,
         evaluations=evaluations,
         eta_seconds=eta,
-        final=_final(run),
+        final=_final(run, Task(job.config.get("task", Task.SINGLE_LABEL))),
     )
 
 
-def _final(run: RunFolder) -> FinalMetrics | None:
+def _final(run: RunFolder, task: Task) -> FinalMetrics | None:
     """From metrics.json, written once the run has evaluated its final weights; None before."""
     try:
         metrics = json.loads(run.metrics_path.read_text(encoding="utf-8"))
@@ -65,12 +67,16 @@ def _final(run: RunFolder) -> FinalMetrics | None:
         return None
     evaluation = metrics["eval"]
     return FinalMetrics(
-        accuracy=float(evaluation["accuracy"]),
-        macro_f1=float(evaluation["macro_f1"]),
+        task=task.value,
+        accuracy=evaluation.get("accuracy"),
+        macro_f1=evaluation.get("macro_f1"),
+        scores={m.value: float(evaluation[m.value]) for m in TASK_METRICS[task] if m.value in evaluation},
         loss=float(evaluation["loss"]) if evaluation.get("loss") is not None else None,
         rows=evaluation.get("num_rows"),
         checkpoint=metrics.get("final_checkpoint"),
         per_class=evaluation.get("per_class") or {},
-        confusion_matrix=evaluation["confusion_matrix"],
+        confusion_matrix=evaluation.get("confusion_matrix"),
         calibration=metrics.get("calibration"),
+        thresholds=metrics.get("thresholds"),
+        target_scale=metrics.get("target_scale"),
     )

@@ -41,6 +41,13 @@ class ModelCard:
     embedding: list[float] = field(default_factory=list)
     # Temperature scaling fitted on the validation set: method, temperature, ECE and log-loss before and after.
     calibration: dict[str, Any] | None = None
+    # What the head predicts (the run's task; ``task`` above is the free-form name from registry.task):
+    # single_label, multi_label or regression.
+    task_type: str = "single_label"
+    thresholds: dict[str, float] | None = (
+        None  # multi_label: {label: probability above which it is predicted}
+    )
+    target_scale: dict[str, float] | None = None  # regression: {mean, std} of the training targets
 
     @property
     def key(self) -> str:
@@ -51,9 +58,26 @@ class ModelCard:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.metrics.items()))
         return (
             f"{self.description or self.name}. {self.task.replace('-', ' ')} model for {self.language} text, "
-            f"fine-tuned from {self.base_model} with LoRA. Labels: {', '.join(self.labels)}. "
+            f"fine-tuned from {self.base_model} with LoRA. {self.outputs_text()} "
             f"Tags: {', '.join(self.tags)}. Metrics: {metrics}."
         )
+
+    def outputs_text(self) -> str:
+        """What the model predicts, in words: its labels, and their thresholds or the target's scale."""
+        if self.task_type == "regression":
+            target = ", ".join(self.labels)
+            if self.target_scale is None:
+                return f"Regression of {target}."
+            mean, std = self.target_scale["mean"], self.target_scale["std"]
+            return f"Regression of {target} (training targets: mean {mean:.4g}, std {std:.4g})."
+        if self.task_type == "multi_label":
+            thresholds = self.thresholds or {}
+            shown = ", ".join(
+                f"{label} (threshold {thresholds[label]:.2f})" if label in thresholds else label
+                for label in self.labels
+            )
+            return f"Multi-label: {shown}."
+        return f"Labels: {', '.join(self.labels)}."
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

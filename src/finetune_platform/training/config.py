@@ -428,9 +428,12 @@ class TrainingSection(_Section):
             "'balanced' (rows / (classes × rows of the class), from the training split's counts: a class with a "
             "tenth of the rows weighs ten times more), or a mapping {label: weight} with the labels as the data "
             "names them (labels left out weigh 1; weights above 0, at most 1,000,000; an unknown label is refused "
-            "when the data is loaded). The resolved weights are recorded in config.yaml's resolved section and "
-            "MLflow. Only the training loss is weighted: the evaluation loss (eval_loss) stays the plain "
-            "unweighted cross entropy, so runs with and without weights compare."
+            "when the data is loaded). task: multi_label: each label's pos_weight in the binary cross entropy "
+            "(its positive rows weighed against its negative rows; 'balanced' = negatives / positives of the label "
+            "in the training split, 1 for a label that no row or every row holds). task: regression: 'none' only. "
+            "The resolved weights are recorded in config.yaml's resolved section and MLflow. Only the training loss "
+            "is weighted: the evaluation loss (eval_loss) stays unweighted, so runs with and without weights "
+            "compare."
         ),
     )
     loss: Loss = Field(
@@ -439,7 +442,9 @@ class TrainingSection(_Section):
             "Training loss: 'cross_entropy', or 'focal' ((1 − p_t)^focal_gamma × cross entropy, which turns "
             "attention from the rows the model already gets right to the hard ones), weighted by class_weights "
             "(as focal loss's α) when both are set. The per-row losses are averaged over the rows. Evaluation "
-            "always reports the plain unweighted cross entropy."
+            "always reports the plain unweighted cross entropy. This is the single_label loss: with 'cross_entropy', "
+            "task: multi_label trains on binary cross entropy with logits (a mean over rows and labels) and task: "
+            "regression on the mean squared error of the standardised target; 'focal' is refused for both."
         ),
     )
     focal_gamma: float = Field(
@@ -580,8 +585,10 @@ class TrainConfig(_Section):
         default=0.5,
         description=(
             "task: multi_label only: the probability above which a label is predicted, one number for every "
-            "label (above 0, below 1), or 'tune' for each label's F1-best threshold on the validation set. Stored "
-            "with the model (label_map.json) and applied by every runtime."
+            "label (above 0, below 1), or 'tune' for each label's F1-best threshold on the validation set, chosen "
+            "after training from 0.05, 0.10, ..., 0.95 (ties go to the value nearest 0.5; evaluations during "
+            "training use 0.5). Stored with the model (label_map.json) and metrics.json, and applied by every "
+            "runtime."
         ),
     )
     calibration: Literal["temperature", "none"] = Field(
@@ -590,7 +597,8 @@ class TrainConfig(_Section):
             "After training, fit temperature scaling on the validation set (one T dividing the logits, chosen to "
             "minimise the validation log-loss): probabilities that match accuracy, every prediction unchanged. "
             "Stored with the model (artifacts/calibration.json) and applied by every runtime; metrics.json, MLflow "
-            "and the model card report the expected calibration error before and after. 'none' skips it."
+            "and the model card report the expected calibration error before and after. 'none' skips it. "
+            "single_label only: multi_label and regression runs skip it."
         ),
     )
 
@@ -604,6 +612,23 @@ class TrainConfig(_Section):
         ):
             self.training.metric_for_best_model = TASK_METRICS[self.task][0]
         check_task_metric(self.task, self.training.metric_for_best_model, "training.metric_for_best_model")
+        return self
+
+    @model_validator(mode="after")
+    def _loss_fits_task(self) -> TrainConfig:
+        # multi_label trains on binary cross entropy, regression on squared error: no focal term, and a
+        # regression target has no classes to weigh.
+        t = self.training
+        if t.loss is Loss.FOCAL and self.task is not Task.SINGLE_LABEL:
+            trained_on = "binary cross entropy" if self.task is Task.MULTI_LABEL else "mean squared error"
+            raise ValueError(
+                f"training.loss: focal loss is for single_label runs; {self.task.value} runs train on "
+                f"{trained_on}: set training.loss to cross_entropy"
+            )
+        if self.task is Task.REGRESSION and t.class_weights != "none":
+            raise ValueError(
+                "training.class_weights: a regression run has no classes to weigh; set it to 'none'"
+            )
         return self
 
     @model_validator(mode="after")

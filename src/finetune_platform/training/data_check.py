@@ -1,8 +1,9 @@
 """The data check a run starts with: its dataset validated as training reads it, before anything is written.
 
-One streaming pass of ``data.validation`` with the config's columns, declared labels and invalid-row policy; no
-tokenizer (the token-length checks only warn, and they run again when training loads the data), so no model
-library loads. ``finetune train`` and a job submitted to the API both refuse invalid data here.
+One streaming pass of ``data.validation`` with the config's task, columns (a pair column too), label delimiter,
+declared labels and invalid-row policy; no tokenizer (the token-length checks only warn, and they run again when
+training loads the data), so no model library loads. ``finetune train`` and a job submitted to the API both
+refuse invalid data here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def validation_options(config: TrainConfig) -> ValidationOptions:
     return ValidationOptions(
         text_column=data.text_column,
         label_column=data.label_column,
+        task=config.task.value,
+        text_pair_column=data.text_pair_column,
+        label_delimiter=data.label_delimiter,
         label_names=data.label_names,
         drop_invalid=data.invalid_rows == "drop",
     )

@@ -46,6 +46,7 @@ from finetune_platform.training.fast_gpu import (
     predict,
 )
 from finetune_platform.training.guards import staging_checkpoint
+from finetune_platform.training.losses import evaluation_loss
 from finetune_platform.training.metrics import summary_metrics
 
 logger = logging.getLogger("finetune_platform.training")
@@ -92,9 +93,16 @@ def loop_settings(
         fp16=precision is Precision.FP16,
         log_every=t.logging_steps,
         compile=None if t.compile == "none" else t.compile,
+        task=config.task.value,
         class_weights=class_weights,
         focal_gamma=t.focal_gamma if t.loss is Loss.FOCAL else None,
     )
+
+
+def evaluation_thresholds(config: TrainConfig) -> float:
+    """The multi-label threshold of evaluations during training: the configured one, 0.5 while 'tune' waits for
+    the end of training."""
+    return 0.5 if config.thresholds == "tune" else float(config.thresholds)
 
 
 def check_rows(config: TrainConfig, rows: int) -> None:
@@ -217,8 +225,11 @@ class Driver:
         rank: int = 0,
         world_size: int = 1,
         class_weights: tuple[float, ...] | None = None,
+        scale: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.config, self.model, self.device = config, model, device
+        # regression: (mean, std) of the training targets, for metrics in the target's units
+        self.scale = scale
         self.train_data, self.eval_data = train, evaluation
         self.checkpoints_dir, self.staging_dir = checkpoints_dir, staging_dir
         self.precision = precision
@@ -331,18 +342,23 @@ class Driver:
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def predict(self, data: DeviceData) -> tuple[np.ndarray, float]:
-        """Logits for every row (row order) and the mean cross-entropy loss: unweighted and never focal, whatever
-        the training loss, so evaluation losses of runs compare."""
+        """Logits for every row (row order) and the task's mean loss (``losses.evaluation_loss``): unweighted and
+        never focal, whatever the training loss, so evaluation losses of runs compare."""
 
         s = self.settings
         logits = predict(self.model, data, self.config.training.eval_batch_size, s.bf16, fp16=s.fp16)
         self.model.train()
-        loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), data.labels.cpu()))
-        return logits, loss
+        return logits, evaluation_loss(s.task, logits, data.labels.cpu())
 
     def _evaluate(self, control: Control) -> None:
         logits, loss = self.predict(self.eval_data)
-        scores = summary_metrics(logits, self.eval_data.labels.cpu().numpy())
+        scores = summary_metrics(
+            logits,
+            self.eval_data.labels.cpu().numpy(),
+            self.settings.task,
+            thresholds=evaluation_thresholds(self.config),
+            scale=self.scale,
+        )
         metrics = {"eval_loss": loss, **{f"eval_{key}": value for key, value in scores.items()}}
         self.state.history.append({**metrics, "epoch": self.state.epoch, "step": self.state.step})
         self._each("on_log", self.state, control, {**metrics, "epoch": self.state.epoch})

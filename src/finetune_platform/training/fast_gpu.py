@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from finetune_platform.training.losses import row_losses
+from finetune_platform.training.losses import task_row_losses
 
 logger = logging.getLogger("finetune_platform.training")
 
@@ -79,8 +79,10 @@ class FastSettings:
     # as CUDA graphs: no per-kernel launch cost). Compiled runs pad to multiples of 16 and drop the last
     # partial batch of an epoch, so a handful of shapes is compiled once each.
     compile: str | None = None
-    # The training loss (evaluation is always plain cross entropy): one weight per class id, and focal loss's
-    # gamma; both None is the plain mean cross entropy.
+    # The training loss (evaluation is never weighted): single_label (cross entropy), multi_label (binary cross
+    # entropy over rows and labels) or regression (squared error); one weight per class id (multi_label: each
+    # label's pos_weight), and focal loss's gamma (single_label); both None is the plain mean loss.
+    task: str = "single_label"
     class_weights: tuple[float, ...] | None = None
     focal_gamma: float | None = None
 
@@ -108,7 +110,9 @@ class DeviceData:
 
     ids: Any  # (rows, longest) int64
     lengths: Any  # (rows,) int64, on the CPU too (the batch plan is made there)
-    labels: Any  # (rows,) int64
+    # single_label (rows,) int64 class ids; multi_label (rows, labels) float32 0/1; regression (rows,) float32
+    # standardised targets (``training.targets``)
+    labels: Any
     host_lengths: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -116,10 +120,18 @@ class DeviceData:
 
 
 def to_device(
-    tokenizer: Any, texts: list[str], labels: list[int], max_length: int, device: Any
+    tokenizer: Any,
+    texts: list[str],
+    labels: Any,
+    max_length: int,
+    device: Any,
+    pairs: list[str] | None = None,
 ) -> DeviceData:
+    """Tokenise ``texts`` (with ``pairs``: each row the pair (text, pair), joined by the tokenizer's own
+    separator) and put ids and ``labels`` (a list of class ids, or an array of any of DeviceData's label
+    shapes, whose dtype is kept) on ``device``."""
 
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
     longest = int(lengths.max()) if len(lengths) else 1
     pad = tokenizer.pad_token_id or 0
@@ -129,9 +141,15 @@ def to_device(
     return DeviceData(
         ids=torch.from_numpy(matrix).to(device),
         lengths=torch.from_numpy(lengths).to(device),
-        labels=torch.tensor(labels, dtype=torch.int64, device=device),
+        labels=_label_tensor(labels).to(device),
         host_lengths=lengths,
     )
+
+
+def _label_tensor(labels: Any) -> Any:
+    if isinstance(labels, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(labels))
+    return torch.tensor(labels, dtype=torch.int64)
 
 
 def save_data(data: DeviceData, path: Any) -> None:
@@ -366,9 +384,10 @@ class FastTrainer:
 
     def _loss(self, logits: Any, labels: Any, batch_rows: int) -> Any:
         """A micro-batch's share of the step's mean loss over ``batch_rows`` rows."""
-        if self.class_weights is None and self.settings.focal_gamma is None:
+        s = self.settings
+        if s.task == "single_label" and self.class_weights is None and s.focal_gamma is None:
             return torch.nn.functional.cross_entropy(logits.float(), labels) * (len(labels) / batch_rows)
-        losses = row_losses(logits, labels, weights=self.class_weights, gamma=self.settings.focal_gamma)
+        losses = task_row_losses(s.task, logits, labels, weights=self.class_weights, gamma=s.focal_gamma)
         return losses.sum() / batch_rows
 
     def steps(self, start_step: int = 0) -> Iterator[FastStep]:

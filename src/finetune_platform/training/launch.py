@@ -106,14 +106,12 @@ class RemoteDriver:
 
     def predict(self, data: Any) -> Any:
         # lazy: the agent shim execs torchrun without loading torch; ranks load the driver
-        import torch
-
         from finetune_platform.training.fast_gpu import predict
+        from finetune_platform.training.losses import evaluation_loss
 
         s = self.settings
         logits = predict(self.model, data, self.config.training.eval_batch_size, s.bf16, fp16=s.fp16)
-        loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), data.labels.cpu()))
-        return logits, loss
+        return logits, evaluation_loss(s.task, logits, data.labels.cpu())
 
     # -- the ranks ----------------------------------------------------------------------------------------------
     def _prepare(self, resume_from: Path | None) -> None:
@@ -131,6 +129,7 @@ class RemoteDriver:
             "precision": self.recipe_state.precision.value,
             "checkpoint": str(resume_from) if resume_from else None,
             "labels": list(self.recipe_state.splits.label_map.names),
+            "label_map": self.recipe_state.splits.label_map.to_json(),  # the task, its outputs and target scale
             "class_weights": self.recipe_state.class_weights,
             "pad_token_id": self.tokenizer.pad_token_id,
             "checkpoints_dir": str(self.run.checkpoints_dir),
@@ -345,11 +344,9 @@ def run_rank(folder: Path) -> None:
         set_seed(config.training.seed)
         reference = resolve_base_model(config.model.base_model, config.model.language)
         state = SimpleNamespace(model=reference)  # what build_model reads; it records what it built there
-        labels = launch["labels"]
+        label_map = LabelMap.from_json(launch["label_map"])
         device = torch_device(kind, local_rank)  # first: a 4-bit base loads onto this rank's GPU
-        model = build_model(
-            config, state, LabelMap(tuple(labels), tuple(range(len(labels)))), pad_token_id=launch["pad_token_id"]
-        )
+        model = build_model(config, state, label_map, pad_token_id=launch["pad_token_id"])
         cpu_threads(kind, local_world)
         model = model.to(device)
         train = load_data(folder / TRAIN_DATA, device)
@@ -360,7 +357,7 @@ def run_rank(folder: Path) -> None:
         driver = Driver(model, train, evaluation, config, checkpoints_dir=checkpoints,
                         staging_dir=Path(launch["staging_dir"]), device=device, precision=precision,
                         callbacks=callbacks, rank=rank, world_size=world,
-                        class_weights=_class_weights(launch))  # fmt: skip
+                        class_weights=_class_weights(launch), scale=label_map.scale)  # fmt: skip
         checkpoint = launch["checkpoint"]
         summary = driver.train(Path(checkpoint) if checkpoint else None)
         if relay is not None:

@@ -174,9 +174,20 @@ def quantization_config(quantization: Quantization | str) -> Any:
     )
 
 
-def build_model(config: TrainConfig, state: Any, label_map: Any = None, pad_token_id: int | None = None) -> Any:
-    """The base model with a ``label_map``-sized head (default: the data's labels) and LoRA attached; its
-    config's pad token is ``pad_token_id`` (the tokenizer's), which a decoder's last-token pooling needs.
+# Hugging Face's name for each task's head (saved in the model's config.json; our loop computes the loss itself).
+PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def build_model(
+    config: TrainConfig, state: Any, label_map: Any = None, pad_token_id: int | None = None
+) -> Any:
+    """The base model with a ``label_map``-sized head (default: the data's labels; one output for regression) of
+    the config's task (``PROBLEM_TYPES``) and LoRA attached; its config's pad token is ``pad_token_id`` (the
+    tokenizer's), which a decoder's last-token pooling needs.
 
     ``state`` (a ``recipe.RecipeState``) names the resolved base model and receives what was built: model type,
     target modules, parameter counts."""
@@ -195,6 +206,7 @@ def build_model(config: TrainConfig, state: Any, label_map: Any = None, pad_toke
         model = AutoModelForSequenceClassification.from_pretrained(
             state.model.source,
             num_labels=label_map.num_labels,
+            problem_type=PROBLEM_TYPES[config.task.value],
             id2label=dict(enumerate(label_map.names)),
             label2id={name: i for i, name in enumerate(label_map.names)},
             **loading,

@@ -100,10 +100,10 @@ class ProgressCallback(Callback):
             )
 
     def on_evaluate(self, state: RunState, control: Control, metrics: dict[str, float]) -> None:
-        shown = " ".join(
+        shown = " ".join(  # eval_loss and the task's metrics (training.metrics.summary_metrics)
             f"{key.removeprefix('eval_')} {value:.4f}"
             for key, value in metrics.items()
-            if key in {"eval_loss", "eval_accuracy", "eval_macro_f1"}
+            if key.startswith("eval_")
         )
         # Evaluation time is not training time: restart the samples/s interval after it.
         self._last_time, self._last_step = time.perf_counter(), state.step

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +21,29 @@ from transformers import set_seed
 from finetune_platform import __version__
 from finetune_platform.atomic import file_sha256, write_atomic
 from finetune_platform.catalogue import ResolvedModel, resolve_base_model
+from finetune_platform.data.loading import LabelMap
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
 from finetune_platform.training.calibration import Calibration, calibrate, reliability_png, write_calibration
 from finetune_platform.training.callbacks import stop_error_of, training_guards
 from finetune_platform.training.checkpoints import list_checkpoints, remove_incomplete, select_retained
-from finetune_platform.training.config import Device, Engine, Precision, TrainConfig, dump_config
+from finetune_platform.training.config import Device, Engine, Precision, Task, TrainConfig, dump_config
 from finetune_platform.training.devices import select_device, select_precision
-from finetune_platform.training.driver import Driver, check_rows, torch_device
+from finetune_platform.training.driver import Driver, check_rows, evaluation_thresholds, torch_device
 from finetune_platform.training.fast_gpu import to_device
 from finetune_platform.training.launch import RemoteDriver
 from finetune_platform.training.losses import named_weights, resolve_class_weights
-from finetune_platform.training.metrics import classification_report
+from finetune_platform.training.metrics import (
+    classification_report,
+    label_probabilities,
+    multi_label_report,
+    regression_report,
+    tune_thresholds,
+)
 from finetune_platform.training.models import _model_loading, build_model, load_tokenizer, quiet_libraries
 from finetune_platform.training.progress import ProgressCallback
 from finetune_platform.training.run_folder import RunFolder
+from finetune_platform.training.targets import training_targets
 
 logger = logging.getLogger("finetune_platform.training")
 
@@ -53,7 +61,8 @@ class RecipeState:
     model_type: str = ""
     trainable_parameters: int = 0
     total_parameters: int = 0
-    # one per class id, from training.class_weights and the training split (None: unweighted)
+    # one per class id (multi_label: each label's pos_weight), from training.class_weights and the training split
+    # (None: unweighted)
     class_weights: tuple[float, ...] | None = None
     _lineage: dict[str, Any] | None = None  # hashing the data files once per run is enough
 
@@ -130,7 +139,9 @@ class LoraClassificationRecipe:
         quiet_libraries()
 
         with _model_loading(model_ref.name):
-            self.tokenizer = load_tokenizer(model_ref.source)  # a decoder's: eos pads where it has no pad token
+            self.tokenizer = load_tokenizer(
+                model_ref.source
+            )  # a decoder's: eos pads where it has no pad token
         data = config.data
         # Validation runs before any model weights load: bad data is refused in seconds.
         try:
@@ -147,11 +158,18 @@ class LoraClassificationRecipe:
                 tokenizer=self.tokenizer,
                 max_length=config.model.max_length,
                 drop_invalid=data.invalid_rows == "drop",
+                task=config.task.value,
+                text_pair_column=data.text_pair_column,
+                label_delimiter=data.label_delimiter,
             )
         except DatasetValidationError as exc:
             exc.report.write_json(self.run.root / "validation.json")
             raise
         splits.report.write_json(self.run.root / "validation.json")
+        if config.task is Task.MULTI_LABEL:
+            # evaluations and an interrupted run's checkpoints predict with these until 'tune' replaces them
+            thresholds = (evaluation_thresholds(config),) * splits.label_map.num_labels
+            splits = replace(splits, label_map=replace(splits.label_map, thresholds=thresholds))
         # There before the first checkpoint: an interrupted run's checkpoints predict with them (finetune predict).
         self._save_prediction_files(splits.label_map)
         for file_report in splits.report.files:
@@ -170,6 +188,7 @@ class LoraClassificationRecipe:
             splits.label_map.names,
             splits.label_map.raw_values,
             splits.train["label_id"].tolist(),
+            task=config.task.value,
         )
         if class_weights is not None:
             logger.info("class weights: %s", named_weights(class_weights, splits.label_map.names))
@@ -202,9 +221,20 @@ class LoraClassificationRecipe:
         device = torch_device(state.device)
         max_length = config.model.max_length
 
+        label_map = splits.label_map
+        pairs = config.data.text_pair_column is not None
+
         def encode(frame: Any) -> Any:
+            targets = training_targets(
+                frame["label_id"].tolist(), label_map.task, label_map.num_labels, label_map.scale
+            )
             return to_device(
-                self.tokenizer, frame["text"].tolist(), frame["label_id"].tolist(), max_length, device
+                self.tokenizer,
+                frame["text"].tolist(),
+                targets,
+                max_length,
+                device,
+                pairs=frame["text_pair"].tolist() if pairs else None,
             )
 
         train, evaluation = encode(splits.train), encode(splits.validation)
@@ -231,6 +261,7 @@ class LoraClassificationRecipe:
             precision=state.precision,
             callbacks=[*self._callbacks(), *training_guards(config, self.run.checkpoints_dir)],
             class_weights=state.class_weights,
+            scale=splits.label_map.scale,
         )
 
     def _callbacks(self) -> list[Any]:
@@ -265,9 +296,22 @@ class LoraClassificationRecipe:
         self.final_checkpoint = self._load_final_weights()
         logits, loss = self.driver.predict(self.driver.eval_data)
         labels = self.driver.eval_data.labels.cpu().numpy()
+        self.calibration = None
+        task = self.config.task
+        if task is Task.MULTI_LABEL:
+            return self._evaluate_multi_label(logits, labels, loss)
+        if task is Task.REGRESSION:
+            label_map = self.state.splits.label_map
+            self.report = {**regression_report(logits, labels, label_map.scale), "loss": loss}
+            logger.info(
+                "final evaluation (%s): rmse %.4f mae %.4f pearson %.4f spearman %.4f",
+                self.final_checkpoint or "last step",
+                *(self.report[key] for key in ("rmse", "mae", "pearson", "spearman")),
+            )
+            self._skip_calibration()
+            return self.report
         self.report = classification_report(logits, labels, self.state.splits.label_map.names)
         self.report["loss"] = loss
-        self.calibration = None
         if self.config.calibration == "temperature":
             self.calibration = calibrate(np.asarray(logits), np.asarray(labels))
             self.calibration_inputs = (np.asarray(logits), np.asarray(labels))
@@ -284,6 +328,38 @@ class LoraClassificationRecipe:
             self.report["macro_f1"],
         )
         return self.report
+
+    def _evaluate_multi_label(self, logits: Any, labels: Any, loss: float) -> dict[str, Any]:
+        """The report at the configured thresholds, or ('tune') at each label's F1-best one on these rows, which
+        the label map then carries to every runtime."""
+        label_map = self.state.splits.label_map
+        thresholds = label_map.thresholds
+        if self.config.thresholds == "tune":
+            thresholds = tune_thresholds(label_probabilities(logits), labels)
+            self.state.splits = replace(
+                self.state.splits, label_map=replace(label_map, thresholds=thresholds)
+            )
+            logger.info("thresholds tuned on the validation set: %s", self.thresholds())
+        self.report = {**multi_label_report(logits, labels, label_map.names, thresholds), "loss": loss}
+        logger.info(
+            "final evaluation (%s): micro_f1 %.4f macro_f1 %.4f subset_accuracy %.4f",
+            self.final_checkpoint or "last step",
+            *(self.report[key] for key in ("micro_f1", "macro_f1", "subset_accuracy")),
+        )
+        self._skip_calibration()
+        return self.report
+
+    def _skip_calibration(self) -> None:
+        if self.config.calibration == "temperature":
+            logger.info("calibration: skipped, temperature scaling is for single_label runs (task: %s)",
+                        self.config.task.value)  # fmt: skip
+
+    def thresholds(self) -> dict[str, float] | None:
+        """multi_label: {label: threshold} the final model predicts with."""
+        label_map = self.state.splits.label_map
+        if label_map.thresholds is None:
+            return None
+        return dict(zip(label_map.names, label_map.thresholds, strict=True))
 
     def _load_final_weights(self) -> str | None:
         checkpoints = list_checkpoints(self.run.checkpoints_dir)
@@ -330,6 +406,11 @@ class LoraClassificationRecipe:
             },
             "history": [entry for entry in self.driver.state.history if "eval_loss" in entry],
         }
+        label_map = self.state.splits.label_map
+        if self.config.task is Task.MULTI_LABEL:
+            metrics["thresholds"] = self.thresholds()
+        if self.config.task is Task.REGRESSION:
+            metrics["target_scale"] = {"mean": label_map.scale[0], "std": label_map.scale[1]}
         if self.calibration is not None:
             metrics["calibration"] = self.calibration.to_json()
             write_calibration(self.run.artifacts_dir, self.calibration)
@@ -340,7 +421,7 @@ class LoraClassificationRecipe:
         )
         return metrics
 
-    def _save_prediction_files(self, label_map: Any) -> None:
+    def _save_prediction_files(self, label_map: LabelMap) -> None:
         """What predicting needs beside the adapter weights: the tokenizer and the label map, in artifacts/."""
         artifacts = self.run.artifacts_dir
         self.tokenizer.save_pretrained(str(artifacts))

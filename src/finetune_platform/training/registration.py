@@ -14,7 +14,7 @@ from finetune_platform.db.accounts import local_account
 from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.errors import ErrorCode, PlatformError
 from finetune_platform.settings import Settings
-from finetune_platform.training.config import TrainConfig, config_from_dict
+from finetune_platform.training.config import TASK_METRICS, TrainConfig, config_from_dict
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
@@ -74,7 +74,7 @@ def register_adapter(
         language=language,
         task=config.registry.task,
         description=config.registry.description,
-        metrics={key: float(evaluation[key]) for key in ("accuracy", "macro_f1", "loss")},
+        metrics={metric.value: float(evaluation[metric.value]) for metric in TASK_METRICS[config.task]},
         tags=list(config.registry.tags),
         dataset_version=metrics["dataset"]["train_version"],
         run_id=run_id,
@@ -87,6 +87,9 @@ def register_adapter(
         },
         labels=labels,
         calibration=metrics.get("calibration"),
+        task_type=config.task.value,
+        thresholds=metrics.get("thresholds"),
+        target_scale=metrics.get("target_scale"),
     )
     if owner_id is None:  # the command line acts as its local admin account
         ensure_database(settings)

@@ -4,8 +4,10 @@ artifacts/.
 ``run.json`` holds the run's state; its status is in the job row's words (``JobStatus``): running, succeeded,
 failed, or cancelled for a run its user stopped (Ctrl-C). ``history.jsonl`` is the run's metrics as it trains,
 one JSON object a line: a training entry per logging step (``loss``, ``learning_rate``, ``grad_norm``,
-``samples_per_second``, ``eta_seconds``) and an evaluation entry per evaluation (``eval_loss``,
-``eval_accuracy``, ``eval_macro_f1``), each with its ``step`` and ``epoch``.
+``samples_per_second``, ``eta_seconds``) and an evaluation entry per evaluation (``eval_loss`` and the task's
+metrics: ``eval_accuracy``, ``eval_macro_f1`` for single_label, ``eval_micro_f1``, ``eval_macro_f1``,
+``eval_subset_accuracy`` for multi_label, ``eval_rmse``, ``eval_mae``, ``eval_pearson``, ``eval_spearman`` for
+regression), each with its ``step`` and ``epoch``.
 """
 
 from __future__ import annotations

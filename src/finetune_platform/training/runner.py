@@ -16,7 +16,7 @@ from finetune_platform.db.job_vocabulary import JobStatus
 from finetune_platform.settings import Settings, get_settings
 from finetune_platform.training.callbacks import TrackingCallback
 from finetune_platform.training.checkpoints import CheckpointInfo, newest_checkpoint
-from finetune_platform.training.config import TrainConfig, dump_config, read_run_config
+from finetune_platform.training.config import TASK_METRICS, TrainConfig, dump_config, read_run_config
 from finetune_platform.training.devices import check_device
 from finetune_platform.training.guards import TrialPruned
 from finetune_platform.training.registration import register_adapter
@@ -169,8 +169,11 @@ def run_training(
                 # lazy: MLflow loads only for tracked runs
                 from finetune_platform.tracking.plots import confusion_matrix_png
 
-                confusion_matrix_png(metrics["eval"]["confusion_matrix"], run.root / "confusion_matrix.png")
-                _finish_tracker(tracker, run, metrics)
+                if "confusion_matrix" in metrics["eval"]:  # single_label only
+                    confusion_matrix_png(
+                        metrics["eval"]["confusion_matrix"], run.root / "confusion_matrix.png"
+                    )
+                _finish_tracker(tracker, config, run, metrics)
                 metrics["tracking_seconds"] = round(tracker.seconds, 3)
                 logger.info("MLflow calls took %.2fs in this run", tracker.seconds)
                 if config.registry.enabled:
@@ -203,12 +206,7 @@ def run_training(
         wall = time.perf_counter() - started
         run.update_state(status=JobStatus.SUCCEEDED, finished_at=datetime.now(UTC).isoformat(), error=None)
         logger.info(
-            "run %s succeeded in %.1fs: accuracy %.4f, macro_f1 %.4f -> %s",
-            run.run_id,
-            wall,
-            metrics["eval"]["accuracy"],
-            metrics["eval"]["macro_f1"],
-            run.root,
+            "run %s succeeded in %.1fs: %s -> %s", run.run_id, wall, scores_text(config, metrics), run.root
         )
     return RunResult(
         run=run, metrics=metrics, mlflow_run_id=tracker.run_id if tracker else None, wall_seconds=wall
@@ -303,15 +301,36 @@ def seed_readme_params(config: Any) -> dict[str, Any]:
     }
 
 
-def _finish_tracker(tracker: Any, run: RunFolder, metrics: dict[str, Any]) -> None:
+def final_metric_names(config: TrainConfig) -> list[str]:
+    """The final evaluation's scalar metrics of the run's task, its ranking default first, loss last."""
+    return [metric.value for metric in TASK_METRICS[config.task]]
+
+
+def final_scores(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, float]:
+    """{metric: value} of the final evaluation in metrics.json, the task's metrics in TASK_METRICS order."""
+    return {key: float(metrics["eval"][key]) for key in final_metric_names(config)}
+
+
+def scores_text(config: TrainConfig, metrics: dict[str, Any]) -> str:
+    """The task's first two final metrics in words: 'accuracy 0.9000, macro_f1 0.8800'."""
+    return ", ".join(f"{key} {value:.4f}" for key, value in list(final_scores(config, metrics).items())[:2])
+
+
+def _finish_tracker(tracker: Any, config: TrainConfig, run: RunFolder, metrics: dict[str, Any]) -> None:
     evaluation = metrics["eval"]
-    final = {f"final_{key}": float(evaluation[key]) for key in ("accuracy", "macro_f1", "loss")}
-    # The seed README's names, beside ours: accuracy and loss of the final evaluation, training wall time.
-    final.update(
-        accuracy=float(evaluation["accuracy"]),
-        loss=float(evaluation["loss"]),
-        runtime=float(metrics["train"]["runtime_seconds"]),
-    )
+    final = {f"final_{key}": value for key, value in final_scores(config, metrics).items()}
+    # The seed README's names, beside ours: accuracy (single_label) and loss of the final evaluation, training
+    # wall time.
+    if "accuracy" in evaluation:
+        final["accuracy"] = float(evaluation["accuracy"])
+    final.update(loss=float(evaluation["loss"]), runtime=float(metrics["train"]["runtime_seconds"]))
+    for name, threshold in (metrics.get("thresholds") or {}).items():
+        final[f"final_threshold.{_metric_safe(name)}"] = float(threshold)
+    if "target_scale" in metrics:
+        final.update(
+            target_mean=float(metrics["target_scale"]["mean"]),
+            target_std=float(metrics["target_scale"]["std"]),
+        )
     calibration = metrics.get("calibration")
     if calibration:
         final.update(
@@ -319,8 +338,8 @@ def _finish_tracker(tracker: Any, run: RunFolder, metrics: dict[str, Any]) -> No
             calibration_ece_before=float(calibration["ece_before"]),
             calibration_ece_after=float(calibration["ece_after"]),
         )
-    for name, scores in evaluation["per_class"].items():
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    for name, scores in evaluation.get("per_class", {}).items():
+        safe = _metric_safe(name)
         final[f"final_precision.{safe}"] = scores["precision"]
         final[f"final_recall.{safe}"] = scores["recall"]
     tracker.log_metrics(final, metrics["train"]["global_step"])
@@ -333,3 +352,8 @@ def _finish_tracker(tracker: Any, run: RunFolder, metrics: dict[str, Any]) -> No
         if path.is_file():
             tracker.log_artifact(path, "artifacts")
     tracker.end("FINISHED")
+
+
+def _metric_safe(name: str) -> str:
+    """A label as part of an MLflow metric name (letters, digits, - _ . only)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

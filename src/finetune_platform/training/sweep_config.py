@@ -6,7 +6,7 @@ No Optuna here (``services.sweep_study`` turns a spec into a study); a sweep YAM
 ``sweep:`` section::
 
     sweep:
-      objective: accuracy        # accuracy | macro_f1 | loss
+      objective: accuracy        # one the task reports: accuracy | macro_f1 | loss (single_label; see TASK_METRICS)
       max_trials: 12
       parallelism: 2
       sampler: tpe               # grid | random | tpe
@@ -28,8 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from finetune_platform.errors import ConfigError
 from finetune_platform.training.config import (
+    TASK_METRICS,
     BestMetric,
+    Task,
     TrainConfig,
+    check_task_metric,
     config_from_dict,
     format_validation_error,
     read_document,
@@ -125,7 +128,12 @@ Distribution = Annotated[Choice | Uniform | LogUniform | IntRange, Field(discrim
 
 class Objective(_Strict):
     metric: BestMetric = Field(
-        default=BestMetric.ACCURACY, description="The validation metric a trial is judged by."
+        default=BestMetric.ACCURACY,
+        description=(
+            "The validation metric a trial is judged by: one the config's task reports (single_label: accuracy, "
+            "macro_f1, loss; multi_label: micro_f1, macro_f1, subset_accuracy, loss; regression: rmse, mae, "
+            "pearson, spearman, loss). Unset: the task's first (accuracy, micro_f1 or rmse)."
+        ),
     )
     direction: Direction | None = Field(
         default=None, description="maximize or minimize; by default minimize for loss, else maximize."
@@ -293,6 +301,7 @@ def check_space(spec: SweepSpec, base: dict[str, Any]) -> TrainConfig:
         except ConfigError as error:
             raise ConfigError(f"sweep.start_with[{index}]: {_first_problem(error)}") from None
     base_config = config_from_dict(with_params(base, {}))
+    _check_objective(spec, base_config.task)
     for dotted, distribution in spec.space.items():
         for value in _candidates(distribution):
             try:
@@ -302,6 +311,21 @@ def check_space(spec: SweepSpec, base: dict[str, Any]) -> TrainConfig:
                     f"sweep.space.{dotted}: {value!r} is not a valid value: {_first_problem(error)}"
                 ) from None
     return base_config
+
+
+def _check_objective(spec: SweepSpec, task: Task) -> None:
+    """The objective is a metric the trials' task reports (ConfigError naming sweep.objective.metric); a spec that
+    names none takes the task's first, in place, so the stored spec says what is optimised."""
+    tasks = [task]
+    if isinstance(spec.space.get("task"), Choice):
+        tasks += [Task(value) for value in spec.space["task"].values if value in set(Task)]
+    if "metric" not in spec.objective.model_fields_set:
+        spec.objective.metric = TASK_METRICS[task][0]
+    for each in tasks:
+        try:
+            check_task_metric(each, spec.objective.metric, "sweep.objective.metric")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def _first_problem(error: ConfigError) -> str:

@@ -188,10 +188,10 @@ class JobCallback(Callback):
         self.reporter(progress=progress)
 
     def on_evaluate(self, state: RunState, control: Control, metrics: dict[str, float]) -> None:
-        shown = {
+        shown = {  # eval_loss and the task's metrics (a sweep's objective is one of them)
             key.removeprefix("eval_"): round(float(value), 6)
             for key, value in metrics.items()
-            if key in {"eval_loss", "eval_accuracy", "eval_macro_f1"}
+            if key.startswith("eval_")
         }
         self._last_log_write = self._last_write = time.monotonic()
         self.reporter(progress={**state.progress(), "metrics": shown})

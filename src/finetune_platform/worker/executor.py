@@ -24,7 +24,7 @@ from finetune_platform.settings import Settings
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.guards import TrainingStopped, TrialPruned
 from finetune_platform.training.run_folder import RunFolder
-from finetune_platform.training.runner import run_training
+from finetune_platform.training.runner import final_scores, run_training, scores_text
 from finetune_platform.worker.control import (
     Heartbeat,
     JobCallback,
@@ -278,17 +278,11 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
         on_stage=on_stage,
         owner_id=job.owner_id,
     )
-    evaluation = result.metrics["eval"]
     model = result.metrics.get("model") or {}
-    context.report(
-        progress={
-            "metrics": {key: evaluation[key] for key in ("accuracy", "macro_f1", "loss")},
-            "percent": 100.0,
-        }
-    )
+    context.report(progress={"metrics": final_scores(config, result.metrics), "percent": 100.0})
     return {
         "message": (
-            f"accuracy {evaluation['accuracy']:.4f}, macro_f1 {evaluation['macro_f1']:.4f}"
+            scores_text(config, result.metrics)
             + (f"; registered {model['name']} version {model['version']}" if model else "")
         ),
         "run_id": result.mlflow_run_id,

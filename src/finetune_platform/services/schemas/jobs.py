@@ -185,8 +185,15 @@ class EvaluationPoint(Public):
     step: int = Field(description="Optimizer step the evaluation ran at.")
     epoch: float | None = Field(description="Epochs done at this step.")
     loss: float | None = Field(description="Validation loss.")
-    accuracy: float | None = Field(description="Validation accuracy, 0 to 1.")
-    macro_f1: float | None = Field(description="Validation macro-averaged F1, 0 to 1.")
+    accuracy: float | None = Field(description="Validation accuracy, 0 to 1 (single-label tasks; else null).")
+    macro_f1: float | None = Field(description="Validation macro-averaged F1, 0 to 1 (null for regression).")
+    scores: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Every validation metric of this evaluation by name: loss and the task's (single_label: accuracy, "
+            "macro_f1; multi_label: micro_f1, macro_f1, subset_accuracy; regression: rmse, mae, pearson, spearman)."
+        ),
+    )
 
 
 class ClassScores(Public):
@@ -204,15 +211,43 @@ class ConfusionMatrix(Public):
 
 
 class FinalMetrics(Public):
-    accuracy: float = Field(description="Accuracy of the final model on the validation rows, 0 to 1.")
-    macro_f1: float = Field(description="Macro-averaged F1 of the final model, 0 to 1.")
+    task: str = Field(
+        default="single_label",
+        description="What the model predicts: single_label, multi_label or regression.",
+    )
+    accuracy: float | None = Field(
+        description="Accuracy of the final model on the validation rows, 0 to 1; null but for single_label."
+    )
+    macro_f1: float | None = Field(
+        description="Macro-averaged F1 of the final model, 0 to 1; null for regression."
+    )
+    scores: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "The task's final validation metrics by name, loss included (single_label: accuracy, macro_f1; "
+            "multi_label: micro_f1, macro_f1, subset_accuracy; regression: rmse, mae, pearson, spearman, in the "
+            "target's units)."
+        ),
+    )
     loss: float | None = Field(description="Validation loss of the final model.")
     rows: int | None = Field(description="Validation rows scored.")
     checkpoint: str | None = Field(
         description="The checkpoint the final model is (best), or null: the last step."
     )
-    per_class: dict[str, ClassScores] = Field(description="Precision, recall, F1 and support of each class.")
-    confusion_matrix: ConfusionMatrix = Field(description="True against predicted class counts.")
+    per_class: dict[str, ClassScores] = Field(
+        description=(
+            "Precision, recall, F1 and support of each class (multi_label: of each label); empty for regression."
+        )
+    )
+    confusion_matrix: ConfusionMatrix | None = Field(
+        description="True against predicted class counts; null but for single_label."
+    )
+    thresholds: dict[str, float] | None = Field(
+        default=None, description="multi_label: the probability above which each label is predicted."
+    )
+    target_scale: dict[str, float] | None = Field(
+        default=None, description="regression: mean and std of the training targets."
+    )
     calibration: dict[str, Any] | None = Field(
         default=None,
         description=(
