@@ -556,6 +556,58 @@ def test_a_finished_job_shows_its_final_metrics_and_confusion_matrix(app, api_ur
     assert list(per_class["class"]) == labels and sum(per_class["support"]) == 20
 
 
+def test_a_finished_regression_job_shows_its_own_metrics(app, api_url, tiny_bert, tmp_path):
+    """A regression run has no accuracy or confusion matrix: the page shows RMSE, MAE, Pearson and Spearman."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from finetune_platform.db.models import Job, User
+    from finetune_platform.db.session import session_scope
+    from finetune_platform.training.config import config_from_dict
+    from finetune_platform.training.runner import run_training
+    from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
+
+    settings, job_id = api_url[1], str(uuid.uuid4())
+    with session_scope(settings) as session:
+        owner = session.scalar(select(User).where(User.username == "alice"))
+        session.add(
+            Job(
+                id=job_id, owner_id=owner.id, status="succeeded", stage="done", progress={"percent": 100.0},
+                config={"experiment": "ui-regression", "output_dir": str(settings.RESULTS_DIR.resolve())},
+            )
+        )  # fmt: skip
+
+    def scored(
+        count: int, seed: int
+    ) -> list[tuple[str, float]]:  # positive 4, negative 1, and a little noise
+        rows = sentiment_rows(count, seed)
+        return [(text, 1.0 + 3.0 * int(label) + i % 3 * 0.1) for i, (text, label) in enumerate(rows)]
+
+    train = write_csv(tmp_path / "train.csv", scored(48, 3))
+    valid = write_csv(tmp_path / "valid.csv", scored(20, 4))
+    raw = tiny_config_dict(tiny_bert, train, valid, settings.RESULTS_DIR, max_steps=8, eval_steps=8)
+    raw.update(experiment="ui-regression", task="regression", registry={"enabled": False})
+    result = run_training(config_from_dict(raw), run_id=job_id, settings=settings, show_progress=False)
+    final = result.metrics["eval"]
+
+    log_in(app, "alice")
+    open_page(app, "Jobs")
+    app.selectbox(key="job").set_value(job_id)
+    app.run()
+    assert not app.exception and not app.error
+    assert [(m.label, m.value) for m in app.metric] == [
+        ("RMSE", f"{final['rmse']:.4f}"), ("MAE", f"{final['mae']:.4f}"), ("Pearson", f"{final['pearson']:.4f}"),
+        ("Spearman", f"{final['spearman']:.4f}"), ("loss", f"{final['loss']:.4f}"),
+    ]  # fmt: skip
+    headings = [s.value for s in app.subheader]
+    assert "Confusion matrix" not in headings and headings[:2] == ["Final metrics", "Training loss"]
+    scale = result.metrics["target_scale"]
+    assert f"Training targets: mean {scale['mean']:.4g}, std {scale['std']:.4g}." in [
+        c.value for c in app.caption
+    ]
+
+
 def test_a_file_is_predicted_as_a_task_and_its_csv_is_offered(app, api_url):
     import csv
     import io

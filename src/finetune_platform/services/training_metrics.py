@@ -66,6 +66,7 @@ def _final(run: RunFolder, task: Task) -> FinalMetrics | None:
     except FileNotFoundError:
         return None
     evaluation = metrics["eval"]
+    task = Task(metrics.get("task", task))  # the run's own record; older runs: the job's config
     return FinalMetrics(
         task=task.value,
         accuracy=evaluation.get("accuracy"),

@@ -389,6 +389,7 @@ class LoraClassificationRecipe:
         metrics = {
             "run_id": self.run.run_id,
             "experiment": self.run.experiment,
+            "task": self.config.task.value,
             "final_checkpoint": self.final_checkpoint,
             "dataset": self.state.dataset_lineage(self.config),
             "train": {

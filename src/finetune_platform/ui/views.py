@@ -178,38 +178,69 @@ def job_view(client: PlatformClient, chosen: str, was_running: bool = False) -> 
         st.code("\n".join(logs["log_lines"]))
 
 
+METRIC_TITLES = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro F1",
+    "micro_f1": "micro F1",
+    "subset_accuracy": "subset accuracy",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+}
+
+
 def training_results(metrics: dict[str, Any]) -> None:
     """The final scores and confusion matrix once evaluated; the curves as the run writes them."""
     final = metrics["final"]
     if final is not None:
         st.subheader("Final metrics")
-        accuracy, macro_f1, loss = st.columns(3)
-        accuracy.metric("accuracy", f"{final['accuracy']:.4f}")
-        macro_f1.metric("macro F1", f"{final['macro_f1']:.4f}")
-        loss.metric("loss", "n/a" if final["loss"] is None else f"{final['loss']:.4f}")
+        # single_label shows accuracy and macro F1 as always; the other tasks their own metrics (scores)
+        shown = final.get("scores") or {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"]}
+        shown = {name: value for name, value in shown.items() if name != "loss" and value is not None}
+        columns = st.columns(len(shown) + 1)
+        for column, (name, value) in zip(columns, shown.items(), strict=False):
+            column.metric(METRIC_TITLES.get(name, name), f"{value:.4f}")
+        columns[-1].metric("loss", "n/a" if final["loss"] is None else f"{final['loss']:.4f}")
         st.caption(
             f"On {final['rows']} validation rows, the model of {final['checkpoint'] or 'the last step'}."
         )
+        if final.get("thresholds"):
+            st.caption(
+                "Each label is predicted above its threshold: "
+                + ", ".join(f"{label} {value:g}" for label, value in final["thresholds"].items())
+            )
+        if final.get("target_scale"):
+            scale = final["target_scale"]
+            st.caption(f"Training targets: mean {scale['mean']:.4g}, std {scale['std']:.4g}.")
         calibration = final.get("calibration")
         if calibration:
             st.caption(
                 f"Calibrated by temperature scaling (T = {calibration['temperature']:.3f}): expected calibration "
                 f"error {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f}, predictions unchanged."
             )
-        st.subheader("Confusion matrix")
-        st.vega_lite_chart(
-            confusion_rows(final["confusion_matrix"]), confusion_spec(final["confusion_matrix"])
-        )
-        st.dataframe(
-            [{"class": name, **scores} for name, scores in final["per_class"].items()], hide_index=True
-        )
+        if final["confusion_matrix"]:
+            st.subheader("Confusion matrix")
+            st.vega_lite_chart(
+                confusion_rows(final["confusion_matrix"]), confusion_spec(final["confusion_matrix"])
+            )
+        if final["per_class"]:
+            st.dataframe(
+                [{"class": name, **scores} for name, scores in final["per_class"].items()], hide_index=True
+            )
     if metrics["training"]:
         st.subheader("Training loss")
         st.vega_lite_chart(curve_rows(metrics["training"], {"loss": "training loss"}), curves_spec("loss"))
     if metrics["evaluations"]:
         st.subheader("Evaluation")
-        shown = {"accuracy": "eval accuracy", "macro_f1": "eval macro F1", "loss": "eval loss"}
-        st.vega_lite_chart(curve_rows(metrics["evaluations"], shown), curves_spec("score"))
+        points = [{**point, **(point.get("scores") or {})} for point in metrics["evaluations"]]
+        names = dict.fromkeys(name for point in points for name in (point.get("scores") or {}))
+        shown = {name: f"eval {METRIC_TITLES.get(name, name)}" for name in names} or {
+            "accuracy": "eval accuracy",
+            "macro_f1": "eval macro F1",
+            "loss": "eval loss",
+        }
+        st.vega_lite_chart(curve_rows(points, shown), curves_spec("score"))
     if metrics["training"]:
         with st.expander("Learning rate, gradient norm, speed"):
             for key, title in (
