@@ -425,3 +425,25 @@ def test_a_jobs_progress_carries_every_metric_of_its_tasks_evaluation():
         "pearson": 0.5,
         "spearman": 0.25,
     }
+
+
+def test_a_multi_label_head_starts_at_each_labels_prior(tiny_bert):
+    """The trainable head's bias is each label's log-odds in the training rows (clipped where no row holds it);
+    the frozen original head PEFT keeps beside it is left alone."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from finetune_platform.training.targets import PRIOR_FLOOR, init_head_bias, prior_log_odds
+
+    targets = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]] * 5, dtype=np.float32)  # shares 0.5, 0.25, 0
+    expected = [0.0, math.log(0.25 / 0.75), math.log(PRIOR_FLOOR / (1 - PRIOR_FLOOR))]
+    np.testing.assert_allclose(prior_log_odds(targets), expected, rtol=1e-12)
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
+    model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
+    head = model.base_model.model.classifier
+    original = head.original_module.bias.detach().clone()
+    assert init_head_bias(model, targets) is True
+    np.testing.assert_allclose(head.modules_to_save["default"].bias.detach().numpy(), expected, rtol=1e-6)
+    assert torch.equal(head.original_module.bias, original)
+    assert init_head_bias(model, np.zeros((4, 5), dtype=np.float32)) is False  # no head with 5 outputs

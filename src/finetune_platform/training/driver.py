@@ -48,6 +48,7 @@ from finetune_platform.training.fast_gpu import (
 from finetune_platform.training.guards import staging_checkpoint
 from finetune_platform.training.losses import evaluation_loss
 from finetune_platform.training.metrics import summary_metrics
+from finetune_platform.training.targets import init_head_bias
 
 logger = logging.getLogger("finetune_platform.training")
 
@@ -241,6 +242,10 @@ class Driver:
         self.metric_key = f"eval_{t.metric_for_best_model.value}"
         self.greater_is_better = t.metric_for_best_model.greater_is_better
         self.loop: FastTrainer | None = None
+        if config.task.value == "multi_label" and train is not None:
+            # every rank holds every training row: each starts its head at the same priors (a resumed run's
+            # checkpoint replaces them)
+            init_head_bias(model, train.labels.cpu().numpy())
 
     def add_callback(self, callback: Callback) -> None:
         self.callbacks.append(callback)

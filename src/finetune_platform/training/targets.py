@@ -33,3 +33,38 @@ def raw_targets(targets: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     ``inference.softmax.outputs`` turns a regression output into a prediction."""
     mean, std = scale
     return np.asarray(targets, dtype=np.float64) * std + mean
+
+
+# Each label's prior log-odds is clipped here: a label no training row (or every row) holds stays finite.
+PRIOR_FLOOR = 1e-4
+
+
+def prior_log_odds(targets: np.ndarray) -> np.ndarray:
+    """Each label's log-odds of being present in a multi-hot (rows, labels) target matrix, from its share of the
+    training rows (clipped to [1e-4, 1 − 1e-4])."""
+    share = np.clip(np.asarray(targets, dtype=np.float64).mean(axis=0), PRIOR_FLOOR, 1.0 - PRIOR_FLOOR)
+    return np.log(share / (1.0 - share))
+
+
+def init_head_bias(model: Any, targets: np.ndarray) -> bool:
+    """Start a multi-label head at each label's prior: its output bias set to ``prior_log_odds``, so the first
+    steps learn from the text instead of spending large gradients on pushing rare labels towards their prior
+    (with the bias at 0 every label starts at p = 0.5, and a frozen-encoder LoRA run on rare labels can collapse to
+    predicting the priors alone). The head is the trainable Linear with a bias and one output per label; False
+    where there is none (a decoder's ``score`` has no bias)."""
+    import torch  # lazy: torch loads with a model
+
+    width = targets.shape[1]
+    heads = [
+        module
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear)
+        and module.out_features == width
+        and module.bias is not None
+        and module.bias.requires_grad
+    ]
+    if len(heads) != 1:
+        return False
+    with torch.no_grad():
+        heads[0].bias.copy_(torch.as_tensor(prior_log_odds(targets), dtype=heads[0].bias.dtype))
+    return True
