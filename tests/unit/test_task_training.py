@@ -435,12 +435,16 @@ def test_a_multi_label_head_starts_at_each_labels_prior(tiny_bert):
 
     from finetune_platform.training.targets import PRIOR_FLOOR, init_head_bias, prior_log_odds
 
-    targets = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]] * 5, dtype=np.float32)  # shares 0.5, 0.25, 0
+    targets = np.array(
+        [[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]] * 5, dtype=np.float32
+    )  # shares 0.5, 0.25, 0
     expected = [0.0, math.log(0.25 / 0.75), math.log(PRIOR_FLOOR / (1 - PRIOR_FLOOR))]
     np.testing.assert_allclose(prior_log_odds(targets), expected, rtol=1e-12)
 
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
-    model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
+    model = get_peft_model(
+        base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"])
+    )
     head = model.base_model.model.classifier
     original = head.original_module.bias.detach().clone()
     assert init_head_bias(model, targets) is True
