@@ -8,7 +8,8 @@ Runs on a CUDA machine (the device tool) with torch, transformers, PEFT and bits
    MiniLM's tokenizer (its ids are valid Qwen2 ids; speed and memory need no trained weights or Qwen's tokenizer).
 2. Trains it with `finetune train` (the platform's CLI, MLflow and the registry off) on the first --rows SST-2
    sentences for --steps steps, LoRA r=8 on q_proj/v_proj (``target_modules: auto``), bf16 autocast, once with
-   ``model.quantization: none`` (the frozen base in fp32) and once with ``4bit`` (NF4, double quantization).
+   ``model.quantization: none`` (the frozen base in fp32) and once with ``4bit`` (NF4, double quantization; the
+   rest of the frozen base in bf16).
 3. Reports the training samples/s (from the run's metrics.json: evaluations included) and the GPU's peak memory in
    use during each run (nvidia-smi, sampled every 100 ms; the idle reading before the run is given too).
 Writes gpu_decoder.json under --out and prints a table.
@@ -29,6 +30,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [
+    p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
+]  # bench/queue.py shadows queue
 QWEN2_05B = {
     "vocab_size": 151936,
     "hidden_size": 896,
@@ -138,7 +142,19 @@ def main() -> None:
     parameters = build_model(model_dir, args.tokenizer)
     print(f"model: Qwen2-0.5B-sized, random weights, {parameters / 1e6:.0f} M parameters", flush=True)
     env = {**os.environ, "FINETUNE_HOME": str(args.work / "home"), "MLFLOW_ENABLED": "false"}
-    record: dict = {"model": "Qwen2-0.5B-sized (random weights)", "parameters": parameters, "runs": {}}
+    from datetime import UTC, datetime
+
+    import torch
+
+    record: dict = {
+        "benchmark": "gpu_decoder",
+        "when": datetime.now(UTC).isoformat(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "model": "Qwen2-0.5B-sized (random weights)",
+        "parameters": parameters,
+        "runs": {},
+    }
     record["settings"] = {
         "rows": args.rows,
         "steps": args.steps,

@@ -751,6 +751,38 @@ def gpu_serve_side_by_side(record: dict) -> str:
     return "\n".join(lines)
 
 
+def gpu_decoder(record: dict) -> str:
+    settings = record["settings"]
+    rows = []
+    for label, runs in (("", record["runs"]), (" (before)", record.get("previous", {}).get("runs", {}))):
+        for quantization, row in runs.items():
+            rows.append([
+                f"{quantization}{label}", f"{row['train_samples_per_second']:.0f}",
+                f"{row['peak_gpu_memory_mib']:,}", f"{row['idle_gpu_memory_mib']:,}", str(row["global_step"]),
+                f"{row['accuracy']:.3f}",
+            ])  # fmt: skip
+    ratio = record["ratio_4bit"]
+    lines = [
+        f"*{record['machine']}, torch {record['torch']}, {day(record)}; {record['model']}, "
+        f"{record['parameters'] / 1e6:.0f} M parameters; {settings['steps']} steps of batch {settings['batch_size']}, "
+        f"{settings['max_length']} tokens, bf16 autocast*",
+        "",
+        *table(
+            ["quantization", "samples/s", "peak GPU MiB", "idle MiB", "steps", "accuracy (random weights)"],
+            rows,
+        ),
+        "",
+        f"4-bit / none: {times(ratio['samples_per_second'])} the samples/s, {times(ratio['peak_memory'])} the peak "
+        "GPU memory (nvidia-smi, sampled every 100 ms; the CUDA context and PyTorch's cache included).",
+    ]
+    if "previous" in record:
+        lines.append(
+            f"Rows marked *before*: {record['previous']['change']}: 4-bit took "
+            f"{times(record['previous']['ratio_4bit']['peak_memory'])} the memory of the unquantized run."
+        )
+    return "\n".join(lines)
+
+
 RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_compare": gpu_compare,
     "train_throughput": train_throughput,
@@ -778,6 +810,7 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_serve_side_by_side": gpu_serve_side_by_side,
     "tasks_multilabel": tasks_multilabel,
     "tasks_sts": tasks_sts,
+    "gpu_decoder": gpu_decoder,
 }
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -213,3 +214,53 @@ def test_4bit_training_on_this_cpu_machine_is_refused_before_a_run_folder_exists
         "has no CUDA device (the run would train on cpu) and no bitsandbytes package"
     )
     assert not (tmp_path / "results").exists()
+
+
+needs_cuda_and_bitsandbytes = pytest.mark.skipif(
+    "not __import__('torch').cuda.is_available() or __import__('importlib').util.find_spec('bitsandbytes') is None",
+    reason="4-bit needs CUDA and bitsandbytes",
+)
+
+
+@needs_cuda_and_bitsandbytes
+@pytest.mark.parametrize(("precision", "frozen_dtype"), [("bf16", "bfloat16"), ("fp32", "float32")])
+def test_a_4bit_base_loads_nf4_layers_with_fp32_trainables(
+    tmp_path, tiny_model_factory, precision, frozen_dtype
+):
+    """The linear layers load as NF4; the rest of the frozen base stays in the compute dtype under mixed precision
+    (activations in bf16, as an unquantized bf16 run) and is upcast only for an fp32 run; LoRA and the head are fp32."""
+    import bitsandbytes as bnb
+    import torch
+
+    from finetune_platform.catalogue import resolve_base_model
+    from finetune_platform.data.loading import LabelMap
+    from finetune_platform.training.models import build_model
+
+    model_dir = tiny_model_factory("qwen2")
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(16, seed=1))
+    raw = tiny_config_dict(model_dir, train, None, tmp_path / "results", max_steps=2)
+    raw["device"], raw["precision"], raw["model"]["quantization"] = "cuda", precision, "4bit"
+    config = config_from_dict(raw)
+    state = SimpleNamespace(model=resolve_base_model(str(model_dir), None))
+    model = build_model(config, state, LabelMap(("neg", "pos"), ("neg", "pos")), pad_token_id=0)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) > 0
+    frozen = {str(p.dtype) for p in model.parameters() if not p.requires_grad and p.dtype.is_floating_point}
+    assert frozen == {f"torch.{frozen_dtype}"}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+
+@needs_cuda_and_bitsandbytes
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_a_4bit_decoder_trains_on_cuda_and_predicts(tmp_path, tiny_model_factory, precision):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(64, seed=1, labels=("pos", "neg")))
+    validation = write_csv(tmp_path / "validation.csv", sentiment_rows(24, seed=2, labels=("pos", "neg")))
+    raw = tiny_config_dict(tiny_model_factory("qwen2"), train, validation, tmp_path / "results", max_steps=12)
+    raw["device"], raw["precision"], raw["model"]["quantization"] = "cuda", precision, "4bit"
+    raw["registry"], raw["calibration"] = {"enabled": False}, "none"
+    settings = Settings(FINETUNE_HOME=tmp_path / "home", MLFLOW_ENABLED=False)
+    outcome = run_training(config_from_dict(raw), settings=settings, show_progress=False)
+    metrics = json.loads((outcome.run.root / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 12
+    assert np.isfinite(metrics["eval"]["loss"]) and 0.0 <= metrics["eval"]["accuracy"] <= 1.0
+    (answer,) = Predictor.from_run(outcome.run.root).predict(["wonderful concert"])
+    assert answer.label_name in {"pos", "neg"} and 0.0 < answer.probability <= 1.0

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from finetune_platform.errors import ConfigError
-from finetune_platform.training.config import Quantization
+from finetune_platform.training.config import Precision, Quantization
 
 if TYPE_CHECKING:
     from torch import nn
@@ -157,21 +157,69 @@ def match_pad_token(model: Any, pad_token_id: int | None) -> Any:
     return model
 
 
-def quantization_config(quantization: Quantization | str) -> Any:
-    """bitsandbytes NF4 settings for a frozen 4-bit base (QLoRA: double quantization, bf16 compute where the GPU
-    has it); None for ``none``. ``devices.check_quantization`` has made sure CUDA and bitsandbytes are here."""
+def quantization_config(quantization: Quantization | str, precision: Precision | str = Precision.AUTO) -> Any:
+    """bitsandbytes NF4 settings for a frozen 4-bit base (QLoRA: double quantization), computing in the run's
+    mixed precision (``auto``/``fp32``: bf16 where the GPU has it, else fp16); None for ``none``.
+    ``devices.check_quantization`` has made sure CUDA and bitsandbytes are here."""
     if Quantization(quantization) is Quantization.NONE:
         return None
     # lazy: torch and transformers load only where a model is built
-    import torch
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+        bnb_4bit_compute_dtype=compute_dtype(precision),
     )
+
+
+def compute_dtype(precision: Precision | str) -> Any:
+    """The dtype a 4-bit base computes in: the run's autocast dtype, or bf16/fp16 by the GPU for auto/fp32."""
+    # lazy: torch loads only where a model is built
+    import torch
+
+    precision = Precision(precision)
+    if precision is Precision.FP16 or (
+        precision is not Precision.BF16 and not torch.cuda.is_bf16_supported()
+    ):
+        return torch.float16
+    return torch.bfloat16
+
+
+def loading_options(config: TrainConfig) -> dict[str, Any]:
+    """``from_pretrained`` options for the base model.
+
+    Unquantized, the base loads in fp32 (mixed precision runs under autocast with fp32 master weights). In 4-bit
+    the linear layers load as NF4 on this process's GPU and the rest of the frozen base (embeddings, norms) in the
+    compute dtype, so activations flow in bf16/fp16 as in an unquantized mixed-precision run: upcasting them to
+    fp32 (PEFT's ``prepare_model_for_kbit_training``) made every 4-bit layer return fp32 and measured 1.37x the
+    unquantized run's peak GPU memory (bench/gpu_decoder.py). Only a ``precision: fp32`` run keeps that upcast,
+    since without autocast an fp32 head cannot read bf16 features."""
+    # lazy: torch loads only where a model is built
+    import torch
+
+    quantized = quantization_config(config.model.quantization, config.precision)
+    if quantized is None:
+        return {"torch_dtype": torch.float32}
+    dtype = torch.float32 if config.precision is Precision.FP32 else compute_dtype(config.precision)
+    return {
+        "quantization_config": quantized,
+        "device_map": {"": torch.cuda.current_device()},
+        "torch_dtype": dtype,
+    }
+
+
+def trainable_in_fp32(model: Any) -> Any:
+    """Cast every trainable parameter (LoRA factors, the head PEFT trains in full) to fp32 master weights; the
+    frozen base keeps its dtype."""
+    # lazy: torch loads only where a model is built
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype is not torch.float32:
+            parameter.data = parameter.data.float()
+    return model
 
 
 # Hugging Face's name for each task's head (saved in the model's config.json; our loop computes the loss itself).
@@ -192,16 +240,12 @@ def build_model(
     ``state`` (a ``recipe.RecipeState``) names the resolved base model and receives what was built: model type,
     target modules, parameter counts."""
     # lazy: torch, transformers and PEFT load only where a model is built (the family registry needs none)
-    import torch
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForSequenceClassification
 
     label_map = label_map or state.splits.label_map
-    quantized = quantization_config(config.model.quantization)
-    loading: dict[str, Any] = {"torch_dtype": torch.float32}
-    if quantized is not None:
-        # the frozen base in NF4 on this process's GPU; LoRA factors and the head train in fp32
-        loading = {"quantization_config": quantized, "device_map": {"": torch.cuda.current_device()}}
+    quantized = config.model.quantization is not Quantization.NONE
+    loading = loading_options(config)
     with _model_loading(state.model.name):
         model = AutoModelForSequenceClassification.from_pretrained(
             state.model.source,
@@ -218,7 +262,7 @@ def build_model(
             f"model.base_model: {state.model.name!r} is a decoder ({model.config.model_type}) and its "
             "classifier needs a pad token id; its tokenizer has none"
         )
-    if quantized is not None:
+    if quantized and config.precision is Precision.FP32:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     state.model_type = model.config.model_type
     if config.lora.target_modules == "auto":
@@ -239,6 +283,8 @@ def build_model(
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise ConfigError(f"lora.target_modules: {exc}") from exc
+    if quantized:
+        trainable_in_fp32(model)
     trainable, total = model.get_nb_trainable_parameters()
     state.trainable_parameters, state.total_parameters = int(trainable), int(total)
     return model
