@@ -28,10 +28,14 @@ import multiprocessing
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [
@@ -59,7 +63,7 @@ def make_run_folder(model_dir: Path, data: Path, folder: Path, device_name: str,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from finetune_platform.data.loading import LabelMap
-    from finetune_platform.training.config import config_from_dict, dump_config
+    from finetune_platform.training.config import config_from_dict
     from finetune_platform.training.fast_gpu import FastSettings, FastTrainer, accuracy, to_device
 
     device = torch.device(device_name)
@@ -85,11 +89,13 @@ def make_run_folder(model_dir: Path, data: Path, folder: Path, device_name: str,
     model.save_pretrained(str(artifacts))
     tokenizer.save_pretrained(str(artifacts))
     (artifacts / "label_map.json").write_text(json.dumps(LabelMap(tuple(names), (0, 1)).to_json()))
-    config = config_from_dict({
+    raw = {
         "experiment": "sst2-gpu", "model": {"base_model": str(model_dir.resolve()), "max_length": 128},
         "data": {"train_file": str((data / "train.tsv").resolve()), "text_column": "sentence"},
-    })  # fmt: skip
-    dump_config(config, folder / "config.yaml")
+    }  # fmt: skip
+    config_from_dict(raw)
+    # the fields written, no defaults: a tree before today's config fields (--compare-src) reads it too
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     # the baseline serves the same adapter merged into fp32 weights, saved as a plain model folder
     merged = model.merge_and_unload().float()
     merged.save_pretrained(str(folder / "merged"))
@@ -133,8 +139,9 @@ def serve_baseline(port: int) -> None:
     uvicorn.run(module.app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def start(kind: str, run_folder: Path, port: int, device: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+def start(kind: str, run_folder: Path, port: int, device: str, src: Path = ROOT / "src") -> subprocess.Popen:
+    """One server in its own process; a platform server imports ``finetune_platform`` from ``src``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     if kind == "baseline":
         env.update(
             BASELINE_MODEL_DIR=str(run_folder / "merged"), BASELINE_DEVICE="0" if device == "cuda" else "-1"
@@ -287,6 +294,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="Folder for py-spy GIL profiles of the largest load point."
     )
+    parser.add_argument(
+        "--compare-src", type=Path,
+        help="Another tree's src/ folder: instead of the full run, serve one adapter from this tree's platform and "
+        "from that one in alternating rounds (one server kind, --clients points) and write gpu_serve_rounds.json.",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds of --compare-src (medians reported).")
+    parser.add_argument(
+        "--server", choices=SERVERS[1:], default="platform-eager", help="The server kind --compare-src runs."
+    )
     parser.add_argument("--platform", type=Path, help=argparse.SUPPRESS)  # internal: run one server
     parser.add_argument("--baseline", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -306,6 +322,9 @@ def main() -> None:
     record["adapter"] = make_run_folder(args.model_dir, args.data, run_folder, args.device, args.train_rows)
     print(f"{record['gpu']}: adapter trained, fast-path dev accuracy {record['adapter']['fast_path_dev_accuracy']:.4f}",
           flush=True)  # fmt: skip
+    if args.compare_src:
+        alternate(args, run_folder, record)
+        return
     texts, labels = read_tsv(args.data / "dev.tsv")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -358,6 +377,47 @@ def main() -> None:
     history = json.loads(path.read_text()) if path.is_file() else {}
     history.setdefault("runs", []).append(record)
     path.write_text(json.dumps(history, indent=2))
+
+
+def alternate(args: argparse.Namespace, run_folder: Path, record: dict) -> None:
+    """The same adapter served by ``--compare-src``'s platform ("before") and this tree's ("after"), one server
+    at a time, alternating for ``--rounds`` rounds so drift on the machine hits both; medians per clients point."""
+    texts, _ = read_tsv(args.data / "dev.tsv")
+    requests = [request_bytes("/predict", json.dumps({"text": text}).encode()) for text in texts]
+    trees = {"before": args.compare_src.resolve(), "after": ROOT / "src"}
+    rounds: dict[str, list[dict]] = {tree: [] for tree in trees}
+    for index in range(args.rounds):
+        for tree, src in trees.items():
+            port = free_port()
+            process = start(args.server, run_folder, port, args.device, src)
+            try:
+                load(port, requests, 8, 2.0)  # warm-up
+                points = {str(c): load(port, requests, c, args.seconds) for c in args.clients}
+            finally:
+                process.terminate()
+                process.wait()
+            rounds[tree].append(points)
+            print(f"round {index + 1} {tree:<6} " + "  ".join(
+                f"{c} clients {p['requests_per_second']:.0f} req/s p50 {p['p50_ms']:.1f} p99 {p['p99_ms']:.1f} ms"
+                for c, p in points.items()), flush=True)  # fmt: skip
+    medians = {
+        tree: {
+            c: {key: statistics.median(r[c][key] for r in runs) for key in ("requests_per_second", "p50_ms", "p99_ms")}
+            for c in map(str, args.clients)
+        }
+        for tree, runs in rounds.items()
+    }  # fmt: skip
+    record.update(
+        benchmark="gpu_serve_rounds", server=args.server, compare_src=str(args.compare_src), rounds=rounds,
+        medians=medians, when=datetime.now(UTC).isoformat(),
+    )  # fmt: skip
+    for c in map(str, args.clients):
+        before, after = medians["before"][c], medians["after"][c]
+        print(f"{args.server}, {c} clients: before {before['requests_per_second']:.0f} req/s, after "
+              f"{after['requests_per_second']:.0f} req/s "
+              f"({after['requests_per_second'] / before['requests_per_second']:.2f}x)", flush=True)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_serve_rounds.json").write_text(json.dumps(record, indent=2))
 
 
 def host_timing(run_folder: Path, texts: list[str], device: str = "cuda") -> dict:
