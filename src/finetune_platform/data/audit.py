@@ -7,12 +7,16 @@ How each finding is made:
   (``tracking.embeddings``: mean-pooled, unit length; a pair row embeds "text / text_pair"), texts sorted by length
   so batches carry little padding.
 - **Label errors** (single- and multi-label): out-of-fold predicted probabilities from a linear classifier on the
-  embeddings (logistic regression, stratified k-fold over the rows of both files), ranked by cleanlab's confident
-  learning. A flagged row's ``score`` is 1 minus cleanlab's label quality (self-confidence): 0.9 means the model
-  gives the given label 0.1. The estimated noise is cleanlab's count of label issues over the rows audited.
-- **Near-duplicates**: rows whose embeddings' cosine is at least ``near_duplicate_cosine``, and, for texts of at least
-  ``minhash_min_chars`` characters, rows whose character 5-shingle sets have an estimated Jaccard similarity of at
-  least ``minhash_jaccard`` (datasketch MinHash LSH). Pairs are joined into groups (connected rows); a group with
+  embeddings (logistic regression, stratified k-fold over the rows of both files) fed to cleanlab. A row's ``score``
+  is 1 minus cleanlab's label quality (self-confidence): 0.9 means the model gives the given label 0.1. cleanlab's
+  confident learning estimates how many labels are wrong and flags that many rows, lowest self-confidence first
+  (``flagged``); the estimated noise is that count over the rows audited. The ranking lists the flagged rows and every
+  other row the classifier labels differently, best first.
+- **Near-duplicates**: rows whose embeddings' cosine is at least ``near_duplicate_cosine``; rows at least
+  ``lexical_cosine`` apart whose character 5-shingle sets (lower-cased, spaces collapsed) have a Jaccard similarity of
+  at least ``minhash_jaccard`` (a copy with its case, punctuation or a word changed); and, for texts of at least
+  ``minhash_min_chars`` characters, whatever their embeddings (which read only the first 256 tokens), the same
+  Jaccard estimated by datasketch's MinHash LSH. Pairs are joined into groups (connected rows); a group with
   rows of both files is a leak (``cross_split``); a group whose rows carry different labels is flagged.
 - **Class overlap** (single-label, three labels or more): label pairs confused out of fold at least
   ``overlap_ratio`` times as often as the classifier's errors would hit them by chance.
@@ -54,7 +58,9 @@ from finetune_platform.errors import ConfigError, DatasetError
 AUDIT_VERSION = 1
 AUDIT_FILE, REPORT_FILE = "audit.json", "audit.md"
 PLOTS = ("label_quality.png", "class_overlap.png", "outliers.png")
-MAX_LISTED = 1000  # rows (label errors, outliers) and groups listed in audit.json; counts are always whole
+MAX_LISTED = 1000  # outliers listed in audit.json; counts are always whole
+MAX_GROUPS = 50_000  # near-duplicate groups listed in audit.json (data fix needs them all)
+MAX_LABEL_ROWS = 20_000  # ranked label-error candidates listed in audit.json
 MAX_TEXT_CHARS = 300  # a listed row's text is cut to this many characters
 DROP_KINDS = ("label_errors", "near_duplicates", "outliers", "leaks")
 
@@ -67,7 +73,10 @@ class AuditOptions:
 
     folds: int = 5  # out-of-fold predictions: k of the stratified k-fold (2..20)
     near_duplicate_cosine: float = 0.95  # embedding cosine at or above which two rows are near-duplicates
-    minhash_jaccard: float = 0.8  # estimated Jaccard of character 5-shingles, for long texts
+    minhash_jaccard: float = (
+        0.8  # Jaccard of character 5-shingles at or above which two texts are near-copies
+    )
+    lexical_cosine: float = 0.8  # rows at least this close by embedding are also compared by their shingles
     minhash_min_chars: int = 200  # texts at least this long are also compared by MinHash
     overlap_ratio: float = 3.0  # a label pair confused this many times chance is reported
     overlap_min_rows: int = 5  # ... when at least this many rows are confused between the two
@@ -80,6 +89,7 @@ class AuditOptions:
             ("folds", 2 <= self.folds <= 20, "an integer from 2 to 20"),
             ("near_duplicate_cosine", 0.5 <= self.near_duplicate_cosine <= 1.0, "a number from 0.5 to 1"),
             ("minhash_jaccard", 0.3 <= self.minhash_jaccard <= 1.0, "a number from 0.3 to 1"),
+            ("lexical_cosine", 0.5 <= self.lexical_cosine <= 1.0, "a number from 0.5 to 1"),
             ("minhash_min_chars", self.minhash_min_chars >= 20, "at least 20"),
             ("overlap_ratio", self.overlap_ratio >= 1.0, "at least 1"),
             ("overlap_min_rows", self.overlap_min_rows >= 1, "at least 1"),
@@ -307,7 +317,7 @@ def _table(frames: list[tuple[str, pd.DataFrame]], task: str, delimiter: str) ->
 
 def _label_text(label: Any) -> str:
     if isinstance(label, tuple):
-        return ", ".join(label)
+        return ", ".join(sorted(label)) or "(none)"
     if isinstance(label, float):
         return f"{label:g}"
     return str(label)
@@ -417,7 +427,7 @@ def find_label_errors(table: _Table, x: np.ndarray, task: str, options: AuditOpt
             return ({"count": 0, "estimated_noise": 0.0, "rows": [], "skipped": "one label: nothing to confuse"},
                     {}, None)  # fmt: skip
         probabilities, folds = out_of_fold_single(x, coded, options.folds, options.seed, progress)
-        flagged = find_label_issues(labels=coded, pred_probs=probabilities, filter_by="prune_by_noise_rate")
+        flagged = find_label_issues(labels=coded, pred_probs=probabilities, filter_by="low_self_confidence")
         quality = get_label_quality_scores(coded, probabilities, method="self_confidence")
         best = probabilities.argmax(axis=1)
         accuracy = float((best == coded).mean())
@@ -427,16 +437,21 @@ def find_label_errors(table: _Table, x: np.ndarray, task: str, options: AuditOpt
         confusion = {"labels": names, "matrix": matrix.tolist()}
     flagged = np.asarray(flagged, dtype=bool)
     scores = 1.0 - np.asarray(quality, dtype=np.float64)
-    order = [int(i) for i in np.argsort(-scores, kind="stable") if flagged[i]]
+    # Ranked: the flagged rows and every other row the classifier would label differently, most likely wrong first.
+    disagree = np.array([suggested[i] != _label_text(table.labels[i]) for i in range(len(scores))])
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if flagged[i] or disagree[i]]
     rows = [
-        {**_row(table, i).to_json(), "suggested": suggested[i], "score": round(float(scores[i]), 6)}
-        for i in order[:MAX_LISTED]
-    ]
+        {**_row(table, i).to_json(), "suggested": suggested[i], "score": round(float(scores[i]), 6),
+         "flagged": bool(flagged[i])}
+        for i in order[:MAX_LABEL_ROWS]
+    ]  # fmt: skip
     label_errors = {
-        "count": len(order),
-        "estimated_noise": round(len(order) / max(1, len(table.labels)), 6),
+        "count": int(flagged.sum()),
+        "estimated_noise": round(float(flagged.sum()) / max(1, len(table.labels)), 6),
+        "ranked": len(order),
         "rows": rows,
         "listed": len(rows),
+        "lowest_listed_score": rows[-1]["score"] if rows else None,
         "labels": names,
     }
     model = {
@@ -470,14 +485,33 @@ class _Groups:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _embedding_pairs(x: np.ndarray, threshold: float, groups: _Groups, block: int = 1024) -> None:
+def _embedding_pairs(
+    x: np.ndarray, texts: list[str], options: AuditOptions, groups: _Groups, block: int = 1024
+) -> None:
+    """Join rows whose cosine reaches ``near_duplicate_cosine``, and rows at least ``lexical_cosine`` apart whose
+    character 5-shingle sets have a Jaccard similarity of at least ``minhash_jaccard`` (computed exactly)."""
+    least = min(options.lexical_cosine, options.near_duplicate_cosine)
+    shingles: dict[int, set[bytes]] = {}
+
+    def of(i: int) -> set[bytes]:
+        if i not in shingles:
+            shingles[i] = _shingles(texts[i])
+        return shingles[i]
+
     for start in range(0, len(x), block):
         chunk = x[start : start + block] @ x.T
         for offset in range(chunk.shape[0]):
             chunk[offset, : start + offset + 1] = -1.0  # each pair once, never a row with itself
-        a, b = np.nonzero(chunk >= threshold - 1e-6)
+        a, b = np.nonzero(chunk >= least - 1e-6)
         for i, j in zip(a.tolist(), b.tolist(), strict=True):
-            groups.join(start + i, j, float(chunk[i, j]), "embedding")
+            cosine = float(chunk[i, j])
+            if cosine >= options.near_duplicate_cosine - 1e-6:
+                groups.join(start + i, j, cosine, "embedding")
+                continue
+            first, second = of(start + i), of(j)
+            jaccard = len(first & second) / max(1, len(first | second))
+            if jaccard >= options.minhash_jaccard:
+                groups.join(start + i, j, jaccard, "lexical")
 
 
 def _shingles(text: str, size: int = 5) -> set[bytes]:
@@ -507,7 +541,7 @@ def _minhash_pairs(texts: list[str], options: AuditOptions, groups: _Groups) -> 
 
 def find_near_duplicates(table: _Table, x: np.ndarray, options: AuditOptions) -> dict[str, Any]:
     groups = _Groups(len(table.texts))
-    _embedding_pairs(x, options.near_duplicate_cosine, groups)
+    _embedding_pairs(x, table.texts, options, groups)
     compared = _minhash_pairs(table.texts, options, groups)
     members: dict[int, list[int]] = {}
     for a, b in groups.similarity:
@@ -546,8 +580,8 @@ def find_near_duplicates(table: _Table, x: np.ndarray, options: AuditOptions) ->
         "cross_split_groups": sum(g["cross_split"] for g in found),
         "conflicting_groups": sum(g["conflicting"] for g in found),
         "minhash_rows": compared,
-        "groups": found[:MAX_LISTED],
-        "listed": min(len(found), MAX_LISTED),
+        "groups": found[:MAX_GROUPS],
+        "listed": min(len(found), MAX_GROUPS),
     }
 
 
@@ -754,7 +788,8 @@ def rows_to_drop(
 ) -> dict[int, str]:
     """The rows of file ``role`` an audit says to drop, each with why (the first reason that applies).
 
-    label_errors[:S]: flagged rows (score at least S). near_duplicates: every row of a group but its first in the
+    label_errors: the rows cleanlab flagged; label_errors:S: ranked rows of score at least S. near_duplicates: every
+    row of a group but its first in the
     file (a group across files keeps its validation rows: the train copies go). leaks: train rows of cross-split
     groups. outliers[:Z]: flagged rows (z-score at least Z; almost-empty texts always)."""
     reasons: dict[int, str] = {}
@@ -763,17 +798,28 @@ def rows_to_drop(
         reasons.setdefault(int(row), why)
 
     if "label_errors" in drop:
-        least = drop["label_errors"] or 0.0
-        if document["label_errors"].get("listed", 0) < document["label_errors"].get("count", 0):
+        least, errors = drop["label_errors"], document["label_errors"]
+        lowest = errors.get("lowest_listed_score")
+        truncated = errors.get("listed", 0) < errors.get("ranked", 0)
+        if least is not None and truncated and lowest is not None and least < lowest:
             raise DatasetError(
-                f"the audit lists {document['label_errors']['listed']} of {document['label_errors']['count']} label "
-                "errors: drop by a score high enough to stay within the listed rows, or audit a smaller file"
+                f"--drop label_errors:{least:g}: the audit lists the {errors['listed']:,} most likely of "
+                f"{errors['ranked']:,} ranked rows (scores down to {lowest:.3f}); give a score of at least {lowest:.3f}"
             )
-        for item in document["label_errors"]["rows"]:
-            if item["file"] == role and item["score"] >= least:
+        for item in errors["rows"]:
+            chosen = item.get("flagged", True) if least is None else item["score"] >= least
+            if item["file"] == role and chosen:
                 add(item["row"], f"label_error: given {item['label']!r}, suggested {item['suggested']!r}, "
                                  f"score {item['score']:.3f}")  # fmt: skip
-    for group in document["near_duplicates"].get("groups", []):
+    duplicates = document["near_duplicates"]
+    if {"near_duplicates", "leaks"} & set(drop) and duplicates.get("listed", 0) < duplicates.get(
+        "groups_total", 0
+    ):
+        raise DatasetError(
+            f"the audit lists {duplicates['listed']:,} of {duplicates['groups_total']:,} near-duplicate groups: "
+            "raise audit option near_duplicate_cosine or audit a smaller file before dropping near-duplicates"
+        )
+    for group in duplicates.get("groups", []):
         mine = [r for r in group["rows"] if r["file"] == role]
         if "leaks" in drop and group["cross_split"] and role == "train":
             for r in mine:
