@@ -58,6 +58,9 @@ from finetune_platform.errors import ConfigError, DatasetError
 AUDIT_VERSION = 1
 AUDIT_FILE, REPORT_FILE = "audit.json", "audit.md"
 PLOTS = ("label_quality.png", "class_overlap.png", "outliers.png")
+EVAL_PREDICTIONS = (
+    "eval_predictions.npz"  # a run folder's held-out logits: rows, logits, given, names, task, source_file
+)
 MAX_LISTED = 1000  # outliers listed in audit.json; counts are always whole
 MAX_GROUPS = 50_000  # near-duplicate groups listed in audit.json (data fix needs them all)
 MAX_LABEL_ROWS = 20_000  # ranked label-error candidates listed in audit.json
@@ -395,71 +398,183 @@ def out_of_fold_multi(x: np.ndarray, hot: np.ndarray, folds: int, seed: int,
     return np.clip(probabilities, 1e-6, 1 - 1e-6), len(splits)
 
 
+def _label_names(table: _Table, task: str) -> list[str]:
+    return sorted(
+        {label for labels in table.labels for label in (labels if task == MULTI_LABEL else [labels])}
+    )
+
+
+def _given(table: _Table, task: str, names: list[str], indices: list[int]) -> np.ndarray:
+    """The given labels of rows ``indices``: class ids (single-label) or a 0/1 matrix (multi-label)."""
+    index = {name: i for i, name in enumerate(names)}
+    if task == MULTI_LABEL:
+        hot = np.zeros((len(indices), len(names)), dtype=np.int64)
+        for k, i in enumerate(indices):
+            hot[k, [index[label] for label in table.labels[i]]] = 1
+        return hot
+    return np.array([index[table.labels[i]] for i in indices], dtype=np.int64)
+
+
 def find_label_errors(table: _Table, x: np.ndarray, task: str, options: AuditOptions,
                       progress: Callable[[float], None]) -> tuple[dict[str, Any], dict[str, Any],
                                                                   dict[str, Any] | None]:  # fmt: skip
-    """(label_errors, model, confusion) for a classification table."""
-    names = sorted(
-        {label for labels in table.labels for label in (labels if task == MULTI_LABEL else [labels])}
-    )
-    index = {name: i for i, name in enumerate(names)}
+    """(label_errors, model, confusion) for a classification table, from out-of-fold probabilities of a linear
+    classifier on the embeddings."""
+    names = _label_names(table, task)
+    if task != MULTI_LABEL and len(names) < 2:
+        return ({"count": 0, "estimated_noise": 0.0, "rows": [], "skipped": "one label: nothing to confuse"},
+                {}, None)  # fmt: skip
+    indices = list(range(len(table.labels)))
+    given = _given(table, task, names, indices)
     if task == MULTI_LABEL:
-        from cleanlab.multilabel_classification.filter import find_label_issues  # lazy: cleanlab
-        from cleanlab.multilabel_classification.rank import get_label_quality_scores
-
-        hot = np.zeros((len(table.labels), len(names)), dtype=np.int64)
-        for i, labels in enumerate(table.labels):
-            hot[i, [index[label] for label in labels]] = 1
-        probabilities, folds = out_of_fold_multi(x, hot, options.folds, options.seed, progress)
-        given = [list(np.flatnonzero(row)) for row in hot]
-        flagged = find_label_issues(labels=given, pred_probs=probabilities)
-        quality = get_label_quality_scores(labels=given, pred_probs=probabilities)
-        predicted = probabilities >= 0.5
-        accuracy = float((predicted == hot.astype(bool)).all(axis=1).mean())
-        suggested = [", ".join(names[j] for j in np.flatnonzero(row)) or "(none)" for row in predicted]
-        confusion = None
+        probabilities, folds = out_of_fold_multi(x, given, options.folds, options.seed, progress)
     else:
-        from cleanlab.filter import find_label_issues  # lazy: cleanlab
-        from cleanlab.rank import get_label_quality_scores
-
-        coded = np.array([index[label] for label in table.labels], dtype=np.int64)
-        if len(names) < 2:
-            return ({"count": 0, "estimated_noise": 0.0, "rows": [], "skipped": "one label: nothing to confuse"},
-                    {}, None)  # fmt: skip
-        probabilities, folds = out_of_fold_single(x, coded, options.folds, options.seed, progress)
-        flagged = find_label_issues(labels=coded, pred_probs=probabilities, filter_by="low_self_confidence")
-        quality = get_label_quality_scores(coded, probabilities, method="self_confidence")
-        best = probabilities.argmax(axis=1)
-        accuracy = float((best == coded).mean())
-        suggested = [names[j] for j in best]
-        matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-        np.add.at(matrix, (coded, best), 1)
-        confusion = {"labels": names, "matrix": matrix.tolist()}
-    flagged = np.asarray(flagged, dtype=bool)
-    scores = 1.0 - np.asarray(quality, dtype=np.float64)
-    # Ranked: the flagged rows and every other row the classifier would label differently, most likely wrong first.
-    disagree = np.array([suggested[i] != _label_text(table.labels[i]) for i in range(len(scores))])
-    order = [int(i) for i in np.argsort(-scores, kind="stable") if flagged[i] or disagree[i]]
-    rows = [
-        {**_row(table, i).to_json(), "suggested": suggested[i], "score": round(float(scores[i]), 6),
-         "flagged": bool(flagged[i])}
-        for i in order[:MAX_LABEL_ROWS]
-    ]  # fmt: skip
-    label_errors = {
-        "count": int(flagged.sum()),
-        "estimated_noise": round(float(flagged.sum()) / max(1, len(table.labels)), 6),
-        "ranked": len(order),
-        "rows": rows,
-        "listed": len(rows),
-        "lowest_listed_score": rows[-1]["score"] if rows else None,
-        "labels": names,
-    }
+        probabilities, folds = out_of_fold_single(x, given, options.folds, options.seed, progress)
+    label_errors, confusion, accuracy = rank_label_errors(table, indices, task, names, given, probabilities)
     model = {
         "kind": "MiniLM embeddings + logistic regression",
         "folds": folds,
         "oof_accuracy": round(accuracy, 6),
     }
     return label_errors, model, confusion
+
+
+def rank_label_errors(
+    table: _Table,
+    indices: list[int],
+    task: str,
+    names: list[str],
+    given: np.ndarray,
+    probabilities: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
+    """cleanlab's verdict on rows ``indices`` of the table, given their labels and held-out probabilities:
+    (label_errors, out-of-fold confusion or None, accuracy)."""
+    if task == MULTI_LABEL:
+        from cleanlab.multilabel_classification.filter import (
+            find_label_issues,
+        )  # lazy: cleanlab, for an audit
+        from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+        lists = [list(np.flatnonzero(row)) for row in given]
+        probabilities = np.clip(probabilities, 1e-6, 1 - 1e-6)
+        flagged = find_label_issues(labels=lists, pred_probs=probabilities)
+        quality = get_label_quality_scores(labels=lists, pred_probs=probabilities)
+        predicted = probabilities >= 0.5
+        accuracy = float((predicted == given.astype(bool)).all(axis=1).mean())
+        suggested = [", ".join(names[j] for j in np.flatnonzero(row)) or "(none)" for row in predicted]
+        confusion = None
+    else:
+        from cleanlab.filter import find_label_issues  # lazy: cleanlab, only for an audit
+        from cleanlab.rank import get_label_quality_scores
+
+        flagged = find_label_issues(labels=given, pred_probs=probabilities, filter_by="low_self_confidence")
+        quality = get_label_quality_scores(given, probabilities, method="self_confidence")
+        best = probabilities.argmax(axis=1)
+        accuracy = float((best == given).mean())
+        suggested = [names[j] for j in best]
+        matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+        np.add.at(matrix, (given, best), 1)
+        confusion = {"labels": names, "matrix": matrix.tolist()}
+    flagged = np.asarray(flagged, dtype=bool)
+    scores = 1.0 - np.asarray(quality, dtype=np.float64)
+    # Ranked: the flagged rows and every other row the classifier would label differently, most likely wrong first.
+    disagree = np.array([suggested[k] != _label_text(table.labels[i]) for k, i in enumerate(indices)])
+    order = [int(k) for k in np.argsort(-scores, kind="stable") if flagged[k] or disagree[k]]
+    rows = [
+        {**_row(table, indices[k]).to_json(), "suggested": suggested[k], "score": round(float(scores[k]), 6),
+         "flagged": bool(flagged[k])}
+        for k in order[:MAX_LABEL_ROWS]
+    ]  # fmt: skip
+    label_errors = {
+        "count": int(flagged.sum()),
+        "estimated_noise": round(float(flagged.sum()) / max(1, len(indices)), 6),
+        "rows_ranked_from": len(indices),
+        "ranked": len(order),
+        "rows": rows,
+        "listed": len(rows),
+        "lowest_listed_score": rows[-1]["score"] if rows else None,
+        "labels": names,
+    }
+    return label_errors, confusion, accuracy
+
+
+# -- a trained run's held-out predictions ----------------------------------------------------------------------
+@dataclass
+class RunPredictions:
+    """A run's final weights' probabilities on its validation rows (EVAL_PREDICTIONS, written by training)."""
+
+    run: str
+    file: str  # the file the rows are of (resolved): the validation file, or the train file a split came from
+    rows: np.ndarray
+    probabilities: np.ndarray
+    given: np.ndarray
+    names: list[str]
+    task: str
+
+
+def load_run_predictions(
+    run_folder: Path, to_probabilities: Callable[[np.ndarray, str], np.ndarray]
+) -> RunPredictions:
+    """Read a run folder's EVAL_PREDICTIONS; ``to_probabilities(logits, task)`` is the runtimes' own function
+    (``inference.softmax.outputs``). DatasetError where the run kept none."""
+    path = Path(run_folder) / EVAL_PREDICTIONS
+    if not path.is_file():
+        raise DatasetError(
+            f"run {run_folder} kept no held-out predictions ({EVAL_PREDICTIONS}: runs of this version write it for "
+            "single- and multi-label tasks); audit without --from-run to use the embedding classifier"
+        )
+    with np.load(path, allow_pickle=False) as stored:
+        task = str(stored["task"])
+        return RunPredictions(
+            run=str(run_folder), file=str(stored["source_file"]), rows=stored["rows"],
+            probabilities=np.asarray(to_probabilities(stored["logits"], task), dtype=np.float64),
+            given=stored["given"], names=[str(name) for name in stored["names"]], task=task,
+        )  # fmt: skip
+
+
+def label_errors_from_run(table: _Table, files: dict[str, dict[str, Any]], task: str,
+                          predictions: RunPredictions) -> tuple[dict[str, Any], dict[str, Any],
+                                                                dict[str, Any] | None]:  # fmt: skip
+    """Label errors on the rows the run held out, with the run's own probabilities."""
+    if predictions.task != task:
+        raise DatasetError(
+            f"run {predictions.run} is a {predictions.task} run; this audit reads the file as {task}"
+        )
+    roles = [role for role, info in files.items() if info["path"] == predictions.file]
+    if not roles:
+        raise DatasetError(
+            f"run {predictions.run} was evaluated on rows of {predictions.file}, which this audit does not read: "
+            "audit that file (as FILE or --validation-file)"
+        )
+    where = {(table.files[i], int(table.rows[i])): i for i in range(len(table.rows))}
+    indices = []
+    for row in predictions.rows.tolist():
+        if (roles[0], row) not in where:
+            raise DatasetError(
+                f"row {row} of {predictions.file}, which run {predictions.run} was evaluated on, is not a valid row "
+                "of it now: the file changed since the run"
+            )
+        indices.append(where[(roles[0], row)])
+    given = (
+        _given(table, task, predictions.names, indices)
+        if _known(table, task, predictions.names, indices)
+        else None
+    )
+    if given is None or not np.array_equal(given, predictions.given.astype(given.dtype)):
+        raise DatasetError(
+            f"the labels of {predictions.file} differ from those run {predictions.run} was evaluated on: the file "
+            "changed since the run"
+        )
+    label_errors, confusion, accuracy = rank_label_errors(
+        table, indices, task, predictions.names, given, predictions.probabilities
+    )
+    model = {"kind": "trained run", "run": predictions.run, "folds": 1, "oof_accuracy": round(accuracy, 6)}
+    return label_errors, model, confusion
+
+
+def _known(table: _Table, task: str, names: list[str], indices: list[int]) -> bool:
+    known = set(names)
+    return all(set(table.labels[i] if task == MULTI_LABEL else [table.labels[i]]) <= known for i in indices)
 
 
 # -- near-duplicates -------------------------------------------------------------------------------------------
@@ -659,9 +774,12 @@ def audit_files(
     *,
     embedder: Any = None,
     progress: Progress | None = None,
+    run_predictions: RunPredictions | None = None,
 ) -> AuditReport:
     """Audit ``train`` (and ``validation``) read with ``options``' columns and task. Invalid rows are left out
-    (validation reports them); a file validation refuses as a whole raises DatasetValidationError."""
+    (validation reports them); a file validation refuses as a whole raises DatasetValidationError.
+    ``run_predictions``: rank label errors on the rows a trained run held out, by its probabilities, instead of
+    the embedding classifier's out-of-fold ones (``load_run_predictions``)."""
     audit = audit or AuditOptions()
     report_progress = progress or (lambda stage, fraction: None)
     started = time.perf_counter()
@@ -690,7 +808,11 @@ def audit_files(
     seconds["embed"] = time.perf_counter() - tick
     report = AuditReport(task=options.task, files=files, options=asdict(audit))
     tick = time.perf_counter()
-    if options.task in (SINGLE_LABEL, MULTI_LABEL):
+    if run_predictions is not None and options.task in (SINGLE_LABEL, MULTI_LABEL):
+        report.label_errors, report.model, report.confusion = label_errors_from_run(
+            table, files, options.task, run_predictions
+        )
+    elif options.task in (SINGLE_LABEL, MULTI_LABEL):
         report.label_errors, report.model, report.confusion = find_label_errors(
             table, x, options.task, audit, lambda f: report_progress("label errors", 0.65 + 0.2 * f)
         )

@@ -21,6 +21,7 @@ from transformers import set_seed
 from finetune_platform import __version__
 from finetune_platform.atomic import file_sha256, write_atomic
 from finetune_platform.catalogue import ResolvedModel, resolve_base_model
+from finetune_platform.data.audit import EVAL_PREDICTIONS
 from finetune_platform.data.loading import LabelMap
 from finetune_platform.data.splits import DatasetSplits, load_splits
 from finetune_platform.data.validation import DatasetValidationError
@@ -128,6 +129,7 @@ class LoraClassificationRecipe:
         self.progress: ProgressCallback | None = None
         self.calibration: Calibration | None = None  # temperature scaling fitted on the validation set
         self.calibration_inputs: tuple[Any, Any] = (None, None)  # its validation logits and labels
+        self.eval_logits: np.ndarray | None = None  # the final weights' logits on the validation rows
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self) -> RecipeState:
@@ -296,6 +298,7 @@ class LoraClassificationRecipe:
         self.final_checkpoint = self._load_final_weights()
         logits, loss = self.driver.predict(self.driver.eval_data)
         labels = self.driver.eval_data.labels.cpu().numpy()
+        self.eval_logits = np.asarray(logits)
         self.calibration = None
         task = self.config.task
         if task is Task.MULTI_LABEL:
@@ -416,11 +419,41 @@ class LoraClassificationRecipe:
             metrics["calibration"] = self.calibration.to_json()
             write_calibration(self.run.artifacts_dir, self.calibration)
             reliability_png(*self.calibration_inputs, self.calibration, self.run.root / "reliability.png")
+        self._save_eval_predictions()
         write_atomic(self.run.metrics_path, json.dumps(metrics, indent=2))
         dump_config(
             self.config, self.run.config_path, self.state.resolved(self.run, self.config, mlflow_run_id)
         )
         return metrics
+
+    def _save_eval_predictions(self) -> None:
+        """The final weights' logits on each validation row, by its file row (EVAL_PREDICTIONS): rows no training
+        step saw, which `finetune data audit --from-run` ranks for label errors (as probabilities, by the runtimes'
+        ``inference.softmax.outputs``, which training does not import)."""
+        if self.eval_logits is None or self.config.task is Task.REGRESSION:
+            return
+        splits = self.state.splits
+        labels = splits.validation["label_id"].tolist()
+        if self.config.task is Task.MULTI_LABEL:
+            given = np.zeros((len(labels), splits.label_map.num_labels), dtype=np.int8)
+            for i, ids in enumerate(labels):
+                given[i, list(ids)] = 1
+        else:
+            given = np.asarray(labels, dtype=np.int64)
+        source = splits.validation_source
+        file = (
+            source.removeprefix("file:") if source.startswith("file:") else str(self.config.data.train_file)
+        )
+        with (self.run.root / EVAL_PREDICTIONS).open("wb") as handle:
+            np.savez_compressed(
+                handle,
+                rows=splits.validation["row"].to_numpy(dtype=np.int64),
+                logits=self.eval_logits.astype(np.float32),
+                given=given,
+                names=np.asarray(splits.label_map.names, dtype=str),
+                task=np.asarray(self.config.task.value),
+                source_file=np.asarray(str(Path(file).resolve())),
+            )
 
     def _save_prediction_files(self, label_map: LabelMap) -> None:
         """What predicting needs beside the adapter weights: the tokenizer and the label map, in artifacts/."""
