@@ -88,6 +88,15 @@ TASK_METRICS: dict[Task, tuple[BestMetric, ...]] = {
 }
 
 
+# The metric a run is compared with its majority baseline on before it is registered
+# (registry.require_better_than_baseline; ``training.metrics.majority_baseline`` scores the baseline).
+BASELINE_METRICS: dict[Task, BestMetric] = {
+    Task.SINGLE_LABEL: BestMetric.ACCURACY,
+    Task.MULTI_LABEL: BestMetric.MICRO_F1,
+    Task.REGRESSION: BestMetric.RMSE,
+}
+
+
 def check_task_metric(task: Task, metric: BestMetric, field: str) -> None:
     """ValueError naming ``field`` when ``task`` reports no ``metric``."""
     if metric not in TASK_METRICS[task]:

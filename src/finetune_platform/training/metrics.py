@@ -199,11 +199,6 @@ def regression_report(logits: np.ndarray, targets: np.ndarray, scale: tuple[floa
     return {**summary_metrics(logits, targets, "regression", scale=scale), "num_rows": len(targets)}
 
 
-# The metric each task's majority baseline is compared on before a run is registered (registry.
-# require_better_than_baseline), and what a run that learned nothing but the training labels' majority predicts.
-BASELINE_METRIC = {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "rmse"}
-
-
 def majority_baseline(
     task: str,
     train_ids: Sequence[Any],

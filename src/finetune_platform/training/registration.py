@@ -14,8 +14,13 @@ from finetune_platform.db.accounts import local_account
 from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.errors import ErrorCode, PlatformError
 from finetune_platform.settings import Settings
-from finetune_platform.training.config import TASK_METRICS, Task, TrainConfig, config_from_dict
-from finetune_platform.training.metrics import BASELINE_METRIC
+from finetune_platform.training.config import (
+    BASELINE_METRICS,
+    TASK_METRICS,
+    Task,
+    TrainConfig,
+    config_from_dict,
+)
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
@@ -29,9 +34,10 @@ def registration_refusal(config: TrainConfig, metrics: dict[str, Any]) -> str | 
     evaluation = metrics["eval"]
     baseline = metrics.get("baseline")
     if config.registry.require_better_than_baseline and baseline is not None:
-        name = BASELINE_METRIC[config.task.value]
+        metric = BASELINE_METRICS[config.task]
+        name = metric.value
         achieved, floor = float(evaluation[name]), float(baseline[name])
-        lower = config.task is Task.REGRESSION  # rmse: lower is better
+        lower = not metric.greater_is_better  # rmse
         if (achieved >= floor) if lower else (achieved <= floor):
             reasons.append(
                 f"{name} {achieved:.4f} is not {'lower' if lower else 'better'} than the majority baseline's "
