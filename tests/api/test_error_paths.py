@@ -100,6 +100,23 @@ def test_training_on_a_dataset_with_invalid_rows_names_it(api_world):
     assert (file["path"], file["role"], file["rows_read"]) == ("train", "train", 3)
 
 
+def test_training_on_labels_too_small_for_the_validation_split_is_refused(api_world):
+    three = upload(
+        api_world, "three-classes.csv", b"text,label\na good film,a\na bad film,b\nan okay film,c\n"
+    )
+    assert three["valid"] is True  # an upload has no split to check; training on it without validation does
+    body = assert_names_the_dataset(api_world, train(api_world, three["id"]), 422, three)
+    assert body["code"] == "invalid_dataset"
+    assert body["detail"].startswith(
+        "invalid dataset: label 'a' has 1 row, label 'b' has 1 row, label 'c' has 1 row: a validation split of "
+        "10% needs at least 2 rows of every label (one for training, one for validation)\n"
+    )
+    (issue,) = [i for i in body["report"]["files"][0]["issues"] if i["code"] == "split_too_small"]
+    assert issue["fix"] == (
+        "add rows of these labels, or give a validation file (data.validation_file, --validation-file)"
+    )
+
+
 def test_training_on_a_dataset_without_its_columns_names_it(api_world):
     columns = upload(api_world, "no-columns.csv", b"a,b\nhello,1\nbye,0\n")
     body = assert_names_the_dataset(api_world, train(api_world, columns["id"]), 422, columns)

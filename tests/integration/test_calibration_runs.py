@@ -14,7 +14,7 @@ from finetune_platform.inference.runtimes import open_runtime
 from finetune_platform.training.calibration import CALIBRATION_FILE
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
-from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
+from tests.conftest import UNGATED, sentiment_rows, tiny_config_dict, write_csv
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def calibrated(tmp_path_factory, tiny_bert):
     rows = [(text, swap[label] if text in flipped else label) for text, label in rows]
     validation = write_csv(root / "validation.csv", rows)
     raw = tiny_config_dict(tiny_bert, train, validation, root / "results", max_steps=48, eval_steps=12)
-    raw["registry"] = {"model_name": "calibrated-tiny"}
+    raw["registry"] = {"model_name": "calibrated-tiny", **UNGATED}  # the card is under test
     settings = Settings(FINETUNE_HOME=root / "home", MODEL_REGISTRY_DIR=root / "cards")
     result = run_training(config_from_dict(raw), settings=settings, show_progress=False)
     texts = [line.split(",", 1)[0] for line in validation.read_text(encoding="utf-8").splitlines()[1:]]

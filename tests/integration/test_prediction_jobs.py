@@ -13,7 +13,7 @@ from finetune_platform.inference.pool import open_one
 from finetune_platform.inference.predictor import source_from_registry
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
-from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
+from tests.conftest import UNGATED, sentiment_rows, tiny_config_dict, write_csv
 from tests.integration.queue_harness import queue_env
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def env(tmp_path_factory, tiny_bert):
     train = write_csv(root / "train.csv", sentiment_rows(96, 1, LABELS))
     validation = write_csv(root / "validation.csv", sentiment_rows(32, 2, LABELS))
     raw = tiny_config_dict(tiny_bert, train, validation, root / "runs", max_steps=24, eval_steps=12)
-    raw["registry"] = {"model_name": "pj-model"}
+    raw["registry"] = {"model_name": "pj-model", **UNGATED}  # predicting is under test
     run_training(config_from_dict(raw), settings=env.settings, show_progress=False)
     yield env
     env.stop_all()

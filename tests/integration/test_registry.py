@@ -16,7 +16,7 @@ from finetune_platform.tracking.registry import ModelRegistry, Stage
 from finetune_platform.tracking.search import CardFilter, Threshold, recommend, recommend_for_query, search
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
-from tests.conftest import chinese_rows, sentiment_rows, tiny_config_dict, write_csv
+from tests.conftest import UNGATED, chinese_rows, sentiment_rows, tiny_config_dict, write_csv
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,8 @@ def registry_env(tmp_path_factory, platform_home, tiny_model_factory):
             model, train_file, validation_file, root / "results", max_steps=4, eval_steps=2
         )
         raw["experiment"] = f"reg-{name}"
-        raw["registry"] = {"model_name": name, "description": description, "tags": tags}
+        # a few steps on a random model: these tests are about the registry, not about learning
+        raw["registry"] = {"model_name": name, "description": description, "tags": tags, **UNGATED}
         results[name] = run_training(config_from_dict(raw), settings=settings, show_progress=False)
     return settings, results, root
 
@@ -87,7 +88,7 @@ def test_production_is_unique_and_archives_the_previous_one(registry_env, tiny_b
         eval_steps=2,
     )
     raw["experiment"] = "reg-sentiment-en"
-    raw["registry"] = {"model_name": "sentiment-en", "description": MODELS["sentiment-en"][0]}
+    raw["registry"] = {"model_name": "sentiment-en", "description": MODELS["sentiment-en"][0], **UNGATED}
     run_training(config_from_dict(raw), settings=settings, show_progress=False)
     assert [(v.version, v.stage, v.aliases) for v in registry.versions("sentiment-en")] == [
         (1, Stage.STAGING, ()),
@@ -278,7 +279,7 @@ def test_registry_over_a_real_mlflow_server(mlflow_server, tiny_bert, sentiment_
         raw = tiny_config_dict(
             tiny_bert, train_file, validation_file, tmp_path / "r", max_steps=4, eval_steps=2
         )
-        raw["registry"] = {"model_name": "served-model"}
+        raw["registry"] = {"model_name": "served-model", **UNGATED}
         run_training(config_from_dict(raw), settings=settings, show_progress=False)
     registry = ModelRegistry(settings)
     assert_stages_in_step(registry, "served-model", {1: "Staging", 2: "Staging"}, {"staging": 2})

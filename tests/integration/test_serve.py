@@ -14,7 +14,7 @@ from finetune_platform.inference.predictor import Predictor, source_from_registr
 from finetune_platform.settings import Settings
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
-from tests.conftest import free_port, sentiment_rows, three_class_rows, tiny_config_dict, write_csv
+from tests.conftest import UNGATED, free_port, sentiment_rows, three_class_rows, tiny_config_dict, write_csv
 
 pytestmark = pytest.mark.slow
 TEXTS = ["great film", "awful book", "wonderful concert tonight", "boring game", "okay meal", "terrible app"]
@@ -41,7 +41,7 @@ def registry(tmp_path_factory, tiny_bert):
         raw = tiny_config_dict(
             tiny_bert, train, valid, root / "results", max_steps=24, eval_steps=12, seed=seed
         )
-        raw["experiment"], raw["registry"] = f"serve-{number}", {"model_name": name}
+        raw["experiment"], raw["registry"] = f"serve-{number}", {"model_name": name, **UNGATED}
         run_training(config_from_dict(raw), settings=settings, show_progress=False)
     return settings
 
@@ -296,7 +296,7 @@ def test_a_server_started_with_no_model_serves_the_first_one_registered_without_
     train = write_csv(tmp_path / "train.csv", sentiment_rows(64, 1))
     valid = write_csv(tmp_path / "validation.csv", sentiment_rows(16, 2))
     raw = tiny_config_dict(tiny_bert, train, valid, tmp_path / "results", max_steps=8, eval_steps=8)
-    raw["registry"] = {"model_name": "first-model"}
+    raw["registry"] = {"model_name": "first-model", **UNGATED}
     run_training(config_from_dict(raw), settings=settings, show_progress=False)
     answer = client.post("/predict", json={"text": "great film"})
     assert answer.status_code == 200, answer.text

@@ -21,7 +21,7 @@ from finetune_platform.inference.predictor import Predictor
 from finetune_platform.settings import Settings
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
-from tests.conftest import ROOT, finetune_bin, free_port, sentiment_rows, tiny_config_dict, write_csv
+from tests.conftest import ROOT, UNGATED, finetune_bin, free_port, sentiment_rows, tiny_config_dict, write_csv
 
 pytestmark = pytest.mark.slow
 TEXTS = ["great film", "awful book", "wonderful concert tonight"]
@@ -57,7 +57,7 @@ def store(tmp_path_factory, tiny_bert):
         raw["experiment"], raw["registry"] = experiment, registry
         return run_training(config_from_dict(raw), settings=settings, show_progress=False)
 
-    trained("sentiment-exp", {"model_name": "exp-served"})
+    trained("sentiment-exp", {"model_name": "exp-served", **UNGATED})  # 8 steps: serving is under test
     recorded_run("sentiment-exp", "FAILED")
     recorded_run("folder-exp", "FINISHED", start_time=int(time.time() * 1000) - 86_400_000)
     folder_run = trained("folder-exp", {"enabled": False})

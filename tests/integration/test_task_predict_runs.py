@@ -16,7 +16,7 @@ from finetune_platform.inference.pool import open_one
 from finetune_platform.inference.predictor import Predictor, source_from_registry, source_from_run
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
-from tests.conftest import NOUNS, tiny_config_dict, write_csv
+from tests.conftest import NOUNS, UNGATED, tiny_config_dict, write_csv
 
 pytestmark = pytest.mark.slow
 # the training of multi_label and regression (branch tasks-train); drop this guard once it is merged
@@ -68,7 +68,7 @@ def trained(tmp_path_factory, tiny_bert):
     topics = tiny_config_dict(
         tiny_bert, files["topics"], files["topics-validation"], root / "runs", max_steps=12, eval_steps=6
     )
-    topics.update(task="multi_label", thresholds="tune", registry={"model_name": "topics-predict"})
+    topics.update(task="multi_label", thresholds="tune", registry={"model_name": "topics-predict", **UNGATED})
     pairs = tiny_config_dict(
         tiny_bert, files["pairs"], files["pairs-validation"], root / "runs", max_steps=12, eval_steps=6
     )

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import sentiment_rows, tiny_config_dict, write_csv
+from tests.conftest import UNGATED, sentiment_rows, tiny_config_dict, write_csv
 from tests.integration.queue_harness import PrivateRedis, queue_env, require_redis, submit, wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def job_data(tmp_path):
 def job_config(tiny_bert, job_data, tmp_path, name: str, **training) -> dict:
     config = tiny_config_dict(tiny_bert, *job_data, tmp_path / "results", **training)
     config["experiment"] = name
-    config["registry"] = {"model_name": name}
+    config["registry"] = {"model_name": name, **UNGATED}  # the queue is under test, not learning
     return config
 
 

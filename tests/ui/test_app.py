@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import UNGATED, free_port
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 APP = Path(__file__).resolve().parents[2] / "src" / "finetune_platform" / "ui" / "app.py"
@@ -55,7 +55,11 @@ def api_url(tmp_path_factory, tiny_bert):
     train = write_csv(root / "train.csv", sentiment_rows(96, 1))
     valid = write_csv(root / "valid.csv", sentiment_rows(32, 2))
     raw = tiny_config_dict(tiny_bert, train, valid, root / "runs", max_steps=16, eval_steps=8)
-    raw["registry"] = {"model_name": "ui-model", "description": "tiny sentiment model for the UI tests"}
+    raw["registry"] = {
+        "model_name": "ui-model",
+        "description": "tiny sentiment model for the UI tests",
+        **UNGATED,
+    }
     run_training(config_from_dict(raw), settings=settings, show_progress=False)
     raw["registry"], raw["training"]["learning_rate"] = {"enabled": False}, 5e-3  # a second run to compare
     run_training(config_from_dict(raw), settings=settings, show_progress=False)

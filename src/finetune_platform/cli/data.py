@@ -103,6 +103,17 @@ def data_validate(
         bool,
         typer.Option("--drop-invalid", help="Count row-level errors as dropped rows instead of failing."),
     ] = False,
+    validation_split: Annotated[
+        float | None,
+        typer.Option(
+            "--validation-split",
+            help=(
+                "Without --validation-file: check that this share of FILE's rows can be held out for validation "
+                "(every label needs 2 rows, and a validation row each). --config sets it from "
+                "data.validation_split."
+            ),
+        ),
+    ] = None,
     root: Annotated[
         Path | None, typer.Option("--root", help="Refuse dataset paths outside this directory.")
     ] = None,
@@ -131,8 +142,11 @@ def data_validate(
             model = model or config.model.base_model
             max_length = max_length or config.model.max_length
             drop_invalid = drop_invalid or config.data.invalid_rows == "drop"
+            validation_split = validation_split or config.data.validation_split
         if file is None:
             raise ConfigError("give a dataset FILE or --config")
+        if validation_split is not None and not 0 < validation_split < 1:
+            raise ConfigError(f"--validation-split {validation_split:g}: give a share above 0 and below 1")
         file = resolve_dataset_path(file, root)
         if validation_file is not None:
             validation_file = resolve_dataset_path(validation_file, root)
@@ -146,6 +160,7 @@ def data_validate(
             tokenizer=_tokenizer(model),
             max_length=max_length if model else None,
             drop_invalid=drop_invalid,
+            validation_split=validation_split if validation_file is None else None,
         )
         report = validate_dataset(file, options, validation_file)
     except PlatformError as error:

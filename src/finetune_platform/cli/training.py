@@ -117,6 +117,11 @@ def train(
     typer.echo(f"  run folder       {result.run.root}")
     if result.mlflow_run_id:
         typer.echo(f"  mlflow run       {result.mlflow_run_id}")
+    model, registry = result.metrics.get("model"), result.metrics.get("registry") or {}
+    if model:
+        typer.echo(f"  registered       {model['name']} version {model['version']} ({model['stage']})")
+    elif registry.get("reason"):
+        typer.secho(f"  not registered   {registry['reason']}", fg=typer.colors.YELLOW)
 
 
 def _override_key(assignment: str) -> str:

@@ -18,6 +18,7 @@ from finetune_platform.data.validation import (
     ValidationOptions,
     ValidationReport,
     validate_dataset,
+    validation_rows,
 )
 from finetune_platform.errors import DatasetError
 
@@ -65,6 +66,7 @@ def load_splits(
         max_length=max_length,
         drop_invalid=drop_invalid,
         collect_rows=True,
+        validation_split=None if validation_file is not None else validation_split,
     )
     task = options.task
     report = validate_dataset(Path(train_file), options, Path(validation_file) if validation_file else None)
@@ -91,7 +93,9 @@ def load_splits(
             validation = _with_ids(validation, label_map, "validation")
         source = f"file:{validation_file}"
     else:
-        train, validation = _stratified_split(train, validation_split, seed, _strata(train, task))
+        train, validation = _stratified_split(
+            train, validation_split, seed, _strata(train, task), cover=task == SINGLE_LABEL
+        )
         if max_validation_rows is not None:
             validation = validation.head(max_validation_rows)
         source = f"split:{validation_split}"
@@ -179,14 +183,33 @@ def _strata(table: pd.DataFrame, task: str) -> pd.Series:
 
 
 def _stratified_split(
-    table: pd.DataFrame, ratio: float, seed: int, strata: pd.Series
+    table: pd.DataFrame, ratio: float, seed: int, strata: pd.Series, *, cover: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified on ``strata`` where every stratum has two rows and the validation rows cover them all;
-    random otherwise."""
+    random otherwise. With ``cover`` (single_label: the strata are the labels), a stratified split then holds a
+    row of every stratum: proportional allocation may leave a small one out next to a large one."""
     from sklearn.model_selection import train_test_split  # lazy: scikit-learn (slow; not in the API image)
 
     counts = strata.value_counts()
-    n_validation = max(1, round(len(table) * ratio))
+    n_validation = validation_rows(len(table), ratio)
     stratify = strata if counts.min() >= 2 and n_validation >= len(counts) else None
     train, validation = train_test_split(table, test_size=n_validation, random_state=seed, stratify=stratify)
+    if cover and stratify is not None:
+        train, validation = _cover_strata(train, validation, strata)
+    return train, validation
+
+
+def _cover_strata(
+    train: pd.DataFrame, validation: pd.DataFrame, strata: pd.Series
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Swap a training row of each stratum missing from the validation rows for a validation row of the stratum
+    it holds most of: the same sizes, every stratum on both sides (each has two rows, and there are at least as
+    many validation rows as strata)."""
+    for stratum in sorted(set(strata[train.index]) - set(strata[validation.index])):
+        held = strata[validation.index].value_counts()
+        given = validation.index[strata[validation.index] == held.index[0]][-1]
+        taken = train.index[strata[train.index] == stratum][0]
+        given_row, taken_row = validation.loc[[given]], train.loc[[taken]]
+        validation = pd.concat([validation.drop(index=given), taken_row])
+        train = pd.concat([train.drop(index=taken), given_row])
     return train, validation

@@ -83,6 +83,7 @@ class Check(StrEnum):
     TRUNCATED = "truncated"
     LONG_TEXT = "long_text"
     NO_VALID_ROWS = "no_valid_rows"
+    SPLIT_TOO_SMALL = "split_too_small"
 
 
 # Row-level errors: with drop_invalid the rows go and the run continues.
@@ -134,6 +135,9 @@ class ValidationOptions:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     collect_rows: bool = False  # keep the valid rows in memory (training needs them)
     limits: DatasetLimits | None = None  # reading limits; None: the settings' (DatasetLimits.from_settings)
+    # The share of the training rows a run holds out for validation when it has no validation file: with it, a
+    # single_label file whose labels cannot be split (``split_checks``) is an error. None: no split is checked.
+    validation_split: float | None = None
 
     def __post_init__(self) -> None:
         self.task = str(self.task)  # training.config.Task is a str enum: its value
@@ -1072,12 +1076,60 @@ def validate_dataset(
     """Validate a training file and, optionally, its validation file, with the checks across both."""
     train_report = validate_file(train, options, "train")
     files = [train_report]
+    if validation is None and options.validation_split is not None and not _has_file_error(train_report):
+        split_checks(train_report, options.task, options.validation_split)
     if validation is not None:
         validation_report = validate_file(validation, options, "validation")
         files.append(validation_report)
         if not _has_file_error(train_report) and not _has_file_error(validation_report):
             _cross_checks(train_report, validation_report, options)
     return ValidationReport(files, drop_invalid=options.drop_invalid)
+
+
+MAX_LABELS_NAMED = 10  # labels a split message names
+
+
+def split_checks(report: FileReport, task: str, ratio: float) -> None:
+    """Whether a training file can give up ``ratio`` of its valid rows as validation rows that hold every label:
+    each label needs 2 rows (one for each side) and the validation rows must number at least the labels (the
+    split is stratified, and then puts one of each label there). single_label only: a multi-label row holds any
+    number of labels (none too) and micro-F1 needs no row of each, and a regression target has no labels."""
+    if task != SINGLE_LABEL or report.rows_valid == 0:
+        return
+    share = f"{ratio * 100:g}%"
+    single = {name: count for name, count in report.label_counts.items() if 0 < count < 2}
+    if single:
+        named = [
+            f"label {name!r} has {_rows(count)}" for name, count in list(single.items())[:MAX_LABELS_NAMED]
+        ]
+        more = len(single) - len(named)
+        report.add(
+            Check.SPLIT_TOO_SMALL,
+            Severity.ERROR,
+            ", ".join(named)
+            + (f" (and {more} more label{'s' * (more != 1)})" if more else "")
+            + f": a validation split of {share} needs at least 2 rows of every label (one for training, one for "
+            "validation)",
+            "add rows of these labels, or give a validation file (data.validation_file, --validation-file)",
+        )
+        return
+    labels = sum(1 for count in report.label_counts.values() if count > 0)
+    held_out = validation_rows(report.rows_valid, ratio)
+    if held_out < labels:
+        needed = math.ceil(100 * labels / report.rows_valid) / 100
+        report.add(
+            Check.SPLIT_TOO_SMALL,
+            Severity.ERROR,
+            f"a validation split of {share} of {_rows(report.rows_valid)} holds {_rows(held_out)}, fewer than "
+            f"the {labels} labels: every label needs a validation row",
+            f"raise data.validation_split to {needed:g} or more, add rows, or give a validation file "
+            "(data.validation_file, --validation-file)",
+        )
+
+
+def validation_rows(rows: int, ratio: float) -> int:
+    """How many of ``rows`` a validation split of ``ratio`` holds out (``data.splits`` splits by it)."""
+    return max(1, round(rows * ratio))
 
 
 def _labels_of(report: FileReport, code: int) -> tuple[str, ...]:

@@ -88,6 +88,15 @@ TASK_METRICS: dict[Task, tuple[BestMetric, ...]] = {
 }
 
 
+# The metric a run is compared with its majority baseline on before it is registered
+# (registry.require_better_than_baseline; ``training.metrics.majority_baseline`` scores the baseline).
+BASELINE_METRICS: dict[Task, BestMetric] = {
+    Task.SINGLE_LABEL: BestMetric.ACCURACY,
+    Task.MULTI_LABEL: BestMetric.MICRO_F1,
+    Task.REGRESSION: BestMetric.RMSE,
+}
+
+
 def check_task_metric(task: Task, metric: BestMetric, field: str) -> None:
     """ValueError naming ``field`` when ``task`` reports no ``metric``."""
     if metric not in TASK_METRICS[task]:
@@ -530,6 +539,24 @@ class RegistrySection(_Section):
         default_factory=list,
         max_length=50,
         description="Free-form tags for search, e.g. [sentiment, small]; at most 50 of 64 characters.",
+    )
+    require_better_than_baseline: bool = Field(
+        default=True,
+        description=(
+            "Register only a run that beats the majority baseline on its validation rows: single_label, the "
+            "accuracy of always predicting the most frequent training label; multi_label, the micro_f1 of "
+            "predicting each label's training majority (usually no label); regression, the rmse of predicting the "
+            "training mean (the run's must be lower). A run that does not still succeeds, unregistered, and says "
+            "why (metrics.json's registry and baseline)."
+        ),
+    )
+    min_metric: float | None = Field(
+        default=None,
+        description=(
+            "The least training.metric_for_best_model a run must reach on its validation rows to be registered, "
+            "in that metric's direction: for loss, rmse and mae (lower is better) it is the most the run may "
+            "have. Unset: no bound. A run that misses it still succeeds, unregistered, and says why."
+        ),
     )
 
 

@@ -1,9 +1,9 @@
 """The data check a run starts with: its dataset validated as training reads it, before anything is written.
 
 One streaming pass of ``data.validation`` with the config's task, columns (a pair column too), label delimiter,
-declared labels and invalid-row policy; no tokenizer (the token-length checks only warn, and they run again when
-training loads the data), so no model library loads. ``finetune train`` and a job submitted to the API both
-refuse invalid data here.
+declared labels, invalid-row policy and validation split (labels too small to split are refused); no tokenizer
+(the token-length checks only warn, and they run again when training loads the data), so no model library
+loads. ``finetune train`` and a job submitted to the API both refuse invalid data here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def validation_options(config: TrainConfig) -> ValidationOptions:
         label_delimiter=data.label_delimiter,
         label_names=data.label_names,
         drop_invalid=data.invalid_rows == "drop",
+        validation_split=None if data.validation_file is not None else data.validation_split,
     )
 
 

@@ -197,3 +197,40 @@ def multi_label_report(
 def regression_report(logits: np.ndarray, targets: np.ndarray, scale: tuple[float, float]) -> dict[str, Any]:
     """Full regression report for metrics.json: the errors and correlations in the label column's units."""
     return {**summary_metrics(logits, targets, "regression", scale=scale), "num_rows": len(targets)}
+
+
+def majority_baseline(
+    task: str,
+    train_ids: Sequence[Any],
+    validation_ids: Sequence[Any],
+    names: Sequence[str],
+    scale: tuple[float, float] = (0.0, 1.0),
+) -> dict[str, Any]:
+    """The scores on the validation rows of a model that predicts the training rows' majority whatever the text:
+    single_label the most frequent training label (ties: the first); multi_label each label the training rows
+    hold more often than not (usually none); regression the training mean. ``train_ids`` and
+    ``validation_ids`` are the splits' label_id column (class ids, tuples of label ids, raw targets)."""
+    rows = len(validation_ids)
+    if task == "single_label":
+        majority = int(np.bincount(np.asarray(train_ids, dtype=np.int64), minlength=len(names)).argmax())
+        logits = np.zeros((rows, len(names)))
+        logits[:, majority] = 1.0
+        truth = np.asarray(validation_ids, dtype=np.int64)
+        return {"predicts": names[majority], **summary_metrics(logits, truth), "num_rows": rows}
+    if task == "multi_label":
+        held = _multi_hot(train_ids, len(names)).mean(axis=0) > 0.5
+        logits = np.tile(np.where(held, 1.0, -1.0), (rows, 1))
+        truth = _multi_hot(validation_ids, len(names))
+        scores = summary_metrics(logits, truth, "multi_label", thresholds=0.5)
+        return {"predicts": [names[i] for i in np.flatnonzero(held)], **scores, "num_rows": rows}
+    mean, std = scale
+    standardised = (np.asarray(validation_ids, dtype=np.float64) - mean) / std
+    scores = summary_metrics(np.zeros((rows, 1)), standardised, "regression", scale=scale)
+    return {"predicts": mean, **scores, "num_rows": rows}
+
+
+def _multi_hot(label_ids: Sequence[Any], num_labels: int) -> np.ndarray:
+    matrix = np.zeros((len(label_ids), num_labels), dtype=np.int64)
+    for row, ids in enumerate(label_ids):
+        matrix[row, list(ids)] = 1
+    return matrix

@@ -37,6 +37,7 @@ from finetune_platform.training.losses import named_weights, resolve_class_weigh
 from finetune_platform.training.metrics import (
     classification_report,
     label_probabilities,
+    majority_baseline,
     multi_label_report,
     regression_report,
     tune_thresholds,
@@ -404,6 +405,7 @@ class LoraClassificationRecipe:
                 "steps_per_second": summary.steps_per_second if summary else None,
             },
             "eval": self.report,
+            "baseline": self.baseline(),
             "checkpoints": {
                 role: {"checkpoint": info.path.name, "step": info.step, "metric": info.metric}
                 for role, info in retained.items()
@@ -454,6 +456,18 @@ class LoraClassificationRecipe:
                 task=np.asarray(self.config.task.value),
                 source_file=np.asarray(str(Path(file).resolve())),
             )
+
+    def baseline(self) -> dict[str, Any]:
+        """What predicting the training rows' majority scores on the same validation rows (the registry's
+        gate: ``registration.registration_refusal``)."""
+        splits = self.state.splits
+        return majority_baseline(
+            self.config.task.value,
+            splits.train["label_id"].tolist(),
+            splits.validation["label_id"].tolist(),
+            splits.label_map.names,
+            splits.label_map.scale if self.config.task is Task.REGRESSION else (0.0, 1.0),
+        )
 
     def _save_prediction_files(self, label_map: LabelMap) -> None:
         """What predicting needs beside the adapter weights: the tokenizer and the label map, in artifacts/."""

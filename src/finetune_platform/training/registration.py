@@ -14,10 +14,58 @@ from finetune_platform.db.accounts import local_account
 from finetune_platform.db.session import ensure_database, session_scope
 from finetune_platform.errors import ErrorCode, PlatformError
 from finetune_platform.settings import Settings
-from finetune_platform.training.config import TASK_METRICS, TrainConfig, config_from_dict
+from finetune_platform.training.config import (
+    BASELINE_METRICS,
+    TASK_METRICS,
+    Task,
+    TrainConfig,
+    config_from_dict,
+)
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
+
+
+def registration_refusal(config: TrainConfig, metrics: dict[str, Any]) -> str | None:
+    """Why a finished run's final evaluation (metrics.json's eval, beside its baseline) is not registered: not
+    better than the majority baseline (registry.require_better_than_baseline), or short of registry.min_metric.
+    None: it is registered."""
+    reasons = []
+    evaluation = metrics["eval"]
+    baseline = metrics.get("baseline")
+    if config.registry.require_better_than_baseline and baseline is not None:
+        metric = BASELINE_METRICS[config.task]
+        name = metric.value
+        achieved, floor = float(evaluation[name]), float(baseline[name])
+        lower = not metric.greater_is_better  # rmse
+        if (achieved >= floor) if lower else (achieved <= floor):
+            reasons.append(
+                f"{name} {achieved:.4f} is not {'lower' if lower else 'better'} than the majority baseline's "
+                f"{floor:.4f} ({_baseline_words(config.task, baseline)}, on the same {baseline['num_rows']} "
+                "validation rows)"
+            )
+    bound = config.registry.min_metric
+    if bound is not None:
+        metric = config.training.metric_for_best_model
+        achieved = float(evaluation[metric.value])
+        if metric.greater_is_better and achieved < bound:
+            reasons.append(f"{metric.value} {achieved:.4f} is below registry.min_metric {bound:g}")
+        elif not metric.greater_is_better and achieved > bound:
+            reasons.append(
+                f"{metric.value} {achieved:.4f} is above registry.min_metric {bound:g} (lower {metric.value} is "
+                "better: registry.min_metric is the most a run may have)"
+            )
+    return "; ".join(reasons) or None
+
+
+def _baseline_words(task: Task, baseline: dict[str, Any]) -> str:
+    predicts = baseline["predicts"]
+    if task is Task.SINGLE_LABEL:
+        return f"always predicting {predicts!r}, the most frequent training label"
+    if task is Task.MULTI_LABEL:
+        labels = ", ".join(map(repr, predicts)) if predicts else "no label"
+        return f"predicting each label's training majority: {labels}"
+    return f"always predicting the training mean {predicts:.4g}"
 
 
 def register_run(

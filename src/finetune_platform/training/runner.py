@@ -19,7 +19,7 @@ from finetune_platform.training.checkpoints import CheckpointInfo, newest_checkp
 from finetune_platform.training.config import TASK_METRICS, TrainConfig, dump_config, read_run_config
 from finetune_platform.training.devices import check_device
 from finetune_platform.training.guards import TrialPruned
-from finetune_platform.training.registration import register_adapter
+from finetune_platform.training.registration import register_adapter, registration_refusal
 from finetune_platform.training.run_folder import RunFolder
 
 logger = logging.getLogger("finetune_platform.training")
@@ -115,7 +115,8 @@ def run_training(
     owner_id: int | None = None,
     check_data_first: bool = False,
 ) -> RunResult:
-    """Train, evaluate, save, track and register one run.
+    """Train, evaluate, save, track and register one run (a run no better than its majority baseline, or short
+    of registry.min_metric, succeeds unregistered: metrics.json's registry says why).
 
     ``callbacks`` are extra ``training.callbacks.Callback``s (the job worker's progress and stop control); ``on_stage``
     hears "validating", "training", "evaluating" and "registering" as the run reaches them; ``owner_id`` is
@@ -165,6 +166,14 @@ def run_training(
             stage("evaluating")
             recipe.evaluate()
             metrics = recipe.save(tracker.run_id if tracker else None)
+            refusal = registration_refusal(config, metrics) if config.registry.enabled else None
+            if (
+                refusal is not None
+            ):  # the run succeeds, unregistered, and says why (MLflow's metrics.json too)
+                metrics["registry"] = {"registered": False, "reason": refusal}
+                logger.warning("not registered: %s", refusal)
+                write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
+                run.update_state(registry=metrics["registry"])
             if tracker is not None:
                 # lazy: MLflow loads only for tracked runs
                 from finetune_platform.tracking.plots import confusion_matrix_png
@@ -176,11 +185,12 @@ def run_training(
                 _finish_tracker(tracker, config, run, metrics)
                 metrics["tracking_seconds"] = round(tracker.seconds, 3)
                 logger.info("MLflow calls took %.2fs in this run", tracker.seconds)
-                if config.registry.enabled:
+                if config.registry.enabled and refusal is None:
                     stage("registering")
                     metrics["model"] = _register(
                         settings, config, run, recipe, metrics, tracker.run_id, owner_id
                     )
+                    metrics["registry"] = {"registered": True}
                     run.update_state(model=metrics["model"])
                 # metrics.json as logged to MLflow, plus what only exists after tracking and registration.
                 write_atomic(run.metrics_path, json.dumps(metrics, indent=2))

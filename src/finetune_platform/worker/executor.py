@@ -249,6 +249,12 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
             "model_version": model["version"],
             "run_id": state.get("mlflow_run_id"),
         }
+    refused = (state.get("registry") or {}).get("reason")
+    if state.get("status") == JobStatus.SUCCEEDED and refused:  # finished unregistered, then died likewise
+        return {
+            "message": f"already finished by an earlier attempt; not registered: {refused}",
+            "run_id": state.get("mlflow_run_id"),
+        }
     if resume:
         checkpoint = run.newest_checkpoint()
         message = (
@@ -279,12 +285,16 @@ def train_job(context: JobContext, callbacks: Sequence[Any] = ()) -> dict[str, A
         owner_id=job.owner_id,
     )
     model = result.metrics.get("model") or {}
-    context.report(progress={"metrics": final_scores(config, result.metrics), "percent": 100.0})
+    registry = result.metrics.get("registry") or {}
+    progress = {"metrics": final_scores(config, result.metrics), "percent": 100.0}
+    context.report(progress={**progress, **({"registry": registry} if registry else {})})
+    outcome = ""
+    if model:
+        outcome = f"; registered {model['name']} version {model['version']}"
+    elif registry.get("reason"):
+        outcome = f"; not registered: {registry['reason']}"
     return {
-        "message": (
-            scores_text(config, result.metrics)
-            + (f"; registered {model['name']} version {model['version']}" if model else "")
-        ),
+        "message": scores_text(config, result.metrics) + outcome,
         "run_id": result.mlflow_run_id,
         "model_name": model.get("name"),
         "model_version": model.get("version"),
