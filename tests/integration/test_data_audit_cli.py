@@ -180,3 +180,19 @@ def test_warn_trains_records_the_noise_and_the_next_run_reuses_the_audit(
     assert (folder / "audit.json").stat().st_mtime_ns == written
     assert f"data audit: reusing {folder / 'audit.json'}" in caplog.text
     assert again["estimated_label_noise"] == metrics["data_audit"]["estimated_label_noise"]
+
+
+def test_fix_after_a_real_audit_removes_the_flagged_rows(home, tmp_path):
+    train = write_csv(tmp_path / "train.csv", flipped_rows())
+    runner = CliRunner()
+    assert runner.invoke(cli, ["data", "audit", str(train), "--no-progress"]).exit_code == 0
+    document = read_audit(tmp_path / "audit-train" / "audit.json")
+    flagged = {item["row"] for item in document["label_errors"]["rows"] if item["score"] >= 0.5}
+    assert flagged
+    result = runner.invoke(
+        cli, ["data", "fix", str(train), "--audit", "audit-train/audit.json", "--drop", "label_errors:0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    kept = (tmp_path / "train-fixed.csv").read_text().splitlines()
+    original = train.read_text().splitlines()
+    assert kept == [line for number, line in enumerate(original) if number not in flagged]

@@ -98,7 +98,7 @@ def test_cli_upgrade_and_users(db_settings, monkeypatch):
         before = runner.invoke(app, ["users", "list"])  # migrates first: no `finetune db upgrade` needed
         assert before.exit_code == 0 and before.output.startswith("no accounts yet")
         upgraded = runner.invoke(app, ["db", "upgrade"])
-        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0010")
+        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0011")
         created = runner.invoke(
             app, ["users", "create", "erin", "--role", "admin", "--password-stdin"], input="long enough\n"
         )

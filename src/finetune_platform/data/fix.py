@@ -62,9 +62,10 @@ class FixResult:
         """{kind: rows} with kind label_error, near_duplicate, leak or outlier, most first."""
         return dict(Counter(why.split(":", 1)[0] for why in self.removed.values()).most_common())
 
-    def lineage(self, parent: str | None, limit: int | None = MAX_LINEAGE_ROWS) -> dict[str, Any]:
+    def lineage(self, parent: str | None, capped: bool = True) -> dict[str, Any]:
+        """The lineage a new version records (its rows capped at MAX_LINEAGE_ROWS) or, uncapped, .lineage.json."""
         rows = [{"row": row, "reason": why} for row, why in sorted(self.removed.items())]
-        listed = rows if limit is None else rows[:limit]
+        listed = rows[:MAX_LINEAGE_ROWS] if capped else rows
         return {
             "from": parent,
             "source": str(self.source.resolve()),
@@ -140,7 +141,7 @@ def record_fix(result: FixResult, options: ValidationOptions, index: VersionInde
     parent, _ = index.record(
         DatasetVersion.from_report(validate_file(result.source, options), options, "cli")
     )
-    full = result.lineage(parent.version, limit=None)
+    full = result.lineage(parent.version, capped=False)
     _write_text(result.lineage_path, json.dumps(full, indent=2, ensure_ascii=False) + "\n")
     report = validate_file(result.output, options)
     made = DatasetVersion.from_report(report, options, "cli")
