@@ -196,3 +196,30 @@ def test_fix_after_a_real_audit_removes_the_flagged_rows(home, tmp_path):
     kept = (tmp_path / "train-fixed.csv").read_text().splitlines()
     original = train.read_text().splitlines()
     assert kept == [line for number, line in enumerate(original) if number not in flagged]
+
+
+def test_a_queued_job_goes_through_the_same_gate_in_the_worker(tiny_bert, tmp_path):
+    from finetune_platform.db import session as db
+    from finetune_platform.db.models import Job
+    from finetune_platform.services import jobs
+    from finetune_platform.services.users import local_user
+    from finetune_platform.worker.executor import execute_job
+
+    settings = Settings(FINETUNE_HOME=tmp_path / "home", MLFLOW_ENABLED=False, JOB_LEASE_SECONDS=30)
+    db.upgrade(settings)
+    train = write_csv(tmp_path / "train.csv", flipped_rows())
+    raw = tiny_config_dict(tiny_bert, train, None, tmp_path / "results")
+    raw["data"].update(audit="block", max_label_noise=0.01)
+    with db.session_scope(settings) as session:  # submission validates the data; the audit runs in the worker
+        job_id = jobs.submit_job(session, local_user(session), raw).job.id
+    assert not (settings.FINETUNE_HOME / "audits").exists()
+    assert execute_job(settings, job_id) == "failed"
+    path = audit_folder(config_from_dict(raw), settings) / "audit.json"
+    noise = read_audit(path)["summary"]["estimated_label_noise"]
+    with db.session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts) == ("failed", 1)
+        assert job.error == (
+            f"data.audit: block: estimated label noise {noise:.1%} is above data.max_label_noise 1.0% "
+            f"(audit: {path}); fix the data with finetune data fix or raise data.max_label_noise"
+        )
