@@ -395,7 +395,8 @@ def _audit_summary(document: dict, written: dict) -> str:
         f"label pairs confused far above chance: {summary['overlapping_label_pairs']}",
         f"outliers: {summary['outliers']:,}",
     ]
-    errors = document["label_errors"].get("rows", [])[:10]
+    # The flagged rows, most likely first (an audit may also list ranked rows cleanlab did not flag).
+    errors = [item for item in document["label_errors"].get("rows", []) if item.get("flagged", True)][:10]
     if errors:
         lines += [
             "",
