@@ -146,6 +146,12 @@ def test_fix_refuses_in_place_an_existing_output_and_a_changed_file(home, tmp_pa
         "error: --output " in result.output
         and "write the fixed file in FILE's format (.csv)" in result.output
     )
+    result = runner.invoke(cli, [*fix, "--output", str(tmp_path / "nowhere" / "fixed.csv")])
+    assert result.exit_code == 2
+    assert (
+        f"error: --output {tmp_path / 'nowhere' / 'fixed.csv'}: the folder {tmp_path / 'nowhere'} does not exist"
+        in (result.output)
+    )
     assert runner.invoke(cli, fix).exit_code == 0
     result = runner.invoke(cli, fix)
     assert result.exit_code == 2

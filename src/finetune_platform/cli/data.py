@@ -507,7 +507,8 @@ def data_fix(
         str,
         typer.Option(
             "--drop",
-            help="What to remove, comma-separated: label_errors[:S] (flagged rows scoring at least S, 0-1), "
+            help="What to remove, comma-separated: label_errors (the rows the audit flagged) or label_errors:S "
+            "(ranked rows scoring at least S, 0-1), "
             "near_duplicates (all but the first row of each group; train copies of leaks), leaks (train rows of "
             "groups across train and validation), outliers[:Z] (z-score at least Z).",
         ),

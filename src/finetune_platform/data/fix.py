@@ -108,6 +108,8 @@ def fix_file(
     output = Path(output) if output is not None else default_output(source)
     if output.resolve() == source.resolve():
         raise ConfigError(f"--output {output} is FILE itself: data fix never edits a file in place")
+    if not output.parent.is_dir():
+        raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
     if output.exists() and not force:
         raise ConfigError(f"--output {output} exists: pass --force to replace it, or name another file")
     fmt = detect_format(source)
