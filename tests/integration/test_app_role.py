@@ -97,7 +97,7 @@ def verifies(stored: str, password: str) -> bool:
 def test_upgrade_sets_the_app_role_password_quoted_and_hashed(database, tmp_path):
     upgraded = upgrade_cli(database, tmp_path, DATABASE_APP_PASSWORD=PASSWORD)
     assert upgraded.exit_code == 0, upgraded.output
-    assert upgraded.output.strip() == f"database {database.owner_url} at revision 0010"
+    assert upgraded.output.strip() == f"database {database.owner_url} at revision 0011"
     stored = stored_password()
     assert stored is not None and verifies(stored, PASSWORD) and not verifies(stored, "wrong")
     assert PASSWORD not in stored

@@ -17,7 +17,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
     from alembic.runtime.migration import MigrationContext
 
     assert db.current_revision(db_settings) == "base"
-    assert db.upgrade(db_settings) == "0010"
+    assert db.upgrade(db_settings) == "0011"
     engine = db.engine_for(db_settings.database_url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -29,7 +29,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
         "audit_events",
         "job_outbox",
     }
-    assert db.upgrade(db_settings) == "0010"  # running it again changes nothing
+    assert db.upgrade(db_settings) == "0011"  # running it again changes nothing
     assert "kind" in {column["name"] for column in inspect(engine).get_columns("jobs")}
     assert db.downgrade(db_settings, "0005") == "0005"
     assert "job_outbox" not in set(inspect(engine).get_table_names())
@@ -39,7 +39,7 @@ def test_migrations_create_exactly_the_models_and_go_back(db_settings):
     assert "enqueued_at" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
     assert db.downgrade(db_settings, "base") == "base"
     assert not set(inspect(engine).get_table_names()) & {"users", "jobs"}
-    assert db.upgrade(db_settings) == "0010"
+    assert db.upgrade(db_settings) == "0011"
 
 
 def test_users_are_created_with_argon2id_hashes_and_checked(db_settings):
@@ -98,7 +98,7 @@ def test_cli_upgrade_and_users(db_settings, monkeypatch):
         before = runner.invoke(app, ["users", "list"])  # migrates first: no `finetune db upgrade` needed
         assert before.exit_code == 0 and before.output.startswith("no accounts yet")
         upgraded = runner.invoke(app, ["db", "upgrade"])
-        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0010")
+        assert upgraded.exit_code == 0 and upgraded.output.strip().endswith("at revision 0011")
         created = runner.invoke(
             app, ["users", "create", "erin", "--role", "admin", "--password-stdin"], input="long enough\n"
         )
@@ -137,7 +137,7 @@ def test_0005_migrates_a_database_with_data_both_ways(db_settings):
                 "3, '{}', false, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             )
         )
-    assert db.upgrade(db_settings) == "0010"
+    assert db.upgrade(db_settings) == "0011"
     with db.session_scope(db_settings) as session:
         alice = session.scalar(select(User).where(User.username == "alice"))
         assert alice.id == 1 and len(alice.token_key) == 32
@@ -146,7 +146,7 @@ def test_0005_migrates_a_database_with_data_both_ways(db_settings):
         ).all()
         assert [row[0] for row in owners] == [1, 1]
     assert db.downgrade(db_settings, "0004") == "0004"
-    assert db.upgrade(db_settings) == "0010"
+    assert db.upgrade(db_settings) == "0011"
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM jobs WHERE owner_id = 1")).scalar_one() == 1
 
@@ -180,7 +180,7 @@ def test_0009_gives_the_jobs_that_succeeded_before_it_the_stage_done(db_settings
                 ),
                 {"id": job_id, "kind": kind, "status": status, "stage": stage},
             )
-    assert db.upgrade(db_settings) == "0010"
+    assert db.upgrade(db_settings) == "0011"
     with engine.connect() as connection:
         stages = dict(connection.execute(text("SELECT id, stage FROM jobs")).all())
     assert stages == {

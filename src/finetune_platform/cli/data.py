@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -278,9 +279,11 @@ def data_versions(json_output: JsonFlag = False) -> None:
     if not versions:
         typer.echo("no dataset versions recorded yet (finetune data version FILE, or train a model)")
         return
-    typer.echo(f"{'version':<13} {'rows':>8} {'source':<6} {'recorded':<25} file")
+    typer.echo(f"{'version':<13} {'rows':>8} {'source':<6} {'parent':<13} {'recorded':<25} file")
     for v in versions:
-        typer.echo(f"{v.version:<13} {v.rows:>8} {v.source:<6} {v.created_at:<25} {v.file}")
+        typer.echo(
+            f"{v.version:<13} {v.rows:>8} {v.source:<6} {v.parent_version or '-':<13} {v.created_at:<25} {v.file}"
+        )
 
 
 @data_app.command("diff")
@@ -293,6 +296,7 @@ def data_diff(
 ) -> None:
     """Rows added, removed and relabelled between two datasets (rows matched by normalised text)."""
     # lazy: pandas and pyarrow, kept off the start of every finetune command
+    from finetune_platform.data.validation import ValidationOptions, validate_file
     from finetune_platform.data.versioning import diff_files, resolve_reference
 
     try:
@@ -300,12 +304,273 @@ def data_diff(
         old_path, old_version = resolve_reference(old, index)
         new_path, new_version = resolve_reference(new, index)
         columns = old_version or new_version
-        result = diff_files(
-            old_path,
-            new_path,
-            text_column or (columns.text_column if columns else "text"),
-            label_column or (columns.label_column if columns else "label"),
-        )
+        text_column = text_column or (columns.text_column if columns else "text")
+        label_column = label_column or (columns.label_column if columns else "label")
+        result = diff_files(old_path, new_path, text_column, label_column)
+        if new_version is None:  # a file: its recorded version, if any, may carry a lineage
+            options = ValidationOptions(text_column=text_column, label_column=label_column)
+            new_version = index.of_file(validate_file(new_path, options).content_hash, new_path)
     except PlatformError as error:
         raise fail(error) from None
-    typer.echo(json.dumps(result.to_json(), indent=2) if json_output else result.summary())
+    lineage = new_version.lineage if new_version is not None else None
+    if json_output:
+        typer.echo(json.dumps({**result.to_json(), "lineage": lineage}, indent=2))
+        return
+    typer.echo(result.summary())
+    if lineage:
+        typer.echo(_lineage_text(new_version.version, lineage))
+
+
+def _lineage_text(version: str, lineage: dict) -> str:
+    removed = ", ".join(f"{kind} {count}" for kind, count in lineage["removed"].items()) or "nothing"
+    lines = [
+        f"lineage: {version} was made by finetune data fix from version {lineage['from']} "
+        f"(--drop {lineage['drop']}, audit {lineage['audit']}): removed {lineage['rows_removed']} rows ({removed})"
+    ]
+    lines += [f"  row {item['row']}: {item['reason']}" for item in lineage["rows"][:10]]
+    if lineage["rows_removed"] > 10:
+        lines.append(f"  ... and {lineage['rows_removed'] - 10} more: {lineage['lineage_file']}")
+    return "\n".join(lines)
+
+
+def _columns_from_config(config_path: Path | None, file: Path | None, validation_file: Path | None, **given):
+    """FILE, the validation file and the column/task options, the config's data section filling what is not given."""
+    if config_path is not None:
+        config = load(config_path, [])
+        data = config.data
+        file = file or data.train_file
+        validation_file = validation_file or data.validation_file
+        for name, value in (("text_column", data.text_column), ("label_column", data.label_column),
+                            ("task", config.task.value), ("text_pair_column", data.text_pair_column),
+                            ("label_delimiter", data.label_delimiter)):  # fmt: skip
+            given[name] = given[name] or value
+    if file is None:
+        raise ConfigError("give a dataset FILE or --config")
+    return file, validation_file, given
+
+
+def _validation_options(text_column, label_column, task, text_pair_column, label_delimiter):
+    # lazy: pandas and pyarrow, kept off the start of every finetune command
+    from finetune_platform.data.validation import TASKS, ValidationOptions
+
+    if task not in (None, *TASKS):
+        raise ConfigError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+    return ValidationOptions(
+        text_column=text_column or "text",
+        label_column=label_column or "label",
+        task=task or "single_label",
+        text_pair_column=text_pair_column,
+        label_delimiter=label_delimiter or ",",
+    )
+
+
+def out_of_fold_from_run(run: str):
+    """Hook for ``data audit --from-run RUN``: a trained run's out-of-fold predictions, to be fed to the audit
+    instead of the embedding classifier's. Not built yet."""
+    raise ConfigError(f"--from-run {run}: reusing a run's out-of-fold predictions is not available yet")
+
+
+class _AuditProgress:
+    """The audit engine's (stage, fraction) callback as a progress bar on stderr."""
+
+    def __init__(self, show: bool) -> None:
+        self.bar = None
+        self.show = show
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if not self.show:
+            return
+        if self.bar is None:
+            # lazy: tqdm, kept off the start of every finetune command
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, desc="auditing", unit="%", dynamic_ncols=True, file=sys.stderr)
+        self.bar.set_description(stage)
+        self.bar.update(round(100 * fraction) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _audit_summary(document: dict, written: dict) -> str:
+    summary = document["summary"]
+    noise = summary["estimated_label_noise"]
+    lines = [f"{role}: {info['path']}: {info['rows_audited']:,} rows audited of {info['rows_read']:,} read"
+             for role, info in document["files"].items()]  # fmt: skip
+    lines += [
+        "likely label errors: "
+        + (
+            f"{summary['label_errors']:,} (estimated label noise {noise:.1%})"
+            if noise is not None
+            else "not audited (regression)"
+        ),
+        f"near-duplicate groups: {summary['near_duplicate_groups']:,} ({summary['cross_split_groups']:,} across "
+        f"train and validation, {summary['conflicting_groups']:,} with conflicting labels)",
+        f"label pairs confused far above chance: {summary['overlapping_label_pairs']}",
+        f"outliers: {summary['outliers']:,}",
+    ]
+    # The flagged rows, most likely first (an audit may also list ranked rows cleanlab did not flag).
+    errors = [item for item in document["label_errors"].get("rows", []) if item.get("flagged", True)][:10]
+    if errors:
+        lines += [
+            "",
+            "top label errors:",
+            f"  {'file':<10} {'row':>7}  {'given':<12} {'suggested':<12} {'score':>5}  text",
+        ]
+        lines += [f"  {e['file']:<10} {e['row']:>7}  {str(e['label'])[:12]:<12} {str(e['suggested'])[:12]:<12} "
+                  f"{e['score']:>5.3f}  {' '.join(e['text'].split())[:60]}" for e in errors]  # fmt: skip
+    groups = document["near_duplicates"].get("groups", [])[:10]
+    if groups:
+        lines += ["", "near-duplicate groups (leaks and conflicts first):"]
+        for group in groups:
+            flags = [flag for flag, on in (("leak", group["cross_split"]), ("labels differ", group["conflicting"]))
+                     if on]  # fmt: skip
+            rows = ", ".join(f"{r['file']} row {r['row']}" for r in group["rows"][:6])
+            more = f" and {group['size'] - 6} more" if group["size"] > 6 else ""
+            lines.append(f"  group {group['id']}: {rows}{more}" + (f" ({', '.join(flags)})" if flags else ""))
+    for pair in document["class_overlap"]:
+        lines.append(f"overlap: {pair['suggestion']}")
+    lines.append(f"wrote {', '.join(str(path) for path in written.values())}")
+    return "\n".join(lines)
+
+
+@data_app.command("audit")
+def data_audit(
+    file: DataFile = None,
+    validation_file: Annotated[
+        Path | None,
+        typer.Option("--validation-file", help="Also audit this file, and the leaks between it and FILE."),
+    ] = None,
+    config_path: Annotated[
+        Path | None,
+        typer.Option("--config", help="Take the files, columns and task from a training config."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for audit.json, audit.md and the PNG plots (default: ./audit-<FILE's stem>).",
+        ),
+    ] = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    task: TaskOption = None,
+    text_pair_column: TextPairColumn = None,
+    label_delimiter: LabelDelimiter = None,
+    folds: Annotated[
+        int, typer.Option("--folds", help="k of the stratified k-fold giving out-of-fold predictions (2-20).")
+    ] = 5,
+    near_duplicate_cosine: Annotated[
+        float,
+        typer.Option(
+            "--near-duplicate-cosine",
+            help="Embedding cosine at or above which two rows are near-duplicates (0.5-1).",
+        ),
+    ] = 0.95,
+    outlier_z: Annotated[
+        float,
+        typer.Option(
+            "--outlier-z",
+            help="Robust z-score of the distance to the nearest class centroid that makes an outlier.",
+        ),
+    ] = 5.0,
+    from_run: Annotated[
+        str | None,
+        typer.Option("--from-run", help="Reuse a trained run's out-of-fold predictions (not available yet)."),
+    ] = None,
+    show_progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the progress bar on stderr.")
+    ] = True,
+    json_output: JsonFlag = False,
+) -> None:
+    """Audit a dataset for what parses fine but costs a run: likely label errors, near-duplicates and
+    train/validation leaks, confused label pairs, outliers. Exit code 0 when audited, 1 when the data cannot be
+    read, 2 for a bad option."""
+    # lazy: pandas, scikit-learn, cleanlab and the embedder, kept off the start of every finetune command
+    from finetune_platform.data.audit import AuditOptions, audit_files
+
+    progress = _AuditProgress(show_progress and not json_output)
+    try:
+        file, validation_file, columns = _columns_from_config(
+            config_path, file, validation_file, text_column=text_column, label_column=label_column, task=task,
+            text_pair_column=text_pair_column, label_delimiter=label_delimiter,
+        )  # fmt: skip
+        options = _validation_options(**columns)
+        audit_options = AuditOptions(
+            folds=folds, near_duplicate_cosine=near_duplicate_cosine, outlier_z=outlier_z
+        )
+        if from_run is not None:
+            out_of_fold_from_run(from_run)
+        report = audit_files(file, options, validation_file, audit_options, progress=progress)
+        written = report.write(out or Path(f"audit-{Path(file).stem}"))
+    except PlatformError as error:
+        progress.close()
+        raise fail(error) from None
+    progress.close()
+    document = report.to_json()
+    typer.echo(json.dumps(document, indent=2) if json_output else _audit_summary(document, written))
+
+
+@data_app.command("fix")
+def data_fix(
+    file: Annotated[Path, typer.Argument(help="The audited dataset file (never changed).")],
+    audit_path: Annotated[
+        Path, typer.Option("--audit", help="The audit.json of FILE (finetune data audit).")
+    ],
+    drop: Annotated[
+        str,
+        typer.Option(
+            "--drop",
+            help="What to remove, comma-separated: label_errors (the rows the audit flagged) or label_errors:S "
+            "(ranked rows scoring at least S, 0-1), "
+            "near_duplicates (all but the first row of each group; train copies of leaks), leaks (train rows of "
+            "groups across train and validation), outliers[:Z] (z-score at least Z).",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", help="The new file, in FILE's format (default: FILE's stem + '-fixed', beside it)."
+        ),
+    ] = None,
+    role: Annotated[
+        str, typer.Option("--role", help="Which of the audit's files FILE is: train or validation.")
+    ] = "train",
+    force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
+    config_path: Annotated[
+        Path | None, typer.Option("--config", help="Take the columns and task from a training config.")
+    ] = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    task: TaskOption = None,
+    text_pair_column: TextPairColumn = None,
+    label_delimiter: LabelDelimiter = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write a new file without the rows an audit names (never edits FILE), and record its dataset version with
+    the lineage: the version it came from, the audit, and each removed row with why."""
+    # lazy: pandas and pyarrow, kept off the start of every finetune command
+    from finetune_platform.data.fix import fix_file, record_fix
+
+    try:
+        if role not in ("train", "validation"):
+            raise ConfigError(f"--role {role!r} is not train or validation")
+        file, _, columns = _columns_from_config(
+            config_path, file, None, text_column=text_column, label_column=label_column, task=task,
+            text_pair_column=text_pair_column, label_delimiter=label_delimiter,
+        )  # fmt: skip
+        options = _validation_options(**columns)
+        result = fix_file(file, audit_path, drop, options, output=output, role=role, force=force)
+        version = record_fix(result, options, _version_index())
+    except PlatformError as error:
+        raise fail(error) from None
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {"output": str(result.output), "version": version.version, **version.lineage}, indent=2
+            )
+        )
+        return
+    typer.echo(result.summary())
+    typer.echo(f"recorded dataset version {version.version} (from {version.parent_version})")

@@ -56,6 +56,8 @@ class DatasetVersion:
     created_at: str
     source: str = "cli"  # one of SOURCES
     dataset_id: str | None = None  # the upload it is of
+    parent_version: str | None = None  # a file `finetune data fix` made: the version it was made from
+    lineage: dict[str, Any] | None = None  # ... and what was removed and why (see data.fix)
 
     @classmethod
     def from_report(cls, report: FileReport, options: ValidationOptions, source: str) -> DatasetVersion:
@@ -89,6 +91,8 @@ class DatasetVersion:
             created_at=created.isoformat(timespec="seconds"),
             source=row.source,
             dataset_id=row.dataset_id,
+            parent_version=row.parent_version,
+            lineage=row.lineage,
         )
 
 
@@ -122,6 +126,8 @@ def record_version(
         "owner_id": owner_id,
         "source": version.source,
         "dataset_id": dataset_id or version.dataset_id,
+        "parent_version": version.parent_version,
+        "lineage": version.lineage,
         "created_at": datetime.fromisoformat(version.created_at),
     }
     # INSERT … ON CONFLICT DO NOTHING, not a savepoint: a writer that raced this one leaves its row, and the
@@ -222,6 +228,12 @@ class VersionIndex:
     def get(self, reference: str) -> DatasetVersion:
         with self._session() as session:
             return find_version(session, reference)
+
+    def of_file(self, content_hash: str, file: Path) -> DatasetVersion | None:
+        """The version recorded for this content of this file, if any."""
+        with self._session() as session:
+            row = _find(session, content_hash, str(Path(file).resolve()))
+            return DatasetVersion.of(row) if row is not None else None
 
 
 def version_file(

@@ -178,6 +178,9 @@ class DatasetVersionRecord(Base):
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True, index=True
     )
+    # A file `finetune data fix` made: the version it was made from, and what was removed and why.
+    parent_version: Mapped[str | None] = mapped_column(String(12), nullable=True, index=True)
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -219,6 +219,26 @@ class DataSection(_Section):
             "duplicate): 'error' stops before training, 'drop' removes those rows and reports the counts."
         ),
     )
+    audit: Literal["off", "warn", "block"] = Field(
+        default="off",
+        description=(
+            "Audit the data before training (finetune data audit: likely label errors, near-duplicates, leaks, "
+            "outliers), cached under FINETUNE_HOME/audits/ by content: 'warn' logs the summary and records the "
+            "estimated label noise in metrics.json, 'block' also refuses to train when the estimated label noise "
+            "is above max_label_noise (regression: never, no classes), 'off' skips it."
+        ),
+    )
+    max_label_noise: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="audit: block: the highest estimated label noise (share of rows, 0 to 1) that still trains.",
+    )
+
+    @field_validator("audit", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
     @field_validator("label_names")
     @classmethod

@@ -79,28 +79,37 @@ class _RunLog:
 
 
 def prepare_run(
-    config: TrainConfig, *, resume: bool = False, run_id: str | None = None, check_data_first: bool = False
-) -> tuple[TrainConfig, RunFolder, Path | None]:
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    run_id: str | None = None,
+    check_data_first: bool = False,
+    settings: Settings | None = None,
+) -> tuple[TrainConfig, RunFolder, Path | None, dict[str, Any] | None]:
     """Pick the run folder (new, or the one to resume) and the checkpoint to resume from. A device or
     precision this machine cannot give fails here, before a run folder is created (or an attempt counted); so
-    does invalid data with ``check_data_first`` (a quick pass that loads no model library)."""
+    does invalid data with ``check_data_first`` (a quick pass that loads no model library), and data that
+    ``data.audit: block`` refuses. The last item is the data audit's summary (None with ``data.audit: off``)."""
     # lazy: pandas and pyarrow (data.validation), for the runs that check their data here
-    from finetune_platform.training.data_check import check_data
+    from finetune_platform.training.data_check import check_audit, check_data
 
+    settings = settings or get_settings()
     if not resume:
         if check_data_first:
             check_data(config)
+        data_audit = check_audit(config, settings)
         check_device(config)
         run = RunFolder.create(config.output_dir, config.experiment, run_id)
         dump_config(config, run.config_path)
-        return config, run, None
+        return config, run, None, data_audit
     run = RunFolder.find_resumable(config.output_dir, config.experiment, run_id)
     # The run's own config wins: resuming with different settings would not continue the same run.
     saved = read_run_config(run.config_path)
     if check_data_first:
         check_data(saved)
+    data_audit = check_audit(saved, settings)
     check_device(saved)
-    return saved, run, run.newest_checkpoint()
+    return saved, run, run.newest_checkpoint(), data_audit
 
 
 def run_training(
@@ -128,8 +137,8 @@ def run_training(
     settings = settings or get_settings()
     stage = on_stage or (lambda name: None)
     started = time.perf_counter()
-    config, run, checkpoint = prepare_run(
-        config, resume=resume, run_id=run_id, check_data_first=check_data_first
+    config, run, checkpoint, data_audit = prepare_run(
+        config, resume=resume, run_id=run_id, check_data_first=check_data_first, settings=settings
     )
     # lazy: torch loads only when a run starts
     from finetune_platform.training.recipe import LoraClassificationRecipe
@@ -150,6 +159,14 @@ def run_training(
             if checkpoint
             else (" (resume: no complete checkpoint, starting over)" if resume else ""),
         )
+        if data_audit is not None:
+            noise = data_audit["estimated_label_noise"]
+            logger.info(
+                "data audit (%s): estimated label noise %s; %s",
+                data_audit["mode"],
+                "not estimated" if noise is None else f"{noise:.1%}",
+                data_audit["audit"],
+            )
         recipe = LoraClassificationRecipe(config, run, show_progress=show_progress)
         try:
             stage("validating")
@@ -166,6 +183,9 @@ def run_training(
             stage("evaluating")
             recipe.evaluate()
             metrics = recipe.save(tracker.run_id if tracker else None)
+            if data_audit is not None:
+                metrics["data_audit"] = data_audit
+                write_atomic(run.metrics_path, json.dumps(metrics, indent=2))
             refusal = registration_refusal(config, metrics) if config.registry.enabled else None
             if (
                 refusal is not None
