@@ -110,7 +110,7 @@ def test_a_user_sees_jobs_but_no_admin_page_and_can_cancel(app, api_url):
     log_in(app, "alice")
     assert not app.exception
     assert app.sidebar.radio(key="page").options == [
-        "New job", "Jobs", "Sweeps", "Predict a file", "Experiments", "Models", "Playground"
+        "New job", "Datasets", "Jobs", "Sweeps", "Predict a file", "Experiments", "Models", "Playground"
     ]  # fmt: skip
     app.sidebar.radio(key="page").set_value("Jobs")
     app.run()
@@ -144,7 +144,7 @@ def test_a_failed_job_shows_its_reason(app, api_url):
 def test_an_admin_sees_users_and_the_audit_log(app):
     log_in(app, "root")
     assert app.sidebar.radio(key="page").options == [
-        "New job", "Jobs", "Sweeps", "Predict a file", "Experiments", "Models", "Playground", "Admin"
+        "New job", "Datasets", "Jobs", "Sweeps", "Predict a file", "Experiments", "Models", "Playground", "Admin"
     ]  # fmt: skip
     app.sidebar.radio(key="page").set_value("Admin")
     app.run()
@@ -387,7 +387,8 @@ def charts(app) -> list:
 def test_every_page_has_the_platforms_header_and_its_own_title(app):
     log_in(app, "root")
     titles = {
-        "New job": "New training job", "Jobs": "Jobs", "Sweeps": "Sweeps", "Predict a file": "Predict a file",
+        "New job": "New training job", "Datasets": "Datasets", "Jobs": "Jobs", "Sweeps": "Sweeps",
+        "Predict a file": "Predict a file",
         "Experiments": "Experiments", "Models": "Models", "Playground": "Playground", "Admin": "Admin",
     }  # fmt: skip
     assert app.sidebar.radio(key="page").options == list(titles)

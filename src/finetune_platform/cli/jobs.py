@@ -45,6 +45,13 @@ def _summary(job) -> str:
         parts.append(f"{progress.get('done', 0)}/{progress['total']} texts ({progress.get('percent', 0)}%)")
     if job.kind == JobKind.PREDICT and job.status == JobStatus.SUCCEEDED and progress.get("output"):
         parts.append(f"-> {progress['output']}")
+    if job.kind == JobKind.AUDIT and progress.get("phase") and job.status == JobStatus.RUNNING:
+        parts.append(f"{progress['phase']} ({progress.get('percent', 0)}%)")
+    if job.kind == JobKind.AUDIT and job.status == JobStatus.SUCCEEDED:
+        # lazy: sqlalchemy, loaded already by whoever read the job
+        from finetune_platform.services.jobs import audit_folder
+
+        parts.append(f"-> {audit_folder(job.config['output_dir'], job.config['dataset_id'], job.id)}")
     if "step" in progress:
         parts.append(
             f"step {progress['step']}/{progress.get('max_steps', '?')} ({progress.get('percent', 0)}%)"

@@ -34,9 +34,11 @@ class JobStage(StrEnum):
     EVALUATING = "evaluating"
     REGISTERING = "registering"
     PREDICTING = "predicting"
+    AUDITING = "auditing"
     DONE = "done"
 
 
 class JobKind(StrEnum):
     TRAIN = "train"  # config: a TrainConfig
     PREDICT = "predict"  # config: model, input_file, text/label column, output_dir
+    AUDIT = "audit"  # config: dataset (and validation dataset) id, file, label and columns; audit options; output_dir

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path, PurePath
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -86,6 +87,14 @@ def register_upload(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+    # The columns it was read with, for what reads it again later (a data audit).
+    document["columns"] = {
+        "text_column": text_column,
+        "label_column": label_column,
+        "task": task,
+        "text_pair_column": text_pair_column,
+        "label_delimiter": label_delimiter,
+    }
     file_report = document["files"][0]
     file_report["path"] = label  # the server path stays private, in the messages too
     for issue in file_report["issues"]:
@@ -168,6 +177,23 @@ def dataset_versions(session: Session, user: UserPublic, dataset_id: str) -> Pag
         for version in list_versions(session, dataset_id=row.id, file=row.path)
     ]
     return Page[DatasetVersionPublic].of(versions)
+
+
+def upload_columns(session: Session, user: UserPublic, dataset_id: str) -> dict[str, Any]:
+    """The columns a visible upload was read with (``ValidationOptions`` fields). Uploads recorded before these
+    were kept: the text and label columns of its upload version and the task its report read."""
+    row = _visible(session, user, dataset_id)
+    if "columns" in row.report:
+        return dict(row.report["columns"])
+    first = next(iter(list_versions(session, dataset_id=row.id, file=row.path)), None)
+    files = row.report.get("files") or [{}]
+    return {
+        "text_column": first.text_column if first else "text",
+        "label_column": first.label_column if first else "label",
+        "task": files[0].get("task", "single_label"),
+        "text_pair_column": None,
+        "label_delimiter": ",",
+    }
 
 
 def stored_dataset(session: Session, user: UserPublic, dataset_id: str) -> tuple[DatasetPublic, Path]:

@@ -99,7 +99,8 @@ def transition(
     return row
 
 
-def _earlier(session: Session, user: UserPublic, idempotency_key: str | None) -> Submission | None:
+def earlier_submission(session: Session, user: UserPublic, idempotency_key: str | None) -> Submission | None:
+    """The user's job submitted with this idempotency key, if one was."""
     if idempotency_key is None:
         return None
     existing = session.scalar(
@@ -145,7 +146,7 @@ def queue_job(
         session.flush()
     except IntegrityError:  # the same key submitted concurrently: the other request won
         session.rollback()
-        earlier = _earlier(session, user, idempotency_key)
+        earlier = earlier_submission(session, user, idempotency_key)
         if earlier is None:
             raise
         return earlier
@@ -179,7 +180,7 @@ def submit_job(
     from finetune_platform.training.data_check import check_data, validation_options
 
     settings = settings or get_settings()
-    earlier = _earlier(session, user, idempotency_key)
+    earlier = earlier_submission(session, user, idempotency_key)
     if earlier is not None:
         return earlier
     train_config = config_from_dict(config)  # ConfigError names the field
@@ -221,7 +222,7 @@ def submit_prediction_job(
         ModelRegistry,  # lazy: numpy and mlflow, only for prediction
     )
 
-    earlier = _earlier(session, user, idempotency_key)
+    earlier = earlier_submission(session, user, idempotency_key)
     if earlier is not None:
         return earlier
     version = ModelRegistry(settings).resolve(model)  # NotFoundError names the model
@@ -275,6 +276,12 @@ def prediction_folder(output_dir: str | Path, job_id: str) -> Path:
     return Path(output_dir) / "predictions" / job_id
 
 
+def audit_folder(output_dir: str | Path, dataset_id: str, job_id: str) -> Path:
+    """Where a data audit job writes audit.json, audit.md, its plots and logs.txt (``output_dir``:
+    FINETUNE_HOME/audits)."""
+    return Path(output_dir) / dataset_id / job_id
+
+
 def predictions_path(session: Session, user: UserPublic, job_id: str) -> Path:
     """The predictions.csv of a succeeded prediction job the user may see."""
     job = _visible(session, user, job_id)
@@ -295,6 +302,8 @@ def predictions_path(session: Session, user: UserPublic, job_id: str) -> Path:
 def job_log_path(job: JobPublic) -> Path:
     if job.kind == JobKind.PREDICT.value:
         return prediction_folder(job.config["output_dir"], job.id) / "logs.txt"
+    if job.kind == JobKind.AUDIT.value:
+        return audit_folder(job.config["output_dir"], job.config["dataset_id"], job.id) / "logs.txt"
     return run_folder_path(job.config["output_dir"], job.config["experiment"], job.id) / "logs.txt"
 
 

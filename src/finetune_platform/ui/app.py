@@ -3,7 +3,8 @@ API at FINETUNE_API_URL (the Playground to `finetune serve` at FINETUNE_SERVE_UR
 the browser session.
 
 Pages: login/logout; a new training job (upload, validation report, a form generated from the config schema,
-submit); the job monitor (stepper, progress, curves, final metrics and confusion matrix, events and log tail,
+submit); datasets (the caller's uploads, a data audit of one: run it, its progress, what it found, its plots
+and report); the job monitor (stepper, progress, curves, final metrics and confusion matrix, events and log tail,
 cancel, the failure reason, a prediction task's CSV); sweeps (trials live, charts, compare the best, cancel,
 promote the best for admins); prediction over a file; experiments (the runs of your jobs,
 all runs for admins; comparison); models (search, card, recommendation, stage moves for admins); the playground;
@@ -24,6 +25,7 @@ from finetune_platform.ui.views import (
     ICON,
     PLATFORM,
     admin_page,
+    datasets_page,
     experiments_page,
     jobs_page,
     login_page,
@@ -50,6 +52,7 @@ else:
     admin = user.get("role") == "admin"
     pages = [
         "New job",
+        "Datasets",
         "Jobs",
         "Sweeps",
         "Predict a file",
@@ -67,6 +70,8 @@ else:
         st.rerun()
     if page == "New job":
         new_job_page(client(), get_settings().MAX_UPLOAD_BYTES)
+    elif page == "Datasets":
+        datasets_page(client())
     elif page == "Jobs":
         jobs_page(client())
     elif page == "Sweeps":

@@ -104,6 +104,27 @@ class PlatformClient:
     def dataset_report(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/datasets/{dataset_id}/report")
 
+    def audit_dataset(
+        self, dataset_id: str, validation_dataset_id: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Queue a data audit of the dataset (options: folds, near_duplicate_cosine, outlier_z); the task."""
+        body = {key: value for key, value in options.items() if value is not None}
+        if validation_dataset_id:
+            body["validation_dataset_id"] = validation_dataset_id
+        return self._call("POST", f"/datasets/{dataset_id}/audit", json=body)
+
+    def dataset_audits(self, dataset_id: str) -> list[dict[str, Any]]:
+        """The dataset's audit tasks, newest first."""
+        return self._call("GET", f"/datasets/{dataset_id}/audits")["data"]
+
+    def dataset_audit(self, dataset_id: str) -> dict[str, Any]:
+        """The latest succeeded audit's audit.json, with ``task_id`` and ``downloads``."""
+        return self._call("GET", f"/datasets/{dataset_id}/audit")
+
+    def dataset_audit_file(self, dataset_id: str, name: str) -> bytes:
+        """audit.md or a plot of the latest succeeded audit."""
+        return self._call("GET", f"/datasets/{dataset_id}/audit/{name}", expect_json=False)
+
     def config_schema(self) -> dict[str, Any]:
         return self._call("GET", "/config/schema")
 

@@ -45,6 +45,8 @@ STEPS = (
     DONE,
 )
 PREDICT_STEPS = (JobStatus.QUEUED, JobStage.VALIDATING, JobStage.PREDICTING, DONE)
+AUDIT_STEPS = (JobStatus.QUEUED, JobStage.VALIDATING, JobStage.AUDITING, DONE)
+STEPS_OF = {JobKind.PREDICT: PREDICT_STEPS, JobKind.AUDIT: AUDIT_STEPS}  # any other kind: STEPS (training)
 
 
 def login_page(client: PlatformClient) -> None:
@@ -67,7 +69,7 @@ def login_page(client: PlatformClient) -> None:
 def stepper(task: dict[str, Any]) -> str:
     """The task's place in its steps, as one line: done steps ✓, the current one ▶, the rest ·; a failed or
     cancelled task (or a pruned sweep trial) shows ✗ on the step it stopped at."""
-    steps = PREDICT_STEPS if task.get("kind") == JobKind.PREDICT else STEPS
+    steps = STEPS_OF.get(task.get("kind"), STEPS)
     status, stage = task["status"], task.get("stage")
     stopped = status in {JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
     if status == JobStatus.QUEUED or (stopped and stage not in steps):
@@ -272,6 +274,165 @@ def prediction_results(client: PlatformClient, task: dict[str, Any]) -> None:
     st.download_button(
         "Download predictions (CSV)", data=csv, file_name=f"predictions-{task['id']}.csv", mime="text/csv",
         key="download_predictions",
+    )  # fmt: skip
+
+
+def datasets_page(client: PlatformClient) -> None:
+    """The caller's uploads; the chosen one's verdict and its data audit."""
+    page_header("Datasets")
+    try:
+        datasets = client.datasets()
+    except ApiError as error:
+        st.error(str(error))
+        return
+    if not datasets:
+        st.info("No datasets yet: upload one on New job.")
+        return
+    st.dataframe(
+        [{"name": d["name"], "rows": d["rows"], "valid": d["valid"], "version": d["version"],
+          "uploaded": d["created_at"], "id": d["id"]} for d in datasets],
+        hide_index=True,
+    )  # fmt: skip
+    names = {d["id"]: f"{d['name']} · {d['rows']} rows · {d['id'][:8]}" for d in datasets}
+    chosen = st.selectbox("Dataset", list(names), format_func=names.__getitem__, key="audit_dataset")
+    dataset = next(d for d in datasets if d["id"] == chosen)
+    st.caption(
+        f"{dataset['format']}, {size_text(dataset['size_bytes'])}, version {dataset['version']}: "
+        + ("valid" if dataset["valid"] else "validation found errors (they are left out of an audit)")
+    )
+    audit_section(client, dataset, datasets)
+
+
+def audit_section(client: PlatformClient, dataset: dict[str, Any], datasets: list[dict[str, Any]]) -> None:
+    """Run an audit (optionally with a validation dataset), follow it, then show what the latest one found."""
+    st.header("Audit")
+    st.caption(
+        "Likely label errors, near-duplicates and train/validation leaks, label pairs the data confuses, "
+        "and outliers: a task on the queue, minutes at most."
+    )
+    try:
+        tasks = client.dataset_audits(dataset["id"])
+    except ApiError as error:
+        st.error(str(error))
+        return
+    active = next((task for task in tasks if task["status"] in ACTIVE), None)
+    others = {d["id"]: d["name"] for d in datasets if d["id"] != dataset["id"]}
+    validation = st.selectbox(
+        "Validation dataset (optional: its rows join the audit, and near-duplicates across the two are leaks)",
+        [None, *others], format_func=lambda key: "none" if key is None else others[key], key="audit_validation",
+    )  # fmt: skip
+    if st.button("Run audit", key="audit_run", disabled=active is not None):
+        try:
+            active = client.audit_dataset(dataset["id"], validation)
+        except ApiError as error:
+            st.error(f"Not started: {error}")
+            return
+        st.success(f"Queued audit task {active['id']}")
+    if active is not None:
+        st.fragment(run_every=2.0)(audit_progress)(client, active["id"])
+    elif tasks and tasks[0]["status"] == JobStatus.FAILED:
+        st.error(f"The last audit failed: {tasks[0]['error']}")
+    if any(task["status"] == JobStatus.SUCCEEDED for task in tasks):
+        audit_results(client, dataset["id"])
+    elif not tasks and active is None:
+        st.info("No audit of this dataset yet.")
+
+
+def audit_progress(client: PlatformClient, task_id: str) -> None:
+    try:
+        task = client.task(task_id)
+    except ApiError as error:
+        st.error(str(error))
+        return
+    if task["status"] not in ACTIVE:
+        st.rerun(scope="app")  # it ended: redraw the section with its results (or its failure)
+    progress = task.get("progress") or {}
+    percent = float(progress.get("percent") or 0.0)
+    phase = progress.get("phase") or task["status"]
+    st.progress(min(percent, 100.0) / 100.0, text=f"Auditing: {phase} · {percent:.0f}%")
+
+
+def audit_results(client: PlatformClient, dataset_id: str) -> None:
+    """The summary counts, then the rows behind each finding (as audit.json lists them), the plots and the
+    readable report."""
+    try:
+        audit = client.dataset_audit(dataset_id)
+    except ApiError as error:
+        st.error(str(error))
+        return
+    summary = audit["summary"]
+    noise = summary["estimated_label_noise"]
+    columns = st.columns(5)
+    columns[0].metric("likely label errors", summary["label_errors"],
+                      help=None if noise is None else f"estimated label noise {noise:.1%}")  # fmt: skip
+    columns[1].metric("near-duplicate groups", summary["near_duplicate_groups"])
+    columns[2].metric("train/validation leaks", summary["cross_split_groups"])
+    columns[3].metric("overlapping label pairs", summary["overlapping_label_pairs"])
+    columns[4].metric("outliers", summary["outliers"])
+    model = audit.get("model") or {}
+    accuracy = model.get("oof_accuracy")
+    st.caption(
+        f"Audit {audit['task_id']} of {audit['created_at']}: {summary['rows_audited']} rows"
+        + (f", estimated label noise {noise:.1%}" if noise is not None else "")
+        + (f", out-of-fold accuracy {accuracy:.3f}" if accuracy is not None else "")
+    )
+    st.subheader("Likely label errors (most likely first)")
+    errors = audit["label_errors"].get("rows") or []
+    if errors:
+        st.dataframe(
+            [{"file": r["file"], "row": r["row"], "text": r["text"], "given": r["label"],
+              "suggested": r["suggested"], "score": r["score"]} for r in errors],
+            hide_index=True,
+        )  # fmt: skip
+    else:
+        st.caption(audit["label_errors"].get("skipped") or "None found.")
+    st.subheader("Near-duplicate groups (leaks and conflicting labels first)")
+    groups = audit["near_duplicates"].get("groups") or []
+    if groups:
+        st.dataframe(
+            [{"group": g["id"], "leak": g["cross_split"], "labels differ": g["conflicting"],
+              "similarity": g["similarity"], "file": r["file"], "row": r["row"], "text": r["text"],
+              "label": r["label"]} for g in groups for r in g["rows"]],
+            hide_index=True,
+        )  # fmt: skip
+    else:
+        st.caption("None found.")
+    st.subheader("Label pairs the data confuses")
+    if audit["class_overlap"]:
+        st.dataframe(
+            [{"labels": " / ".join(p["labels"]), "confused": p["confused"], "expected": p["expected"],
+              "ratio": p["ratio"], "suggestion": p["suggestion"]} for p in audit["class_overlap"]],
+            hide_index=True,
+        )  # fmt: skip
+    else:
+        st.caption("None found.")
+    st.subheader("Outliers (farthest first)")
+    outliers = audit["outliers"].get("rows") or []
+    if outliers:
+        st.dataframe(
+            [{"file": r["file"], "row": r["row"], "text": r["text"], "label": r["label"], "z": r["z"],
+              "why": r["reason"]} for r in outliers],
+            hide_index=True,
+        )  # fmt: skip
+    else:
+        st.caption("None found.")
+    try:
+        plots = {
+            name: client.dataset_audit_file(dataset_id, name)
+            for name in audit["downloads"]
+            if name.endswith(".png")
+        }
+        report = client.dataset_audit_file(dataset_id, "audit.md")
+    except ApiError as error:
+        st.error(str(error))
+        return
+    if plots:
+        st.subheader("Plots")
+        for column, (name, image) in zip(st.columns(len(plots)), plots.items(), strict=True):
+            column.image(image, caption=name)
+    st.download_button(
+        "Download the report (audit.md)", data=report, file_name=f"audit-{dataset_id}.md", mime="text/markdown",
+        key="audit_download",
     )  # fmt: skip
 
 

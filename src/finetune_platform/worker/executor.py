@@ -19,7 +19,7 @@ from finetune_platform.errors import PlatformError
 from finetune_platform.inference.batch import check_pair_input, predict_file, read_rows
 from finetune_platform.inference.pool import open_one
 from finetune_platform.inference.predictor import source_from_registry
-from finetune_platform.services import job_states, jobs, outbox, quotas
+from finetune_platform.services import data_audits, job_states, jobs, outbox, quotas
 from finetune_platform.settings import Settings
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.guards import TrainingStopped, TrialPruned
@@ -118,11 +118,7 @@ def execute_job(
     logger.info("job %s: attempt %d of %d", job_id, claim.job.attempts, claim.job.max_attempts)
     try:
         if body is None:
-            body = (
-                predict_job
-                if claim.job.kind == JobKind.PREDICT.value
-                else (lambda c: train_job(c, callbacks))
-            )
+            body = BODIES.get(claim.job.kind) or (lambda c: train_job(c, callbacks))
         result = body(context)
     except LeaseLost as exc:
         logger.error("%s", exc)
@@ -366,3 +362,44 @@ def predict_job(context: JobContext) -> dict[str, Any]:
         "model_name": source.info.name,
         "model_version": source.info.version,
     }
+
+
+def audit_job(context: JobContext) -> dict[str, Any]:
+    """The data audit body: the engine of ``data.audit`` over the job's datasets, its phase and percent reported
+    as it goes, a cancel or shutdown honoured at each report (a preempted audit starts over: minutes at most)."""
+    job, control = context.job, context.control
+    config = job.config
+    folder = jobs.audit_folder(config["output_dir"], config["dataset_id"], job.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    shown: dict[str, Any] = {}
+
+    with (folder / "logs.txt").open("a", encoding="utf-8") as log:
+
+        def note(message: str) -> None:
+            logger.info("job %s: %s", job.id, message)
+            log.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {message}\n")
+            log.flush()
+
+        def progress(phase: str, fraction: float) -> None:
+            control.raise_if_stopped()
+            percent = round(100 * fraction, 1)
+            if (
+                phase != shown.get("phase") or percent >= shown["percent"] + 5
+            ):  # a write per 5%, not per batch
+                if phase != shown.get("phase"):
+                    note(f"{phase} ({percent:g}%)")
+                shown.update(phase=phase, percent=percent)
+                context.report(progress={"phase": phase, "percent": percent})
+
+        context.report(stage=JobStage.AUDITING.value, run_folder=str(folder.resolve()))
+        labels = " and ".join(entry["label"] for entry in config["datasets"].values())
+        note(f"auditing {labels}")
+        summary = data_audits.run_audit(config["output_dir"], job.id, config, progress)
+        message = data_audits.summary_text(summary)
+        note(message)
+    context.report(progress={"phase": "done", "percent": 100.0, "summary": summary})
+    return {"message": message}
+
+
+# The body of each kind of job but training (whose body takes the worker's callbacks).
+BODIES: dict[str, Body] = {JobKind.PREDICT.value: predict_job, JobKind.AUDIT.value: audit_job}

@@ -1,24 +1,39 @@
-"""Datasets: upload a file (validated once, kept private to its owner), list them, read a report or versions."""
+"""Datasets: upload a file (validated once, kept private to its owner), list them, read a report or versions,
+audit one (a queued task) and read its latest audit."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 
-from finetune_platform.api.deps import CurrentUser, DbSession, PageLimit, PageOffset, audit
+from finetune_platform.api.deps import (
+    CurrentUser,
+    DbSession,
+    IdempotencyKey,
+    PageLimit,
+    PageOffset,
+    SettingsDep,
+    audit,
+)
+from finetune_platform.api.routes.jobs import REPEATED, answer_submission
 from finetune_platform.api.schemas import errors
 from finetune_platform.data.formats import NAME_MIN_LENGTH, NAME_PATTERN, SUFFIXES_TEXT
 from finetune_platform.db.session import session_scope
 from finetune_platform.services.schemas.common import Page
 from finetune_platform.services.schemas.datasets import (
+    AUDIT_EXAMPLE,
+    DataAuditCreate,
+    DataAuditPublic,
     DatasetPublic,
     DatasetReport,
     DatasetUploaded,
     DatasetVersionPublic,
 )
+from finetune_platform.services.schemas.jobs import JobPublic
 
 router = APIRouter(tags=["datasets"])
 NOT_YOURS = "No dataset with this id among the caller's (datasets are private, admins' included)."
@@ -198,3 +213,135 @@ def get_dataset_report(dataset_id: str, session: DbSession, user: CurrentUser) -
     from finetune_platform.services.datasets import dataset_report
 
     return dataset_report(session, user, dataset_id)
+
+
+@router.post(
+    "/datasets/{dataset_id}/audit",
+    response_model=JobPublic,
+    status_code=202,
+    summary="Audit a dataset: likely label errors, near-duplicates and leaks, class overlap, outliers",
+    description=(
+        "Queues an audit task (kind `audit`) over the dataset, read with the columns and task of its upload, and "
+        "optionally a validation dataset uploaded with the same ones. 202 with the task, its URL in `Location`: "
+        "follow it with GET /task/{task_id} (`progress.phase` and `progress.percent` while it runs), cancel or "
+        "retry it like any task. Once it has succeeded, GET /datasets/{dataset_id}/audit answers its audit.json. "
+        "`Idempotency-Key` repeats a submission safely (200: the first task)."
+    ),
+    responses={
+        **REPEATED,
+        **errors(
+            401,
+            404,
+            422,
+            429,
+            e404=NOT_YOURS,
+            e422="An option out of its bounds, or a validation dataset uploaded with other columns or task.",
+            e429="The account has as many tasks queued as it may.",
+        ),
+    },
+)
+def create_dataset_audit(
+    dataset_id: str,
+    request: Request,
+    response: Response,
+    session: DbSession,
+    settings: SettingsDep,
+    user: CurrentUser,
+    body: Annotated[
+        DataAuditCreate | None,
+        Body(examples=[AUDIT_EXAMPLE], description="Optional: every field has a default."),
+    ] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    # lazy: pandas, numpy and cleanlab (the audit engine), not loaded at API start
+    from finetune_platform.services.data_audits import submit_audit
+
+    body = body or DataAuditCreate()
+    submission = submit_audit(session, settings, user, dataset_id, body, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/task/{submission.job.id}"
+    return answer_submission(
+        request, response, session, user, submission, "dataset.audit",
+        dataset=dataset_id, validation_dataset=body.validation_dataset_id,
+    )  # fmt: skip
+
+
+@router.get(
+    "/datasets/{dataset_id}/audit",
+    response_model=DataAuditPublic,
+    summary="A dataset's latest audit (audit.json)",
+    description=(
+        "The audit.json of the newest succeeded audit task of the dataset, with the task's id, the names "
+        "GET /datasets/{dataset_id}/audit/{name} serves, and `pending_task_id` when a newer audit is still queued "
+        "or running. 409 while the dataset's first audit is queued or running (the message names the task, its "
+        "phase and percent); 404 when it has none, or none succeeded (the message says what the last one did)."
+    ),
+    responses=errors(
+        401,
+        404,
+        409,
+        422,
+        e404=f"{NOT_YOURS} Or the dataset has no succeeded audit.",
+        e409="The dataset's only audits are queued or running: none has finished yet.",
+    ),
+)
+def get_dataset_audit(dataset_id: str, session: DbSession, user: CurrentUser) -> DataAuditPublic:
+    # lazy: pandas, numpy and cleanlab (the audit engine), not loaded at API start
+    from finetune_platform.services.data_audits import latest_audit
+
+    return latest_audit(session, user, dataset_id)
+
+
+@router.get(
+    "/datasets/{dataset_id}/audits",
+    response_model=Page[JobPublic],
+    summary="A dataset's audit tasks",
+    description=(
+        "Every audit task of the dataset, newest first, whatever its state (all of them in one page, `limit` "
+        "null): what to poll while an audit runs, without a 409 from GET /datasets/{dataset_id}/audit."
+    ),
+    responses=errors(401, 404, 422, e404=NOT_YOURS),
+)
+def list_dataset_audits(dataset_id: str, session: DbSession, user: CurrentUser) -> Page[JobPublic]:
+    # lazy: pandas, numpy and cleanlab (the audit engine), not loaded at API start
+    from finetune_platform.services.data_audits import audit_tasks
+
+    return audit_tasks(session, user, dataset_id)
+
+
+@router.get(
+    "/datasets/{dataset_id}/audit/{name}",
+    summary="A file of the dataset's latest audit: its readable report or a plot",
+    description=(
+        "`name` is one of audit.md (the readable report, Markdown), label_quality.png, class_overlap.png "
+        "(single-label audits) and outliers.png, of the newest succeeded audit; any other name is 404."
+    ),
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {
+                "text/markdown": {"schema": {"type": "string"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "description": "The file.",
+        },
+        **errors(
+            401,
+            404,
+            409,
+            422,
+            e404=f"{NOT_YOURS} Or no such audit file, or no succeeded audit.",
+            e409="The dataset's only audits are queued or running.",
+        ),
+    },
+)
+def get_dataset_audit_file(
+    dataset_id: str,
+    name: Annotated[str, Path(max_length=64, description="audit.md, or a plot's file name.")],
+    session: DbSession,
+    user: CurrentUser,
+) -> FileResponse:
+    # lazy: pandas, numpy and cleanlab (the audit engine), not loaded at API start
+    from finetune_platform.services.data_audits import audit_download
+
+    path, media_type = audit_download(session, user, dataset_id, name)
+    return FileResponse(path, media_type=media_type, filename=name, content_disposition_type="inline")

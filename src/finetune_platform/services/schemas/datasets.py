@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from finetune_platform.services.schemas.common import Public, Timestamp
+from finetune_platform.services.schemas.common import Public, Strict, Timestamp
 
 
 class DatasetPublic(Public):
@@ -115,3 +115,81 @@ class DatasetVersionPublic(Public):
             source=version.source,
             created_at=version.created_at,
         )
+
+
+# -- a dataset's data audit (POST/GET /datasets/{id}/audit) --
+# The bounds are data.audit.AuditOptions' own (tests/api/test_data_audit.py holds them equal); this module stays
+# free of the audit engine's imports (pandas, cleanlab) for the API's start.
+
+
+AUDIT_EXAMPLE = {"validation_dataset_id": "3f0c9a52-8d1e-4b7a-9c55-0f6d2e8b1a47", "folds": 5}
+
+
+class DataAuditCreate(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [AUDIT_EXAMPLE]})
+
+    validation_dataset_id: str | None = Field(
+        default=None,
+        max_length=36,
+        description=(
+            "Id of an uploaded validation dataset (the caller's): its rows join the label-error folds, and "
+            "near-duplicates across the two files are reported as leaks. Read with its own upload's columns."
+        ),
+    )
+    folds: int = Field(
+        default=5,
+        ge=2,
+        le=20,
+        description="k of the stratified k-fold that gives each row its out-of-fold predicted probabilities.",
+    )
+    near_duplicate_cosine: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=1.0,
+        description="Embedding cosine at or above which two rows are near-duplicates (1: identical only).",
+    )
+    outlier_z: float = Field(
+        default=5.0,
+        gt=0,
+        le=1000,
+        description="Robust z-score of a row's distance to the nearest class centroid at which it is an outlier.",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before the task is failed.")
+
+
+class DataAuditPublic(BaseModel):
+    """A finished audit: its audit.json (docs/data.md#audit lists every field) and the task that made it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str = Field(description="The audit task that wrote it (GET /task/{task_id}).")
+    dataset_id: str = Field(description="The audited dataset.")
+    validation_dataset_id: str | None = Field(default=None, description="The validation dataset, if one.")
+    pending_task_id: str | None = Field(
+        default=None, description="A newer audit task of the dataset still queued or running, if one."
+    )
+    downloads: list[str] = Field(
+        description="The names GET /datasets/{id}/audit/{name} serves for this audit: audit.md and the plots."
+    )
+    audit_version: int = Field(description="Version of the audit.json layout.")
+    created_at: str = Field(description="When the audit was written (ISO time).")
+    task: str = Field(description="single_label, multi_label or regression.")
+    files: dict[str, Any] = Field(
+        description="Per role (train, validation): the dataset (by id and name), content_hash, rows_read, "
+        "rows_audited."
+    )
+    options: dict[str, Any] = Field(description="The audit options it ran with.")
+    summary: dict[str, Any] = Field(
+        description="rows_audited, label_errors, estimated_label_noise, near_duplicate_groups, cross_split_groups, "
+        "conflicting_groups, overlapping_label_pairs, outliers."
+    )
+    label_errors: dict[str, Any] = Field(
+        description="count, estimated_noise and rows (file, row, text, label, suggested, score), most likely first."
+    )
+    near_duplicates: dict[str, Any] = Field(
+        description="groups (rows, size, cross_split: a leak, conflicting: labels differ, similarity, method)."
+    )
+    class_overlap: list[dict[str, Any]] = Field(
+        description="Label pairs confused far above chance out of fold: labels, confused, expected, ratio."
+    )
+    outliers: dict[str, Any] = Field(description="count and rows (file, row, text, label, z, reason).")

@@ -19,13 +19,16 @@ class JobPublic(Public):
         description="The same id as `id`, under the name the Finetune-30-days README reads (GET /task/{task_id})."
     )
     owner_id: int = Field(description="Id of the user who submitted it.")
-    kind: str = Field(description="train (POST /train) or predict (POST /predictions).")
+    kind: str = Field(
+        description="train (POST /train), predict (POST /predictions) or audit (POST /datasets/{id}/audit)."
+    )
     status: str = Field(
         description="queued, running, succeeded, failed, cancelled, or pruned (a sweep trial its pruner stopped)."
     )
     stage: str | None = Field(
         description=(
-            "While running: validating, training, evaluating or registering; predicting for predictions. "
+            "While running: validating, training, evaluating or registering; predicting for predictions; "
+            "auditing for data audits. "
             "done once succeeded; a failed or cancelled task keeps the stage it stopped in."
         )
     )
@@ -34,7 +37,9 @@ class JobPublic(Public):
             "Training: step, max_steps, epoch, percent (from the start of training, within seconds), loss, "
             "learning_rate, samples_per_second (each logging step), metrics (latest evaluation). "
             "Prediction: done, total, percent; when finished rows, predicted, empty, truncated, accuracy (subset "
-            "accuracy for a multi-label model, null for regression), and rmse for a regression model."
+            "accuracy for a multi-label model, null for regression), and rmse for a regression model. "
+            "Data audit: phase (reading, embedding, label errors, near-duplicates, class overlap and outliers, "
+            "done) and percent; when finished its summary (the counts of audit.json)."
         )
     )
     attempts: int = Field(description="Attempts started so far.")
