@@ -3,6 +3,8 @@ audit ranks those rows by them instead of by the embedding classifier."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,10 @@ def test_a_run_keeps_its_logits_on_each_validation_row(trained):
     with np.load(root / EVAL_PREDICTIONS) as stored:
         assert stored["rows"].tolist() == list(range(1, 41))  # the validation file's 40 data rows
         assert stored["logits"].shape == (40, 4) and stored["given"].shape == (40,)
-        assert str(stored["source_file"]) == str(data.validation.resolve()) and str(stored["task"]) == "single_label"
+        assert (
+            str(stored["source_file"]) == str(data.validation.resolve())
+            and str(stored["task"]) == "single_label"
+        )
         names = [str(name) for name in stored["names"]]
     predictions = load_run_predictions(root, outputs)
     np.testing.assert_allclose(predictions.probabilities.sum(axis=1), np.ones(40), rtol=1e-5)
@@ -78,7 +83,9 @@ def test_a_run_on_other_rows_or_a_changed_file_is_refused(trained, tmp_path):
     )
     data.validation.write_text("\n".join(changed) + "\n")
     try:
-        with pytest.raises(DatasetError, match=r"differ from those run .* was evaluated on: the file changed"):
+        with pytest.raises(
+            DatasetError, match=r"differ from those run .* was evaluated on: the file changed"
+        ):
             audit_files(data.train, ValidationOptions(), data.validation, run_predictions=predictions)
     finally:
         planted_dataset(data.train.parent, per_label=15, flips=0, duplicates=0, leaks=0, outliers=False)
@@ -88,3 +95,20 @@ def test_a_folder_without_held_out_predictions_says_so(tmp_path):
     with pytest.raises(DatasetError) as refused:
         load_run_predictions(tmp_path, outputs)
     assert str(refused.value).startswith(f"run {tmp_path} kept no held-out predictions (eval_predictions.npz")
+
+
+def test_finetune_data_audit_from_run_writes_the_run_s_ranking(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune_platform.cli import app as cli
+
+    data, root = trained
+    out = tmp_path / "audit"
+    result = CliRunner().invoke(cli, [
+        "data", "audit", str(data.train), "--validation-file", str(data.validation), "--from-run", str(root),
+        "--out", str(out), "--no-progress",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "audit.json").read_text())
+    assert document["model"]["kind"] == "trained run" and document["model"]["run"] == str(root)
+    assert document["label_errors"]["rows_ranked_from"] == 40

@@ -119,9 +119,12 @@ def test_audit_refuses_bad_input_like_data_validate(home, tmp_path):
     assert "error: --task 'ranking' is not one of" in result.output
     result = runner.invoke(cli, ["data", "audit", str(train), "--text-column", "review", "--from-run", "r1"])
     assert result.exit_code == 2
-    assert (
-        "error: --from-run r1: reusing a run's out-of-fold predictions is not available yet" in result.output
+    assert "error: --from-run r1: not a run folder (give results/<experiment>/<run>)" in result.output
+    result = runner.invoke(
+        cli, ["data", "audit", str(train), "--text-column", "review", "--from-run", str(tmp_path)]
     )
+    assert result.exit_code == 1  # a folder that is no run: the data cannot be audited that way
+    assert f"error: run {tmp_path} kept no held-out predictions (eval_predictions.npz" in result.output
 
 
 # -- data.audit in a training config ------------------------------------------------------------------------------

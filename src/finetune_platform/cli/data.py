@@ -364,10 +364,16 @@ def _validation_options(text_column, label_column, task, text_pair_column, label
     )
 
 
-def out_of_fold_from_run(run: str):
-    """Hook for ``data audit --from-run RUN``: a trained run's out-of-fold predictions, to be fed to the audit
-    instead of the embedding classifier's. Not built yet."""
-    raise ConfigError(f"--from-run {run}: reusing a run's out-of-fold predictions is not available yet")
+def held_out_from_run(run: Path):
+    """``data audit --from-run RUN``: the run folder's held-out logits on its validation rows, as probabilities
+    by the runtimes' own ``outputs`` (the audit then ranks those rows instead of the embedding classifier's)."""
+    # lazy: numpy and the runtimes' output functions, only for an audit from a run
+    from finetune_platform.data.audit import load_run_predictions
+    from finetune_platform.inference.softmax import outputs
+
+    if not Path(run).is_dir():
+        raise ConfigError(f"--from-run {run}: not a run folder (give results/<experiment>/<run>)")
+    return load_run_predictions(Path(run), outputs)
 
 
 class _AuditProgress:
@@ -476,8 +482,12 @@ def data_audit(
         ),
     ] = 5.0,
     from_run: Annotated[
-        str | None,
-        typer.Option("--from-run", help="Reuse a trained run's out-of-fold predictions (not available yet)."),
+        Path | None,
+        typer.Option(
+            "--from-run",
+            help="A run folder: rank its validation rows for label errors by the run's own held-out "
+            "probabilities (eval_predictions.npz) instead of the embedding classifier's.",
+        ),
     ] = None,
     show_progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show the progress bar on stderr.")
@@ -500,9 +510,10 @@ def data_audit(
         audit_options = AuditOptions(
             folds=folds, near_duplicate_cosine=near_duplicate_cosine, outlier_z=outlier_z
         )
-        if from_run is not None:
-            out_of_fold_from_run(from_run)
-        report = audit_files(file, options, validation_file, audit_options, progress=progress)
+        run_predictions = held_out_from_run(from_run) if from_run is not None else None
+        report = audit_files(
+            file, options, validation_file, audit_options, progress=progress, run_predictions=run_predictions
+        )
         written = report.write(out or Path(f"audit-{Path(file).stem}"))
     except PlatformError as error:
         progress.close()
