@@ -7,11 +7,11 @@ How each finding is made:
   (``tracking.embeddings``: mean-pooled, unit length; a pair row embeds "text / text_pair"), texts sorted by length
   so batches carry little padding.
 - **Label errors** (single- and multi-label): out-of-fold predicted probabilities from a linear classifier on the
-  embeddings (logistic regression, stratified k-fold over the rows of both files) fed to cleanlab. A row's ``score``
-  is 1 minus cleanlab's label quality (self-confidence): 0.9 means the model gives the given label 0.1. cleanlab's
-  confident learning estimates how many labels are wrong and flags that many rows, lowest self-confidence first
-  (``flagged``); the estimated noise is that count over the rows audited. The ranking lists the flagged rows and every
-  other row the classifier labels differently, best first.
+  embeddings and the texts' word TF-IDF (logistic regression, stratified k-fold over the rows of both files) fed to
+  cleanlab. A row's ``score`` is 1 minus cleanlab's label quality (self-confidence): 0.9 means the model gives the
+  given label 0.1. cleanlab's confident learning estimates how many labels are wrong and flags that many rows, lowest
+  self-confidence first (``flagged``); the estimated noise is that count over the rows audited. The ranking lists the
+  flagged rows and every other row the classifier labels differently, best first.
 - **Near-duplicates**: rows whose embeddings' cosine is at least ``near_duplicate_cosine``; rows at least
   ``lexical_cosine`` apart whose character 5-shingle sets (lower-cased, spaces collapsed) have a Jaccard similarity of
   at least ``minhash_jaccard`` (a copy with its case, punctuation or a word changed); and, for texts of at least
@@ -362,7 +362,21 @@ def _folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, 
 def _classifier(seed: int) -> Any:
     from sklearn.linear_model import LogisticRegression  # lazy: scikit-learn, only for an audit
 
-    return LogisticRegression(max_iter=1000, C=4.0, random_state=seed)
+    return LogisticRegression(max_iter=2000, C=8.0, random_state=seed)
+
+
+def label_features(texts: list[str], x: np.ndarray) -> Any:
+    """What the label-error classifier reads: TF-IDF of word unigrams and bigrams (in at least two rows) beside the
+    sentence embedding. On SST-2 with 2% of labels flipped, the embedding alone gave 0.83 out-of-fold accuracy and
+    0.37 precision at the flip rate; with the words, 0.91 and 0.58 (bench/data_audit.py)."""
+    from scipy.sparse import csr_matrix, hstack  # lazy: scipy and scikit-learn, only for an audit
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    try:
+        words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit_transform(texts)
+    except ValueError:  # no word in two rows (a tiny or wordless file): the embedding alone
+        return x
+    return hstack([words, csr_matrix(x)]).tocsr()
 
 
 def out_of_fold_single(x: np.ndarray, labels: np.ndarray, folds: int, seed: int,
@@ -426,13 +440,14 @@ def find_label_errors(table: _Table, x: np.ndarray, task: str, options: AuditOpt
                 {}, None)  # fmt: skip
     indices = list(range(len(table.labels)))
     given = _given(table, task, names, indices)
+    x = label_features(table.texts, x)
     if task == MULTI_LABEL:
         probabilities, folds = out_of_fold_multi(x, given, options.folds, options.seed, progress)
     else:
         probabilities, folds = out_of_fold_single(x, given, options.folds, options.seed, progress)
     label_errors, confusion, accuracy = rank_label_errors(table, indices, task, names, given, probabilities)
     model = {
-        "kind": "MiniLM embeddings + logistic regression",
+        "kind": "logistic regression on word TF-IDF + MiniLM embeddings",
         "folds": folds,
         "oof_accuracy": round(accuracy, 6),
     }

@@ -377,11 +377,16 @@ def audit_results(client: PlatformClient, dataset_id: str) -> None:
         + (f", out-of-fold accuracy {accuracy:.3f}" if accuracy is not None else "")
     )
     st.subheader("Likely label errors (most likely first)")
+    st.caption(
+        "flagged: the rows cleanlab estimates are mislabelled; the others are rows the classifier labels "
+        "differently, ranked below them."
+    )
     errors = audit["label_errors"].get("rows") or []
     if errors:
         st.dataframe(
             [{"file": r["file"], "row": r["row"], "text": r["text"], "given": r["label"],
-              "suggested": r["suggested"], "score": r["score"]} for r in errors],
+              "suggested": r["suggested"], "score": r["score"], "flagged": r.get("flagged", True)}
+             for r in errors],
             hide_index=True,
         )  # fmt: skip
     else:
