@@ -783,6 +783,50 @@ def gpu_decoder(record: dict) -> str:
     return "\n".join(lines)
 
 
+def data_audit(record: dict) -> str:
+    audit = record["audit"]
+    rows = [
+        [label, f"{audit[key]['flagged']:,}", f"{audit[key]['precision']:.3f}", f"{audit[key]['recall']:.3f}"]
+        for key, label in (
+            ("at_flip_rate", "**audit**: top-ranked rows, as many as were flipped"),
+            ("cleanlab_flagged", "**audit**: cleanlab's flagged set"),
+            ("baseline_disagree", "baseline: every row the same classifier labels differently"),
+        )
+    ]
+    stages = audit.get("stages") or {}
+    lines = [
+        f"*{machine_line(record)}, {day(record)}; SST-2 train, {audit['rows']:,} rows audited, {audit['flips']:,} "
+        f"labels flipped at random (rate {audit['flip_rate']:g}, seed {audit['seed']})*",
+        "",
+        *table(["flagged rows", "rows", "precision", "recall"], rows),
+        "",
+        f"Wall time {audit['wall_seconds']:.0f} s for `finetune data audit` in a fresh process (embedding "
+        f"{stages.get('embed', 0):.0f} s, label errors {stages.get('label_errors', 0):.0f} s, near-duplicates "
+        f"{stages.get('near_duplicates', 0):.0f} s), peak memory {audit['peak_rss_mib']:,} MiB. The classifier's "
+        f"out-of-fold accuracy: {audit['oof_accuracy']:.4f} "
+        f"({audit.get('model', 'embeddings + logistic regression')}); "
+        f"cleanlab's estimated label noise {audit['estimated_noise']:.1%}.",
+    ]
+    if "train" in record:
+        t = record["train"]
+        runs = t["runs"]
+        lines += [
+            "",
+            *table(
+                ["training file", "rows", "dev accuracy"],
+                [[name, f"{run['rows']:,}", f"{run['dev_accuracy']:.4f}"] for name, run in runs.items()],
+            ),
+            "",
+            f"`data fix --drop {t['drop']}` removed {t['rows_removed']:,} rows; {t['epochs']:g} epoch(s), "
+            f"training seed {t['seed']}. Accuracy lost to the flips {t['accuracy_lost']:+.4f}, won back by the fix "
+            f"{t['accuracy_won_back']:+.4f}"
+            + (
+                f" ({t['share_recovered']:.0%} of the loss)." if t.get("share_recovered") is not None else "."
+            ),
+        ]
+    return "\n".join(lines)
+
+
 RENDER: dict[str, Callable[[dict], str]] = {
     "gpu_compare": gpu_compare,
     "train_throughput": train_throughput,
@@ -811,6 +855,7 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "tasks_multilabel": tasks_multilabel,
     "tasks_sts": tasks_sts,
     "gpu_decoder": gpu_decoder,
+    "data_audit": data_audit,
 }
 
 
