@@ -131,7 +131,8 @@ def train_phase(args: argparse.Namespace, record: dict) -> None:
         sys.exit("run --phase audit first (the train phase fixes the file its audit wrote)")
     fixed_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "finetune_platform", "data", "fix", str(flipped_file), "--audit",
-               str(args.work / "audit" / "audit.json"), "--drop", args.drop, "--output", str(fixed_file)]  # fmt: skip
+               str(args.work / "audit" / "audit.json"), "--drop", args.drop, "--output", str(fixed_file),
+               "--text-column", "sentence"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True,
                           env={**os.environ, "FINETUNE_HOME": str(args.work / "home")})  # fmt: skip
     if done.returncode != 0:

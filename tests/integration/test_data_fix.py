@@ -167,6 +167,13 @@ def test_fix_refuses_in_place_an_existing_output_and_a_changed_file(home, tmp_pa
         result.exit_code == 2
         and "error: --drop: 'label_errors:2': the score must be from 0 to 1" in result.output
     )
+    result = runner.invoke(cli, [*fix, "--text-column", "review", "--output", str(tmp_path / "w.csv")])
+    assert result.exit_code == 1  # other columns than the audit's: said so, not "changed"
+    assert (
+        f"error: {source}: cannot be read with these columns ({source}: missing column(s) 'review'"
+        in result.output
+    )
+    assert "give the columns and task the audit used" in result.output
 
     source.write_bytes(CSV + b"sixth,0,f\r\n")  # changed since the audit
     result = runner.invoke(cli, [*fix, "--output", str(tmp_path / "after.csv")])

@@ -119,7 +119,14 @@ def fix_file(
     if audited is None:
         roles = ", ".join(document.get("files", {})) or "none"
         raise ConfigError(f"--role {role}: {audit_path} audited no {role} file (its files: {roles})")
-    current = validate_file(source, audited_options(options), role=role).content_hash
+    report = validate_file(source, audited_options(options), role=role)
+    current = report.content_hash
+    if current is None:  # not readable with these columns: say why, not that it changed
+        first = report.errors[0].message if report.errors else "no rows could be read"
+        raise DatasetError(
+            f"{source}: cannot be read with these columns ({first}); give the columns and task the audit used "
+            "(--text-column, --label-column, --task, ... or --config)"
+        )
     if current != audited.get("content_hash"):
         raise DatasetError(
             f"{source} has changed since the audit {audit_path} (content {str(current)[:12]}, audited "
