@@ -41,7 +41,7 @@ def planted(tmp_path_factory):
     return data, report, report.to_json()
 
 
-@pytest.mark.parametrize("seed", [7, 11])
+@pytest.mark.parametrize("seed", [7, pytest.param(11, marks=pytest.mark.extended)])
 def test_flipped_labels_rank_in_the_top_two_k(tmp_path, seed):
     data = planted_dataset(tmp_path, seed=seed, duplicates=0, leaks=0, outliers=False)
     document = audit_files(data.train, ValidationOptions(), data.validation).to_json()
@@ -249,6 +249,7 @@ def test_read_audit_refuses_what_is_not_an_audit(tmp_path):
         read_audit(tmp_path / "none.json")
 
 
+@pytest.mark.extended  # pair rows are read as validation reads them (tested there); this embeds 48 more rows
 def test_pair_rows_are_embedded_with_their_second_text(tmp_path):
     rng = random.Random(6)
     with (tmp_path / "pairs.csv").open("w", newline="") as handle:
