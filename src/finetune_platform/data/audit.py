@@ -64,6 +64,7 @@ EVAL_PREDICTIONS = (
 MAX_LISTED = 1000  # outliers listed in audit.json; counts are always whole
 MAX_GROUPS = 50_000  # near-duplicate groups listed in audit.json (data fix needs them all)
 MAX_LABEL_ROWS = 20_000  # ranked label-error candidates listed in audit.json
+COSINE_BLOCK_BYTES = 256 << 20  # the near-duplicate search's cosine block stays under this
 MAX_TEXT_CHARS = 300  # a listed row's text is cut to this many characters
 DROP_KINDS = ("label_errors", "near_duplicates", "outliers", "leaks")
 
@@ -621,6 +622,9 @@ def _embedding_pairs(
     """Join rows whose cosine reaches ``near_duplicate_cosine``, and rows at least ``lexical_cosine`` apart whose
     character 5-shingle sets have a Jaccard similarity of at least ``minhash_jaccard`` (computed exactly)."""
     least = min(options.lexical_cosine, options.near_duplicate_cosine)
+    block = max(
+        1, min(block, COSINE_BLOCK_BYTES // (4 * max(1, len(x))))
+    )  # block x all rows of float32 cosines
     shingles: dict[int, set[bytes]] = {}
 
     def of(i: int) -> set[bytes]:
