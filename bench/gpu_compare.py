@@ -94,7 +94,9 @@ def main() -> None:
     runs: dict[str, dict[str, list[dict]]] = {mode: {name: [] for name in trees} for mode in args.compile}
     for mode in args.compile:
         for name, src in list(trees.items()) * args.warmup:  # untimed: caches, the GPU's clocks
-            print(f"[{mode} warm-up] {name}: {train_once(args, src, mode, f'{mode}-warmup-{name.split()[0]}')}")
+            print(
+                f"[{mode} warm-up] {name}: {train_once(args, src, mode, f'{mode}-warmup-{name.split()[0]}')}"
+            )
         for repeat in range(args.repeats):
             order = list(trees.items()) if repeat % 2 == 0 else list(reversed(trees.items()))
             for name, src in order:

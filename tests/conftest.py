@@ -133,7 +133,13 @@ def _tiny_decoder_config(family: str, vocab_size: int):
     if family == "gpt2":
         # <|endoftext|> is the first token of the BPE tokenizer below
         return GPT2Config(
-            vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+            vocab_size=vocab_size,
+            n_positions=128,
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=0,
+            eos_token_id=0,
         )
     common = dict(
         vocab_size=vocab_size,

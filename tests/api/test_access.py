@@ -30,6 +30,17 @@ def request_for(route: str, api):
         sweep = created.json()["id"]
     else:
         sweep = "not-needed"
+    if "/audit" in route and route.startswith(("GET /datasets", "POST /datasets")):
+        # a fresh dataset of alice's, so the answer does not hang on which audit route ran first; the GET
+        # routes find one audit of hers queued (its task has not run)
+        uploaded = api.as_("alice").post("/datasets?name=audited.csv", content=SAMPLE)
+        assert uploaded.status_code == 201, uploaded.text
+        audited = uploaded.json()["id"]
+        if route.startswith("GET"):
+            queued = api.as_("alice").post(f"/datasets/{audited}/audit")
+            assert queued.status_code == 202, queued.text
+    else:
+        audited = "not-needed"
     return {
         "POST /logout": ("POST", "/logout", {}),
         "GET /users/me": ("GET", "/users/me", {}),
@@ -53,6 +64,10 @@ def request_for(route: str, api):
         "GET /datasets": ("GET", "/datasets", {}),
         "GET /datasets/{id}/report": ("GET", f"/datasets/{dataset}/report", {}),
         "GET /datasets/{id}/versions": ("GET", f"/datasets/{dataset}/versions", {}),
+        "POST /datasets/{id}/audit": ("POST", f"/datasets/{audited}/audit", {"json": {"folds": 3}}),
+        "GET /datasets/{id}/audit": ("GET", f"/datasets/{audited}/audit", {}),
+        "GET /datasets/{id}/audits": ("GET", f"/datasets/{audited}/audits", {}),
+        "GET /datasets/{id}/audit/{name}": ("GET", f"/datasets/{audited}/audit/audit.json", {}),
         "GET /task/{id}": ("GET", f"/task/{task}", {}),
         "GET /tasks": ("GET", "/tasks", {}),
         "GET /task/{id}/logs": ("GET", f"/task/{task}/logs", {}),
@@ -114,6 +129,10 @@ MATRIX = {
     "GET /datasets": (401, 200, 200, 200),
     "GET /datasets/{id}/report": (401, 200, 404, 404),  # datasets are private, admins' included
     "GET /datasets/{id}/versions": (401, 200, 404, 404),
+    "POST /datasets/{id}/audit": (401, 202, 404, 404),  # a queued audit task, like POST /train's
+    "GET /datasets/{id}/audit": (401, 409, 404, 404),  # alice's only audit is still queued
+    "GET /datasets/{id}/audits": (401, 200, 404, 404),
+    "GET /datasets/{id}/audit/{name}": (401, 404, 404, 404),  # no audit of hers has finished: no files
     "GET /task/{id}": (401, 200, 404, 200),
     "GET /tasks": (401, 200, 200, 200),
     "GET /task/{id}/logs": (401, 200, 404, 200),

@@ -127,7 +127,9 @@ def test_a_task_submitted_over_http_is_trained_by_a_worker(tmp_path):
             assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
             written = list(csv.DictReader(io.StringIO(download.text)))
             texts = [row["text"] for row in csv.DictReader(io.StringIO(validation_text))]
-            expected = open_one(env.settings, source_from_registry(env.settings, "http-sentiment@1")).predict(texts)
+            expected = open_one(env.settings, source_from_registry(env.settings, "http-sentiment@1")).predict(
+                texts
+            )
             assert [row["label_name"] for row in written] == [p.label_name for p in expected]
             assert task["progress"]["rows"] == len(texts) == 80
             refused = client.get(f"/task/{task_id}/predictions")

@@ -153,8 +153,11 @@ def test_a_new_user_follows_the_seed_readme(tmp_path, monkeypatch):
         assert "or use make install (a .venv, no conda)" in done.stderr
     # (with conda installed it would create a real environment: that is tests/deploy/test_make_targets.py's)
 
-    # configs/quickstart.yaml (bundled MiniLM, sample data), 1 of its 6 epochs: set= is our addition, for speed
-    trained = make("run-local", "set=training.epochs=1", env=state, cwd=work)
+    # configs/quickstart.yaml (bundled MiniLM, sample data), 1 of its 6 epochs: set= is our addition, for speed.
+    # One epoch may not beat the majority baseline yet, so the registration gate is lifted for this run
+    trained = make(
+        "run-local", "set=training.epochs=1 registry.require_better_than_baseline=false", env=state, cwd=work
+    )
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "registered quickstart-sentiment version 1 (Staging)" in trained.stdout + trained.stderr
     (run_folder,) = (work / "results" / "quickstart").iterdir()  # results/<experiment>/<run>/
@@ -266,7 +269,9 @@ def test_a_new_user_follows_the_seed_readme(tmp_path, monkeypatch):
         written = list(csv.DictReader(io.StringIO(download.text)))
         validation_text = (ROOT / "data" / "sample" / "validation.csv").read_text(encoding="utf-8")
         texts = [row["text"] for row in csv.DictReader(io.StringIO(validation_text))]
-        expected = open_one(env.settings, source_from_registry(env.settings, "readme-api-sentiment@1")).predict(texts)
+        expected = open_one(
+            env.settings, source_from_registry(env.settings, "readme-api-sentiment@1")
+        ).predict(texts)
         assert [(int(row["label"]), row["label_name"]) for row in written] == [
             (p.label, p.label_name) for p in expected
         ]

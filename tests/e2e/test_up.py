@@ -79,7 +79,9 @@ def test_up_in_the_background_status_restart_down_and_the_admin_created_once(tmp
     shown = table(started.stdout)
     api = f"http://127.0.0.1:{ports[1]}"  # the taken port skipped
     assert shown["API docs"] == f"{api}/docs"
-    assert shown["inference"].startswith(f"http://127.0.0.1:{ports[2]}  (the Production model, else the newest")
+    assert shown["inference"].startswith(
+        f"http://127.0.0.1:{ports[2]}  (the Production model, else the newest"
+    )
     assert (shown["web UI"], shown["MLflow UI"]) == (
         f"http://127.0.0.1:{ports[3]}",
         f"http://127.0.0.1:{ports[4]}",

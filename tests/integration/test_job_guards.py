@@ -88,7 +88,10 @@ def test_nan_loss_stops_the_job_and_keeps_the_last_good_checkpoint(
     )
     config["precision"] = "fp32"
     job_id = queued_job(job_settings, config)
-    assert execute_job(job_settings, job_id, callbacks=[PoisonWeights(at_step=6, monkeypatch=monkeypatch)]) == "failed"
+    assert (
+        execute_job(job_settings, job_id, callbacks=[PoisonWeights(at_step=6, monkeypatch=monkeypatch)])
+        == "failed"
+    )
     with db.session_scope(job_settings) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempts, job.stage) == ("failed", 1, "training")

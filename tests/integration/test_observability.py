@@ -16,7 +16,15 @@ import yaml
 
 from finetune_platform.training.config import config_from_dict
 from finetune_platform.training.runner import run_training
-from tests.conftest import ROOT, finetune_bin, free_port, sentiment_rows, tiny_config_dict, write_csv
+from tests.conftest import (
+    ROOT,
+    UNGATED,
+    finetune_bin,
+    free_port,
+    sentiment_rows,
+    tiny_config_dict,
+    write_csv,
+)
 from tests.integration.queue_harness import http_answers, queue_env, stop_processes, submit, wait_for
 
 pytestmark = pytest.mark.slow
@@ -170,7 +178,7 @@ def test_every_dashboard_and_alert_expression_matches_what_happened(tmp_path, ti
     train = write_csv(tmp_path / "data" / "train.csv", sentiment_rows(96, 1))
     validation = write_csv(tmp_path / "data" / "validation.csv", sentiment_rows(32, 2))
     config = tiny_config_dict(tiny_bert, train, validation, tmp_path / "runs", max_steps=8, eval_steps=4)
-    config["registry"] = {"model_name": "observed"}
+    config["registry"] = {"model_name": "observed", **UNGATED}  # 8 steps of a tiny model: near the baseline
     run_training(config_from_dict(config), settings=env.settings, show_progress=False)  # the model to serve
     api_port, worker_port, serve_port = free_port(), free_port(), free_port()
     processes: list[subprocess.Popen] = []

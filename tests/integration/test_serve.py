@@ -267,7 +267,9 @@ def test_outside_local_mode_a_token_or_api_key_is_required(registry):
     assert client.get("/health").status_code == 200
 
 
-SERVE_KEY = "5d0b7e3a91c4f6e2a8b05c7d3e9f1a4b6c8e0d2f"  # passes the secret policy (a weak key refuses the start)
+SERVE_KEY = (
+    "5d0b7e3a91c4f6e2a8b05c7d3e9f1a4b6c8e0d2f"  # passes the secret policy (a weak key refuses the start)
+)
 
 
 def _secret(value: str):
@@ -276,7 +278,9 @@ def _secret(value: str):
     return SecretStr(value)
 
 
-def test_a_server_started_with_no_model_serves_the_first_one_registered_without_a_restart(tmp_path, tiny_bert):
+def test_a_server_started_with_no_model_serves_the_first_one_registered_without_a_restart(
+    tmp_path, tiny_bert
+):
     """What `finetune up` starts on a fresh install: the inference server answers 404 with the reason until a job
     registers a model, then serves it (a failed lookup of the default is not cached)."""
     from fastapi.testclient import TestClient

@@ -79,7 +79,15 @@ def test_concurrent_version_records_are_all_kept(tmp_path):
     def record(i: int) -> None:
         index.record(
             DatasetVersion(
-                f"{i:012x}", f"{i:064x}", f"/data/{i}.csv", "csv", i, {}, "text", "label", "2026-01-01T00:00:00"
+                f"{i:012x}",
+                f"{i:064x}",
+                f"/data/{i}.csv",
+                "csv",
+                i,
+                {},
+                "text",
+                "label",
+                "2026-01-01T00:00:00",
             )
         )
 

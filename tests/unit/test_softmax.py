@@ -69,6 +69,8 @@ def test_no_other_module_computes_a_softmax():
     counted = {name: sum(1 for place in found if place.startswith(f"{name}:")) for name in OBJECTIVE_MATH}
     assert counted == OBJECTIVE_MATH
     assert [place for place in found if place.split(":")[0] not in OBJECTIVE_MATH] == []
-    for module in SOURCE.glob("inference/*.py"):  # a runtime reads a stored temperature, never computes with one
+    for module in SOURCE.glob(
+        "inference/*.py"
+    ):  # a runtime reads a stored temperature, never computes with one
         text = module.read_text(encoding="utf-8")
         assert "calibration import probabilities" not in text and "losses" not in text, module.name

@@ -7,10 +7,18 @@ from finetune_platform.ui.views import stepper
 
 def test_a_pruned_trial_shows_where_its_pruner_stopped_it():
     line = stepper({"kind": "train", "status": "pruned", "stage": "training"})
-    assert line == "✓ queued  →  ✓ validating  →  ✗ training (pruned)  →  · evaluating  →  · registering  →  · done"
+    assert (
+        line
+        == "✓ queued  →  ✓ validating  →  ✗ training (pruned)  →  · evaluating  →  · registering  →  · done"
+    )
 
 
 def test_running_failed_and_succeeded_tasks():
-    assert stepper({"kind": "train", "status": "running", "stage": "evaluating"}).split("  →  ")[3] == "▶ evaluating"
+    assert (
+        stepper({"kind": "train", "status": "running", "stage": "evaluating"}).split("  →  ")[3]
+        == "▶ evaluating"
+    )
     assert "✗ validating (failed)" in stepper({"kind": "train", "status": "failed", "stage": "validating"})
-    assert stepper({"kind": "train", "status": "succeeded", "stage": "done"}).endswith("✓ registering  →  ✓ done")
+    assert stepper({"kind": "train", "status": "succeeded", "stage": "done"}).endswith(
+        "✓ registering  →  ✓ done"
+    )

@@ -572,10 +572,14 @@ class RegistrySection(_Section):
     )
     min_metric: float | None = Field(
         default=None,
+        ge=-1.0,
+        le=1_000_000.0,
+        allow_inf_nan=False,
         description=(
             "The least training.metric_for_best_model a run must reach on its validation rows to be registered, "
             "in that metric's direction: for loss, rmse and mae (lower is better) it is the most the run may "
-            "have. Unset: no bound. A run that misses it still succeeds, unregistered, and says why."
+            "have. Unset: no bound. A run that misses it still succeeds, unregistered, and says why. From -1 "
+            "(pearson and spearman reach it) to 1,000,000."
         ),
     )
 
