@@ -795,7 +795,8 @@ def data_audit(record: dict) -> str:
     ]
     stages = audit.get("stages") or {}
     lines = [
-        f"*{machine_line(record)}, {day(record)}; SST-2 train, {audit['rows']:,} rows audited, {audit['flips']:,} "
+        f"*{machine_line({'machine': audit.get('machine', record['machine'])})}, {day(record)}; SST-2 train, "
+        f"{audit['rows']:,} rows audited, {audit['flips']:,} "
         f"labels flipped at random (rate {audit['flip_rate']:g}, seed {audit['seed']})*",
         "",
         *table(["flagged rows", "rows", "precision", "recall"], rows),
@@ -810,15 +811,33 @@ def data_audit(record: dict) -> str:
     if "train" in record:
         t = record["train"]
         runs = t["runs"]
+        seeds = t.get("seeds", [t.get("seed")])
         lines += [
             "",
+            f"*{machine_line({'machine': t.get('machine', record['machine'])})}: MiniLM trained on each file "
+            f"(configs/sst2_minilm.yaml, {t['epochs']:g} epoch(s), last checkpoint), scored on all of SST-2 dev; "
+            f"training seeds {', '.join(str(seed) for seed in seeds)}, medians*",
+            "",
             *table(
-                ["training file", "rows", "dev accuracy"],
-                [[name, f"{run['rows']:,}", f"{run['dev_accuracy']:.4f}"] for name, run in runs.items()],
+                ["training file", "rows", "dev accuracy (median)", "by seed"],
+                [
+                    [
+                        name,
+                        f"{run['rows']:,}",
+                        f"{run['dev_accuracy']:.4f}",
+                        ", ".join(f"{a:.4f}" for a in run.get("dev_accuracy_by_seed", [run["dev_accuracy"]])),
+                    ]
+                    for name, run in runs.items()
+                ],
             ),
             "",
-            f"`data fix --drop {t['drop']}` removed {t['rows_removed']:,} rows; {t['epochs']:g} epoch(s), "
-            f"training seed {t['seed']}. Accuracy lost to the flips {t['accuracy_lost']:+.4f}, won back by the fix "
+            f"`data fix --drop {t['drop']}` removed {t['rows_removed']:,} rows"
+            + (
+                f", {t['flipped_rows_removed']:,} of the {t['flips']:,} flipped ones"
+                if "flipped_rows_removed" in t
+                else ""
+            )
+            + f". Accuracy lost to the flips {t['accuracy_lost']:+.4f}, won back by the fix "
             f"{t['accuracy_won_back']:+.4f}"
             + (
                 f" ({t['share_recovered']:.0%} of the loss)." if t.get("share_recovered") is not None else "."
