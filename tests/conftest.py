@@ -39,7 +39,16 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``extended`` are skipped, with the reason shown, unless --extended is given: the default run
-    (make test, CI) stays under 20 minutes on 2 cores and still covers every behaviour once."""
+    (make test, CI) stays under 20 minutes on 2 cores and still covers every behaviour once.
+
+    A module may set ``EXTENDED_BACKEND = "postgresql"``: its tests on that value of the API's database fixture
+    are extended too (the same routes and queries run on SQLite in the default run, and other modules' tests keep
+    PostgreSQL there)."""
+    for item in items:
+        backend = getattr(getattr(item, "module", None), "EXTENDED_BACKEND", None)
+        callspec = getattr(item, "callspec", None)
+        if backend and callspec is not None and callspec.params.get("api_world") == backend:
+            item.add_marker(pytest.mark.extended)
     if config.getoption("--extended"):
         return
     skip = pytest.mark.skip(reason="extended: a longer variant of a covered behaviour; make test-all runs it")

@@ -6,6 +6,8 @@ import pytest
 
 from tests.api.conftest import SAMPLE
 
+# the whole matrix on SQLite in the default run; on PostgreSQL under --extended (make test-all)
+EXTENDED_BACKEND = "postgresql"
 ROLES = ("anonymous", "alice", "bob", "root")  # alice owns the dataset and the task
 
 

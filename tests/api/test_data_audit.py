@@ -281,6 +281,42 @@ def test_a_validation_dataset_of_other_columns_is_refused(api_world, audited):
     )
 
 
+def test_an_audit_past_audit_max_rows_is_refused_and_queues_nothing(api_world, audited):
+    """The attack: a large upload audited again and again takes a worker's memory and hours of CPU each time. Past
+    AUDIT_MAX_ROWS the request is refused from the upload's row count, before a task exists."""
+    from sqlalchemy import func, select
+
+    from finetune_platform.api.app import create_app
+    from finetune_platform.db.models import Job
+    from finetune_platform.db.session import session_scope
+    from tests.api.conftest import Api
+
+    capped = api_world.settings.model_copy(update={"AUDIT_MAX_ROWS": 100})
+    alice = Api(create_app(capped), capped, api_world.ids).as_("alice")
+
+    def audit_tasks() -> int:
+        with session_scope(api_world.settings) as session:
+            return session.scalar(select(func.count()).select_from(Job).where(Job.kind == "audit"))
+
+    before = audit_tasks()
+    dataset, validation = audited["dataset"], audited["validation"]
+    refused = alice.post(f"/datasets/{dataset}/audit", json={"validation_dataset_id": validation})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"] == (  # 90 training rows and 21 validation rows
+        f"dataset {dataset} (topics.csv) and dataset {validation} (topics-validation.csv): 111 rows to audit, "
+        "more than the 100 one audit takes (AUDIT_MAX_ROWS): audit a sample of the rows, or raise AUDIT_MAX_ROWS "
+        "where the machine has the memory and time (about 32 KB and 7 ms a row on 2 CPU cores)"
+    )
+    assert audit_tasks() == before
+    queued = alice.post(f"/datasets/{dataset}/audit")  # its 90 training rows alone are within the limit
+    assert queued.status_code == 202, queued.text
+    task = queued.json()["id"]
+    assert audit_tasks() == before + 1
+    with session_scope(api_world.settings) as session:  # the worker holds the audit to the same limit
+        assert session.get(Job, task).config["options"]["max_rows"] == 100
+    assert alice.post(f"/task/{task}/cancel").status_code == 200  # nothing left pending for the other tests
+
+
 def test_a_failed_audit_names_the_dataset_and_get_says_so(api_world):
     alice = api_world.as_("alice")
     broken = alice.post("/datasets?name=broken.csv", content=b"text,topic\nA storm,weather\n").json()

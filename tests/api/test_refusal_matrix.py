@@ -1,4 +1,5 @@
-"""Every refused request leaves exactly one audit entry, on SQLite and on PostgreSQL alike.
+"""Every refused request leaves exactly one audit entry, on SQLite and on PostgreSQL alike (PostgreSQL under
+--extended: the same audit writes run on PostgreSQL in the default run through the other API tests).
 
 The access matrix of test_access.py supplies the 401/403/404 cells; the other refusals (a bad token, an
 oversized upload, an invalid config, a throttled login) are added here. Each request is made alone and
@@ -16,6 +17,9 @@ from tests.api.conftest import login
 from tests.api.test_access import MATRIX, ROLES, request_for
 
 REFUSED = {401, 403, 404, 413, 422, 429}
+
+# the whole matrix on SQLite in the default run; on PostgreSQL under --extended (make test-all)
+EXTENDED_BACKEND = "postgresql"
 
 
 def _written_by(api, call) -> tuple[object, list[AuditEvent]]:

@@ -160,6 +160,14 @@ def only_in_default_run(backend: str):
     return pytest.mark.parametrize("sweep_env", params, indirect=True)
 
 
+def extended_on_both(covered_by: str):
+    """The test on both backends, both extended: ``covered_by`` (in tests/integration/test_sweeps.py, real sweeps
+    and trials in one process) covers the behaviour in the default run, which must stay under 20 minutes."""
+    assert covered_by.startswith("test_"), covered_by
+    params = [pytest.param(b, marks=pytest.mark.extended) for b in BACKENDS]
+    return pytest.mark.parametrize("sweep_env", params, indirect=True)
+
+
 # -- 1 ---------------------------------------------------------------------------------------------------------
 @only_in_default_run("redis-postgres")
 def test_a_worker_killed_mid_trial_loses_nothing(sweep_env, base_config):
@@ -188,7 +196,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(sweep_env, base_config):
 
 
 # -- 2 ---------------------------------------------------------------------------------------------------------
-@only_in_default_run("embedded")
+@extended_on_both(covered_by="test_a_failing_trial_is_counted_and_the_sweep_goes_on")
 def test_a_failing_trial_does_not_stop_the_sweep(sweep_env, base_config):
     env = sweep_env
     spec = spec_of(
@@ -211,7 +219,7 @@ def test_a_failing_trial_does_not_stop_the_sweep(sweep_env, base_config):
 
 
 # -- 3 ---------------------------------------------------------------------------------------------------------
-@only_in_default_run("embedded")
+@extended_on_both(covered_by="test_cancel_stops_queued_trials_and_starts_no_more")
 def test_cancel_stops_queued_and_running_trials(sweep_env, base_config):
     env = sweep_env
     sweep_id = submit(env, base_config(400), spec_of(max_trials=6, parallelism=2))
@@ -238,7 +246,7 @@ def test_cancel_stops_queued_and_running_trials(sweep_env, base_config):
 
 
 # -- 4 ---------------------------------------------------------------------------------------------------------
-@only_in_default_run("embedded")
+@extended_on_both(covered_by="test_concurrent_advances_never_exceed_the_budget_or_the_parallelism")
 def test_parallelism_holds_across_three_workers(sweep_env, base_config):
     env = sweep_env
     sweep_id = submit(env, base_config(10), spec_of(max_trials=5, parallelism=2))
@@ -297,7 +305,11 @@ def _free_api_port() -> int:
     raise AssertionError("no free port in 18300-18399")
 
 
-@only_in_default_run("embedded")
+# both backends under --extended (make test-all), to keep the default run under 20 minutes: the default run
+# restarts nothing mid-sweep, but test_a_worker_killed_mid_trial_loses_nothing loses a process mid-sweep
+@pytest.mark.parametrize(
+    "sweep_env", [pytest.param(b, marks=pytest.mark.extended) for b in BACKENDS], indirect=True
+)
 def test_the_api_restarted_mid_sweep_loses_nothing(sweep_env, base_config):
     env = sweep_env
     port = _free_api_port()

@@ -191,6 +191,9 @@ def postgres_url():
 
 
 @pytest.mark.slow
+# default run: `finetune up` in test_up_in_the_background_status_restart_down_and_the_admin_created_once, the
+# SIGTERM handover in tests/integration/test_worker.py (a preempted job finished by another worker)
+@pytest.mark.extended
 def test_up_on_redis_and_postgresql_sigterm_hands_the_running_job_back_then_stops_everything(
     tmp_path, tiny_bert, postgres_url
 ):

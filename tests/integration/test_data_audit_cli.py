@@ -127,6 +127,30 @@ def test_audit_refuses_bad_input_like_data_validate(home, tmp_path):
     assert f"error: run {tmp_path} kept no held-out predictions (eval_predictions.npz" in result.output
 
 
+def test_an_audit_past_audit_max_rows_is_refused_before_anything_is_embedded(home, tmp_path, monkeypatch):
+    train = write_csv(tmp_path / "train.csv", flipped_rows())
+    validation = write_csv(tmp_path / "validation.csv", sentiment_rows(12, seed=9))
+    monkeypatch.setenv("AUDIT_MAX_ROWS", "91")  # 80 + 12 rows: one too many
+    get_settings.cache_clear()
+    result = CliRunner().invoke(
+        cli, ["data", "audit", str(train), "--validation-file", str(validation), "--no-progress"]
+    )
+    assert result.exit_code == 1, result.output
+    assert (
+        f"error: {train} and {validation}: 92 rows to audit, more than the 91 one audit takes "
+        "(AUDIT_MAX_ROWS): audit a sample of the rows, or raise AUDIT_MAX_ROWS where the machine has the memory "
+        "and time (about 32 KB and 7 ms a row on 2 CPU cores)"
+    ) in " ".join(result.output.split())
+    assert not (tmp_path / "audit-train").exists()
+    monkeypatch.setenv("AUDIT_MAX_ROWS", "92")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(
+        cli, ["data", "audit", str(train), "--validation-file", str(validation), "--no-progress", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["options"]["max_rows"] == 92
+
+
 # -- data.audit in a training config ------------------------------------------------------------------------------
 @pytest.fixture
 def quiet_settings(tmp_path) -> Settings:

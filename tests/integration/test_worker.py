@@ -100,6 +100,9 @@ def _same_config(env) -> list[str]:
     return [str(next(env.root.glob("config-*.yaml")))]
 
 
+# default run: tests/integration/test_resume.py (a SIGKILLed run resumes to the uninterrupted weights) and
+# tests/e2e/test_sweep_reliability.py's killed worker (its trial's job run again by another worker, once)
+@pytest.mark.extended
 def test_sigkill_mid_training_resumes_from_the_last_checkpoint_and_registers_once(
     envs, tmp_path, tiny_bert, job_data
 ):
@@ -194,6 +197,9 @@ def test_a_training_job_is_preempted_and_finished_by_another_worker(
     assert (run / "ranks" / "agent.log").is_file() == (devices == 2)
 
 
+# over a minute of training: under --extended (make test-all) to keep the default run under 20 minutes; the
+# default run still sees a job run once when its message comes back (test_redis_restarted_empty_loses_no_job)
+@pytest.mark.extended
 def test_a_job_longer_than_the_visibility_timeout_runs_once(envs, tmp_path, tiny_bert, job_data):
     env = envs(
         tmp_path / "q",
@@ -266,6 +272,9 @@ def test_a_job_that_dies_on_every_attempt_stops_and_others_flow(envs, tmp_path, 
     assert env.wait_status(healthy, {"succeeded", "failed"}).status == "succeeded"
 
 
+# default run: test_a_job_shows_its_first_steps_before_its_first_logging_step cancels a running job,
+# tests/integration/test_prediction_jobs.py a queued one
+@pytest.mark.extended
 def test_cancel_a_queued_and_a_running_job(envs, tmp_path, tiny_bert, job_data):
     env = envs(tmp_path / "q", REDIS_URL=require_redis(), MLFLOW_ENABLED="false")
     running = submit(env, long_job(tiny_bert, job_data, tmp_path, "running", steps=2000))
@@ -305,6 +314,9 @@ def test_a_job_shows_its_first_steps_before_its_first_logging_step(envs, tmp_pat
     assert job.status == "cancelled" and "loss" not in job.progress  # it never reached a logging step
 
 
+# a minute of two workers: under --extended (make test-all) to keep the default run under 20 minutes; the
+# default run creates the store under the same lock in every worker and training test
+@pytest.mark.extended
 def test_two_workers_on_one_machine_share_a_fresh_tracking_store(envs, tmp_path, tiny_bert, job_data):
     """Local defaults (filesystem queue, SQLite database and MLflow store), two workers starting together.
 

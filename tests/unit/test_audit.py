@@ -263,3 +263,19 @@ def test_pair_rows_are_embedded_with_their_second_text(tmp_path):
     assert document["files"]["train"]["rows_audited"] == 48
     first = document["outliers"]["rows"] or document["label_errors"]["rows"]
     assert not first or "text_pair" in first[0]
+
+
+def test_max_rows_is_bounded_and_a_larger_table_is_refused_naming_the_files():
+    from finetune_platform.data.audit import check_audit_rows
+
+    for bad in (0, 10_000_001):
+        with pytest.raises(
+            ConfigError, match=f"audit option max_rows: {bad} is not an integer from 1 to 10,000,000"
+        ):
+            AuditOptions(max_rows=bad)
+    check_audit_rows(5, 5, "a.csv")  # at the limit: audited
+    with pytest.raises(DatasetError) as refused:
+        check_audit_rows(250_001, 250_000, "a.csv and b.csv")
+    assert str(refused.value).startswith(
+        "a.csv and b.csv: 250,001 rows to audit, more than the 250,000 one audit takes (AUDIT_MAX_ROWS): "
+    )

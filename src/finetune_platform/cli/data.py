@@ -508,7 +508,10 @@ def data_audit(
         )  # fmt: skip
         options = _validation_options(**columns)
         audit_options = AuditOptions(
-            folds=folds, near_duplicate_cosine=near_duplicate_cosine, outlier_z=outlier_z
+            folds=folds,
+            near_duplicate_cosine=near_duplicate_cosine,
+            outlier_z=outlier_z,
+            max_rows=settings().AUDIT_MAX_ROWS,
         )
         run_predictions = held_out_from_run(from_run) if from_run is not None else None
         report = audit_files(

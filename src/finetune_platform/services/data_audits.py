@@ -14,7 +14,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from finetune_platform.data.audit import AUDIT_FILE, PLOTS, REPORT_FILE, AuditOptions, audit_files
+from finetune_platform.data.audit import (
+    AUDIT_FILE,
+    PLOTS,
+    REPORT_FILE,
+    AuditOptions,
+    audit_files,
+    check_audit_rows,
+)
 from finetune_platform.data.validation import ValidationOptions
 from finetune_platform.db.models import Job
 from finetune_platform.errors import ConfigError, ErrorCode, NotFoundError, PlatformError
@@ -48,7 +55,9 @@ def submit_audit(
     earlier = earlier_submission(session, user, idempotency_key)
     if earlier is not None:
         return earlier
-    options = {name: getattr(request, name) for name in CLIENT_OPTIONS}
+    options = {name: getattr(request, name) for name in CLIENT_OPTIONS} | {
+        "max_rows": settings.AUDIT_MAX_ROWS
+    }
     AuditOptions(**options)  # ConfigError names the option (the request's bounds are the same)
     train, train_file = stored_dataset(session, user, dataset_id)
     columns = upload_columns(session, user, dataset_id)
@@ -62,6 +71,10 @@ def submit_audit(
                 f"{train.label} ({_columns_text(theirs)}; {_columns_text(columns)}): upload it with the same ones"
             )
         datasets["validation"] = _entry(validation, validation_file)
+        rows, what = train.rows + validation.rows, f"{train.label} and {validation.label}"
+    else:
+        rows, what = train.rows, train.label
+    check_audit_rows(rows, settings.AUDIT_MAX_ROWS, what)  # the rows its upload read: refused before queueing
     config = {
         "dataset_id": train.id,
         "validation_dataset_id": request.validation_dataset_id,

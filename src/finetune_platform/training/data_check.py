@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from finetune_platform.data.audit import AUDIT_FILE, audit_files, read_audit
+from finetune_platform.data.audit import AUDIT_FILE, AuditOptions, audit_files, read_audit
 from finetune_platform.data.fix import audited_options
 from finetune_platform.data.validation import (
     DatasetValidationError,
@@ -80,7 +80,12 @@ def cached_audit(config: TrainConfig, settings: Settings) -> tuple[dict[str, Any
             logger.info("data audit: reusing %s", path)
             return document, path
     logger.info("data audit: auditing %s (cached in %s)", config.data.train_file, folder)
-    report = audit_files(config.data.train_file, validation_options(config), config.data.validation_file)
+    report = audit_files(
+        config.data.train_file,
+        validation_options(config),
+        config.data.validation_file,
+        AuditOptions(max_rows=settings.AUDIT_MAX_ROWS),
+    )
     report.write(folder)
     return report.to_json(), path
 
