@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -202,15 +203,22 @@ def test_every_dashboard_and_alert_expression_matches_what_happened(tmp_path, ti
         wait_for(lambda: prometheus.value("count(up == 1)") == 3, 60, "three targets up")
         time.sleep(2)  # a few samples of every counter at zero before anything happens
 
-        # what happens: two training jobs succeed, a prediction job fails (its input is gone), 8 predictions
-        succeed = [
-            submit(env, {**config, "experiment": f"ok-{n}", "registry": {"enabled": False}}) for n in range(2)
-        ]
-        texts = write_csv(tmp_path / "texts.csv", sentiment_rows(10, 3))
-        failing = json.loads(
-            env.cli("jobs", "predict", "--model", "observed", "--input", str(texts), "--json").stdout
-        )["id"]
-        texts.unlink()
+        # what happens: two training jobs succeed, a prediction job fails (its input is gone), 8 predictions.
+        # The worker is paused while they are submitted: once the two short trainings were done it could start the
+        # prediction before its input was removed, and the job would succeed
+        worker.signal(signal.SIGSTOP)
+        try:
+            succeed = [
+                submit(env, {**config, "experiment": f"ok-{n}", "registry": {"enabled": False}})
+                for n in range(2)
+            ]
+            texts = write_csv(tmp_path / "texts.csv", sentiment_rows(10, 3))
+            failing = json.loads(
+                env.cli("jobs", "predict", "--model", "observed", "--input", str(texts), "--json").stdout
+            )["id"]
+            texts.unlink()
+        finally:
+            worker.signal(signal.SIGCONT)
         for job_id in [*succeed, failing]:
             env.wait_status(job_id, {"succeeded", "failed"})
         assert [env.job(j).status for j in [*succeed, failing]] == ["succeeded", "succeeded", "failed"]
